@@ -1,0 +1,71 @@
+# Makefile for the payments extension (PGXS)
+#
+#   make                 build
+#   make install         install into the PostgreSQL that pg_config names
+#   make test            every suite, each against its own scratch cluster
+#                        started with shared_preload_libraries = 'payments':
+#   make test-regress    pg_regress tests (sql/, expected/)
+#   make test-isolation  isolation specs (test/isolation/)
+#   make test-tap        TAP tests (test/t/)
+#
+# scripts/test.sh is the one command that installs what is missing, builds,
+# installs and runs all of them as a non-root user; see README.md.
+
+EXTENSION = payments
+EXTVERSION = $(shell sed -n "s/^default_version = '\(.*\)'/\1/p" $(EXTENSION).control)
+
+MODULE_big = payments
+OBJS = \
+	src/payments.o \
+	src/fingerprint.o \
+	src/args.o \
+	src/spi_util.o \
+	src/idempotency.o
+
+# The install script is assembled from one SQL file per capability, in this
+# order: the schema first, then each capability's objects.
+SQL_SOURCES = \
+	src/schema.sql \
+	src/idempotency.sql \
+	src/privileges.sql
+
+DATA_built = $(EXTENSION)--$(EXTVERSION).sql
+PG_CPPFLAGS = -I$(srcdir)/src
+SHLIB_LINK += -lcrypto
+
+REGRESS =
+REGRESS_OPTS = --no-locale
+
+ISOLATION =
+ISOLATION_OPTS = --inputdir=test/isolation --load-extension=$(EXTENSION) --no-locale
+
+TAP_TESTS = 1
+PROVE_TESTS = test/t/*.pl
+
+# Each suite gets a scratch cluster of its own, configured like production.
+TEST_CONF = $(srcdir)/test/payments.conf
+
+PG_CONFIG ?= pg_config
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)
+
+$(EXTENSION)--$(EXTVERSION).sql: $(SQL_SOURCES)
+	( printf '%s\n' '-- complain if script is sourced in psql, rather than via CREATE EXTENSION' \
+	  '\echo Use "CREATE EXTENSION $(EXTENSION)" to load this file. \quit'; \
+	  for f in $(SQL_SOURCES); do printf '\n-- %s\n' "$$f"; cat "$$f"; done ) > $@
+
+.PHONY: test test-regress test-isolation test-tap
+test: test-regress test-isolation test-tap
+
+test-regress:
+	$(pg_regress_installcheck) --temp-instance=./tmp_check_regress \
+		--temp-config=$(TEST_CONF) $(REGRESS_OPTS) $(REGRESS)
+
+test-isolation:
+	$(pg_isolation_regress_installcheck) --temp-instance=./tmp_check_iso \
+		--temp-config=$(TEST_CONF) $(ISOLATION_OPTS) $(ISOLATION)
+
+test-tap:
+	$(prove_installcheck)
+
+EXTRA_CLEAN = output_iso tmp_check_regress tmp_check_iso

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Set everything up and run every test suite: pg_regress, isolation specs and
+# TAP tests, each against scratch clusters with shared_preload_libraries =
+# 'payments'.  Ends with "N passed, N failed"; exits non-zero on any failure.
+source "$(dirname "$0")/lib.sh"
+
+setup_all
+SRC="$SCRATCH/src"
+LOG="$SCRATCH/test-logs"
+as_user mkdir -p "$LOG"
+
+passed=0
+failed=0
+
+# count_regress FILE: pg_regress and pg_isolation_regress print one
+# "name ... ok|FAILED" line per test.
+count_regress() {
+	local ok bad
+	ok=$(grep -cE '\.\.\. ok|\.\.\. ignored' "$1" || true)
+	bad=$(grep -cE '\.\.\. FAILED|\.\.\. failed' "$1" || true)
+	passed=$((passed + ok))
+	failed=$((failed + bad))
+}
+
+# count_tap FILE: prove prints one "file .. ok" line per passing test file
+# and lists the failing files in its summary.
+count_tap() {
+	local ok bad
+	ok=$(grep -cE '^test/t/.*\.pl \.+ ok' "$1" || true)
+	bad=$(grep -cE '^test/t/.*\.pl \.+ ' "$1" || true)
+	bad=$((bad - ok))
+	passed=$((passed + ok))
+	failed=$((failed + bad))
+}
+
+run_suite() {
+	local name=$1 counter=$2 status=0
+	say "running $name tests"
+	as_user make -C "$SRC" -s PG_CONFIG="$PG_CONFIG" "test-$name" >"$LOG/$name.out" 2>&1 || status=$?
+	cat "$LOG/$name.out"
+	local before=$failed
+	$counter "$LOG/$name.out"
+	if [ "$status" -ne 0 ] && [ "$failed" -eq "$before" ]; then
+		# The suite failed before it could report any test (a crash, a
+		# build error): count it as one failure rather than none.
+		failed=$((failed + 1))
+	fi
+	for diffs in "$SRC/regression.diffs" "$SRC/output_iso/regression.diffs"; do
+		if [ "$status" -ne 0 ] && [ -s "$diffs" ]; then
+			echo "---- $diffs"
+			cat "$diffs"
+		fi
+	done
+	if [ "$status" -ne 0 ] && [ "$name" = tap ] && [ -d "$SRC/tmp_check/log" ]; then
+		for f in "$SRC"/tmp_check/log/regress_log_*; do
+			echo "---- $f (last 60 lines)"
+			tail -n 60 "$f"
+		done
+	fi
+}
+
+run_suite regress count_regress
+run_suite isolation count_regress
+run_suite tap count_tap
+
+echo
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]

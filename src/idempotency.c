@@ -1,0 +1,542 @@
+/*-------------------------------------------------------------------------
+ *
+ * idempotency.c
+ *	  Idempotency keys: one request key, one effect, one stored answer.
+ *
+ * A key lives in payments.idempotency_keys as 'started' until its flow
+ * completes, then as 'completed' with the stored response until it expires.
+ *
+ * Who may act on a key is decided by two mechanisms:
+ *
+ * - A transaction-level heavyweight lock on the key (an advisory lock tag
+ *   in our own lock space, see payments.h), taken by every function that
+ *   changes the key.  It is held until the transaction ends, so a key in use
+ *   by an open transaction is never taken over, and it is released by the
+ *   lock manager the moment that transaction aborts or its backend dies.
+ *   Nothing is kept in session state, so this works behind a pooler in
+ *   transaction mode.  The lock tag is a 64-bit hash of (scope, key): two
+ *   different keys sharing a hash would only make one wait for (or be told
+ *   PM002 about) the other, never share a row.
+ *
+ * - A lease (lease_expires_at) for flows that span several transactions:
+ *   between them no lock is held, and the committed 'started' row says the
+ *   flow is alive until its lease runs out.  Every checkpoint renews it;
+ *   after it has run out, the next caller resumes the flow ('recovering').
+ *
+ * Completed keys never change until they expire, so the replay path reads
+ * the row without taking the lock.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "payments.h"
+
+#include "catalog/pg_type.h"
+#include "common/hashfn.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "storage/lock.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+#include "utils/timestamp.h"
+
+PG_FUNCTION_INFO_V1(payments_idempotency_begin);
+PG_FUNCTION_INFO_V1(payments_idempotency_checkpoint);
+PG_FUNCTION_INFO_V1(payments_idempotency_complete);
+PG_FUNCTION_INFO_V1(payments_idempotency_abandon);
+PG_FUNCTION_INFO_V1(payments_purge_idempotency_keys);
+
+#define SCOPE_MAX_BYTES			64
+#define KEY_MAX_BYTES			255
+#define RECOVERY_POINT_MAX_BYTES 255
+#define TTL_MAX_USECS			(INT64CONST(366) * USECS_PER_DAY)
+
+/* A key's row, as read by the lookup query */
+typedef struct KeyRow
+{
+	bool		found;
+	bool		expired;		/* past its TTL: the key counts as new */
+	bool		completed;
+	bool		lease_expired;
+	bool		hash_matches;
+	Datum		response;		/* valid in the caller's context */
+	bool		response_isnull;
+	int32		response_code;
+	bool		response_code_isnull;
+	text	   *recovery_point; /* NULL if none */
+	TimestampTz lease_expires_at;
+} KeyRow;
+
+/* Plans kept for the backend's lifetime; see spi_util.c */
+static SPIPlanPtr lookup_plan;
+static SPIPlanPtr insert_plan;
+static SPIPlanPtr restart_plan;
+static SPIPlanPtr takeover_plan;
+static SPIPlanPtr checkpoint_plan;
+static SPIPlanPtr complete_plan;
+static SPIPlanPtr abandon_plan;
+static SPIPlanPtr purge_plan;
+
+static const Oid key_argtypes[] = {TEXTOID, TEXTOID};
+
+/*
+ * Take the key's lock for the rest of the transaction.  Without
+ * payments.idempotency_wait a key held by another transaction is refused at
+ * once (PM002, the caller answers 409); with it, the caller queues like any
+ * lock waiter, so lock_timeout and deadlock detection apply.
+ */
+static void
+lock_key(text *scope, text *key)
+{
+	LOCKTAG		tag;
+	uint64		h;
+
+	h = hash_combine64(hash_bytes_extended((unsigned char *) VARDATA_ANY(scope),
+										   VARSIZE_ANY_EXHDR(scope), 0),
+					   hash_bytes_extended((unsigned char *) VARDATA_ANY(key),
+										   VARSIZE_ANY_EXHDR(key), 0));
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) (h >> 32), (uint32) h,
+						 PAYMENTS_LOCKSPACE_IDEMPOTENCY);
+
+	if (LockAcquire(&tag, ExclusiveLock, false, true) != LOCKACQUIRE_NOT_AVAIL)
+		return;
+
+	if (!payments_idempotency_wait)
+		ereport(ERROR,
+				(errcode(ERRCODE_PM_IDEMPOTENCY_IN_PROGRESS),
+				 errmsg("idempotency key \"%s\" is in use by another transaction",
+						text_to_cstring(key)),
+				 errdetail("A request with this key is being processed in scope \"%s\".",
+						   text_to_cstring(scope)),
+				 errhint("Retry the request after the other one has finished, or set payments.idempotency_wait to wait for it.")));
+
+	(void) LockAcquire(&tag, ExclusiveLock, false, false);
+}
+
+/* Read the key's row into *row; fingerprint may be NULL to skip the check. */
+static void
+lookup_key(text *scope, text *key, const unsigned char *fingerprint,
+		   KeyRow *row)
+{
+	Datum		values[2] = {PointerGetDatum(scope), PointerGetDatum(key)};
+	HeapTuple	tup;
+	TupleDesc	desc;
+	bool		isnull;
+	Datum		d;
+
+	payments_prepare(&lookup_plan,
+					 "SELECT request_hash, state = 'completed',"
+					 " response, response_code, recovery_point,"
+					 " lease_expires_at, lease_expires_at <= clock_timestamp(),"
+					 " expires_at <= clock_timestamp()"
+					 " FROM payments.idempotency_keys"
+					 " WHERE scope = $1 AND key = $2",
+					 2, key_argtypes);
+
+	memset(row, 0, sizeof(KeyRow));
+	if (payments_execute(lookup_plan, values, NULL, SPI_OK_SELECT, 1) == 0)
+		return;
+
+	tup = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+	row->found = true;
+
+	if (fingerprint != NULL)
+	{
+		bytea	   *stored = DatumGetByteaPP(SPI_getbinval(tup, desc, 1, &isnull));
+
+		row->hash_matches =
+			VARSIZE_ANY_EXHDR(stored) == PAYMENTS_FINGERPRINT_LEN &&
+			payments_digest_equal((unsigned char *) VARDATA_ANY(stored),
+								  fingerprint, PAYMENTS_FINGERPRINT_LEN);
+	}
+	row->completed = DatumGetBool(SPI_getbinval(tup, desc, 2, &isnull));
+
+	d = SPI_getbinval(tup, desc, 3, &row->response_isnull);
+	if (!row->response_isnull)
+		row->response = SPI_datumTransfer(d, false, -1);
+	row->response_code = DatumGetInt32(SPI_getbinval(tup, desc, 4,
+													 &row->response_code_isnull));
+	d = SPI_getbinval(tup, desc, 5, &isnull);
+	if (!isnull)
+		row->recovery_point = DatumGetTextPP(SPI_datumTransfer(d, false, -1));
+	d = SPI_getbinval(tup, desc, 6, &isnull);
+	row->lease_expires_at = isnull ? 0 : DatumGetTimestampTz(d);
+	d = SPI_getbinval(tup, desc, 7, &isnull);
+	row->lease_expired = isnull || DatumGetBool(d);
+	row->expired = DatumGetBool(SPI_getbinval(tup, desc, 8, &isnull));
+}
+
+static bytea *
+fingerprint_bytea(const unsigned char *fingerprint)
+{
+	bytea	   *b = palloc(VARHDRSZ + PAYMENTS_FINGERPRINT_LEN);
+
+	SET_VARSIZE(b, VARHDRSZ + PAYMENTS_FINGERPRINT_LEN);
+	memcpy(VARDATA(b), fingerprint, PAYMENTS_FINGERPRINT_LEN);
+	return b;
+}
+
+/*
+ * Insert a new 'started' key.  Returns false if the key already exists:
+ * under READ COMMITTED the caller then reads the row that won; under
+ * REPEATABLE READ a conflicting row the snapshot cannot see raises a
+ * serialization failure here, which the client retries like any other.
+ */
+static bool
+insert_key(text *scope, text *key, bytea *hash, Datum ttl)
+{
+	static const Oid argtypes[] = {TEXTOID, TEXTOID, BYTEAOID, INT4OID, INTERVALOID};
+	Datum		values[5];
+
+	payments_prepare(&insert_plan,
+					 "INSERT INTO payments.idempotency_keys"
+					 " (scope, key, request_hash, lease_expires_at, expires_at)"
+					 " VALUES ($1, $2, $3,"
+					 "  clock_timestamp() + $4 * interval '1 second',"
+					 "  clock_timestamp() + $5)"
+					 " ON CONFLICT (scope, key) DO NOTHING",
+					 5, argtypes);
+	values[0] = PointerGetDatum(scope);
+	values[1] = PointerGetDatum(key);
+	values[2] = PointerGetDatum(hash);
+	values[3] = Int32GetDatum(payments_idempotency_lease);
+	values[4] = ttl;
+	return payments_execute(insert_plan, values, NULL, SPI_OK_INSERT, 0) == 1;
+}
+
+/* An expired key is used again as if it were new. */
+static bool
+restart_key(text *scope, text *key, bytea *hash, Datum ttl)
+{
+	static const Oid argtypes[] = {TEXTOID, TEXTOID, BYTEAOID, INT4OID, INTERVALOID};
+	Datum		values[5];
+
+	payments_prepare(&restart_plan,
+					 "UPDATE payments.idempotency_keys"
+					 " SET request_hash = $3, state = 'started',"
+					 "  recovery_point = NULL, response = NULL, response_code = NULL,"
+					 "  created_at = now(), updated_at = now(), completed_at = NULL,"
+					 "  lease_expires_at = clock_timestamp() + $4 * interval '1 second',"
+					 "  expires_at = clock_timestamp() + $5"
+					 " WHERE scope = $1 AND key = $2"
+					 "  AND expires_at <= clock_timestamp()",
+					 5, argtypes);
+	values[0] = PointerGetDatum(scope);
+	values[1] = PointerGetDatum(key);
+	values[2] = PointerGetDatum(hash);
+	values[3] = Int32GetDatum(payments_idempotency_lease);
+	values[4] = ttl;
+	return payments_execute(restart_plan, values, NULL, SPI_OK_UPDATE, 0) == 1;
+}
+
+/* The caller resumes a flow whose lease ran out: the lease is now its own. */
+static void
+take_over_key(text *scope, text *key)
+{
+	static const Oid argtypes[] = {TEXTOID, TEXTOID, INT4OID};
+	Datum		values[3];
+
+	payments_prepare(&takeover_plan,
+					 "UPDATE payments.idempotency_keys"
+					 " SET lease_expires_at = clock_timestamp() + $3 * interval '1 second',"
+					 "  updated_at = now()"
+					 " WHERE scope = $1 AND key = $2",
+					 3, argtypes);
+	values[0] = PointerGetDatum(scope);
+	values[1] = PointerGetDatum(key);
+	values[2] = Int32GetDatum(payments_idempotency_lease);
+	payments_execute(takeover_plan, values, NULL, SPI_OK_UPDATE, 0);
+}
+
+static void
+report_key_reused(text *scope, text *key)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_PM_IDEMPOTENCY_KEY_REUSED),
+			 errmsg("idempotency key \"%s\" was already used for a different request",
+					text_to_cstring(key)),
+			 errdetail("The request's fingerprint differs from the one stored for this key in scope \"%s\".",
+					   text_to_cstring(scope)),
+			 errhint("Use a new idempotency key for a new request.")));
+}
+
+/*
+ * Build the (outcome, response, response_code, recovery_point) row.
+ */
+static Datum
+begin_result(FunctionCallInfo fcinfo, const char *outcome, KeyRow *row)
+{
+	TupleDesc	tupdesc;
+	Datum		values[4];
+	bool		nulls[4] = {false, true, true, true};
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	tupdesc = BlessTupleDesc(tupdesc);
+
+	values[0] = CStringGetTextDatum(outcome);
+	if (row != NULL)
+	{
+		values[1] = row->response;
+		nulls[1] = row->response_isnull;
+		values[2] = Int32GetDatum(row->response_code);
+		nulls[2] = row->response_code_isnull;
+		if (row->recovery_point != NULL)
+		{
+			values[3] = PointerGetDatum(row->recovery_point);
+			nulls[3] = false;
+		}
+	}
+	return HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls));
+}
+
+static void
+check_scope_key(FunctionCallInfo fcinfo, text **scope, text **key)
+{
+	*scope = payments_arg_text(fcinfo, 0, "idempotency scope", SCOPE_MAX_BYTES);
+	*key = payments_arg_text(fcinfo, 1, "idempotency key", KEY_MAX_BYTES);
+}
+
+/*
+ * payments.idempotency_begin(scope, key, request, ttl)
+ */
+Datum
+payments_idempotency_begin(PG_FUNCTION_ARGS)
+{
+	text	   *scope;
+	text	   *key;
+	Datum		ttl;
+	unsigned char fingerprint[PAYMENTS_FINGERPRINT_LEN];
+	bytea	   *hash;
+	KeyRow		row;
+	const char *outcome;
+
+	check_scope_key(fcinfo, &scope, &key);
+	payments_arg_not_null(fcinfo, 2, "request");
+	ttl = payments_arg_interval(fcinfo, 3, "idempotency key TTL", TTL_MAX_USECS);
+	payments_check_writable("begin an idempotent request");
+
+	payments_jsonb_fingerprint(PG_GETARG_DATUM(2), fingerprint);
+	hash = fingerprint_bytea(fingerprint);
+
+	SPI_connect();
+
+	/* The replay path: a completed key is immutable until it expires. */
+	lookup_key(scope, key, fingerprint, &row);
+	if (row.found && !row.expired)
+	{
+		if (!row.hash_matches)
+			report_key_reused(scope, key);
+		if (row.completed)
+		{
+			row.recovery_point = NULL;
+			SPI_finish();
+			PG_RETURN_DATUM(begin_result(fcinfo, "replayed", &row));
+		}
+	}
+
+	lock_key(scope, key);
+
+	/* A new key: the common write path is one INSERT. */
+	if (!row.found && insert_key(scope, key, hash, ttl))
+	{
+		SPI_finish();
+		PG_RETURN_DATUM(begin_result(fcinfo, "started", NULL));
+	}
+
+	/* Decide again from what is committed now that we hold the lock. */
+	lookup_key(scope, key, fingerprint, &row);
+	if (!row.found)
+	{
+		if (!insert_key(scope, key, hash, ttl))
+			elog(ERROR, "idempotency key vanished while locked");
+		outcome = "started";
+	}
+	else if (row.expired)
+	{
+		/* a concurrent purge may have deleted it meanwhile */
+		if (!restart_key(scope, key, hash, ttl) &&
+			!insert_key(scope, key, hash, ttl))
+			elog(ERROR, "expired idempotency key changed while locked");
+		outcome = "started";
+	}
+	else if (!row.hash_matches)
+		report_key_reused(scope, key);
+	else if (row.completed)
+	{
+		row.recovery_point = NULL;
+		outcome = "replayed";
+	}
+	else if (!row.lease_expired)
+		ereport(ERROR,
+				(errcode(ERRCODE_PM_IDEMPOTENCY_IN_PROGRESS),
+				 errmsg("idempotency key \"%s\" is in use by another flow",
+						text_to_cstring(key)),
+				 errdetail("A flow in scope \"%s\" holds this key until its lease expires at %s.",
+						   text_to_cstring(scope),
+						   timestamptz_to_str(row.lease_expires_at)),
+				 errhint("Retry the request after the lease has expired.")));
+	else
+	{
+		take_over_key(scope, key);
+		outcome = "recovering";
+	}
+
+	SPI_finish();
+	PG_RETURN_DATUM(begin_result(fcinfo, outcome,
+								 strcmp(outcome, "started") == 0 ? NULL : &row));
+}
+
+/*
+ * Explain why an UPDATE or DELETE of a started key found nothing: the key
+ * was never begun (or has been purged), or it has completed.
+ */
+static void
+report_not_started(text *scope, text *key, const char *action)
+{
+	KeyRow		row;
+
+	lookup_key(scope, key, NULL, &row);
+	if (!row.found)
+		ereport(ERROR,
+				(errcode(ERRCODE_PM_IDEMPOTENCY_KEY_NOT_FOUND),
+				 errmsg("idempotency key \"%s\" does not exist in scope \"%s\"",
+						text_to_cstring(key), text_to_cstring(scope)),
+				 errhint("Call payments.idempotency_begin first; expired keys are purged.")));
+	ereport(ERROR,
+			(errcode(ERRCODE_PM_IDEMPOTENCY_KEY_COMPLETED),
+			 errmsg("cannot %s idempotency key \"%s\"", action, text_to_cstring(key)),
+			 errdetail("The key has already completed in scope \"%s\"; its response is final.",
+					   text_to_cstring(scope))));
+}
+
+/*
+ * payments.idempotency_checkpoint(scope, key, recovery_point)
+ */
+Datum
+payments_idempotency_checkpoint(PG_FUNCTION_ARGS)
+{
+	static const Oid argtypes[] = {TEXTOID, TEXTOID, TEXTOID, INT4OID};
+	text	   *scope;
+	text	   *key;
+	Datum		values[4];
+
+	check_scope_key(fcinfo, &scope, &key);
+	values[2] = PointerGetDatum(payments_arg_text(fcinfo, 2, "recovery point",
+												  RECOVERY_POINT_MAX_BYTES));
+	payments_check_writable("checkpoint an idempotent request");
+
+	SPI_connect();
+	lock_key(scope, key);
+	payments_prepare(&checkpoint_plan,
+					 "UPDATE payments.idempotency_keys"
+					 " SET recovery_point = $3, updated_at = now(),"
+					 "  lease_expires_at = clock_timestamp() + $4 * interval '1 second'"
+					 " WHERE scope = $1 AND key = $2 AND state = 'started'",
+					 4, argtypes);
+	values[0] = PointerGetDatum(scope);
+	values[1] = PointerGetDatum(key);
+	values[3] = Int32GetDatum(payments_idempotency_lease);
+	if (payments_execute(checkpoint_plan, values, NULL, SPI_OK_UPDATE, 0) == 0)
+		report_not_started(scope, key, "checkpoint");
+	SPI_finish();
+	PG_RETURN_VOID();
+}
+
+/*
+ * payments.idempotency_complete(scope, key, response, response_code)
+ */
+Datum
+payments_idempotency_complete(PG_FUNCTION_ARGS)
+{
+	static const Oid argtypes[] = {TEXTOID, TEXTOID, JSONBOID, INT4OID};
+	text	   *scope;
+	text	   *key;
+	Datum		values[4];
+
+	check_scope_key(fcinfo, &scope, &key);
+	payments_arg_not_null(fcinfo, 2, "response");
+	values[3] = Int32GetDatum(payments_arg_int_range(fcinfo, 3, "response code",
+													 100, 599));
+	payments_check_writable("complete an idempotent request");
+
+	SPI_connect();
+	lock_key(scope, key);
+	payments_prepare(&complete_plan,
+					 "UPDATE payments.idempotency_keys"
+					 " SET state = 'completed', response = $3, response_code = $4,"
+					 "  lease_expires_at = NULL, completed_at = now(), updated_at = now()"
+					 " WHERE scope = $1 AND key = $2 AND state = 'started'",
+					 4, argtypes);
+	values[0] = PointerGetDatum(scope);
+	values[1] = PointerGetDatum(key);
+	values[2] = PG_GETARG_DATUM(2);
+	if (payments_execute(complete_plan, values, NULL, SPI_OK_UPDATE, 0) == 0)
+		report_not_started(scope, key, "complete");
+	SPI_finish();
+	PG_RETURN_VOID();
+}
+
+/*
+ * payments.idempotency_abandon(scope, key)
+ *
+ * A completed key cannot be abandoned: its stored answer may already have
+ * been replayed to the client, and forgetting it would let a retry charge
+ * again.
+ */
+Datum
+payments_idempotency_abandon(PG_FUNCTION_ARGS)
+{
+	text	   *scope;
+	text	   *key;
+	Datum		values[2];
+
+	check_scope_key(fcinfo, &scope, &key);
+	payments_check_writable("abandon an idempotent request");
+
+	SPI_connect();
+	lock_key(scope, key);
+	payments_prepare(&abandon_plan,
+					 "DELETE FROM payments.idempotency_keys"
+					 " WHERE scope = $1 AND key = $2 AND state = 'started'",
+					 2, key_argtypes);
+	values[0] = PointerGetDatum(scope);
+	values[1] = PointerGetDatum(key);
+	if (payments_execute(abandon_plan, values, NULL, SPI_OK_DELETE, 0) == 0)
+		report_not_started(scope, key, "abandon");
+	SPI_finish();
+	PG_RETURN_VOID();
+}
+
+/*
+ * payments.purge_idempotency_keys(max_rows)
+ *
+ * Deletes up to max_rows expired keys, oldest first.  Rows locked by a
+ * transaction that is reusing an expired key are skipped, not waited for,
+ * so a purge never blocks a request.
+ */
+Datum
+payments_purge_idempotency_keys(PG_FUNCTION_ARGS)
+{
+	static const Oid argtypes[] = {INT4OID};
+	Datum		values[1];
+	uint64		n;
+
+	values[0] = Int32GetDatum(payments_arg_int_range(fcinfo, 0, "max_rows",
+													 1, PG_INT32_MAX));
+	payments_check_writable("purge idempotency keys");
+
+	SPI_connect();
+	payments_prepare(&purge_plan,
+					 "DELETE FROM payments.idempotency_keys k"
+					 " WHERE k.ctid = ANY (ARRAY("
+					 "  SELECT ctid FROM payments.idempotency_keys"
+					 "  WHERE expires_at <= clock_timestamp()"
+					 "  ORDER BY expires_at LIMIT $1"
+					 "  FOR UPDATE SKIP LOCKED))"
+					 " AND k.expires_at <= clock_timestamp()",
+					 1, argtypes);
+	n = payments_execute(purge_plan, values, NULL, SPI_OK_DELETE, 0);
+	SPI_finish();
+	PG_RETURN_INT32((int32) n);
+}

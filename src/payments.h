@@ -1,0 +1,79 @@
+/*-------------------------------------------------------------------------
+ *
+ * payments.h
+ *	  Shared declarations of the payments extension: the error code
+ *	  catalogue, the GUC variables and the helpers every capability uses.
+ *
+ * The SQLSTATEs in class PM are part of the extension's API: applications
+ * switch on them, so a code, once released, never changes meaning.  The
+ * README's error table lists the same codes; keep the two in step.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef PAYMENTS_H
+#define PAYMENTS_H
+
+#include "postgres.h"
+
+#include "executor/spi.h"
+#include "fmgr.h"
+
+/* Idempotency keys (PM0xx) */
+#define ERRCODE_PM_IDEMPOTENCY_KEY_REUSED		MAKE_SQLSTATE('P','M','0','0','1')
+#define ERRCODE_PM_IDEMPOTENCY_IN_PROGRESS		MAKE_SQLSTATE('P','M','0','0','2')
+#define ERRCODE_PM_IDEMPOTENCY_KEY_NOT_FOUND	MAKE_SQLSTATE('P','M','0','0','3')
+#define ERRCODE_PM_IDEMPOTENCY_KEY_COMPLETED	MAKE_SQLSTATE('P','M','0','0','4')
+
+/* Inventory reservations (PM1xx) */
+#define ERRCODE_PM_INSUFFICIENT_STOCK			MAKE_SQLSTATE('P','M','1','0','1')
+#define ERRCODE_PM_RESERVATION_EXPIRED			MAKE_SQLSTATE('P','M','1','0','2')
+#define ERRCODE_PM_STOCK_BELOW_HELD				MAKE_SQLSTATE('P','M','1','0','3')
+#define ERRCODE_PM_RESERVATION_STATE_CONFLICT	MAKE_SQLSTATE('P','M','1','0','4')
+#define ERRCODE_PM_RESERVATION_NOT_FOUND		MAKE_SQLSTATE('P','M','1','0','5')
+
+/* State guard (PM2xx) */
+#define ERRCODE_PM_INVALID_TRANSITION			MAKE_SQLSTATE('P','M','2','0','1')
+#define ERRCODE_PM_UNKNOWN_STATE				MAKE_SQLSTATE('P','M','2','0','2')
+
+/*
+ * Lock spaces.  The extension takes heavyweight locks with advisory lock
+ * tags whose fourth field is one of these values; the SQL-level advisory
+ * lock functions only use 1 and 2, so these never collide with an
+ * application's own advisory locks.  They show in pg_locks as
+ * locktype "advisory" with objsubid set to the value below.
+ */
+#define PAYMENTS_LOCKSPACE_IDEMPOTENCY	0x504D	/* 'P' 'M' */
+
+/* GUC variables, defined in payments.c */
+extern bool payments_idempotency_wait;
+extern int	payments_idempotency_lease;
+
+/* payments.c */
+extern void payments_check_writable(const char *what);
+
+/* args.c: argument checks that raise the documented standard SQLSTATEs */
+extern text *payments_arg_text(FunctionCallInfo fcinfo, int argno,
+							   const char *what, int maxlen);
+extern void payments_arg_not_null(FunctionCallInfo fcinfo, int argno,
+								  const char *what);
+extern Datum payments_arg_interval(FunctionCallInfo fcinfo, int argno,
+								   const char *what, int64 max_usecs);
+extern int32 payments_arg_int_range(FunctionCallInfo fcinfo, int argno,
+									const char *what, int32 min, int32 max);
+
+/* spi_util.c: plans prepared once per backend */
+extern SPIPlanPtr payments_prepare(SPIPlanPtr *cache, const char *sql,
+										  int nargs, const Oid *argtypes);
+extern uint64 payments_execute(SPIPlanPtr plan, Datum *values,
+							   const char *nulls, int expected, long tcount);
+
+/* fingerprint.c */
+#define PAYMENTS_FINGERPRINT_LEN 32		/* SHA-256 */
+extern void payments_sha256(const void *data, size_t len,
+							unsigned char out[PAYMENTS_FINGERPRINT_LEN]);
+extern bool payments_digest_equal(const unsigned char *a,
+								  const unsigned char *b, size_t len);
+extern void payments_jsonb_fingerprint(Datum jsonb,
+									   unsigned char out[PAYMENTS_FINGERPRINT_LEN]);
+
+#endif							/* PAYMENTS_H */

@@ -1,0 +1,27 @@
+-- Privileges, applied last so they cover every object above.
+--
+-- The tables are reachable only through the SECURITY DEFINER functions.
+-- Applications get EXECUTE through one role, payments_app, so a DBA grants
+-- access with a single statement:  GRANT payments_app TO my_app;
+-- The role is cluster-wide: it is created by the first database that
+-- installs the extension and shared by every other one.
+
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'payments_app') THEN
+        CREATE ROLE payments_app NOLOGIN;
+    END IF;
+END
+$$;
+
+REVOKE ALL ON ALL TABLES IN SCHEMA payments FROM PUBLIC;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA payments FROM PUBLIC;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA payments FROM PUBLIC;
+
+GRANT USAGE ON SCHEMA payments TO payments_app;
+GRANT EXECUTE ON FUNCTION
+    payments.idempotency_begin(text, text, jsonb, interval),
+    payments.idempotency_checkpoint(text, text, text),
+    payments.idempotency_complete(text, text, jsonb, integer),
+    payments.idempotency_abandon(text, text)
+    TO payments_app;

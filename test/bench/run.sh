@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Benchmark runner: sets everything up like scripts/demo.sh, starts a scratch
+# cluster of its own, and runs each workload under test/bench/<workload>/.
+#
+#   test/bench/run.sh                 every workload
+#   test/bench/run.sh idempotency     only the ones named
+#
+# Environment: BENCH_SECONDS (per pgbench run, default 10), BENCH_ROUNDS
+# (alternating extension/baseline runs per case, default 2; the best run of
+# each side counts), PAYMENTS_BENCH_PORT (default 55433).
+#
+# A workload directory holds:
+#   setup.sql    run once in a fresh database before its cases
+#   cases        one case a line: LABEL CLIENTS EXTENSION.sql BASELINE.sql
+#   *.sql        pgbench scripts
+# or, for a workload that is not a throughput ratio, an executable run.sh
+# that gets the connection in PGHOST/PGPORT/PGUSER/PGDATABASE.
+#
+# Every figure is a ratio measured in the same invocation on the same
+# cluster, never an absolute number compared with a constant.
+source "$(dirname "$0")/../../scripts/lib.sh"
+
+BENCH_SECONDS=${BENCH_SECONDS:-10}
+BENCH_ROUNDS=${BENCH_ROUNDS:-2}
+BENCH_DIR="$SCRATCH/bench"
+BENCH_PORT=${PAYMENTS_BENCH_PORT:-55433}
+
+setup_all
+say "starting the bench cluster in $BENCH_DIR (port $BENCH_PORT)"
+start_cluster "$BENCH_DIR" "$BENCH_PORT"
+
+export PGHOST="$BENCH_DIR" PGPORT="$BENCH_PORT" PGUSER=postgres
+PSQL=(psql -X -q -v ON_ERROR_STOP=1)
+
+# pgbench_tps DB SCRIPT CLIENTS: transactions per second of one run
+pgbench_tps() {
+	local db=$1 script=$2 clients=$3 jobs=1 out
+	[ "$clients" -gt 1 ] && jobs=2
+	as_user "${PSQL[@]}" -d "$db" -c CHECKPOINT
+	out=$(as_user pgbench -n -M prepared -T "$BENCH_SECONDS" -c "$clients" -j "$jobs" \
+		-f "$script" "$db" 2>&1) || { echo "$out" >&2; die "pgbench failed on $script"; }
+	sed -n 's/^tps = \([0-9.]*\) .*/\1/p' <<<"$out"
+}
+
+max() { awk -v a="$1" -v b="$2" 'BEGIN { print (a > b ? a : b) }'; }
+
+results=()
+if [ $# -gt 0 ]; then workloads=("$@"); else
+	workloads=()
+	for d in "$SCRATCH"/src/test/bench/*/; do workloads+=("$(basename "$d")"); done
+fi
+
+for w in "${workloads[@]}"; do
+	dir="$SCRATCH/src/test/bench/$w"
+	[ -d "$dir" ] || die "no workload named $w"
+	db="bench_$w"
+	as_user "${PSQL[@]}" -d postgres -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db"
+	if [ -x "$dir/run.sh" ]; then
+		say "workload $w"
+		(cd "$dir" && PGDATABASE="$db" as_user env PGHOST="$PGHOST" PGPORT="$PGPORT" \
+			PGUSER="$PGUSER" PGDATABASE="$db" BENCH_SECONDS="$BENCH_SECONDS" ./run.sh)
+		continue
+	fi
+	say "workload $w: setup"
+	as_user "${PSQL[@]}" -d "$db" -f "$dir/setup.sql"
+	while read -r label clients ext base; do
+		case "$label" in '' | '#'*) continue ;; esac
+		best_ext=0
+		best_base=0
+		for _ in $(seq "$BENCH_ROUNDS"); do
+			best_base=$(max "$best_base" "$(pgbench_tps "$db" "$dir/$base" "$clients")")
+			best_ext=$(max "$best_ext" "$(pgbench_tps "$db" "$dir/$ext" "$clients")")
+		done
+		line=$(awk -v w="$w" -v l="$label" -v c="$clients" -v e="$best_ext" -v b="$best_base" \
+			'BEGIN { printf "%-12s %-22s %7d %12.0f %12.0f %7.2f", w, l, c, e, b, e / b }')
+		echo "$line"
+		results+=("$line")
+	done <"$dir/cases"
+done
+
+if [ ${#results[@]} -gt 0 ]; then
+	echo
+	printf '%-12s %-22s %7s %12s %12s %7s\n' workload case clients "ext tps" "base tps" ratio
+	printf '%s\n' "${results[@]}"
+	echo "($BENCH_ROUNDS alternating runs of ${BENCH_SECONDS}s per side, best of each; ratio = ext / base)"
+fi
