@@ -33,11 +33,14 @@ DATA_built = $(EXTENSION)--$(EXTVERSION).sql
 PG_CPPFLAGS = -I$(srcdir)/src
 SHLIB_LINK += -lcrypto
 
-REGRESS =
-REGRESS_OPTS = --no-locale
+REGRESS = \
+	idempotency \
+	idempotency_errors \
+	privileges
+REGRESS_OPTS = --no-locale --encoding=UTF8
 
 ISOLATION =
-ISOLATION_OPTS = --inputdir=test/isolation --load-extension=$(EXTENSION) --no-locale
+ISOLATION_OPTS = --inputdir=test/isolation --load-extension=$(EXTENSION) --no-locale --encoding=UTF8
 
 TAP_TESTS = 1
 PROVE_TESTS = test/t/*.pl

@@ -1,0 +1,55 @@
+--
+-- Privileges: applications use the functions through payments_app and
+-- cannot touch the tables; nothing is open to PUBLIC.
+--
+CREATE EXTENSION payments;
+CREATE ROLE regress_app LOGIN;
+CREATE ROLE regress_stranger LOGIN;
+GRANT payments_app TO regress_app;
+
+-- Every function is SECURITY DEFINER with a pinned search_path.
+SELECT p.oid::regprocedure AS function, p.prosecdef, p.proconfig
+  FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+ WHERE n.nspname = 'payments' AND p.prorettype <> 'trigger'::regtype
+   AND (NOT p.prosecdef OR p.proconfig IS DISTINCT FROM '{"search_path=pg_catalog, pg_temp"}')
+ ORDER BY 1;
+
+-- PUBLIC has no privilege on any object of the schema.
+SELECT c.relname, a.privilege_type
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace,
+       aclexplode(coalesce(c.relacl, acldefault('r', c.relowner))) a
+ WHERE n.nspname = 'payments' AND a.grantee = 0;
+SELECT p.oid::regprocedure
+  FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace,
+       aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a
+ WHERE n.nspname = 'payments' AND a.grantee = 0;
+SELECT has_schema_privilege('public', 'payments', 'USAGE') AS public_has_usage;
+
+-- The tables are kept by pg_dump.
+SELECT extconfig::regclass[] FROM pg_extension WHERE extname = 'payments';
+
+-- The application role calls the functions ...
+SET ROLE regress_app;
+SELECT outcome FROM payments.idempotency_begin('app', 'k1', '{"a": 1}');
+SELECT payments.idempotency_complete('app', 'k1', '{"done": true}');
+SELECT outcome, response FROM payments.idempotency_begin('app', 'k1', '{"a": 1}');
+-- ... but cannot read or write the tables, nor run maintenance.
+SELECT * FROM payments.idempotency_keys;
+INSERT INTO payments.idempotency_keys (scope, key, request_hash, expires_at)
+VALUES ('app', 'forged', '\x00', now());
+UPDATE payments.idempotency_keys SET response = '{"done": false}';
+DELETE FROM payments.idempotency_keys;
+SELECT payments.purge_idempotency_keys();
+RESET ROLE;
+
+-- A role without payments_app can do nothing at all.
+SET ROLE regress_stranger;
+SELECT payments.idempotency_begin('app', 'k2', '{}');
+SELECT * FROM payments.idempotency_keys;
+RESET ROLE;
+
+SELECT scope, key, state, response FROM payments.idempotency_keys;
+
+DROP EXTENSION payments;
+DROP ROLE regress_app;
+DROP ROLE regress_stranger;
