@@ -39,7 +39,9 @@ REGRESS = \
 	privileges
 REGRESS_OPTS = --no-locale --encoding=UTF8
 
-ISOLATION =
+ISOLATION = \
+	idempotency_race \
+	idempotency_wait
 ISOLATION_OPTS = --inputdir=test/isolation --load-extension=$(EXTENSION) --no-locale --encoding=UTF8
 
 TAP_TESTS = 1
