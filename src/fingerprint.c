@@ -18,6 +18,29 @@
 #include "utils/jsonb.h"
 
 /*
+ * The digest method, fetched once per backend: with OpenSSL 3 every use of
+ * EVP_sha256() would otherwise look the algorithm up in the provider store
+ * again.  It is never freed; it lives as long as the backend.
+ */
+static const EVP_MD *
+sha256_md(void)
+{
+	static const EVP_MD *md = NULL;
+
+	if (md == NULL)
+	{
+#if OPENSSL_VERSION_NUMBER >= 0x30000000L
+		md = EVP_MD_fetch(NULL, "SHA256", NULL);
+#else
+		md = EVP_sha256();
+#endif
+		if (md == NULL)
+			elog(ERROR, "could not load the SHA-256 digest from OpenSSL");
+	}
+	return md;
+}
+
+/*
  * One-shot digest: EVP_Digest allocates and frees its context internally,
  * and nothing between the two can ereport, so no handle can leak on error.
  */
@@ -27,7 +50,7 @@ payments_sha256(const void *data, size_t len,
 {
 	unsigned int outlen = 0;
 
-	if (EVP_Digest(data, len, out, &outlen, EVP_sha256(), NULL) != 1 ||
+	if (EVP_Digest(data, len, out, &outlen, sha256_md(), NULL) != 1 ||
 		outlen != PAYMENTS_FINGERPRINT_LEN)
 		elog(ERROR, "could not compute SHA-256 digest");
 }

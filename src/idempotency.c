@@ -26,17 +26,34 @@
  * Completed keys never change until they expire, so the replay path reads
  * the row without taking the lock.
  *
+ * Reading a key is the hot path of every call (a replay is nothing else), so
+ * it is a direct scan of the primary key index rather than an SPI query:
+ * executor start-up, plan revalidation and the result copy cost more than
+ * the lookup itself.  Changes still go through SPI plans, which keep the
+ * table's constraints, indexes and triggers in charge.
+ *
  *-------------------------------------------------------------------------
  */
 #include "payments.h"
 
+#include "access/genam.h"
+#include "access/stratnum.h"
+#include "access/table.h"
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_collation_d.h"
 #include "catalog/pg_type.h"
 #include "common/hashfn.h"
+#include "executor/tuptable.h"
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "storage/lock.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
 #include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
 PG_FUNCTION_INFO_V1(payments_idempotency_begin);
@@ -67,7 +84,6 @@ typedef struct KeyRow
 } KeyRow;
 
 /* Plans kept for the backend's lifetime; see spi_util.c */
-static SPIPlanPtr lookup_plan;
 static SPIPlanPtr insert_plan;
 static SPIPlanPtr restart_plan;
 static SPIPlanPtr takeover_plan;
@@ -112,58 +128,137 @@ lock_key(text *scope, text *key)
 	(void) LockAcquire(&tag, ExclusiveLock, false, false);
 }
 
-/* Read the key's row into *row; fingerprint may be NULL to skip the check. */
+/*
+ * Attribute numbers of the columns lookup_key reads, resolved by name the
+ * first time a backend sees the table (and again if the extension has been
+ * dropped and created since), so that a later ALTER TABLE ADD COLUMN in an
+ * upgrade script cannot make them stale.
+ */
+typedef struct KeyColumns
+{
+	Oid			relid;
+	AttrNumber	request_hash;
+	AttrNumber	state;
+	AttrNumber	recovery_point;
+	AttrNumber	response;
+	AttrNumber	response_code;
+	AttrNumber	lease_expires_at;
+	AttrNumber	expires_at;
+} KeyColumns;
+
+static KeyColumns key_columns;
+
+static AttrNumber
+key_column(Oid relid, const char *name)
+{
+	AttrNumber	attnum = get_attnum(relid, name);
+
+	if (attnum == InvalidAttrNumber)
+		elog(ERROR, "column \"%s\" of payments.idempotency_keys is missing", name);
+	return attnum;
+}
+
+static void
+resolve_key_columns(Oid relid)
+{
+	if (key_columns.relid == relid)
+		return;
+	key_columns.request_hash = key_column(relid, "request_hash");
+	key_columns.state = key_column(relid, "state");
+	key_columns.recovery_point = key_column(relid, "recovery_point");
+	key_columns.response = key_column(relid, "response");
+	key_columns.response_code = key_column(relid, "response_code");
+	key_columns.lease_expires_at = key_column(relid, "lease_expires_at");
+	key_columns.expires_at = key_column(relid, "expires_at");
+	key_columns.relid = relid;
+}
+
+/*
+ * Read the key's row into *row; fingerprint may be NULL to skip the check.
+ *
+ * The scan uses the transaction snapshot as a query would: under READ
+ * COMMITTED a new one, so that after waiting for the key's lock we see what
+ * its holder committed; under REPEATABLE READ the transaction's own.
+ * Values that outlive the scan are copied (and detoasted) into resultcxt,
+ * so that they survive SPI_finish.
+ */
 static void
 lookup_key(text *scope, text *key, const unsigned char *fingerprint,
-		   KeyRow *row)
+		   KeyRow *row, MemoryContext resultcxt)
 {
-	Datum		values[2] = {PointerGetDatum(scope), PointerGetDatum(key)};
-	HeapTuple	tup;
-	TupleDesc	desc;
-	bool		isnull;
-	Datum		d;
+	Oid			nspid = get_namespace_oid("payments", false);
+	Oid			relid = get_relname_relid("idempotency_keys", nspid);
+	Oid			indexid = get_relname_relid("idempotency_keys_pkey", nspid);
+	Relation	rel;
+	Relation	index;
+	Snapshot	snapshot;
+	IndexScanDesc scan;
+	TupleTableSlot *slot;
+	ScanKeyData skey[2];
+	TimestampTz now = GetCurrentTimestamp();
 
-	payments_prepare(&lookup_plan,
-					 "SELECT request_hash, state = 'completed',"
-					 " response, response_code, recovery_point,"
-					 " lease_expires_at, lease_expires_at <= clock_timestamp(),"
-					 " expires_at <= clock_timestamp()"
-					 " FROM payments.idempotency_keys"
-					 " WHERE scope = $1 AND key = $2",
-					 2, key_argtypes);
-
+	if (!OidIsValid(relid) || !OidIsValid(indexid))
+		elog(ERROR, "payments.idempotency_keys or its primary key is missing");
+	resolve_key_columns(relid);
 	memset(row, 0, sizeof(KeyRow));
-	if (payments_execute(lookup_plan, values, NULL, SPI_OK_SELECT, 1) == 0)
-		return;
 
-	tup = SPI_tuptable->vals[0];
-	desc = SPI_tuptable->tupdesc;
-	row->found = true;
+	rel = table_open(relid, AccessShareLock);
+	index = index_open(indexid, AccessShareLock);
+	CommandCounterIncrement();
+	snapshot = RegisterSnapshot(GetTransactionSnapshot());
 
-	if (fingerprint != NULL)
+	ScanKeyInit(&skey[0], 1, BTEqualStrategyNumber, F_TEXTEQ,
+				PointerGetDatum(scope));
+	ScanKeyInit(&skey[1], 2, BTEqualStrategyNumber, F_TEXTEQ,
+				PointerGetDatum(key));
+	slot = table_slot_create(rel, NULL);
+	scan = index_beginscan(rel, index, snapshot, 2, 0);
+	index_rescan(scan, skey, 2, NULL, 0);
+
+	if (index_getnext_slot(scan, ForwardScanDirection, slot))
 	{
-		bytea	   *stored = DatumGetByteaPP(SPI_getbinval(tup, desc, 1, &isnull));
+		bool		isnull;
+		Datum		d;
+		MemoryContext oldcxt;
 
-		row->hash_matches =
-			VARSIZE_ANY_EXHDR(stored) == PAYMENTS_FINGERPRINT_LEN &&
-			payments_digest_equal((unsigned char *) VARDATA_ANY(stored),
-								  fingerprint, PAYMENTS_FINGERPRINT_LEN);
+		row->found = true;
+		if (fingerprint != NULL)
+		{
+			bytea	   *stored = DatumGetByteaPP(slot_getattr(slot, key_columns.request_hash,
+															  &isnull));
+
+			row->hash_matches =
+				VARSIZE_ANY_EXHDR(stored) == PAYMENTS_FINGERPRINT_LEN &&
+				payments_digest_equal((unsigned char *) VARDATA_ANY(stored),
+									  fingerprint, PAYMENTS_FINGERPRINT_LEN);
+		}
+
+		d = slot_getattr(slot, key_columns.state, &isnull);
+		row->completed = strcmp(TextDatumGetCString(d), "completed") == 0;
+
+		oldcxt = MemoryContextSwitchTo(resultcxt);
+		d = slot_getattr(slot, key_columns.response, &row->response_isnull);
+		if (!row->response_isnull)
+			row->response = PointerGetDatum(PG_DETOAST_DATUM_COPY(d));
+		row->response_code = DatumGetInt32(slot_getattr(slot, key_columns.response_code,
+														&row->response_code_isnull));
+		d = slot_getattr(slot, key_columns.recovery_point, &isnull);
+		if (!isnull)
+			row->recovery_point = (text *) PG_DETOAST_DATUM_COPY(d);
+		MemoryContextSwitchTo(oldcxt);
+
+		d = slot_getattr(slot, key_columns.lease_expires_at, &isnull);
+		row->lease_expires_at = isnull ? 0 : DatumGetTimestampTz(d);
+		row->lease_expired = isnull || row->lease_expires_at <= now;
+		d = slot_getattr(slot, key_columns.expires_at, &isnull);
+		row->expired = DatumGetTimestampTz(d) <= now;
 	}
-	row->completed = DatumGetBool(SPI_getbinval(tup, desc, 2, &isnull));
 
-	d = SPI_getbinval(tup, desc, 3, &row->response_isnull);
-	if (!row->response_isnull)
-		row->response = SPI_datumTransfer(d, false, -1);
-	row->response_code = DatumGetInt32(SPI_getbinval(tup, desc, 4,
-													 &row->response_code_isnull));
-	d = SPI_getbinval(tup, desc, 5, &isnull);
-	if (!isnull)
-		row->recovery_point = DatumGetTextPP(SPI_datumTransfer(d, false, -1));
-	d = SPI_getbinval(tup, desc, 6, &isnull);
-	row->lease_expires_at = isnull ? 0 : DatumGetTimestampTz(d);
-	d = SPI_getbinval(tup, desc, 7, &isnull);
-	row->lease_expired = isnull || DatumGetBool(d);
-	row->expired = DatumGetBool(SPI_getbinval(tup, desc, 8, &isnull));
+	index_endscan(scan);
+	ExecDropSingleTupleTableSlot(slot);
+	UnregisterSnapshot(snapshot);
+	index_close(index, NoLock);
+	table_close(rel, NoLock);
 }
 
 static bytea *
@@ -266,13 +361,21 @@ report_key_reused(text *scope, text *key)
 static Datum
 begin_result(FunctionCallInfo fcinfo, const char *outcome, KeyRow *row)
 {
-	TupleDesc	tupdesc;
+	TupleDesc	tupdesc = (TupleDesc) fcinfo->flinfo->fn_extra;
 	Datum		values[4];
 	bool		nulls[4] = {false, true, true, true};
 
-	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
-		elog(ERROR, "return type must be a row type");
-	tupdesc = BlessTupleDesc(tupdesc);
+	/* The row type never changes for a call site: build it once. */
+	if (tupdesc == NULL)
+	{
+		MemoryContext oldcxt = MemoryContextSwitchTo(fcinfo->flinfo->fn_mcxt);
+
+		if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+			elog(ERROR, "return type must be a row type");
+		tupdesc = BlessTupleDesc(tupdesc);
+		fcinfo->flinfo->fn_extra = tupdesc;
+		MemoryContextSwitchTo(oldcxt);
+	}
 
 	values[0] = CStringGetTextDatum(outcome);
 	if (row != NULL)
@@ -310,6 +413,7 @@ payments_idempotency_begin(PG_FUNCTION_ARGS)
 	bytea	   *hash;
 	KeyRow		row;
 	const char *outcome;
+	MemoryContext callcxt = CurrentMemoryContext;
 
 	check_scope_key(fcinfo, &scope, &key);
 	payments_arg_not_null(fcinfo, 2, "request");
@@ -317,12 +421,9 @@ payments_idempotency_begin(PG_FUNCTION_ARGS)
 	payments_check_writable("begin an idempotent request");
 
 	payments_jsonb_fingerprint(PG_GETARG_DATUM(2), fingerprint);
-	hash = fingerprint_bytea(fingerprint);
-
-	SPI_connect();
 
 	/* The replay path: a completed key is immutable until it expires. */
-	lookup_key(scope, key, fingerprint, &row);
+	lookup_key(scope, key, fingerprint, &row, callcxt);
 	if (row.found && !row.expired)
 	{
 		if (!row.hash_matches)
@@ -330,12 +431,13 @@ payments_idempotency_begin(PG_FUNCTION_ARGS)
 		if (row.completed)
 		{
 			row.recovery_point = NULL;
-			SPI_finish();
 			PG_RETURN_DATUM(begin_result(fcinfo, "replayed", &row));
 		}
 	}
 
 	lock_key(scope, key);
+	hash = fingerprint_bytea(fingerprint);
+	SPI_connect();
 
 	/* A new key: the common write path is one INSERT. */
 	if (!row.found && insert_key(scope, key, hash, ttl))
@@ -345,7 +447,7 @@ payments_idempotency_begin(PG_FUNCTION_ARGS)
 	}
 
 	/* Decide again from what is committed now that we hold the lock. */
-	lookup_key(scope, key, fingerprint, &row);
+	lookup_key(scope, key, fingerprint, &row, callcxt);
 	if (!row.found)
 	{
 		if (!insert_key(scope, key, hash, ttl))
@@ -396,7 +498,7 @@ report_not_started(text *scope, text *key, const char *action)
 {
 	KeyRow		row;
 
-	lookup_key(scope, key, NULL, &row);
+	lookup_key(scope, key, NULL, &row, CurrentMemoryContext);
 	if (!row.found)
 		ereport(ERROR,
 				(errcode(ERRCODE_PM_IDEMPOTENCY_KEY_NOT_FOUND),
