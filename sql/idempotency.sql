@@ -161,3 +161,11 @@ SELECT outcome FROM payments.idempotency_begin('shop', 'k1', '{"anything": "new"
 DROP VIEW keys;
 DROP TABLE charges;
 DROP EXTENSION payments;
+
+-- A backend that has used the functions keeps working after the extension
+-- is dropped and created again (cached table OIDs are invalidated).
+CREATE EXTENSION payments;
+SELECT outcome FROM payments.idempotency_begin('shop', 'k1', '{"again": true}');
+SELECT payments.idempotency_complete('shop', 'k1', '{"ok": 1}');
+SELECT outcome, response FROM payments.idempotency_begin('shop', 'k1', '{"again": true}');
+DROP EXTENSION payments;

@@ -50,6 +50,7 @@
 #include "storage/lock.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
+#include "utils/inval.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
@@ -136,7 +137,8 @@ lock_key(text *scope, text *key)
  */
 typedef struct KeyColumns
 {
-	Oid			relid;
+	Oid			relid;			/* InvalidOid until resolved */
+	Oid			indexid;
 	AttrNumber	request_hash;
 	AttrNumber	state;
 	AttrNumber	recovery_point;
@@ -147,6 +149,21 @@ typedef struct KeyColumns
 } KeyColumns;
 
 static KeyColumns key_columns;
+static bool key_columns_callback_registered = false;
+
+/*
+ * The table and its columns are resolved by name once per backend and
+ * forgotten when the table's relcache entry is invalidated (a DROP
+ * EXTENSION, an ALTER TABLE in an upgrade script), so a backend that
+ * outlives a re-creation of the extension never uses a stale OID.
+ */
+static void
+key_columns_invalidate(Datum arg, Oid relid)
+{
+	if (relid == InvalidOid || relid == key_columns.relid ||
+		relid == key_columns.indexid)
+		key_columns.relid = InvalidOid;
+}
 
 static AttrNumber
 key_column(Oid relid, const char *name)
@@ -159,10 +176,24 @@ key_column(Oid relid, const char *name)
 }
 
 static void
-resolve_key_columns(Oid relid)
+resolve_key_columns(void)
 {
-	if (key_columns.relid == relid)
+	Oid			nspid;
+	Oid			relid;
+
+	if (OidIsValid(key_columns.relid))
 		return;
+	if (!key_columns_callback_registered)
+	{
+		CacheRegisterRelcacheCallback(key_columns_invalidate, (Datum) 0);
+		key_columns_callback_registered = true;
+	}
+
+	nspid = get_namespace_oid("payments", false);
+	relid = get_relname_relid("idempotency_keys", nspid);
+	key_columns.indexid = get_relname_relid("idempotency_keys_pkey", nspid);
+	if (!OidIsValid(relid) || !OidIsValid(key_columns.indexid))
+		elog(ERROR, "payments.idempotency_keys or its primary key is missing");
 	key_columns.request_hash = key_column(relid, "request_hash");
 	key_columns.state = key_column(relid, "state");
 	key_columns.recovery_point = key_column(relid, "recovery_point");
@@ -186,9 +217,6 @@ static void
 lookup_key(text *scope, text *key, const unsigned char *fingerprint,
 		   KeyRow *row, MemoryContext resultcxt)
 {
-	Oid			nspid = get_namespace_oid("payments", false);
-	Oid			relid = get_relname_relid("idempotency_keys", nspid);
-	Oid			indexid = get_relname_relid("idempotency_keys_pkey", nspid);
 	Relation	rel;
 	Relation	index;
 	Snapshot	snapshot;
@@ -197,13 +225,11 @@ lookup_key(text *scope, text *key, const unsigned char *fingerprint,
 	ScanKeyData skey[2];
 	TimestampTz now = GetCurrentTimestamp();
 
-	if (!OidIsValid(relid) || !OidIsValid(indexid))
-		elog(ERROR, "payments.idempotency_keys or its primary key is missing");
-	resolve_key_columns(relid);
+	resolve_key_columns();
 	memset(row, 0, sizeof(KeyRow));
 
-	rel = table_open(relid, AccessShareLock);
-	index = index_open(indexid, AccessShareLock);
+	rel = table_open(key_columns.relid, AccessShareLock);
+	index = index_open(key_columns.indexid, AccessShareLock);
 	CommandCounterIncrement();
 	snapshot = RegisterSnapshot(GetTransactionSnapshot());
 
