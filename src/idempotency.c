@@ -387,21 +387,12 @@ report_key_reused(text *scope, text *key)
 static Datum
 begin_result(FunctionCallInfo fcinfo, const char *outcome, KeyRow *row)
 {
-	TupleDesc	tupdesc = (TupleDesc) fcinfo->flinfo->fn_extra;
+	TupleDesc	tupdesc;
 	Datum		values[4];
 	bool		nulls[4] = {false, true, true, true};
 
-	/* The row type never changes for a call site: build it once. */
-	if (tupdesc == NULL)
-	{
-		MemoryContext oldcxt = MemoryContextSwitchTo(fcinfo->flinfo->fn_mcxt);
-
-		if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
-			elog(ERROR, "return type must be a row type");
-		tupdesc = BlessTupleDesc(tupdesc);
-		fcinfo->flinfo->fn_extra = tupdesc;
-		MemoryContextSwitchTo(oldcxt);
-	}
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
 
 	values[0] = CStringGetTextDatum(outcome);
 	if (row != NULL)
@@ -416,7 +407,7 @@ begin_result(FunctionCallInfo fcinfo, const char *outcome, KeyRow *row)
 			nulls[3] = false;
 		}
 	}
-	return HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls));
+	return HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc), values, nulls));
 }
 
 static void

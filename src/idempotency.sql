@@ -30,12 +30,20 @@ CREATE INDEX idempotency_keys_expires_at_idx
 
 SELECT pg_catalog.pg_extension_config_dump('payments.idempotency_keys', '');
 
+-- A named row type rather than OUT parameters: the executor finds a named
+-- type's descriptor in the type cache, where it would rebuild an anonymous
+-- record's from pg_proc on every call.
+CREATE TYPE payments.idempotency_result AS (
+    outcome        text,
+    response       jsonb,
+    response_code  integer,
+    recovery_point text
+);
+
 CREATE FUNCTION payments.idempotency_begin(
         scope text, key text, request jsonb,
-        ttl interval DEFAULT '24 hours',
-        OUT outcome text, OUT response jsonb, OUT response_code integer,
-        OUT recovery_point text)
-    RETURNS record
+        ttl interval DEFAULT '24 hours')
+    RETURNS payments.idempotency_result
     AS 'MODULE_PATHNAME', 'payments_idempotency_begin'
     LANGUAGE C VOLATILE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp;
