@@ -15,8 +15,10 @@ BEGIN;
 SELECT outcome FROM payments.idempotency_begin('checkout', 'k-1',
     '{"order": "A-1001", "amount": 4990, "currency": "EUR"}');
 INSERT INTO charges (order_ref, amount, currency) VALUES ('A-1001', 4990, 'EUR');
+\o /dev/null
 SELECT payments.idempotency_complete('checkout', 'k-1',
     '{"charge_id": 1, "status": "succeeded"}', 201);
+\o
 COMMIT;
 
 \echo
@@ -28,12 +30,20 @@ SELECT outcome, response, response_code
 
 \echo
 \echo 'A buggy client reuses k-1 for a different amount: refused with SQLSTATE PM001.'
-\set VERBOSITY verbose
 \set ON_ERROR_STOP off
 SELECT * FROM payments.idempotency_begin('checkout', 'k-1',
     '{"order": "A-1001", "amount": 9990, "currency": "EUR"}');
+\echo 'SQLSTATE' :LAST_ERROR_SQLSTATE '(the app answers 422)'
 \set ON_ERROR_STOP on
-\set VERBOSITY default
+
+\echo
+\echo 'Two retries race: while the first transaction holds key k-2, the second is told at once (PM002).'
+BEGIN;
+SELECT outcome FROM payments.idempotency_begin('checkout', 'k-2', '{"order": "A-1002", "amount": 1500, "currency": "EUR"}');
+\! psql -X -q -d "$PGDATABASE" -c "SELECT * FROM payments.idempotency_begin('checkout', 'k-2', '{\"order\": \"A-1002\", \"amount\": 1500, \"currency\": \"EUR\"}')" 2>&1 | sed 's/^/    other session: /'
+ROLLBACK;
+\echo 'The first transaction rolled back, so the key is free again:'
+SELECT outcome FROM payments.idempotency_begin('checkout', 'k-2', '{"order": "A-1002", "amount": 1500, "currency": "EUR"}');
 
 \echo
 \echo 'Charges recorded for order A-1001 after three requests:'

@@ -29,7 +29,8 @@ as_user "${PSQL[@]}" -d postgres -c "DROP DATABASE IF EXISTS $DEMO_DB WITH (FORC
 
 # One demo step per capability, run in name order.
 for step in "$SCRATCH"/src/demo/[0-9]*.sql; do
-	as_user "${PSQL[@]}" -d "$DEMO_DB" -f "$step"
+	as_user env PGHOST="$DEMO_DIR" PGPORT="$DEMO_PORT" PGUSER=postgres PGDATABASE="$DEMO_DB" \
+		"${PSQL[@]}" -d "$DEMO_DB" -f "$step"
 done
 
 cat <<MSG
