@@ -20,13 +20,18 @@ OBJS = \
 	src/fingerprint.o \
 	src/args.o \
 	src/spi_util.o \
-	src/idempotency.o
+	src/idempotency.o \
+	src/worker_shmem.o \
+	src/launcher.o \
+	src/worker.o \
+	src/worker_status.o
 
 # The install script is assembled from one SQL file per capability, in this
 # order: the schema first, then each capability's objects.
 SQL_SOURCES = \
 	src/schema.sql \
 	src/idempotency.sql \
+	src/worker.sql \
 	src/privileges.sql
 
 DATA_built = $(EXTENSION)--$(EXTVERSION).sql

@@ -9,9 +9,11 @@
  *-------------------------------------------------------------------------
  */
 #include "payments.h"
+#include "worker.h"
 
 #include "access/xlog.h"
 #include "fmgr.h"
+#include "miscadmin.h"
 #include "utils/guc.h"
 
 PG_MODULE_MAGIC;
@@ -20,6 +22,11 @@ void		_PG_init(void);
 
 bool		payments_idempotency_wait = false;
 int			payments_idempotency_lease = 60;
+bool		payments_worker_enabled = true;
+int			payments_launcher_naptime = 10;
+int			payments_worker_naptime = 1000;
+int			payments_max_workers = 8;
+char	   *payments_worker_role = NULL;
 
 void
 _PG_init(void)
@@ -46,7 +53,64 @@ _PG_init(void)
 							GUC_UNIT_S,
 							NULL, NULL, NULL);
 
+	DefineCustomBoolVariable("payments.worker_enabled",
+							 gettext_noop("Runs the payments background workers."),
+							 gettext_noop("When off, the launcher stops every worker and starts none."),
+							 &payments_worker_enabled,
+							 true,
+							 PGC_SIGHUP,
+							 0,
+							 NULL, NULL, NULL);
+
+	DefineCustomIntVariable("payments.launcher_naptime",
+							gettext_noop("How often the launcher looks for databases that need a worker."),
+							NULL,
+							&payments_launcher_naptime,
+							10,
+							1,
+							3600,
+							PGC_SIGHUP,
+							GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("payments.worker_naptime",
+							gettext_noop("How long a worker sleeps between rounds when nothing wakes it."),
+							NULL,
+							&payments_worker_naptime,
+							1000,
+							10,
+							3600 * 1000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("payments.max_workers",
+							gettext_noop("How many databases can have a payments worker."),
+							gettext_noop("Each worker also takes one of max_worker_processes."),
+							&payments_max_workers,
+							8,
+							1,
+							1024,
+							PGC_POSTMASTER,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomStringVariable("payments.worker_role",
+							   gettext_noop("The role the payments workers connect as."),
+							   gettext_noop("Empty means the bootstrap superuser. Takes effect when a worker starts."),
+							   &payments_worker_role,
+							   "",
+							   PGC_SIGHUP,
+							   0,
+							   NULL, NULL, NULL);
+
 	MarkGUCPrefixReserved("payments");
+
+	/* The worker needs shared memory, so it only exists when preloaded. */
+	if (!process_shared_preload_libraries_in_progress)
+		return;
+	payments_worker_shmem_init();
+	payments_register_launcher();
 }
 
 /*

@@ -23,5 +23,6 @@ GRANT EXECUTE ON FUNCTION
     payments.idempotency_begin(text, text, jsonb, interval),
     payments.idempotency_checkpoint(text, text, text),
     payments.idempotency_complete(text, text, jsonb, integer),
-    payments.idempotency_abandon(text, text)
+    payments.idempotency_abandon(text, text),
+    payments.notify_worker()
     TO payments_app;
