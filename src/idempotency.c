@@ -530,6 +530,26 @@ report_not_started(text *scope, text *key, const char *action)
 }
 
 /*
+ * Change a started key with one statement, under the key's lock; values[0]
+ * and values[1] are filled with the scope and key.  If the statement finds
+ * no started key, say why.
+ */
+static void
+change_started_key(text *scope, text *key, const char *action,
+				   SPIPlanPtr *plan, const char *sql, int nargs,
+				   const Oid *argtypes, Datum *values, int expected)
+{
+	SPI_connect();
+	lock_key(scope, key);
+	payments_prepare(plan, sql, nargs, argtypes);
+	values[0] = PointerGetDatum(scope);
+	values[1] = PointerGetDatum(key);
+	if (payments_execute(*plan, values, NULL, expected, 0) == 0)
+		report_not_started(scope, key, action);
+	SPI_finish();
+}
+
+/*
  * payments.idempotency_checkpoint(scope, key, recovery_point)
  */
 Datum
@@ -545,20 +565,13 @@ payments_idempotency_checkpoint(PG_FUNCTION_ARGS)
 												  RECOVERY_POINT_MAX_BYTES));
 	payments_check_writable("checkpoint an idempotent request");
 
-	SPI_connect();
-	lock_key(scope, key);
-	payments_prepare(&checkpoint_plan,
-					 "UPDATE payments.idempotency_keys"
-					 " SET recovery_point = $3, updated_at = now(),"
-					 "  lease_expires_at = clock_timestamp() + $4 * interval '1 second'"
-					 " WHERE scope = $1 AND key = $2 AND state = 'started'",
-					 4, argtypes);
-	values[0] = PointerGetDatum(scope);
-	values[1] = PointerGetDatum(key);
 	values[3] = Int32GetDatum(payments_idempotency_lease);
-	if (payments_execute(checkpoint_plan, values, NULL, SPI_OK_UPDATE, 0) == 0)
-		report_not_started(scope, key, "checkpoint");
-	SPI_finish();
+	change_started_key(scope, key, "checkpoint", &checkpoint_plan,
+					   "UPDATE payments.idempotency_keys"
+					   " SET recovery_point = $3, updated_at = now(),"
+					   "  lease_expires_at = clock_timestamp() + $4 * interval '1 second'"
+					   " WHERE scope = $1 AND key = $2 AND state = 'started'",
+					   4, argtypes, values, SPI_OK_UPDATE);
 	PG_RETURN_VOID();
 }
 
@@ -579,20 +592,13 @@ payments_idempotency_complete(PG_FUNCTION_ARGS)
 													 100, 599));
 	payments_check_writable("complete an idempotent request");
 
-	SPI_connect();
-	lock_key(scope, key);
-	payments_prepare(&complete_plan,
-					 "UPDATE payments.idempotency_keys"
-					 " SET state = 'completed', response = $3, response_code = $4,"
-					 "  lease_expires_at = NULL, completed_at = now(), updated_at = now()"
-					 " WHERE scope = $1 AND key = $2 AND state = 'started'",
-					 4, argtypes);
-	values[0] = PointerGetDatum(scope);
-	values[1] = PointerGetDatum(key);
 	values[2] = PG_GETARG_DATUM(2);
-	if (payments_execute(complete_plan, values, NULL, SPI_OK_UPDATE, 0) == 0)
-		report_not_started(scope, key, "complete");
-	SPI_finish();
+	change_started_key(scope, key, "complete", &complete_plan,
+					   "UPDATE payments.idempotency_keys"
+					   " SET state = 'completed', response = $3, response_code = $4,"
+					   "  lease_expires_at = NULL, completed_at = now(), updated_at = now()"
+					   " WHERE scope = $1 AND key = $2 AND state = 'started'",
+					   4, argtypes, values, SPI_OK_UPDATE);
 	PG_RETURN_VOID();
 }
 
@@ -613,17 +619,10 @@ payments_idempotency_abandon(PG_FUNCTION_ARGS)
 	check_scope_key(fcinfo, &scope, &key);
 	payments_check_writable("abandon an idempotent request");
 
-	SPI_connect();
-	lock_key(scope, key);
-	payments_prepare(&abandon_plan,
-					 "DELETE FROM payments.idempotency_keys"
-					 " WHERE scope = $1 AND key = $2 AND state = 'started'",
-					 2, key_argtypes);
-	values[0] = PointerGetDatum(scope);
-	values[1] = PointerGetDatum(key);
-	if (payments_execute(abandon_plan, values, NULL, SPI_OK_DELETE, 0) == 0)
-		report_not_started(scope, key, "abandon");
-	SPI_finish();
+	change_started_key(scope, key, "abandon", &abandon_plan,
+					   "DELETE FROM payments.idempotency_keys"
+					   " WHERE scope = $1 AND key = $2 AND state = 'started'",
+					   2, key_argtypes, values, SPI_OK_DELETE);
 	PG_RETURN_VOID();
 }
 
