@@ -20,13 +20,15 @@ OBJS = \
 	src/fingerprint.o \
 	src/args.o \
 	src/spi_util.o \
-	src/idempotency.o
+	src/idempotency.o \
+	src/reservation.o
 
 # The install script is assembled from one SQL file per capability, in this
 # order: the schema first, then each capability's objects.
 SQL_SOURCES = \
 	src/schema.sql \
 	src/idempotency.sql \
+	src/reservation.sql \
 	src/privileges.sql
 
 DATA_built = $(EXTENSION)--$(EXTVERSION).sql
