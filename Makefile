@@ -35,7 +35,7 @@ DATA_built = $(EXTENSION)--$(EXTVERSION).sql
 PG_CPPFLAGS = -I$(srcdir)/src
 SHLIB_LINK += -lcrypto
 
-REGRESS =
+REGRESS = reservation
 REGRESS_OPTS = --no-locale
 
 ISOLATION =
