@@ -213,7 +213,11 @@ SELECT pg_temp.try($$SELECT payments.stock_adjust('plum', 1)$$);
 SELECT pg_temp.try($$SELECT payments.stock_adjust('apple', 0)$$);
 SELECT pg_temp.try($$SELECT payments.stock_adjust('apple', NULL)$$);
 SELECT pg_temp.try($$SELECT payments.stock_adjust(NULL, 1)$$);
-SELECT pg_temp.try($$SELECT payments.stock_adjust('apple', 1000000000000000)$$);
+-- at most 10^15 units on hand
+SELECT payments.stock_adjust('apple', 1000000000000000);
+SELECT pg_temp.try($$SELECT payments.stock_adjust('apple', 1)$$);
+SELECT pg_temp.try($$SELECT payments.stock_set('apple', 1000000000000001)$$);
+SELECT payments.stock_adjust('apple', -1000000000000000);
 SELECT pg_temp.try($$SELECT payments.stock_adjust('apple', -9223372036854775808)$$);
 
 -- stock_set on a SKU with holds: on_hand counts them, so it cannot go below
