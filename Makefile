@@ -38,7 +38,8 @@ SHLIB_LINK += -lcrypto
 REGRESS = reservation
 REGRESS_OPTS = --no-locale
 
-ISOLATION =
+ISOLATION = reservation_last_unit reservation_no_deadlock reservation_confirm_release \
+	reservation_confirm_expire reservation_adjust_reserve
 ISOLATION_OPTS = --inputdir=test/isolation --load-extension=$(EXTENSION) --no-locale
 
 TAP_TESTS = 1
