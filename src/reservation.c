@@ -110,6 +110,7 @@ typedef struct HoldRow
 static SPIPlanPtr reserve_fast_plan;
 static SPIPlanPtr insert_plan;
 static SPIPlanPtr move_plan;
+static SPIPlanPtr move_wait_plan;
 static SPIPlanPtr shortfall_plan;
 static SPIPlanPtr lock_stock_plan;
 static SPIPlanPtr lock_slots_plan;
@@ -118,7 +119,6 @@ static SPIPlanPtr spread_plan;
 static SPIPlanPtr trim_plan;
 static SPIPlanPtr held_plan;
 static SPIPlanPtr upsert_stock_plan;
-static SPIPlanPtr slot0_plan;
 static SPIPlanPtr confirm_one_plan;
 static SPIPlanPtr release_one_plan;
 static SPIPlanPtr lookup_plan;
@@ -130,13 +130,19 @@ static SPIPlanPtr due_plan;
  * Taking a slot that is free and has enough units.  The slots are tried in
  * an order that depends on the seed (the backend's PID), so concurrent
  * backends start on different rows, and a backend keeps coming back to the
- * same row while nobody else holds it.
+ * same row while nobody else holds it.  It is used as a scalar subquery
+ * (an InitPlan, run once): as the inner side of a join it could be
+ * rescanned and lock more than one slot.
  */
-#define PICK_SLOT_SQL(need, seed) \
+#define PICK_SLOT_SQL(need, seed, how) \
 	"SELECT slot FROM payments.stock_slots" \
 	" WHERE sku = $1 AND available >= " need \
 	" ORDER BY pg_catalog.hashint4(slot # " seed ") LIMIT 1" \
-	" FOR UPDATE SKIP LOCKED"
+	" FOR UPDATE" how
+#define MOVE_UNITS_SQL(how) \
+	"UPDATE payments.stock_slots" \
+	" SET available = available + $2" \
+	" WHERE sku = $1 AND slot = (" PICK_SLOT_SQL("$3", "$4", how) ")"
 
 static int32
 slot_seed(void)
@@ -174,27 +180,29 @@ get_int64(int col)
 }
 
 /*
- * Add delta units (negative to take them) to one slot of the SKU that can
- * be locked without waiting and holds at least need units.  Returns false
- * if there is none.
+ * Add delta units (negative to take them) to one slot of the SKU that
+ * holds at least need units.  Without wait, only a slot that can be locked
+ * at once will do; with wait, the caller must hold the SKU's stock row (see
+ * the lock order above).  Returns false if no slot qualifies.
  */
 static bool
-move_units(text *sku, int64 delta, int64 need)
+move_units(text *sku, int64 delta, int64 need, bool wait)
 {
 	static const Oid argtypes[] = {TEXTOID, INT8OID, INT8OID, INT4OID};
 	Datum		values[4];
+	SPIPlanPtr	plan;
 
-	payments_prepare(&move_plan,
-					 "UPDATE payments.stock_slots s"
-					 " SET available = s.available + $2"
-					 " FROM (" PICK_SLOT_SQL("$3", "$4") ") p"
-					 " WHERE s.sku = $1 AND s.slot = p.slot",
-					 4, argtypes);
+	if (wait)
+		plan = payments_prepare(&move_wait_plan, MOVE_UNITS_SQL(""),
+								4, argtypes);
+	else
+		plan = payments_prepare(&move_plan, MOVE_UNITS_SQL(" SKIP LOCKED"),
+								4, argtypes);
 	values[0] = PointerGetDatum(sku);
 	values[1] = Int64GetDatum(delta);
 	values[2] = Int64GetDatum(need);
 	values[3] = Int32GetDatum(slot_seed());
-	return payments_execute(move_plan, values, NULL, SPI_OK_UPDATE, 0) == 1;
+	return payments_execute(plan, values, NULL, SPI_OK_UPDATE, 0) == 1;
 }
 
 /*
@@ -314,9 +322,13 @@ held_units(text *sku)
 
 /*
  * The slow path of a reserve: no slot could be taken without waiting.
- * Fail at once if even the committed stock is short; otherwise lock the
- * SKU, count every unit, reclaim lapsed holds if needed, take qty and
- * spread the rest evenly so that later reserves find it in any slot.
+ * Fail at once if even the committed stock is short.  Otherwise lock the
+ * SKU's stock row and try, in turn: a slot that has come free; waiting for
+ * one slot that has enough units; and, when no single slot has enough,
+ * locking every slot, reclaiming lapsed holds if the total is short, taking
+ * qty and spreading the rest evenly so that later reserves find it in any
+ * slot.  Only that last step blocks every slot of the SKU, so one slow
+ * reserve does not push the concurrent ones onto the slow path too.
  */
 static void
 reserve_slow(text *sku, int64 qty)
@@ -340,6 +352,9 @@ reserve_slow(text *sku, int64 qty)
 		report_short(sku, qty, get_int64(2));
 
 	nslots = lock_stock(sku);
+	if (move_units(sku, -qty, qty, false) || move_units(sku, -qty, qty, true))
+		return;
+
 	total = lock_slots(sku, &nlocked);
 	if (nlocked != nslots)
 		elog(ERROR, "SKU \"%s\" has %d slot rows, expected %d",
@@ -380,10 +395,10 @@ reserve_one(text *order_ref, text *sku, int64 qty, Datum ttl)
 	/* The hot path: take a free slot and insert the hold in one statement. */
 	payments_prepare(&reserve_fast_plan,
 					 "WITH t AS ("
-					 " UPDATE payments.stock_slots s"
-					 " SET available = s.available - $2"
-					 " FROM (" PICK_SLOT_SQL("$2", "$3") ") p"
-					 " WHERE s.sku = $1 AND s.slot = p.slot"
+					 " UPDATE payments.stock_slots"
+					 " SET available = available - $2"
+					 " WHERE sku = $1 AND slot = ("
+					 PICK_SLOT_SQL("$2", "$3", " SKIP LOCKED") ")"
 					 " RETURNING 1)"
 					 " INSERT INTO payments.reservations (order_ref, sku, qty, expires_at)"
 					 " SELECT $4, $1, $2, pg_catalog.clock_timestamp() + $5 FROM t"
@@ -404,30 +419,21 @@ reserve_one(text *order_ref, text *sku, int64 qty, Datum ttl)
 
 /*
  * Give qty units back to the SKU.  Any slot that can be locked without
- * waiting will do.  If all are busy and wait is true, wait for slot 0,
+ * waiting will do.  If all are busy and wait is true, wait for one,
  * holding the SKU's stock row first as the lock order requires; if wait is
  * false, return false and change nothing.
  */
 static bool
 put_back(text *sku, int64 qty, bool wait)
 {
-	static const Oid argtypes[] = {TEXTOID, INT8OID};
-	Datum		values[2];
-
-	if (move_units(sku, qty, 0))
+	if (move_units(sku, qty, 0, false))
 		return true;
 	if (!wait)
 		return false;
 
 	(void) lock_stock(sku);
-	payments_prepare(&slot0_plan,
-					 "UPDATE payments.stock_slots SET available = available + $2"
-					 " WHERE sku = $1 AND slot = 0",
-					 2, argtypes);
-	values[0] = PointerGetDatum(sku);
-	values[1] = Int64GetDatum(qty);
-	if (payments_execute(slot0_plan, values, NULL, SPI_OK_UPDATE, 0) != 1)
-		elog(ERROR, "slot 0 of SKU \"%s\" is missing", text_to_cstring(sku));
+	if (!move_units(sku, qty, 0, true))
+		elog(ERROR, "SKU \"%s\" has no slot rows", text_to_cstring(sku));
 	return true;
 }
 
