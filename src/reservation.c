@@ -107,7 +107,8 @@ typedef struct HoldRow
 } HoldRow;
 
 /* Plans kept for the backend's lifetime; see spi_util.c */
-static SPIPlanPtr reserve_fast_plan;
+static SPIPlanPtr reserve_at_plan;
+static SPIPlanPtr reserve_any_plan;
 static SPIPlanPtr insert_plan;
 static SPIPlanPtr move_plan;
 static SPIPlanPtr move_wait_plan;
@@ -385,33 +386,79 @@ insert_hold(text *order_ref, text *sku, int64 qty, Datum ttl)
 	return get_int64(1);
 }
 
+/*
+ * The slot this backend last took units from, and its SKU.  A backend
+ * tries that slot first, with a one-row lookup: concurrent backends thus
+ * settle on different slots, and the common case skips reading and
+ * ordering all of a hot SKU's slots.  It is only a hint: a stale entry
+ * (another SKU, a slot that is busy, empty or gone) just costs the lookup.
+ */
+static char last_sku[SKU_MAX_BYTES];
+static int	last_sku_len = -1;
+static int32 last_slot;
+
+#define RESERVE_SQL(pick) \
+	"WITH t AS (" \
+	" UPDATE payments.stock_slots" \
+	" SET available = available - $2" \
+	" WHERE sku = $1 AND slot = (" pick ")" \
+	" RETURNING slot)" \
+	" INSERT INTO payments.reservations (order_ref, sku, qty, expires_at)" \
+	" SELECT $4, $1, $2, pg_catalog.clock_timestamp() + $5 FROM t" \
+	" RETURNING id, (SELECT slot FROM t)"
+
+/*
+ * The hot path: take qty units from a slot that can be locked at once and
+ * insert the hold, in one statement.  With a slot number, only that slot
+ * is tried; with -1, any slot.  Returns the reservation id, or 0.
+ */
+static int64
+reserve_fast(text *order_ref, text *sku, int64 qty, Datum ttl, int32 slot)
+{
+	static const Oid argtypes[] = {TEXTOID, INT8OID, INT4OID, TEXTOID, INTERVALOID};
+	Datum		values[5];
+	SPIPlanPtr	plan;
+	int			len = VARSIZE_ANY_EXHDR(sku);
+	bool		isnull;
+
+	if (slot >= 0)
+		plan = payments_prepare(&reserve_at_plan,
+								RESERVE_SQL("SELECT slot FROM payments.stock_slots"
+											" WHERE sku = $1 AND slot = $3 AND available >= $2"
+											" FOR UPDATE SKIP LOCKED"),
+								5, argtypes);
+	else
+		plan = payments_prepare(&reserve_any_plan,
+								RESERVE_SQL(PICK_SLOT_SQL("$2", "$3", " SKIP LOCKED")),
+								5, argtypes);
+	values[0] = PointerGetDatum(sku);
+	values[1] = Int64GetDatum(qty);
+	values[2] = Int32GetDatum(slot >= 0 ? slot : slot_seed());
+	values[3] = PointerGetDatum(order_ref);
+	values[4] = ttl;
+	if (payments_execute(plan, values, NULL, SPI_OK_INSERT_RETURNING, 0) == 0)
+		return 0;
+
+	memcpy(last_sku, VARDATA_ANY(sku), len);
+	last_sku_len = len;
+	last_slot = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0],
+											SPI_tuptable->tupdesc, 2, &isnull));
+	return get_int64(1);
+}
+
 /* Hold qty units of one SKU; returns the reservation id. */
 static int64
 reserve_one(text *order_ref, text *sku, int64 qty, Datum ttl)
 {
-	static const Oid argtypes[] = {TEXTOID, INT8OID, INT4OID, TEXTOID, INTERVALOID};
-	Datum		values[5];
+	int64		id = 0;
 
-	/* The hot path: take a free slot and insert the hold in one statement. */
-	payments_prepare(&reserve_fast_plan,
-					 "WITH t AS ("
-					 " UPDATE payments.stock_slots"
-					 " SET available = available - $2"
-					 " WHERE sku = $1 AND slot = ("
-					 PICK_SLOT_SQL("$2", "$3", " SKIP LOCKED") ")"
-					 " RETURNING 1)"
-					 " INSERT INTO payments.reservations (order_ref, sku, qty, expires_at)"
-					 " SELECT $4, $1, $2, pg_catalog.clock_timestamp() + $5 FROM t"
-					 " RETURNING id",
-					 5, argtypes);
-	values[0] = PointerGetDatum(sku);
-	values[1] = Int64GetDatum(qty);
-	values[2] = Int32GetDatum(slot_seed());
-	values[3] = PointerGetDatum(order_ref);
-	values[4] = ttl;
-	if (payments_execute(reserve_fast_plan, values, NULL,
-						 SPI_OK_INSERT_RETURNING, 0) == 1)
-		return get_int64(1);
+	if (last_sku_len == VARSIZE_ANY_EXHDR(sku) &&
+		memcmp(last_sku, VARDATA_ANY(sku), last_sku_len) == 0)
+		id = reserve_fast(order_ref, sku, qty, ttl, last_slot);
+	if (id == 0)
+		id = reserve_fast(order_ref, sku, qty, ttl, -1);
+	if (id != 0)
+		return id;
 
 	reserve_slow(sku, qty);
 	return insert_hold(order_ref, sku, qty, ttl);
