@@ -30,27 +30,33 @@
  * release put stock back wherever it can lock a row.
  *
  * The hot path.  A reserve updates one slot that it can lock without
- * waiting (FOR UPDATE SKIP LOCKED) among those with enough units, trying
- * slots in an order that depends on the backend's PID, so concurrent
- * buyers start on different rows.  With at least as many slots as
+ * waiting (FOR UPDATE SKIP LOCKED) and that has enough units: first the
+ * slot this backend took from last time (a one-row lookup), then the
+ * others in an order that depends on the backend's PID, so concurrent
+ * buyers settle on different rows.  With at least as many slots as
  * concurrent buyers, it never waits.  Only when no slot can be taken that
  * way (all busy, the SKU nearly sold out, or the stock fragmented across
  * slots) does it take the slow path: lock the SKU's payments.stock row,
- * then all its slots in slot order, reclaim holds past their TTL if the
- * total is short, take the units, and spread what is left evenly across
- * the slots again.  Units are therefore never stranded: the slow path sees
- * them all.  Before that, a reserve for a SKU whose committed stock
- * (counting lapsed holds) is already short fails at once with PM101, so a
- * sold-out SKU costs a read, not a queue.
+ * retry a free slot, then wait for one slot that has enough units, and
+ * only if no single slot has enough lock all the SKU's slots in slot
+ * order, reclaim holds past their TTL if the total is short, take the
+ * units and spread what is left evenly across the slots again.  Units are
+ * therefore never stranded: that last step sees them all.  Waiting for one
+ * slot before locking them all matters: a reserve that held every slot
+ * would push every concurrent reserve onto the slow path too.  Before all
+ * this, a reserve for a SKU whose committed stock (counting lapsed holds)
+ * is already short fails at once with PM101, so a sold-out SKU costs a
+ * read, not a queue.
  *
  * Lock order, and why multi-SKU orders never deadlock.  Waiting happens
  * only on (1) reservation rows, (2) a SKU's payments.stock row, and (3) a
  * SKU's slots, and a transaction only ever waits for a slot of a SKU while
- * holding that SKU's payments.stock row.  Within one call, locks are
- * waited for in the order: reservation rows (by id), then per SKU in
- * byte order its stock row, then its slots by number.  Taking a slot with
- * SKIP LOCKED never waits, and reclaiming lapsed holds or expiring them
- * skips locked rows, so no wait can close a cycle.  A transaction that
+ * holding that SKU's payments.stock row, so at most one transaction at a
+ * time waits for a given SKU's slots.  Within one call, locks are waited
+ * for in the order: reservation rows (by id), then per SKU in byte order
+ * its stock row, then its slots.  Taking a slot with SKIP LOCKED never
+ * waits, and reclaiming lapsed holds or expiring them skips locked rows
+ * (expire_reservations never waits at all), so no wait can close a cycle.  A transaction that
  * makes several calls may still deadlock with another one (PostgreSQL
  * detects it, SQLSTATE 40P01); reserve all of an order's items in one call.
  *
@@ -555,8 +561,9 @@ payments_stock_set(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_PM_STOCK_BELOW_HELD),
 				 errmsg("on-hand stock of SKU \"%s\" cannot be less than what is held",
 						text_to_cstring(sku)),
-				 errdetail("On hand would be " INT64_FORMAT ", but " INT64_FORMAT " units are held.",
-						   on_hand, held)));
+				 errdetail_plural("On hand would be " INT64_FORMAT ", but " INT64_FORMAT " unit is held.",
+								  "On hand would be " INT64_FORMAT ", but " INT64_FORMAT " units are held.",
+								  (unsigned long) held, on_hand, held)));
 
 	spread_units(sku, on_hand - held, nslots);
 	if (nlocked > nslots)
@@ -610,8 +617,9 @@ payments_stock_adjust(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_PM_STOCK_BELOW_HELD),
 				 errmsg("on-hand stock of SKU \"%s\" cannot be less than what is held",
 						text_to_cstring(sku)),
-				 errdetail("On hand would be " INT64_FORMAT ", but " INT64_FORMAT " units are held.",
-						   units + held + delta, held)));
+				 errdetail_plural("On hand would be " INT64_FORMAT ", but " INT64_FORMAT " unit is held.",
+								  "On hand would be " INT64_FORMAT ", but " INT64_FORMAT " units are held.",
+								  (unsigned long) held, units + held + delta, held)));
 	if (units + held + delta > STOCK_MAX)
 		ereport(ERROR,
 				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),

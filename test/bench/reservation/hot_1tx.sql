@@ -1,5 +1,0 @@
-\set o random(1, 1000000000)
-BEGIN;
-SELECT payments.reserve('o' || :o, 'hot', 1) AS id \gset
-SELECT payments.confirm_reservation(:id);
-END;
