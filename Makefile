@@ -21,6 +21,7 @@ OBJS = \
 	src/args.o \
 	src/spi_util.o \
 	src/idempotency.o \
+	src/reservation.o \
 	src/worker_shmem.o \
 	src/launcher.o \
 	src/worker.o \
@@ -31,6 +32,7 @@ OBJS = \
 SQL_SOURCES = \
 	src/schema.sql \
 	src/idempotency.sql \
+	src/reservation.sql \
 	src/worker.sql \
 	src/privileges.sql
 
@@ -41,19 +43,26 @@ SHLIB_LINK += -lcrypto
 REGRESS = \
 	idempotency \
 	idempotency_errors \
+	reservation \
 	privileges
 REGRESS_OPTS = --no-locale --encoding=UTF8
 
 ISOLATION = \
 	idempotency_race \
-	idempotency_wait
+	idempotency_wait \
+	reservation_last_unit \
+	reservation_no_deadlock \
+	reservation_confirm_release \
+	reservation_confirm_expire \
+	reservation_adjust_reserve
 ISOLATION_OPTS = --inputdir=test/isolation --load-extension=$(EXTENSION) --no-locale --encoding=UTF8
 
 TAP_TESTS = 1
 PROVE_TESTS = test/t/*.pl
 
-# Each suite gets a scratch cluster of its own, configured like production.
-TEST_CONF = $(srcdir)/test/payments.conf
+# pg_regress and isolation suites get scratch clusters of their own
+# (test/regress.conf); TAP tests configure the clusters they create.
+TEST_CONF = $(srcdir)/test/regress.conf
 
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)

@@ -96,3 +96,20 @@ payments_arg_int_range(FunctionCallInfo fcinfo, int argno, const char *what,
 				 errdetail("The value given is %d.", v)));
 	return v;
 }
+
+int64
+payments_arg_int64_range(FunctionCallInfo fcinfo, int argno, const char *what,
+						 int64 min, int64 max)
+{
+	int64		v;
+
+	payments_arg_not_null(fcinfo, argno, what);
+	v = PG_GETARG_INT64(argno);
+	if (v < min || v > max)
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("%s must be between " INT64_FORMAT " and " INT64_FORMAT,
+						what, min, max),
+				 errdetail("The value given is " INT64_FORMAT ".", v)));
+	return v;
+}

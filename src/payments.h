@@ -60,6 +60,8 @@ extern Datum payments_arg_interval(FunctionCallInfo fcinfo, int argno,
 								   const char *what, int64 max_usecs);
 extern int32 payments_arg_int_range(FunctionCallInfo fcinfo, int argno,
 									const char *what, int32 min, int32 max);
+extern int64 payments_arg_int64_range(FunctionCallInfo fcinfo, int argno,
+									  const char *what, int64 min, int64 max);
 
 /* spi_util.c: plans prepared once per backend */
 extern SPIPlanPtr payments_prepare(SPIPlanPtr *cache, const char *sql,

@@ -24,5 +24,15 @@ GRANT EXECUTE ON FUNCTION
     payments.idempotency_checkpoint(text, text, text),
     payments.idempotency_complete(text, text, jsonb, integer),
     payments.idempotency_abandon(text, text),
+    payments.stock_set(text, bigint, integer),
+    payments.stock_adjust(text, bigint),
+    payments.reserve(text, text, bigint, interval),
+    payments.reserve(text, jsonb, interval),
+    payments.confirm_reservation(bigint),
+    payments.confirm_order(text),
+    payments.release_reservation(bigint),
+    payments.release_order(text),
     payments.notify_worker()
     TO payments_app;
+-- Applications may read stock levels, not the tables behind them.
+GRANT SELECT ON payments.stock_levels TO payments_app;

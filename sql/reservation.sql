@@ -1,0 +1,278 @@
+CREATE EXTENSION payments;
+
+-- Run a statement and report its SQLSTATE, message and detail, or 'ok'.
+-- The statement runs in a subtransaction, like any refused call.
+CREATE FUNCTION pg_temp.try(q text) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+    d text;
+BEGIN
+    EXECUTE q;
+    RETURN 'ok';
+EXCEPTION WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS d = PG_EXCEPTION_DETAIL;
+    RETURN SQLSTATE || ': ' || SQLERRM || coalesce(' | ' || nullif(d, ''), '');
+END
+$$;
+
+-- Per SKU: units in slots + held + sold must equal what was received.
+CREATE TEMP TABLE received (sku text PRIMARY KEY, units bigint);
+CREATE FUNCTION pg_temp.ledger() RETURNS TABLE (sku text, slots bigint, held bigint, sold bigint, received bigint, balanced boolean)
+LANGUAGE sql AS $$
+    SELECT s.sku,
+           (SELECT sum(available) FROM payments.stock_slots sl WHERE sl.sku = s.sku)::bigint,
+           (SELECT coalesce(sum(qty), 0) FROM payments.reservations r WHERE r.sku = s.sku AND state = 'held')::bigint,
+           (SELECT coalesce(sum(qty), 0) FROM payments.reservations r WHERE r.sku = s.sku AND state = 'confirmed')::bigint,
+           rc.units,
+           (SELECT sum(available) FROM payments.stock_slots sl WHERE sl.sku = s.sku)
+             + (SELECT coalesce(sum(qty), 0) FROM payments.reservations r WHERE r.sku = s.sku AND state IN ('held', 'confirmed'))
+             = rc.units
+      FROM payments.stock s LEFT JOIN received rc USING (sku)
+     ORDER BY 1
+$$;
+
+-- Stock: create, read, split into slots
+SELECT payments.stock_set('apple', 10);
+SELECT payments.stock_set('pear', 7, slots => 3);
+INSERT INTO received VALUES ('apple', 10), ('pear', 7);
+SELECT * FROM payments.stock_levels ORDER BY sku;
+SELECT sku, slot, available FROM payments.stock_slots ORDER BY sku, slot;
+SELECT sku, slots FROM payments.stock ORDER BY sku;
+
+-- stock_set: bad arguments
+SELECT pg_temp.try($$SELECT payments.stock_set(NULL, 1)$$);
+SELECT pg_temp.try($$SELECT payments.stock_set('', 1)$$);
+SELECT pg_temp.try($$SELECT payments.stock_set(repeat('x', 256), 1)$$);
+SELECT pg_temp.try($$SELECT payments.stock_set('apple', NULL)$$);
+SELECT pg_temp.try($$SELECT payments.stock_set('apple', -1)$$);
+SELECT pg_temp.try($$SELECT payments.stock_set('apple', 1000000000000001)$$);
+SELECT pg_temp.try($$SELECT payments.stock_set('apple', 1, slots => 0)$$);
+SELECT pg_temp.try($$SELECT payments.stock_set('apple', 1, slots => 1025)$$);
+SELECT * FROM payments.stock_levels ORDER BY sku;
+
+-- reserve one SKU: returns the reservation id; the hold is 'held'
+SELECT payments.reserve('order-1', 'apple', 3);
+SELECT id, order_ref, sku, qty, state, resolved_at IS NULL AS open,
+       expires_at - created_at > interval '14 minutes' AND expires_at - created_at < interval '16 minutes' AS ttl_15min
+  FROM payments.reservations ORDER BY id;
+SELECT payments.reserve('order-2', 'pear', 2, ttl => '1 hour');
+SELECT * FROM payments.stock_levels ORDER BY sku;
+
+-- reserve: bad arguments and refusals change nothing
+SELECT pg_temp.try($$SELECT payments.reserve('o', 'apple', 8)$$);
+SELECT pg_temp.try($$SELECT payments.reserve('o', 'plum', 1)$$);
+SELECT pg_temp.try($$SELECT payments.reserve('o', 'apple', 0)$$);
+SELECT pg_temp.try($$SELECT payments.reserve('o', 'apple', -1)$$);
+SELECT pg_temp.try($$SELECT payments.reserve('o', 'apple', NULL::bigint)$$);
+SELECT pg_temp.try($$SELECT payments.reserve(NULL, 'apple', 1)$$);
+SELECT pg_temp.try($$SELECT payments.reserve('', 'apple', 1)$$);
+SELECT pg_temp.try($$SELECT payments.reserve(repeat('o', 256), 'apple', 1)$$);
+SELECT pg_temp.try($$SELECT payments.reserve('o', NULL::text, 1)$$);
+SELECT pg_temp.try($$SELECT payments.reserve('o', 'apple', 1, NULL)$$);
+SELECT pg_temp.try($$SELECT payments.reserve('o', 'apple', 1, '0 seconds')$$);
+SELECT pg_temp.try($$SELECT payments.reserve('o', 'apple', 1, '-5 minutes')$$);
+SELECT pg_temp.try($$SELECT payments.reserve('o', 'apple', 1, '31 days')$$);
+SELECT pg_temp.try($$SELECT payments.reserve('o', 'apple', 1, '1000000 years')$$);
+SELECT count(*) AS reservations FROM payments.reservations;
+SELECT * FROM payments.stock_levels ORDER BY sku;
+
+-- reserve several SKUs: ids in item order, SKUs taken in byte order
+SELECT payments.reserve('order-3', '[{"sku": "pear", "qty": 1}, {"sku": "apple", "qty": 2}]');
+SELECT id, order_ref, sku, qty, state FROM payments.reservations WHERE order_ref = 'order-3' ORDER BY id;
+SELECT * FROM payments.stock_levels ORDER BY sku;
+
+-- all or nothing: one short SKU, or an unknown one, and no item is held
+SELECT pg_temp.try($$SELECT payments.reserve('o', '[{"sku": "apple", "qty": 1}, {"sku": "pear", "qty": 5}]')$$);
+SELECT pg_temp.try($$SELECT payments.reserve('o', '[{"sku": "apple", "qty": 1}, {"sku": "plum", "qty": 1}]')$$);
+-- malformed items
+SELECT pg_temp.try($$SELECT payments.reserve('o', NULL::jsonb)$$);
+SELECT pg_temp.try($$SELECT payments.reserve('o', '{"sku": "apple", "qty": 1}')$$);
+SELECT pg_temp.try($$SELECT payments.reserve('o', '"apple"')$$);
+SELECT pg_temp.try($$SELECT payments.reserve('o', '[]')$$);
+SELECT pg_temp.try($$SELECT payments.reserve('o', '[1]')$$);
+SELECT pg_temp.try($$SELECT payments.reserve('o', '[{"sku": "apple"}]')$$);
+SELECT pg_temp.try($$SELECT payments.reserve('o', '[{"sku": "apple", "qty": 1, "note": "x"}]')$$);
+SELECT pg_temp.try($$SELECT payments.reserve('o', '[{"sku": 1, "qty": 1}]')$$);
+SELECT pg_temp.try($$SELECT payments.reserve('o', '[{"sku": null, "qty": 1}]')$$);
+SELECT pg_temp.try($$SELECT payments.reserve('o', '[{"sku": "", "qty": 1}]')$$);
+SELECT pg_temp.try($$SELECT payments.reserve('o', '[{"sku": "apple", "qty": "1"}]')$$);
+SELECT pg_temp.try($$SELECT payments.reserve('o', '[{"sku": "apple", "qty": 1.5}]')$$);
+SELECT pg_temp.try($$SELECT payments.reserve('o', '[{"sku": "apple", "qty": 0}]')$$);
+SELECT pg_temp.try($$SELECT payments.reserve('o', '[{"sku": "apple", "qty": 1e30}]')$$);
+SELECT pg_temp.try($$SELECT payments.reserve('o', '[{"sku": "apple", "qty": 1}, {"sku": "apple", "qty": 1}]')$$);
+SELECT pg_temp.try($$SELECT payments.reserve('o', (SELECT jsonb_agg(jsonb_build_object('sku', 's' || i, 'qty', 1)) FROM generate_series(1, 1001) i))$$);
+SELECT pg_temp.try($$SELECT payments.reserve('o', '[{"sku": "apple", "qty": 1}]'::jsonb, '0 seconds')$$);
+-- a whole number written with a fraction or exponent is a whole number
+SELECT array_length(payments.reserve('order-4', '[{"sku": "apple", "qty": 1.0}, {"sku": "pear", "qty": 1e0}]'), 1) AS holds;
+SELECT count(*) AS reservations FROM payments.reservations;
+SELECT * FROM payments.stock_levels ORDER BY sku;
+SELECT * FROM pg_temp.ledger();
+
+-- confirm: the hold becomes a sale (on_hand and held both drop), once
+SELECT payments.confirm_reservation(1);
+SELECT payments.confirm_reservation(1);
+SELECT id, state, resolved_at IS NOT NULL AS resolved FROM payments.reservations WHERE id = 1;
+SELECT * FROM payments.stock_levels ORDER BY sku;
+-- release: the stock comes back, once; a confirmed hold cannot be released
+SELECT payments.release_reservation(2);
+SELECT payments.release_reservation(2);
+SELECT pg_temp.try($$SELECT payments.release_reservation(1)$$);
+-- confirm after release: PM102; unknown id: PM105
+SELECT pg_temp.try($$SELECT payments.confirm_reservation(2)$$);
+SELECT pg_temp.try($$SELECT payments.confirm_reservation(999)$$);
+SELECT pg_temp.try($$SELECT payments.release_reservation(999)$$);
+SELECT pg_temp.try($$SELECT payments.confirm_reservation(NULL)$$);
+SELECT pg_temp.try($$SELECT payments.release_reservation(NULL)$$);
+SELECT id, state FROM payments.reservations ORDER BY id;
+SELECT * FROM payments.stock_levels ORDER BY sku;
+SELECT * FROM pg_temp.ledger();
+
+-- orders: confirm_order / release_order act on every hold of the order
+SELECT payments.confirm_order('order-3');
+SELECT payments.confirm_order('order-3');
+SELECT pg_temp.try($$SELECT payments.release_order('order-3')$$);
+SELECT payments.release_order('order-4');
+SELECT payments.release_order('order-4');
+SELECT pg_temp.try($$SELECT payments.confirm_order('order-4')$$);
+SELECT pg_temp.try($$SELECT payments.confirm_order('no-such-order')$$);
+SELECT pg_temp.try($$SELECT payments.release_order('no-such-order')$$);
+SELECT pg_temp.try($$SELECT payments.confirm_order(NULL)$$);
+SELECT pg_temp.try($$SELECT payments.release_order('')$$);
+-- an order released in part: confirm_order confirms what is still held
+SELECT payments.reserve('order-5', '[{"sku": "apple", "qty": 1}, {"sku": "pear", "qty": 1}]') AS ids \gset
+SELECT payments.release_reservation((:'ids'::bigint[])[1]);
+SELECT payments.confirm_order('order-5');
+SELECT order_ref, sku, qty, state FROM payments.reservations WHERE order_ref IN ('order-3', 'order-4', 'order-5') ORDER BY id;
+SELECT * FROM payments.stock_levels ORDER BY sku;
+SELECT * FROM pg_temp.ledger();
+
+-- TTL.  A hold past its TTL no longer holds stock, even before it is
+-- expired: the view counts it as available.  (The tests move expires_at
+-- back instead of sleeping.)
+SELECT payments.stock_set('fig', 5);
+INSERT INTO received VALUES ('fig', 5);
+SELECT payments.reserve('order-6', 'fig', 2) AS r6 \gset
+SELECT payments.reserve('order-7', 'fig', 3) AS r7 \gset
+SELECT * FROM payments.stock_levels WHERE sku = 'fig';
+UPDATE payments.reservations SET expires_at = now() - interval '1 second' WHERE id IN (:r6, :r7);
+SELECT * FROM payments.stock_levels WHERE sku = 'fig';
+-- confirming a hold past its TTL is refused, and so is its order
+SELECT pg_temp.try(format('SELECT payments.confirm_reservation(%s)', :r6));
+SELECT pg_temp.try($$SELECT payments.confirm_order('order-6')$$);
+-- a reserve that finds the stock short reclaims lapsed holds of that SKU
+SELECT payments.reserve('order-8', 'fig', 4) AS r8 \gset
+SELECT id = :r8 AS new_hold, order_ref, qty, state FROM payments.reservations WHERE sku = 'fig' ORDER BY id;
+SELECT * FROM payments.stock_levels WHERE sku = 'fig';
+SELECT pg_temp.try(format('SELECT payments.confirm_reservation(%s)', :r7));
+SELECT payments.release_reservation(:r7);
+-- a reserve that is short even after reclaiming fails and reclaims nothing
+UPDATE payments.reservations SET expires_at = now() - interval '1 second' WHERE id = :r8;
+SELECT pg_temp.try($$SELECT payments.reserve('order-9', 'fig', 6)$$);
+SELECT id, state FROM payments.reservations WHERE id = :r8;
+-- releasing a lapsed hold that nothing has expired gives its stock back
+SELECT payments.release_reservation(:r8);
+SELECT * FROM payments.stock_levels WHERE sku = 'fig';
+SELECT * FROM pg_temp.ledger();
+
+-- expire_reservations: releases holds past their TTL, oldest first, up to max_rows
+SELECT payments.reserve('order-10', 'fig', 1) AS r10 \gset
+SELECT payments.reserve('order-11', 'fig', 1) AS r11 \gset
+SELECT payments.reserve('order-12', 'fig', 1) AS r12 \gset
+UPDATE payments.reservations SET expires_at = now() - interval '2 seconds' WHERE id = :r11;
+UPDATE payments.reservations SET expires_at = now() - interval '1 second' WHERE id = :r10;
+SELECT payments.expire_reservations(1);
+SELECT id = :r11 AS oldest_first, state FROM payments.reservations WHERE state = 'expired' AND id >= :r10;
+SELECT payments.expire_reservations();
+SELECT payments.expire_reservations();
+SELECT order_ref, state, resolved_at IS NOT NULL AS resolved FROM payments.reservations WHERE id >= :r10 ORDER BY id;
+SELECT pg_temp.try(format('SELECT payments.confirm_reservation(%s)', :r10));
+SELECT pg_temp.try($$SELECT payments.confirm_order('order-10')$$);
+SELECT payments.release_reservation(:r10);
+SELECT payments.release_order('order-11');
+SELECT pg_temp.try($$SELECT payments.expire_reservations(0)$$);
+SELECT pg_temp.try($$SELECT payments.expire_reservations(NULL)$$);
+SELECT * FROM payments.stock_levels WHERE sku = 'fig';
+SELECT * FROM pg_temp.ledger();
+
+-- stock_adjust: receive and write off; never below what is held (PM103)
+SELECT payments.stock_adjust('apple', 5);
+UPDATE received SET units = units + 5 WHERE sku = 'apple';
+SELECT * FROM payments.stock_levels WHERE sku = 'apple';
+SELECT payments.reserve('order-13', 'apple', 6) AS r13 \gset
+SELECT * FROM payments.stock_levels WHERE sku = 'apple';
+SELECT pg_temp.try($$SELECT payments.stock_adjust('apple', -5)$$);
+SELECT payments.stock_adjust('apple', -4);
+UPDATE received SET units = units - 4 WHERE sku = 'apple';
+SELECT * FROM payments.stock_levels WHERE sku = 'apple';
+-- a write-off reclaims lapsed holds first
+UPDATE payments.reservations SET expires_at = now() - interval '1 second' WHERE id = :r13;
+SELECT payments.stock_adjust('apple', -6);
+UPDATE received SET units = units - 6 WHERE sku = 'apple';
+SELECT state FROM payments.reservations WHERE id = :r13;
+SELECT * FROM payments.stock_levels WHERE sku = 'apple';
+SELECT pg_temp.try($$SELECT payments.stock_adjust('plum', 1)$$);
+SELECT pg_temp.try($$SELECT payments.stock_adjust('apple', 0)$$);
+SELECT pg_temp.try($$SELECT payments.stock_adjust('apple', NULL)$$);
+SELECT pg_temp.try($$SELECT payments.stock_adjust(NULL, 1)$$);
+-- at most 10^15 units on hand
+SELECT payments.stock_adjust('apple', 1000000000000000);
+SELECT pg_temp.try($$SELECT payments.stock_adjust('apple', 1)$$);
+SELECT pg_temp.try($$SELECT payments.stock_set('apple', 1000000000000001)$$);
+SELECT payments.stock_adjust('apple', -1000000000000000);
+SELECT pg_temp.try($$SELECT payments.stock_adjust('apple', -9223372036854775808)$$);
+
+-- stock_set on a SKU with holds: on_hand counts them, so it cannot go below
+SELECT payments.reserve('order-14', 'pear', 2) AS r14 \gset
+SELECT * FROM payments.stock_levels WHERE sku = 'pear';
+SELECT pg_temp.try($$SELECT payments.stock_set('pear', 1)$$);
+SELECT payments.stock_set('pear', 2);
+UPDATE received SET units = 2 + (SELECT sum(qty) FROM payments.reservations WHERE sku = 'pear' AND state = 'confirmed') WHERE sku = 'pear';
+SELECT * FROM payments.stock_levels WHERE sku = 'pear';
+SELECT pg_temp.try($$SELECT payments.reserve('o', 'pear', 1)$$);
+SELECT payments.stock_set('pear', 12);
+UPDATE received SET units = units + 10 WHERE sku = 'pear';
+SELECT * FROM payments.stock_levels WHERE sku = 'pear';
+SELECT * FROM pg_temp.ledger();
+
+-- slots: more, fewer, kept when not given; the units are spread evenly
+SELECT payments.stock_set('pear', 12, slots => 5);
+SELECT slot, available FROM payments.stock_slots WHERE sku = 'pear' ORDER BY slot;
+SELECT payments.stock_set('pear', 12);
+SELECT slots FROM payments.stock WHERE sku = 'pear';
+SELECT payments.stock_set('pear', 12, slots => 2);
+SELECT slot, available FROM payments.stock_slots WHERE sku = 'pear' ORDER BY slot;
+
+-- the last units are never stranded: a quantity no single slot holds is
+-- gathered from all of them, down to the very last unit
+SELECT payments.stock_set('kiwi', 4, slots => 4);
+INSERT INTO received VALUES ('kiwi', 4);
+SELECT slot, available FROM payments.stock_slots WHERE sku = 'kiwi' ORDER BY slot;
+SELECT payments.reserve('order-15', 'kiwi', 3) IS NOT NULL AS reserved;
+SELECT slot, available FROM payments.stock_slots WHERE sku = 'kiwi' ORDER BY slot;
+SELECT payments.reserve('order-16', 'kiwi', 1) IS NOT NULL AS reserved;
+SELECT pg_temp.try($$SELECT payments.reserve('o', 'kiwi', 1)$$);
+SELECT * FROM payments.stock_levels WHERE sku = 'kiwi';
+SELECT * FROM pg_temp.ledger();
+
+-- Privileges: applications use the functions and the view, not the tables.
+CREATE ROLE reservation_test_app LOGIN IN ROLE payments_app;
+SET ROLE reservation_test_app;
+SELECT payments.reserve('order-17', 'pear', 1) IS NOT NULL AS reserved;
+SELECT payments.confirm_order('order-17');
+SELECT sku, on_hand FROM payments.stock_levels WHERE sku = 'pear';
+SELECT pg_temp.try($$SELECT count(*) FROM payments.reservations$$);
+SELECT pg_temp.try($$UPDATE payments.stock_slots SET available = 1000$$);
+SELECT pg_temp.try($$SELECT payments.expire_reservations()$$);
+RESET ROLE;
+DROP ROLE reservation_test_app;
+
+-- Every function is SECURITY DEFINER with a pinned search_path; the
+-- maintenance function is not granted.  The tables are dumped.
+SELECT p.oid::regprocedure AS function, p.prosecdef, p.proconfig,
+       has_function_privilege('payments_app', p.oid, 'EXECUTE') AS app_may_call
+  FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+ WHERE n.nspname = 'payments' AND p.proname NOT LIKE '%idempotency%'
+ ORDER BY p.oid::regprocedure::text;
+SELECT c.relname FROM pg_extension e, unnest(e.extconfig) AS t(oid) JOIN pg_class c ON c.oid = t.oid
+ WHERE e.extname = 'payments' AND c.relname NOT LIKE 'idempotency%' ORDER BY 1;
+
+DROP EXTENSION payments CASCADE;
