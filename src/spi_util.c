@@ -24,7 +24,14 @@ payments_prepare(SPIPlanPtr *cache, const char *sql, int nargs,
 	if (*cache != NULL)
 		return *cache;
 
-	plan = SPI_prepare(sql, nargs, (Oid *) argtypes);
+	/*
+	 * Always the generic plan: every query here is a key lookup whose best
+	 * plan does not depend on the values, and the plan cache would
+	 * otherwise plan some of them afresh on every call when it guesses a
+	 * custom plan to be cheaper.
+	 */
+	plan = SPI_prepare_cursor(sql, nargs, (Oid *) argtypes,
+							  CURSOR_OPT_GENERIC_PLAN);
 	if (plan == NULL)
 		elog(ERROR, "could not prepare query \"%s\": %s",
 			 sql, SPI_result_code_string(SPI_result));
