@@ -20,23 +20,25 @@ OBJS = \
 	src/fingerprint.o \
 	src/args.o \
 	src/spi_util.o \
-	src/idempotency.o
+	src/idempotency.o \
+	src/state_guard.o
 
 # The install script is assembled from one SQL file per capability, in this
 # order: the schema first, then each capability's objects.
 SQL_SOURCES = \
 	src/schema.sql \
 	src/idempotency.sql \
+	src/state_guard.sql \
 	src/privileges.sql
 
 DATA_built = $(EXTENSION)--$(EXTVERSION).sql
 PG_CPPFLAGS = -I$(srcdir)/src
 SHLIB_LINK += -lcrypto
 
-REGRESS =
+REGRESS = state_guard
 REGRESS_OPTS = --no-locale
 
-ISOLATION =
+ISOLATION = state_guard_race state_guard_redefine
 ISOLATION_OPTS = --inputdir=test/isolation --load-extension=$(EXTENSION) --no-locale
 
 TAP_TESTS = 1

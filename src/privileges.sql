@@ -23,5 +23,10 @@ GRANT EXECUTE ON FUNCTION
     payments.idempotency_begin(text, text, jsonb, interval),
     payments.idempotency_checkpoint(text, text, text),
     payments.idempotency_complete(text, text, jsonb, integer),
-    payments.idempotency_abandon(text, text)
+    payments.idempotency_abandon(text, text),
+    payments.define_state_machine(text, jsonb, text[]),
+    payments.guard_state(regclass, name, text),
+    payments.unguard_state(regclass, name),
+    payments.state_guard()
     TO payments_app;
+GRANT SELECT ON payments.state_machines TO payments_app;
