@@ -133,6 +133,17 @@ UPDATE orders SET status = 'shiped' WHERE id = 1;
 UPDATE orders SET status = 'cancelled' WHERE id IN (1, 3, 4);
 \echo :LAST_ERROR_SQLSTATE
 SELECT id, status, note FROM orders ORDER BY id;
+-- the error names the schema, table and column in its fields
+DO $$
+DECLARE
+    s text; t text; c text; st text;
+BEGIN
+    UPDATE orders SET status = 'paid' WHERE id = 2;
+EXCEPTION WHEN SQLSTATE 'PM201' THEN
+    GET STACKED DIAGNOSTICS s = SCHEMA_NAME, t = TABLE_NAME, c = COLUMN_NAME, st = RETURNED_SQLSTATE;
+    RAISE NOTICE 'sqlstate %, schema %, table %, column %', st, s, t, c;
+END
+$$;
 
 --
 -- History: one row per accepted change, none for refused or unchanged ones
