@@ -483,8 +483,13 @@ cache_begin_statement(void)
 {
 	TimestampTz stmt_start = GetCurrentStatementStartTimestamp();
 
+	/*
+	 * Within a statement the cache stays as it is, even if an invalidation
+	 * arrived meanwhile: the rows of one statement are judged by one version
+	 * of each machine, and nothing is freed while a caller may hold it.
+	 */
 	if (MyProc->lxid == checked_lxid && stmt_start == checked_stmt_start &&
-		!cache_stale && guard_hash != NULL)
+		guard_hash != NULL)
 		return;
 	AcceptInvalidationMessages();
 	if (cache_stale || guard_hash == NULL)
