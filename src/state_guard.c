@@ -54,6 +54,7 @@
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
 #include "lib/stringinfo.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "nodes/makefuncs.h"
 #include "parser/parse_func.h"
@@ -185,7 +186,8 @@ checked_state_name(const char *s, int len)
 	if (len > STATE_MAX_BYTES)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("state name \"%.*s...\" is too long", 20, s),
+				 errmsg("state name \"%.*s...\" is too long",
+						pg_mbcliplen(s, len, 20), s),
 				 errdetail("The name is %d bytes long; the limit is %d bytes.",
 						   len, STATE_MAX_BYTES)));
 	return pnstrdup(s, len);
