@@ -22,6 +22,7 @@ OBJS = \
 	src/spi_util.o \
 	src/idempotency.o \
 	src/reservation.o \
+	src/state_guard.o \
 	src/worker_shmem.o \
 	src/launcher.o \
 	src/worker.o \
@@ -33,6 +34,7 @@ SQL_SOURCES = \
 	src/schema.sql \
 	src/idempotency.sql \
 	src/reservation.sql \
+	src/state_guard.sql \
 	src/worker.sql \
 	src/privileges.sql
 
@@ -44,6 +46,7 @@ REGRESS = \
 	idempotency \
 	idempotency_errors \
 	reservation \
+	state_guard \
 	privileges
 REGRESS_OPTS = --no-locale --encoding=UTF8
 
@@ -54,7 +57,9 @@ ISOLATION = \
 	reservation_no_deadlock \
 	reservation_confirm_release \
 	reservation_confirm_expire \
-	reservation_adjust_reserve
+	reservation_adjust_reserve \
+	state_guard_race \
+	state_guard_redefine
 ISOLATION_OPTS = --inputdir=test/isolation --load-extension=$(EXTENSION) --no-locale --encoding=UTF8
 
 TAP_TESTS = 1

@@ -7,10 +7,14 @@ CREATE ROLE regress_app LOGIN;
 CREATE ROLE regress_stranger LOGIN;
 GRANT payments_app TO regress_app;
 
--- Every function is SECURITY DEFINER with a pinned search_path.
+-- Every function is SECURITY DEFINER with a pinned search_path, except the
+-- trigger function and guard_state / unguard_state, which deliberately run
+-- with the caller's rights so that PostgreSQL's own rules (the TRIGGER
+-- privilege, table ownership) decide who may guard a table.
 SELECT p.oid::regprocedure AS function, p.prosecdef, p.proconfig
   FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
  WHERE n.nspname = 'payments' AND p.prorettype <> 'trigger'::regtype
+   AND p.proname NOT IN ('guard_state', 'unguard_state')
    AND (NOT p.prosecdef OR p.proconfig IS DISTINCT FROM '{"search_path=pg_catalog, pg_temp"}')
  ORDER BY 1;
 

@@ -32,7 +32,12 @@ GRANT EXECUTE ON FUNCTION
     payments.confirm_order(text),
     payments.release_reservation(bigint),
     payments.release_order(text),
-    payments.notify_worker()
+    payments.notify_worker(),
+    payments.define_state_machine(text, jsonb, text[]),
+    payments.guard_state(regclass, name, text),
+    payments.unguard_state(regclass, name),
+    payments.state_guard()
     TO payments_app;
 -- Applications may read stock levels, not the tables behind them.
 GRANT SELECT ON payments.stock_levels TO payments_app;
+GRANT SELECT ON payments.state_machines TO payments_app;

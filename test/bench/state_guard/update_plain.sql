@@ -1,0 +1,2 @@
+\set id random(1, 100000)
+UPDATE orders_plain SET status = CASE status WHEN 'pending' THEN 'active' ELSE 'pending' END WHERE id = :id;
