@@ -24,7 +24,9 @@ OBJS = \
 	src/worker_shmem.o \
 	src/launcher.o \
 	src/worker.o \
-	src/worker_status.o
+	src/worker_status.o \
+	src/compensation.o \
+	src/compensation_run.o
 
 # The install script is assembled from one SQL file per capability, in this
 # order: the schema first, then each capability's objects.
@@ -32,6 +34,7 @@ SQL_SOURCES = \
 	src/schema.sql \
 	src/idempotency.sql \
 	src/worker.sql \
+	src/compensation.sql \
 	src/privileges.sql
 
 DATA_built = $(EXTENSION)--$(EXTVERSION).sql

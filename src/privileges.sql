@@ -24,5 +24,13 @@ GRANT EXECUTE ON FUNCTION
     payments.idempotency_checkpoint(text, text, text),
     payments.idempotency_complete(text, text, jsonb, integer),
     payments.idempotency_abandon(text, text),
-    payments.notify_worker()
+    payments.notify_worker(),
+    payments.enqueue_compensation(regprocedure, jsonb, text, integer, timestamptz),
+    payments.retry_compensation(bigint),
+    payments.cancel_compensation(bigint),
+    payments.register_external_handler(regprocedure),
+    payments.claim_compensations(regprocedure, integer, interval),
+    payments.complete_compensation(bigint),
+    payments.fail_compensation(bigint, text)
     TO payments_app;
+GRANT SELECT ON payments.compensation_stats TO payments_app;

@@ -1,0 +1,435 @@
+/*-------------------------------------------------------------------------
+ *
+ * compensation_run.c
+ *	  How the worker runs compensations: exactly once for work inside the
+ *	  database, every attempt counted even across crashes, and each handler
+ *	  with the rights of the role that queued it and no more.
+ *
+ * payments.run_compensations(max_items) is one of the worker's tasks, each
+ * call a transaction of its own.  A call does three things:
+ *
+ *	1. Run the items that this backend claimed in its previous call: lock
+ *	   them (FOR UPDATE, so a concurrent cancel waits for the outcome), then
+ *	   run each handler in a subtransaction.  A success leaves the handler's
+ *	   effects in place and the item is marked succeeded in the same
+ *	   transaction, so both commit or neither does.  A failure rolls the
+ *	   subtransaction back, records an attempt row and schedules the next
+ *	   attempt (or makes the item dead).
+ *	2. Give back to the queue the claims whose lease has run out.
+ *	3. Claim the next due items: status running, attempts + 1, a lease and
+ *	   a random claim token, committed by this call, run by the next one.
+ *	   The worker wakes itself at that commit, so the next call follows at
+ *	   once.
+ *
+ * Why claim and run are two transactions: an attempt must be counted even
+ * if the server crashes in the middle of the handler, and only a committed
+ * row can say "this attempt started".  A crash during step 1 rolls back the
+ * handlers' effects and their succeeded marks together, and leaves the
+ * items running under a claim that nobody will run again (the claim token
+ * lives in the crashed backend's memory, and is forgotten before step 1
+ * starts, so even an error in step 1 never runs the claim twice).  Once
+ * the claim's lease (WORKER_LEASE_MS) has run out, step 2 of a later call
+ * records the attempt as failed (PM304) and the item is retried: nothing is
+ * lost, and nothing that committed as succeeded runs again.
+ *
+ * The lease only has to cover the gap between the claim's commit and the
+ * next call's lock: while the items are locked, step 2 skips them.
+ *
+ * Rights: the handler runs as the item's enqueued_by, with
+ * SECURITY_RESTRICTED_OPERATION (no SET ROLE, no temporary objects), under
+ * a GUC nest level that is unwound afterwards (a handler cannot change the
+ * worker's settings), after checking again that the role exists, may
+ * execute the function, and that the function found under the stored name
+ * still has the owner it had at enqueue time.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "compensation.h"
+#include "worker.h"
+
+#include "access/htup_details.h"
+#include "access/xact.h"
+#include "catalog/pg_authid.h"
+#include "catalog/pg_proc.h"
+#include "catalog/pg_type.h"
+#include "common/pg_prng.h"
+#include "miscadmin.h"
+#include "utils/acl.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/regproc.h"
+#include "utils/resowner.h"
+#include "utils/syscache.h"
+#include "utils/timeout.h"
+
+PG_FUNCTION_INFO_V1(payments_run_compensations);
+
+/* How long a claim of the worker may wait for the call that runs it */
+#define WORKER_LEASE_MS		10000
+
+/* The claim this backend committed in its previous call (step 3). */
+static int64 claim_token = 0;
+static int	nclaimed = 0;
+static int64 *claimed_ids = NULL;	/* in TopMemoryContext */
+static int	claimed_capacity = 0;
+
+/* payments.handler_timeout, as a timeout of our own */
+static TimeoutId handler_timeout_id = MAX_TIMEOUTS;
+static volatile sig_atomic_t handler_timed_out = false;
+
+static SPIPlanPtr lock_plan;
+static SPIPlanPtr succeeded_plan;
+static SPIPlanPtr claim_plan;
+
+typedef struct CompensationItem
+{
+	int64		id;
+	char	   *handler;
+	Datum		payload;
+	Oid			enqueued_by;
+	Oid			handler_owner;
+	int32		attempts;
+	int32		max_attempts;
+} CompensationItem;
+
+/*
+ * The handler ran past payments.handler_timeout: cancel it the way
+ * statement_timeout cancels a query.  Runs in the SIGALRM handler.
+ */
+static void
+handler_timeout_fired(void)
+{
+	handler_timed_out = true;
+	InterruptPending = true;
+	QueryCancelPending = true;
+	SetLatch(MyLatch);
+}
+
+static void
+arm_handler_timeout(void)
+{
+	handler_timed_out = false;
+	if (payments_handler_timeout <= 0)
+		return;
+	if (handler_timeout_id == MAX_TIMEOUTS)
+		handler_timeout_id = RegisterTimeout(USER_TIMEOUT, handler_timeout_fired);
+	enable_timeout_after(handler_timeout_id, payments_handler_timeout);
+}
+
+static void
+disarm_handler_timeout(void)
+{
+	if (handler_timeout_id != MAX_TIMEOUTS)
+		disable_timeout(handler_timeout_id, false);
+}
+
+/*
+ * Check, as the item is about to run, what enqueue checked, and more: the
+ * name may now denote another function, the role may be gone or have lost
+ * EXECUTE.  Any failure here is a failed attempt like a handler error.
+ */
+static Oid
+resolve_handler(CompensationItem *item)
+{
+	Oid			fn;
+	Oid			owner;
+
+	fn = DatumGetObjectId(DirectFunctionCall1(regprocedurein,
+											  CStringGetDatum(item->handler)));
+	if (!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(item->enqueued_by)))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("role with OID %u that queued the compensation does not exist",
+						item->enqueued_by)));
+	owner = compensation_check_handler(fn, item->enqueued_by);
+	if (owner != item->handler_owner)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("compensation handler %s has changed owner", item->handler),
+				 errdetail("It was owned by role with OID %u when the compensation was queued and is now owned by role with OID %u.",
+						   item->handler_owner, owner),
+				 errhint("Queue the compensation again if the new function is the right handler.")));
+	return fn;
+}
+
+/*
+ * Run one item's handler in a subtransaction, as the role that queued it.
+ * Returns NULL on success, else the error (in the caller's context); an
+ * error that must end the whole call (a cancel or shutdown request) is
+ * re-thrown once the subtransaction is rolled back.
+ */
+static ErrorData *
+run_handler(CompensationItem *item)
+{
+	MemoryContext callcxt = CurrentMemoryContext;
+	ResourceOwner oldowner = CurrentResourceOwner;
+	Oid			save_userid;
+	int			save_sec_context;
+	ErrorData  *volatile edata = NULL;
+
+	GetUserIdAndSecContext(&save_userid, &save_sec_context);
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(callcxt);
+
+	PG_TRY();
+	{
+		Oid			fn = resolve_handler(item);
+		FmgrInfo	flinfo;
+		int			nestlevel;
+
+		LOCAL_FCINFO(hfcinfo, 1);
+
+		fmgr_info(fn, &flinfo);
+		InitFunctionCallInfoData(*hfcinfo, &flinfo, 1, InvalidOid, NULL, NULL);
+		hfcinfo->args[0].value = item->payload;
+		hfcinfo->args[0].isnull = false;
+
+		nestlevel = NewGUCNestLevel();
+		SetUserIdAndSecContext(item->enqueued_by,
+							   save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
+							   SECURITY_RESTRICTED_OPERATION);
+		arm_handler_timeout();
+		(void) FunctionCallInvoke(hfcinfo);
+		disarm_handler_timeout();
+		SetUserIdAndSecContext(save_userid, save_sec_context);
+		AtEOXact_GUC(false, nestlevel);
+
+		/* The timeout fired just as the handler returned: it finished. */
+		if (handler_timed_out)
+			QueryCancelPending = false;
+
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(callcxt);
+		CurrentResourceOwner = oldowner;
+	}
+	PG_CATCH();
+	{
+		disarm_handler_timeout();
+		MemoryContextSwitchTo(callcxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+
+		/* Also restores the user, the GUCs and the SPI stack. */
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(callcxt);
+		CurrentResourceOwner = oldowner;
+		SetUserIdAndSecContext(save_userid, save_sec_context);
+
+		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED)
+		{
+			if (!handler_timed_out)
+				ReThrowError(edata);
+			edata->message = psprintf("compensation handler timed out after %d ms (payments.handler_timeout)",
+									  payments_handler_timeout);
+		}
+	}
+	PG_END_TRY();
+
+	return edata;
+}
+
+/* An int8[] of ids, for "id = ANY ($1)" */
+static Datum
+ids_array(const int64 *ids, int n)
+{
+	Datum	   *elems = palloc(sizeof(Datum) * Max(n, 1));
+
+	for (int i = 0; i < n; i++)
+		elems[i] = Int64GetDatum(ids[i]);
+	return PointerGetDatum(construct_array(elems, n, INT8OID, sizeof(int64),
+										   FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+}
+
+/*
+ * Mark the items that succeeded, in the transaction of their effects.  An
+ * item whose own handler changed it (cancelled it, say) is left as it is.
+ */
+static void
+mark_succeeded(int64 *ids, int n)
+{
+	Datum		values[1];
+
+	if (n == 0)
+		return;
+	payments_prepare(&succeeded_plan,
+					 "UPDATE payments.compensations"
+					 " SET status = 'succeeded', finished_at = clock_timestamp(),"
+					 "  lease_expires_at = NULL, claim_token = NULL,"
+					 "  updated_at = clock_timestamp()"
+					 " WHERE id = ANY ($1) AND status = 'running'",
+					 1, (Oid[]) {INT8ARRAYOID});
+	values[0] = ids_array(ids, n);
+	payments_execute(succeeded_plan, values, NULL, SPI_OK_UPDATE, 0);
+}
+
+/*
+ * Step 1: run the items of a claim, in next_attempt_at order.  Returns how
+ * many finished (succeeded or failed).
+ */
+static int
+run_claimed(int64 token, int64 *ids, int n)
+{
+	static const Oid argtypes[] = {INT8ARRAYOID, INT8OID};
+	Datum		values[2];
+	MemoryContext callcxt = CurrentMemoryContext;
+	MemoryContext itemcxt;
+	CompensationItem *items;
+	int64	   *succeeded;
+	int			nsucceeded = 0;
+	int			nitems;
+
+	payments_prepare(&lock_plan,
+					 "SELECT id, handler, payload, enqueued_by::oid, handler_owner::oid,"
+					 "  attempts, max_attempts"
+					 " FROM payments.compensations"
+					 " WHERE id = ANY ($1) AND claim_token = $2 AND status = 'running'"
+					 " ORDER BY next_attempt_at, id"
+					 " FOR UPDATE",
+					 2, argtypes);
+	values[0] = ids_array(ids, n);
+	values[1] = Int64GetDatum(token);
+	nitems = (int) payments_execute(lock_plan, values, NULL, SPI_OK_SELECT, 0);
+
+	items = palloc(sizeof(CompensationItem) * Max(nitems, 1));
+	succeeded = palloc(sizeof(int64) * Max(nitems, 1));
+	for (int i = 0; i < nitems; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+
+		items[i].id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+		items[i].handler = SPI_getvalue(tup, desc, 2);
+		items[i].payload = PointerGetDatum(PG_DETOAST_DATUM_COPY(SPI_getbinval(tup, desc, 3, &isnull)));
+		items[i].enqueued_by = DatumGetObjectId(SPI_getbinval(tup, desc, 4, &isnull));
+		items[i].handler_owner = DatumGetObjectId(SPI_getbinval(tup, desc, 5, &isnull));
+		items[i].attempts = DatumGetInt32(SPI_getbinval(tup, desc, 6, &isnull));
+		items[i].max_attempts = DatumGetInt32(SPI_getbinval(tup, desc, 7, &isnull));
+	}
+	SPI_freetuptable(SPI_tuptable);
+
+	itemcxt = AllocSetContextCreate(callcxt, "payments compensation",
+									ALLOCSET_DEFAULT_SIZES);
+	for (int i = 0; i < nitems; i++)
+	{
+		ErrorData  *edata;
+
+		CHECK_FOR_INTERRUPTS();
+		MemoryContextSwitchTo(itemcxt);
+		edata = run_handler(&items[i]);
+		if (edata == NULL)
+			succeeded[nsucceeded++] = items[i].id;
+		else
+		{
+			ereport(LOG,
+					(errmsg("compensation %lld failed on attempt %d of %d: %s",
+							(long long) items[i].id, items[i].attempts,
+							items[i].max_attempts, edata->message),
+					 errdetail("Handler %s, SQLSTATE %s.", items[i].handler,
+							   unpack_sql_state(edata->sqlerrcode))));
+			if (!compensation_record_failure(items[i].id, edata->message,
+											 unpack_sql_state(edata->sqlerrcode),
+											 true))
+				elog(ERROR, "compensation %lld changed under its lock",
+					 (long long) items[i].id);
+		}
+		MemoryContextSwitchTo(callcxt);
+		MemoryContextReset(itemcxt);
+	}
+	mark_succeeded(succeeded, nsucceeded);
+	MemoryContextDelete(itemcxt);
+	return nitems;
+}
+
+/*
+ * Step 3: claim up to max_items due items of handlers the worker runs and
+ * remember them for the next call.  Returns how many.
+ */
+static int
+claim_due(int max_items)
+{
+	static const Oid argtypes[] = {INT4OID, INT8OID, INT4OID};
+	Datum		values[3];
+	int64		token = (int64) pg_prng_uint64(&pg_global_prng_state);
+	uint64		n;
+
+	payments_prepare(&claim_plan,
+					 "UPDATE payments.compensations c"
+					 " SET status = 'running', attempts = c.attempts + 1,"
+					 "  lease_expires_at = clock_timestamp() + $3 * interval '1 millisecond',"
+					 "  claim_token = $2, updated_at = clock_timestamp()"
+					 " WHERE c.id = ANY (ARRAY("
+					 "  SELECT p.id FROM payments.compensations p"
+					 "  WHERE p.status = 'pending' AND p.next_attempt_at <= clock_timestamp()"
+					 "   AND NOT EXISTS (SELECT FROM payments.external_handlers e"
+					 "                   WHERE e.handler = p.handler)"
+					 "  ORDER BY p.next_attempt_at LIMIT $1"
+					 "  FOR UPDATE SKIP LOCKED))"
+					 "  AND c.status = 'pending'"
+					 " RETURNING c.id",
+					 3, argtypes);
+	values[0] = Int32GetDatum(max_items);
+	values[1] = Int64GetDatum(token);
+	values[2] = Int32GetDatum(WORKER_LEASE_MS);
+	n = payments_execute(claim_plan, values, NULL, SPI_OK_UPDATE_RETURNING, 0);
+	if (n == 0)
+		return 0;
+
+	if (claimed_capacity < (int) n)
+	{
+		if (claimed_ids != NULL)
+			pfree(claimed_ids);
+		claimed_ids = MemoryContextAlloc(TopMemoryContext, sizeof(int64) * n);
+		claimed_capacity = (int) n;
+	}
+	for (uint64 i = 0; i < n; i++)
+	{
+		bool		isnull;
+
+		claimed_ids[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
+													 SPI_tuptable->tupdesc, 1, &isnull));
+	}
+	nclaimed = (int) n;
+	claim_token = token;
+
+	/* The worker's own commit wakes it for the call that runs them. */
+	payments_wake_worker_at_commit();
+	return (int) n;
+}
+
+/*
+ * payments.run_compensations(max_items): see the file header.  Returns how
+ * many items it finished: run (either way) or given back after their lease
+ * ran out.  Not granted to applications: it is the worker's task.
+ */
+Datum
+payments_run_compensations(PG_FUNCTION_ARGS)
+{
+	int			max_items;
+	int			done = 0;
+
+	max_items = payments_arg_int_range(fcinfo, 0, "max_items", 1,
+									   COMPENSATION_MAX_ITEMS_LIMIT);
+	payments_check_writable("run compensations");
+
+	SPI_connect();
+	if (nclaimed > 0)
+	{
+		int64		token = claim_token;
+		int			n = nclaimed;
+		int64	   *ids = palloc(sizeof(int64) * n);
+
+		/* Forget the claim first: whatever happens, it is run only once. */
+		memcpy(ids, claimed_ids, sizeof(int64) * n);
+		nclaimed = 0;
+		claim_token = 0;
+		done += run_claimed(token, ids, n);
+	}
+	done += compensation_expire_leases(NULL, max_items);
+	(void) claim_due(max_items);
+	SPI_finish();
+
+	PG_RETURN_INT32(done);
+}
