@@ -7,7 +7,9 @@ CREATE ROLE regress_app LOGIN;
 CREATE ROLE regress_stranger LOGIN;
 GRANT payments_app TO regress_app;
 
--- Every function is SECURITY DEFINER with a pinned search_path.
+-- Every function is SECURITY DEFINER with a pinned search_path, except the
+-- three compensation functions that act for their caller (src/compensation.c):
+-- they pin search_path and take their owner's rights themselves.
 SELECT p.oid::regprocedure AS function, p.prosecdef, p.proconfig
   FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
  WHERE n.nspname = 'payments' AND p.prorettype <> 'trigger'::regtype
