@@ -44,12 +44,18 @@ SHLIB_LINK += -lcrypto
 REGRESS = \
 	idempotency \
 	idempotency_errors \
-	privileges
+	privileges \
+	compensation \
+	compensation_errors \
+	compensation_rights
 REGRESS_OPTS = --no-locale --encoding=UTF8
 
 ISOLATION = \
 	idempotency_race \
-	idempotency_wait
+	idempotency_wait \
+	compensation_claim \
+	compensation_dedup \
+	compensation_cancel
 ISOLATION_OPTS = --inputdir=test/isolation --load-extension=$(EXTENSION) --no-locale --encoding=UTF8
 
 TAP_TESTS = 1
