@@ -170,24 +170,27 @@ compensation_handler_name(Oid handler)
 }
 
 /*
- * Record a failed attempt of a running item and schedule the next one, or
- * make it dead if that was its last.  With any_handler false, only items of
- * external handlers qualify.  Returns false if the item was not running.
- * The caller is connected to SPI.
+ * Record a failed attempt of an item and schedule the next one, or make it
+ * dead if that was its last.  worker_token = 0: an external executor's item,
+ * which must be running.  Otherwise an item of the worker's claim with that
+ * token, which the worker marked succeeded before running it (see
+ * compensation_run.c).  Returns false if there was no such item.  The caller
+ * is connected to SPI.
  */
 bool
 compensation_record_failure(int64 id, const char *error, const char *sqlstate,
-							bool any_handler)
+							int64 worker_token)
 {
-	static const Oid argtypes[] = {INT8OID, TEXTOID, INT4OID, INT4OID, TEXTOID, BOOLOID};
+	static const Oid argtypes[] = {INT8OID, TEXTOID, INT4OID, INT4OID, TEXTOID, INT8OID};
 	Datum		values[6];
 	char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
 
 	payments_prepare(&fail_plan,
 					 "WITH failed AS ("
 					 " UPDATE payments.compensations c SET last_error = $2," FAILED_SET_SQL
-					 " WHERE c.id = $1 AND c.status = 'running'"
-					 "  AND ($6 OR " IS_EXTERNAL_SQL("c") ")"
+					 " WHERE c.id = $1 AND CASE WHEN $6 = 0"
+					 "  THEN c.status = 'running' AND " IS_EXTERNAL_SQL("c")
+					 "  ELSE c.status = 'succeeded' AND c.claim_token = $6 END"
 					 " RETURNING c.id, c.attempts)"
 					 " INSERT INTO payments.compensation_attempts"
 					 "  (compensation_id, attempt, failed_at, error, sqlstate)"
@@ -201,7 +204,7 @@ compensation_record_failure(int64 id, const char *error, const char *sqlstate,
 		values[4] = CStringGetTextDatum(sqlstate);
 	else
 		nulls[4] = 'n';
-	values[5] = BoolGetDatum(any_handler);
+	values[5] = Int64GetDatum(worker_token);
 	return payments_execute(fail_plan, values, nulls, SPI_OK_INSERT, 0) == 1;
 }
 
@@ -214,10 +217,14 @@ compensation_record_failure(int64 id, const char *error, const char *sqlstate,
 int
 compensation_expire_leases(const char *handler, int max_items)
 {
-	static const Oid argtypes[] = {TEXTOID, INT4OID, INT4OID, INT4OID};
-	Datum		values[4];
-	char		nulls[4] = {' ', ' ', ' ', ' '};
+	static const Oid argtypes[] = {TEXTOID, INT4OID, INT4OID, INT4OID, TIMESTAMPTZOID};
+	Datum		values[5];
+	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
 
+	/*
+	 * Running items were due when claimed, so the due index finds them; $5,
+	 * the current time, bounds its scan (see claim_due).
+	 */
 	payments_prepare(&expire_plan,
 					 "WITH expired AS ("
 					 " UPDATE payments.compensations SET"
@@ -225,17 +232,18 @@ compensation_expire_leases(const char *handler, int max_items)
 					 FAILED_SET_SQL
 					 " WHERE id = ANY (ARRAY("
 					 "  SELECT id FROM payments.compensations"
-					 "  WHERE status = 'running' AND lease_expires_at <= clock_timestamp()"
+					 "  WHERE finished_at IS NULL AND next_attempt_at <= $5"
+					 "   AND status = 'running' AND lease_expires_at <= $5"
 					 "   AND ($1::text IS NULL OR handler = $1)"
-					 "  ORDER BY lease_expires_at LIMIT $2"
+					 "  ORDER BY next_attempt_at LIMIT $2"
 					 "  FOR UPDATE SKIP LOCKED))"
-					 "  AND status = 'running' AND lease_expires_at <= clock_timestamp()"
+					 "  AND status = 'running' AND lease_expires_at <= $5"
 					 " RETURNING id, attempts, last_error)"
 					 " INSERT INTO payments.compensation_attempts"
 					 "  (compensation_id, attempt, failed_at, error, sqlstate)"
 					 " SELECT id, attempts, clock_timestamp(), last_error, "
 					 "'" COMPENSATION_LEASE_EXPIRED_SQLSTATE "' FROM expired",
-					 4, argtypes);
+					 5, argtypes);
 	if (handler != NULL)
 		values[0] = CStringGetTextDatum(handler);
 	else
@@ -243,6 +251,7 @@ compensation_expire_leases(const char *handler, int max_items)
 	values[1] = Int32GetDatum(max_items);
 	values[2] = Int32GetDatum(payments_backoff_base);
 	values[3] = Int32GetDatum(payments_backoff_max);
+	values[4] = TimestampTzGetDatum(GetCurrentTimestamp());
 	return (int) payments_execute(expire_plan, values, nulls, SPI_OK_INSERT, 0);
 }
 
@@ -494,11 +503,11 @@ payments_register_external_handler(PG_FUNCTION_ARGS)
 Datum
 payments_claim_compensations(PG_FUNCTION_ARGS)
 {
-	static const Oid argtypes[] = {TEXTOID, INT4OID, INTERVALOID, INT8OID};
+	static const Oid argtypes[] = {TEXTOID, INT4OID, INTERVALOID, INT8OID, TIMESTAMPTZOID};
 	Oid			caller = GetUserId();
 	Oid			handler = arg_handler(fcinfo, 0);
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	Datum		values[4];
+	Datum		values[5];
 	char	   *name;
 	CompensationSavedUser saved;
 	uint64		n;
@@ -512,6 +521,7 @@ payments_claim_compensations(PG_FUNCTION_ARGS)
 	name = compensation_handler_name(handler);
 	values[0] = CStringGetTextDatum(name);
 	values[3] = Int64GetDatum((int64) pg_prng_uint64(&pg_global_prng_state));
+	values[4] = TimestampTzGetDatum(GetCurrentTimestamp());
 
 	InitMaterializedSRF(fcinfo, 0);
 	compensation_become_owner(fcinfo, &saved);
@@ -540,14 +550,14 @@ payments_claim_compensations(PG_FUNCTION_ARGS)
 					 "  updated_at = clock_timestamp()"
 					 " WHERE c.id = ANY (ARRAY("
 					 "  SELECT id FROM payments.compensations"
-					 "  WHERE status = 'pending' AND next_attempt_at <= clock_timestamp()"
-					 "   AND handler = $1"
+					 "  WHERE finished_at IS NULL AND next_attempt_at <= $5"
+					 "   AND status = 'pending' AND handler = $1"
 					 "  ORDER BY next_attempt_at LIMIT $2"
 					 "  FOR UPDATE SKIP LOCKED))"
 					 "  AND c.status = 'pending'"
 					 " RETURNING c.*)"
 					 " SELECT * FROM claimed ORDER BY next_attempt_at, id",
-					 4, argtypes);
+					 5, argtypes);
 	n = payments_execute(claim_plan, values, NULL, SPI_OK_SELECT, 0);
 	for (uint64 i = 0; i < n; i++)
 		tuplestore_puttuple(rsinfo->setResult, SPI_tuptable->vals[i]);
@@ -598,7 +608,7 @@ payments_fail_compensation(PG_FUNCTION_ARGS)
 
 	payments_check_writable("fail a compensation");
 	SPI_connect();
-	if (!compensation_record_failure(id, text_to_cstring(error), NULL, false))
+	if (!compensation_record_failure(id, text_to_cstring(error), NULL, 0))
 		report_state_conflict(id, "fail", true, NULL,
 							  "Only a claimed compensation can be failed; a claim whose lease ran out went back to the queue.");
 	SPI_finish();

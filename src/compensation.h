@@ -33,7 +33,7 @@ extern Oid	compensation_check_handler(Oid handler, Oid role);
 extern char *compensation_handler_name(Oid handler);
 
 extern bool compensation_record_failure(int64 id, const char *error,
-										const char *sqlstate, bool any_handler);
+										const char *sqlstate, int64 worker_token);
 extern int	compensation_expire_leases(const char *handler, int max_items);
 
 #endif							/* PAYMENTS_COMPENSATION_H */

@@ -15,7 +15,8 @@
  *	   transaction, so both commit or neither does.  A failure rolls the
  *	   subtransaction back, records an attempt row and schedules the next
  *	   attempt (or makes the item dead).
- *	2. Give back to the queue the claims whose lease has run out.
+ *	2. Give back to the queue the claims whose lease has run out (once a
+ *	   second while there is a backlog).
  *	3. Claim the next due items: status running, attempts + 1, a lease and
  *	   a random claim token, committed by this call, run by the next one.
  *	   The worker wakes itself at that commit, so the next call follows at
@@ -63,11 +64,15 @@
 #include "utils/resowner.h"
 #include "utils/syscache.h"
 #include "utils/timeout.h"
+#include "utils/timestamp.h"
 
 PG_FUNCTION_INFO_V1(payments_run_compensations);
 
 /* How long a claim of the worker may wait for the call that runs it */
 #define WORKER_LEASE_MS		10000
+
+/* How often to look for expired leases while a backlog keeps claims full */
+#define LEASE_CHECK_INTERVAL_MS	1000
 
 /* The claim this backend committed in its previous call (step 3). */
 static int64 claim_token = 0;
@@ -75,12 +80,19 @@ static int	nclaimed = 0;
 static int64 *claimed_ids = NULL;	/* in TopMemoryContext */
 static int	claimed_capacity = 0;
 
+/*
+ * The search for expired leases reads every unfinished due item, so while
+ * a backlog keeps this backend's claims full it runs once a second rather
+ * than in every call.
+ */
+static bool last_claim_full = false;
+static TimestampTz last_lease_check = 0;
+
 /* payments.handler_timeout, as a timeout of our own */
 static TimeoutId handler_timeout_id = MAX_TIMEOUTS;
 static volatile sig_atomic_t handler_timed_out = false;
 
-static SPIPlanPtr lock_plan;
-static SPIPlanPtr succeeded_plan;
+static SPIPlanPtr mark_plan;
 static SPIPlanPtr claim_plan;
 
 typedef struct CompensationItem
@@ -92,6 +104,7 @@ typedef struct CompensationItem
 	Oid			handler_owner;
 	int32		attempts;
 	int32		max_attempts;
+	TimestampTz due;			/* next_attempt_at: the order they run in */
 } CompensationItem;
 
 /*
@@ -126,15 +139,40 @@ disarm_handler_timeout(void)
 }
 
 /*
+ * A handler as resolved for one role during one call: resolving the name
+ * and checking the rights once per (handler, role, owner) and call rather
+ * than once per item is a large part of the cost of a no-op compensation.
+ */
+typedef struct ResolvedHandler
+{
+	const char *handler;
+	Oid			enqueued_by;
+	Oid			handler_owner;
+	Oid			fn;
+	struct ResolvedHandler *next;
+} ResolvedHandler;
+
+/*
  * Check, as the item is about to run, what enqueue checked, and more: the
  * name may now denote another function, the role may be gone or have lost
- * EXECUTE.  Any failure here is a failed attempt like a handler error.
+ * EXECUTE.  Any failure here is a failed attempt like a handler error (and
+ * is not cached, so the next item of the same handler checks again).
  */
 static Oid
-resolve_handler(CompensationItem *item)
+resolve_handler(CompensationItem *item, ResolvedHandler **cache,
+				MemoryContext cachecxt)
 {
+	ResolvedHandler *r;
 	Oid			fn;
 	Oid			owner;
+
+	for (r = *cache; r != NULL; r = r->next)
+	{
+		if (r->enqueued_by == item->enqueued_by &&
+			r->handler_owner == item->handler_owner &&
+			strcmp(r->handler, item->handler) == 0)
+			return r->fn;
+	}
 
 	fn = DatumGetObjectId(DirectFunctionCall1(regprocedurein,
 											  CStringGetDatum(item->handler)));
@@ -151,6 +189,14 @@ resolve_handler(CompensationItem *item)
 				 errdetail("It was owned by role with OID %u when the compensation was queued and is now owned by role with OID %u.",
 						   item->handler_owner, owner),
 				 errhint("Queue the compensation again if the new function is the right handler.")));
+
+	r = MemoryContextAlloc(cachecxt, sizeof(ResolvedHandler));
+	r->handler = MemoryContextStrdup(cachecxt, item->handler);
+	r->enqueued_by = item->enqueued_by;
+	r->handler_owner = item->handler_owner;
+	r->fn = fn;
+	r->next = *cache;
+	*cache = r;
 	return fn;
 }
 
@@ -161,7 +207,8 @@ resolve_handler(CompensationItem *item)
  * re-thrown once the subtransaction is rolled back.
  */
 static ErrorData *
-run_handler(CompensationItem *item)
+run_handler(CompensationItem *item, ResolvedHandler **cache,
+			MemoryContext cachecxt)
 {
 	MemoryContext callcxt = CurrentMemoryContext;
 	ResourceOwner oldowner = CurrentResourceOwner;
@@ -175,7 +222,7 @@ run_handler(CompensationItem *item)
 
 	PG_TRY();
 	{
-		Oid			fn = resolve_handler(item);
+		Oid			fn = resolve_handler(item, cache, cachecxt);
 		FmgrInfo	flinfo;
 		int			nestlevel;
 
@@ -242,31 +289,29 @@ ids_array(const int64 *ids, int n)
 										   FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 }
 
-/*
- * Mark the items that succeeded, in the transaction of their effects.  An
- * item whose own handler changed it (cancelled it, say) is left as it is.
- */
-static void
-mark_succeeded(int64 *ids, int n)
+static int
+item_cmp(const void *a, const void *b)
 {
-	Datum		values[1];
+	const CompensationItem *x = a;
+	const CompensationItem *y = b;
 
-	if (n == 0)
-		return;
-	payments_prepare(&succeeded_plan,
-					 "UPDATE payments.compensations"
-					 " SET status = 'succeeded', finished_at = clock_timestamp(),"
-					 "  lease_expires_at = NULL, claim_token = NULL,"
-					 "  updated_at = clock_timestamp()"
-					 " WHERE id = ANY ($1) AND status = 'running'",
-					 1, (Oid[]) {INT8ARRAYOID});
-	values[0] = ids_array(ids, n);
-	payments_execute(succeeded_plan, values, NULL, SPI_OK_UPDATE, 0);
+	if (x->due != y->due)
+		return x->due < y->due ? -1 : 1;
+	if (x->id != y->id)
+		return x->id < y->id ? -1 : 1;
+	return 0;
 }
 
 /*
  * Step 1: run the items of a claim, in next_attempt_at order.  Returns how
  * many finished (succeeded or failed).
+ *
+ * One UPDATE marks every item of the claim succeeded, which also locks it,
+ * before any handler runs; an item whose handler fails is then set back to
+ * pending (or dead) with its attempt recorded.  The mark and the effects
+ * commit together either way, and locking and marking in one pass instead
+ * of two is most of the cost of a no-op item.  A handler therefore sees its
+ * own item as succeeded while it runs.
  */
 static int
 run_claimed(int64 token, int64 *ids, int n)
@@ -276,24 +321,22 @@ run_claimed(int64 token, int64 *ids, int n)
 	MemoryContext callcxt = CurrentMemoryContext;
 	MemoryContext itemcxt;
 	CompensationItem *items;
-	int64	   *succeeded;
-	int			nsucceeded = 0;
+	ResolvedHandler *cache = NULL;
 	int			nitems;
 
-	payments_prepare(&lock_plan,
-					 "SELECT id, handler, payload, enqueued_by::oid, handler_owner::oid,"
-					 "  attempts, max_attempts"
-					 " FROM payments.compensations"
+	payments_prepare(&mark_plan,
+					 "UPDATE payments.compensations"
+					 " SET status = 'succeeded', finished_at = clock_timestamp(),"
+					 "  lease_expires_at = NULL, updated_at = clock_timestamp()"
 					 " WHERE id = ANY ($1) AND claim_token = $2 AND status = 'running'"
-					 " ORDER BY next_attempt_at, id"
-					 " FOR UPDATE",
+					 " RETURNING id, handler, payload, enqueued_by::oid, handler_owner::oid,"
+					 "  attempts, max_attempts, next_attempt_at",
 					 2, argtypes);
 	values[0] = ids_array(ids, n);
 	values[1] = Int64GetDatum(token);
-	nitems = (int) payments_execute(lock_plan, values, NULL, SPI_OK_SELECT, 0);
+	nitems = (int) payments_execute(mark_plan, values, NULL, SPI_OK_UPDATE_RETURNING, 0);
 
 	items = palloc(sizeof(CompensationItem) * Max(nitems, 1));
-	succeeded = palloc(sizeof(int64) * Max(nitems, 1));
 	for (int i = 0; i < nitems; i++)
 	{
 		HeapTuple	tup = SPI_tuptable->vals[i];
@@ -307,8 +350,10 @@ run_claimed(int64 token, int64 *ids, int n)
 		items[i].handler_owner = DatumGetObjectId(SPI_getbinval(tup, desc, 5, &isnull));
 		items[i].attempts = DatumGetInt32(SPI_getbinval(tup, desc, 6, &isnull));
 		items[i].max_attempts = DatumGetInt32(SPI_getbinval(tup, desc, 7, &isnull));
+		items[i].due = DatumGetTimestampTz(SPI_getbinval(tup, desc, 8, &isnull));
 	}
 	SPI_freetuptable(SPI_tuptable);
+	qsort(items, nitems, sizeof(CompensationItem), item_cmp);
 
 	itemcxt = AllocSetContextCreate(callcxt, "payments compensation",
 									ALLOCSET_DEFAULT_SIZES);
@@ -318,10 +363,8 @@ run_claimed(int64 token, int64 *ids, int n)
 
 		CHECK_FOR_INTERRUPTS();
 		MemoryContextSwitchTo(itemcxt);
-		edata = run_handler(&items[i]);
-		if (edata == NULL)
-			succeeded[nsucceeded++] = items[i].id;
-		else
+		edata = run_handler(&items[i], &cache, callcxt);
+		if (edata != NULL)
 		{
 			ereport(LOG,
 					(errmsg("compensation %lld failed on attempt %d of %d: %s",
@@ -331,14 +374,13 @@ run_claimed(int64 token, int64 *ids, int n)
 							   unpack_sql_state(edata->sqlerrcode))));
 			if (!compensation_record_failure(items[i].id, edata->message,
 											 unpack_sql_state(edata->sqlerrcode),
-											 true))
+											 token))
 				elog(ERROR, "compensation %lld changed under its lock",
 					 (long long) items[i].id);
 		}
 		MemoryContextSwitchTo(callcxt);
 		MemoryContextReset(itemcxt);
 	}
-	mark_succeeded(succeeded, nsucceeded);
 	MemoryContextDelete(itemcxt);
 	return nitems;
 }
@@ -350,11 +392,18 @@ run_claimed(int64 token, int64 *ids, int n)
 static int
 claim_due(int max_items)
 {
-	static const Oid argtypes[] = {INT4OID, INT8OID, INT4OID};
-	Datum		values[3];
+	static const Oid argtypes[] = {INT4OID, INT8OID, INT4OID, TIMESTAMPTZOID};
+	Datum		values[4];
 	int64		token = (int64) pg_prng_uint64(&pg_global_prng_state);
 	uint64		n;
 
+	/*
+	 * The due time is a parameter, not clock_timestamp(), so that it bounds
+	 * the index scan instead of filtering every item due later; and the
+	 * external handlers are an array tested per row rather than an anti
+	 * join, which would let the planner sort every due item instead of
+	 * reading the first ones in index order.
+	 */
 	payments_prepare(&claim_plan,
 					 "UPDATE payments.compensations c"
 					 " SET status = 'running', attempts = c.attempts + 1,"
@@ -362,17 +411,18 @@ claim_due(int max_items)
 					 "  claim_token = $2, updated_at = clock_timestamp()"
 					 " WHERE c.id = ANY (ARRAY("
 					 "  SELECT p.id FROM payments.compensations p"
-					 "  WHERE p.status = 'pending' AND p.next_attempt_at <= clock_timestamp()"
-					 "   AND NOT EXISTS (SELECT FROM payments.external_handlers e"
-					 "                   WHERE e.handler = p.handler)"
+					 "  WHERE p.finished_at IS NULL AND p.next_attempt_at <= $4"
+					 "   AND p.status = 'pending'"
+					 "   AND p.handler <> ALL (ARRAY(SELECT e.handler FROM payments.external_handlers e))"
 					 "  ORDER BY p.next_attempt_at LIMIT $1"
 					 "  FOR UPDATE SKIP LOCKED))"
 					 "  AND c.status = 'pending'"
 					 " RETURNING c.id",
-					 3, argtypes);
+					 4, argtypes);
 	values[0] = Int32GetDatum(max_items);
 	values[1] = Int64GetDatum(token);
 	values[2] = Int32GetDatum(WORKER_LEASE_MS);
+	values[3] = TimestampTzGetDatum(GetCurrentTimestamp());
 	n = payments_execute(claim_plan, values, NULL, SPI_OK_UPDATE_RETURNING, 0);
 	if (n == 0)
 		return 0;
@@ -409,6 +459,7 @@ payments_run_compensations(PG_FUNCTION_ARGS)
 {
 	int			max_items;
 	int			done = 0;
+	TimestampTz now;
 
 	max_items = payments_arg_int_range(fcinfo, 0, "max_items", 1,
 									   COMPENSATION_MAX_ITEMS_LIMIT);
@@ -427,8 +478,14 @@ payments_run_compensations(PG_FUNCTION_ARGS)
 		claim_token = 0;
 		done += run_claimed(token, ids, n);
 	}
-	done += compensation_expire_leases(NULL, max_items);
-	(void) claim_due(max_items);
+	now = GetCurrentTimestamp();
+	if (!last_claim_full ||
+		TimestampDifferenceExceeds(last_lease_check, now, LEASE_CHECK_INTERVAL_MS))
+	{
+		done += compensation_expire_leases(NULL, max_items);
+		last_lease_check = now;
+	}
+	last_claim_full = claim_due(max_items) == max_items;
 	SPI_finish();
 
 	PG_RETURN_INT32(done);
