@@ -184,9 +184,23 @@ SELECT pg_sleep(0.1);
 SELECT payments.run_compensations(10) >= 0 AS ran;
 SELECT id, status, attempts, last_error, lease_expires_at, claim_token FROM payments.compensations WHERE id = 14;
 SELECT attempt, error, sqlstate FROM payments.compensation_attempts WHERE compensation_id = 14 ORDER BY id;
+-- Its executor's late completion is refused.
+SELECT payments.complete_compensation(14);
+\echo :LAST_ERROR_SQLSTATE
 UPDATE payments.compensations SET next_attempt_at = now() WHERE id = 14;
 SELECT id, attempts FROM payments.claim_compensations('comp_gateway(jsonb)', 1, '1 hour');
 SELECT payments.complete_compensation(14);
+-- The next claim of the handler also gives expired claims back first (in a
+-- transaction, so that the worker cannot do it instead).
+BEGIN;
+SELECT payments.enqueue_compensation('comp_gateway(jsonb)', '{"refund": 5}') AS r5 \gset
+SELECT count(*) AS claimed FROM payments.claim_compensations('comp_gateway(jsonb)', 1, '10 ms');
+SELECT pg_sleep(0.05);
+SET LOCAL payments.backoff_base = '1h';
+SELECT count(*) AS claimed_again FROM payments.claim_compensations('comp_gateway(jsonb)', 1, '1 hour');
+SELECT status, attempts FROM payments.compensations WHERE id = :r5;
+SELECT attempt, sqlstate FROM payments.compensation_attempts WHERE compensation_id = :r5;
+ROLLBACK;
 
 -- Statistics per handler.
 SELECT regexp_replace(handler, '\(.*', '') AS handler, pending, running, succeeded, dead, cancelled,

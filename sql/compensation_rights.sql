@@ -101,6 +101,7 @@ SET ROLE regress_comp_app;
 CREATE FUNCTION comp_shared.whoami(p jsonb) RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO comp_shared.log VALUES ('whoami', current_user);
+    INSERT INTO comp_shared.log VALUES ('search_path', current_setting('search_path'));
     PERFORM set_config('work_mem', '77MB', false);
     PERFORM set_config('search_path', 'comp_shared', false);
 END
@@ -125,7 +126,7 @@ UPDATE payments.compensations SET next_attempt_at = now()
 SELECT payments.run_compensations(10), payments.run_compensations(10);
 SHOW work_mem;
 SHOW search_path;
-SELECT item, who FROM comp_shared.log WHERE item = 'whoami';
+SELECT item, who FROM comp_shared.log WHERE item IN ('whoami', 'search_path') ORDER BY 1 DESC;
 SELECT id - :whoami AS item, status, last_error FROM payments.compensations
  WHERE id IN (:whoami, :set_role, :reset_role, :session_auth) ORDER BY id;
 ROLLBACK;
