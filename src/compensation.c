@@ -273,8 +273,8 @@ arg_handler(FunctionCallInfo fcinfo, int argno)
 /*
  * Explain why a change of item id found nothing to change: the item does
  * not exist (PM301), is run by the worker when external_only (PM303), or is
- * in the wrong status (PM302).  Returns the status when it is "allowed",
- * for the caller to accept as a no-op.
+ * in the wrong status (PM302).  Returns without error if its status is
+ * "allowed", for the caller to accept as a no-op.
  */
 static void
 report_state_conflict(int64 id, const char *action, bool external_only,

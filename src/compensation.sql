@@ -29,7 +29,7 @@ CREATE TABLE payments.compensations (
     finished_at      timestamptz,           -- set exactly when the status is final
     handler_owner    regrole     NOT NULL,
     lease_expires_at timestamptz,           -- while running: when the claim lapses
-    claim_token      bigint                 -- while running: which claim holds it
+    claim_token      bigint                 -- the claim that holds (or ran) it
 ) WITH (fillfactor = 50);   -- room for the claim's HOT update, see below
 
 COMMENT ON TABLE payments.compensations IS

@@ -8,13 +8,13 @@
  * payments.run_compensations(max_items) is one of the worker's tasks, each
  * call a transaction of its own.  A call does three things:
  *
- *	1. Run the items that this backend claimed in its previous call: lock
- *	   them (FOR UPDATE, so a concurrent cancel waits for the outcome), then
- *	   run each handler in a subtransaction.  A success leaves the handler's
- *	   effects in place and the item is marked succeeded in the same
- *	   transaction, so both commit or neither does.  A failure rolls the
- *	   subtransaction back, records an attempt row and schedules the next
- *	   attempt (or makes the item dead).
+ *	1. Run the items that this backend claimed in its previous call.  One
+ *	   UPDATE marks them all succeeded, which also locks them (a concurrent
+ *	   cancel waits for the outcome); then each handler runs in a
+ *	   subtransaction.  A success leaves the handler's effects in place
+ *	   beside the succeeded mark, so both commit or neither does.  A
+ *	   failure rolls the subtransaction back, sets the item back to pending
+ *	   (or dead), records an attempt row and schedules the next attempt.
  *	2. Give back to the queue the claims whose lease has run out (once a
  *	   second while there is a backlog).
  *	3. Claim the next due items: status running, attempts + 1, a lease and
