@@ -216,6 +216,7 @@ run_handler(CompensationItem *item, ResolvedHandler **cache,
 	int			save_sec_context;
 	ErrorData  *volatile edata = NULL;
 
+	handler_timed_out = false;
 	GetUserIdAndSecContext(&save_userid, &save_sec_context);
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(callcxt);
