@@ -24,6 +24,10 @@ PSQL=(psql -X -q -A -t -v ON_ERROR_STOP=1)
 CREATE EXTENSION payments;
 CREATE FUNCTION public.noop(p jsonb) RETURNS void LANGUAGE plpgsql AS $$ BEGIN END $$;
 CREATE TABLE public.baseline_queue (LIKE payments.compensations INCLUDING ALL);
+-- No autovacuum of either table in the middle of the other side's run.
+ALTER TABLE payments.compensations SET (autovacuum_enabled = off);
+ALTER TABLE public.baseline_queue SET (autovacuum_enabled = off);
+CHECKPOINT;
 SQL
 
 # Wait for this database's worker to be up.
@@ -59,6 +63,8 @@ SELECT id, handler, payload, dedup_key, 'pending', 0, max_attempts, created_at, 
        enqueued_by, created_at, created_at, NULL, handler_owner, NULL, NULL
   FROM payments.compensations;
 VACUUM ANALYZE public.baseline_queue;
+VACUUM payments.compensations;
+CHECKPOINT;
 SQL
 base_secs=$("${PSQL[@]}" <<'SQL'
 CREATE TEMP TABLE t (t0 timestamptz);
