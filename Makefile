@@ -26,7 +26,9 @@ OBJS = \
 	src/worker_shmem.o \
 	src/launcher.o \
 	src/worker.o \
-	src/worker_status.o
+	src/worker_status.o \
+	src/compensation.o \
+	src/compensation_run.o
 
 # The install script is assembled from one SQL file per capability, in this
 # order: the schema first, then each capability's objects.
@@ -36,6 +38,7 @@ SQL_SOURCES = \
 	src/reservation.sql \
 	src/state_guard.sql \
 	src/worker.sql \
+	src/compensation.sql \
 	src/privileges.sql
 
 DATA_built = $(EXTENSION)--$(EXTVERSION).sql
@@ -47,6 +50,9 @@ REGRESS = \
 	idempotency_errors \
 	reservation \
 	state_guard \
+	compensation \
+	compensation_errors \
+	compensation_rights \
 	privileges
 REGRESS_OPTS = --no-locale --encoding=UTF8
 
@@ -59,7 +65,10 @@ ISOLATION = \
 	reservation_confirm_expire \
 	reservation_adjust_reserve \
 	state_guard_race \
-	state_guard_redefine
+	state_guard_redefine \
+	compensation_claim \
+	compensation_dedup \
+	compensation_cancel
 ISOLATION_OPTS = --inputdir=test/isolation --load-extension=$(EXTENSION) --no-locale --encoding=UTF8
 
 TAP_TESTS = 1

@@ -8,9 +8,11 @@ CREATE ROLE regress_stranger LOGIN;
 GRANT payments_app TO regress_app;
 
 -- Every function is SECURITY DEFINER with a pinned search_path, except the
--- trigger function and guard_state / unguard_state, which deliberately run
--- with the caller's rights so that PostgreSQL's own rules (the TRIGGER
--- privilege, table ownership) decide who may guard a table.
+-- trigger function, guard_state / unguard_state, which deliberately run with
+-- the caller's rights so that PostgreSQL's own rules (the TRIGGER privilege,
+-- table ownership) decide who may guard a table, and the three compensation
+-- functions that act for their caller (src/compensation.c): they pin
+-- search_path and take their owner's rights themselves.
 SELECT p.oid::regprocedure AS function, p.prosecdef, p.proconfig
   FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
  WHERE n.nspname = 'payments' AND p.prorettype <> 'trigger'::regtype

@@ -270,9 +270,9 @@ DROP ROLE reservation_test_app;
 SELECT p.oid::regprocedure AS function, p.prosecdef, p.proconfig,
        has_function_privilege('payments_app', p.oid, 'EXECUTE') AS app_may_call
   FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
- WHERE n.nspname = 'payments' AND p.proname NOT LIKE '%idempotency%'
+ WHERE n.nspname = 'payments' AND p.proname ~ '^(stock_|reserve$|confirm_|release_|expire_reservations)'
  ORDER BY p.oid::regprocedure::text;
 SELECT c.relname FROM pg_extension e, unnest(e.extconfig) AS t(oid) JOIN pg_class c ON c.oid = t.oid
- WHERE e.extname = 'payments' AND c.relname NOT LIKE 'idempotency%' ORDER BY 1;
+ WHERE e.extname = 'payments' AND c.relname ~ '^(stock|reservations)' ORDER BY 1;
 
 DROP EXTENSION payments CASCADE;

@@ -27,6 +27,10 @@ int			payments_launcher_naptime = 10;
 int			payments_worker_naptime = 1000;
 int			payments_max_workers = 8;
 char	   *payments_worker_role = NULL;
+int			payments_backoff_base = 1000;
+int			payments_backoff_max = 3600 * 1000;
+int			payments_max_attempts = 10;
+int			payments_handler_timeout = 30 * 1000;
 
 void
 _PG_init(void)
@@ -103,6 +107,51 @@ _PG_init(void)
 							   PGC_SIGHUP,
 							   0,
 							   NULL, NULL, NULL);
+
+	DefineCustomIntVariable("payments.backoff_base",
+							gettext_noop("The first retry delay of a failed compensation; each later one doubles it."),
+							gettext_noop("The delay is drawn uniformly between zero and "
+										 "min(backoff_max, backoff_base * 2^(attempts - 1)) (full jitter)."),
+							&payments_backoff_base,
+							1000,
+							1,
+							3600 * 1000,
+							PGC_USERSET,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("payments.backoff_max",
+							gettext_noop("The longest retry delay of a failed compensation."),
+							NULL,
+							&payments_backoff_max,
+							3600 * 1000,
+							1,
+							7 * 24 * 3600 * 1000,
+							PGC_USERSET,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("payments.max_attempts",
+							gettext_noop("How many attempts a compensation gets before it is dead, unless enqueued with its own."),
+							NULL,
+							&payments_max_attempts,
+							10,
+							1,
+							1000,
+							PGC_USERSET,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("payments.handler_timeout",
+							gettext_noop("How long one run of a compensation handler may take before it is cancelled as a failure."),
+							gettext_noop("Zero disables the limit."),
+							&payments_handler_timeout,
+							30 * 1000,
+							0,
+							INT_MAX,
+							PGC_SUSET,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("payments");
 

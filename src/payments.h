@@ -35,6 +35,12 @@
 #define ERRCODE_PM_INVALID_TRANSITION			MAKE_SQLSTATE('P','M','2','0','1')
 #define ERRCODE_PM_UNKNOWN_STATE				MAKE_SQLSTATE('P','M','2','0','2')
 
+/* Compensations (PM3xx); PM304 is only recorded in compensation_attempts */
+#define ERRCODE_PM_COMPENSATION_NOT_FOUND		MAKE_SQLSTATE('P','M','3','0','1')
+#define ERRCODE_PM_COMPENSATION_STATE_CONFLICT	MAKE_SQLSTATE('P','M','3','0','2')
+#define ERRCODE_PM_COMPENSATION_NOT_EXTERNAL	MAKE_SQLSTATE('P','M','3','0','3')
+#define ERRCODE_PM_COMPENSATION_LEASE_EXPIRED	MAKE_SQLSTATE('P','M','3','0','4')
+
 /*
  * Lock spaces.  The extension takes heavyweight locks with advisory lock
  * tags whose fourth field is one of these values; the SQL-level advisory
@@ -47,6 +53,10 @@
 /* GUC variables, defined in payments.c */
 extern bool payments_idempotency_wait;
 extern int	payments_idempotency_lease;
+extern int	payments_backoff_base;
+extern int	payments_backoff_max;
+extern int	payments_max_attempts;
+extern int	payments_handler_timeout;
 
 /* payments.c */
 extern void payments_check_writable(const char *what);

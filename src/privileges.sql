@@ -36,8 +36,16 @@ GRANT EXECUTE ON FUNCTION
     payments.define_state_machine(text, jsonb, text[]),
     payments.guard_state(regclass, name, text),
     payments.unguard_state(regclass, name),
-    payments.state_guard()
+    payments.state_guard(),
+    payments.enqueue_compensation(regprocedure, jsonb, text, integer, timestamptz),
+    payments.retry_compensation(bigint),
+    payments.cancel_compensation(bigint),
+    payments.register_external_handler(regprocedure),
+    payments.claim_compensations(regprocedure, integer, interval),
+    payments.complete_compensation(bigint),
+    payments.fail_compensation(bigint, text)
     TO payments_app;
 -- Applications may read stock levels, not the tables behind them.
 GRANT SELECT ON payments.stock_levels TO payments_app;
 GRANT SELECT ON payments.state_machines TO payments_app;
+GRANT SELECT ON payments.compensation_stats TO payments_app;

@@ -56,6 +56,8 @@ static const WorkerTask worker_tasks[] = {
 	"SELECT payments.expire_reservations($1)"},
 	{"purge idempotency keys", "payments.purge_idempotency_keys",
 	"SELECT payments.purge_idempotency_keys($1)"},
+	{"run compensations", "payments.run_compensations",
+	"SELECT payments.run_compensations($1)"},
 };
 
 static int	my_slotno = -1;

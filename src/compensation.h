@@ -1,0 +1,39 @@
+/*-------------------------------------------------------------------------
+ *
+ * compensation.h
+ *	  Declarations shared by the compensation queue's SQL API
+ *	  (compensation.c) and the worker-side execution (compensation_run.c).
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef PAYMENTS_COMPENSATION_H
+#define PAYMENTS_COMPENSATION_H
+
+#include "payments.h"
+
+/* Limits of the SQL arguments */
+#define COMPENSATION_MAX_ATTEMPTS_LIMIT	1000
+#define COMPENSATION_MAX_ITEMS_LIMIT	100000
+
+/* SQLSTATE recorded for an attempt whose claim ran out (see payments.h) */
+#define COMPENSATION_LEASE_EXPIRED_SQLSTATE "PM304"
+
+/* The caller's role and sec context, saved while acting as the owner */
+typedef struct CompensationSavedUser
+{
+	Oid			userid;
+	int			sec_context;
+} CompensationSavedUser;
+
+extern void compensation_become_owner(FunctionCallInfo fcinfo,
+									  CompensationSavedUser *saved);
+extern void compensation_restore_user(CompensationSavedUser *saved);
+
+extern Oid	compensation_check_handler(Oid handler, Oid role);
+extern char *compensation_handler_name(Oid handler);
+
+extern bool compensation_record_failure(int64 id, const char *error,
+										const char *sqlstate, int64 worker_token);
+extern int	compensation_expire_leases(const char *handler, int max_items);
+
+#endif							/* PAYMENTS_COMPENSATION_H */
