@@ -67,7 +67,7 @@ launcher_exit(int code, Datum arg)
 	LWLockRelease(payments_shared->lock);
 }
 
-/* The databases that accept connections, read from pg_database. */
+/* The databases that accept connections and are not templates. */
 static List *
 list_databases(MemoryContext cxt)
 {
@@ -86,7 +86,11 @@ list_databases(MemoryContext cxt)
 		Form_pg_database db = (Form_pg_database) GETSTRUCT(tup);
 		DatabaseEntry *entry;
 
-		if (!db->datallowconn)
+		/*
+		 * Template databases get no worker: a connection to one makes
+		 * CREATE DATABASE from it fail, and they hold no live data.
+		 */
+		if (!db->datallowconn || db->datistemplate)
 			continue;
 		oldcxt = MemoryContextSwitchTo(cxt);
 		entry = palloc(sizeof(DatabaseEntry));

@@ -12,7 +12,9 @@
  *
  * - Every launcher_naptime, and at once when a transaction that ran CREATE
  *   EXTENSION payments commits, it lists the databases that accept
- *   connections and starts a dynamic worker for each one that has none.
+ *   connections and are not templates (a connection to a template makes
+ *   CREATE DATABASE from it fail) and starts a dynamic worker for each one
+ *   that has none.
  *   A worker that finds no extension in its database records that and
  *   exits; the launcher does not probe that database again until CREATE
  *   EXTENSION there says otherwise (or the launcher restarts).

@@ -114,6 +114,23 @@ $node->safe_psql('db1', 'SELECT payments.notify_worker()');
 $node->poll_query_until('db1', "SELECT count(*) FROM payments.idempotency_keys WHERE key LIKE 'c%'", '0')
   or die 'keys not purged';
 
+# --- template databases ---
+
+$node->safe_psql('template1', 'CREATE EXTENSION payments');
+$node->safe_psql('postgres', 'CREATE DATABASE from_template');
+$node->safe_psql('postgres', 'SELECT pg_sleep(2)');    # two launcher scans
+$node->safe_psql('postgres', 'CREATE DATABASE from_template_again');
+pass('with the extension in template1, CREATE DATABASE still works');
+wait_workers('db1=payments worker: db1,db2=payments worker: db2,'
+	  . 'from_template=payments worker: from_template,'
+	  . 'from_template_again=payments worker: from_template_again',
+	'databases created from it get workers, template1 itself none');
+$node->safe_psql('postgres', 'DROP DATABASE from_template');
+$node->safe_psql('postgres', 'DROP DATABASE from_template_again');
+$node->safe_psql('template1', 'DROP EXTENSION payments');
+wait_workers('db1=payments worker: db1,db2=payments worker: db2',
+	'dropping them stops their workers');
+
 # --- DROP EXTENSION and DROP DATABASE ---
 
 $node->safe_psql('db2', 'DROP EXTENSION payments');
