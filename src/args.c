@@ -81,35 +81,32 @@ payments_arg_interval(FunctionCallInfo fcinfo, int argno, const char *what,
 	return PG_GETARG_DATUM(argno);
 }
 
-int32
-payments_arg_int_range(FunctionCallInfo fcinfo, int argno, const char *what,
-					   int32 min, int32 max)
+/* Refuse v outside [min, max] with 22003; both integer widths use it. */
+static void
+check_range(const char *what, int64 v, int64 min, int64 max)
 {
-	int32		v;
-
-	payments_arg_not_null(fcinfo, argno, what);
-	v = PG_GETARG_INT32(argno);
-	if (v < min || v > max)
-		ereport(ERROR,
-				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
-				 errmsg("%s must be between %d and %d", what, min, max),
-				 errdetail("The value given is %d.", v)));
-	return v;
-}
-
-int64
-payments_arg_int64_range(FunctionCallInfo fcinfo, int argno, const char *what,
-						 int64 min, int64 max)
-{
-	int64		v;
-
-	payments_arg_not_null(fcinfo, argno, what);
-	v = PG_GETARG_INT64(argno);
 	if (v < min || v > max)
 		ereport(ERROR,
 				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
 				 errmsg("%s must be between " INT64_FORMAT " and " INT64_FORMAT,
 						what, min, max),
 				 errdetail("The value given is " INT64_FORMAT ".", v)));
-	return v;
+}
+
+int32
+payments_arg_int_range(FunctionCallInfo fcinfo, int argno, const char *what,
+					   int32 min, int32 max)
+{
+	payments_arg_not_null(fcinfo, argno, what);
+	check_range(what, PG_GETARG_INT32(argno), min, max);
+	return PG_GETARG_INT32(argno);
+}
+
+int64
+payments_arg_int64_range(FunctionCallInfo fcinfo, int argno, const char *what,
+						 int64 min, int64 max)
+{
+	payments_arg_not_null(fcinfo, argno, what);
+	check_range(what, PG_GETARG_INT64(argno), min, max);
+	return PG_GETARG_INT64(argno);
 }

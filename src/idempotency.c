@@ -297,6 +297,19 @@ fingerprint_bytea(const unsigned char *fingerprint)
 	return b;
 }
 
+/* Parameters $1..$5 of the two statements that start a key afresh. */
+static const Oid start_argtypes[] = {TEXTOID, TEXTOID, BYTEAOID, INT4OID, INTERVALOID};
+
+static void
+start_values(Datum *values, text *scope, text *key, bytea *hash, Datum ttl)
+{
+	values[0] = PointerGetDatum(scope);
+	values[1] = PointerGetDatum(key);
+	values[2] = PointerGetDatum(hash);
+	values[3] = Int32GetDatum(payments_idempotency_lease);
+	values[4] = ttl;
+}
+
 /*
  * Insert a new 'started' key.  Returns false if the key already exists:
  * under READ COMMITTED the caller then reads the row that won; under
@@ -306,7 +319,6 @@ fingerprint_bytea(const unsigned char *fingerprint)
 static bool
 insert_key(text *scope, text *key, bytea *hash, Datum ttl)
 {
-	static const Oid argtypes[] = {TEXTOID, TEXTOID, BYTEAOID, INT4OID, INTERVALOID};
 	Datum		values[5];
 
 	payments_prepare(&insert_plan,
@@ -316,12 +328,8 @@ insert_key(text *scope, text *key, bytea *hash, Datum ttl)
 					 "  clock_timestamp() + $4 * interval '1 second',"
 					 "  clock_timestamp() + $5)"
 					 " ON CONFLICT (scope, key) DO NOTHING",
-					 5, argtypes);
-	values[0] = PointerGetDatum(scope);
-	values[1] = PointerGetDatum(key);
-	values[2] = PointerGetDatum(hash);
-	values[3] = Int32GetDatum(payments_idempotency_lease);
-	values[4] = ttl;
+					 5, start_argtypes);
+	start_values(values, scope, key, hash, ttl);
 	return payments_execute(insert_plan, values, NULL, SPI_OK_INSERT, 0) == 1;
 }
 
@@ -329,7 +337,6 @@ insert_key(text *scope, text *key, bytea *hash, Datum ttl)
 static bool
 restart_key(text *scope, text *key, bytea *hash, Datum ttl)
 {
-	static const Oid argtypes[] = {TEXTOID, TEXTOID, BYTEAOID, INT4OID, INTERVALOID};
 	Datum		values[5];
 
 	payments_prepare(&restart_plan,
@@ -341,12 +348,8 @@ restart_key(text *scope, text *key, bytea *hash, Datum ttl)
 					 "  expires_at = clock_timestamp() + $5"
 					 " WHERE scope = $1 AND key = $2"
 					 "  AND expires_at <= clock_timestamp()",
-					 5, argtypes);
-	values[0] = PointerGetDatum(scope);
-	values[1] = PointerGetDatum(key);
-	values[2] = PointerGetDatum(hash);
-	values[3] = Int32GetDatum(payments_idempotency_lease);
-	values[4] = ttl;
+					 5, start_argtypes);
+	start_values(values, scope, key, hash, ttl);
 	return payments_execute(restart_plan, values, NULL, SPI_OK_UPDATE, 0) == 1;
 }
 

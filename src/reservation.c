@@ -176,6 +176,18 @@ report_short(text *sku, int64 requested, int64 available)
 					   requested, available)));
 }
 
+static void
+report_below_held(text *sku, int64 on_hand, int64 held)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_PM_STOCK_BELOW_HELD),
+			 errmsg("on-hand stock of SKU \"%s\" cannot be less than what is held",
+					text_to_cstring(sku)),
+			 errdetail_plural("On hand would be " INT64_FORMAT ", but " INT64_FORMAT " unit is held.",
+							  "On hand would be " INT64_FORMAT ", but " INT64_FORMAT " units are held.",
+							  (unsigned long) held, on_hand, held)));
+}
+
 static int64
 get_int64(int col)
 {
@@ -261,6 +273,19 @@ lock_slots(text *sku, int32 *nslots)
 	return total;
 }
 
+/* lock_slots, for a caller that knows how many slots the SKU has */
+static int64
+lock_all_slots(text *sku, int32 nslots)
+{
+	int32		nlocked;
+	int64		total = lock_slots(sku, &nlocked);
+
+	if (nlocked != nslots)
+		elog(ERROR, "SKU \"%s\" has %d slot rows, expected %d",
+			 text_to_cstring(sku), nlocked, nslots);
+	return total;
+}
+
 /*
  * Mark the SKU's holds that are past their TTL 'expired' and return their
  * units, which the caller (holding all the SKU's slots) puts back.  Holds
@@ -343,7 +368,6 @@ reserve_slow(text *sku, int64 qty)
 	static const Oid argtypes[] = {TEXTOID};
 	Datum		values[1] = {PointerGetDatum(sku)};
 	int32		nslots;
-	int32		nlocked;
 	int64		total;
 
 	payments_prepare(&shortfall_plan,
@@ -362,10 +386,7 @@ reserve_slow(text *sku, int64 qty)
 	if (move_units(sku, -qty, qty, false) || move_units(sku, -qty, qty, true))
 		return;
 
-	total = lock_slots(sku, &nlocked);
-	if (nlocked != nslots)
-		elog(ERROR, "SKU \"%s\" has %d slot rows, expected %d",
-			 text_to_cstring(sku), nlocked, nslots);
+	total = lock_all_slots(sku, nslots);
 	if (total < qty)
 		total += reclaim_lapsed(sku);
 	if (total < qty)
@@ -557,13 +578,7 @@ payments_stock_set(PG_FUNCTION_ARGS)
 	if (on_hand < held)
 		held -= reclaim_lapsed(sku);
 	if (on_hand < held)
-		ereport(ERROR,
-				(errcode(ERRCODE_PM_STOCK_BELOW_HELD),
-				 errmsg("on-hand stock of SKU \"%s\" cannot be less than what is held",
-						text_to_cstring(sku)),
-				 errdetail_plural("On hand would be " INT64_FORMAT ", but " INT64_FORMAT " unit is held.",
-								  "On hand would be " INT64_FORMAT ", but " INT64_FORMAT " units are held.",
-								  (unsigned long) held, on_hand, held)));
+		report_below_held(sku, on_hand, held);
 
 	spread_units(sku, on_hand - held, nslots);
 	if (nlocked > nslots)
@@ -591,7 +606,6 @@ payments_stock_adjust(PG_FUNCTION_ARGS)
 	text	   *sku;
 	int64		delta;
 	int32		nslots;
-	int32		nlocked;
 	int64		units;
 	int64		held;
 
@@ -605,21 +619,12 @@ payments_stock_adjust(PG_FUNCTION_ARGS)
 
 	SPI_connect();
 	nslots = lock_stock(sku);
-	units = lock_slots(sku, &nlocked);
-	if (nlocked != nslots)
-		elog(ERROR, "SKU \"%s\" has %d slot rows, expected %d",
-			 text_to_cstring(sku), nlocked, nslots);
+	units = lock_all_slots(sku, nslots);
 	if (units + delta < 0)
 		units += reclaim_lapsed(sku);
 	held = held_units(sku);
 	if (units + delta < 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_PM_STOCK_BELOW_HELD),
-				 errmsg("on-hand stock of SKU \"%s\" cannot be less than what is held",
-						text_to_cstring(sku)),
-				 errdetail_plural("On hand would be " INT64_FORMAT ", but " INT64_FORMAT " unit is held.",
-								  "On hand would be " INT64_FORMAT ", but " INT64_FORMAT " units are held.",
-								  (unsigned long) held, units + held + delta, held)));
+		report_below_held(sku, units + held + delta, held);
 	if (units + held + delta > STOCK_MAX)
 		ereport(ERROR,
 				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
@@ -959,6 +964,31 @@ payments_release_reservation(PG_FUNCTION_ARGS)
 	PG_RETURN_BOOL(result);
 }
 
+/* Read the id, sku and qty of a hold (columns 1 to 3 of tup). */
+static void
+read_hold(HeapTuple tup, TupleDesc desc, HoldRow *row)
+{
+	bool		isnull;
+
+	row->id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+	row->sku = DatumGetTextPCopy(SPI_getbinval(tup, desc, 2, &isnull));
+	row->qty = DatumGetInt64(SPI_getbinval(tup, desc, 3, &isnull));
+}
+
+/*
+ * The end of the run of rows that share rows[start]'s SKU, in rows sorted
+ * by SKU: the caller gives each SKU's stock back in one go, in lock order.
+ */
+static int
+sku_run_end(const HoldRow *rows, int n, int start)
+{
+	int			end = start;
+
+	while (end < n && compare_sku(rows[end].sku, rows[start].sku) == 0)
+		end++;
+	return end;
+}
+
 /*
  * Lock every reservation of the order, in id order, and read them into
  * palloc'd rows (in the SPI context).  Returns how many.
@@ -990,9 +1020,7 @@ lock_order(text *order_ref, HoldRow **rows)
 		TupleDesc	desc = SPI_tuptable->tupdesc;
 		bool		isnull;
 
-		r[i].id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
-		r[i].sku = DatumGetTextPCopy(SPI_getbinval(tup, desc, 2, &isnull));
-		r[i].qty = DatumGetInt64(SPI_getbinval(tup, desc, 3, &isnull));
+		read_hold(tup, desc, &r[i]);
 		r[i].state = SPI_getvalue(tup, desc, 4)[0];
 		r[i].lapsed = DatumGetBool(SPI_getbinval(tup, desc, 5, &isnull));
 	}
@@ -1108,12 +1136,12 @@ payments_release_order(PG_FUNCTION_ARGS)
 	/* give the stock back SKU by SKU, in the one lock order */
 	qsort(rows, n, sizeof(HoldRow), compare_rows_by_sku);
 	ids = palloc(sizeof(Datum) * n);
-	for (int i = 0; i < n;)
+	for (int i = 0, end; i < n; i = end)
 	{
 		int64		qty = 0;
-		int			j;
 
-		for (j = i; j < n && compare_sku(rows[j].sku, rows[i].sku) == 0; j++)
+		end = sku_run_end(rows, n, i);
+		for (int j = i; j < end; j++)
 			if (rows[j].state == 'h')
 			{
 				qty += rows[j].qty;
@@ -1121,7 +1149,6 @@ payments_release_order(PG_FUNCTION_ARGS)
 			}
 		if (qty > 0)
 			put_back(rows[i].sku, qty, true);
-		i = j;
 	}
 	if (nheld > 0 && resolve_holds(ids, nheld, "released") != nheld)
 		elog(ERROR, "reservations of order \"%s\" changed while locked",
@@ -1169,28 +1196,20 @@ payments_expire_reservations(PG_FUNCTION_ARGS)
 
 	rows = palloc(sizeof(HoldRow) * n);
 	for (uint64 i = 0; i < n; i++)
-	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		bool		isnull;
-
-		rows[i].id = DatumGetInt64(SPI_getbinval(tup, SPI_tuptable->tupdesc, 1, &isnull));
-		rows[i].sku = DatumGetTextPCopy(SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull));
-		rows[i].qty = DatumGetInt64(SPI_getbinval(tup, SPI_tuptable->tupdesc, 3, &isnull));
-	}
+		read_hold(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, &rows[i]);
 
 	qsort(rows, n, sizeof(HoldRow), compare_rows_by_sku);
 	ids = palloc(sizeof(Datum) * n);
-	for (uint64 i = 0; i < n;)
+	for (int i = 0, end; i < (int) n; i = end)
 	{
 		int64		qty = 0;
-		uint64		j;
 
-		for (j = i; j < n && compare_sku(rows[j].sku, rows[i].sku) == 0; j++)
+		end = sku_run_end(rows, (int) n, i);
+		for (int j = i; j < end; j++)
 			qty += rows[j].qty;
 		if (put_back(rows[i].sku, qty, false))
-			for (uint64 k = i; k < j; k++)
-				ids[nexpired++] = Int64GetDatum(rows[k].id);
-		i = j;
+			for (int j = i; j < end; j++)
+				ids[nexpired++] = Int64GetDatum(rows[j].id);
 	}
 	if (nexpired > 0 && resolve_holds(ids, nexpired, "expired") != nexpired)
 		elog(ERROR, "expiring reservations changed while locked");
