@@ -53,6 +53,7 @@ REGRESS = \
 	compensation \
 	compensation_errors \
 	compensation_rights \
+	worker \
 	privileges
 REGRESS_OPTS = --no-locale --encoding=UTF8
 
