@@ -106,6 +106,7 @@ INSERT INTO orders (id, status) VALUES (5, 'paid');
 \echo :LAST_ERROR_SQLSTATE
 INSERT INTO orders (id, status) VALUES (5, 'shiped');
 \echo :LAST_ERROR_SQLSTATE
+-- a NULL state: the column's own NOT NULL constraint comes first
 INSERT INTO orders (id, status) VALUES (5, NULL);
 \echo :LAST_ERROR_SQLSTATE
 
@@ -181,6 +182,38 @@ UPDATE orders SET status = 'awaiting_payment', note = 'skip' WHERE id = 4;
 SELECT id, status FROM orders WHERE id = 4;
 SELECT count(*) FROM payments.state_history WHERE row_key = '4' AND to_state = 'awaiting_payment';
 DROP TRIGGER zz_skip ON orders;
+
+-- the guard checks the row as written: a BEFORE trigger that changes the
+-- state after the UPDATE chose it is checked too
+CREATE FUNCTION force_completed() RETURNS trigger LANGUAGE plpgsql AS
+$$ BEGIN NEW.status := 'completed'; RETURN NEW; END $$;
+CREATE TRIGGER zz_force BEFORE UPDATE ON orders FOR EACH ROW
+    WHEN (NEW.note = 'force') EXECUTE FUNCTION force_completed();
+UPDATE orders SET status = 'awaiting_payment', note = 'force' WHERE id = 4;
+\echo :LAST_ERROR_SQLSTATE
+DROP TRIGGER zz_force ON orders;
+-- in INSERT ... ON CONFLICT DO UPDATE only the update that happens is
+-- checked: the proposed row need not be in an initial state
+INSERT INTO orders (id, status) VALUES (4, 'awaiting_payment')
+    ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status;
+SELECT id, status FROM orders WHERE id = 4;
+SELECT row_key, from_state, to_state FROM payments.state_history
+ ORDER BY id DESC LIMIT 1;
+
+-- a nullable state column: NULL is not a state
+CREATE TABLE loose (id int PRIMARY KEY, status text);
+INSERT INTO loose VALUES (1, NULL), (2, 'off');
+SELECT payments.guard_state('loose', 'status', 'toggle');
+INSERT INTO loose VALUES (3, NULL);
+\echo :LAST_ERROR_SQLSTATE
+UPDATE loose SET status = NULL WHERE id = 2;
+\echo :LAST_ERROR_SQLSTATE
+-- a row that is NULL from before the guard cannot move; NULL again is no move
+UPDATE loose SET status = 'on' WHERE id = 1;
+\echo :LAST_ERROR_SQLSTATE
+UPDATE loose SET status = NULL WHERE id = 1;
+SELECT * FROM loose ORDER BY id;
+DROP TABLE loose;
 
 -- the column may be renamed: the guard follows it
 ALTER TABLE orders RENAME COLUMN status TO state;
