@@ -156,8 +156,37 @@ SELECT tbl, col, row_key, from_state, to_state,
 -- a move inside a transaction is recorded with that transaction's id
 BEGIN;
 UPDATE orders SET status = 'shipped' WHERE id = 1;
-SELECT txid = pg_current_xact_id() AS same_txid
+SELECT txid = pg_current_xact_id() AS same_txid, changed_at = now() AS same_now,
+       id = currval('payments.state_history_id_seq') AS from_sequence
   FROM payments.state_history ORDER BY id DESC LIMIT 1;
+ROLLBACK;
+-- the history row is written like any other row: a constraint or trigger a
+-- DBA adds to the history table applies to it, and a refusal refuses the move
+BEGIN;
+ALTER TABLE payments.state_history
+    ADD CONSTRAINT no_shipping CHECK (to_state <> 'shipped');
+\set VERBOSITY terse
+UPDATE orders SET status = 'shipped' WHERE id = 1;
+\set VERBOSITY default
+\echo :LAST_ERROR_SQLSTATE
+ROLLBACK;
+BEGIN;
+CREATE FUNCTION pg_temp.history_seen() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE NOTICE 'history row for % as %', NEW.row_key, current_user;
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER seen AFTER INSERT ON payments.state_history
+    FOR EACH ROW EXECUTE FUNCTION pg_temp.history_seen();
+UPDATE orders SET status = 'shipped' WHERE id = 1;
+ROLLBACK;
+-- a history table altered by hand is refused with a clear error, not
+-- written with values in the wrong columns
+BEGIN;
+ALTER TABLE payments.state_history ADD COLUMN note text;
+UPDATE orders SET status = 'shipped' WHERE id = 1;
+\echo :LAST_ERROR_SQLSTATE
 ROLLBACK;
 -- and goes away with it
 SELECT count(*) FROM payments.state_history WHERE row_key = '1' AND to_state = 'shipped';

@@ -43,8 +43,10 @@
  *
  * The trigger runs as the user who writes the row; it reads the machines
  * and writes the history as the owner of the extension's tables (as
- * PostgreSQL's foreign key triggers do), and its queries qualify every
- * name and operator, so the caller's search_path cannot change them.
+ * PostgreSQL's foreign key triggers do).  Its one query, which loads a
+ * machine, qualifies every name and operator, so the caller's search_path
+ * cannot change it; the history row is built in C and inserted without
+ * SQL (record_move).
  *
  *-------------------------------------------------------------------------
  */
@@ -54,12 +56,15 @@
 
 #include "access/htup_details.h"
 #include "access/table.h"
+#include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/objectaddress.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_index.h"
 #include "catalog/pg_type.h"
+#include "commands/sequence.h"
 #include "commands/trigger.h"
+#include "executor/executor.h"
 #include "lib/stringinfo.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
@@ -79,6 +84,7 @@
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
+#include "utils/xid8.h"
 
 PG_FUNCTION_INFO_V1(payments_define_state_machine);
 PG_FUNCTION_INFO_V1(payments_guard_state);
@@ -132,6 +138,12 @@ static HTAB *guard_hash = NULL;
 static bool cache_stale = true;
 static Oid	definitions_relid = InvalidOid;
 static Oid	tables_owner = InvalidOid;
+static Oid	history_relid = InvalidOid;
+static Oid	history_seqid = InvalidOid;
+
+#define HISTORY_NATTS	9
+
+static void check_history_columns(void);
 
 /* The top-level statement the cache was last checked for */
 static LocalTransactionId checked_lxid = InvalidLocalTransactionId;
@@ -139,7 +151,6 @@ static TimestampTz checked_stmt_start = 0;
 
 static SPIPlanPtr load_plan;
 static SPIPlanPtr upsert_plan;
-static SPIPlanPtr history_plan;
 
 /* ---------------------------------------------------------------------
  * Machines: parsing and lookup
@@ -424,7 +435,8 @@ state_guard_relcache_callback(Datum arg, Oid relid)
 	HASH_SEQ_STATUS status;
 	GuardEntry *g;
 
-	if (relid == InvalidOid || relid == definitions_relid)
+	if (relid == InvalidOid || relid == definitions_relid ||
+		relid == history_relid)
 	{
 		cache_stale = true;
 		return;
@@ -467,6 +479,11 @@ cache_reset(void)
 		elog(ERROR, "cache lookup failed for relation %u", definitions_relid);
 	tables_owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
 	ReleaseSysCache(tup);
+	history_relid = get_relname_relid("state_history", nsp);
+	history_seqid = get_relname_relid("state_history_id_seq", nsp);
+	if (!OidIsValid(history_relid) || !OidIsValid(history_seqid))
+		elog(ERROR, "relation payments.state_history or its sequence does not exist");
+	check_history_columns();
 
 	ctl.keysize = NAMEDATALEN;
 	ctl.entrysize = sizeof(MachineEntry);
@@ -873,40 +890,120 @@ check_move(GuardEntry *g, Relation rel, HeapTuple newtuple,
 				 errtablecol(rel, g->attnum)));
 }
 
-/* One history row per accepted move. */
+/*
+ * The columns of payments.state_history, in table order, as record_move
+ * fills them.  The table's DEFAULTs describe the same values for anyone
+ * inserting by hand; the trigger computes them itself.
+ */
+static const Oid history_types[HISTORY_NATTS] = {
+	INT8OID,					/* id: nextval of state_history_id_seq */
+	REGCLASSOID,				/* tbl */
+	NAMEOID,					/* col */
+	TEXTOID,					/* row_key */
+	TEXTOID,					/* from_state */
+	TEXTOID,					/* to_state */
+	TIMESTAMPTZOID,				/* changed_at: now() */
+	XID8OID,					/* txid: pg_current_xact_id() */
+	NAMEOID						/* changed_by */
+};
+
+/*
+ * Check, once per cache, that payments.state_history has the columns
+ * record_move writes: a table altered by hand gets a clear error rather
+ * than rows with values in the wrong columns.
+ */
+static void
+check_history_columns(void)
+{
+	Relation	rel = table_open(history_relid, AccessShareLock);
+	TupleDesc	desc = RelationGetDescr(rel);
+	bool		ok = (desc->natts == HISTORY_NATTS);
+
+	for (int i = 0; ok && i < HISTORY_NATTS; i++)
+		ok = !TupleDescAttr(desc, i)->attisdropped &&
+			TupleDescAttr(desc, i)->atttypid == history_types[i];
+	table_close(rel, AccessShareLock);
+	if (!ok)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("relation payments.state_history does not have the columns the state guard writes"),
+				 errdetail("Expected (id, tbl, col, row_key, from_state, to_state, changed_at, txid, changed_by) of types (bigint, regclass, name, text, text, text, timestamptz, xid8, name)."),
+				 errhint("Undo the change to the table, or reinstall the extension.")));
+}
+
+/*
+ * One history row per accepted move.
+ *
+ * The row is inserted the way logical replication applies one, with
+ * ExecSimpleRelationInsert, rather than through an SPI INSERT: that is the
+ * same heap and index insertion, constraint checks and triggers, without
+ * revalidating a plan and starting an executor for every row, which was
+ * most of the guard's cost.  It runs as the owner of the extension's
+ * tables, so a trigger someone adds to the history table does too.
+ */
 static void
 record_move(GuardEntry *g, Relation rel, HeapTuple newtuple,
 			const char *from, const char *to)
 {
-	static const Oid argtypes[] = {REGCLASSOID, NAMEOID, TEXTOID, TEXTOID,
-	TEXTOID, NAMEOID};
 	TupleDesc	desc = RelationGetDescr(rel);
-	Datum		values[6];
-	char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
 	NameData	changed_by;
 	Oid			save_userid;
 	int			save_sec_context;
+	Relation	hist;
+	EState	   *estate;
+	RangeTblEntry *rte;
+	ResultRelInfo *rri;
+	TupleTableSlot *slot;
+	Datum	   *values;
+	bool	   *nulls;
 
 	namestrcpy(&changed_by, GetUserNameFromId(GetUserId(), false));
-	values[0] = ObjectIdGetDatum(RelationGetRelid(rel));
-	values[1] = NameGetDatum(&TupleDescAttr(desc, g->attnum - 1)->attname);
-	values[2] = CStringGetTextDatum(row_key(g, newtuple, desc, false));
-	if (from == NULL)
-		nulls[3] = 'n';
-	else
-		values[3] = CStringGetTextDatum(from);
-	values[4] = CStringGetTextDatum(to);
-	values[5] = NameGetDatum(&changed_by);
-
 	switch_to_owner(&save_userid, &save_sec_context);
-	SPI_connect();
-	payments_prepare(&history_plan,
-					 "INSERT INTO payments.state_history"
-					 " (tbl, col, row_key, from_state, to_state, changed_by)"
-					 " VALUES ($1, $2, $3, $4, $5, $6)",
-					 6, argtypes);
-	payments_execute(history_plan, values, nulls, SPI_OK_INSERT, 0);
-	SPI_finish();
+
+	hist = table_open(history_relid, RowExclusiveLock);
+	estate = CreateExecutorState();
+	rte = makeNode(RangeTblEntry);
+	rte->rtekind = RTE_RELATION;
+	rte->relid = history_relid;
+	rte->relkind = RELKIND_RELATION;
+	rte->rellockmode = RowExclusiveLock;
+	ExecInitRangeTable(estate, list_make1(rte));
+	rri = makeNode(ResultRelInfo);
+	InitResultRelInfo(rri, hist, 1, NULL, 0);
+	/* so that a trigger on the history table reuses rri, not a copy */
+	estate->es_opened_result_relations = list_make1(rri);
+	estate->es_output_cid = GetCurrentCommandId(true);
+	ExecOpenIndices(rri, false);
+
+	slot = ExecInitExtraTupleSlot(estate, RelationGetDescr(hist),
+								  &TTSOpsVirtual);
+	ExecClearTuple(slot);
+	values = slot->tts_values;
+	nulls = slot->tts_isnull;
+	memset(nulls, false, sizeof(bool) * HISTORY_NATTS);
+	values[0] = Int64GetDatum(nextval_internal(history_seqid, false));
+	values[1] = ObjectIdGetDatum(RelationGetRelid(rel));
+	values[2] = NameGetDatum(&TupleDescAttr(desc, g->attnum - 1)->attname);
+	values[3] = CStringGetTextDatum(row_key(g, newtuple, desc, false));
+	if (from == NULL)
+		nulls[4] = true;
+	else
+		values[4] = CStringGetTextDatum(from);
+	values[5] = CStringGetTextDatum(to);
+	values[6] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
+	values[7] = FullTransactionIdGetDatum(GetTopFullTransactionId());
+	values[8] = NameGetDatum(&changed_by);
+	ExecStoreVirtualTuple(slot);
+
+	AfterTriggerBeginQuery();
+	ExecSimpleRelationInsert(rri, estate, slot);
+	AfterTriggerEndQuery(estate);
+
+	ExecCloseResultRelations(estate);
+	ExecResetTupleTable(estate->es_tupleTable, false);
+	FreeExecutorState(estate);
+	table_close(hist, NoLock);
+
 	SetUserIdAndSecContext(save_userid, save_sec_context);
 }
 
