@@ -20,6 +20,7 @@ OBJS = \
 	src/fingerprint.o \
 	src/args.o \
 	src/spi_util.o \
+	src/direct_write.o \
 	src/idempotency.o \
 	src/reservation.o \
 	src/state_guard.o \

@@ -15,6 +15,7 @@
 
 #include "postgres.h"
 
+#include "executor/executor.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 
@@ -78,6 +79,19 @@ extern SPIPlanPtr payments_prepare(SPIPlanPtr *cache, const char *sql,
 										  int nargs, const Oid *argtypes);
 extern uint64 payments_execute(SPIPlanPtr plan, Datum *values,
 							   const char *nulls, int expected, long tcount);
+
+/* direct_write.c: one row written without SQL; see the file header */
+typedef struct DirectWrite
+{
+	EState	   *estate;
+	ResultRelInfo *rri;
+	EPQState	epqstate;
+} DirectWrite;
+
+extern void payments_direct_begin(DirectWrite *dw, Relation rel,
+								  Snapshot snapshot);
+extern TupleTableSlot *payments_direct_slot(DirectWrite *dw);
+extern void payments_direct_end(DirectWrite *dw);
 
 /* fingerprint.c */
 #define PAYMENTS_FINGERPRINT_LEN 32		/* SHA-256 */

@@ -68,12 +68,22 @@
  */
 #include "payments.h"
 
+#include "access/genam.h"
+#include "access/stratnum.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
 #include "utils/jsonb.h"
+#include "utils/lsyscache.h"
 #include "utils/numeric.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
 PG_FUNCTION_INFO_V1(payments_stock_set);
@@ -126,7 +136,6 @@ static SPIPlanPtr spread_plan;
 static SPIPlanPtr trim_plan;
 static SPIPlanPtr held_plan;
 static SPIPlanPtr upsert_stock_plan;
-static SPIPlanPtr confirm_one_plan;
 static SPIPlanPtr release_one_plan;
 static SPIPlanPtr lookup_plan;
 static SPIPlanPtr lock_order_plan;
@@ -857,54 +866,179 @@ lookup_state(int64 id)
 	return state[0];
 }
 
+/* Reservation id as the snapshot sees it, in slot; false if there is none */
+static bool
+find_hold_row(Relation rel, Relation pkey, int64 id, Snapshot snapshot,
+			  TupleTableSlot *slot)
+{
+	ScanKeyData key;
+	IndexScanDesc scan;
+	bool		found;
+
+	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(id));
+	scan = index_beginscan(rel, pkey, snapshot, 1, 0);
+	index_rescan(scan, &key, 1, NULL, 0);
+	found = index_getnext_slot(scan, ForwardScanDirection, slot);
+	index_endscan(scan);
+	return found;
+}
+
+/*
+ * Lock the row in slot, waiting for a transaction that holds it, and leave
+ * its latest version in slot.  Under READ COMMITTED a row another
+ * transaction changed since the snapshot is followed to the version that
+ * transaction committed, as an UPDATE re-checks it; under REPEATABLE READ
+ * or SERIALIZABLE that is a serialization failure, as for an UPDATE.
+ */
+static void
+lock_hold_row(Relation rel, Snapshot snapshot, TupleTableSlot *slot)
+{
+	ItemPointerData tid = slot->tts_tid;
+	TM_FailureData tmfd;
+	TM_Result	res;
+
+	res = table_tuple_lock(rel, &tid, snapshot, slot,
+						   GetCurrentCommandId(false), LockTupleNoKeyExclusive,
+						   LockWaitBlock,
+						   IsolationUsesXactSnapshot() ? 0 :
+						   TUPLE_LOCK_FLAG_FIND_LAST_VERSION,
+						   &tmfd);
+	if (res == TM_Ok)
+		return;
+	if ((res == TM_Updated || res == TM_Deleted) && IsolationUsesXactSnapshot())
+		ereport(ERROR,
+				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+				 errmsg("could not serialize access due to concurrent update")));
+	/* reservations are never deleted, and this command has not written it */
+	elog(ERROR, "unexpected table_tuple_lock status %u for a reservation", res);
+}
+
+/* The number of a column of payments.reservations, by name */
+static AttrNumber
+hold_column(Relation rel, const char *name)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+
+	for (int i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		if (!att->attisdropped && strcmp(NameStr(att->attname), name) == 0)
+			return att->attnum;
+	}
+	elog(ERROR, "relation payments.reservations has no column \"%s\"", name);
+	return InvalidAttrNumber;	/* keep the compiler quiet */
+}
+
+/* The first letter of the state of the hold in slot */
+static char
+hold_state(TupleTableSlot *slot, AttrNumber state_att)
+{
+	bool		isnull;
+	text	   *state = DatumGetTextPP(slot_getattr(slot, state_att, &isnull));
+
+	return VARSIZE_ANY_EXHDR(state) > 0 ? *VARDATA_ANY(state) : '\0';
+}
+
+/* Whether the hold in slot is past its TTL */
+static bool
+hold_lapsed(TupleTableSlot *slot, AttrNumber expires_att)
+{
+	bool		isnull;
+
+	return DatumGetTimestampTz(slot_getattr(slot, expires_att, &isnull)) <=
+		GetCurrentTimestamp();
+}
+
 /*
  * payments.confirm_reservation(id)
  *
  * true: the hold is now a sale.  false: it was confirmed before.  A hold
  * that was released, expired, or is past its TTL cannot be confirmed
  * (PM102).
+ *
+ * This is the same single-row UPDATE of a hold found by its primary key as
+ * "UPDATE ... WHERE id = $1 AND state = 'held'", done without SQL (see
+ * direct_write.c), because it runs once for every sale: lock the row, judge
+ * the locked version, write its new version.
  */
 Datum
 payments_confirm_reservation(PG_FUNCTION_ARGS)
 {
-	static const Oid argtypes[] = {INT8OID};
 	int64		id;
-	Datum		values[1];
-	bool		result;
+	Relation	rel;
+	Relation	pkey = NULL;
+	Snapshot	snapshot;
+	DirectWrite dw;
+	TupleTableSlot *old;
+	TupleTableSlot *new;
+	AttrNumber	state_att;
+	AttrNumber	expires_att;
+	AttrNumber	resolved_att;
+	char		state;
+	bool		lapsed;
 
 	payments_arg_not_null(fcinfo, 0, "reservation id");
 	id = PG_GETARG_INT64(0);
 	payments_check_writable("confirm a reservation");
 
-	SPI_connect();
-	payments_prepare(&confirm_one_plan,
-					 "UPDATE payments.reservations"
-					 " SET state = 'confirmed', resolved_at = pg_catalog.clock_timestamp()"
-					 " WHERE id = $1 AND state = 'held'"
-					 " AND expires_at > pg_catalog.clock_timestamp()",
-					 1, argtypes);
-	values[0] = Int64GetDatum(id);
-	for (;;)
-	{
-		char		state;
+	rel = table_open(get_relname_relid("reservations",
+									   get_namespace_oid("payments", false)),
+					 RowExclusiveLock);
+	state_att = hold_column(rel, "state");
+	expires_att = hold_column(rel, "expires_at");
+	resolved_att = hold_column(rel, "resolved_at");
 
-		if (payments_execute(confirm_one_plan, values, NULL, SPI_OK_UPDATE, 0) == 1)
-		{
-			result = true;
-			break;
-		}
-		state = lookup_state(id);
-		if (state == 'c')
-		{
-			result = false;
-			break;
-		}
-		if (state != 'h')
-			report_expired(id, state == 'r');
-		/* a hold committed after the UPDATE's snapshot: try again */
+	snapshot = RegisterSnapshot(GetTransactionSnapshot());
+	payments_direct_begin(&dw, rel, snapshot);
+	for (int i = 0; i < dw.rri->ri_NumIndices; i++)
+		if (dw.rri->ri_IndexRelationDescs[i]->rd_index->indisprimary)
+			pkey = dw.rri->ri_IndexRelationDescs[i];
+	if (pkey == NULL)
+		elog(ERROR, "relation payments.reservations has no primary key");
+
+	old = table_slot_create(rel, &dw.estate->es_tupleTable);
+	if (!find_hold_row(rel, pkey, id, snapshot, old))
+		report_unknown_reservation(id);
+
+	/*
+	 * Only a live hold can still be confirmed, so only it is locked (as an
+	 * UPDATE locks only the rows its WHERE clause accepts): confirmed,
+	 * released and expired are final, and so is a hold past its TTL, which
+	 * is refused at once even while an expiry of it is in progress.
+	 */
+	state = hold_state(old, state_att);
+	lapsed = hold_lapsed(old, expires_att);
+	if (state == 'h' && !lapsed)
+	{
+		lock_hold_row(rel, snapshot, old);
+		state = hold_state(old, state_att);
+		lapsed = hold_lapsed(old, expires_att);
 	}
-	SPI_finish();
-	PG_RETURN_BOOL(result);
+	if (state == 'h' && !lapsed)
+	{
+		new = payments_direct_slot(&dw);
+		slot_getallattrs(old);
+		memcpy(new->tts_values, old->tts_values,
+			   sizeof(Datum) * old->tts_nvalid);
+		memcpy(new->tts_isnull, old->tts_isnull,
+			   sizeof(bool) * old->tts_nvalid);
+		new->tts_values[state_att - 1] = CStringGetTextDatum("confirmed");
+		new->tts_values[resolved_att - 1] =
+			TimestampTzGetDatum(GetCurrentTimestamp());
+		new->tts_isnull[resolved_att - 1] = false;
+		ExecStoreVirtualTuple(new);
+		ExecSimpleRelationUpdate(dw.rri, dw.estate, &dw.epqstate, old, new);
+	}
+	payments_direct_end(&dw);
+	UnregisterSnapshot(snapshot);
+	table_close(rel, NoLock);
+
+	if (state == 'c')
+		PG_RETURN_BOOL(false);
+	if (state != 'h' || lapsed)
+		report_expired(id, state == 'r');
+	PG_RETURN_BOOL(true);
 }
 
 /*

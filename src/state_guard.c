@@ -64,7 +64,6 @@
 #include "catalog/pg_type.h"
 #include "commands/sequence.h"
 #include "commands/trigger.h"
-#include "executor/executor.h"
 #include "lib/stringinfo.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
@@ -934,11 +933,8 @@ check_history_columns(void)
 /*
  * One history row per accepted move.
  *
- * The row is inserted the way logical replication applies one, with
- * ExecSimpleRelationInsert, rather than through an SPI INSERT: that is the
- * same heap and index insertion, constraint checks and triggers, without
- * revalidating a plan and starting an executor for every row, which was
- * most of the guard's cost.  It runs as the owner of the extension's
+ * The row is written without SQL (see direct_write.c): an SPI INSERT
+ * was most of the guard's cost.  It runs as the owner of the extension's
  * tables, so a trigger someone adds to the history table does too.
  */
 static void
@@ -950,9 +946,7 @@ record_move(GuardEntry *g, Relation rel, HeapTuple newtuple,
 	Oid			save_userid;
 	int			save_sec_context;
 	Relation	hist;
-	EState	   *estate;
-	RangeTblEntry *rte;
-	ResultRelInfo *rri;
+	DirectWrite dw;
 	TupleTableSlot *slot;
 	Datum	   *values;
 	bool	   *nulls;
@@ -961,23 +955,8 @@ record_move(GuardEntry *g, Relation rel, HeapTuple newtuple,
 	switch_to_owner(&save_userid, &save_sec_context);
 
 	hist = table_open(history_relid, RowExclusiveLock);
-	estate = CreateExecutorState();
-	rte = makeNode(RangeTblEntry);
-	rte->rtekind = RTE_RELATION;
-	rte->relid = history_relid;
-	rte->relkind = RELKIND_RELATION;
-	rte->rellockmode = RowExclusiveLock;
-	ExecInitRangeTable(estate, list_make1(rte));
-	rri = makeNode(ResultRelInfo);
-	InitResultRelInfo(rri, hist, 1, NULL, 0);
-	/* so that a trigger on the history table reuses rri, not a copy */
-	estate->es_opened_result_relations = list_make1(rri);
-	estate->es_output_cid = GetCurrentCommandId(true);
-	ExecOpenIndices(rri, false);
-
-	slot = ExecInitExtraTupleSlot(estate, RelationGetDescr(hist),
-								  &TTSOpsVirtual);
-	ExecClearTuple(slot);
+	payments_direct_begin(&dw, hist, GetActiveSnapshot());
+	slot = payments_direct_slot(&dw);
 	values = slot->tts_values;
 	nulls = slot->tts_isnull;
 	memset(nulls, false, sizeof(bool) * HISTORY_NATTS);
@@ -994,14 +973,8 @@ record_move(GuardEntry *g, Relation rel, HeapTuple newtuple,
 	values[7] = FullTransactionIdGetDatum(GetTopFullTransactionId());
 	values[8] = NameGetDatum(&changed_by);
 	ExecStoreVirtualTuple(slot);
-
-	AfterTriggerBeginQuery();
-	ExecSimpleRelationInsert(rri, estate, slot);
-	AfterTriggerEndQuery(estate);
-
-	ExecCloseResultRelations(estate);
-	ExecResetTupleTable(estate->es_tupleTable, false);
-	FreeExecutorState(estate);
+	ExecSimpleRelationInsert(dw.rri, dw.estate, slot);
+	payments_direct_end(&dw);
 	table_close(hist, NoLock);
 
 	SetUserIdAndSecContext(save_userid, save_sec_context);

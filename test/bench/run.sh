@@ -12,6 +12,8 @@
 # A workload directory holds:
 #   setup.sql    run once in a fresh database before its cases
 #   cases        one case a line: LABEL CLIENTS EXTENSION.sql BASELINE.sql
+#                [SETTING=VALUE ...], the settings applied to both sides'
+#                sessions (for example synchronous_commit=off)
 #   *.sql        pgbench scripts
 # or, for a workload that is not a throughput ratio, an executable run.sh
 # that gets the connection in PGHOST/PGPORT/PGUSER/PGDATABASE.
@@ -32,13 +34,17 @@ start_cluster "$BENCH_DIR" "$BENCH_PORT"
 export PGHOST="$BENCH_DIR" PGPORT="$BENCH_PORT" PGUSER=postgres
 PSQL=(psql -X -q -v ON_ERROR_STOP=1)
 
-# pgbench_tps DB SCRIPT CLIENTS: transactions per second of one run
+# pgbench_tps DB SCRIPT CLIENTS [SETTING=VALUE ...]: transactions per
+# second of one run, with the settings given to every session
 pgbench_tps() {
-	local db=$1 script=$2 clients=$3 jobs=1 out
+	local db=$1 script=$2 clients=$3 jobs=1 out options="" setting
+	shift 3
+	for setting in "$@"; do options="$options -c $setting"; done
 	[ "$clients" -gt 1 ] && jobs=2
 	as_user "${PSQL[@]}" -d "$db" -c CHECKPOINT
-	out=$(as_user pgbench -n -M prepared -T "$BENCH_SECONDS" -c "$clients" -j "$jobs" \
-		-f "$script" "$db" 2>&1) || { echo "$out" >&2; die "pgbench failed on $script"; }
+	out=$(as_user env PGOPTIONS="$options" pgbench -n -M prepared -T "$BENCH_SECONDS" \
+		-c "$clients" -j "$jobs" -f "$script" "$db" 2>&1) ||
+		{ echo "$out" >&2; die "pgbench failed on $script"; }
 	sed -n 's/^tps = \([0-9.]*\) .*/\1/p' <<<"$out"
 }
 
@@ -63,13 +69,15 @@ for w in "${workloads[@]}"; do
 	fi
 	say "workload $w: setup"
 	as_user "${PSQL[@]}" -d "$db" -f "$dir/setup.sql"
-	while read -r label clients ext base; do
+	while read -r label clients ext base settings; do
 		case "$label" in '' | '#'*) continue ;; esac
 		best_ext=0
 		best_base=0
 		for _ in $(seq "$BENCH_ROUNDS"); do
-			best_base=$(max "$best_base" "$(pgbench_tps "$db" "$dir/$base" "$clients")")
-			best_ext=$(max "$best_ext" "$(pgbench_tps "$db" "$dir/$ext" "$clients")")
+			# shellcheck disable=SC2086
+			best_base=$(max "$best_base" "$(pgbench_tps "$db" "$dir/$base" "$clients" $settings)")
+			# shellcheck disable=SC2086
+			best_ext=$(max "$best_ext" "$(pgbench_tps "$db" "$dir/$ext" "$clients" $settings)")
 		done
 		line=$(awk -v w="$w" -v l="$label" -v c="$clients" -v e="$best_ext" -v b="$best_base" \
 			'BEGIN { printf "%-12s %-22s %7d %12.0f %12.0f %7.2f", w, l, c, e, b, e / b }')
