@@ -125,6 +125,33 @@ SELECT pg_temp.try($$SELECT payments.release_reservation(NULL)$$);
 SELECT id, state FROM payments.reservations ORDER BY id;
 SELECT * FROM payments.stock_levels ORDER BY sku;
 SELECT * FROM pg_temp.ledger();
+-- a confirm sees what its statement wrote before it: a hold reserved in
+-- the same SELECT, and a confirm of that hold earlier in the same SELECT
+-- (rolled back, with the ids it used, so that later ids stay as they are)
+SELECT last_value AS ids_before FROM payments.reservations_id_seq \gset
+BEGIN;
+SELECT payments.confirm_reservation(payments.reserve('same-statement', 'apple', 1)) AS confirmed;
+SELECT payments.reserve('same-statement-2', 'apple', 1) AS same_id \gset
+SELECT payments.confirm_reservation(:same_id) AS first,
+       payments.confirm_reservation(:same_id) AS second;
+-- an UPDATE OF state trigger added to the reservations fires for a confirm
+CREATE FUNCTION pg_temp.hold_moved() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE NOTICE 'hold of % is now %', NEW.order_ref, NEW.state;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER moved AFTER UPDATE OF state ON payments.reservations
+    FOR EACH ROW EXECUTE FUNCTION pg_temp.hold_moved();
+SELECT payments.confirm_reservation(payments.reserve('with-trigger', 'apple', 1)) AS confirmed;
+ROLLBACK;
+SELECT setval('payments.reservations_id_seq', :ids_before) > 0 AS ids_restored;
+-- a read-only transaction cannot confirm (25006), and the hold stays held
+SELECT id AS held_id FROM payments.reservations WHERE state = 'held' ORDER BY id LIMIT 1 \gset
+BEGIN READ ONLY;
+SELECT pg_temp.try(format('SELECT payments.confirm_reservation(%s)', :held_id));
+ROLLBACK;
+SELECT state FROM payments.reservations WHERE id = :held_id;
 
 -- orders: confirm_order / release_order act on every hold of the order
 SELECT payments.confirm_order('order-3');

@@ -181,6 +181,18 @@ CREATE TRIGGER seen AFTER INSERT ON payments.state_history
     FOR EACH ROW EXECUTE FUNCTION pg_temp.history_seen();
 UPDATE orders SET status = 'shipped' WHERE id = 1;
 ROLLBACK;
+-- a read-only transaction may write a guarded temporary table, but not
+-- the history of the move: the move is refused (25006)
+CREATE TEMP TABLE temp_orders (id int PRIMARY KEY, status text NOT NULL);
+SELECT payments.guard_state('temp_orders', 'status', 'order');
+INSERT INTO temp_orders VALUES (1, 'created');
+BEGIN READ ONLY;
+UPDATE temp_orders SET status = 'cancelled' WHERE id = 1;
+\echo :LAST_ERROR_SQLSTATE
+ROLLBACK;
+SELECT status FROM temp_orders;
+DELETE FROM payments.state_history WHERE tbl = 'temp_orders'::regclass;
+DROP TABLE temp_orders;
 -- a history table altered by hand is refused with a clear error, not
 -- written with values in the wrong columns
 BEGIN;

@@ -11,33 +11,62 @@
  * writers need, ExecSimpleRelationInsert and ExecSimpleRelationUpdate (the
  * routines logical replication applies rows with): an EState with a range
  * table of one relation, its ResultRelInfo and open indexes.  The write
- * itself is then PostgreSQL's: heap and every index, constraints, and any
- * triggers a DBA added to the table, whose AFTER events are fired when the
- * write ends.
+ * itself is then PostgreSQL's: heap and every index, constraints, and the
+ * row-level triggers a DBA adds to the table, whose AFTER events are fired
+ * when the write ends.  Statement-level triggers (and so transition
+ * tables) do not fire: there is no statement.
  *
- * The caller opens and locks the relation, and checks privileges: these
- * run as whoever calls them.
+ * What the executor would check before any write is checked here too: a
+ * read-only transaction and parallel mode refuse it (25006), as
+ * ExecCheckXactReadOnly refuses an INSERT or UPDATE.  The caller opens and
+ * locks the relation and decides who may write: these run as whoever
+ * calls them, with no privilege check.
  *
  *-------------------------------------------------------------------------
  */
 #include "payments.h"
 
+#include "access/sysattr.h"
 #include "access/xact.h"
 #include "catalog/pg_class.h"
 #include "commands/trigger.h"
+#include "miscadmin.h"
 #include "nodes/makefuncs.h"
+#include "utils/memutils.h"
 #include "utils/rel.h"
 
+/*
+ * Set up a write of one row of rel: cmd is "INSERT" or "UPDATE", and cols
+ * the columns it writes (attribute numbers), which decide the UPDATE OF
+ * triggers that fire.
+ */
 void
-payments_direct_begin(DirectWrite *dw, Relation rel, Snapshot snapshot)
+payments_direct_begin(DirectWrite *dw, Relation rel, Snapshot snapshot,
+					  const char *cmd, const AttrNumber *cols, int ncols)
 {
-	RangeTblEntry *rte = makeNode(RangeTblEntry);
+	RangeTblEntry *rte;
+	Bitmapset  *written = NULL;
+	MemoryContext old;
+
+	if (XactReadOnly && !RelationUsesLocalBuffers(rel))
+		PreventCommandIfReadOnly(cmd);
+	PreventCommandIfParallelMode(cmd);
 
 	dw->estate = CreateExecutorState();
+	old = MemoryContextSwitchTo(dw->estate->es_query_cxt);
+
+	for (int i = 0; i < ncols; i++)
+		written = bms_add_member(written,
+								 cols[i] - FirstLowInvalidHeapAttributeNumber);
+	rte = makeNode(RangeTblEntry);
 	rte->rtekind = RTE_RELATION;
 	rte->relid = RelationGetRelid(rel);
 	rte->relkind = RELKIND_RELATION;
 	rte->rellockmode = RowExclusiveLock;
+	if (strcmp(cmd, "INSERT") == 0)
+		rte->insertedCols = written;
+	else
+		rte->updatedCols = written;
 	ExecInitRangeTable(dw->estate, list_make1(rte));
 
 	dw->rri = makeNode(ResultRelInfo);
@@ -48,10 +77,15 @@ payments_direct_begin(DirectWrite *dw, Relation rel, Snapshot snapshot)
 	dw->estate->es_snapshot = snapshot;
 	ExecOpenIndices(dw->rri, false);
 	EvalPlanQualInit(&dw->epqstate, dw->estate, NULL, NIL, -1);
+
+	MemoryContextSwitchTo(old);
 	AfterTriggerBeginQuery();
 }
 
-/* A virtual slot of the relation's row type, freed by payments_direct_end */
+/*
+ * A virtual slot of the relation's row type, empty, freed by
+ * payments_direct_end
+ */
 TupleTableSlot *
 payments_direct_slot(DirectWrite *dw)
 {

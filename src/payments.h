@@ -89,7 +89,8 @@ typedef struct DirectWrite
 } DirectWrite;
 
 extern void payments_direct_begin(DirectWrite *dw, Relation rel,
-								  Snapshot snapshot);
+								  Snapshot snapshot, const char *cmd,
+								  const AttrNumber *cols, int ncols);
 extern TupleTableSlot *payments_direct_slot(DirectWrite *dw);
 extern void payments_direct_end(DirectWrite *dw);
 

@@ -885,12 +885,12 @@ find_hold_row(Relation rel, Relation pkey, int64 id, Snapshot snapshot,
 
 /*
  * Lock the row in slot, waiting for a transaction that holds it, and leave
- * its latest version in slot.  Under READ COMMITTED a row another
+ * its latest version in slot; false if it was deleted meanwhile.  Under READ COMMITTED a row another
  * transaction changed since the snapshot is followed to the version that
  * transaction committed, as an UPDATE re-checks it; under REPEATABLE READ
  * or SERIALIZABLE that is a serialization failure, as for an UPDATE.
  */
-static void
+static bool
 lock_hold_row(Relation rel, Snapshot snapshot, TupleTableSlot *slot)
 {
 	ItemPointerData tid = slot->tts_tid;
@@ -904,13 +904,26 @@ lock_hold_row(Relation rel, Snapshot snapshot, TupleTableSlot *slot)
 						   TUPLE_LOCK_FLAG_FIND_LAST_VERSION,
 						   &tmfd);
 	if (res == TM_Ok)
-		return;
-	if ((res == TM_Updated || res == TM_Deleted) && IsolationUsesXactSnapshot())
+		return true;
+	if (res == TM_Updated && IsolationUsesXactSnapshot())
 		ereport(ERROR,
 				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
 				 errmsg("could not serialize access due to concurrent update")));
-	/* reservations are never deleted, and this command has not written it */
-	elog(ERROR, "unexpected table_tuple_lock status %u for a reservation", res);
+	if (res == TM_Deleted && IsolationUsesXactSnapshot())
+		ereport(ERROR,
+				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+				 errmsg("could not serialize access due to concurrent delete")));
+	if (res == TM_Deleted)
+		return false;
+
+	/*
+	 * TM_SelfModified and TM_Invisible cannot happen: the snapshot was taken
+	 * after CommandCounterIncrement, so it sees every earlier write of this
+	 * transaction and none is newer.
+	 */
+	elog(ERROR, "unexpected table_tuple_lock status %d for a reservation",
+		 (int) res);
+	return false;				/* keep the compiler quiet */
 }
 
 /* The number of a column of payments.reservations, by name */
@@ -957,10 +970,14 @@ hold_lapsed(TupleTableSlot *slot, AttrNumber expires_att)
  * that was released, expired, or is past its TTL cannot be confirmed
  * (PM102).
  *
- * This is the same single-row UPDATE of a hold found by its primary key as
- * "UPDATE ... WHERE id = $1 AND state = 'held'", done without SQL (see
- * direct_write.c), because it runs once for every sale: lock the row, judge
- * the locked version, write its new version.
+ * It runs once for every sale, so it is written without SQL (see
+ * direct_write.c), with the semantics of "UPDATE payments.reservations SET
+ * state = 'confirmed', resolved_at = clock_timestamp() WHERE id = $1 AND
+ * state = 'held' AND expires_at > clock_timestamp()" run as SPI runs it: a
+ * new command and a fresh snapshot, so that it sees what the calling
+ * statement wrote before it (a reserve in the same SELECT list); the row
+ * locked only if it qualifies; under READ COMMITTED, the version a
+ * concurrent transaction committed judged again.
  */
 Datum
 payments_confirm_reservation(PG_FUNCTION_ARGS)
@@ -975,6 +992,7 @@ payments_confirm_reservation(PG_FUNCTION_ARGS)
 	AttrNumber	state_att;
 	AttrNumber	expires_att;
 	AttrNumber	resolved_att;
+	AttrNumber	written[2];
 	char		state;
 	bool		lapsed;
 
@@ -988,9 +1006,13 @@ payments_confirm_reservation(PG_FUNCTION_ARGS)
 	state_att = hold_column(rel, "state");
 	expires_att = hold_column(rel, "expires_at");
 	resolved_att = hold_column(rel, "resolved_at");
+	written[0] = state_att;
+	written[1] = resolved_att;
 
+	CommandCounterIncrement();
 	snapshot = RegisterSnapshot(GetTransactionSnapshot());
-	payments_direct_begin(&dw, rel, snapshot);
+	PushActiveSnapshot(snapshot);
+	payments_direct_begin(&dw, rel, snapshot, "UPDATE", written, 2);
 	for (int i = 0; i < dw.rri->ri_NumIndices; i++)
 		if (dw.rri->ri_IndexRelationDescs[i]->rd_index->indisprimary)
 			pkey = dw.rri->ri_IndexRelationDescs[i];
@@ -1011,7 +1033,8 @@ payments_confirm_reservation(PG_FUNCTION_ARGS)
 	lapsed = hold_lapsed(old, expires_att);
 	if (state == 'h' && !lapsed)
 	{
-		lock_hold_row(rel, snapshot, old);
+		if (!lock_hold_row(rel, snapshot, old))
+			report_unknown_reservation(id);
 		state = hold_state(old, state_att);
 		lapsed = hold_lapsed(old, expires_att);
 	}
@@ -1031,6 +1054,7 @@ payments_confirm_reservation(PG_FUNCTION_ARGS)
 		ExecSimpleRelationUpdate(dw.rri, dw.estate, &dw.epqstate, old, new);
 	}
 	payments_direct_end(&dw);
+	PopActiveSnapshot();
 	UnregisterSnapshot(snapshot);
 	table_close(rel, NoLock);
 

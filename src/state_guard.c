@@ -142,8 +142,6 @@ static Oid	history_seqid = InvalidOid;
 
 #define HISTORY_NATTS	9
 
-static void check_history_columns(void);
-
 /* The top-level statement the cache was last checked for */
 static LocalTransactionId checked_lxid = InvalidLocalTransactionId;
 static TimestampTz checked_stmt_start = 0;
@@ -434,8 +432,7 @@ state_guard_relcache_callback(Datum arg, Oid relid)
 	HASH_SEQ_STATUS status;
 	GuardEntry *g;
 
-	if (relid == InvalidOid || relid == definitions_relid ||
-		relid == history_relid)
+	if (relid == InvalidOid || relid == definitions_relid)
 	{
 		cache_stale = true;
 		return;
@@ -481,8 +478,7 @@ cache_reset(void)
 	history_relid = get_relname_relid("state_history", nsp);
 	history_seqid = get_relname_relid("state_history_id_seq", nsp);
 	if (!OidIsValid(history_relid) || !OidIsValid(history_seqid))
-		elog(ERROR, "relation payments.state_history or its sequence does not exist");
-	check_history_columns();
+		elog(ERROR, "relation \"payments.state_history\" or its sequence does not exist");
 
 	ctl.keysize = NAMEDATALEN;
 	ctl.entrysize = sizeof(MachineEntry);
@@ -906,26 +902,27 @@ static const Oid history_types[HISTORY_NATTS] = {
 	NAMEOID						/* changed_by */
 };
 
+static const AttrNumber history_attnums[HISTORY_NATTS] = {1, 2, 3, 4, 5, 6, 7, 8, 9};
+
 /*
- * Check, once per cache, that payments.state_history has the columns
- * record_move writes: a table altered by hand gets a clear error rather
- * than rows with values in the wrong columns.
+ * Check that the history table, as opened for this write, has the columns
+ * record_move fills: a table altered by hand, even by a transaction that
+ * committed a moment ago, gets a clear error rather than a row with values
+ * in the wrong columns.
  */
 static void
-check_history_columns(void)
+check_history_columns(Relation hist)
 {
-	Relation	rel = table_open(history_relid, AccessShareLock);
-	TupleDesc	desc = RelationGetDescr(rel);
+	TupleDesc	desc = RelationGetDescr(hist);
 	bool		ok = (desc->natts == HISTORY_NATTS);
 
 	for (int i = 0; ok && i < HISTORY_NATTS; i++)
 		ok = !TupleDescAttr(desc, i)->attisdropped &&
 			TupleDescAttr(desc, i)->atttypid == history_types[i];
-	table_close(rel, AccessShareLock);
 	if (!ok)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("relation payments.state_history does not have the columns the state guard writes"),
+				 errmsg("relation \"payments.state_history\" does not have the columns the state guard writes"),
 				 errdetail("Expected (id, tbl, col, row_key, from_state, to_state, changed_at, txid, changed_by) of types (bigint, regclass, name, text, text, text, timestamptz, xid8, name)."),
 				 errhint("Undo the change to the table, or reinstall the extension.")));
 }
@@ -955,7 +952,9 @@ record_move(GuardEntry *g, Relation rel, HeapTuple newtuple,
 	switch_to_owner(&save_userid, &save_sec_context);
 
 	hist = table_open(history_relid, RowExclusiveLock);
-	payments_direct_begin(&dw, hist, GetActiveSnapshot());
+	check_history_columns(hist);
+	payments_direct_begin(&dw, hist, GetActiveSnapshot(), "INSERT",
+						  history_attnums, HISTORY_NATTS);
 	slot = payments_direct_slot(&dw);
 	values = slot->tts_values;
 	nulls = slot->tts_isnull;
