@@ -885,10 +885,11 @@ find_hold_row(Relation rel, Relation pkey, int64 id, Snapshot snapshot,
 
 /*
  * Lock the row in slot, waiting for a transaction that holds it, and leave
- * its latest version in slot; false if it was deleted meanwhile.  Under READ COMMITTED a row another
- * transaction changed since the snapshot is followed to the version that
- * transaction committed, as an UPDATE re-checks it; under REPEATABLE READ
- * or SERIALIZABLE that is a serialization failure, as for an UPDATE.
+ * its latest version in slot; false if it was deleted meanwhile.  Under
+ * READ COMMITTED a row another transaction changed since the snapshot is
+ * followed to the version that transaction committed, as an UPDATE
+ * re-checks it; under REPEATABLE READ or SERIALIZABLE that is a
+ * serialization failure, as for an UPDATE.
  */
 static bool
 lock_hold_row(Relation rel, Snapshot snapshot, TupleTableSlot *slot)

@@ -942,12 +942,18 @@ record_move(GuardEntry *g, Relation rel, HeapTuple newtuple,
 	NameData	changed_by;
 	Oid			save_userid;
 	int			save_sec_context;
+	Datum		key;
 	Relation	hist;
 	DirectWrite dw;
 	TupleTableSlot *slot;
 	Datum	   *values;
 	bool	   *nulls;
 
+	/*
+	 * The key's output functions may be the table owner's own: they run as
+	 * the writer, before the switch to the extension's owner.
+	 */
+	key = CStringGetTextDatum(row_key(g, newtuple, desc, false));
 	namestrcpy(&changed_by, GetUserNameFromId(GetUserId(), false));
 	switch_to_owner(&save_userid, &save_sec_context);
 
@@ -962,7 +968,7 @@ record_move(GuardEntry *g, Relation rel, HeapTuple newtuple,
 	values[0] = Int64GetDatum(nextval_internal(history_seqid, false));
 	values[1] = ObjectIdGetDatum(RelationGetRelid(rel));
 	values[2] = NameGetDatum(&TupleDescAttr(desc, g->attnum - 1)->attname);
-	values[3] = CStringGetTextDatum(row_key(g, newtuple, desc, false));
+	values[3] = key;
 	if (from == NULL)
 		nulls[4] = true;
 	else
