@@ -23,6 +23,7 @@ OBJS = \
 	src/direct_write.o \
 	src/idempotency.o \
 	src/reservation.o \
+	src/reservation_rows.o \
 	src/state_guard.o \
 	src/worker_shmem.o \
 	src/launcher.o \
@@ -66,6 +67,7 @@ ISOLATION = \
 	reservation_confirm_release \
 	reservation_confirm_expire \
 	reservation_adjust_reserve \
+	reservation_hot_slots \
 	state_guard_race \
 	state_guard_redefine \
 	compensation_claim \

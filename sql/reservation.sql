@@ -146,6 +146,12 @@ CREATE TRIGGER moved AFTER UPDATE OF state ON payments.reservations
 SELECT payments.confirm_reservation(payments.reserve('with-trigger', 'apple', 1)) AS confirmed;
 ROLLBACK;
 SELECT setval('payments.reservations_id_seq', :ids_before) > 0 AS ids_restored;
+-- a reservations table altered by hand is refused with a clear error
+-- (55000), not written with values in the wrong columns
+BEGIN;
+ALTER TABLE payments.reservations ADD COLUMN note text;
+SELECT pg_temp.try($$SELECT payments.reserve('altered', 'apple', 1)$$);
+ROLLBACK;
 -- a read-only transaction cannot confirm (25006), and the hold stays held
 SELECT id AS held_id FROM payments.reservations WHERE state = 'held' ORDER BY id LIMIT 1 \gset
 BEGIN READ ONLY;

@@ -31,7 +31,9 @@
 #include "catalog/pg_class.h"
 #include "commands/trigger.h"
 #include "miscadmin.h"
+#include "lib/stringinfo.h"
 #include "nodes/makefuncs.h"
+#include "utils/builtins.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
 
@@ -80,6 +82,43 @@ payments_direct_begin(DirectWrite *dw, Relation rel, Snapshot snapshot,
 
 	MemoryContextSwitchTo(old);
 	AfterTriggerBeginQuery();
+}
+
+/*
+ * Check that rel has exactly the columns given, in this order: the
+ * callers fill rows by position, so a table altered by hand (even by a
+ * transaction that committed a moment ago: rel is as opened for this
+ * write) gets a clear error rather than a row with values in the wrong
+ * columns.
+ */
+void
+payments_direct_check_columns(Relation rel, const char *const *names,
+							  const Oid *types, int natts)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	StringInfoData expected;
+	bool		ok = (desc->natts == natts);
+
+	for (int i = 0; ok && i < natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		ok = !att->attisdropped && att->atttypid == types[i] &&
+			strcmp(NameStr(att->attname), names[i]) == 0;
+	}
+	if (ok)
+		return;
+
+	initStringInfo(&expected);
+	for (int i = 0; i < natts; i++)
+		appendStringInfo(&expected, "%s%s %s", i > 0 ? ", " : "",
+						 names[i], format_type_be(types[i]));
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("relation \"payments.%s\" does not have the columns the extension writes",
+					RelationGetRelationName(rel)),
+			 errdetail("Expected (%s).", expected.data),
+			 errhint("Undo the change to the table, or reinstall the extension.")));
 }
 
 /*

@@ -91,6 +91,9 @@ typedef struct DirectWrite
 extern void payments_direct_begin(DirectWrite *dw, Relation rel,
 								  Snapshot snapshot, const char *cmd,
 								  const AttrNumber *cols, int ncols);
+extern void payments_direct_check_columns(Relation rel,
+										  const char *const *names,
+										  const Oid *types, int natts);
 extern TupleTableSlot *payments_direct_slot(DirectWrite *dw);
 extern void payments_direct_end(DirectWrite *dw);
 

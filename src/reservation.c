@@ -29,8 +29,9 @@
  * interchangeable, which is what lets confirm stay off the slots and lets
  * release put stock back wherever it can lock a row.
  *
- * The hot path.  A reserve updates one slot that it can lock without
- * waiting (FOR UPDATE SKIP LOCKED) and that has enough units: first the
+ * The hot path (reservation_rows.c, written without SQL: it runs for every
+ * sale).  A reserve updates one slot that it can lock without waiting
+ * (as FOR UPDATE SKIP LOCKED would) and that has enough units: first the
  * slot this backend took from last time (a one-row lookup), then the
  * others in an order that depends on the backend's PID, so concurrent
  * buyers settle on different rows.  With at least as many slots as
@@ -68,22 +69,13 @@
  */
 #include "payments.h"
 
-#include "access/genam.h"
-#include "access/stratnum.h"
-#include "access/table.h"
-#include "access/tableam.h"
-#include "access/xact.h"
-#include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "miscadmin.h"
+#include "reservation.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
-#include "utils/fmgroids.h"
 #include "utils/jsonb.h"
-#include "utils/lsyscache.h"
 #include "utils/numeric.h"
-#include "utils/rel.h"
-#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
 PG_FUNCTION_INFO_V1(payments_stock_set);
@@ -123,9 +115,6 @@ typedef struct HoldRow
 } HoldRow;
 
 /* Plans kept for the backend's lifetime; see spi_util.c */
-static SPIPlanPtr reserve_at_plan;
-static SPIPlanPtr reserve_any_plan;
-static SPIPlanPtr insert_plan;
 static SPIPlanPtr move_plan;
 static SPIPlanPtr move_wait_plan;
 static SPIPlanPtr shortfall_plan;
@@ -403,25 +392,6 @@ reserve_slow(text *sku, int64 qty)
 	spread_units(sku, total - qty, nslots);
 }
 
-static int64
-insert_hold(text *order_ref, text *sku, int64 qty, Datum ttl)
-{
-	static const Oid argtypes[] = {TEXTOID, TEXTOID, INT8OID, INTERVALOID};
-	Datum		values[4];
-
-	payments_prepare(&insert_plan,
-					 "INSERT INTO payments.reservations (order_ref, sku, qty, expires_at)"
-					 " VALUES ($1, $2, $3, pg_catalog.clock_timestamp() + $4)"
-					 " RETURNING id",
-					 4, argtypes);
-	values[0] = PointerGetDatum(order_ref);
-	values[1] = PointerGetDatum(sku);
-	values[2] = Int64GetDatum(qty);
-	values[3] = ttl;
-	payments_execute(insert_plan, values, NULL, SPI_OK_INSERT_RETURNING, 0);
-	return get_int64(1);
-}
-
 /*
  * The slot this backend last took units from, and its SKU.  A backend
  * tries that slot first, with a one-row lookup: concurrent backends thus
@@ -433,71 +403,31 @@ static char last_sku[SKU_MAX_BYTES];
 static int	last_sku_len = -1;
 static int32 last_slot;
 
-#define RESERVE_SQL(pick) \
-	"WITH t AS (" \
-	" UPDATE payments.stock_slots" \
-	" SET available = available - $2" \
-	" WHERE sku = $1 AND slot = (" pick ")" \
-	" RETURNING slot)" \
-	" INSERT INTO payments.reservations (order_ref, sku, qty, expires_at)" \
-	" SELECT $4, $1, $2, pg_catalog.clock_timestamp() + $5 FROM t" \
-	" RETURNING id, (SELECT slot FROM t)"
-
 /*
- * The hot path: take qty units from a slot that can be locked at once and
- * insert the hold, in one statement.  With a slot number, only that slot
- * is tried; with -1, any slot.  Returns the reservation id, or 0.
+ * Hold qty units of one SKU; returns the reservation id.  The hot path
+ * (reservation_rows.c) takes the units from a slot it can lock at once:
+ * the one this backend used last, then any.  Only if none can serve does
+ * it take the slow path.
  */
-static int64
-reserve_fast(text *order_ref, text *sku, int64 qty, Datum ttl, int32 slot)
-{
-	static const Oid argtypes[] = {TEXTOID, INT8OID, INT4OID, TEXTOID, INTERVALOID};
-	Datum		values[5];
-	SPIPlanPtr	plan;
-	int			len = VARSIZE_ANY_EXHDR(sku);
-	bool		isnull;
-
-	if (slot >= 0)
-		plan = payments_prepare(&reserve_at_plan,
-								RESERVE_SQL("SELECT slot FROM payments.stock_slots"
-											" WHERE sku = $1 AND slot = $3 AND available >= $2"
-											" FOR UPDATE SKIP LOCKED"),
-								5, argtypes);
-	else
-		plan = payments_prepare(&reserve_any_plan,
-								RESERVE_SQL(PICK_SLOT_SQL("$2", "$3", " SKIP LOCKED")),
-								5, argtypes);
-	values[0] = PointerGetDatum(sku);
-	values[1] = Int64GetDatum(qty);
-	values[2] = Int32GetDatum(slot >= 0 ? slot : slot_seed());
-	values[3] = PointerGetDatum(order_ref);
-	values[4] = ttl;
-	if (payments_execute(plan, values, NULL, SPI_OK_INSERT_RETURNING, 0) == 0)
-		return 0;
-
-	memcpy(last_sku, VARDATA_ANY(sku), len);
-	last_sku_len = len;
-	last_slot = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0],
-											SPI_tuptable->tupdesc, 2, &isnull));
-	return get_int64(1);
-}
-
-/* Hold qty units of one SKU; returns the reservation id. */
 static int64
 reserve_one(text *order_ref, text *sku, int64 qty, Datum ttl)
 {
-	int64		id = 0;
+	int			len = VARSIZE_ANY_EXHDR(sku);
+	int32		slot = -1;
 
-	if (last_sku_len == VARSIZE_ANY_EXHDR(sku) &&
-		memcmp(last_sku, VARDATA_ANY(sku), last_sku_len) == 0)
-		id = reserve_fast(order_ref, sku, qty, ttl, last_slot);
-	if (id == 0)
-		id = reserve_fast(order_ref, sku, qty, ttl, -1);
-	if (id != 0)
-		return id;
-
-	reserve_slow(sku, qty);
-	return insert_hold(order_ref, sku, qty, ttl);
+	if (last_sku_len == len && memcmp(last_sku, VARDATA_ANY(sku), len) == 0)
+		slot = payments_take_units(sku, qty, last_slot, slot_seed());
+	if (slot < 0)
+		slot = payments_take_units(sku, qty, -1, slot_seed());
+	if (slot >= 0)
+	{
+		memcpy(last_sku, VARDATA_ANY(sku), len);
+		last_sku_len = len;
+		last_slot = slot;
+	}
+	else
+		reserve_slow(sku, qty);
+	return payments_insert_hold(order_ref, sku, qty, ttl);
 }
 
 /*
@@ -866,202 +796,30 @@ lookup_state(int64 id)
 	return state[0];
 }
 
-/* Reservation id as the snapshot sees it, in slot; false if there is none */
-static bool
-find_hold_row(Relation rel, Relation pkey, int64 id, Snapshot snapshot,
-			  TupleTableSlot *slot)
-{
-	ScanKeyData key;
-	IndexScanDesc scan;
-	bool		found;
-
-	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(id));
-	scan = index_beginscan(rel, pkey, snapshot, 1, 0);
-	index_rescan(scan, &key, 1, NULL, 0);
-	found = index_getnext_slot(scan, ForwardScanDirection, slot);
-	index_endscan(scan);
-	return found;
-}
-
-/*
- * Lock the row in slot, waiting for a transaction that holds it, and leave
- * its latest version in slot; false if it was deleted meanwhile.  Under
- * READ COMMITTED a row another transaction changed since the snapshot is
- * followed to the version that transaction committed, as an UPDATE
- * re-checks it; under REPEATABLE READ or SERIALIZABLE that is a
- * serialization failure, as for an UPDATE.
- */
-static bool
-lock_hold_row(Relation rel, Snapshot snapshot, TupleTableSlot *slot)
-{
-	ItemPointerData tid = slot->tts_tid;
-	TM_FailureData tmfd;
-	TM_Result	res;
-
-	res = table_tuple_lock(rel, &tid, snapshot, slot,
-						   GetCurrentCommandId(false), LockTupleNoKeyExclusive,
-						   LockWaitBlock,
-						   IsolationUsesXactSnapshot() ? 0 :
-						   TUPLE_LOCK_FLAG_FIND_LAST_VERSION,
-						   &tmfd);
-	if (res == TM_Ok)
-		return true;
-	if (res == TM_Updated && IsolationUsesXactSnapshot())
-		ereport(ERROR,
-				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-				 errmsg("could not serialize access due to concurrent update")));
-	if (res == TM_Deleted && IsolationUsesXactSnapshot())
-		ereport(ERROR,
-				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-				 errmsg("could not serialize access due to concurrent delete")));
-	if (res == TM_Deleted)
-		return false;
-
-	/*
-	 * TM_SelfModified and TM_Invisible cannot happen: the snapshot was taken
-	 * after CommandCounterIncrement, so it sees every earlier write of this
-	 * transaction and none is newer.
-	 */
-	elog(ERROR, "unexpected table_tuple_lock status %d for a reservation",
-		 (int) res);
-	return false;				/* keep the compiler quiet */
-}
-
-/* The number of a column of payments.reservations, by name */
-static AttrNumber
-hold_column(Relation rel, const char *name)
-{
-	TupleDesc	desc = RelationGetDescr(rel);
-
-	for (int i = 0; i < desc->natts; i++)
-	{
-		Form_pg_attribute att = TupleDescAttr(desc, i);
-
-		if (!att->attisdropped && strcmp(NameStr(att->attname), name) == 0)
-			return att->attnum;
-	}
-	elog(ERROR, "relation payments.reservations has no column \"%s\"", name);
-	return InvalidAttrNumber;	/* keep the compiler quiet */
-}
-
-/* The first letter of the state of the hold in slot */
-static char
-hold_state(TupleTableSlot *slot, AttrNumber state_att)
-{
-	bool		isnull;
-	text	   *state = DatumGetTextPP(slot_getattr(slot, state_att, &isnull));
-
-	return VARSIZE_ANY_EXHDR(state) > 0 ? *VARDATA_ANY(state) : '\0';
-}
-
-/* Whether the hold in slot is past its TTL */
-static bool
-hold_lapsed(TupleTableSlot *slot, AttrNumber expires_att)
-{
-	bool		isnull;
-
-	return DatumGetTimestampTz(slot_getattr(slot, expires_att, &isnull)) <=
-		GetCurrentTimestamp();
-}
-
 /*
  * payments.confirm_reservation(id)
  *
  * true: the hold is now a sale.  false: it was confirmed before.  A hold
  * that was released, expired, or is past its TTL cannot be confirmed
- * (PM102).
- *
- * It runs once for every sale, so it is written without SQL (see
- * direct_write.c), with the semantics of "UPDATE payments.reservations SET
- * state = 'confirmed', resolved_at = clock_timestamp() WHERE id = $1 AND
- * state = 'held' AND expires_at > clock_timestamp()" run as SPI runs it: a
- * new command and a fresh snapshot, so that it sees what the calling
- * statement wrote before it (a reserve in the same SELECT list); the row
- * locked only if it qualifies; under READ COMMITTED, the version a
- * concurrent transaction committed judged again.
+ * (PM102).  Two confirms of one hold are serialized by its row lock; see
+ * payments_confirm_hold.
  */
 Datum
 payments_confirm_reservation(PG_FUNCTION_ARGS)
 {
 	int64		id;
-	Relation	rel;
-	Relation	pkey = NULL;
-	Snapshot	snapshot;
-	DirectWrite dw;
-	TupleTableSlot *old;
-	TupleTableSlot *new;
-	AttrNumber	state_att;
-	AttrNumber	expires_att;
-	AttrNumber	resolved_att;
-	AttrNumber	written[2];
 	char		state;
-	bool		lapsed;
 
 	payments_arg_not_null(fcinfo, 0, "reservation id");
 	id = PG_GETARG_INT64(0);
 	payments_check_writable("confirm a reservation");
 
-	rel = table_open(get_relname_relid("reservations",
-									   get_namespace_oid("payments", false)),
-					 RowExclusiveLock);
-	state_att = hold_column(rel, "state");
-	expires_att = hold_column(rel, "expires_at");
-	resolved_att = hold_column(rel, "resolved_at");
-	written[0] = state_att;
-	written[1] = resolved_att;
-
-	CommandCounterIncrement();
-	snapshot = RegisterSnapshot(GetTransactionSnapshot());
-	PushActiveSnapshot(snapshot);
-	payments_direct_begin(&dw, rel, snapshot, "UPDATE", written, 2);
-	for (int i = 0; i < dw.rri->ri_NumIndices; i++)
-		if (dw.rri->ri_IndexRelationDescs[i]->rd_index->indisprimary)
-			pkey = dw.rri->ri_IndexRelationDescs[i];
-	if (pkey == NULL)
-		elog(ERROR, "relation payments.reservations has no primary key");
-
-	old = table_slot_create(rel, &dw.estate->es_tupleTable);
-	if (!find_hold_row(rel, pkey, id, snapshot, old))
+	state = payments_confirm_hold(id);
+	if (state == '\0')
 		report_unknown_reservation(id);
-
-	/*
-	 * Only a live hold can still be confirmed, so only it is locked (as an
-	 * UPDATE locks only the rows its WHERE clause accepts): confirmed,
-	 * released and expired are final, and so is a hold past its TTL, which
-	 * is refused at once even while an expiry of it is in progress.
-	 */
-	state = hold_state(old, state_att);
-	lapsed = hold_lapsed(old, expires_att);
-	if (state == 'h' && !lapsed)
-	{
-		if (!lock_hold_row(rel, snapshot, old))
-			report_unknown_reservation(id);
-		state = hold_state(old, state_att);
-		lapsed = hold_lapsed(old, expires_att);
-	}
-	if (state == 'h' && !lapsed)
-	{
-		new = payments_direct_slot(&dw);
-		slot_getallattrs(old);
-		memcpy(new->tts_values, old->tts_values,
-			   sizeof(Datum) * old->tts_nvalid);
-		memcpy(new->tts_isnull, old->tts_isnull,
-			   sizeof(bool) * old->tts_nvalid);
-		new->tts_values[state_att - 1] = CStringGetTextDatum("confirmed");
-		new->tts_values[resolved_att - 1] =
-			TimestampTzGetDatum(GetCurrentTimestamp());
-		new->tts_isnull[resolved_att - 1] = false;
-		ExecStoreVirtualTuple(new);
-		ExecSimpleRelationUpdate(dw.rri, dw.estate, &dw.epqstate, old, new);
-	}
-	payments_direct_end(&dw);
-	PopActiveSnapshot();
-	UnregisterSnapshot(snapshot);
-	table_close(rel, NoLock);
-
 	if (state == 'c')
 		PG_RETURN_BOOL(false);
-	if (state != 'h' || lapsed)
+	if (state != 'h')
 		report_expired(id, state == 'r');
 	PG_RETURN_BOOL(true);
 }

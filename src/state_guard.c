@@ -890,42 +890,18 @@ check_move(GuardEntry *g, Relation rel, HeapTuple newtuple,
  * fills them.  The table's DEFAULTs describe the same values for anyone
  * inserting by hand; the trigger computes them itself.
  */
-static const Oid history_types[HISTORY_NATTS] = {
-	INT8OID,					/* id: nextval of state_history_id_seq */
-	REGCLASSOID,				/* tbl */
-	NAMEOID,					/* col */
-	TEXTOID,					/* row_key */
-	TEXTOID,					/* from_state */
-	TEXTOID,					/* to_state */
-	TIMESTAMPTZOID,				/* changed_at: now() */
-	XID8OID,					/* txid: pg_current_xact_id() */
-	NAMEOID						/* changed_by */
+static const char *const history_names[HISTORY_NATTS] = {
+	"id",						/* nextval of state_history_id_seq */
+	"tbl", "col", "row_key", "from_state", "to_state",
+	"changed_at",				/* now() */
+	"txid",						/* pg_current_xact_id() */
+	"changed_by"
 };
-
+static const Oid history_types[HISTORY_NATTS] = {
+	INT8OID, REGCLASSOID, NAMEOID, TEXTOID, TEXTOID, TEXTOID,
+	TIMESTAMPTZOID, XID8OID, NAMEOID
+};
 static const AttrNumber history_attnums[HISTORY_NATTS] = {1, 2, 3, 4, 5, 6, 7, 8, 9};
-
-/*
- * Check that the history table, as opened for this write, has the columns
- * record_move fills: a table altered by hand, even by a transaction that
- * committed a moment ago, gets a clear error rather than a row with values
- * in the wrong columns.
- */
-static void
-check_history_columns(Relation hist)
-{
-	TupleDesc	desc = RelationGetDescr(hist);
-	bool		ok = (desc->natts == HISTORY_NATTS);
-
-	for (int i = 0; ok && i < HISTORY_NATTS; i++)
-		ok = !TupleDescAttr(desc, i)->attisdropped &&
-			TupleDescAttr(desc, i)->atttypid == history_types[i];
-	if (!ok)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("relation \"payments.state_history\" does not have the columns the state guard writes"),
-				 errdetail("Expected (id, tbl, col, row_key, from_state, to_state, changed_at, txid, changed_by) of types (bigint, regclass, name, text, text, text, timestamptz, xid8, name)."),
-				 errhint("Undo the change to the table, or reinstall the extension.")));
-}
 
 /*
  * One history row per accepted move.
@@ -958,7 +934,8 @@ record_move(GuardEntry *g, Relation rel, HeapTuple newtuple,
 	switch_to_owner(&save_userid, &save_sec_context);
 
 	hist = table_open(history_relid, RowExclusiveLock);
-	check_history_columns(hist);
+	payments_direct_check_columns(hist, history_names, history_types,
+								  HISTORY_NATTS);
 	payments_direct_begin(&dw, hist, GetActiveSnapshot(), "INSERT",
 						  history_attnums, HISTORY_NATTS);
 	slot = payments_direct_slot(&dw);
