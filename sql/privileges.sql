@@ -12,7 +12,9 @@ GRANT payments_app TO regress_app;
 -- the caller's rights so that PostgreSQL's own rules (the TRIGGER privilege,
 -- table ownership) decide who may guard a table, and the three compensation
 -- functions that act for their caller (src/compensation.c): they pin
--- search_path and take their owner's rights themselves.
+-- search_path and take their owner's rights themselves.  reserve and
+-- confirm_reservation, run for every sale, are SECURITY DEFINER and pin
+-- their search path in C instead of with a SET clause (src/spi_util.c).
 SELECT p.oid::regprocedure AS function, p.prosecdef, p.proconfig
   FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
  WHERE n.nspname = 'payments' AND p.prorettype <> 'trigger'::regtype
