@@ -12,9 +12,7 @@ GRANT payments_app TO regress_app;
 -- the caller's rights so that PostgreSQL's own rules (the TRIGGER privilege,
 -- table ownership) decide who may guard a table, and the three compensation
 -- functions that act for their caller (src/compensation.c): they pin
--- search_path and take their owner's rights themselves.  reserve and
--- confirm_reservation, run for every sale, are SECURITY DEFINER and pin
--- their search path in C instead of with a SET clause (src/spi_util.c).
+-- search_path and take their owner's rights themselves.
 SELECT p.oid::regprocedure AS function, p.prosecdef, p.proconfig
   FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
  WHERE n.nspname = 'payments' AND p.prorettype <> 'trigger'::regtype

@@ -79,8 +79,6 @@ extern SPIPlanPtr payments_prepare(SPIPlanPtr *cache, const char *sql,
 										  int nargs, const Oid *argtypes);
 extern uint64 payments_execute(SPIPlanPtr plan, Datum *values,
 							   const char *nulls, int expected, long tcount);
-extern void payments_pin_search_path(void);
-extern void payments_unpin_search_path(void);
 
 /* direct_write.c: one row written without SQL; see the file header */
 typedef struct DirectWrite

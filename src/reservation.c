@@ -592,11 +592,9 @@ payments_reserve(PG_FUNCTION_ARGS)
 	ttl = arg_ttl(fcinfo, 3);
 	payments_check_writable("reserve stock");
 
-	payments_pin_search_path();
 	SPI_connect();
 	id = reserve_one(order_ref, sku, qty, ttl);
 	SPI_finish();
-	payments_unpin_search_path();
 	PG_RETURN_INT64(id);
 }
 
@@ -728,13 +726,11 @@ payments_reserve_items(PG_FUNCTION_ARGS)
 	/* allocated here, outside SPI, so that it outlives SPI_finish */
 	ids = palloc(sizeof(Datum) * nitems);
 
-	payments_pin_search_path();
 	SPI_connect();
 	for (int i = 0; i < nitems; i++)
 		ids[sorted[i].index] = Int64GetDatum(reserve_one(order_ref, sorted[i].sku,
 														 sorted[i].qty, ttl));
 	SPI_finish();
-	payments_unpin_search_path();
 
 	PG_RETURN_ARRAYTYPE_P(construct_array(ids, nitems, INT8OID, sizeof(int64),
 										  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
@@ -818,9 +814,7 @@ payments_confirm_reservation(PG_FUNCTION_ARGS)
 	id = PG_GETARG_INT64(0);
 	payments_check_writable("confirm a reservation");
 
-	payments_pin_search_path();
 	state = payments_confirm_hold(id);
-	payments_unpin_search_path();
 	if (state == '\0')
 		report_unknown_reservation(id);
 	if (state == 'c')

@@ -107,16 +107,12 @@ CREATE FUNCTION payments.stock_adjust(sku text, delta bigint)
 COMMENT ON FUNCTION payments.stock_adjust(text, bigint) IS
     'Receive (delta > 0) or write off (delta < 0) stock; returns the new on-hand quantity';
 
--- reserve and confirm_reservation run once for every sale.  Instead of a
--- SET search_path clause, whose GUC save and restore measured 5% of a
--- reservation, they pin the search path themselves for their whole run
--- (payments_pin_search_path): pg_catalog alone, which is what every name
--- they use, and every trigger they fire, resolves in.
 CREATE FUNCTION payments.reserve(order_ref text, sku text, qty bigint,
         ttl interval DEFAULT '15 minutes')
     RETURNS bigint
     AS 'MODULE_PATHNAME', 'payments_reserve'
-    LANGUAGE C VOLATILE SECURITY DEFINER;
+    LANGUAGE C VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp;
 
 COMMENT ON FUNCTION payments.reserve(text, text, bigint, interval) IS
     'Hold qty units of a SKU for an order until confirmed, released or the TTL runs out; returns the reservation id';
@@ -125,7 +121,8 @@ CREATE FUNCTION payments.reserve(order_ref text, items jsonb,
         ttl interval DEFAULT '15 minutes')
     RETURNS bigint[]
     AS 'MODULE_PATHNAME', 'payments_reserve_items'
-    LANGUAGE C VOLATILE SECURITY DEFINER;
+    LANGUAGE C VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp;
 
 COMMENT ON FUNCTION payments.reserve(text, jsonb, interval) IS
     'Hold every item of [{"sku": ..., "qty": ...}, ...] or none; returns the reservation ids in item order';
@@ -133,7 +130,8 @@ COMMENT ON FUNCTION payments.reserve(text, jsonb, interval) IS
 CREATE FUNCTION payments.confirm_reservation(id bigint)
     RETURNS boolean
     AS 'MODULE_PATHNAME', 'payments_confirm_reservation'
-    LANGUAGE C VOLATILE SECURITY DEFINER;
+    LANGUAGE C VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp;
 
 COMMENT ON FUNCTION payments.confirm_reservation(bigint) IS
     'Turn a hold into a sale; false if it was already confirmed';

@@ -13,7 +13,6 @@
  */
 #include "payments.h"
 
-#include "catalog/namespace.h"
 #include "executor/spi.h"
 
 SPIPlanPtr
@@ -58,30 +57,4 @@ payments_execute(SPIPlanPtr plan, Datum *values, const char *nulls,
 		elog(ERROR, "SPI_execute_plan returned %s, expected %s",
 			 SPI_result_code_string(rc), SPI_result_code_string(expected));
 	return SPI_processed;
-}
-
-/*
- * Resolve every name as if search_path were pg_catalog alone, until
- * payments_unpin_search_path: for the hottest SECURITY DEFINER functions,
- * the cheap equivalent of the SET search_path clause the others have,
- * whose GUC save and restore costs more than this push and pop.  Temporary
- * schemas are not searched at all.  An error in between needs no cleanup:
- * (sub)transaction abort unwinds the override.
- */
-void
-payments_pin_search_path(void)
-{
-	OverrideSearchPath path;
-
-	path.schemas = NIL;
-	path.addCatalog = true;
-	path.addTemp = false;
-	path.generation = 0;
-	PushOverrideSearchPath(&path);
-}
-
-void
-payments_unpin_search_path(void)
-{
-	PopOverrideSearchPath();
 }
