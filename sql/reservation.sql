@@ -152,6 +152,12 @@ BEGIN;
 ALTER TABLE payments.reservations ADD COLUMN note text;
 SELECT pg_temp.try($$SELECT payments.reserve('altered', 'apple', 1)$$);
 ROLLBACK;
+-- and so is one whose primary key was rebuilt on other columns
+BEGIN;
+ALTER TABLE payments.stock_slots DROP CONSTRAINT stock_slots_pkey;
+ALTER TABLE payments.stock_slots ADD PRIMARY KEY (slot, sku);
+SELECT pg_temp.try($$SELECT payments.reserve('altered', 'apple', 1)$$);
+ROLLBACK;
 -- a read-only transaction cannot confirm (25006), and the hold stays held
 SELECT id AS held_id FROM payments.reservations WHERE state = 'held' ORDER BY id LIMIT 1 \gset
 BEGIN READ ONLY;
@@ -297,6 +303,24 @@ SELECT pg_temp.try($$UPDATE payments.stock_slots SET available = 1000$$);
 SELECT pg_temp.try($$SELECT payments.expire_reservations()$$);
 RESET ROLE;
 DROP ROLE reservation_test_app;
+
+-- The pinned search_path at work: in a new session (so the slow path's
+-- SQL is prepared afresh) whose search_path puts a look-alike "=" first, a
+-- slow-path reserve, a hot-path reserve and a confirm touch only their SKU
+SELECT payments.stock_set('pinned-a', 10, slots => 2);
+SELECT payments.stock_set('pinned-b', 10);
+CREATE SCHEMA evil;
+CREATE FUNCTION evil.texteq_evil(text, text) RETURNS boolean LANGUAGE sql AS 'SELECT true';
+CREATE OPERATOR evil.= (LEFTARG = text, RIGHTARG = text, FUNCTION = evil.texteq_evil);
+\c
+SET search_path = evil, pg_catalog, public;
+SELECT payments.reserve('pinned-1', 'pinned-a', 7) > 0 AS slow_path;
+SELECT payments.reserve('pinned-2', 'pinned-a', 1) AS fast_id \gset
+SELECT payments.confirm_reservation(:fast_id) AS confirmed;
+RESET search_path;
+SELECT sku, on_hand, held, available FROM payments.stock_levels
+ WHERE sku LIKE 'pinned-%' ORDER BY sku;
+DROP SCHEMA evil CASCADE;
 
 -- Every function is SECURITY DEFINER with a pinned search_path; the
 -- maintenance function is not granted.  The tables are dumped.

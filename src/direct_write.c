@@ -27,6 +27,7 @@
 #include "payments.h"
 
 #include "access/sysattr.h"
+#include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/pg_class.h"
 #include "commands/trigger.h"
@@ -122,18 +123,36 @@ payments_direct_check_columns(Relation rel, const char *const *names,
 }
 
 /*
- * A virtual slot of the relation's row type, empty, freed by
- * payments_direct_end
+ * A virtual slot of the relation's row type, empty, to build a row in;
+ * freed by payments_direct_end
  */
 TupleTableSlot *
 payments_direct_slot(DirectWrite *dw)
 {
+	MemoryContext old = MemoryContextSwitchTo(dw->estate->es_query_cxt);
 	TupleTableSlot *slot;
 
 	slot = ExecInitExtraTupleSlot(dw->estate,
 								  RelationGetDescr(dw->rri->ri_RelationDesc),
 								  &TTSOpsVirtual);
 	ExecClearTuple(slot);
+	MemoryContextSwitchTo(old);
+	return slot;
+}
+
+/*
+ * A slot of the relation's own kind, to read a stored row into (the table
+ * access method locks and fetches into it); freed by payments_direct_end
+ */
+TupleTableSlot *
+payments_direct_table_slot(DirectWrite *dw)
+{
+	MemoryContext old = MemoryContextSwitchTo(dw->estate->es_query_cxt);
+	TupleTableSlot *slot;
+
+	slot = table_slot_create(dw->rri->ri_RelationDesc,
+							 &dw->estate->es_tupleTable);
+	MemoryContextSwitchTo(old);
 	return slot;
 }
 

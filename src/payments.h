@@ -95,6 +95,7 @@ extern void payments_direct_check_columns(Relation rel,
 										  const char *const *names,
 										  const Oid *types, int natts);
 extern TupleTableSlot *payments_direct_slot(DirectWrite *dw);
+extern TupleTableSlot *payments_direct_table_slot(DirectWrite *dw);
 extern void payments_direct_end(DirectWrite *dw);
 
 /* fingerprint.c */

@@ -30,9 +30,9 @@
  * release put stock back wherever it can lock a row.
  *
  * The hot path (reservation_rows.c, written without SQL: it runs for every
- * sale).  A reserve updates one slot that it can lock without waiting
- * (as FOR UPDATE SKIP LOCKED would) and that has enough units: first the
- * slot this backend took from last time (a one-row lookup), then the
+ * sale).  A reserve updates one slot that it can lock without waiting (as
+ * FOR NO KEY UPDATE SKIP LOCKED would) and that has enough units: first
+ * the slot this backend took from last time (a one-row lookup), then the
  * others in an order that depends on the backend's PID, so concurrent
  * buyers settle on different rows.  With at least as many slots as
  * concurrent buyers, it never waits.  Only when no slot can be taken that

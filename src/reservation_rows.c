@@ -34,6 +34,7 @@
 #include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_collation.h"
 #include "catalog/pg_type.h"
 #include "commands/sequence.h"
 #include "reservation.h"
@@ -78,7 +79,45 @@ typedef struct RowCall
 static Oid
 payments_relid(const char *name)
 {
-	return get_relname_relid(name, get_namespace_oid("payments", false));
+	Oid			relid = get_relname_relid(name,
+										  get_namespace_oid("payments", false));
+
+	if (!OidIsValid(relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("relation \"payments.%s\" does not exist", name),
+				 errhint("Reinstall the extension.")));
+	return relid;
+}
+
+/*
+ * The scans below build their keys for the primary keys the extension
+ * creates: the first npkey columns, in table order, text ones in the "C"
+ * collation (the collation ScanKeyInit gives a key).  A key rebuilt by
+ * hand any other way is refused rather than scanned with keys that do not
+ * fit it.
+ */
+static void
+check_primary_key(RowCall *call, const char *relname, int npkey)
+{
+	Relation	pkey = call->pkey;
+	bool		ok = (pkey != NULL &&
+					  IndexRelationGetNumberOfKeyAttributes(pkey) == npkey);
+
+	for (int i = 0; ok && i < npkey; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(RelationGetDescr(call->rel), i);
+
+		ok = pkey->rd_index->indkey.values[i] == i + 1 &&
+			(att->atttypid != TEXTOID ||
+			 pkey->rd_indcollation[i] == C_COLLATION_OID);
+	}
+	if (!ok)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("relation \"payments.%s\" does not have the primary key the extension created",
+						relname),
+				 errhint("Undo the change to the table, or reinstall the extension.")));
 }
 
 /*
@@ -87,7 +126,7 @@ payments_relid(const char *name)
  */
 static void
 call_begin(RowCall *call, const char *relname, const char *const *names,
-		   const Oid *types, int natts, const char *cmd,
+		   const Oid *types, int natts, int npkey, const char *cmd,
 		   const AttrNumber *cols, int ncols)
 {
 	call->rel = table_open(payments_relid(relname), RowExclusiveLock);
@@ -103,8 +142,7 @@ call_begin(RowCall *call, const char *relname, const char *const *names,
 	for (int i = 0; i < call->dw.rri->ri_NumIndices; i++)
 		if (call->dw.rri->ri_IndexRelationDescs[i]->rd_index->indisprimary)
 			call->pkey = call->dw.rri->ri_IndexRelationDescs[i];
-	if (call->pkey == NULL)
-		elog(ERROR, "relation \"payments.%s\" has no primary key", relname);
+	check_primary_key(call, relname, npkey);
 }
 
 static void
@@ -148,7 +186,7 @@ lock_latest(RowCall *call, ItemPointer tid, TupleTableSlot *slot,
 		case TM_WouldBlock:
 			return ROW_BUSY;
 		case TM_Updated:
-			/* READ COMMITTED follows updates, so this is a snapshot isolation */
+			/* READ COMMITTED follows updates: only snapshot isolation gets here */
 			ereport(ERROR,
 					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
 					 errmsg("could not serialize access due to concurrent update")));
@@ -178,6 +216,18 @@ slot_units(TupleTableSlot *row)
 	bool		isnull;
 
 	return DatumGetInt64(slot_getattr(row, SLOT_ATT_AVAIL, &isnull));
+}
+
+/* Whether row is slot number slotno of the SKU */
+static bool
+slot_is(TupleTableSlot *row, text *sku, int32 slotno)
+{
+	bool		isnull;
+	text	   *rsku = DatumGetTextPP(slot_getattr(row, 1, &isnull));
+
+	return DatumGetInt32(slot_getattr(row, SLOT_ATT_SLOT, &isnull)) == slotno &&
+		VARSIZE_ANY_EXHDR(rsku) == VARSIZE_ANY_EXHDR(sku) &&
+		memcmp(VARDATA_ANY(rsku), VARDATA_ANY(sku), VARSIZE_ANY_EXHDR(sku)) == 0;
 }
 
 /* A slot that may serve a reserve, and where it stands in the try order */
@@ -247,9 +297,12 @@ lock_free_slot(RowCall *call, text *sku, int64 qty, int32 only, int32 seed,
 		qsort(cand, ncand, sizeof(SlotCandidate), compare_candidates);
 	for (int i = 0; i < ncand; i++)
 	{
-		/* a slot changed since the snapshot is judged again, as locked */
+		/*
+		 * A slot changed since the snapshot is judged again as locked, on
+		 * every condition of the scan (as EvalPlanQual would).
+		 */
 		if (lock_latest(call, &cand[i].tid, row, LockWaitSkip) == ROW_LOCKED &&
-			slot_units(row) >= qty)
+			slot_units(row) >= qty && slot_is(row, sku, cand[i].slot))
 			return true;
 	}
 	return false;
@@ -269,20 +322,20 @@ payments_take_units(text *sku, int64 qty, int32 only, int32 seed)
 	int32		taken = -1;
 
 	call_begin(&call, "stock_slots", slots_names, slots_types, SLOTS_NATTS,
-			   "UPDATE", written, lengthof(written));
-	row = table_slot_create(call.rel, &call.dw.estate->es_tupleTable);
+			   2, "UPDATE", written, lengthof(written));
+	row = payments_direct_table_slot(&call.dw);
 	if (lock_free_slot(&call, sku, qty, only, seed, row))
 	{
-		TupleTableSlot *new = payments_direct_slot(&call.dw);
+		TupleTableSlot *newrow = payments_direct_slot(&call.dw);
 		bool		isnull;
 
 		slot_getallattrs(row);
-		memcpy(new->tts_values, row->tts_values, sizeof(Datum) * SLOTS_NATTS);
-		memcpy(new->tts_isnull, row->tts_isnull, sizeof(bool) * SLOTS_NATTS);
-		new->tts_values[SLOT_ATT_AVAIL - 1] = Int64GetDatum(slot_units(row) - qty);
-		ExecStoreVirtualTuple(new);
+		memcpy(newrow->tts_values, row->tts_values, sizeof(Datum) * SLOTS_NATTS);
+		memcpy(newrow->tts_isnull, row->tts_isnull, sizeof(bool) * SLOTS_NATTS);
+		newrow->tts_values[SLOT_ATT_AVAIL - 1] = Int64GetDatum(slot_units(row) - qty);
+		ExecStoreVirtualTuple(newrow);
 		ExecSimpleRelationUpdate(call.dw.rri, call.dw.estate,
-								 &call.dw.epqstate, row, new);
+								 &call.dw.epqstate, row, newrow);
 		taken = DatumGetInt32(slot_getattr(row, SLOT_ATT_SLOT, &isnull));
 	}
 	call_end(&call);
@@ -301,7 +354,7 @@ payments_insert_hold(text *order_ref, text *sku, int64 qty, Datum ttl)
 	int64		id;
 
 	call_begin(&call, "reservations", holds_names, holds_types, HOLDS_NATTS,
-			   "INSERT", holds_all, HOLDS_NATTS);
+			   1, "INSERT", holds_all, HOLDS_NATTS);
 	row = payments_direct_slot(&call.dw);
 	id = nextval_internal(payments_relid("reservations_id_seq"), false);
 	memset(row->tts_isnull, false, sizeof(bool) * HOLDS_NATTS);
@@ -359,8 +412,8 @@ payments_confirm_hold(int64 id)
 	char		state = '\0';
 
 	call_begin(&call, "reservations", holds_names, holds_types, HOLDS_NATTS,
-			   "UPDATE", written, lengthof(written));
-	row = table_slot_create(call.rel, &call.dw.estate->es_tupleTable);
+			   1, "UPDATE", written, lengthof(written));
+	row = payments_direct_table_slot(&call.dw);
 
 	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(id));
 	scan = index_beginscan(call.rel, call.pkey, call.snapshot, 1, 0);
@@ -388,18 +441,18 @@ payments_confirm_hold(int64 id)
 	}
 	if (state == 'h')
 	{
-		TupleTableSlot *new = payments_direct_slot(&call.dw);
+		TupleTableSlot *newrow = payments_direct_slot(&call.dw);
 
 		slot_getallattrs(row);
-		memcpy(new->tts_values, row->tts_values, sizeof(Datum) * HOLDS_NATTS);
-		memcpy(new->tts_isnull, row->tts_isnull, sizeof(bool) * HOLDS_NATTS);
-		new->tts_values[HOLD_ATT_STATE - 1] = CStringGetTextDatum("confirmed");
-		new->tts_values[HOLD_ATT_RESOLVED - 1] =
+		memcpy(newrow->tts_values, row->tts_values, sizeof(Datum) * HOLDS_NATTS);
+		memcpy(newrow->tts_isnull, row->tts_isnull, sizeof(bool) * HOLDS_NATTS);
+		newrow->tts_values[HOLD_ATT_STATE - 1] = CStringGetTextDatum("confirmed");
+		newrow->tts_values[HOLD_ATT_RESOLVED - 1] =
 			TimestampTzGetDatum(GetCurrentTimestamp());
-		new->tts_isnull[HOLD_ATT_RESOLVED - 1] = false;
-		ExecStoreVirtualTuple(new);
+		newrow->tts_isnull[HOLD_ATT_RESOLVED - 1] = false;
+		ExecStoreVirtualTuple(newrow);
 		ExecSimpleRelationUpdate(call.dw.rri, call.dw.estate,
-								 &call.dw.epqstate, row, new);
+								 &call.dw.epqstate, row, newrow);
 	}
 	call_end(&call);
 	return state;
