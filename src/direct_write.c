@@ -39,21 +39,25 @@
 #include "utils/rel.h"
 
 /*
- * Set up a write of one row of rel: cmd is "INSERT" or "UPDATE", and cols
- * the columns it writes (attribute numbers), which decide the UPDATE OF
- * triggers that fire.
+ * Set up a write of one row of rel: cmd is CMD_INSERT or CMD_UPDATE, and
+ * cols the columns it sets (attribute numbers), which decide the UPDATE OF
+ * triggers that fire.  cols must outlive the write.
  */
 void
 payments_direct_begin(DirectWrite *dw, Relation rel, Snapshot snapshot,
-					  const char *cmd, const AttrNumber *cols, int ncols)
+					  CmdType cmd, const AttrNumber *cols, int ncols)
 {
+	const char *cmdname = (cmd == CMD_INSERT) ? "INSERT" : "UPDATE";
 	RangeTblEntry *rte;
 	Bitmapset  *written = NULL;
 	MemoryContext old;
 
+	Assert(cmd == CMD_INSERT || cmd == CMD_UPDATE);
 	if (XactReadOnly && !RelationUsesLocalBuffers(rel))
-		PreventCommandIfReadOnly(cmd);
-	PreventCommandIfParallelMode(cmd);
+		PreventCommandIfReadOnly(cmdname);
+	PreventCommandIfParallelMode(cmdname);
+	dw->cols = cols;
+	dw->ncols = ncols;
 
 	dw->estate = CreateExecutorState();
 	old = MemoryContextSwitchTo(dw->estate->es_query_cxt);
@@ -66,7 +70,7 @@ payments_direct_begin(DirectWrite *dw, Relation rel, Snapshot snapshot,
 	rte->relid = RelationGetRelid(rel);
 	rte->relkind = RELKIND_RELATION;
 	rte->rellockmode = RowExclusiveLock;
-	if (strcmp(cmd, "INSERT") == 0)
+	if (cmd == CMD_INSERT)
 		rte->insertedCols = written;
 	else
 		rte->updatedCols = written;
@@ -154,6 +158,30 @@ payments_direct_table_slot(DirectWrite *dw)
 							 &dw->estate->es_tupleTable);
 	MemoryContextSwitchTo(old);
 	return slot;
+}
+
+/*
+ * Write a new version of row, a row of the relation locked by the caller:
+ * the same values but for the columns given to payments_direct_begin,
+ * which get values[i] (NULL if nulls[i]) in their order.
+ */
+void
+payments_direct_update(DirectWrite *dw, TupleTableSlot *row,
+					   const Datum *values, const bool *nulls)
+{
+	TupleTableSlot *newrow = payments_direct_slot(dw);
+	int			natts = RelationGetDescr(dw->rri->ri_RelationDesc)->natts;
+
+	slot_getallattrs(row);
+	memcpy(newrow->tts_values, row->tts_values, sizeof(Datum) * natts);
+	memcpy(newrow->tts_isnull, row->tts_isnull, sizeof(bool) * natts);
+	for (int i = 0; i < dw->ncols; i++)
+	{
+		newrow->tts_values[dw->cols[i] - 1] = values[i];
+		newrow->tts_isnull[dw->cols[i] - 1] = nulls[i];
+	}
+	ExecStoreVirtualTuple(newrow);
+	ExecSimpleRelationUpdate(dw->rri, dw->estate, &dw->epqstate, row, newrow);
 }
 
 /*

@@ -86,11 +86,15 @@ typedef struct DirectWrite
 	EState	   *estate;
 	ResultRelInfo *rri;
 	EPQState	epqstate;
+	const AttrNumber *cols;		/* the columns the write sets */
+	int			ncols;
 } DirectWrite;
 
 extern void payments_direct_begin(DirectWrite *dw, Relation rel,
-								  Snapshot snapshot, const char *cmd,
+								  Snapshot snapshot, CmdType cmd,
 								  const AttrNumber *cols, int ncols);
+extern void payments_direct_update(DirectWrite *dw, TupleTableSlot *row,
+								   const Datum *values, const bool *nulls);
 extern void payments_direct_check_columns(Relation rel,
 										  const char *const *names,
 										  const Oid *types, int natts);

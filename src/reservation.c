@@ -413,12 +413,12 @@ static int64
 reserve_one(text *order_ref, text *sku, int64 qty, Datum ttl)
 {
 	int			len = VARSIZE_ANY_EXHDR(sku);
-	int32		slot = -1;
+	bool		same_sku = (last_sku_len == len &&
+							memcmp(last_sku, VARDATA_ANY(sku), len) == 0);
+	int32		slot;
 
-	if (last_sku_len == len && memcmp(last_sku, VARDATA_ANY(sku), len) == 0)
-		slot = payments_take_units(sku, qty, last_slot, slot_seed());
-	if (slot < 0)
-		slot = payments_take_units(sku, qty, -1, slot_seed());
+	slot = payments_take_units(sku, qty, same_sku ? last_slot : -1,
+							   slot_seed());
 	if (slot >= 0)
 	{
 		memcpy(last_sku, VARDATA_ANY(sku), len);

@@ -11,7 +11,7 @@
 
 #include "payments.h"
 
-extern int32 payments_take_units(text *sku, int64 qty, int32 only, int32 seed);
+extern int32 payments_take_units(text *sku, int64 qty, int32 hint, int32 seed);
 extern int64 payments_insert_hold(text *order_ref, text *sku, int64 qty,
 								  Datum ttl);
 extern char payments_confirm_hold(int64 id);

@@ -126,7 +126,7 @@ check_primary_key(RowCall *call, const char *relname, int npkey)
  */
 static void
 call_begin(RowCall *call, const char *relname, const char *const *names,
-		   const Oid *types, int natts, int npkey, const char *cmd,
+		   const Oid *types, int natts, int npkey, CmdType cmd,
 		   const AttrNumber *cols, int ncols)
 {
 	call->rel = table_open(payments_relid(relname), RowExclusiveLock);
@@ -310,11 +310,12 @@ lock_free_slot(RowCall *call, text *sku, int64 qty, int32 only, int32 seed,
 
 /*
  * Take qty units from a slot of the SKU that can be locked at once and has
- * enough: the slot numbered only if only >= 0, else any (see
- * lock_free_slot).  Returns the slot's number, or -1 if there was none.
+ * enough: slot number hint first if hint >= 0 (a one-row lookup), then any
+ * (see lock_free_slot).  Returns the slot's number, or -1 if there was
+ * none.
  */
 int32
-payments_take_units(text *sku, int64 qty, int32 only, int32 seed)
+payments_take_units(text *sku, int64 qty, int32 hint, int32 seed)
 {
 	static const AttrNumber written[] = {SLOT_ATT_AVAIL};
 	RowCall		call;
@@ -322,21 +323,17 @@ payments_take_units(text *sku, int64 qty, int32 only, int32 seed)
 	int32		taken = -1;
 
 	call_begin(&call, "stock_slots", slots_names, slots_types, SLOTS_NATTS,
-			   2, "UPDATE", written, lengthof(written));
+			   2, CMD_UPDATE, written, lengthof(written));
 	row = payments_direct_table_slot(&call.dw);
-	if (lock_free_slot(&call, sku, qty, only, seed, row))
+	if ((hint >= 0 && lock_free_slot(&call, sku, qty, hint, seed, row)) ||
+		lock_free_slot(&call, sku, qty, -1, seed, row))
 	{
-		TupleTableSlot *newrow = payments_direct_slot(&call.dw);
+		Datum		units = Int64GetDatum(slot_units(row) - qty);
+		bool		notnull = false;
 		bool		isnull;
 
-		slot_getallattrs(row);
-		memcpy(newrow->tts_values, row->tts_values, sizeof(Datum) * SLOTS_NATTS);
-		memcpy(newrow->tts_isnull, row->tts_isnull, sizeof(bool) * SLOTS_NATTS);
-		newrow->tts_values[SLOT_ATT_AVAIL - 1] = Int64GetDatum(slot_units(row) - qty);
-		ExecStoreVirtualTuple(newrow);
-		ExecSimpleRelationUpdate(call.dw.rri, call.dw.estate,
-								 &call.dw.epqstate, row, newrow);
 		taken = DatumGetInt32(slot_getattr(row, SLOT_ATT_SLOT, &isnull));
+		payments_direct_update(&call.dw, row, &units, &notnull);
 	}
 	call_end(&call);
 	return taken;
@@ -354,7 +351,7 @@ payments_insert_hold(text *order_ref, text *sku, int64 qty, Datum ttl)
 	int64		id;
 
 	call_begin(&call, "reservations", holds_names, holds_types, HOLDS_NATTS,
-			   1, "INSERT", holds_all, HOLDS_NATTS);
+			   1, CMD_INSERT, holds_all, HOLDS_NATTS);
 	row = payments_direct_slot(&call.dw);
 	id = nextval_internal(payments_relid("reservations_id_seq"), false);
 	memset(row->tts_isnull, false, sizeof(bool) * HOLDS_NATTS);
@@ -412,7 +409,7 @@ payments_confirm_hold(int64 id)
 	char		state = '\0';
 
 	call_begin(&call, "reservations", holds_names, holds_types, HOLDS_NATTS,
-			   1, "UPDATE", written, lengthof(written));
+			   1, CMD_UPDATE, written, lengthof(written));
 	row = payments_direct_table_slot(&call.dw);
 
 	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(id));
@@ -441,18 +438,12 @@ payments_confirm_hold(int64 id)
 	}
 	if (state == 'h')
 	{
-		TupleTableSlot *newrow = payments_direct_slot(&call.dw);
+		Datum		values[2];
+		bool		nulls[2] = {false, false};
 
-		slot_getallattrs(row);
-		memcpy(newrow->tts_values, row->tts_values, sizeof(Datum) * HOLDS_NATTS);
-		memcpy(newrow->tts_isnull, row->tts_isnull, sizeof(bool) * HOLDS_NATTS);
-		newrow->tts_values[HOLD_ATT_STATE - 1] = CStringGetTextDatum("confirmed");
-		newrow->tts_values[HOLD_ATT_RESOLVED - 1] =
-			TimestampTzGetDatum(GetCurrentTimestamp());
-		newrow->tts_isnull[HOLD_ATT_RESOLVED - 1] = false;
-		ExecStoreVirtualTuple(newrow);
-		ExecSimpleRelationUpdate(call.dw.rri, call.dw.estate,
-								 &call.dw.epqstate, row, newrow);
+		values[0] = CStringGetTextDatum("confirmed");	/* state */
+		values[1] = TimestampTzGetDatum(GetCurrentTimestamp());	/* resolved_at */
+		payments_direct_update(&call.dw, row, values, nulls);
 	}
 	call_end(&call);
 	return state;

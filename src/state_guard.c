@@ -936,7 +936,7 @@ record_move(GuardEntry *g, Relation rel, HeapTuple newtuple,
 	hist = table_open(history_relid, RowExclusiveLock);
 	payments_direct_check_columns(hist, history_names, history_types,
 								  HISTORY_NATTS);
-	payments_direct_begin(&dw, hist, GetActiveSnapshot(), "INSERT",
+	payments_direct_begin(&dw, hist, GetActiveSnapshot(), CMD_INSERT,
 						  history_attnums, HISTORY_NATTS);
 	slot = payments_direct_slot(&dw);
 	values = slot->tts_values;
