@@ -6,8 +6,9 @@
 #   test/bench/run.sh idempotency     only the ones named
 #
 # Environment: BENCH_SECONDS (per pgbench run, default 10), BENCH_ROUNDS
-# (alternating extension/baseline runs per case, default 2; the best run of
-# each side counts), PAYMENTS_BENCH_PORT (default 55433).
+# (alternating baseline/extension runs per case, default 2; the best run of
+# each side gives the ratio, and each round's own ratio gives the spread
+# beside it), PAYMENTS_BENCH_PORT (default 55433).
 #
 # A workload directory holds:
 #   setup.sql    run once in a fresh database before its cases
@@ -50,6 +51,13 @@ pgbench_tps() {
 
 max() { awk -v a="$1" -v b="$2" 'BEGIN { print (a > b ? a : b) }'; }
 
+# spread RATIO...: the smallest, median and largest of the per-round ratios
+spread() {
+	printf '%s\n' "$@" | sort -g | awk '{ r[NR] = $1 }
+		END { m = (NR % 2) ? r[(NR + 1) / 2] : (r[NR / 2] + r[NR / 2 + 1]) / 2
+		      printf "%.2f %.2f %.2f", r[1], m, r[NR] }'
+}
+
 results=()
 if [ $# -gt 0 ]; then workloads=("$@"); else
 	workloads=()
@@ -73,14 +81,20 @@ for w in "${workloads[@]}"; do
 		case "$label" in '' | '#'*) continue ;; esac
 		best_ext=0
 		best_base=0
+		paired=()
 		for _ in $(seq "$BENCH_ROUNDS"); do
 			# shellcheck disable=SC2086
-			best_base=$(max "$best_base" "$(pgbench_tps "$db" "$dir/$base" "$clients" $settings)")
+			tps_base=$(pgbench_tps "$db" "$dir/$base" "$clients" $settings)
 			# shellcheck disable=SC2086
-			best_ext=$(max "$best_ext" "$(pgbench_tps "$db" "$dir/$ext" "$clients" $settings)")
+			tps_ext=$(pgbench_tps "$db" "$dir/$ext" "$clients" $settings)
+			best_base=$(max "$best_base" "$tps_base")
+			best_ext=$(max "$best_ext" "$tps_ext")
+			paired+=("$(awk -v e="$tps_ext" -v b="$tps_base" 'BEGIN { print e / b }')")
 		done
+		read -r lo med hi <<<"$(spread "${paired[@]}")"
 		line=$(awk -v w="$w" -v l="$label" -v c="$clients" -v e="$best_ext" -v b="$best_base" \
-			'BEGIN { printf "%-12s %-22s %7d %12.0f %12.0f %7.2f", w, l, c, e, b, e / b }')
+			-v lo="$lo" -v med="$med" -v hi="$hi" \
+			'BEGIN { printf "%-12s %-22s %7d %12.0f %12.0f %7.2f %6.2f %6.2f %6.2f", w, l, c, e, b, e / b, lo, med, hi }')
 		echo "$line"
 		results+=("$line")
 	done <"$dir/cases"
@@ -88,7 +102,8 @@ done
 
 if [ ${#results[@]} -gt 0 ]; then
 	echo
-	printf '%-12s %-22s %7s %12s %12s %7s\n' workload case clients "ext tps" "base tps" ratio
+	printf '%-12s %-22s %7s %12s %12s %7s %6s %6s %6s\n' workload case clients "ext tps" "base tps" ratio min med max
 	printf '%s\n' "${results[@]}"
-	echo "($BENCH_ROUNDS alternating runs of ${BENCH_SECONDS}s per side, best of each; ratio = ext / base)"
+	echo "($BENCH_ROUNDS alternating runs of ${BENCH_SECONDS}s per side; tps: best of each side; ratio = best ext / best base;"
+	echo " min, med, max: of the $BENCH_ROUNDS ratios of a round's ext run to the base run just before it)"
 fi
