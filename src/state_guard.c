@@ -898,8 +898,8 @@ static const char *const history_names[HISTORY_NATTS] = {
 	"changed_by"
 };
 static const Oid history_types[HISTORY_NATTS] = {
-	INT8OID, REGCLASSOID, NAMEOID, TEXTOID, TEXTOID, TEXTOID,
-	TIMESTAMPTZOID, XID8OID, NAMEOID
+	INT8OID, REGCLASSOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
+	TIMESTAMPTZOID, XID8OID, TEXTOID
 };
 static const AttrNumber history_attnums[HISTORY_NATTS] = {1, 2, 3, 4, 5, 6, 7, 8, 9};
 
@@ -915,7 +915,7 @@ record_move(GuardEntry *g, Relation rel, HeapTuple newtuple,
 			const char *from, const char *to)
 {
 	TupleDesc	desc = RelationGetDescr(rel);
-	NameData	changed_by;
+	Datum		changed_by;
 	Oid			save_userid;
 	int			save_sec_context;
 	Datum		key;
@@ -930,7 +930,7 @@ record_move(GuardEntry *g, Relation rel, HeapTuple newtuple,
 	 * the writer, before the switch to the extension's owner.
 	 */
 	key = CStringGetTextDatum(row_key(g, newtuple, desc, false));
-	namestrcpy(&changed_by, GetUserNameFromId(GetUserId(), false));
+	changed_by = CStringGetTextDatum(GetUserNameFromId(GetUserId(), false));
 	switch_to_owner(&save_userid, &save_sec_context);
 
 	hist = table_open(history_relid, RowExclusiveLock);
@@ -944,7 +944,7 @@ record_move(GuardEntry *g, Relation rel, HeapTuple newtuple,
 	memset(nulls, false, sizeof(bool) * HISTORY_NATTS);
 	values[0] = Int64GetDatum(nextval_internal(history_seqid, false));
 	values[1] = ObjectIdGetDatum(RelationGetRelid(rel));
-	values[2] = NameGetDatum(&TupleDescAttr(desc, g->attnum - 1)->attname);
+	values[2] = CStringGetTextDatum(NameStr(TupleDescAttr(desc, g->attnum - 1)->attname));
 	values[3] = key;
 	if (from == NULL)
 		nulls[4] = true;
@@ -953,7 +953,7 @@ record_move(GuardEntry *g, Relation rel, HeapTuple newtuple,
 	values[5] = CStringGetTextDatum(to);
 	values[6] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
 	values[7] = FullTransactionIdGetDatum(GetTopFullTransactionId());
-	values[8] = NameGetDatum(&changed_by);
+	values[8] = changed_by;
 	ExecStoreVirtualTuple(slot);
 	ExecSimpleRelationInsert(dw.rri, dw.estate, slot);
 	payments_direct_end(&dw);

@@ -28,13 +28,13 @@ SELECT pg_catalog.pg_extension_config_dump('payments.state_machine_definitions',
 CREATE TABLE payments.state_history (
     id          bigserial   PRIMARY KEY,
     tbl         regclass    NOT NULL,
-    col         name        NOT NULL,
+    col         text        NOT NULL,
     row_key     text        NOT NULL,
     from_state  text,               -- NULL: the row was inserted
     to_state    text        NOT NULL,
     changed_at  timestamptz NOT NULL DEFAULT now(),
     txid        xid8        NOT NULL DEFAULT pg_catalog.pg_current_xact_id(),
-    changed_by  name        NOT NULL
+    changed_by  text        NOT NULL
 );
 
 COMMENT ON TABLE payments.state_history IS

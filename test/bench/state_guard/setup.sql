@@ -30,13 +30,13 @@ INSERT INTO transitions VALUES ('bench', 'pending', 'active'), ('bench', 'active
 CREATE TABLE plpgsql_history (
     id bigserial PRIMARY KEY,
     tbl regclass NOT NULL,
-    col name NOT NULL,
+    col text NOT NULL,
     row_key text NOT NULL,
     from_state text,
     to_state text NOT NULL,
     changed_at timestamptz NOT NULL DEFAULT now(),
     txid xid8 NOT NULL DEFAULT pg_current_xact_id(),
-    changed_by name NOT NULL
+    changed_by text NOT NULL
 );
 CREATE FUNCTION plpgsql_guard() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
