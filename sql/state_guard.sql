@@ -181,6 +181,26 @@ CREATE TRIGGER seen AFTER INSERT ON payments.state_history
     FOR EACH ROW EXECUTE FUNCTION pg_temp.history_seen();
 UPDATE orders SET status = 'shipped' WHERE id = 1;
 ROLLBACK;
+-- an index a DBA adds to the history table (the README's, for one row's
+-- history) gets every move: the lookup below can only use the index
+BEGIN;
+CREATE INDEX history_by_row ON payments.state_history (tbl, row_key, id);
+UPDATE orders SET status = 'shipped' WHERE id = 1;
+SET LOCAL enable_seqscan = off;
+SET LOCAL enable_bitmapscan = off;
+CREATE FUNCTION pg_temp.plan_top(query text) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+    line text;
+BEGIN
+    EXECUTE 'EXPLAIN (COSTS OFF) ' || query INTO line;  -- the top plan node
+    RETURN line;
+END
+$$;
+SELECT pg_temp.plan_top($$SELECT from_state, to_state FROM payments.state_history
+ WHERE tbl = 'orders'::regclass AND row_key = '1' ORDER BY id$$);
+SELECT from_state, to_state FROM payments.state_history
+ WHERE tbl = 'orders'::regclass AND row_key = '1' ORDER BY id;
+ROLLBACK;
 -- a read-only transaction may write a guarded temporary table, but not
 -- the history of the move: the move is refused (25006)
 CREATE TEMP TABLE temp_orders (id int PRIMARY KEY, status text NOT NULL);
