@@ -39,9 +39,9 @@
 #include "utils/rel.h"
 
 /*
- * Set up a write of one row of rel: cmd is CMD_INSERT or CMD_UPDATE, and
- * cols the columns it sets (attribute numbers), which decide the UPDATE OF
- * triggers that fire.  cols must outlive the write.
+ * Set up a write of one row of rel: cmd is CMD_INSERT, of a whole row (cols
+ * NULL), or CMD_UPDATE of the columns cols (attribute numbers), which
+ * decide the UPDATE OF triggers that fire.  cols must outlive the write.
  */
 void
 payments_direct_begin(DirectWrite *dw, Relation rel, Snapshot snapshot,
@@ -52,7 +52,7 @@ payments_direct_begin(DirectWrite *dw, Relation rel, Snapshot snapshot,
 	Bitmapset  *written = NULL;
 	MemoryContext old;
 
-	Assert(cmd == CMD_INSERT || cmd == CMD_UPDATE);
+	Assert(cmd == CMD_INSERT ? cols == NULL : (cmd == CMD_UPDATE && ncols > 0));
 	if (XactReadOnly && !RelationUsesLocalBuffers(rel))
 		PreventCommandIfReadOnly(cmdname);
 	PreventCommandIfParallelMode(cmdname);
@@ -62,6 +62,11 @@ payments_direct_begin(DirectWrite *dw, Relation rel, Snapshot snapshot,
 	dw->estate = CreateExecutorState();
 	old = MemoryContextSwitchTo(dw->estate->es_query_cxt);
 
+	if (cmd == CMD_INSERT)
+		written = bms_add_range(NULL,
+								1 - FirstLowInvalidHeapAttributeNumber,
+								RelationGetNumberOfAttributes(rel) -
+								FirstLowInvalidHeapAttributeNumber);
 	for (int i = 0; i < ncols; i++)
 		written = bms_add_member(written,
 								 cols[i] - FirstLowInvalidHeapAttributeNumber);

@@ -178,7 +178,6 @@ key_column(Oid relid, const char *name)
 static void
 resolve_key_columns(void)
 {
-	Oid			nspid;
 	Oid			relid;
 
 	if (OidIsValid(key_columns.relid))
@@ -189,11 +188,8 @@ resolve_key_columns(void)
 		key_columns_callback_registered = true;
 	}
 
-	nspid = get_namespace_oid("payments", false);
-	relid = get_relname_relid("idempotency_keys", nspid);
-	key_columns.indexid = get_relname_relid("idempotency_keys_pkey", nspid);
-	if (!OidIsValid(relid) || !OidIsValid(key_columns.indexid))
-		elog(ERROR, "payments.idempotency_keys or its primary key is missing");
+	relid = payments_relid("idempotency_keys");
+	key_columns.indexid = payments_relid("idempotency_keys_pkey");
 	key_columns.request_hash = key_column(relid, "request_hash");
 	key_columns.state = key_column(relid, "state");
 	key_columns.recovery_point = key_column(relid, "recovery_point");

@@ -12,9 +12,11 @@
 #include "worker.h"
 
 #include "access/xlog.h"
+#include "catalog/namespace.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "utils/guc.h"
+#include "utils/lsyscache.h"
 
 PG_MODULE_MAGIC;
 
@@ -174,4 +176,23 @@ payments_check_writable(const char *what)
 				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
 				 errmsg("cannot %s during recovery", what),
 				 errhint("Call this function on the primary server.")));
+}
+
+/*
+ * The OID of one of the extension's relations (a table, index or
+ * sequence), looked up now: the extension may have been dropped and
+ * created again since an OID was last seen.
+ */
+Oid
+payments_relid(const char *name)
+{
+	Oid			relid = get_relname_relid(name,
+										  get_namespace_oid("payments", false));
+
+	if (!OidIsValid(relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("relation \"payments.%s\" does not exist", name),
+				 errhint("Reinstall the extension.")));
+	return relid;
 }

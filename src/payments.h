@@ -61,6 +61,7 @@ extern int	payments_handler_timeout;
 
 /* payments.c */
 extern void payments_check_writable(const char *what);
+extern Oid	payments_relid(const char *name);
 
 /* args.c: argument checks that raise the documented standard SQLSTATEs */
 extern text *payments_arg_text(FunctionCallInfo fcinfo, int argno,
@@ -86,7 +87,7 @@ typedef struct DirectWrite
 	EState	   *estate;
 	ResultRelInfo *rri;
 	EPQState	epqstate;
-	const AttrNumber *cols;		/* the columns the write sets */
+	const AttrNumber *cols;		/* the columns an UPDATE sets */
 	int			ncols;
 } DirectWrite;
 

@@ -65,7 +65,6 @@ static const Oid holds_types[HOLDS_NATTS] = {
 	INT8OID, TEXTOID, TEXTOID, INT8OID, TEXTOID, TIMESTAMPTZOID,
 	TIMESTAMPTZOID, TIMESTAMPTZOID
 };
-static const AttrNumber holds_all[HOLDS_NATTS] = {1, 2, 3, 4, 5, 6, 7, 8};
 
 /* What one call works on */
 typedef struct RowCall
@@ -75,20 +74,6 @@ typedef struct RowCall
 	DirectWrite dw;
 	Relation	pkey;
 } RowCall;
-
-static Oid
-payments_relid(const char *name)
-{
-	Oid			relid = get_relname_relid(name,
-										  get_namespace_oid("payments", false));
-
-	if (!OidIsValid(relid))
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_TABLE),
-				 errmsg("relation \"payments.%s\" does not exist", name),
-				 errhint("Reinstall the extension.")));
-	return relid;
-}
 
 /*
  * The scans below build their keys for the primary keys the extension
@@ -351,7 +336,7 @@ payments_insert_hold(text *order_ref, text *sku, int64 qty, Datum ttl)
 	int64		id;
 
 	call_begin(&call, "reservations", holds_names, holds_types, HOLDS_NATTS,
-			   1, CMD_INSERT, holds_all, HOLDS_NATTS);
+			   1, CMD_INSERT, NULL, 0);
 	row = payments_direct_slot(&call.dw);
 	id = nextval_internal(payments_relid("reservations_id_seq"), false);
 	memset(row->tts_isnull, false, sizeof(bool) * HOLDS_NATTS);

@@ -449,7 +449,6 @@ static void
 cache_reset(void)
 {
 	HASHCTL		ctl;
-	Oid			nsp;
 	HeapTuple	tup;
 
 	if (guard_cxt == NULL)
@@ -466,19 +465,14 @@ cache_reset(void)
 	MemoryContextReset(guard_cxt);
 
 	/* The extension may have been dropped and created again. */
-	nsp = get_namespace_oid("payments", false);
-	definitions_relid = get_relname_relid("state_machine_definitions", nsp);
-	if (!OidIsValid(definitions_relid))
-		elog(ERROR, "relation payments.state_machine_definitions does not exist");
+	definitions_relid = payments_relid("state_machine_definitions");
 	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(definitions_relid));
 	if (!HeapTupleIsValid(tup))
 		elog(ERROR, "cache lookup failed for relation %u", definitions_relid);
 	tables_owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
 	ReleaseSysCache(tup);
-	history_relid = get_relname_relid("state_history", nsp);
-	history_seqid = get_relname_relid("state_history_id_seq", nsp);
-	if (!OidIsValid(history_relid) || !OidIsValid(history_seqid))
-		elog(ERROR, "relation \"payments.state_history\" or its sequence does not exist");
+	history_relid = payments_relid("state_history");
+	history_seqid = payments_relid("state_history_id_seq");
 
 	ctl.keysize = NAMEDATALEN;
 	ctl.entrysize = sizeof(MachineEntry);
@@ -901,7 +895,6 @@ static const Oid history_types[HISTORY_NATTS] = {
 	INT8OID, REGCLASSOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
 	TIMESTAMPTZOID, XID8OID, TEXTOID
 };
-static const AttrNumber history_attnums[HISTORY_NATTS] = {1, 2, 3, 4, 5, 6, 7, 8, 9};
 
 /*
  * One history row per accepted move.
@@ -937,7 +930,7 @@ record_move(GuardEntry *g, Relation rel, HeapTuple newtuple,
 	payments_direct_check_columns(hist, history_names, history_types,
 								  HISTORY_NATTS);
 	payments_direct_begin(&dw, hist, GetActiveSnapshot(), CMD_INSERT,
-						  history_attnums, HISTORY_NATTS);
+						  NULL, 0);
 	slot = payments_direct_slot(&dw);
 	values = slot->tts_values;
 	nulls = slot->tts_isnull;
@@ -1025,7 +1018,6 @@ payments_define_state_machine(PG_FUNCTION_ARGS)
 	char	   *name;
 	Machine    *m;
 	Datum		values[3];
-	Oid			relid;
 
 	name = text_to_cstring(payments_arg_text(fcinfo, 0, "state machine name",
 											 MACHINE_NAME_MAX_BYTES));
@@ -1055,9 +1047,7 @@ payments_define_state_machine(PG_FUNCTION_ARGS)
 	 * Every backend drops its cached machines when this transaction commits
 	 * (this one, at its next command); see the file header.
 	 */
-	relid = get_relname_relid("state_machine_definitions",
-							  get_namespace_oid("payments", false));
-	CacheInvalidateRelcacheByRelid(relid);
+	CacheInvalidateRelcacheByRelid(payments_relid("state_machine_definitions"));
 	PG_RETURN_VOID();
 }
 
