@@ -10,9 +10,11 @@ GRANT payments_app TO regress_app;
 -- Every function is SECURITY DEFINER with a pinned search_path, except the
 -- trigger function, guard_state / unguard_state, which deliberately run with
 -- the caller's rights so that PostgreSQL's own rules (the TRIGGER privilege,
--- table ownership) decide who may guard a table, and the three compensation
+-- table ownership) decide who may guard a table; the three compensation
 -- functions that act for their caller (src/compensation.c): they pin
--- search_path and take their owner's rights themselves.
+-- search_path and take their owner's rights themselves; and reserve and
+-- confirm_reservation, whose hot path runs no SQL and whose slow path takes
+-- the owner's rights and pins search_path itself (src/reservation.sql).
 SELECT p.oid::regprocedure AS function, p.prosecdef, p.proconfig
   FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
  WHERE n.nspname = 'payments' AND p.prorettype <> 'trigger'::regtype

@@ -302,6 +302,39 @@ SELECT pg_temp.try($$SELECT count(*) FROM payments.reservations$$);
 SELECT pg_temp.try($$UPDATE payments.stock_slots SET available = 1000$$);
 SELECT pg_temp.try($$SELECT payments.expire_reservations()$$);
 RESET ROLE;
+-- reserve and confirm_reservation are not SECURITY DEFINER (see
+-- src/reservation.sql): their hot path writes as the caller, so a trigger
+-- on the tables runs with the caller's rights; the slow path's SQL (here:
+-- no single slot of 'plum' holds 3 units, so all are gathered) runs as the
+-- extension's owner.  Either way the application role needs no privilege
+-- on the tables, and a failed call leaves them as they were.
+SELECT payments.stock_set('plum', 4, slots => 4);
+INSERT INTO received VALUES ('plum', 4);
+CREATE FUNCTION pg_temp.whose_write() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE NOTICE '% of %: current_user %', TG_OP, TG_TABLE_NAME,
+        current_user = 'reservation_test_app';
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER whose_hold AFTER INSERT OR UPDATE ON payments.reservations
+    FOR EACH ROW EXECUTE FUNCTION pg_temp.whose_write();
+CREATE TRIGGER whose_slot AFTER UPDATE ON payments.stock_slots
+    FOR EACH ROW EXECUTE FUNCTION pg_temp.whose_write();
+SET ROLE reservation_test_app;
+SELECT payments.reserve('order-18', 'plum', 1) AS plum_fast \gset
+SELECT payments.confirm_reservation(:plum_fast) AS confirmed;
+SELECT payments.reserve('order-19', 'plum', 3) IS NOT NULL AS reserved_slow;
+SELECT pg_temp.try($$SELECT payments.reserve('order-20', 'plum', 1)$$);
+SELECT pg_temp.try($$SELECT payments.reserve('order-20', '[{"sku": "pear", "qty": 1}, {"sku": "plum", "qty": 1}]')$$);
+SELECT cardinality(payments.reserve('order-21', '[{"sku": "pear", "qty": 2}]')) AS items_reserved;
+RESET ROLE;
+DROP TRIGGER whose_hold ON payments.reservations;
+DROP TRIGGER whose_slot ON payments.stock_slots;
+SELECT order_ref, sku, qty, state FROM payments.reservations
+ WHERE order_ref IN ('order-18', 'order-19', 'order-20', 'order-21') ORDER BY id;
+SELECT * FROM payments.stock_levels WHERE sku IN ('pear', 'plum') ORDER BY sku;
+SELECT * FROM pg_temp.ledger();
 DROP ROLE reservation_test_app;
 
 -- The pinned search_path at work: in a new session (so the slow path's
@@ -322,8 +355,9 @@ SELECT sku, on_hand, held, available FROM payments.stock_levels
  WHERE sku LIKE 'pinned-%' ORDER BY sku;
 DROP SCHEMA evil CASCADE;
 
--- Every function is SECURITY DEFINER with a pinned search_path; the
--- maintenance function is not granted.  The tables are dumped.
+-- Every function is SECURITY DEFINER with a pinned search_path but for
+-- reserve and confirm_reservation (above); the maintenance function is not
+-- granted.  The tables are dumped.
 SELECT p.oid::regprocedure AS function, p.prosecdef, p.proconfig,
        has_function_privilege('payments_app', p.oid, 'EXECUTE') AS app_may_call
   FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace

@@ -26,7 +26,8 @@
  * in the other direction: a superuser calling a SECURITY DEFINER function of
  * an unprivileged role would queue that role's handler as the superuser.
  * These functions take their owner's rights themselves, only around their
- * own statements (compensation_become_owner).
+ * own statements (payments_begin_as_owner; their SET clause pins
+ * search_path).
  *
  *-------------------------------------------------------------------------
  */
@@ -92,34 +93,6 @@ static SPIPlanPtr claim_plan;
 static SPIPlanPtr complete_plan;
 static SPIPlanPtr fail_plan;
 static SPIPlanPtr expire_plan;
-
-/*
- * Act as the owner of the function being called (the role that created
- * the extension, which owns the tables) until compensation_restore_user.
- * An error in between needs no cleanup: (sub)transaction abort restores the
- * user, as it does for SECURITY DEFINER functions.
- */
-void
-compensation_become_owner(FunctionCallInfo fcinfo, CompensationSavedUser *saved)
-{
-	HeapTuple	tup;
-	Oid			owner;
-
-	tup = SearchSysCache1(PROCOID, ObjectIdGetDatum(fcinfo->flinfo->fn_oid));
-	if (!HeapTupleIsValid(tup))
-		elog(ERROR, "cache lookup failed for function %u", fcinfo->flinfo->fn_oid);
-	owner = ((Form_pg_proc) GETSTRUCT(tup))->proowner;
-	ReleaseSysCache(tup);
-
-	GetUserIdAndSecContext(&saved->userid, &saved->sec_context);
-	SetUserIdAndSecContext(owner, saved->sec_context | SECURITY_LOCAL_USERID_CHANGE);
-}
-
-void
-compensation_restore_user(CompensationSavedUser *saved)
-{
-	SetUserIdAndSecContext(saved->userid, saved->sec_context);
-}
 
 /*
  * Check that a function can be a compensation handler and that role may
@@ -330,7 +303,7 @@ payments_enqueue_compensation(PG_FUNCTION_ARGS)
 	TimestampTz run_at;
 	Datum		values[7];
 	char		nulls[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
-	CompensationSavedUser saved;
+	PaymentsSavedUser saved;
 	int64		id = 0;
 	bool		isnull;
 
@@ -361,7 +334,7 @@ payments_enqueue_compensation(PG_FUNCTION_ARGS)
 	values[5] = ObjectIdGetDatum(caller);
 	values[6] = ObjectIdGetDatum(owner);
 
-	compensation_become_owner(fcinfo, &saved);
+	payments_begin_as_owner(fcinfo->flinfo->fn_oid, false, &saved);
 	SPI_connect();
 	payments_prepare(&insert_plan,
 					 "INSERT INTO payments.compensations"
@@ -397,7 +370,7 @@ payments_enqueue_compensation(PG_FUNCTION_ARGS)
 				 text_to_cstring(dedup_key));
 	}
 	SPI_finish();
-	compensation_restore_user(&saved);
+	payments_end_as_owner(&saved);
 	PG_RETURN_INT64(id);
 }
 
@@ -472,14 +445,14 @@ payments_register_external_handler(PG_FUNCTION_ARGS)
 	Oid			caller = GetUserId();
 	Oid			handler = arg_handler(fcinfo, 0);
 	Datum		values[2];
-	CompensationSavedUser saved;
+	PaymentsSavedUser saved;
 
 	payments_check_writable("register an external compensation handler");
 	(void) compensation_check_handler(handler, caller);
 	values[0] = CStringGetTextDatum(compensation_handler_name(handler));
 	values[1] = ObjectIdGetDatum(caller);
 
-	compensation_become_owner(fcinfo, &saved);
+	payments_begin_as_owner(fcinfo->flinfo->fn_oid, false, &saved);
 	SPI_connect();
 	payments_prepare(&register_plan,
 					 "INSERT INTO payments.external_handlers (handler, registered_by)"
@@ -487,7 +460,7 @@ payments_register_external_handler(PG_FUNCTION_ARGS)
 					 2, argtypes);
 	payments_execute(register_plan, values, NULL, SPI_OK_INSERT, 0);
 	SPI_finish();
-	compensation_restore_user(&saved);
+	payments_end_as_owner(&saved);
 	PG_RETURN_VOID();
 }
 
@@ -509,7 +482,7 @@ payments_claim_compensations(PG_FUNCTION_ARGS)
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	Datum		values[5];
 	char	   *name;
-	CompensationSavedUser saved;
+	PaymentsSavedUser saved;
 	uint64		n;
 	bool		isnull;
 
@@ -524,7 +497,7 @@ payments_claim_compensations(PG_FUNCTION_ARGS)
 	values[4] = TimestampTzGetDatum(GetCurrentTimestamp());
 
 	InitMaterializedSRF(fcinfo, 0);
-	compensation_become_owner(fcinfo, &saved);
+	payments_begin_as_owner(fcinfo->flinfo->fn_oid, false, &saved);
 	SPI_connect();
 
 	payments_prepare(&is_external_plan,
@@ -563,7 +536,7 @@ payments_claim_compensations(PG_FUNCTION_ARGS)
 		tuplestore_puttuple(rsinfo->setResult, SPI_tuptable->vals[i]);
 
 	SPI_finish();
-	compensation_restore_user(&saved);
+	payments_end_as_owner(&saved);
 	return (Datum) 0;
 }
 

@@ -18,17 +18,6 @@
 /* SQLSTATE recorded for an attempt whose claim ran out (see payments.h) */
 #define COMPENSATION_LEASE_EXPIRED_SQLSTATE "PM304"
 
-/* The caller's role and sec context, saved while acting as the owner */
-typedef struct CompensationSavedUser
-{
-	Oid			userid;
-	int			sec_context;
-} CompensationSavedUser;
-
-extern void compensation_become_owner(FunctionCallInfo fcinfo,
-									  CompensationSavedUser *saved);
-extern void compensation_restore_user(CompensationSavedUser *saved);
-
 extern Oid	compensation_check_handler(Oid handler, Oid role);
 extern char *compensation_handler_name(Oid handler);
 

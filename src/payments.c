@@ -11,12 +11,15 @@
 #include "payments.h"
 #include "worker.h"
 
+#include "access/htup_details.h"
 #include "access/xlog.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_proc.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
+#include "utils/syscache.h"
 
 PG_MODULE_MAGIC;
 
@@ -195,4 +198,51 @@ payments_relid(const char *name)
 				 errmsg("relation \"payments.%s\" does not exist", name),
 				 errhint("Reinstall the extension.")));
 	return relid;
+}
+
+/*
+ * Act as the owner of the function fn_oid (the role that created the
+ * extension, which owns its tables) until payments_end_as_owner, and with
+ * pin_search_path also with search_path set to pg_catalog, pg_temp: what
+ * SECURITY DEFINER SET search_path = pg_catalog, pg_temp does for a whole
+ * call, for just the part of a call that needs it.  A function that is
+ * SECURITY DEFINER pays for its SET clause on every call (PostgreSQL 15
+ * saves and restores every GUC around it), so the hot functions, whose
+ * usual path runs no SQL, take these rights only where they do.
+ *
+ * An error in between needs no cleanup: (sub)transaction abort restores
+ * the user and unwinds the GUC nesting level, as it does for SECURITY
+ * DEFINER functions.
+ */
+void
+payments_begin_as_owner(Oid fn_oid, bool pin_search_path,
+						PaymentsSavedUser *saved)
+{
+	HeapTuple	tup;
+	Oid			owner;
+
+	tup = SearchSysCache1(PROCOID, ObjectIdGetDatum(fn_oid));
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for function %u", fn_oid);
+	owner = ((Form_pg_proc) GETSTRUCT(tup))->proowner;
+	ReleaseSysCache(tup);
+
+	GetUserIdAndSecContext(&saved->userid, &saved->sec_context);
+	SetUserIdAndSecContext(owner, saved->sec_context | SECURITY_LOCAL_USERID_CHANGE);
+	saved->guc_level = -1;
+	if (pin_search_path)
+	{
+		saved->guc_level = NewGUCNestLevel();
+		(void) set_config_option("search_path", "pg_catalog, pg_temp",
+								 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE,
+								 true, 0, false);
+	}
+}
+
+void
+payments_end_as_owner(PaymentsSavedUser *saved)
+{
+	if (saved->guc_level >= 0)
+		AtEOXact_GUC(true, saved->guc_level);
+	SetUserIdAndSecContext(saved->userid, saved->sec_context);
 }

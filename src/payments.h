@@ -63,6 +63,18 @@ extern int	payments_handler_timeout;
 extern void payments_check_writable(const char *what);
 extern Oid	payments_relid(const char *name);
 
+/* The caller's role and settings, saved while acting as the owner */
+typedef struct PaymentsSavedUser
+{
+	Oid			userid;
+	int			sec_context;
+	int			guc_level;		/* -1 if search_path was not pinned */
+} PaymentsSavedUser;
+
+extern void payments_begin_as_owner(Oid fn_oid, bool pin_search_path,
+									PaymentsSavedUser *saved);
+extern void payments_end_as_owner(PaymentsSavedUser *saved);
+
 /* args.c: argument checks that raise the documented standard SQLSTATEs */
 extern text *payments_arg_text(FunctionCallInfo fcinfo, int argno,
 							   const char *what, int maxlen);

@@ -49,6 +49,12 @@
  * is already short fails at once with PM101, so a sold-out SKU costs a
  * read, not a queue.
  *
+ * Rights.  reserve and confirm_reservation are not SECURITY DEFINER: the
+ * hot path runs no SQL and so needs no rights, and a SET search_path
+ * clause would cost every call a save and restore of every setting.  The
+ * slow path runs SQL, as the function's owner with search_path pinned
+ * (reserve_slow), which is what SECURITY DEFINER SET search_path would do.
+ *
  * Lock order, and why multi-SKU orders never deadlock.  Waiting happens
  * only on (1) reservation rows, (2) a SKU's payments.stock row, and (3) a
  * SKU's slots, and a transaction only ever waits for a slot of a SKU while
@@ -361,7 +367,7 @@ held_units(text *sku)
  * reserve does not push the concurrent ones onto the slow path too.
  */
 static void
-reserve_slow(text *sku, int64 qty)
+take_units_slow(text *sku, int64 qty)
 {
 	static const Oid argtypes[] = {TEXTOID};
 	Datum		values[1] = {PointerGetDatum(sku)};
@@ -393,6 +399,24 @@ reserve_slow(text *sku, int64 qty)
 }
 
 /*
+ * reserve_slow runs its SQL as the function's owner with search_path
+ * pinned, as a SECURITY DEFINER function would: reserve itself is not one,
+ * so that the hot path, which runs no SQL, does not pay for it (see
+ * payments_begin_as_owner).
+ */
+static void
+reserve_slow(Oid fn_oid, text *sku, int64 qty)
+{
+	PaymentsSavedUser saved;
+
+	payments_begin_as_owner(fn_oid, true, &saved);
+	SPI_connect();
+	take_units_slow(sku, qty);
+	SPI_finish();
+	payments_end_as_owner(&saved);
+}
+
+/*
  * The slot this backend last took units from, and its SKU.  A backend
  * tries that slot first, with a one-row lookup: concurrent backends thus
  * settle on different slots, and the common case skips reading and
@@ -407,10 +431,10 @@ static int32 last_slot;
  * Hold qty units of one SKU; returns the reservation id.  The hot path
  * (reservation_rows.c) takes the units from a slot it can lock at once:
  * the one this backend used last, then any.  Only if none can serve does
- * it take the slow path.
+ * it take the slow path, as the owner of fn_oid, the reserve called.
  */
 static int64
-reserve_one(text *order_ref, text *sku, int64 qty, Datum ttl)
+reserve_one(Oid fn_oid, text *order_ref, text *sku, int64 qty, Datum ttl)
 {
 	int			len = VARSIZE_ANY_EXHDR(sku);
 	bool		same_sku = (last_sku_len == len &&
@@ -426,7 +450,7 @@ reserve_one(text *order_ref, text *sku, int64 qty, Datum ttl)
 		last_slot = slot;
 	}
 	else
-		reserve_slow(sku, qty);
+		reserve_slow(fn_oid, sku, qty);
 	return payments_insert_hold(order_ref, sku, qty, ttl);
 }
 
@@ -592,9 +616,7 @@ payments_reserve(PG_FUNCTION_ARGS)
 	ttl = arg_ttl(fcinfo, 3);
 	payments_check_writable("reserve stock");
 
-	SPI_connect();
-	id = reserve_one(order_ref, sku, qty, ttl);
-	SPI_finish();
+	id = reserve_one(fcinfo->flinfo->fn_oid, order_ref, sku, qty, ttl);
 	PG_RETURN_INT64(id);
 }
 
@@ -723,14 +745,11 @@ payments_reserve_items(PG_FUNCTION_ARGS)
 					 errhint("Add up its quantities in one item.")));
 	payments_check_writable("reserve stock");
 
-	/* allocated here, outside SPI, so that it outlives SPI_finish */
 	ids = palloc(sizeof(Datum) * nitems);
-
-	SPI_connect();
 	for (int i = 0; i < nitems; i++)
-		ids[sorted[i].index] = Int64GetDatum(reserve_one(order_ref, sorted[i].sku,
+		ids[sorted[i].index] = Int64GetDatum(reserve_one(fcinfo->flinfo->fn_oid,
+														 order_ref, sorted[i].sku,
 														 sorted[i].qty, ttl));
-	SPI_finish();
 
 	PG_RETURN_ARRAYTYPE_P(construct_array(ids, nitems, INT8OID, sizeof(int64),
 										  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));

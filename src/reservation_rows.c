@@ -19,6 +19,10 @@
  *   under REPEATABLE READ or SERIALIZABLE that is a serialization failure;
  * - SKIP LOCKED where the SQL said so.
  *
+ * They run as whoever called reserve or confirm_reservation, which are
+ * not SECURITY DEFINER (see src/reservation.sql): nothing here checks a
+ * privilege, EXECUTE on those functions is the check.
+ *
  * The layout of the tables is checked on every call (a few comparisons),
  * so a table altered by hand gets a clear error, not a row with values in
  * the wrong columns.  Semantics and errors a caller sees (PM1xx) are
