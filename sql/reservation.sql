@@ -366,4 +366,15 @@ SELECT p.oid::regprocedure AS function, p.prosecdef, p.proconfig,
 SELECT c.relname FROM pg_extension e, unnest(e.extconfig) AS t(oid) JOIN pg_class c ON c.oid = t.oid
  WHERE e.extname = 'payments' AND c.relname ~ '^(stock|reservations)' ORDER BY 1;
 
+-- The hot path keeps its tables' OIDs per backend: after the extension is
+-- dropped and created again in this same session, a reserve and a confirm
+-- find the new tables, not the dropped ones
+SELECT payments.reserve('before-drop', 'pear', 1) > 0 AS reserved_before;
+DROP EXTENSION payments CASCADE;
+CREATE EXTENSION payments;
+SELECT payments.stock_set('again', 2, slots => 2);
+SELECT payments.confirm_reservation(payments.reserve('after-drop', 'again', 1)) AS confirmed;
+SELECT payments.reserve('after-drop', 'pear', 1);
+SELECT order_ref, sku, state FROM payments.reservations;
+SELECT * FROM payments.stock_levels;
 DROP EXTENSION payments CASCADE;
