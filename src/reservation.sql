@@ -110,13 +110,14 @@ COMMENT ON FUNCTION payments.stock_adjust(text, bigint) IS
 -- reserve (both forms) and confirm_reservation run for every sale, so they
 -- are not SECURITY DEFINER: PostgreSQL 15 saves and restores every setting
 -- around a function with a SET clause, and without both a hot SKU took 12%
--- more reservations a second at 64 clients (test/bench).  Their hot path runs no SQL: it writes the
--- rows in C, with no privilege check (EXECUTE on the function is the
--- check, as for every other function here), as the caller, so a trigger a
--- DBA adds to these tables runs with the caller's rights, as it would for
--- the caller's own INSERT.  The slow path of a reserve runs SQL, and runs
--- it as the function's owner with search_path pinned, exactly as SECURITY
--- DEFINER SET search_path = pg_catalog, pg_temp would (src/reservation.c).
+-- more reservations a second at 64 clients (test/bench).  Their hot path
+-- runs no SQL: it writes the rows in C, with no privilege check (EXECUTE
+-- on the function is the check, as for every other function here), as the
+-- caller, so a trigger a DBA adds to these tables runs with the caller's
+-- rights, as it would for the caller's own INSERT.  The slow path of a
+-- reserve runs SQL, and runs it as the function's owner with search_path
+-- pinned, exactly as SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- would (src/reservation.c).
 CREATE FUNCTION payments.reserve(order_ref text, sku text, qty bigint,
         ttl interval DEFAULT '15 minutes')
     RETURNS bigint
