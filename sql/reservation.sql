@@ -326,6 +326,10 @@ SELECT payments.reserve('order-18', 'plum', 1) AS plum_fast \gset
 SELECT payments.confirm_reservation(:plum_fast) AS confirmed;
 SELECT payments.reserve('order-19', 'plum', 3) IS NOT NULL AS reserved_slow;
 SELECT pg_temp.try($$SELECT payments.reserve('order-20', 'plum', 1)$$);
+-- that error left the slow path, caught by the EXCEPTION block of try:
+-- the caller's role and search_path are back
+SELECT current_user = 'reservation_test_app' AS caller_again,
+       current_setting('search_path') AS search_path;
 SELECT pg_temp.try($$SELECT payments.reserve('order-20', '[{"sku": "pear", "qty": 1}, {"sku": "plum", "qty": 1}]')$$);
 SELECT cardinality(payments.reserve('order-21', '[{"sku": "pear", "qty": 2}]')) AS items_reserved;
 RESET ROLE;

@@ -206,13 +206,16 @@ payments_relid(const char *name)
  * pin_search_path also with search_path set to pg_catalog, pg_temp: what
  * SECURITY DEFINER SET search_path = pg_catalog, pg_temp does for a whole
  * call, for just the part of a call that needs it.  A function that is
- * SECURITY DEFINER pays for its SET clause on every call (PostgreSQL 15
- * saves and restores every GUC around it), so the hot functions, whose
- * usual path runs no SQL, take these rights only where they do.
+ * SECURITY DEFINER pays for its SET clause on every call (on the way out
+ * PostgreSQL 15 scans every GUC), so the hot functions, whose usual path
+ * runs no SQL, take these rights only where they do.  Unlike
+ * fmgr_security_definer this does not call a loaded module's fmgr_hook
+ * (sepgsql's), which sees no change of user here.
  *
  * An error in between needs no cleanup: (sub)transaction abort restores
  * the user and unwinds the GUC nesting level, as it does for SECURITY
- * DEFINER functions.
+ * DEFINER functions.  So no C code may catch an error between the two
+ * calls without a subtransaction of its own.
  */
 void
 payments_begin_as_owner(Oid fn_oid, bool pin_search_path,

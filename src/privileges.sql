@@ -1,6 +1,6 @@
 -- Privileges, applied last so they cover every object above.
 --
--- The tables are reachable only through the SECURITY DEFINER functions.
+-- The tables are reachable only through the extension's functions.
 -- Applications get EXECUTE through one role, payments_app, so a DBA grants
 -- access with a single statement:  GRANT payments_app TO my_app;
 -- The role is cluster-wide: it is created by the first database that

@@ -51,7 +51,7 @@
  *
  * Rights.  reserve and confirm_reservation are not SECURITY DEFINER: the
  * hot path runs no SQL and so needs no rights, and a SET search_path
- * clause would cost every call a save and restore of every setting.  The
+ * clause would cost every call a scan of every setting.  The
  * slow path runs SQL, as the function's owner with search_path pinned
  * (reserve_slow), which is what SECURITY DEFINER SET search_path would do.
  *
@@ -431,7 +431,8 @@ static int32 last_slot;
  * Hold qty units of one SKU; returns the reservation id.  The hot path
  * (reservation_rows.c) takes the units from a slot it can lock at once:
  * the one this backend used last, then any.  Only if none can serve does
- * it take the slow path, as the owner of fn_oid, the reserve called.
+ * it take the slow path, as the owner of fn_oid (the reserve function
+ * called).
  */
 static int64
 reserve_one(Oid fn_oid, text *order_ref, text *sku, int64 qty, Datum ttl)

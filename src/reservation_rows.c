@@ -21,7 +21,8 @@
  *
  * They run as whoever called reserve or confirm_reservation, which are
  * not SECURITY DEFINER (see src/reservation.sql): nothing here checks a
- * privilege, EXECUTE on those functions is the check.
+ * privilege or applies row-level security, EXECUTE on those functions is
+ * the check.
  *
  * The layout of the tables is checked on every call (a few comparisons),
  * so a table altered by hand gets a clear error, not a row with values in
@@ -75,7 +76,9 @@ static const Oid holds_types[HOLDS_NATTS] = {
  * are kept until a relcache invalidation names one of them (the extension
  * dropped, a table renamed or altered) or all relations; a backend accepts
  * those at the start of every transaction, so a transaction never starts
- * with an OID that was dropped before it.
+ * with an OID that was dropped before it.  A drop that commits while a
+ * call waits for the table's lock still fails that call with "could not
+ * open relation", as a lookup by name just before the lock would.
  */
 typedef enum HotRel
 {
