@@ -334,7 +334,8 @@ payments_enqueue_compensation(PG_FUNCTION_ARGS)
 	values[5] = ObjectIdGetDatum(caller);
 	values[6] = ObjectIdGetDatum(owner);
 
-	payments_begin_as_owner(fcinfo->flinfo->fn_oid, false, &saved);
+	payments_begin_as_owner(payments_function_owner(fcinfo->flinfo->fn_oid),
+							false, &saved);
 	SPI_connect();
 	payments_prepare(&insert_plan,
 					 "INSERT INTO payments.compensations"
@@ -452,7 +453,8 @@ payments_register_external_handler(PG_FUNCTION_ARGS)
 	values[0] = CStringGetTextDatum(compensation_handler_name(handler));
 	values[1] = ObjectIdGetDatum(caller);
 
-	payments_begin_as_owner(fcinfo->flinfo->fn_oid, false, &saved);
+	payments_begin_as_owner(payments_function_owner(fcinfo->flinfo->fn_oid),
+							false, &saved);
 	SPI_connect();
 	payments_prepare(&register_plan,
 					 "INSERT INTO payments.external_handlers (handler, registered_by)"
@@ -497,7 +499,8 @@ payments_claim_compensations(PG_FUNCTION_ARGS)
 	values[4] = TimestampTzGetDatum(GetCurrentTimestamp());
 
 	InitMaterializedSRF(fcinfo, 0);
-	payments_begin_as_owner(fcinfo->flinfo->fn_oid, false, &saved);
+	payments_begin_as_owner(payments_function_owner(fcinfo->flinfo->fn_oid),
+							false, &saved);
 	SPI_connect();
 
 	payments_prepare(&is_external_plan,

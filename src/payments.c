@@ -201,11 +201,29 @@ payments_relid(const char *name)
 }
 
 /*
- * Act as the owner of the function fn_oid (the role that created the
- * extension, which owns its tables) until payments_end_as_owner, and with
- * pin_search_path also with search_path set to pg_catalog, pg_temp: what
- * SECURITY DEFINER SET search_path = pg_catalog, pg_temp does for a whole
- * call, for just the part of a call that needs it.  A function that is
+ * The owner of function fn_oid: for the extension's functions, the role
+ * that created the extension, which owns its tables.
+ */
+Oid
+payments_function_owner(Oid fn_oid)
+{
+	HeapTuple	tup;
+	Oid			owner;
+
+	tup = SearchSysCache1(PROCOID, ObjectIdGetDatum(fn_oid));
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for function %u", fn_oid);
+	owner = ((Form_pg_proc) GETSTRUCT(tup))->proowner;
+	ReleaseSysCache(tup);
+	return owner;
+}
+
+/*
+ * Act as owner (the role that owns the extension's tables) until
+ * payments_end_as_owner, and with pin_search_path also with search_path
+ * set to pg_catalog, pg_temp: what SECURITY DEFINER SET search_path =
+ * pg_catalog, pg_temp does for a whole call, for just the part of a call
+ * that needs it.  A function that is
  * SECURITY DEFINER pays for its SET clause on every call (on the way out
  * PostgreSQL 15 scans every GUC), so the hot functions, whose usual path
  * runs no SQL, take these rights only where they do.  Unlike
@@ -218,18 +236,9 @@ payments_relid(const char *name)
  * calls without a subtransaction of its own.
  */
 void
-payments_begin_as_owner(Oid fn_oid, bool pin_search_path,
+payments_begin_as_owner(Oid owner, bool pin_search_path,
 						PaymentsSavedUser *saved)
 {
-	HeapTuple	tup;
-	Oid			owner;
-
-	tup = SearchSysCache1(PROCOID, ObjectIdGetDatum(fn_oid));
-	if (!HeapTupleIsValid(tup))
-		elog(ERROR, "cache lookup failed for function %u", fn_oid);
-	owner = ((Form_pg_proc) GETSTRUCT(tup))->proowner;
-	ReleaseSysCache(tup);
-
 	GetUserIdAndSecContext(&saved->userid, &saved->sec_context);
 	SetUserIdAndSecContext(owner, saved->sec_context | SECURITY_LOCAL_USERID_CHANGE);
 	saved->guc_level = -1;

@@ -71,7 +71,8 @@ typedef struct PaymentsSavedUser
 	int			guc_level;		/* -1 if search_path was not pinned */
 } PaymentsSavedUser;
 
-extern void payments_begin_as_owner(Oid fn_oid, bool pin_search_path,
+extern Oid	payments_function_owner(Oid fn_oid);
+extern void payments_begin_as_owner(Oid owner, bool pin_search_path,
 									PaymentsSavedUser *saved);
 extern void payments_end_as_owner(PaymentsSavedUser *saved);
 

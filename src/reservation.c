@@ -51,8 +51,8 @@
  *
  * Rights.  reserve and confirm_reservation are not SECURITY DEFINER: the
  * hot path runs no SQL and so needs no rights, and a SET search_path
- * clause would cost every call a scan of every setting.  The
- * slow path runs SQL, as the function's owner with search_path pinned
+ * clause would cost every call a scan of every setting.  The slow path
+ * runs SQL, as the function's owner with search_path pinned
  * (reserve_slow), which is what SECURITY DEFINER SET search_path would do.
  *
  * Lock order, and why multi-SKU orders never deadlock.  Waiting happens
@@ -409,7 +409,7 @@ reserve_slow(Oid fn_oid, text *sku, int64 qty)
 {
 	PaymentsSavedUser saved;
 
-	payments_begin_as_owner(fn_oid, true, &saved);
+	payments_begin_as_owner(payments_function_owner(fn_oid), true, &saved);
 	SPI_connect();
 	take_units_slow(sku, qty);
 	SPI_finish();

@@ -513,15 +513,6 @@ cache_begin_statement(void)
 	checked_stmt_start = stmt_start;
 }
 
-/* Run SPI as the owner of the extension's tables; see the file header. */
-static void
-switch_to_owner(Oid *save_userid, int *save_sec_context)
-{
-	GetUserIdAndSecContext(save_userid, save_sec_context);
-	SetUserIdAndSecContext(tables_owner,
-						   *save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
-}
-
 /*
  * The machine named name, loaded into the cache on first use; NULL if no
  * such machine is defined.  The cache must be current
@@ -533,15 +524,14 @@ machine_get(const char *name)
 	static const Oid argtypes[] = {TEXTOID};
 	MachineEntry *e;
 	Datum		values[1];
-	Oid			save_userid;
-	int			save_sec_context;
+	PaymentsSavedUser saved;
 	Machine    *m = NULL;
 
 	e = hash_search(machine_hash, name, HASH_FIND, NULL);
 	if (e != NULL)
 		return e->machine;
 
-	switch_to_owner(&save_userid, &save_sec_context);
+	payments_begin_as_owner(tables_owner, false, &saved);
 	SPI_connect();
 	payments_prepare(&load_plan,
 					 "SELECT transitions, initial"
@@ -572,7 +562,7 @@ machine_get(const char *name)
 		MemoryContextSwitchTo(old);
 	}
 	SPI_finish();
-	SetUserIdAndSecContext(save_userid, save_sec_context);
+	payments_end_as_owner(&saved);
 
 	/* Missing machines are not remembered: the error stops the statement. */
 	if (m != NULL)
@@ -909,8 +899,7 @@ record_move(GuardEntry *g, Relation rel, HeapTuple newtuple,
 {
 	TupleDesc	desc = RelationGetDescr(rel);
 	Datum		changed_by;
-	Oid			save_userid;
-	int			save_sec_context;
+	PaymentsSavedUser saved;
 	Datum		key;
 	Relation	hist;
 	DirectWrite dw;
@@ -924,7 +913,7 @@ record_move(GuardEntry *g, Relation rel, HeapTuple newtuple,
 	 */
 	key = CStringGetTextDatum(row_key(g, newtuple, desc, false));
 	changed_by = CStringGetTextDatum(GetUserNameFromId(GetUserId(), false));
-	switch_to_owner(&save_userid, &save_sec_context);
+	payments_begin_as_owner(tables_owner, false, &saved);
 
 	hist = table_open(history_relid, RowExclusiveLock);
 	payments_direct_check_columns(hist, history_names, history_types,
@@ -952,7 +941,7 @@ record_move(GuardEntry *g, Relation rel, HeapTuple newtuple,
 	payments_direct_end(&dw);
 	table_close(hist, NoLock);
 
-	SetUserIdAndSecContext(save_userid, save_sec_context);
+	payments_end_as_owner(&saved);
 }
 
 /*
