@@ -80,7 +80,7 @@ PG_FUNCTION_INFO_V1(payments_fail_compensation);
 	" lease_expires_at = NULL, claim_token = NULL, updated_at = clock_timestamp()"
 
 #define IS_EXTERNAL_SQL(alias) \
-	"EXISTS (SELECT FROM payments.external_handlers e WHERE e.handler = " alias ".handler)"
+	"EXISTS (SELECT FROM @extschema@.external_handlers e WHERE e.handler = " alias ".handler)"
 
 static SPIPlanPtr insert_plan;
 static SPIPlanPtr dedup_plan;
@@ -160,12 +160,12 @@ compensation_record_failure(int64 id, const char *error, const char *sqlstate,
 
 	payments_prepare(&fail_plan,
 					 "WITH failed AS ("
-					 " UPDATE payments.compensations c SET last_error = $2," FAILED_SET_SQL
+					 " UPDATE @extschema@.compensations c SET last_error = $2," FAILED_SET_SQL
 					 " WHERE c.id = $1 AND CASE WHEN $6 = 0"
 					 "  THEN c.status = 'running' AND " IS_EXTERNAL_SQL("c")
 					 "  ELSE c.status = 'succeeded' AND c.claim_token = $6 END"
 					 " RETURNING c.id, c.attempts)"
-					 " INSERT INTO payments.compensation_attempts"
+					 " INSERT INTO @extschema@.compensation_attempts"
 					 "  (compensation_id, attempt, failed_at, error, sqlstate)"
 					 " SELECT id, attempts, clock_timestamp(), $2, $5 FROM failed",
 					 6, argtypes);
@@ -200,11 +200,11 @@ compensation_expire_leases(const char *handler, int max_items)
 	 */
 	payments_prepare(&expire_plan,
 					 "WITH expired AS ("
-					 " UPDATE payments.compensations SET"
+					 " UPDATE @extschema@.compensations SET"
 					 "  last_error = 'the claim''s lease expired before the attempt finished',"
 					 FAILED_SET_SQL
 					 " WHERE id = ANY (ARRAY("
-					 "  SELECT id FROM payments.compensations"
+					 "  SELECT id FROM @extschema@.compensations"
 					 "  WHERE finished_at IS NULL AND next_attempt_at <= $5"
 					 "   AND status = 'running' AND lease_expires_at <= $5"
 					 "   AND ($1::text IS NULL OR handler = $1)"
@@ -212,7 +212,7 @@ compensation_expire_leases(const char *handler, int max_items)
 					 "  FOR UPDATE SKIP LOCKED))"
 					 "  AND status = 'running' AND lease_expires_at <= $5"
 					 " RETURNING id, attempts, last_error)"
-					 " INSERT INTO payments.compensation_attempts"
+					 " INSERT INTO @extschema@.compensation_attempts"
 					 "  (compensation_id, attempt, failed_at, error, sqlstate)"
 					 " SELECT id, attempts, clock_timestamp(), last_error, "
 					 "'" COMPENSATION_LEASE_EXPIRED_SQLSTATE "' FROM expired",
@@ -259,7 +259,7 @@ report_state_conflict(int64 id, const char *action, bool external_only,
 
 	payments_prepare(&status_plan,
 					 "SELECT c.status, " IS_EXTERNAL_SQL("c")
-					 " FROM payments.compensations c WHERE c.id = $1",
+					 " FROM @extschema@.compensations c WHERE c.id = $1",
 					 1, (Oid[]) {INT8OID});
 	values[0] = Int64GetDatum(id);
 	if (payments_execute(status_plan, values, NULL, SPI_OK_SELECT, 0) == 0)
@@ -338,7 +338,7 @@ payments_enqueue_compensation(PG_FUNCTION_ARGS)
 							false, &saved);
 	SPI_connect();
 	payments_prepare(&insert_plan,
-					 "INSERT INTO payments.compensations"
+					 "INSERT INTO @extschema@.compensations"
 					 " (handler, payload, dedup_key, max_attempts, next_attempt_at,"
 					 "  enqueued_by, handler_owner)"
 					 " VALUES ($1, $2, $3, $4, $5, $6::regrole, $7::regrole)"
@@ -346,7 +346,7 @@ payments_enqueue_compensation(PG_FUNCTION_ARGS)
 					 " RETURNING id",
 					 7, argtypes);
 	payments_prepare(&dedup_plan,
-					 "SELECT id FROM payments.compensations WHERE dedup_key = $1",
+					 "SELECT id FROM @extschema@.compensations WHERE dedup_key = $1",
 					 1, (Oid[]) {TEXTOID});
 
 	/*
@@ -389,7 +389,7 @@ payments_retry_compensation(PG_FUNCTION_ARGS)
 
 	SPI_connect();
 	payments_prepare(&retry_plan,
-					 "UPDATE payments.compensations"
+					 "UPDATE @extschema@.compensations"
 					 " SET status = 'pending', attempts = 0,"
 					 "  next_attempt_at = clock_timestamp(), finished_at = NULL,"
 					 "  updated_at = clock_timestamp()"
@@ -421,7 +421,7 @@ payments_cancel_compensation(PG_FUNCTION_ARGS)
 
 	SPI_connect();
 	payments_prepare(&cancel_plan,
-					 "UPDATE payments.compensations"
+					 "UPDATE @extschema@.compensations"
 					 " SET status = 'cancelled', finished_at = clock_timestamp(),"
 					 "  lease_expires_at = NULL, claim_token = NULL,"
 					 "  updated_at = clock_timestamp()"
@@ -457,7 +457,7 @@ payments_register_external_handler(PG_FUNCTION_ARGS)
 							false, &saved);
 	SPI_connect();
 	payments_prepare(&register_plan,
-					 "INSERT INTO payments.external_handlers (handler, registered_by)"
+					 "INSERT INTO @extschema@.external_handlers (handler, registered_by)"
 					 " VALUES ($1, $2::regrole) ON CONFLICT (handler) DO NOTHING",
 					 2, argtypes);
 	payments_execute(register_plan, values, NULL, SPI_OK_INSERT, 0);
@@ -504,7 +504,7 @@ payments_claim_compensations(PG_FUNCTION_ARGS)
 	SPI_connect();
 
 	payments_prepare(&is_external_plan,
-					 "SELECT EXISTS (SELECT FROM payments.external_handlers WHERE handler = $1)",
+					 "SELECT EXISTS (SELECT FROM @extschema@.external_handlers WHERE handler = $1)",
 					 1, (Oid[]) {TEXTOID});
 	payments_execute(is_external_plan, values, NULL, SPI_OK_SELECT, 0);
 	if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
@@ -520,12 +520,12 @@ payments_claim_compensations(PG_FUNCTION_ARGS)
 
 	payments_prepare(&claim_plan,
 					 "WITH claimed AS ("
-					 " UPDATE payments.compensations c"
+					 " UPDATE @extschema@.compensations c"
 					 " SET status = 'running', attempts = c.attempts + 1,"
 					 "  lease_expires_at = clock_timestamp() + $3, claim_token = $4,"
 					 "  updated_at = clock_timestamp()"
 					 " WHERE c.id = ANY (ARRAY("
-					 "  SELECT id FROM payments.compensations"
+					 "  SELECT id FROM @extschema@.compensations"
 					 "  WHERE finished_at IS NULL AND next_attempt_at <= $5"
 					 "   AND status = 'pending' AND handler = $1"
 					 "  ORDER BY next_attempt_at LIMIT $2"
@@ -558,7 +558,7 @@ payments_complete_compensation(PG_FUNCTION_ARGS)
 
 	SPI_connect();
 	payments_prepare(&complete_plan,
-					 "UPDATE payments.compensations c"
+					 "UPDATE @extschema@.compensations c"
 					 " SET status = 'succeeded', finished_at = clock_timestamp(),"
 					 "  lease_expires_at = NULL, claim_token = NULL,"
 					 "  updated_at = clock_timestamp()"

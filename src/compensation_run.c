@@ -326,7 +326,7 @@ run_claimed(int64 token, int64 *ids, int n)
 	int			nitems;
 
 	payments_prepare(&mark_plan,
-					 "UPDATE payments.compensations"
+					 "UPDATE @extschema@.compensations"
 					 " SET status = 'succeeded', finished_at = clock_timestamp(),"
 					 "  lease_expires_at = NULL, updated_at = clock_timestamp()"
 					 " WHERE id = ANY ($1) AND claim_token = $2 AND status = 'running'"
@@ -406,15 +406,15 @@ claim_due(int max_items)
 	 * reading the first ones in index order.
 	 */
 	payments_prepare(&claim_plan,
-					 "UPDATE payments.compensations c"
+					 "UPDATE @extschema@.compensations c"
 					 " SET status = 'running', attempts = c.attempts + 1,"
 					 "  lease_expires_at = clock_timestamp() + $3 * interval '1 millisecond',"
 					 "  claim_token = $2, updated_at = clock_timestamp()"
 					 " WHERE c.id = ANY (ARRAY("
-					 "  SELECT p.id FROM payments.compensations p"
+					 "  SELECT p.id FROM @extschema@.compensations p"
 					 "  WHERE p.finished_at IS NULL AND p.next_attempt_at <= $4"
 					 "   AND p.status = 'pending'"
-					 "   AND p.handler <> ALL (ARRAY(SELECT e.handler FROM payments.external_handlers e))"
+					 "   AND p.handler <> ALL (ARRAY(SELECT e.handler FROM @extschema@.external_handlers e))"
 					 "  ORDER BY p.next_attempt_at LIMIT $1"
 					 "  FOR UPDATE SKIP LOCKED))"
 					 "  AND c.status = 'pending'"

@@ -318,7 +318,7 @@ insert_key(text *scope, text *key, bytea *hash, Datum ttl)
 	Datum		values[5];
 
 	payments_prepare(&insert_plan,
-					 "INSERT INTO payments.idempotency_keys"
+					 "INSERT INTO @extschema@.idempotency_keys"
 					 " (scope, key, request_hash, lease_expires_at, expires_at)"
 					 " VALUES ($1, $2, $3,"
 					 "  clock_timestamp() + $4 * interval '1 second',"
@@ -336,7 +336,7 @@ restart_key(text *scope, text *key, bytea *hash, Datum ttl)
 	Datum		values[5];
 
 	payments_prepare(&restart_plan,
-					 "UPDATE payments.idempotency_keys"
+					 "UPDATE @extschema@.idempotency_keys"
 					 " SET request_hash = $3, state = 'started',"
 					 "  recovery_point = NULL, response = NULL, response_code = NULL,"
 					 "  created_at = now(), updated_at = now(), completed_at = NULL,"
@@ -357,7 +357,7 @@ take_over_key(text *scope, text *key)
 	Datum		values[3];
 
 	payments_prepare(&takeover_plan,
-					 "UPDATE payments.idempotency_keys"
+					 "UPDATE @extschema@.idempotency_keys"
 					 " SET lease_expires_at = clock_timestamp() + $3 * interval '1 second',"
 					 "  updated_at = now()"
 					 " WHERE scope = $1 AND key = $2",
@@ -566,7 +566,7 @@ payments_idempotency_checkpoint(PG_FUNCTION_ARGS)
 
 	values[3] = Int32GetDatum(payments_idempotency_lease);
 	change_started_key(scope, key, "checkpoint", &checkpoint_plan,
-					   "UPDATE payments.idempotency_keys"
+					   "UPDATE @extschema@.idempotency_keys"
 					   " SET recovery_point = $3, updated_at = now(),"
 					   "  lease_expires_at = clock_timestamp() + $4 * interval '1 second'"
 					   " WHERE scope = $1 AND key = $2 AND state = 'started'",
@@ -593,7 +593,7 @@ payments_idempotency_complete(PG_FUNCTION_ARGS)
 
 	values[2] = PG_GETARG_DATUM(2);
 	change_started_key(scope, key, "complete", &complete_plan,
-					   "UPDATE payments.idempotency_keys"
+					   "UPDATE @extschema@.idempotency_keys"
 					   " SET state = 'completed', response = $3, response_code = $4,"
 					   "  lease_expires_at = NULL, completed_at = now(), updated_at = now()"
 					   " WHERE scope = $1 AND key = $2 AND state = 'started'",
@@ -619,7 +619,7 @@ payments_idempotency_abandon(PG_FUNCTION_ARGS)
 	payments_check_writable("abandon an idempotent request");
 
 	change_started_key(scope, key, "abandon", &abandon_plan,
-					   "DELETE FROM payments.idempotency_keys"
+					   "DELETE FROM @extschema@.idempotency_keys"
 					   " WHERE scope = $1 AND key = $2 AND state = 'started'",
 					   2, key_argtypes, values, SPI_OK_DELETE);
 	PG_RETURN_VOID();
@@ -645,9 +645,9 @@ payments_purge_idempotency_keys(PG_FUNCTION_ARGS)
 
 	SPI_connect();
 	payments_prepare(&purge_plan,
-					 "DELETE FROM payments.idempotency_keys k"
+					 "DELETE FROM @extschema@.idempotency_keys k"
 					 " WHERE k.ctid = ANY (ARRAY("
-					 "  SELECT ctid FROM payments.idempotency_keys"
+					 "  SELECT ctid FROM @extschema@.idempotency_keys"
 					 "  WHERE expires_at <= clock_timestamp()"
 					 "  ORDER BY expires_at LIMIT $1"
 					 "  FOR UPDATE SKIP LOCKED))"

@@ -11,14 +11,23 @@
 #include "payments.h"
 #include "worker.h"
 
+#include "access/genam.h"
 #include "access/htup_details.h"
+#include "access/table.h"
 #include "access/xlog.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_extension.h"
 #include "catalog/pg_proc.h"
+#include "commands/dbcommands.h"
+#include "commands/extension.h"
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
 #include "utils/guc.h"
+#include "utils/inval.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 #include "utils/syscache.h"
 
 PG_MODULE_MAGIC;
@@ -182,20 +191,126 @@ payments_check_writable(const char *what)
 }
 
 /*
+ * The extension's schema: the one pg_extension records for it, never a
+ * schema found by its name, which a database owner may have created.  The
+ * OID and quoted name are kept until a schema is created, renamed or
+ * dropped anywhere in the database; schema_generation changes only when
+ * the extension's schema is no longer the one the kept plans name.
+ */
+static Oid	schema_oid = InvalidOid;
+static char *schema_quoted = NULL;	/* in TopMemoryContext */
+static bool schema_valid = false;
+static uint64 schema_generation = 0;
+
+static void
+schema_invalidate(Datum arg, int cacheid, uint32 hashvalue)
+{
+	schema_valid = false;
+}
+
+/* PostgreSQL 15 keeps its get_extension_schema static. */
+static Oid
+extension_schema(Oid ext)
+{
+	Relation	rel;
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tup;
+	Oid			nsp = InvalidOid;
+
+	rel = table_open(ExtensionRelationId, AccessShareLock);
+	ScanKeyInit(&key, Anum_pg_extension_oid, BTEqualStrategyNumber, F_OIDEQ,
+				ObjectIdGetDatum(ext));
+	scan = systable_beginscan(rel, ExtensionOidIndexId, true, NULL, 1, &key);
+	tup = systable_getnext(scan);
+	if (HeapTupleIsValid(tup))
+		nsp = ((Form_pg_extension) GETSTRUCT(tup))->extnamespace;
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return nsp;
+}
+
+static void
+schema_lookup(void)
+{
+	static bool registered = false;
+	Oid			ext;
+	Oid			nsp;
+	char	   *name;
+
+	if (!registered)
+	{
+		CacheRegisterSyscacheCallback(NAMESPACEOID, schema_invalidate, (Datum) 0);
+		registered = true;
+	}
+
+	ext = get_extension_oid("payments", true);
+	nsp = OidIsValid(ext) ? extension_schema(ext) : InvalidOid;
+	name = OidIsValid(nsp) ? get_namespace_name(nsp) : NULL;
+	if (name == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("extension \"payments\" is not installed in database \"%s\"",
+						get_database_name(MyDatabaseId)),
+				 errhint("Run CREATE EXTENSION payments.")));
+
+	if (schema_quoted == NULL || strcmp(schema_quoted, quote_identifier(name)) != 0)
+	{
+		if (schema_quoted != NULL)
+			pfree(schema_quoted);
+		schema_quoted = MemoryContextStrdup(TopMemoryContext,
+											quote_identifier(name));
+		schema_generation++;
+	}
+	schema_oid = nsp;
+	schema_valid = true;
+}
+
+Oid
+payments_schema_oid(void)
+{
+	if (!schema_valid)
+		schema_lookup();
+	return schema_oid;
+}
+
+/* The extension's schema name, quoted for SQL text. */
+const char *
+payments_schema_quoted(void)
+{
+	if (!schema_valid)
+		schema_lookup();
+	return schema_quoted;
+}
+
+/*
+ * A number that changes whenever the extension's schema has a name other
+ * than the one payments_schema_quoted last returned: plans whose text
+ * named the old one are then prepared again.
+ */
+uint64
+payments_schema_generation(void)
+{
+	if (!schema_valid)
+		schema_lookup();
+	return schema_generation;
+}
+
+/*
  * The OID of one of the extension's relations (a table, index or
- * sequence), looked up now: the extension may have been dropped and
- * created again since an OID was last seen.
+ * sequence), looked up now in the extension's schema: the extension may
+ * have been dropped and created again since an OID was last seen.
  */
 Oid
 payments_relid(const char *name)
 {
-	Oid			relid = get_relname_relid(name,
-										  get_namespace_oid("payments", false));
+	Oid			relid = get_relname_relid(name, payments_schema_oid());
 
 	if (!OidIsValid(relid))
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_TABLE),
-				 errmsg("relation \"payments.%s\" does not exist", name),
+				 errmsg("relation \"%s.%s\" does not exist",
+						payments_schema_quoted(), name),
 				 errhint("Reinstall the extension.")));
 	return relid;
 }

@@ -61,6 +61,9 @@ extern int	payments_handler_timeout;
 
 /* payments.c */
 extern void payments_check_writable(const char *what);
+extern Oid	payments_schema_oid(void);
+extern const char *payments_schema_quoted(void);
+extern uint64 payments_schema_generation(void);
 extern Oid	payments_relid(const char *name);
 
 /* The caller's role and settings, saved while acting as the owner */

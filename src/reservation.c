@@ -146,12 +146,12 @@ static SPIPlanPtr due_plan;
  * rescanned and lock more than one slot.
  */
 #define PICK_SLOT_SQL(need, seed, how) \
-	"SELECT slot FROM payments.stock_slots" \
+	"SELECT slot FROM @extschema@.stock_slots" \
 	" WHERE sku = $1 AND available >= " need \
 	" ORDER BY pg_catalog.hashint4(slot # " seed ") LIMIT 1" \
 	" FOR UPDATE" how
 #define MOVE_UNITS_SQL(how) \
-	"UPDATE payments.stock_slots" \
+	"UPDATE @extschema@.stock_slots" \
 	" SET available = available + $2" \
 	" WHERE sku = $1 AND slot = (" PICK_SLOT_SQL("$3", "$4", how) ")"
 
@@ -241,7 +241,7 @@ lock_stock(text *sku)
 	bool		isnull;
 
 	payments_prepare(&lock_stock_plan,
-					 "SELECT slots FROM payments.stock WHERE sku = $1 FOR UPDATE",
+					 "SELECT slots FROM @extschema@.stock WHERE sku = $1 FOR UPDATE",
 					 1, argtypes);
 	if (payments_execute(lock_stock_plan, values, NULL, SPI_OK_SELECT, 0) == 0)
 		report_unknown_sku(sku);
@@ -262,7 +262,7 @@ lock_slots(text *sku, int32 *nslots)
 	int64		total = 0;
 
 	payments_prepare(&lock_slots_plan,
-					 "SELECT available FROM payments.stock_slots"
+					 "SELECT available FROM @extschema@.stock_slots"
 					 " WHERE sku = $1 ORDER BY slot FOR UPDATE",
 					 1, argtypes);
 	n = payments_execute(lock_slots_plan, values, NULL, SPI_OK_SELECT, 0);
@@ -303,9 +303,9 @@ reclaim_lapsed(text *sku)
 
 	payments_prepare(&reclaim_plan,
 					 "WITH x AS ("
-					 " UPDATE payments.reservations"
+					 " UPDATE @extschema@.reservations"
 					 " SET state = 'expired', resolved_at = pg_catalog.clock_timestamp()"
-					 " WHERE id IN (SELECT id FROM payments.reservations"
+					 " WHERE id IN (SELECT id FROM @extschema@.reservations"
 					 "  WHERE sku = $1 AND state = 'held'"
 					 "  AND expires_at <= pg_catalog.clock_timestamp()"
 					 "  FOR UPDATE SKIP LOCKED)"
@@ -328,7 +328,7 @@ spread_units(text *sku, int64 total, int32 nslots)
 	Datum		values[3];
 
 	payments_prepare(&spread_plan,
-					 "INSERT INTO payments.stock_slots AS s (sku, slot, available)"
+					 "INSERT INTO @extschema@.stock_slots AS s (sku, slot, available)"
 					 " SELECT $1, g, $2 / $3 + (g < $2 % $3)::integer"
 					 " FROM pg_catalog.generate_series(0, $3 - 1) AS g"
 					 " ON CONFLICT (sku, slot) DO UPDATE"
@@ -349,7 +349,7 @@ held_units(text *sku)
 	Datum		values[1] = {PointerGetDatum(sku)};
 
 	payments_prepare(&held_plan,
-					 "SELECT coalesce(sum(qty), 0)::bigint FROM payments.reservations"
+					 "SELECT coalesce(sum(qty), 0)::bigint FROM @extschema@.reservations"
 					 " WHERE sku = $1 AND state = 'held'",
 					 1, argtypes);
 	payments_execute(held_plan, values, NULL, SPI_OK_SELECT, 0);
@@ -377,10 +377,10 @@ take_units_slow(text *sku, int64 qty)
 	payments_prepare(&shortfall_plan,
 					 "SELECT count(*),"
 					 " coalesce(sum(available), 0)::bigint"
-					 " + (SELECT coalesce(sum(qty), 0)::bigint FROM payments.reservations"
+					 " + (SELECT coalesce(sum(qty), 0)::bigint FROM @extschema@.reservations"
 					 "    WHERE sku = $1 AND state = 'held'"
 					 "    AND expires_at <= pg_catalog.clock_timestamp())"
-					 " FROM payments.stock_slots WHERE sku = $1",
+					 " FROM @extschema@.stock_slots WHERE sku = $1",
 					 1, argtypes);
 	payments_execute(shortfall_plan, values, NULL, SPI_OK_SELECT, 0);
 	if (get_int64(1) > 0 && get_int64(2) < qty)
@@ -525,7 +525,7 @@ payments_stock_set(PG_FUNCTION_ARGS)
 
 	/* Create or lock the SKU's row; this also serializes two creators. */
 	payments_prepare(&upsert_stock_plan,
-					 "INSERT INTO payments.stock AS s (sku, slots)"
+					 "INSERT INTO @extschema@.stock AS s (sku, slots)"
 					 " VALUES ($1, coalesce($2, 1))"
 					 " ON CONFLICT (sku) DO UPDATE"
 					 " SET slots = coalesce($2, s.slots), updated_at = now()"
@@ -548,7 +548,7 @@ payments_stock_set(PG_FUNCTION_ARGS)
 	if (nlocked > nslots)
 	{
 		payments_prepare(&trim_plan,
-						 "DELETE FROM payments.stock_slots WHERE sku = $1 AND slot >= $2",
+						 "DELETE FROM @extschema@.stock_slots WHERE sku = $1 AND slot >= $2",
 						 2, trim_argtypes);
 		values[1] = Int32GetDatum(nslots);
 		payments_execute(trim_plan, values, NULL, SPI_OK_DELETE, 0);
@@ -804,7 +804,7 @@ lookup_state(int64 id)
 
 	payments_prepare(&lookup_plan,
 					 "SELECT state, expires_at <= pg_catalog.clock_timestamp()"
-					 " FROM payments.reservations WHERE id = $1",
+					 " FROM @extschema@.reservations WHERE id = $1",
 					 1, argtypes);
 	if (payments_execute(lookup_plan, values, NULL, SPI_OK_SELECT, 0) == 0)
 		report_unknown_reservation(id);
@@ -865,7 +865,7 @@ payments_release_reservation(PG_FUNCTION_ARGS)
 
 	SPI_connect();
 	payments_prepare(&release_one_plan,
-					 "UPDATE payments.reservations"
+					 "UPDATE @extschema@.reservations"
 					 " SET state = 'released', resolved_at = pg_catalog.clock_timestamp()"
 					 " WHERE id = $1 AND state = 'held'"
 					 " RETURNING sku, qty",
@@ -941,7 +941,7 @@ lock_order(text *order_ref, HoldRow **rows)
 	payments_prepare(&lock_order_plan,
 					 "SELECT id, sku, qty, state,"
 					 " state = 'held' AND expires_at <= pg_catalog.clock_timestamp()"
-					 " FROM payments.reservations WHERE order_ref = $1"
+					 " FROM @extschema@.reservations WHERE order_ref = $1"
 					 " ORDER BY id FOR UPDATE",
 					 1, argtypes);
 	n = payments_execute(lock_order_plan, values, NULL, SPI_OK_SELECT, 0);
@@ -973,7 +973,7 @@ resolve_holds(Datum *ids, int n, const char *state)
 	Datum		values[2];
 
 	payments_prepare(&resolve_plan,
-					 "UPDATE payments.reservations"
+					 "UPDATE @extschema@.reservations"
 					 " SET state = $2, resolved_at = pg_catalog.clock_timestamp()"
 					 " WHERE id = ANY ($1) AND state = 'held'",
 					 2, argtypes);
@@ -1119,7 +1119,7 @@ payments_expire_reservations(PG_FUNCTION_ARGS)
 
 	SPI_connect();
 	payments_prepare(&due_plan,
-					 "SELECT id, sku, qty FROM payments.reservations"
+					 "SELECT id, sku, qty FROM @extschema@.reservations"
 					 " WHERE state = 'held' AND expires_at <= pg_catalog.clock_timestamp()"
 					 " ORDER BY expires_at LIMIT $1"
 					 " FOR UPDATE SKIP LOCKED",

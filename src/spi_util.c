@@ -6,21 +6,85 @@
  * A kept plan is a cached plan source: the plan cache revalidates it when
  * the tables it reads change (even when the extension is dropped and
  * created again), so callers only ever hold a pointer to it.  Every query
- * text names its objects with their schema, and every caller runs under a
- * pinned search_path, so a plan never resolves names differently.
+ * text names the extension's objects as @extschema@.name, replaced here by
+ * the schema pg_extension records, and every caller runs under a pinned
+ * search_path, so a plan never resolves names differently.
  *
  *-------------------------------------------------------------------------
  */
 #include "payments.h"
 
 #include "executor/spi.h"
+#include "lib/stringinfo.h"
+#include "utils/memutils.h"
+
+/*
+ * Every cache a plan was kept in, so that all of them can be forgotten
+ * when the extension's schema changes its name.  The old plans are not
+ * freed: one of them may be executing further up the stack (a trigger
+ * calling back into the extension), and a rename is a rare superuser act.
+ */
+static SPIPlanPtr **kept_caches = NULL;
+static int	nkept = 0;
+static int	kept_capacity = 0;
+static uint64 kept_generation = 0;
+
+static void
+remember_cache(SPIPlanPtr *cache)
+{
+	if (nkept == kept_capacity)
+	{
+		kept_capacity = Max(32, kept_capacity * 2);
+		if (kept_caches == NULL)
+			kept_caches = MemoryContextAlloc(TopMemoryContext,
+											 sizeof(SPIPlanPtr *) * kept_capacity);
+		else
+			kept_caches = repalloc(kept_caches,
+								   sizeof(SPIPlanPtr *) * kept_capacity);
+	}
+	kept_caches[nkept++] = cache;
+}
+
+/*
+ * The query text with every "@extschema@" replaced by the extension's
+ * schema, quoted: queries never find the extension's tables through a
+ * schema name that someone else could have given to a schema of theirs.
+ */
+static char *
+with_schema(const char *sql)
+{
+	const char *marker = "@extschema@";
+	const char *schema = payments_schema_quoted();
+	StringInfoData buf;
+	const char *p = sql;
+	const char *hit;
+
+	initStringInfo(&buf);
+	while ((hit = strstr(p, marker)) != NULL)
+	{
+		appendBinaryStringInfo(&buf, p, hit - p);
+		appendStringInfoString(&buf, schema);
+		p = hit + strlen(marker);
+	}
+	appendStringInfoString(&buf, p);
+	return buf.data;
+}
 
 SPIPlanPtr
 payments_prepare(SPIPlanPtr *cache, const char *sql, int nargs,
 				 const Oid *argtypes)
 {
 	SPIPlanPtr	plan;
+	uint64		generation = payments_schema_generation();
+	char	   *text;
 
+	if (generation != kept_generation)
+	{
+		for (int i = 0; i < nkept; i++)
+			*kept_caches[i] = NULL;
+		nkept = 0;
+		kept_generation = generation;
+	}
 	if (*cache != NULL)
 		return *cache;
 
@@ -30,13 +94,16 @@ payments_prepare(SPIPlanPtr *cache, const char *sql, int nargs,
 	 * otherwise plan some of them afresh on every call when it guesses a
 	 * custom plan to be cheaper.
 	 */
-	plan = SPI_prepare_cursor(sql, nargs, (Oid *) argtypes,
+	text = with_schema(sql);
+	plan = SPI_prepare_cursor(text, nargs, (Oid *) argtypes,
 							  CURSOR_OPT_GENERIC_PLAN);
 	if (plan == NULL)
 		elog(ERROR, "could not prepare query \"%s\": %s",
-			 sql, SPI_result_code_string(SPI_result));
+			 text, SPI_result_code_string(SPI_result));
 	if (SPI_keepplan(plan) != 0)
-		elog(ERROR, "could not keep prepared query \"%s\"", sql);
+		elog(ERROR, "could not keep prepared query \"%s\"", text);
+	pfree(text);
+	remember_cache(cache);
 	*cache = plan;
 	return plan;
 }

@@ -535,7 +535,7 @@ machine_get(const char *name)
 	SPI_connect();
 	payments_prepare(&load_plan,
 					 "SELECT transitions, initial"
-					 " FROM payments.state_machine_definitions"
+					 " FROM @extschema@.state_machine_definitions"
 					 " WHERE name OPERATOR(pg_catalog.=) $1",
 					 1, argtypes);
 	values[0] = CStringGetTextDatum(name);
@@ -1021,7 +1021,7 @@ payments_define_state_machine(PG_FUNCTION_ARGS)
 
 	SPI_connect();
 	payments_prepare(&upsert_plan,
-					 "INSERT INTO payments.state_machine_definitions"
+					 "INSERT INTO @extschema@.state_machine_definitions"
 					 " (name, transitions, initial, defined_by)"
 					 " VALUES ($1, $2, $3, session_user)"
 					 " ON CONFLICT (name) DO UPDATE"
@@ -1043,7 +1043,7 @@ payments_define_state_machine(PG_FUNCTION_ARGS)
 static Oid
 state_guard_function_oid(void)
 {
-	return LookupFuncName(list_make2(makeString("payments"),
+	return LookupFuncName(list_make2(makeString(get_namespace_name(payments_schema_oid())),
 									 makeString("state_guard")),
 						  0, NULL, false);
 }
@@ -1166,8 +1166,9 @@ payments_guard_state(PG_FUNCTION_ARGS)
 	SPI_connect();
 	execute_ddl(psprintf("CREATE TRIGGER payments_state_guard_%d"
 						 " AFTER INSERT OR UPDATE OF %s ON %s"
-						 " FOR EACH ROW EXECUTE FUNCTION payments.state_guard(%s)",
+						 " FOR EACH ROW EXECUTE FUNCTION %s.state_guard(%s)",
 						 attnum, quote_identifier(NameStr(*col)), tbl,
+						 payments_schema_quoted(),
 						 quote_literal_cstr(machine)));
 	SPI_finish();
 	table_close(rel, NoLock);
