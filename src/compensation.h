@@ -25,4 +25,7 @@ extern bool compensation_record_failure(int64 id, const char *error,
 										const char *sqlstate, int64 worker_token);
 extern int	compensation_expire_leases(const char *handler, int max_items);
 
+/* compensation_run.c */
+extern void compensation_worker_attach(void);
+
 #endif							/* PAYMENTS_COMPENSATION_H */

@@ -1,63 +1,81 @@
 /*-------------------------------------------------------------------------
  *
  * compensation_run.c
- *	  How the worker runs compensations: exactly once for work inside the
- *	  database, every attempt counted even across crashes, and each handler
- *	  with the rights of the role that queued it and no more.
+ *	  How due compensations are run: exactly once for work inside the
+ *	  database, an attempt charged only to the item whose handler was
+ *	  running, and each handler with the rights of the role that queued it
+ *	  and no more.
  *
- * payments.run_compensations(max_items) is one of the worker's tasks, each
- * call a transaction of its own.  A call does three things:
+ * payments.run_compensations(max_items) is one of the worker's tasks, and
+ * each call is complete in itself: it can be called from any session, one
+ * call at a time or many at once, also behind a transaction-mode pooler.
+ * A call
  *
- *	1. Run the items that this backend claimed in its previous call.  One
- *	   UPDATE marks them all succeeded, which also locks them (a concurrent
- *	   cancel waits for the outcome); then each handler runs in a
- *	   subtransaction.  A success leaves the handler's effects in place
- *	   beside the succeeded mark, so both commit or neither does.  A
- *	   failure rolls the subtransaction back, sets the item back to pending
- *	   (or dead), records an attempt row and schedules the next attempt.
- *	2. Give back to the queue the claims whose lease has run out (once a
- *	   second while there is a backlog).
- *	3. Claim the next due items: status running, attempts + 1, a lease and
- *	   a random claim token, committed by this call, run by the next one.
- *	   The worker wakes itself at that commit, so the next call follows at
- *	   once.
+ *	1. gives back to the queue the claims of external executors whose lease
+ *	   has run out (once a second while there is a backlog);
+ *	2. takes up to max_items due items of the handlers the worker runs
+ *	   (FOR UPDATE SKIP LOCKED, so it never waits for a row an application
+ *	   has locked) and marks them succeeded with their attempt counted, in
+ *	   one UPDATE;
+ *	3. runs each handler in a subtransaction, in due order.  A success
+ *	   leaves the handler's effects beside the succeeded mark, so both
+ *	   commit or neither does.  A failure rolls the subtransaction back,
+ *	   sets the item back to pending (or dead), records an attempt row and
+ *	   schedules the next attempt.
  *
- * Why claim and run are two transactions: an attempt must be counted even
- * if the server crashes in the middle of the handler, and only a committed
- * row can say "this attempt started".  A crash during step 1 rolls back the
- * handlers' effects and their succeeded marks together, and leaves the
- * items running under a claim that nobody will run again (the claim token
- * lives in the crashed backend's memory, and is forgotten before step 1
- * starts, so even an error in step 1 never runs the claim twice).  Once
- * the claim's lease (WORKER_LEASE_MS) has run out, step 2 of a later call
- * records the attempt as failed (PM304) and the item is retried: nothing is
- * lost, and nothing that committed as succeeded runs again.
- *
- * The lease only has to cover the gap between the claim's commit and the
- * next call's lock: while the items are locked, step 2 skips them.
+ * If the call's transaction does not commit (a crash, a kill, a real
+ * cancel), every item is pending again as it was and every handler's
+ * effects are gone.  In the worker, the item whose handler was running is
+ * then charged the attempt it was cut short in: before each handler starts
+ * the worker writes the item's id to a small file of its own (see
+ * running_marker), clears it when the handler returns, and a worker that
+ * finds the file set (after a restart, or after its batch failed) records
+ * that attempt as failed before it runs anything else.  The file is not
+ * fsynced: it has to survive the worker's process, not the machine.  A call
+ * from an ordinary session charges nothing when its transaction is lost.
  *
  * Rights: the handler runs as the item's enqueued_by, with
  * SECURITY_RESTRICTED_OPERATION (no SET ROLE, no temporary objects), under
- * a GUC nest level that is unwound afterwards (a handler cannot change the
- * worker's settings), after checking again that the role exists, may
- * execute the function, and that the function found under the stored name
- * still has the owner it had at enqueue time.
+ * a GUC nest level that is unwound afterwards, after checking again that
+ * the role exists and may still use the function, and that the function
+ * found under the stored name still has the owner it had at enqueue time.
+ * In the worker, nothing else a handler leaves in the session survives it
+ * either: its session advisory locks, prepared statements and sequence
+ * caches are dropped after each handler, LISTENs after each batch and
+ * cursors WITH HOLD before each round (worker.c).
+ *
+ * No handler runs past payments.handler_timeout: it is cancelled, the way
+ * statement_timeout cancels a query, and its attempt fails whatever the
+ * handler catches.  A handler in the worker that still runs a second after
+ * the cancel ends the worker process; the restarted worker records the
+ * attempt as timed out and goes on with the next item.
  *
  *-------------------------------------------------------------------------
  */
 #include "compensation.h"
 #include "worker.h"
 
-#include "access/htup_details.h"
+#include <fcntl.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include "access/detoast.h"
 #include "access/xact.h"
 #include "catalog/pg_authid.h"
-#include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
+#include "commands/async.h"
+#include "commands/prepare.h"
+#include "commands/sequence.h"
 #include "common/pg_prng.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
-#include "utils/acl.h"
+#include "storage/fd.h"
+#include "storage/ipc.h"
+#include "storage/lock.h"
+#include "tcop/tcopprot.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/datum.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/regproc.h"
@@ -68,44 +86,208 @@
 
 PG_FUNCTION_INFO_V1(payments_run_compensations);
 
-/* How long a claim of the worker may wait for the call that runs it */
-#define WORKER_LEASE_MS		10000
-
-/* How often to look for expired leases while a backlog keeps claims full */
+/* How often to look for expired leases while a backlog keeps batches full */
 #define LEASE_CHECK_INTERVAL_MS	1000
 
-/* The claim this backend committed in its previous call (step 3). */
-static int64 claim_token = 0;
-static int	nclaimed = 0;
-static int64 *claimed_ids = NULL;	/* in TopMemoryContext */
-static int	claimed_capacity = 0;
+/*
+ * The payloads one call hands to handlers, at most: past this many bytes
+ * (detoasted) the rest of the batch goes back to the queue for the next
+ * call.  A batch holds its payloads as stored (a toasted one as a pointer)
+ * and detoasts each only when its handler runs.
+ */
+#define BATCH_MAX_PAYLOAD_BYTES	(64 * 1024 * 1024)
+
+/* How long a handler in the worker may go on after it was cancelled */
+#define HANDLER_CANCEL_GRACE_MS	1000
+
+/* Error texts are stored and logged clipped to this many bytes */
+#define HANDLER_ERROR_MAX_BYTES	8192
+
+/*
+ * The item whose handler the worker is running, mirrored in a file.  id 0
+ * means none.  reason says how to record the attempt if the handler never
+ * returns.
+ */
+typedef enum RunningReason
+{
+	RUNNING_INTERRUPTED = 0,	/* the worker stopped: a crash, a kill, a
+								 * cancel */
+	RUNNING_TIMED_OUT			/* past handler_timeout and the cancel */
+} RunningReason;
+
+typedef struct RunningMarker
+{
+	int64		id;
+	int32		attempts;		/* the item's attempts before this one */
+	int32		reason;			/* RunningReason */
+} RunningMarker;
+
+#define RUNNING_MARKER_DIR	"pg_payments"
+
+static bool tracking = false;	/* this process is a worker */
+static int	marker_fd = -1;
+static RunningMarker running;
 
 /*
  * The search for expired leases reads every unfinished due item, so while
- * a backlog keeps this backend's claims full it runs once a second rather
- * than in every call.
+ * a backlog keeps batches full it runs once a second rather than in every
+ * call.
  */
-static bool last_claim_full = false;
+static bool last_batch_full = false;
 static TimestampTz last_lease_check = 0;
 
-/* payments.handler_timeout, as a timeout of our own */
+/* payments.handler_timeout, and the end of its grace in the worker */
 static TimeoutId handler_timeout_id = MAX_TIMEOUTS;
+static TimeoutId handler_kill_id = MAX_TIMEOUTS;
 static volatile sig_atomic_t handler_timed_out = false;
+static volatile sig_atomic_t handler_killed = false;
+
+/* A cancel sent to this process (SIGINT), as opposed to one a handler raised */
+static pqsigfunc prev_sigint = NULL;
+static volatile sig_atomic_t cancel_signalled = false;
 
 static SPIPlanPtr mark_plan;
-static SPIPlanPtr claim_plan;
+static SPIPlanPtr unmark_plan;
+static SPIPlanPtr recover_plan;
 
 typedef struct CompensationItem
 {
 	int64		id;
 	char	   *handler;
-	Datum		payload;
+	Datum		payload;		/* as stored: maybe compressed or toasted */
 	Oid			enqueued_by;
 	Oid			handler_owner;
-	int32		attempts;
+	int32		attempts;		/* including the one about to run */
 	int32		max_attempts;
 	TimestampTz due;			/* next_attempt_at: the order they run in */
 } CompensationItem;
+
+/*
+ * Write the marker to its file.  Called from the timeout signal handler
+ * too, so it uses nothing but pwrite.
+ */
+static volatile sig_atomic_t marker_write_failed = false;
+
+static void
+marker_write(void)
+{
+	if (marker_fd >= 0 &&
+		pwrite(marker_fd, &running, sizeof(running), 0) != sizeof(running))
+		marker_write_failed = true;
+}
+
+/*
+ * Without its file the worker would charge nobody for an attempt a crash
+ * cuts short; it says so once and goes on.
+ */
+static void
+marker_set(int64 id, int32 attempts)
+{
+	static bool warned = false;
+
+	running.id = id;
+	running.attempts = attempts;
+	running.reason = RUNNING_INTERRUPTED;
+	marker_write();
+	if (marker_write_failed && !warned)
+	{
+		ereport(WARNING,
+				(errcode_for_file_access(),
+				 errmsg("could not write file \"%s/worker_%u.running\": %m",
+						RUNNING_MARKER_DIR, MyDatabaseId),
+				 errdetail("An attempt cut short by a crash will not be counted.")));
+		warned = true;
+	}
+}
+
+static void
+marker_clear(void)
+{
+	if (running.id == 0)
+		return;
+	running.id = 0;
+	marker_write();
+}
+
+static void
+worker_exit_log(int code, Datum arg)
+{
+	if (handler_killed)
+		ereport(LOG,
+				(errmsg("payments worker exited because compensation %lld ran past payments.handler_timeout and did not stop when cancelled",
+						(long long) running.id),
+				 errdetail("The worker records the attempt as failed when it starts again.")));
+}
+
+/*
+ * Called once by the worker at start: from now on run_compensations keeps
+ * the marker of this database's worker, and first settles the one a
+ * previous worker process left.
+ */
+void
+compensation_worker_attach(void)
+{
+	char		path[MAXPGPATH];
+
+	if (MakePGDirectory(RUNNING_MARKER_DIR) < 0 && errno != EEXIST)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not create directory \"%s\": %m", RUNNING_MARKER_DIR)));
+	snprintf(path, sizeof(path), "%s/worker_%u.running", RUNNING_MARKER_DIR,
+			 MyDatabaseId);
+	marker_fd = BasicOpenFile(path, O_RDWR | O_CREAT | PG_BINARY);
+	if (marker_fd < 0)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not open file \"%s\": %m", path)));
+	memset(&running, 0, sizeof(running));
+	if (pread(marker_fd, &running, sizeof(running), 0) != sizeof(running))
+		memset(&running, 0, sizeof(running));
+	tracking = true;
+	before_shmem_exit(worker_exit_log, (Datum) 0);
+}
+
+/*
+ * Charge the attempt of the item the marker names, if it is still as the
+ * handler's start left it (pending, with the same attempt count): the
+ * transaction that ran it was lost.
+ */
+static void
+settle_interrupted(void)
+{
+	static const Oid argtypes[] = {INT8OID, INT4OID, INT8OID};
+	Datum		values[3];
+	int64		token = (int64) pg_prng_uint64(&pg_global_prng_state);
+	bool		timed_out = running.reason == RUNNING_TIMED_OUT;
+	char	   *error;
+
+	payments_prepare(&recover_plan,
+					 "UPDATE @extschema@.compensations"
+					 " SET status = 'succeeded', attempts = attempts + 1,"
+					 "  claim_token = $3, updated_at = clock_timestamp()"
+					 " WHERE id = $1 AND status = 'pending' AND attempts = $2",
+					 3, argtypes);
+	values[0] = Int64GetDatum(running.id);
+	values[1] = Int32GetDatum(running.attempts);
+	values[2] = Int64GetDatum(token);
+	if (payments_execute(recover_plan, values, NULL, SPI_OK_UPDATE, 0) == 1)
+	{
+		if (timed_out)
+			error = psprintf("compensation handler ran past payments.handler_timeout (%d ms) and did not stop when cancelled",
+							 payments_handler_timeout);
+		else
+			error = pstrdup("the payments worker stopped while the compensation handler was running");
+		ereport(LOG,
+				(errmsg("compensation %lld failed on attempt %d: %s",
+						(long long) running.id, running.attempts + 1, error)));
+		if (!compensation_record_failure(running.id, error,
+										 timed_out ? "57014" : COMPENSATION_LEASE_EXPIRED_SQLSTATE,
+										 token))
+			elog(ERROR, "compensation %lld changed under its lock",
+				 (long long) running.id);
+	}
+	marker_clear();
+}
 
 /*
  * The handler ran past payments.handler_timeout: cancel it the way
@@ -115,27 +297,123 @@ static void
 handler_timeout_fired(void)
 {
 	handler_timed_out = true;
+	if (tracking)
+	{
+		running.reason = RUNNING_TIMED_OUT;
+		marker_write();
+	}
 	InterruptPending = true;
 	QueryCancelPending = true;
 	SetLatch(MyLatch);
 }
 
+/*
+ * The handler caught the cancel and went on: end the worker as SIGTERM
+ * would.  No error can be caught by the handler then.
+ */
+static void
+handler_kill_fired(void)
+{
+	handler_killed = true;
+	InterruptPending = true;
+	ProcDiePending = true;
+	SetLatch(MyLatch);
+}
+
+static void
+cancel_signal_handler(SIGNAL_ARGS)
+{
+	int			save_errno = errno;
+
+	cancel_signalled = true;
+	if (prev_sigint != NULL && prev_sigint != SIG_IGN && prev_sigint != SIG_DFL)
+		prev_sigint(postgres_signal_arg);
+	errno = save_errno;
+}
+
 static void
 arm_handler_timeout(void)
 {
+	EnableTimeoutParams timeouts[2];
+	int			n = 0;
+
 	handler_timed_out = false;
+	cancel_signalled = false;
+	if (prev_sigint == NULL)
+		prev_sigint = pqsignal(SIGINT, cancel_signal_handler);
 	if (payments_handler_timeout <= 0)
 		return;
 	if (handler_timeout_id == MAX_TIMEOUTS)
+	{
 		handler_timeout_id = RegisterTimeout(USER_TIMEOUT, handler_timeout_fired);
-	enable_timeout_after(handler_timeout_id, payments_handler_timeout);
+		handler_kill_id = RegisterTimeout(USER_TIMEOUT, handler_kill_fired);
+	}
+	timeouts[n].id = handler_timeout_id;
+	timeouts[n].type = TMPARAM_AFTER;
+	timeouts[n].delay_ms = payments_handler_timeout;
+	n++;
+	if (tracking)
+	{
+		timeouts[n].id = handler_kill_id;
+		timeouts[n].type = TMPARAM_AFTER;
+		timeouts[n].delay_ms = payments_handler_timeout > INT_MAX - HANDLER_CANCEL_GRACE_MS ?
+			INT_MAX : payments_handler_timeout + HANDLER_CANCEL_GRACE_MS;
+		n++;
+	}
+	enable_timeouts(timeouts, n);
 }
 
 static void
 disarm_handler_timeout(void)
 {
-	if (handler_timeout_id != MAX_TIMEOUTS)
-		disable_timeout(handler_timeout_id, false);
+	DisableTimeoutParams timeouts[2];
+
+	if (handler_timeout_id == MAX_TIMEOUTS)
+		return;
+	timeouts[0].id = handler_timeout_id;
+	timeouts[0].keep_indicator = false;
+	timeouts[1].id = handler_kill_id;
+	timeouts[1].keep_indicator = false;
+	disable_timeouts(timeouts, 2);
+}
+
+/*
+ * A cancel that must end the whole call rather than fail one item: one sent
+ * to this process, or the caller's own statement_timeout.  A handler that
+ * raises query_canceled itself only fails its own attempt.
+ */
+static bool
+cancel_is_real(void)
+{
+	return cancel_signalled ||
+		get_timeout_indicator(STATEMENT_TIMEOUT, false);
+}
+
+/*
+ * Drop what a handler may have left in the worker's session for the next
+ * handler, which may be another role's: session advisory locks, prepared
+ * statements and sequence caches (as DISCARD ALL would).  A session that
+ * calls run_compensations itself keeps its own.
+ */
+static void
+reset_session_state(void)
+{
+	if (!tracking)
+		return;
+	LockReleaseSession(USER_LOCKMETHOD);
+	DropAllPreparedStatements();
+	ResetSequenceCaches();
+}
+
+/* Clip an error text so that neither the log nor the queue grows with it. */
+static char *
+clipped(const char *message)
+{
+	int			len = strlen(message);
+
+	if (len <= HANDLER_ERROR_MAX_BYTES)
+		return pstrdup(message);
+	return pnstrdup(message, pg_mbcliplen(message, len, HANDLER_ERROR_MAX_BYTES));
 }
 
 /*
@@ -155,8 +433,8 @@ typedef struct ResolvedHandler
 /*
  * Check, as the item is about to run, what enqueue checked, and more: the
  * name may now denote another function, the role may be gone or have lost
- * EXECUTE.  Any failure here is a failed attempt like a handler error (and
- * is not cached, so the next item of the same handler checks again).
+ * its rights.  Any failure here is a failed attempt like a handler error
+ * (and is not cached, so the next item of the same handler checks again).
  */
 static Oid
 resolve_handler(CompensationItem *item, ResolvedHandler **cache,
@@ -202,9 +480,9 @@ resolve_handler(CompensationItem *item, ResolvedHandler **cache,
 
 /*
  * Run one item's handler in a subtransaction, as the role that queued it.
- * Returns NULL on success, else the error (in the caller's context); an
- * error that must end the whole call (a cancel or shutdown request) is
- * re-thrown once the subtransaction is rolled back.
+ * Returns NULL on success, else the error (in the caller's context).  A
+ * real cancel (see cancel_is_real) is re-thrown once the subtransaction is
+ * rolled back; any other error, whatever its SQLSTATE, is the item's.
  */
 static ErrorData *
 run_handler(CompensationItem *item, ResolvedHandler **cache,
@@ -216,7 +494,6 @@ run_handler(CompensationItem *item, ResolvedHandler **cache,
 	int			save_sec_context;
 	ErrorData  *volatile edata = NULL;
 
-	handler_timed_out = false;
 	GetUserIdAndSecContext(&save_userid, &save_sec_context);
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(callcxt);
@@ -244,9 +521,14 @@ run_handler(CompensationItem *item, ResolvedHandler **cache,
 		SetUserIdAndSecContext(save_userid, save_sec_context);
 		AtEOXact_GUC(false, nestlevel);
 
-		/* The timeout fired just as the handler returned: it finished. */
+		/* Past its time, a handler fails even if it caught the cancel. */
 		if (handler_timed_out)
+		{
 			QueryCancelPending = false;
+			ereport(ERROR,
+					(errcode(ERRCODE_QUERY_CANCELED),
+					 errmsg("canceling compensation handler due to payments.handler_timeout")));
+		}
 
 		ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(callcxt);
@@ -267,11 +549,13 @@ run_handler(CompensationItem *item, ResolvedHandler **cache,
 
 		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED)
 		{
-			if (!handler_timed_out)
+			if (handler_timed_out)
+				edata->message = psprintf("compensation handler timed out after %d ms (payments.handler_timeout)",
+										  payments_handler_timeout);
+			else if (cancel_is_real())
 				ReThrowError(edata);
-			edata->message = psprintf("compensation handler timed out after %d ms (payments.handler_timeout)",
-									  payments_handler_timeout);
 		}
+		edata->message = clipped(edata->message);
 	}
 	PG_END_TRY();
 
@@ -304,40 +588,62 @@ item_cmp(const void *a, const void *b)
 }
 
 /*
- * Step 1: run the items of a claim, in next_attempt_at order.  Returns how
- * many finished (succeeded or failed).
+ * Steps 2 and 3 of the file header.  Returns how many items finished
+ * (succeeded or failed).
  *
- * One UPDATE marks every item of the claim succeeded, which also locks it,
- * before any handler runs; an item whose handler fails is then set back to
- * pending (or dead) with its attempt recorded.  The mark and the effects
- * commit together either way, and locking and marking in one pass instead
- * of two is most of the cost of a no-op item.  A handler therefore sees its
- * own item as succeeded while it runs.
+ * One UPDATE takes and marks the items succeeded before any handler runs;
+ * an item whose handler fails is then set back to pending (or dead) with
+ * its attempt recorded.  Locking and marking in one pass instead of two is
+ * most of the cost of a no-op item.  A handler therefore sees its own item
+ * as succeeded while it runs.
  */
 static int
-run_claimed(int64 token, int64 *ids, int n)
+run_due(int max_items)
 {
-	static const Oid argtypes[] = {INT8ARRAYOID, INT8OID};
-	Datum		values[2];
+	static const Oid argtypes[] = {INT4OID, INT8OID, TIMESTAMPTZOID};
+	Datum		values[3];
+	int64		token = (int64) pg_prng_uint64(&pg_global_prng_state);
 	MemoryContext callcxt = CurrentMemoryContext;
 	MemoryContext itemcxt;
 	CompensationItem *items;
 	ResolvedHandler *cache = NULL;
+	Size		payload_bytes = 0;
 	int			nitems;
+	int			nrun;
 
+	/*
+	 * The due time is a parameter, not clock_timestamp(), so that it bounds
+	 * the index scan instead of filtering every item due later; and the
+	 * external handlers are an array tested per row rather than an anti
+	 * join, which would let the planner sort every due item instead of
+	 * reading the first ones in index order.
+	 */
 	payments_prepare(&mark_plan,
-					 "UPDATE @extschema@.compensations"
-					 " SET status = 'succeeded', finished_at = clock_timestamp(),"
-					 "  lease_expires_at = NULL, updated_at = clock_timestamp()"
-					 " WHERE id = ANY ($1) AND claim_token = $2 AND status = 'running'"
-					 " RETURNING id, handler, payload, enqueued_by::oid, handler_owner::oid,"
-					 "  attempts, max_attempts, next_attempt_at",
-					 2, argtypes);
-	values[0] = ids_array(ids, n);
+					 "UPDATE @extschema@.compensations c"
+					 " SET status = 'succeeded', attempts = c.attempts + 1,"
+					 "  finished_at = clock_timestamp(), lease_expires_at = NULL,"
+					 "  claim_token = $2, updated_at = clock_timestamp()"
+					 " WHERE c.id = ANY (ARRAY("
+					 "  SELECT p.id FROM @extschema@.compensations p"
+					 "  WHERE p.finished_at IS NULL AND p.next_attempt_at <= $3"
+					 "   AND p.status = 'pending'"
+					 "   AND p.handler <> ALL (ARRAY(SELECT e.handler FROM @extschema@.external_handlers e))"
+					 "  ORDER BY p.next_attempt_at LIMIT $1"
+					 "  FOR UPDATE SKIP LOCKED))"
+					 "  AND c.status = 'pending'"
+					 " RETURNING c.id, c.handler, c.payload, c.enqueued_by::oid,"
+					 "  c.handler_owner::oid, c.attempts, c.max_attempts, c.next_attempt_at",
+					 3, argtypes);
+	values[0] = Int32GetDatum(max_items);
 	values[1] = Int64GetDatum(token);
-	nitems = (int) payments_execute(mark_plan, values, NULL, SPI_OK_UPDATE_RETURNING, 0);
+	values[2] = TimestampTzGetDatum(GetCurrentTimestamp());
+	nitems = (int) payments_execute(mark_plan, values, NULL,
+									SPI_OK_UPDATE_RETURNING, 0);
+	last_batch_full = nitems == max_items;
+	if (nitems == 0)
+		return 0;
 
-	items = palloc(sizeof(CompensationItem) * Max(nitems, 1));
+	items = palloc(sizeof(CompensationItem) * nitems);
 	for (int i = 0; i < nitems; i++)
 	{
 		HeapTuple	tup = SPI_tuptable->vals[i];
@@ -346,7 +652,8 @@ run_claimed(int64 token, int64 *ids, int n)
 
 		items[i].id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
 		items[i].handler = SPI_getvalue(tup, desc, 2);
-		items[i].payload = PointerGetDatum(PG_DETOAST_DATUM_COPY(SPI_getbinval(tup, desc, 3, &isnull)));
+		items[i].payload = datumCopy(SPI_getbinval(tup, desc, 3, &isnull),
+									 false, -1);
 		items[i].enqueued_by = DatumGetObjectId(SPI_getbinval(tup, desc, 4, &isnull));
 		items[i].handler_owner = DatumGetObjectId(SPI_getbinval(tup, desc, 5, &isnull));
 		items[i].attempts = DatumGetInt32(SPI_getbinval(tup, desc, 6, &isnull));
@@ -358,96 +665,64 @@ run_claimed(int64 token, int64 *ids, int n)
 
 	itemcxt = AllocSetContextCreate(callcxt, "payments compensation",
 									ALLOCSET_DEFAULT_SIZES);
-	for (int i = 0; i < nitems; i++)
+	for (nrun = 0; nrun < nitems; nrun++)
 	{
+		CompensationItem *item = &items[nrun];
 		ErrorData  *edata;
+
+		payload_bytes += toast_raw_datum_size(item->payload);
+		if (nrun > 0 && payload_bytes > BATCH_MAX_PAYLOAD_BYTES)
+			break;
 
 		CHECK_FOR_INTERRUPTS();
 		MemoryContextSwitchTo(itemcxt);
-		edata = run_handler(&items[i], &cache, callcxt);
+		if (tracking)
+			marker_set(item->id, item->attempts - 1);
+		edata = run_handler(item, &cache, callcxt);
+		marker_clear();
+		reset_session_state();
 		if (edata != NULL)
 		{
 			ereport(LOG,
 					(errmsg("compensation %lld failed on attempt %d of %d: %s",
-							(long long) items[i].id, items[i].attempts,
-							items[i].max_attempts, edata->message),
-					 errdetail("Handler %s, SQLSTATE %s.", items[i].handler,
+							(long long) item->id, item->attempts,
+							item->max_attempts, edata->message),
+					 errdetail("Handler %s, SQLSTATE %s.", item->handler,
 							   unpack_sql_state(edata->sqlerrcode))));
-			if (!compensation_record_failure(items[i].id, edata->message,
+			if (!compensation_record_failure(item->id, edata->message,
 											 unpack_sql_state(edata->sqlerrcode),
 											 token))
 				elog(ERROR, "compensation %lld changed under its lock",
-					 (long long) items[i].id);
+					 (long long) item->id);
 		}
 		MemoryContextSwitchTo(callcxt);
 		MemoryContextReset(itemcxt);
 	}
 	MemoryContextDelete(itemcxt);
-	return nitems;
-}
 
-/*
- * Step 3: claim up to max_items due items of handlers the worker runs and
- * remember them for the next call.  Returns how many.
- */
-static int
-claim_due(int max_items)
-{
-	static const Oid argtypes[] = {INT4OID, INT8OID, INT4OID, TIMESTAMPTZOID};
-	Datum		values[4];
-	int64		token = (int64) pg_prng_uint64(&pg_global_prng_state);
-	uint64		n;
-
-	/*
-	 * The due time is a parameter, not clock_timestamp(), so that it bounds
-	 * the index scan instead of filtering every item due later; and the
-	 * external handlers are an array tested per row rather than an anti
-	 * join, which would let the planner sort every due item instead of
-	 * reading the first ones in index order.
-	 */
-	payments_prepare(&claim_plan,
-					 "UPDATE @extschema@.compensations c"
-					 " SET status = 'running', attempts = c.attempts + 1,"
-					 "  lease_expires_at = clock_timestamp() + $3 * interval '1 millisecond',"
-					 "  claim_token = $2, updated_at = clock_timestamp()"
-					 " WHERE c.id = ANY (ARRAY("
-					 "  SELECT p.id FROM @extschema@.compensations p"
-					 "  WHERE p.finished_at IS NULL AND p.next_attempt_at <= $4"
-					 "   AND p.status = 'pending'"
-					 "   AND p.handler <> ALL (ARRAY(SELECT e.handler FROM @extschema@.external_handlers e))"
-					 "  ORDER BY p.next_attempt_at LIMIT $1"
-					 "  FOR UPDATE SKIP LOCKED))"
-					 "  AND c.status = 'pending'"
-					 " RETURNING c.id",
-					 4, argtypes);
-	values[0] = Int32GetDatum(max_items);
-	values[1] = Int64GetDatum(token);
-	values[2] = Int32GetDatum(WORKER_LEASE_MS);
-	values[3] = TimestampTzGetDatum(GetCurrentTimestamp());
-	n = payments_execute(claim_plan, values, NULL, SPI_OK_UPDATE_RETURNING, 0);
-	if (n == 0)
-		return 0;
-
-	if (claimed_capacity < (int) n)
+	/* What the byte budget left out goes back to the queue as it was. */
+	if (nrun < nitems)
 	{
-		if (claimed_ids != NULL)
-			pfree(claimed_ids);
-		claimed_ids = MemoryContextAlloc(TopMemoryContext, sizeof(int64) * n);
-		claimed_capacity = (int) n;
-	}
-	for (uint64 i = 0; i < n; i++)
-	{
-		bool		isnull;
+		int64	   *rest = palloc(sizeof(int64) * (nitems - nrun));
 
-		claimed_ids[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
-													 SPI_tuptable->tupdesc, 1, &isnull));
+		for (int i = nrun; i < nitems; i++)
+			rest[i - nrun] = items[i].id;
+		payments_prepare(&unmark_plan,
+						 "UPDATE @extschema@.compensations"
+						 " SET status = 'pending', attempts = attempts - 1,"
+						 "  finished_at = NULL, claim_token = NULL"
+						 " WHERE id = ANY ($1) AND claim_token = $2",
+						 2, (Oid[]) {INT8ARRAYOID, INT8OID});
+		values[0] = ids_array(rest, nitems - nrun);
+		values[1] = Int64GetDatum(token);
+		payments_execute(unmark_plan, values, NULL, SPI_OK_UPDATE, 0);
+		last_batch_full = true;
 	}
-	nclaimed = (int) n;
-	claim_token = token;
 
-	/* The worker's own commit wakes it for the call that runs them. */
-	payments_wake_worker_at_commit();
-	return (int) n;
+	/* A LISTEN takes effect at commit, so once per batch is enough. */
+	if (tracking)
+		Async_UnlistenAll();
+	return nrun;
 }
 
 /*
@@ -467,26 +742,16 @@ payments_run_compensations(PG_FUNCTION_ARGS)
 	payments_check_writable("run compensations");
 
 	SPI_connect();
-	if (nclaimed > 0)
-	{
-		int64		token = claim_token;
-		int			n = nclaimed;
-		int64	   *ids = palloc(sizeof(int64) * n);
-
-		/* Forget the claim first: whatever happens, it is run only once. */
-		memcpy(ids, claimed_ids, sizeof(int64) * n);
-		nclaimed = 0;
-		claim_token = 0;
-		done += run_claimed(token, ids, n);
-	}
+	if (tracking && running.id != 0)
+		settle_interrupted();
 	now = GetCurrentTimestamp();
-	if (!last_claim_full ||
+	if (!last_batch_full ||
 		TimestampDifferenceExceeds(last_lease_check, now, LEASE_CHECK_INTERVAL_MS))
 	{
 		done += compensation_expire_leases(NULL, max_items);
 		last_lease_check = now;
 	}
-	last_claim_full = claim_due(max_items) == max_items;
+	done += run_due(max_items);
 	SPI_finish();
 
 	PG_RETURN_INT32(done);

@@ -14,14 +14,19 @@
  *-------------------------------------------------------------------------
  */
 #include "payments.h"
+#include "compensation.h"
 #include "worker.h"
 
+#include "access/htup_details.h"
 #include "access/xact.h"
+#include "catalog/dependency.h"
+#include "catalog/pg_extension.h"
+#include "catalog/pg_language.h"
+#include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
 #include "commands/dbcommands.h"
 #include "commands/extension.h"
 #include "miscadmin.h"
-#include "parser/parse_func.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
 #include "postmaster/interrupt.h"
@@ -32,48 +37,71 @@
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
+#include "utils/portal.h"
 #include "utils/regproc.h"
 #include "utils/snapmgr.h"
+#include "utils/syscache.h"
 #include "utils/timestamp.h"
 
 /* Rows a task handles per transaction. */
 #define WORKER_BATCH 1000
 
 /*
- * A task is a maintenance function of the extension taking the batch size.
- * A task whose function does not exist (an older version of the extension)
- * is skipped.
+ * How long the worker's own maintenance statements wait for a lock that an
+ * application holds before the task gives up until the next round.
+ */
+#define WORKER_LOCK_TIMEOUT "1s"
+
+/*
+ * A task is a C function of the extension taking the batch size.  It is
+ * found by its name in the schema pg_extension records and run by OID only
+ * if it is a C function that belongs to the extension, so that no function
+ * someone else created can stand in for it.  A task missing from an older
+ * version of the extension is skipped.  Compensation handlers take the
+ * lock timeout a session would have, so only the worker's own tasks get
+ * WORKER_LOCK_TIMEOUT.
  */
 typedef struct WorkerTask
 {
 	const char *name;
 	const char *function;
-	const char *sql;
+	bool		lock_timeout;
 } WorkerTask;
 
 static const WorkerTask worker_tasks[] = {
-	{"expire reservations", "payments.expire_reservations",
-	"SELECT payments.expire_reservations($1)"},
-	{"purge idempotency keys", "payments.purge_idempotency_keys",
-	"SELECT payments.purge_idempotency_keys($1)"},
-	{"run compensations", "payments.run_compensations",
-	"SELECT payments.run_compensations($1)"},
+	{"expire reservations", "expire_reservations", true},
+	{"purge idempotency keys", "purge_idempotency_keys", true},
+	{"run compensations", "run_compensations", false},
 };
 
 static int	my_slotno = -1;
 static PaymentsWorkerSlot *my_slot = NULL;
 static const WorkerTask *current_task = NULL;
 
+/*
+ * A worker that did not leave on purpose (code 0) asks the launcher to
+ * start it again at once rather than at its next scan: its database still
+ * needs it, for instance after a handler that ignored its timeout.
+ */
 static void
 worker_exit(int code, Datum arg)
 {
+	Latch	   *launcher_latch = NULL;
+
 	LWLockAcquire(payments_shared->lock, LW_EXCLUSIVE);
 	if (my_slot->pid == MyProcPid)
 	{
 		my_slot->pid = 0;
 		my_slot->latch = NULL;
 	}
+	if (code != 0)
+	{
+		payments_shared->rescan_requested = true;
+		launcher_latch = payments_shared->launcher_latch;
+	}
 	LWLockRelease(payments_shared->lock);
+	if (launcher_latch != NULL)
+		SetLatch(launcher_latch);
 }
 
 static void
@@ -113,13 +141,33 @@ worker_leave(bool extension_gone)
 	proc_exit(0);
 }
 
-static bool
-task_function_exists(const WorkerTask *task)
+static Oid
+task_function(const WorkerTask *task, Oid extension)
 {
 	Oid			argtypes[1] = {INT4OID};
+	HeapTuple	tup;
+	Oid			fn;
+	Oid			lang;
 
-	return OidIsValid(LookupFuncName(stringToQualifiedNameList(task->function),
-									 1, argtypes, true));
+	tup = SearchSysCache3(PROCNAMEARGSNSP,
+						  CStringGetDatum(task->function),
+						  PointerGetDatum(buildoidvector(argtypes, 1)),
+						  ObjectIdGetDatum(payments_schema_oid()));
+	if (!HeapTupleIsValid(tup))
+		return InvalidOid;
+	fn = ((Form_pg_proc) GETSTRUCT(tup))->oid;
+	lang = ((Form_pg_proc) GETSTRUCT(tup))->prolang;
+	ReleaseSysCache(tup);
+
+	if (lang != ClanguageId ||
+		getExtensionOfObject(ProcedureRelationId, fn) != extension)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("function %s is not the payments extension's own",
+						format_procedure(fn)),
+				 errdetail("The payments worker runs only C functions that belong to the extension."),
+				 errhint("Drop the function, or drop and create the extension again.")));
+	return fn;
 }
 
 /*
@@ -140,34 +188,37 @@ run_task(const WorkerTask *task, MemoryContext loopcxt)
 
 	PG_TRY();
 	{
-		Oid			argtypes[1] = {INT4OID};
-		Datum		values[1] = {Int32GetDatum(WORKER_BATCH)};
-		bool		gone;
+		Oid			extension;
+		Oid			fn = InvalidOid;
 
 		SetCurrentStatementStartTimestamp();
 		StartTransactionCommand();
-		SPI_connect();
 		PushActiveSnapshot(GetTransactionSnapshot());
 
-		gone = !OidIsValid(get_extension_oid("payments", true));
-		if (!gone && task_function_exists(task))
-		{
-			bool		isnull;
+		/* A handler may have left a cursor WITH HOLD behind. */
+		PortalHashTableDeleteAll();
 
-			pgstat_report_activity(STATE_RUNNING, task->sql);
-			if (SPI_execute_with_args(task->sql, 1, argtypes, values, NULL,
-									  false, 0) != SPI_OK_SELECT || SPI_processed != 1)
-				elog(ERROR, "unexpected result from \"%s\"", task->sql);
-			n = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0],
-											SPI_tuptable->tupdesc, 1, &isnull));
+		extension = get_extension_oid("payments", true);
+		if (OidIsValid(extension))
+			fn = task_function(task, extension);
+		if (OidIsValid(fn))
+		{
+			int			nestlevel = NewGUCNestLevel();
+
+			if (task->lock_timeout)
+				(void) set_config_option("lock_timeout", WORKER_LOCK_TIMEOUT,
+										 PGC_SUSET, PGC_S_SESSION,
+										 GUC_ACTION_SAVE, true, 0, false);
+			pgstat_report_activity(STATE_RUNNING, task->name);
+			n = DatumGetInt32(OidFunctionCall1(fn, Int32GetDatum(WORKER_BATCH)));
+			AtEOXact_GUC(true, nestlevel);
 		}
 
-		SPI_finish();
 		PopActiveSnapshot();
 		CommitTransactionCommand();
 		pgstat_report_stat(false);
 		pgstat_report_activity(STATE_IDLE, NULL);
-		if (gone)
+		if (!OidIsValid(extension))
 			worker_leave(true);
 	}
 	PG_CATCH();
@@ -254,6 +305,7 @@ payments_worker_main(Datum main_arg)
 	before_shmem_exit(worker_exit, (Datum) 0);
 
 	set_application_name();
+	compensation_worker_attach();
 	loopcxt = AllocSetContextCreate(TopMemoryContext, "payments worker loop",
 									ALLOCSET_DEFAULT_SIZES);
 
