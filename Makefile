@@ -56,7 +56,9 @@ REGRESS = \
 	compensation_errors \
 	compensation_rights \
 	worker \
-	privileges
+	privileges \
+	extension_schema \
+	compensation_handlers
 REGRESS_OPTS = --no-locale --encoding=UTF8
 
 ISOLATION = \
@@ -72,7 +74,8 @@ ISOLATION = \
 	state_guard_redefine \
 	compensation_claim \
 	compensation_dedup \
-	compensation_cancel
+	compensation_cancel \
+	compensation_skip_locked
 ISOLATION_OPTS = --inputdir=test/isolation --load-extension=$(EXTENSION) --no-locale --encoding=UTF8
 
 TAP_TESTS = 1

@@ -39,10 +39,10 @@
  * a GUC nest level that is unwound afterwards, after checking again that
  * the role exists and may still use the function, and that the function
  * found under the stored name still has the owner it had at enqueue time.
- * In the worker, nothing else a handler leaves in the session survives it
- * either: its session advisory locks, prepared statements and sequence
- * caches are dropped after each handler, LISTENs after each batch and
- * cursors WITH HOLD before each round (worker.c).
+ * A security-restricted operation already refuses temporary objects,
+ * PREPARE, LISTEN and cursors WITH HOLD; in the worker, what a handler can
+ * still leave in the session (session advisory locks, and sequence values
+ * that lastval() and currval() would show) is dropped after each handler.
  *
  * No handler runs past payments.handler_timeout: it is cancelled, the way
  * statement_timeout cancels a query, and its attempt fails whatever the
@@ -63,8 +63,6 @@
 #include "access/xact.h"
 #include "catalog/pg_authid.h"
 #include "catalog/pg_type.h"
-#include "commands/async.h"
-#include "commands/prepare.h"
 #include "commands/sequence.h"
 #include "common/pg_prng.h"
 #include "mb/pg_wchar.h"
@@ -391,9 +389,8 @@ cancel_is_real(void)
 
 /*
  * Drop what a handler may have left in the worker's session for the next
- * handler, which may be another role's: session advisory locks, prepared
- * statements and sequence caches (as DISCARD ALL would).  A session that
- * calls run_compensations itself keeps its own.
+ * handler, which may be another role's, as DISCARD ALL would.  A session
+ * that calls run_compensations itself keeps its own.
  */
 static void
 reset_session_state(void)
@@ -401,7 +398,6 @@ reset_session_state(void)
 	if (!tracking)
 		return;
 	LockReleaseSession(USER_LOCKMETHOD);
-	DropAllPreparedStatements();
 	ResetSequenceCaches();
 }
 
@@ -719,9 +715,6 @@ run_due(int max_items)
 		last_batch_full = true;
 	}
 
-	/* A LISTEN takes effect at commit, so once per batch is enough. */
-	if (tracking)
-		Async_UnlistenAll();
 	return nrun;
 }
 

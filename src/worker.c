@@ -37,7 +37,6 @@
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
-#include "utils/portal.h"
 #include "utils/regproc.h"
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
@@ -194,9 +193,6 @@ run_task(const WorkerTask *task, MemoryContext loopcxt)
 		SetCurrentStatementStartTimestamp();
 		StartTransactionCommand();
 		PushActiveSnapshot(GetTransactionSnapshot());
-
-		/* A handler may have left a cursor WITH HOLD behind. */
-		PortalHashTableDeleteAll();
 
 		extension = get_extension_oid("payments", true);
 		if (OidIsValid(extension))
