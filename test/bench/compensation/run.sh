@@ -5,9 +5,10 @@
 #
 # Worker: the items are queued with payments.enqueue_compensation in one
 # transaction, whose COMMIT wakes the worker; the time runs from that COMMIT
-# to the finished_at of the last item.  Each item is claimed (committed as
-# running, its attempt counted) and then run in a subtransaction as its
-# enqueuer, and marked succeeded with its effects.
+# to the finished_at of the last item.  Each call of the worker takes up to
+# 1,000 due items, marks them succeeded with their attempt counted, and
+# runs each in a subtransaction as its enqueuer (in the worker, with the
+# item's id written to its marker file first), all in one transaction.
 #
 # Baseline: a copy of the queue table with the same indexes and the same
 # rows, drained by one session: UPDATE ... SET status = 'succeeded' WHERE id
