@@ -267,15 +267,15 @@ database_row(const char *dbname)
 }
 
 /*
- * The checks below repeat, in order, those PostgreSQL 15 makes before it
- * counts the other sessions of the database (dropdb, RenameDatabase, movedb
- * and createdb in dbcommands.c, and the PreventInTransactionBlock calls in
- * front of them).  Each returns the database whose worker must go, or
- * InvalidOid when the command is refused or has nothing to wait for: then
- * PostgreSQL raises its own error, and the worker is left alone.  Errors
- * found only later (bad options, encodings, a busy database) can still end
- * a command by someone entitled to it; the worker is then let go at once
- * (see release_paused_databases).
+ * The checks below repeat those PostgreSQL 15 makes before it counts the
+ * other sessions of the database (dropdb, RenameDatabase, movedb and
+ * createdb in dbcommands.c, and the PreventInTransactionBlock calls in front
+ * of them).  Each returns the database whose worker must go, or InvalidOid
+ * when the command is refused or has nothing to wait for: then PostgreSQL
+ * raises its own error, and the worker is left alone.  Errors found only
+ * later (bad options, encodings, a busy database) can still end a command
+ * by someone entitled to it; the worker then comes back at once (see
+ * release_paused_databases).
  */
 static Oid
 dropdb_target(DropdbStmt *stmt, bool isTopLevel)
@@ -406,7 +406,7 @@ release_paused_databases(void)
 		{
 			PaymentsExcludedDb *e = &payments_shared->excluded[i];
 
-			/* until = 0 was set since by a worker that found no extension */
+			/* until = 0: a worker has since found no extension there */
 			if (e->dboid == dboid && e->until != 0)
 				e->dboid = InvalidOid;
 		}
