@@ -89,6 +89,9 @@ PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
+# The TAP tests share test/t/PaymentsNode.pm (prove runs in $(srcdir)).
+override PROVE_FLAGS += -I test/t
+
 $(EXTENSION)--$(EXTVERSION).sql: $(SQL_SOURCES)
 	( printf '%s\n' '-- complain if script is sourced in psql, rather than via CREATE EXTENSION' \
 	  '\echo Use "CREATE EXTENSION $(EXTENSION)" to load this file. \quit'; \

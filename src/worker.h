@@ -22,9 +22,11 @@
  * - A worker exits when the extension is dropped from its database, when
  *   payments.worker_enabled is turned off, or when a DROP DATABASE, ALTER
  *   DATABASE RENAME / SET TABLESPACE or CREATE DATABASE ... TEMPLATE needs
- *   its database free of connections: a utility hook stops it first and
- *   keeps it stopped for a while.  Workers are never restarted by the
- *   postmaster; the launcher starts them again.
+ *   its database free of connections.  A utility hook stops it first, but
+ *   only once it has checked, as PostgreSQL is about to, that the command
+ *   is allowed to its user and will go ahead; it keeps the launcher away
+ *   until the command's transaction ends.  Workers are never restarted by
+ *   the postmaster; the launcher starts them again.
  *
  *-------------------------------------------------------------------------
  */

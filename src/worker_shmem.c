@@ -15,14 +15,23 @@
 
 #include <signal.h>
 
+#include "access/htup_details.h"
 #include "access/xact.h"
+#include "catalog/pg_database.h"
+#include "catalog/pg_subscription.h"
+#include "catalog/pg_tablespace_d.h"
 #include "commands/dbcommands.h"
 #include "commands/defrem.h"
+#include "commands/tablespace.h"
 #include "miscadmin.h"
 #include "nodes/parsenodes.h"
+#include "replication/slot.h"
 #include "storage/ipc.h"
 #include "storage/shmem.h"
 #include "tcop/utility.h"
+#include "utils/acl.h"
+#include "utils/memutils.h"
+#include "utils/syscache.h"
 #include "utils/timestamp.h"
 
 PaymentsShared *payments_shared = NULL;
@@ -35,7 +44,18 @@ static ProcessUtility_hook_type prev_ProcessUtility = NULL;
 static bool wake_at_commit = false;
 static bool register_at_commit = false;
 
-/* How long a database stays without a worker for a utility command. */
+/*
+ * Databases whose worker this transaction stopped for a utility command, in
+ * TopTransactionContext; their workers may come back when it ends.
+ */
+static List *paused_databases = NIL;
+
+static void release_paused_databases(void);
+
+/*
+ * How long a database stays without a worker for a utility command whose
+ * transaction is prepared rather than ended (an ended one lets it go).
+ */
 #define PAUSE_FOR_UTILITY_SECS	60
 /* How long the utility command waits for the worker to exit. */
 #define STOP_WAIT_SECS			10
@@ -187,11 +207,20 @@ payments_xact_callback(XactEvent event, void *arg)
 			SetLatch(launcher_latch);
 	}
 
+	/*
+	 * A prepared transaction keeps the database locked; its workers wait for
+	 * the pause to run out.
+	 */
+	if ((event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT) &&
+		paused_databases != NIL && payments_shared != NULL)
+		release_paused_databases();
+
 	switch (event)
 	{
 		case XACT_EVENT_COMMIT:
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PREPARE:
+			paused_databases = NIL;
 			wake_at_commit = false;
 			register_at_commit = false;
 			break;
@@ -200,26 +229,226 @@ payments_xact_callback(XactEvent event, void *arg)
 	}
 }
 
+static DefElem *
+has_option(List *options, const char *name)
+{
+	ListCell   *lc;
+
+	foreach(lc, options)
+	{
+		DefElem    *opt = lfirst_node(DefElem, lc);
+
+		if (strcmp(opt->defname, name) == 0)
+			return opt;
+	}
+	return NULL;
+}
+
 /*
- * Stop the worker of the named database and keep the launcher from starting
- * it again for a while, because the command about to run needs the database
- * free of other connections.  If the command fails, the worker comes back
- * when the pause ends.
+ * Would PreventInTransactionBlock() let a command run here?  The same tests,
+ * asked rather than raised.
  */
-static void
-pause_database_worker(const char *dbname)
+static bool
+outside_transaction_block(bool isTopLevel)
+{
+	return isTopLevel && !IsTransactionBlock() && !IsSubTransaction() &&
+		(MyXactFlags & XACT_FLAGS_PIPELINING) == 0;
+}
+
+/* A copy of the named database's pg_database row, or NULL. */
+static HeapTuple
+database_row(const char *dbname)
 {
 	Oid			dboid = get_database_oid(dbname, true);
-	TimestampTz deadline;
 
 	if (!OidIsValid(dboid))
-		return;
+		return NULL;
+	return SearchSysCacheCopy1(DATABASEOID, ObjectIdGetDatum(dboid));
+}
+
+/*
+ * The checks below repeat those PostgreSQL 15 makes before it counts the
+ * other sessions of the database (dropdb, RenameDatabase, movedb and
+ * createdb in dbcommands.c, and the PreventInTransactionBlock calls in front
+ * of them).  Each returns the database whose worker must go, or InvalidOid
+ * when the command is refused or has nothing to wait for: then PostgreSQL
+ * raises its own error, and the worker is left alone.  Errors found only
+ * later (bad options, encodings, a busy database) can still end a command
+ * by someone entitled to it; the worker then comes back at once (see
+ * release_paused_databases).
+ */
+static Oid
+dropdb_target(DropdbStmt *stmt, bool isTopLevel)
+{
+	HeapTuple	tup;
+	Form_pg_database db;
+	Oid			result = InvalidOid;
+	int			nslots;
+	int			nactive;
+
+	if (!outside_transaction_block(isTopLevel) ||
+		(tup = database_row(stmt->dbname)) == NULL)
+		return InvalidOid;
+	db = (Form_pg_database) GETSTRUCT(tup);
+	if (pg_database_ownercheck(db->oid, GetUserId()) &&
+		!db->datistemplate &&
+		db->oid != MyDatabaseId)
+	{
+		(void) ReplicationSlotsCountDBSlots(db->oid, &nslots, &nactive);
+		if (nactive == 0 && CountDBSubscriptions(db->oid) == 0)
+			result = db->oid;
+	}
+	heap_freetuple(tup);
+	return result;
+}
+
+/* ALTER DATABASE ... RENAME is allowed in a transaction block. */
+static Oid
+renamedb_target(RenameStmt *stmt)
+{
+	HeapTuple	tup = database_row(stmt->subname);
+	Form_pg_database db;
+	Oid			result = InvalidOid;
+
+	if (tup == NULL)
+		return InvalidOid;
+	db = (Form_pg_database) GETSTRUCT(tup);
+	if (pg_database_ownercheck(db->oid, GetUserId()) &&
+		have_createdb_privilege() &&
+		!OidIsValid(get_database_oid(stmt->newname, true)) &&
+		db->oid != MyDatabaseId)
+		result = db->oid;
+	heap_freetuple(tup);
+	return result;
+}
+
+/* ALTER DATABASE ... SET TABLESPACE, or WITH TABLESPACE as its only option */
+static Oid
+movedb_target(AlterDatabaseStmt *stmt, bool isTopLevel)
+{
+	DefElem    *opt;
+	HeapTuple	tup;
+	Form_pg_database db;
+	Oid			spcoid;
+	Oid			result = InvalidOid;
+
+	if (list_length(stmt->options) != 1)
+		return InvalidOid;
+	opt = linitial_node(DefElem, stmt->options);
+	if (strcmp(opt->defname, "tablespace") != 0 || opt->arg == NULL ||
+		!outside_transaction_block(isTopLevel) ||
+		(tup = database_row(stmt->dbname)) == NULL)
+		return InvalidOid;
+	db = (Form_pg_database) GETSTRUCT(tup);
+	if (pg_database_ownercheck(db->oid, GetUserId()) &&
+		db->oid != MyDatabaseId)
+	{
+		spcoid = get_tablespace_oid(defGetString(opt), true);
+		if (OidIsValid(spcoid) &&
+			pg_tablespace_aclcheck(spcoid, GetUserId(), ACL_CREATE) == ACLCHECK_OK &&
+			spcoid != GLOBALTABLESPACE_OID &&
+			spcoid != db->dattablespace)
+			result = db->oid;
+	}
+	heap_freetuple(tup);
+	return result;
+}
+
+/* CREATE DATABASE copies its template, template1 unless one is named. */
+static Oid
+createdb_template(CreatedbStmt *stmt, bool isTopLevel)
+{
+	DefElem    *template = has_option(stmt->options, "template");
+	DefElem    *owner = has_option(stmt->options, "owner");
+	const char *template_name = "template1";
+	Oid			datdba = GetUserId();
+	HeapTuple	tup;
+	Form_pg_database db;
+	Oid			result = InvalidOid;
+
+	if (template != NULL && template->arg != NULL)
+		template_name = defGetString(template);
+	if (owner != NULL && owner->arg != NULL)
+		datdba = get_role_oid(defGetString(owner), true);
+
+	if (!outside_transaction_block(isTopLevel) ||
+		!have_createdb_privilege() ||
+		!OidIsValid(datdba) ||
+		!is_member_of_role(GetUserId(), datdba) ||
+		(tup = database_row(template_name)) == NULL)
+		return InvalidOid;
+	db = (Form_pg_database) GETSTRUCT(tup);
+	if (!database_is_invalid_form(db) &&
+		(db->datistemplate || pg_database_ownercheck(db->oid, GetUserId())) &&
+		!OidIsValid(get_database_oid(stmt->dbname, true)))
+		result = db->oid;
+	heap_freetuple(tup);
+	return result;
+}
+
+/*
+ * Let the worker of every database this transaction paused come back now
+ * rather than when the pause runs out: the command is over, done or failed.
+ * Called from the transaction callback, so it must not fail.
+ */
+static void
+release_paused_databases(void)
+{
+	Latch	   *launcher_latch;
+	ListCell   *lc;
 
 	LWLockAcquire(payments_shared->lock, LW_EXCLUSIVE);
+	foreach(lc, paused_databases)
+	{
+		Oid			dboid = lfirst_oid(lc);
+
+		for (int i = 0; i < PAYMENTS_MAX_EXCLUDED; i++)
+		{
+			PaymentsExcludedDb *e = &payments_shared->excluded[i];
+
+			/* until = 0: a worker has since found no extension there */
+			if (e->dboid == dboid && e->until != 0)
+				e->dboid = InvalidOid;
+		}
+	}
+	payments_shared->rescan_requested = true;
+	launcher_latch = payments_shared->launcher_latch;
+	LWLockRelease(payments_shared->lock);
+
+	if (launcher_latch != NULL)
+		SetLatch(launcher_latch);
+}
+
+/*
+ * Stop the worker of a database a permitted command is about to need free
+ * of other connections, and keep the launcher from starting it again until
+ * the transaction ends (or, if the transaction is prepared, for a while).
+ */
+static void
+pause_database_worker(Oid dboid)
+{
+	TimestampTz deadline;
+	MemoryContext oldcxt;
+
+	LWLockAcquire(payments_shared->lock, LW_EXCLUSIVE);
+	/* A database left alone for want of the extension has no worker. */
+	for (int i = 0; i < PAYMENTS_MAX_EXCLUDED; i++)
+	{
+		if (payments_shared->excluded[i].dboid == dboid &&
+			payments_shared->excluded[i].until == 0)
+		{
+			LWLockRelease(payments_shared->lock);
+			return;
+		}
+	}
 	payments_exclude_database(dboid,
 							  TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 														  PAUSE_FOR_UTILITY_SECS * 1000));
 	LWLockRelease(payments_shared->lock);
+
+	oldcxt = MemoryContextSwitchTo(TopTransactionContext);
+	paused_databases = lappend_oid(paused_databases, dboid);
+	MemoryContextSwitchTo(oldcxt);
 
 	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 										   STOP_WAIT_SECS * 1000);
@@ -242,21 +471,6 @@ pause_database_worker(const char *dbname)
 	}
 }
 
-static DefElem *
-has_option(List *options, const char *name)
-{
-	ListCell   *lc;
-
-	foreach(lc, options)
-	{
-		DefElem    *opt = lfirst_node(DefElem, lc);
-
-		if (strcmp(opt->defname, name) == 0)
-			return opt;
-	}
-	return NULL;
-}
-
 static void
 payments_ProcessUtility(PlannedStmt *pstmt, const char *queryString,
 						bool readOnlyTree, ProcessUtilityContext context,
@@ -264,6 +478,8 @@ payments_ProcessUtility(PlannedStmt *pstmt, const char *queryString,
 						DestReceiver *dest, QueryCompletion *qc)
 {
 	Node	   *parsetree = pstmt->utilityStmt;
+	bool		isTopLevel = (context == PROCESS_UTILITY_TOPLEVEL);
+	Oid			target = InvalidOid;
 
 	switch (payments_shared == NULL ? T_Invalid : nodeTag(parsetree))
 	{
@@ -277,28 +493,23 @@ payments_ProcessUtility(PlannedStmt *pstmt, const char *queryString,
 				payments_wake_worker_at_commit();
 			break;
 		case T_DropdbStmt:
-			pause_database_worker(((DropdbStmt *) parsetree)->dbname);
+			target = dropdb_target((DropdbStmt *) parsetree, isTopLevel);
 			break;
 		case T_RenameStmt:
 			if (((RenameStmt *) parsetree)->renameType == OBJECT_DATABASE)
-				pause_database_worker(((RenameStmt *) parsetree)->subname);
+				target = renamedb_target((RenameStmt *) parsetree);
 			break;
 		case T_AlterDatabaseStmt:
-			if (has_option(((AlterDatabaseStmt *) parsetree)->options, "tablespace"))
-				pause_database_worker(((AlterDatabaseStmt *) parsetree)->dbname);
+			target = movedb_target((AlterDatabaseStmt *) parsetree, isTopLevel);
 			break;
 		case T_CreatedbStmt:
-			{
-				DefElem    *template = has_option(((CreatedbStmt *) parsetree)->options,
-												  "template");
-
-				if (template != NULL && template->arg != NULL)
-					pause_database_worker(defGetString(template));
-			}
+			target = createdb_template((CreatedbStmt *) parsetree, isTopLevel);
 			break;
 		default:
 			break;
 	}
+	if (OidIsValid(target))
+		pause_database_worker(target);
 
 	if (prev_ProcessUtility)
 		prev_ProcessUtility(pstmt, queryString, readOnlyTree, context,

@@ -6,16 +6,9 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use PaymentsNode;
 
-my $node = PostgreSQL::Test::Cluster->new('main');
-$node->init;
-$node->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'payments'
-payments.launcher_naptime = 1s
-payments.worker_naptime = 100ms
-payments.max_workers = 1
-});
-$node->start;
+my $node = payments_node('main', conf => "payments.max_workers = 1\n");
 
 my $workers = "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'payments worker'";
 
@@ -56,9 +49,8 @@ $node->safe_psql('db1', q{
 	SELECT 's', 'k' || i, sha256('{}'), 'completed', '{}', 200, now() - interval '1 second'
 	  FROM generate_series(1, 10) i;
 });
-$node->poll_query_until('db1', 'SELECT count(*) FROM payments.idempotency_keys', '0')
-  or die 'not purged';
-pass('the worker does its work as that role');
+ok($node->poll_query_until('db1', 'SELECT count(*) FROM payments.idempotency_keys', '0'),
+	'the worker does its work as that role');
 
 $node->stop;
 done_testing();
