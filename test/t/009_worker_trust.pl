@@ -15,16 +15,9 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use PaymentsNode;
 
-my $node = PostgreSQL::Test::Cluster->new('trust');
-$node->init;
-$node->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'payments'
-restart_after_crash = on
-payments.launcher_naptime = 1s
-payments.worker_naptime = 100ms
-});
-$node->start;
+my $node = payments_node('trust');
 
 $node->safe_psql('postgres', q{
 	CREATE ROLE app_a LOGIN;
@@ -98,11 +91,6 @@ $node->safe_psql('shop', q{
 	GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA trust TO PUBLIC;
 });
 
-sub worker_pid
-{
-	return $node->safe_psql('shop',
-		"SELECT pid FROM pg_stat_activity WHERE backend_type = 'payments worker' AND datname = 'shop'");
-}
 
 $node->poll_query_until('shop',
 	"SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'payments worker' AND datname = 'shop'",
@@ -152,7 +140,7 @@ sub attempts_after_stop
 my $first = queue_steps();
 wait_for_item_3();
 $node->safe_psql('shop', 'DELETE FROM trust.block');
-my $pid = worker_pid();
+my $pid = worker_pid($node, 'shop');
 kill 'KILL', $pid;
 is(attempts_after_stop($first), '1:1:- 2:1:- 3:2:PM304 4:1:- 5:1:-',
 	'kill -9 of the worker charges only the item whose handler was running');
@@ -164,7 +152,7 @@ $node->safe_psql('shop', 'TRUNCATE trust.log');
 $first = queue_steps();
 wait_for_item_3();
 $node->safe_psql('shop', 'DELETE FROM trust.block');
-$pid = worker_pid();
+$pid = worker_pid($node, 'shop');
 $node->safe_psql('shop', "SELECT pg_terminate_backend($pid)");
 is(attempts_after_stop($first), '1:1:- 2:1:- 3:2:PM304 4:1:- 5:1:-',
 	'terminating the worker charges only the item whose handler was running');
@@ -230,7 +218,7 @@ $node->safe_psql('shop', 'ALTER SCHEMA payments_real RENAME TO payments');
 # runs.
 $node->safe_psql('postgres', "ALTER SYSTEM SET payments.handler_timeout = '500ms'");
 $node->reload;
-my $old_pid = worker_pid();
+my $old_pid = worker_pid($node, 'shop');
 my ($stubborn, $after) = split /\n/, $node->safe_psql('shop', q{
 	BEGIN;
 	SET LOCAL ROLE app_a;
@@ -248,7 +236,7 @@ is($node->safe_psql('shop', qq{
 	  JOIN payments.compensation_attempts a ON a.compensation_id = c.id
 	 WHERE c.id = $stubborn}),
 	'dead 57014', 'the stubborn handler failed its attempt as timed out');
-isnt(worker_pid(), $old_pid, 'the worker was restarted to end the stubborn handler');
+isnt(worker_pid($node, 'shop'), $old_pid, 'the worker was restarted to end the stubborn handler');
 ok($node->log_contains('did not stop when cancelled'),
 	'the log says why the worker restarted');
 
