@@ -165,10 +165,12 @@ start_worker(int slotno, DatabaseEntry *db, Oid roleoid)
 	}
 }
 
-/* Free the slots of workers that have exited. */
-static void
+/* Free the slots of workers that have exited; returns how many. */
+static int
 reap_workers(void)
 {
+	int			reaped = 0;
+
 	for (int i = 0; i < payments_shared->nslots; i++)
 	{
 		pid_t		pid;
@@ -183,7 +185,9 @@ reap_workers(void)
 		payments_shared->slots[i].pid = 0;
 		payments_shared->slots[i].latch = NULL;
 		LWLockRelease(payments_shared->lock);
+		reaped++;
 	}
+	return reaped;
 }
 
 static void
@@ -281,6 +285,7 @@ payments_launcher_main(Datum main_arg)
 	{
 		TimestampTz now;
 		bool		rescan;
+		int			reaped;
 
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
@@ -289,11 +294,17 @@ payments_launcher_main(Datum main_arg)
 			ProcessConfigFile(PGC_SIGHUP);
 		}
 
-		reap_workers();
+		reaped = reap_workers();
 
+		/*
+		 * A worker that exited on error asked for a rescan, maybe before
+		 * its slot could be reaped; a reaped slot repeats the request, at
+		 * most once a second so that a worker failing at start cannot spin.
+		 */
 		now = GetCurrentTimestamp();
 		LWLockAcquire(payments_shared->lock, LW_EXCLUSIVE);
 		rescan = payments_shared->rescan_requested ||
+			(reaped > 0 && TimestampDifferenceExceeds(last_scan, now, 1000)) ||
 			TimestampDifferenceExceeds(last_scan, now, payments_launcher_naptime * 1000);
 		payments_shared->rescan_requested = false;
 		LWLockRelease(payments_shared->lock);
