@@ -72,6 +72,7 @@ ISOLATION = \
 	reservation_hot_slots \
 	state_guard_race \
 	state_guard_redefine \
+	state_guard_partition_move \
 	compensation_claim \
 	compensation_dedup \
 	compensation_cancel \

@@ -445,6 +445,149 @@ SELECT payments.guard_state('orders', 'status', 'order');
 UPDATE orders SET status = 'created' WHERE id = 1;
 \echo :LAST_ERROR_SQLSTATE
 
+--
+-- Partitioned tables: guarded as a whole, at the root of the tree; a row
+-- that an UPDATE moves to another partition (a DELETE and an INSERT to
+-- row triggers) is checked and recorded as one move
+--
+SELECT payments.define_state_machine('porder', '{
+    "created": ["paid", "cancelled"],
+    "paid": ["shipped", "refunded"],
+    "shipped": ["completed"]}');
+CREATE TABLE porders (
+    id int,
+    region text,
+    status text NOT NULL,
+    PRIMARY KEY (id, region)
+) PARTITION BY LIST (region);
+CREATE TABLE porders_eu PARTITION OF porders FOR VALUES IN ('eu');
+CREATE TABLE porders_us PARTITION OF porders FOR VALUES IN ('us');
+-- a partition cannot be guarded on its own
+SELECT payments.guard_state('porders_eu', 'status', 'porder');
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.guard_state('porders', 'status', 'porder');
+-- every partition gets the trigger, also one created later
+CREATE TABLE porders_other PARTITION OF porders DEFAULT;
+SELECT tgrelid::regclass, tgname, tgparentid <> 0 AS cloned, tgtype, tgattr
+  FROM pg_trigger WHERE tgrelid IN ('porders'::regclass, 'porders_eu'::regclass,
+                                    'porders_us'::regclass, 'porders_other'::regclass)
+ ORDER BY tgrelid::regclass::text;
+INSERT INTO porders VALUES (1, 'eu', 'created'), (2, 'eu', 'created'), (3, 'us', 'created');
+INSERT INTO porders VALUES (4, 'eu', 'paid');
+\echo :LAST_ERROR_SQLSTATE
+UPDATE porders SET status = 'paid' WHERE id IN (1, 2);
+-- a move that keeps the state is accepted and not recorded
+UPDATE porders SET region = 'us' WHERE id = 1;
+-- a move along an edge is accepted and recorded as one update
+UPDATE porders SET region = 'eu', status = 'shipped' WHERE id = 1;
+-- a move off the machine is refused (PM201), even to an initial state, which
+-- a fresh insert could have used; the row stays where it was
+UPDATE porders SET region = 'us', status = 'created' WHERE id = 1;
+\echo :LAST_ERROR_SQLSTATE
+UPDATE porders SET region = 'us', status = 'completed' WHERE id = 2;
+\echo :LAST_ERROR_SQLSTATE
+-- a state the machine does not define (PM202)
+UPDATE porders SET region = 'us', status = 'lost' WHERE id = 2;
+\echo :LAST_ERROR_SQLSTATE
+-- one row's bad move fails the whole statement
+UPDATE porders SET region = 'other', status = 'shipped';
+\echo :LAST_ERROR_SQLSTATE
+SELECT tableoid::regclass, * FROM porders ORDER BY id;
+-- several rows moving in one statement, each judged by its own old state
+UPDATE porders SET region = CASE region WHEN 'eu' THEN 'other' ELSE 'eu' END,
+       status = CASE status WHEN 'shipped' THEN 'completed'
+                            WHEN 'paid' THEN 'refunded' ELSE 'cancelled' END;
+SELECT tableoid::regclass, * FROM porders ORDER BY id;
+-- the history names the partitioned table, the row by its key after the move
+SELECT tbl, row_key, from_state, to_state FROM payments.state_history
+ WHERE tbl = 'porders'::regclass ORDER BY id;
+-- a terminal state cannot be left by moving either
+UPDATE porders SET region = 'us', status = 'paid' WHERE id = 3;
+\echo :LAST_ERROR_SQLSTATE
+-- a DELETE is not restricted and records nothing
+DELETE FROM porders WHERE id = 3;
+SELECT count(*) FROM payments.state_history WHERE tbl = 'porders'::regclass;
+
+-- a table partitioned by the guarded column itself: moves to a closed state
+-- change partition (and primary key)
+CREATE TABLE parchive (
+    id int,
+    status text NOT NULL,
+    PRIMARY KEY (id, status)
+) PARTITION BY LIST (status);
+CREATE TABLE parchive_open PARTITION OF parchive FOR VALUES IN ('created', 'paid', 'shipped');
+CREATE TABLE parchive_closed PARTITION OF parchive DEFAULT;
+SELECT payments.guard_state('parchive', 'status', 'porder');
+INSERT INTO parchive VALUES (1, 'created'), (2, 'created');
+UPDATE parchive SET status = 'paid' WHERE id = 1;
+UPDATE parchive SET status = 'cancelled' WHERE id = 2;
+UPDATE parchive SET status = 'completed' WHERE id = 1;
+\echo :LAST_ERROR_SQLSTATE
+UPDATE parchive SET status = 'created' WHERE id = 2;
+\echo :LAST_ERROR_SQLSTATE
+SELECT tableoid::regclass, * FROM parchive ORDER BY id;
+SELECT row_key, from_state, to_state FROM payments.state_history
+ WHERE tbl = 'parchive'::regclass ORDER BY id;
+
+-- sub-partitions: the guard of the root reaches every level
+CREATE TABLE porders_apac PARTITION OF porders FOR VALUES IN ('jp', 'au')
+    PARTITION BY LIST (region);
+CREATE TABLE porders_jp PARTITION OF porders_apac FOR VALUES IN ('jp');
+CREATE TABLE porders_au PARTITION OF porders_apac FOR VALUES IN ('au');
+INSERT INTO porders VALUES (5, 'jp', 'created');
+UPDATE porders SET region = 'au', status = 'paid' WHERE id = 5;
+UPDATE porders SET region = 'eu', status = 'created' WHERE id = 5;
+\echo :LAST_ERROR_SQLSTATE
+UPDATE porders_apac SET region = 'jp', status = 'completed' WHERE id = 5;
+\echo :LAST_ERROR_SQLSTATE
+UPDATE porders SET region = 'eu', status = 'shipped' WHERE id = 5;
+SELECT row_key, from_state, to_state FROM payments.state_history
+ WHERE tbl = 'porders'::regclass AND row_key LIKE '(5,%' ORDER BY id;
+-- a statement that a trigger runs between the two halves of a move (here
+-- an insert into the same table) is not taken for its second half
+CREATE FUNCTION porders_spawn() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO porders VALUES (OLD.id + 100, 'eu', 'created');
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER zz_spawn AFTER DELETE ON porders
+    FOR EACH ROW EXECUTE FUNCTION porders_spawn();
+UPDATE porders SET region = 'us', status = 'completed' WHERE id = 5;
+DROP TRIGGER zz_spawn ON porders;
+SELECT row_key, from_state, to_state FROM payments.state_history
+ WHERE tbl = 'porders'::regclass ORDER BY id DESC LIMIT 2;
+-- a subtree cannot be guarded apart from its root
+SELECT payments.guard_state('porders_apac', 'status', 'porder');
+\echo :LAST_ERROR_SQLSTATE
+
+-- a guarded table attached as a partition: its guard does not cover the
+-- tree, so its guarded writes are refused until the root is guarded instead
+CREATE TABLE shop (id int, region text, status text NOT NULL, PRIMARY KEY (id, region))
+    PARTITION BY LIST (region);
+CREATE TABLE shop_eu (id int, region text, status text NOT NULL, PRIMARY KEY (id, region));
+SELECT payments.guard_state('shop_eu', 'status', 'porder');
+ALTER TABLE shop ATTACH PARTITION shop_eu FOR VALUES IN ('eu');
+INSERT INTO shop VALUES (1, 'eu', 'created');
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.unguard_state('shop_eu', 'status');
+SELECT payments.guard_state('shop', 'status', 'porder');
+INSERT INTO shop VALUES (1, 'eu', 'created');
+-- so is a guarded partitioned table attached under another
+CREATE TABLE world (id int, region text, status text NOT NULL, PRIMARY KEY (id, region))
+    PARTITION BY LIST (region);
+ALTER TABLE world ATTACH PARTITION shop FOR VALUES IN ('eu');
+UPDATE world SET status = 'paid';
+\echo :LAST_ERROR_SQLSTATE
+ALTER TABLE world DETACH PARTITION shop;
+UPDATE shop SET status = 'paid';
+-- a detached partition leaves the guard behind
+ALTER TABLE shop DETACH PARTITION shop_eu;
+UPDATE shop_eu SET status = 'anything';
+SELECT count(*) FROM pg_trigger WHERE tgrelid = 'shop_eu'::regclass;
+DROP TABLE porders, parchive, shop, shop_eu, world;
+DROP FUNCTION porders_spawn();
+
 DROP TABLE orders, no_pk, app_orders CASCADE;
 DROP SCHEMA "My Schema" CASCADE;
 DROP ROLE state_guard_app, state_guard_other;

@@ -102,16 +102,24 @@ _PG_init(void)
 							GUC_UNIT_MS,
 							NULL, NULL, NULL);
 
-	DefineCustomIntVariable("payments.max_workers",
-							gettext_noop("How many databases can have a payments worker."),
-							gettext_noop("Each worker also takes one of max_worker_processes."),
-							&payments_max_workers,
-							8,
-							1,
-							1024,
-							PGC_POSTMASTER,
-							0,
-							NULL, NULL, NULL);
+	/*
+	 * It sizes shared memory, so it exists only when preloaded: PostgreSQL
+	 * refuses (FATAL) to define a PGC_POSTMASTER variable after startup, as
+	 * it would when CREATE EXTENSION or LOAD loads the library on demand.
+	 * Without preloading, SHOW payments.max_workers reports an unrecognized
+	 * parameter, as pg_prewarm.autoprewarm does.
+	 */
+	if (process_shared_preload_libraries_in_progress)
+		DefineCustomIntVariable("payments.max_workers",
+								gettext_noop("How many databases can have a payments worker."),
+								gettext_noop("Each worker also takes one of max_worker_processes."),
+								&payments_max_workers,
+								8,
+								1,
+								1024,
+								PGC_POSTMASTER,
+								0,
+								NULL, NULL, NULL);
 
 	DefineCustomStringVariable("payments.worker_role",
 							   gettext_noop("The role the payments workers connect as."),

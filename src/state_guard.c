@@ -27,6 +27,13 @@
  *
  * An error raised by it rolls the statement back like any other, so a
  * refused move changes nothing.
+ *
+ * A partitioned table is guarded at the root of its partition tree, never
+ * partition by partition: PostgreSQL clones the trigger to every
+ * partition, and the clones also fire AFTER DELETE so that a row an UPDATE
+ * moves to another partition (a DELETE and an INSERT to triggers) is
+ * checked and recorded as one move; see "Rows that move between
+ * partitions" below.  Its history names the partitioned table.
 
  * Machines are cached per backend in a memory context under
  * CacheMemoryContext.  define_state_machine sends a relcache invalidation
@@ -54,13 +61,17 @@
 
 #include <ctype.h>
 
+#include "access/genam.h"
 #include "access/htup_details.h"
 #include "access/table.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/objectaddress.h"
+#include "catalog/partition.h"
+#include "catalog/pg_am.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_index.h"
+#include "catalog/pg_trigger.h"
 #include "catalog/pg_type.h"
 #include "commands/sequence.h"
 #include "commands/trigger.h"
@@ -73,6 +84,7 @@
 #include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
 #include "utils/json.h"
@@ -129,7 +141,24 @@ typedef struct GuardEntry
 	AttrNumber	pk_attnums[INDEX_MAX_KEYS];
 	FmgrInfo	pk_out[INDEX_MAX_KEYS];
 	char	   *pk_names;		/* "id" or "a, b", for messages */
+	Oid			root_tgoid;		/* the trigger guard_state created: this one,
+								 * or the one on the partitioned table this
+								 * one is a clone of */
+	Oid			root_relid;		/* its table, named in the history */
 } GuardEntry;
+
+/*
+ * A row that a cross-partition UPDATE deleted from a guarded partition,
+ * waiting for its insert into the new partition (see move_remember).
+ */
+typedef struct PendingMove
+{
+	Oid			root_tgoid;
+	TransactionId xid;			/* who deleted the old row ... */
+	CommandId	cid;			/* ... and in which command */
+	Oid			from_relid;		/* the partition it left, for messages */
+	char	   *from;			/* the old row's state, or NULL */
+} PendingMove;
 
 static MemoryContext guard_cxt = NULL;
 static HTAB *machine_hash = NULL;
@@ -145,6 +174,11 @@ static Oid	history_seqid = InvalidOid;
 /* The top-level statement the cache was last checked for */
 static LocalTransactionId checked_lxid = InvalidLocalTransactionId;
 static TimestampTz checked_stmt_start = 0;
+
+/* Pending moves, all of transaction moves_lxid, in move_cxt */
+static MemoryContext move_cxt = NULL;
+static List *pending_moves = NIL;
+static LocalTransactionId moves_lxid = InvalidLocalTransactionId;
 
 static SPIPlanPtr load_plan;
 static SPIPlanPtr upsert_plan;
@@ -441,7 +475,7 @@ state_guard_relcache_callback(Datum arg, Oid relid)
 		return;
 	hash_seq_init(&status, guard_hash);
 	while ((g = hash_seq_search(&status)) != NULL)
-		if (g->relid == relid)
+		if (g->relid == relid || g->root_relid == relid)
 			g->valid = false;
 }
 
@@ -638,6 +672,47 @@ primary_key_columns(Relation rel, AttrNumber *attnums)
 	return n;
 }
 
+/*
+ * The trigger guard_state created for tg: tg itself, or for a partition,
+ * the trigger on the partitioned table it was cloned from (walking up
+ * through every level).
+ */
+static void
+guard_root(Trigger *tg, Relation rel, Oid *root_tgoid, Oid *root_relid)
+{
+	Oid			tgoid = tg->tgoid;
+	Oid			relid = RelationGetRelid(rel);
+	Relation	tgrel;
+
+	*root_tgoid = tgoid;
+	*root_relid = relid;
+	if (!tg->tgisclone)
+		return;
+
+	tgrel = table_open(TriggerRelationId, AccessShareLock);
+	while (OidIsValid(tgoid))
+	{
+		ScanKeyData key;
+		SysScanDesc scan;
+		HeapTuple	tup;
+		Form_pg_trigger trig;
+
+		ScanKeyInit(&key, Anum_pg_trigger_oid, BTEqualStrategyNumber,
+					F_OIDEQ, ObjectIdGetDatum(tgoid));
+		scan = systable_beginscan(tgrel, TriggerOidIndexId, true, NULL,
+								  1, &key);
+		tup = systable_getnext(scan);
+		if (!HeapTupleIsValid(tup))
+			elog(ERROR, "could not find tuple for trigger %u", tgoid);
+		trig = (Form_pg_trigger) GETSTRUCT(tup);
+		*root_tgoid = tgoid;
+		*root_relid = trig->tgrelid;
+		tgoid = trig->tgparentid;
+		systable_endscan(scan);
+	}
+	table_close(tgrel, AccessShareLock);
+}
+
 static GuardEntry *
 guard_entry(TriggerData *td)
 {
@@ -654,6 +729,7 @@ guard_entry(TriggerData *td)
 		return g;
 	g->valid = false;
 	g->relid = RelationGetRelid(rel);
+	g->root_relid = InvalidOid;
 
 	if (tg->tgnargs != 1 || tg->tgnattr != 1 ||
 		strlen(tg->tgargs[0]) > MACHINE_NAME_MAX_BYTES)
@@ -684,6 +760,41 @@ guard_entry(TriggerData *td)
 	old = MemoryContextSwitchTo(guard_cxt);
 	g->pk_names = pstrdup(names.data);
 	MemoryContextSwitchTo(old);
+
+	/*
+	 * A row that an UPDATE moves to another partition is deleted from one
+	 * and inserted into the other.  The guard pairs the two (move_remember,
+	 * move_take), which is sound only if every partition the row can move
+	 * to is guarded by the same trigger: the guard must have been attached
+	 * to the root of the partition tree.  guard_state refuses partitions;
+	 * this catches a guarded table attached as a partition later.
+	 */
+	guard_root(tg, rel, &g->root_tgoid, &g->root_relid);
+	if (get_rel_relispartition(g->root_relid))
+	{
+		List	   *ancestors = get_partition_ancestors(g->root_relid);
+
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the state guard of column \"%s\" of relation \"%s\" does not cover its partition tree",
+						NameStr(TupleDescAttr(RelationGetDescr(rel), g->attnum - 1)->attname),
+						RelationGetRelationName(rel)),
+				 errdetail("The guard was attached to \"%s\", a partition of \"%s\", so a row moving between partitions could not be checked.",
+						   get_rel_name(g->root_relid),
+						   get_rel_name(llast_oid(ancestors))),
+				 errhint("Remove the guard with payments.unguard_state and guard the partitioned table at the root of the tree instead.")));
+	}
+
+	/*
+	 * Moves are recognized by the mark heap_delete leaves in the old row
+	 * (see move_remember).
+	 */
+	if (rel->rd_rel->relispartition && rel->rd_rel->relam != HEAP_TABLE_AM_OID)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("the state guard cannot check partition \"%s\"",
+						RelationGetRelationName(rel)),
+				 errdetail("The state guard supports partitions stored in heap tables only.")));
 	g->valid = true;
 	return g;
 }
@@ -804,11 +915,12 @@ state_list(const Machine *m, const int *idx, int n, const char *none)
 /*
  * Returns normally if the move is allowed; otherwise raises PM201 (no such
  * edge, or not an initial state) or PM202 (a state the machine does not
- * define).
+ * define).  moved_from is the partition a row moving between partitions
+ * left, or InvalidOid.
  */
 static void
 check_move(GuardEntry *g, Relation rel, HeapTuple newtuple,
-		   const char *from, const char *to, bool is_insert)
+		   const char *from, const char *to, bool is_insert, Oid moved_from)
 {
 	TupleDesc	desc = RelationGetDescr(rel);
 	const char *col = NameStr(TupleDescAttr(desc, g->attnum - 1)->attname);
@@ -853,6 +965,10 @@ check_move(GuardEntry *g, Relation rel, HeapTuple newtuple,
 				(errcode(ERRCODE_PM_UNKNOWN_STATE),
 				 errmsg("current state %s of column \"%s\" of relation \"%s\" is not a state of state machine \"%s\"",
 						state_label(from), col, relname, g->machine_name),
+				 OidIsValid(moved_from) ?
+				 errdetail("Row %s, moving from partition \"%s\", cannot move out of a state the machine does not define.",
+						   row_key(g, newtuple, desc, true),
+						   get_rel_name(moved_from)) :
 				 errdetail("Row %s cannot move out of a state the machine does not define.",
 						   row_key(g, newtuple, desc, true)),
 				 errhint("Add the state to the machine with payments.define_state_machine, or correct the row with the guard detached."),
@@ -862,6 +978,12 @@ check_move(GuardEntry *g, Relation rel, HeapTuple newtuple,
 				(errcode(ERRCODE_PM_INVALID_TRANSITION),
 				 errmsg("invalid transition from \"%s\" to \"%s\" for column \"%s\" of relation \"%s\"",
 						from, to, col, relname),
+				 OidIsValid(moved_from) ?
+				 errdetail("Row %s, moving from partition \"%s\", is \"%s\"; allowed next states: %s.",
+						   row_key(g, newtuple, desc, true),
+						   get_rel_name(moved_from), from,
+						   state_list(m, m->next[fi], m->nnext[fi],
+									  "none (terminal)")) :
 				 errdetail("Row %s is \"%s\"; allowed next states: %s.",
 						   row_key(g, newtuple, desc, true), from,
 						   state_list(m, m->next[fi], m->nnext[fi],
@@ -925,7 +1047,7 @@ record_move(GuardEntry *g, Relation rel, HeapTuple newtuple,
 	nulls = slot->tts_isnull;
 	memset(nulls, false, sizeof(bool) * HISTORY_NATTS);
 	values[0] = Int64GetDatum(nextval_internal(history_seqid, false));
-	values[1] = ObjectIdGetDatum(RelationGetRelid(rel));
+	values[1] = ObjectIdGetDatum(g->root_relid);
 	values[2] = CStringGetTextDatum(NameStr(TupleDescAttr(desc, g->attnum - 1)->attname));
 	values[3] = key;
 	if (from == NULL)
@@ -944,6 +1066,119 @@ record_move(GuardEntry *g, Relation rel, HeapTuple newtuple,
 	payments_end_as_owner(&saved);
 }
 
+/* ---------------------------------------------------------------------
+ * Rows that move between partitions
+ *
+ * An UPDATE of a partitioned table that moves a row to another partition
+ * deletes it from the old partition and inserts it into the new one, and
+ * fires the row triggers of a DELETE and an INSERT (the UPDATE triggers of
+ * the partitioned table itself fire only for foreign keys).  Nothing in the
+ * trigger data links the two, so the guard of a partitioned table also
+ * fires AFTER DELETE and pairs them itself:
+ *
+ * - heap_delete marks a row deleted by a move (its t_ctid "moved
+ *   partitions"), so the DELETE half knows it is one and remembers the
+ *   old state with the transaction and command that deleted the row;
+ *
+ * - the row is inserted by the same transaction in the same command (the
+ *   UPDATE's), so the INSERT half takes the entry whose xid and command id
+ *   are the new row's xmin and cmin.  Its after-trigger event is queued
+ *   right after the DELETE's and fires right after it; a statement run by
+ *   another trigger in between has a command id of its own.
+ *
+ * The pair is then checked and recorded as one UPDATE from the old state
+ * to the new.  This needs the INSERT half to fire wherever the row lands,
+ * which is why a partitioned table is guarded as a whole, at its root
+ * (guard_entry).  Entries are plain backend memory: an error discards the
+ * statement's, and those of another transaction are dropped unused.
+ * ---------------------------------------------------------------------
+ */
+
+static void
+moves_begin(void)
+{
+	if (move_cxt == NULL)
+		move_cxt = AllocSetContextCreate(TopMemoryContext,
+										 "payments state guard moves",
+										 ALLOCSET_SMALL_SIZES);
+	if (moves_lxid != MyProc->lxid)
+	{
+		MemoryContextReset(move_cxt);
+		pending_moves = NIL;
+		moves_lxid = MyProc->lxid;
+	}
+}
+
+/* The DELETE half: remember the old row's state if the row moved. */
+static void
+move_remember(GuardEntry *g, TriggerData *td)
+{
+	HeapTupleHeader old = td->tg_trigtuple->t_data;
+	TupleDesc	desc = RelationGetDescr(td->tg_relation);
+	char	   *from = row_state(g, td->tg_trigtuple, desc);
+	PendingMove *pm;
+	ListCell   *lc;
+	MemoryContext oldcxt;
+
+	moves_begin();
+	oldcxt = MemoryContextSwitchTo(move_cxt);
+	pm = palloc(sizeof(PendingMove));
+	pm->root_tgoid = g->root_tgoid;
+	pm->xid = HeapTupleHeaderGetUpdateXid(old);
+	pm->cid = HeapTupleHeaderGetCmax(old);
+	pm->from_relid = RelationGetRelid(td->tg_relation);
+	pm->from = from == NULL ? NULL : pstrdup(from);
+
+	/*
+	 * An entry of the same command still here belongs to an earlier row
+	 * whose insert fired no guard (a BEFORE INSERT trigger skipped it): it
+	 * must not be taken for this one's.
+	 */
+	foreach(lc, pending_moves)
+	{
+		PendingMove *other = lfirst(lc);
+
+		if (other->root_tgoid == pm->root_tgoid && other->xid == pm->xid &&
+			other->cid == pm->cid)
+			pending_moves = foreach_delete_current(pending_moves, lc);
+	}
+	pending_moves = lappend(pending_moves, pm);
+	MemoryContextSwitchTo(oldcxt);
+}
+
+/*
+ * The INSERT half: true if the new row is the second half of a move, with
+ * *from set to the state it had and *from_relid to the partition it left.
+ */
+static bool
+move_take(GuardEntry *g, TriggerData *td, char **from, Oid *from_relid)
+{
+	HeapTupleHeader newtup = td->tg_trigtuple->t_data;
+	TransactionId xid;
+	CommandId	cid;
+	ListCell   *lc;
+
+	moves_begin();
+	if (pending_moves == NIL)
+		return false;
+	xid = HeapTupleHeaderGetXmin(newtup);
+	cid = HeapTupleHeaderGetCmin(newtup);
+	foreach(lc, pending_moves)
+	{
+		PendingMove *pm = lfirst(lc);
+
+		if (pm->root_tgoid == g->root_tgoid && pm->xid == xid &&
+			pm->cid == cid)
+		{
+			*from = pm->from == NULL ? NULL : pstrdup(pm->from);
+			*from_relid = pm->from_relid;
+			pending_moves = foreach_delete_current(pending_moves, lc);
+			return true;
+		}
+	}
+	return false;
+}
+
 /*
  * payments.state_guard(): the guard trigger's function.
  */
@@ -957,6 +1192,7 @@ payments_state_guard(PG_FUNCTION_ARGS)
 	GuardEntry *g;
 	char	   *from = NULL;
 	char	   *to;
+	Oid			moved_from = InvalidOid;
 
 	if (!CALLED_AS_TRIGGER(fcinfo))
 		ereport(ERROR,
@@ -964,12 +1200,33 @@ payments_state_guard(PG_FUNCTION_ARGS)
 				 errmsg("function \"state_guard\" was not called by trigger manager")));
 	if (!TRIGGER_FIRED_AFTER(td->tg_event) ||
 		!TRIGGER_FIRED_FOR_ROW(td->tg_event) ||
-		!(TRIGGER_FIRED_BY_INSERT(td->tg_event) ||
-		  TRIGGER_FIRED_BY_UPDATE(td->tg_event)))
+		TRIGGER_FIRED_BY_TRUNCATE(td->tg_event))
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-				 errmsg("function \"state_guard\" must be fired AFTER INSERT or UPDATE, for each row"),
+				 errmsg("function \"state_guard\" must be fired AFTER INSERT, UPDATE or DELETE, for each row"),
 				 errhint("Attach the state guard with payments.guard_state.")));
+
+	/*
+	 * A DELETE matters only as the first half of a move between partitions
+	 * (see move_remember); others cost no more than this test.  A row not
+	 * in a heap buffer cannot carry the mark, so guard_entry refuses a
+	 * partition that is not a heap table.
+	 */
+	if (TRIGGER_FIRED_BY_DELETE(td->tg_event))
+	{
+		if (td->tg_relation->rd_rel->relispartition &&
+			(!TTS_IS_BUFFERTUPLE(td->tg_trigslot) ||
+			 HeapTupleHeaderIndicatesMovedPartitions(td->tg_trigtuple->t_data)))
+		{
+			cache_begin_statement();
+			g = guard_entry(td);
+			if (!TTS_IS_BUFFERTUPLE(td->tg_trigslot))
+				elog(ERROR, "state guard got a row of partition \"%s\" not in a heap buffer",
+					 RelationGetRelationName(td->tg_relation));
+			move_remember(g, td);
+		}
+		return PointerGetDatum(NULL);
+	}
 
 	is_insert = TRIGGER_FIRED_BY_INSERT(td->tg_event);
 	newtuple = is_insert ? td->tg_trigtuple : td->tg_newtuple;
@@ -978,16 +1235,25 @@ payments_state_guard(PG_FUNCTION_ARGS)
 	cache_begin_statement();
 	g = guard_entry(td);
 	to = row_state(g, newtuple, desc);
+
+	/* the new half of a move between partitions is checked as an UPDATE */
+	if (is_insert && pending_moves != NIL &&
+		td->tg_relation->rd_rel->relispartition &&
+		TTS_IS_BUFFERTUPLE(td->tg_trigslot) &&
+		move_take(g, td, &from, &moved_from))
+		is_insert = false;
+
 	if (!is_insert)
 	{
-		from = row_state(g, td->tg_trigtuple, desc);
+		if (TRIGGER_FIRED_BY_UPDATE(td->tg_event))
+			from = row_state(g, td->tg_trigtuple, desc);
 		/* an unchanged state is always accepted, and not recorded */
 		if ((from == NULL && to == NULL) ||
 			(from != NULL && to != NULL && strcmp(from, to) == 0))
 			return PointerGetDatum(NULL);
 	}
 
-	check_move(g, td->tg_relation, newtuple, from, to, is_insert);
+	check_move(g, td->tg_relation, newtuple, from, to, is_insert, moved_from);
 	record_move(g, td->tg_relation, newtuple, from, to);
 	return PointerGetDatum(NULL);
 }
@@ -1136,12 +1402,22 @@ payments_guard_state(PG_FUNCTION_ARGS)
 
 	/* the lock CREATE TRIGGER takes */
 	rel = table_open(relid, ShareRowExclusiveLock);
-	if (rel->rd_rel->relkind != RELKIND_RELATION)
+	if (rel->rd_rel->relkind != RELKIND_RELATION &&
+		rel->rd_rel->relkind != RELKIND_PARTITIONED_TABLE)
 		ereport(ERROR,
 				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
 				 errmsg("cannot guard a column of relation \"%s\"",
 						RelationGetRelationName(rel)),
-				 errdetail("The state guard supports ordinary tables only.")));
+				 errdetail("The state guard supports ordinary and partitioned tables only.")));
+	/* see guard_entry */
+	if (rel->rd_rel->relispartition)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("cannot guard a column of partition \"%s\"",
+						RelationGetRelationName(rel)),
+				 errdetail("A row that an UPDATE moves to another partition can be checked only if every partition is guarded alike."),
+				 errhint("Guard the partitioned table \"%s\" instead: its guard applies to every partition.",
+						 get_rel_name(llast_oid(get_partition_ancestors(relid))))));
 	attnum = guarded_column(rel, col);
 	check_state_column(rel, attnum, &typoutput, &bpchar);
 	(void) primary_key_columns(rel, pk);
@@ -1162,13 +1438,21 @@ payments_guard_state(PG_FUNCTION_ARGS)
 				 errmsg("state machine \"%s\" does not exist", machine),
 				 errhint("Define it with payments.define_state_machine.")));
 
+	/*
+	 * PostgreSQL clones a partitioned table's row trigger to every
+	 * partition, present and future.  Only there can a row move between
+	 * partitions, which the trigger sees as a DELETE and an INSERT: see
+	 * move_remember.
+	 */
 	tbl = qualified_name(rel);
 	SPI_connect();
 	execute_ddl(psprintf("CREATE TRIGGER payments_state_guard_%d"
-						 " AFTER INSERT OR UPDATE OF %s ON %s"
+						 " AFTER INSERT OR UPDATE OF %s%s ON %s"
 						 " FOR EACH ROW EXECUTE FUNCTION %s.state_guard(%s)",
-						 attnum, quote_identifier(NameStr(*col)), tbl,
-						 payments_schema_quoted(),
+						 attnum, quote_identifier(NameStr(*col)),
+						 rel->rd_rel->relkind == RELKIND_PARTITIONED_TABLE ?
+						 " OR DELETE" : "",
+						 tbl, payments_schema_quoted(),
 						 quote_literal_cstr(machine)));
 	SPI_finish();
 	table_close(rel, NoLock);

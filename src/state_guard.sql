@@ -74,7 +74,7 @@ CREATE FUNCTION payments.state_guard()
     LANGUAGE C;
 
 COMMENT ON FUNCTION payments.state_guard() IS
-    'Trigger of payments.guard_state: checks (BEFORE) and records (AFTER) every move of a guarded column';
+    'Trigger of payments.guard_state: checks and records every move of a guarded column';
 
 -- guard_state and unguard_state are not SECURITY DEFINER on purpose: they
 -- create and drop triggers on the caller's table, so PostgreSQL's own
