@@ -3,6 +3,9 @@
 -- payments that someone else could own or fill is refused, and the
 -- extension never finds its own tables through the schema's name.
 --
+SET client_min_messages = warning;
+DROP EXTENSION IF EXISTS payments CASCADE;
+RESET client_min_messages;
 CREATE ROLE regress_schema_owner LOGIN;
 CREATE ROLE regress_schema_creator LOGIN;
 
