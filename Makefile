@@ -50,6 +50,8 @@ SHLIB_LINK += -lcrypto
 REGRESS = \
 	idempotency \
 	idempotency_errors \
+	idempotency_ttl \
+	idempotency_scopes \
 	reservation \
 	state_guard \
 	compensation \
@@ -64,6 +66,7 @@ REGRESS_OPTS = --no-locale --encoding=UTF8
 ISOLATION = \
 	idempotency_race \
 	idempotency_wait \
+	idempotency_scopes \
 	reservation_last_unit \
 	reservation_no_deadlock \
 	reservation_confirm_release \

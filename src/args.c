@@ -13,6 +13,7 @@
 
 #include "datatype/timestamp.h"
 #include "fmgr.h"
+#include "utils/builtins.h"
 #include "utils/timestamp.h"
 
 void
@@ -52,33 +53,88 @@ payments_arg_text(FunctionCallInfo fcinfo, int argno, const char *what,
 }
 
 /*
- * A positive interval no longer than max_usecs.  Months count as 30 days,
- * as in interval comparison.  The sum is taken in double precision so that
- * an absurd interval cannot overflow on its way to being refused.
+ * Each field of a TTL or lease interval must be shorter than this many
+ * years before the interval is added to a timestamp: no legitimate value
+ * comes near it, and with it the sum cannot leave the timestamp range.
+ */
+#define INTERVAL_FIELD_MAX_YEARS	1000
+
+static void
+report_not_positive(const char *what)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("%s must be positive", what)));
+}
+
+static void
+report_too_long(const char *what, int64 max_usecs)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("%s is too long", what),
+			 errdetail("The limit is %d days.",
+					   (int) (max_usecs / USECS_PER_DAY))));
+}
+
+/*
+ * A TTL or lease: an interval that, added to the current time, gives a time
+ * after it and at most max_usecs after it.  Months and days are calendar
+ * units (a month back from March 31 is February 28 or 29, a day may be 23
+ * hours), so only the sum tells: '-2 months 61 days' is no TTL at all in
+ * most months, whatever its 30-day approximation says.
+ *
+ * Returns the span measured now, as an interval of microseconds only.  The
+ * caller adds it to the clock a moment later, and a calendar interval added
+ * then could land elsewhere (across a month end or a DST change); a fixed
+ * span cannot land in the past or past the limit.
  */
 Datum
 payments_arg_interval(FunctionCallInfo fcinfo, int argno, const char *what,
 					  int64 max_usecs)
 {
 	Interval   *iv;
-	double		usecs;
+	Interval   *span;
+	TimestampTz now;
+	TimestampTz end;
+	int64		usecs;
 
 	payments_arg_not_null(fcinfo, argno, what);
 	iv = PG_GETARG_INTERVAL_P(argno);
-	usecs = (double) iv->time +
-		(double) iv->day * USECS_PER_DAY +
-		(double) iv->month * DAYS_PER_MONTH * USECS_PER_DAY;
+
+	if (iv->month > INTERVAL_FIELD_MAX_YEARS * MONTHS_PER_YEAR ||
+		iv->month < -INTERVAL_FIELD_MAX_YEARS * MONTHS_PER_YEAR ||
+		iv->day > INTERVAL_FIELD_MAX_YEARS * 366 ||
+		iv->day < -INTERVAL_FIELD_MAX_YEARS * 366 ||
+		iv->time > INTERVAL_FIELD_MAX_YEARS * 366 * USECS_PER_DAY ||
+		iv->time < -INTERVAL_FIELD_MAX_YEARS * 366 * USECS_PER_DAY)
+	{
+		if (iv->month >= 0 && iv->day >= 0 && iv->time >= 0)
+			report_too_long(what, max_usecs);
+		if (iv->month <= 0 && iv->day <= 0 && iv->time <= 0)
+			report_not_positive(what);
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s is out of range", what),
+				 errdetail("Its months, days and time must each be shorter than %d years.",
+						   INTERVAL_FIELD_MAX_YEARS)));
+	}
+
+	now = GetCurrentTimestamp();
+	end = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
+												  TimestampTzGetDatum(now),
+												  IntervalPGetDatum(iv)));
+	usecs = end - now;
 	if (usecs <= 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s must be positive", what)));
-	if (usecs > (double) max_usecs)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s is too long", what),
-				 errdetail("The limit is %d days.",
-						   (int) (max_usecs / USECS_PER_DAY))));
-	return PG_GETARG_DATUM(argno);
+		report_not_positive(what);
+	if (usecs > max_usecs)
+		report_too_long(what, max_usecs);
+
+	span = (Interval *) palloc(sizeof(Interval));
+	span->time = usecs;
+	span->day = 0;
+	span->month = 0;
+	return IntervalPGetDatum(span);
 }
 
 /* Refuse v outside [min, max] with 22003; both integer widths use it. */

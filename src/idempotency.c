@@ -23,8 +23,30 @@
  *   flow is alive until its lease runs out.  Every checkpoint renews it;
  *   after it has run out, the next caller resumes the flow ('recovering').
  *
+ * A started key whose lease still runs has not expired, even past its TTL:
+ * a TTL shorter than the lease must not hand a flow's key to another
+ * caller (nor to purge) while the flow may still come back to it.
+ *
  * Completed keys never change until they expire, so the replay path reads
  * the row without taking the lock.
+ *
+ * Scopes are shared by every role that may call these functions, unless
+ * payments.restrict_scope names the roles that may use one: then only
+ * members of those roles (and superusers) may begin, checkpoint, complete,
+ * abandon or replay its keys.  The restrictions are read into a per-backend
+ * cache, reloaded after a relcache invalidation of their table (sent by a
+ * trigger on every change), so an unrestricted scope costs a hash lookup,
+ * and no lookup at all while no scope is restricted.
+ *
+ * Rights.  The restriction is checked for the caller's role: current_user
+ * at the call, which inside another SECURITY DEFINER function is that
+ * function's owner (the reasoning of compensation.c).  So the four key
+ * functions are not SECURITY DEFINER, which would hide the caller; they
+ * read the key as the caller, with a direct index scan that checks no
+ * privilege (EXECUTE on the function is the check), and take their owner's
+ * rights with search_path pinned only around their SQL
+ * (payments_begin_as_owner), as a SECURITY DEFINER function with a SET
+ * clause would for the whole call.
  *
  * Reading a key is the hot path of every call (a replay is nothing else), so
  * it is a direct scan of the primary key index rather than an SPI query:
@@ -37,24 +59,30 @@
 #include "payments.h"
 
 #include "access/genam.h"
+#include "access/htup_details.h"
 #include "access/stratnum.h"
 #include "access/table.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_collation_d.h"
 #include "catalog/pg_type.h"
+#include "commands/trigger.h"
 #include "common/hashfn.h"
 #include "executor/tuptable.h"
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "storage/lock.h"
+#include "utils/acl.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/inval.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
+#include "utils/syscache.h"
 #include "utils/timestamp.h"
 
 PG_FUNCTION_INFO_V1(payments_idempotency_begin);
@@ -62,6 +90,9 @@ PG_FUNCTION_INFO_V1(payments_idempotency_checkpoint);
 PG_FUNCTION_INFO_V1(payments_idempotency_complete);
 PG_FUNCTION_INFO_V1(payments_idempotency_abandon);
 PG_FUNCTION_INFO_V1(payments_purge_idempotency_keys);
+PG_FUNCTION_INFO_V1(payments_restrict_scope);
+PG_FUNCTION_INFO_V1(payments_unrestrict_scope);
+PG_FUNCTION_INFO_V1(payments_idempotency_scopes_changed);
 
 #define SCOPE_MAX_BYTES			64
 #define KEY_MAX_BYTES			255
@@ -72,7 +103,7 @@ PG_FUNCTION_INFO_V1(payments_purge_idempotency_keys);
 typedef struct KeyRow
 {
 	bool		found;
-	bool		expired;		/* past its TTL: the key counts as new */
+	bool		expired;		/* past its TTL and lease: the key counts as new */
 	bool		completed;
 	bool		lease_expired;
 	bool		hash_matches;
@@ -92,6 +123,8 @@ static SPIPlanPtr checkpoint_plan;
 static SPIPlanPtr complete_plan;
 static SPIPlanPtr abandon_plan;
 static SPIPlanPtr purge_plan;
+static SPIPlanPtr restrict_plan;
+static SPIPlanPtr unrestrict_plan;
 
 static const Oid key_argtypes[] = {TEXTOID, TEXTOID};
 
@@ -149,20 +182,57 @@ typedef struct KeyColumns
 } KeyColumns;
 
 static KeyColumns key_columns;
-static bool key_columns_callback_registered = false;
+
+/*
+ * The scope restrictions, as payments.idempotency_scopes last held them:
+ * scope (NUL-terminated) -> the roles whose members may use it.
+ */
+typedef struct ScopeEntry
+{
+	char		scope[SCOPE_MAX_BYTES + 1];
+	int			nroles;
+	Oid		   *roles;
+} ScopeEntry;
+
+static MemoryContext scopes_cxt = NULL;
+static HTAB *scopes_hash = NULL;
+static long scopes_count = 0;
+static Oid	scopes_relid = InvalidOid;
+static bool scopes_valid = false;
+static uint64 scopes_invalidations = 0;
+
+static bool relcache_callback_registered = false;
 
 /*
  * The table and its columns are resolved by name once per backend and
  * forgotten when the table's relcache entry is invalidated (a DROP
  * EXTENSION, an ALTER TABLE in an upgrade script), so a backend that
- * outlives a re-creation of the extension never uses a stale OID.
+ * outlives a re-creation of the extension never uses a stale OID.  The
+ * scope restrictions are forgotten when their table's entry is invalidated,
+ * which a trigger does on every change to it.  The callback may run in the
+ * middle of a call (whenever a lock is taken), so it only marks things out
+ * of date.
  */
 static void
-key_columns_invalidate(Datum arg, Oid relid)
+relcache_invalidate(Datum arg, Oid relid)
 {
 	if (relid == InvalidOid || relid == key_columns.relid ||
 		relid == key_columns.indexid)
 		key_columns.relid = InvalidOid;
+	if (relid == InvalidOid || relid == scopes_relid)
+	{
+		scopes_valid = false;
+		scopes_invalidations++;
+	}
+}
+
+static void
+register_relcache_callback(void)
+{
+	if (relcache_callback_registered)
+		return;
+	CacheRegisterRelcacheCallback(relcache_invalidate, (Datum) 0);
+	relcache_callback_registered = true;
 }
 
 static AttrNumber
@@ -171,7 +241,8 @@ key_column(Oid relid, const char *name)
 	AttrNumber	attnum = get_attnum(relid, name);
 
 	if (attnum == InvalidAttrNumber)
-		elog(ERROR, "column \"%s\" of payments.idempotency_keys is missing", name);
+		elog(ERROR, "column \"%s\" of relation \"%s\" is missing",
+			 name, get_rel_name(relid));
 	return attnum;
 }
 
@@ -182,11 +253,7 @@ resolve_key_columns(void)
 
 	if (OidIsValid(key_columns.relid))
 		return;
-	if (!key_columns_callback_registered)
-	{
-		CacheRegisterRelcacheCallback(key_columns_invalidate, (Datum) 0);
-		key_columns_callback_registered = true;
-	}
+	register_relcache_callback();
 
 	relid = payments_relid("idempotency_keys");
 	key_columns.indexid = payments_relid("idempotency_keys_pkey");
@@ -273,7 +340,8 @@ lookup_key(text *scope, text *key, const unsigned char *fingerprint,
 		row->lease_expires_at = isnull ? 0 : DatumGetTimestampTz(d);
 		row->lease_expired = isnull || row->lease_expires_at <= now;
 		d = slot_getattr(slot, key_columns.expires_at, &isnull);
-		row->expired = DatumGetTimestampTz(d) <= now;
+		row->expired = DatumGetTimestampTz(d) <= now &&
+			(row->completed || row->lease_expired);
 	}
 
 	index_endscan(scan);
@@ -329,7 +397,7 @@ insert_key(text *scope, text *key, bytea *hash, Datum ttl)
 	return payments_execute(insert_plan, values, NULL, SPI_OK_INSERT, 0) == 1;
 }
 
-/* An expired key is used again as if it were new. */
+/* An expired key (past its TTL and its lease) is used again as if new. */
 static bool
 restart_key(text *scope, text *key, bytea *hash, Datum ttl)
 {
@@ -343,7 +411,9 @@ restart_key(text *scope, text *key, bytea *hash, Datum ttl)
 					 "  lease_expires_at = clock_timestamp() + $4 * interval '1 second',"
 					 "  expires_at = clock_timestamp() + $5"
 					 " WHERE scope = $1 AND key = $2"
-					 "  AND expires_at <= clock_timestamp()",
+					 "  AND expires_at <= clock_timestamp()"
+					 "  AND (lease_expires_at IS NULL"
+					 "   OR lease_expires_at <= clock_timestamp())",
 					 5, start_argtypes);
 	start_values(values, scope, key, hash, ttl);
 	return payments_execute(restart_plan, values, NULL, SPI_OK_UPDATE, 0) == 1;
@@ -409,11 +479,150 @@ begin_result(FunctionCallInfo fcinfo, const char *outcome, KeyRow *row)
 	return HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc), values, nulls));
 }
 
+/*
+ * Read payments.idempotency_scopes into the cache.  The table is read with
+ * a fresh snapshot after its lock is taken (which processes pending
+ * invalidations), so it holds every restriction committed before; one
+ * committed later sends its invalidation after this read, and the cache is
+ * only marked valid if none arrived while reading.  An error while reading
+ * leaves it invalid, never half-filled.
+ */
+static void
+load_scopes(void)
+{
+	Oid			relid;
+	Relation	rel;
+	TupleDesc	tupdesc;
+	AttrNumber	scope_att;
+	AttrNumber	roles_att;
+	Snapshot	snapshot;
+	SysScanDesc scan;
+	HeapTuple	tup;
+	HASHCTL		ctl;
+	uint64		invalidations;
+
+	register_relcache_callback();
+	scopes_valid = false;
+	relid = payments_relid("idempotency_scopes");
+	rel = table_open(relid, AccessShareLock);
+	scopes_relid = relid;
+	invalidations = scopes_invalidations;
+
+	if (scopes_cxt == NULL)
+		scopes_cxt = AllocSetContextCreate(CacheMemoryContext,
+										   "payments idempotency scopes",
+										   ALLOCSET_SMALL_SIZES);
+	scopes_hash = NULL;
+	scopes_count = 0;
+	MemoryContextReset(scopes_cxt);
+	ctl.keysize = SCOPE_MAX_BYTES + 1;
+	ctl.entrysize = sizeof(ScopeEntry);
+	ctl.hcxt = scopes_cxt;
+	scopes_hash = hash_create("payments idempotency scopes", 16, &ctl,
+							  HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+
+	tupdesc = RelationGetDescr(rel);
+	scope_att = key_column(relid, "scope");
+	roles_att = key_column(relid, "roles");
+	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	scan = systable_beginscan(rel, InvalidOid, false, snapshot, 0, NULL);
+	while (HeapTupleIsValid(tup = systable_getnext(scan)))
+	{
+		bool		isnull;
+		Datum		d;
+		text	   *scope;
+		int			len;
+		char		name[SCOPE_MAX_BYTES + 1];
+		ArrayType  *roles;
+		Datum	   *elems;
+		bool	   *elemnulls;
+		int			nelems;
+		ScopeEntry *e;
+
+		d = heap_getattr(tup, scope_att, tupdesc, &isnull);
+		if (isnull)
+			continue;
+		scope = DatumGetTextPP(d);
+		len = VARSIZE_ANY_EXHDR(scope);
+		/* no call can name a longer scope, so it restricts nothing */
+		if (len > SCOPE_MAX_BYTES)
+			continue;
+		memcpy(name, VARDATA_ANY(scope), len);
+		name[len] = '\0';
+
+		/* a row without roles (written by hand) admits superusers only */
+		nelems = 0;
+		elems = NULL;
+		elemnulls = NULL;
+		d = heap_getattr(tup, roles_att, tupdesc, &isnull);
+		if (!isnull)
+		{
+			roles = DatumGetArrayTypeP(d);
+			deconstruct_array(roles, REGROLEOID, sizeof(Oid), true,
+							  TYPALIGN_INT, &elems, &elemnulls, &nelems);
+		}
+
+		e = hash_search(scopes_hash, name, HASH_ENTER, NULL);
+		e->nroles = 0;
+		e->roles = MemoryContextAlloc(scopes_cxt, sizeof(Oid) * Max(nelems, 1));
+		for (int i = 0; i < nelems; i++)
+			if (!elemnulls[i])
+				e->roles[e->nroles++] = DatumGetObjectId(elems[i]);
+	}
+	systable_endscan(scan);
+	UnregisterSnapshot(snapshot);
+	table_close(rel, AccessShareLock);
+
+	scopes_count = hash_get_num_entries(scopes_hash);
+	scopes_valid = (invalidations == scopes_invalidations);
+}
+
+/*
+ * Refuse the call unless the scope is unrestricted or the caller's role
+ * has the privileges of one of the roles it is restricted to.
+ */
+static void
+check_scope_rights(text *scope)
+{
+	char		name[SCOPE_MAX_BYTES + 1];
+	int			len = VARSIZE_ANY_EXHDR(scope);
+	ScopeEntry *e;
+	Oid			user;
+
+	if (!scopes_valid)
+		load_scopes();
+	if (scopes_count == 0)
+		return;
+
+	memcpy(name, VARDATA_ANY(scope), len);
+	name[len] = '\0';
+	e = hash_search(scopes_hash, name, HASH_FIND, NULL);
+	if (e == NULL)
+		return;
+
+	user = GetUserId();
+	for (int i = 0; i < e->nroles; i++)
+		if (has_privs_of_role(user, e->roles[i]))
+			return;
+
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("permission denied for idempotency scope \"%s\"", name),
+			 errdetail("The scope is restricted to certain roles, and role \"%s\" is not a member of any of them.",
+					   GetUserNameFromId(user, false)),
+			 errhint("An operator can grant one of those roles, or change the restriction with payments.restrict_scope.")));
+}
+
+/*
+ * Check the scope and key arguments, and the caller's right to use the
+ * scope, before anything is read or written.
+ */
 static void
 check_scope_key(FunctionCallInfo fcinfo, text **scope, text **key)
 {
 	*scope = payments_arg_text(fcinfo, 0, "idempotency scope", SCOPE_MAX_BYTES);
 	*key = payments_arg_text(fcinfo, 1, "idempotency key", KEY_MAX_BYTES);
+	check_scope_rights(*scope);
 }
 
 /*
@@ -430,6 +639,7 @@ payments_idempotency_begin(PG_FUNCTION_ARGS)
 	KeyRow		row;
 	const char *outcome;
 	MemoryContext callcxt = CurrentMemoryContext;
+	PaymentsSavedUser saved;
 
 	check_scope_key(fcinfo, &scope, &key);
 	payments_arg_not_null(fcinfo, 2, "request");
@@ -453,12 +663,15 @@ payments_idempotency_begin(PG_FUNCTION_ARGS)
 
 	lock_key(scope, key);
 	hash = fingerprint_bytea(fingerprint);
+	payments_begin_as_owner(payments_function_owner(fcinfo->flinfo->fn_oid),
+							true, &saved);
 	SPI_connect();
 
 	/* A new key: the common write path is one INSERT. */
 	if (!row.found && insert_key(scope, key, hash, ttl))
 	{
 		SPI_finish();
+		payments_end_as_owner(&saved);
 		PG_RETURN_DATUM(begin_result(fcinfo, "started", NULL));
 	}
 
@@ -501,6 +714,7 @@ payments_idempotency_begin(PG_FUNCTION_ARGS)
 	}
 
 	SPI_finish();
+	payments_end_as_owner(&saved);
 	PG_RETURN_DATUM(begin_result(fcinfo, outcome,
 								 strcmp(outcome, "started") == 0 ? NULL : &row));
 }
@@ -529,23 +743,29 @@ report_not_started(text *scope, text *key, const char *action)
 }
 
 /*
- * Change a started key with one statement, under the key's lock; values[0]
- * and values[1] are filled with the scope and key.  If the statement finds
- * no started key, say why.
+ * Change a started key with one statement, under the key's lock, as the
+ * owner of the function called (fcinfo's); values[0] and values[1] are
+ * filled with the scope and key.  If the statement finds no started key,
+ * say why.
  */
 static void
-change_started_key(text *scope, text *key, const char *action,
-				   SPIPlanPtr *plan, const char *sql, int nargs,
-				   const Oid *argtypes, Datum *values, int expected)
+change_started_key(FunctionCallInfo fcinfo, text *scope, text *key,
+				   const char *action, SPIPlanPtr *plan, const char *sql,
+				   int nargs, const Oid *argtypes, Datum *values, int expected)
 {
-	SPI_connect();
+	PaymentsSavedUser saved;
+
 	lock_key(scope, key);
+	payments_begin_as_owner(payments_function_owner(fcinfo->flinfo->fn_oid),
+							true, &saved);
+	SPI_connect();
 	payments_prepare(plan, sql, nargs, argtypes);
 	values[0] = PointerGetDatum(scope);
 	values[1] = PointerGetDatum(key);
 	if (payments_execute(*plan, values, NULL, expected, 0) == 0)
 		report_not_started(scope, key, action);
 	SPI_finish();
+	payments_end_as_owner(&saved);
 }
 
 /*
@@ -565,7 +785,7 @@ payments_idempotency_checkpoint(PG_FUNCTION_ARGS)
 	payments_check_writable("checkpoint an idempotent request");
 
 	values[3] = Int32GetDatum(payments_idempotency_lease);
-	change_started_key(scope, key, "checkpoint", &checkpoint_plan,
+	change_started_key(fcinfo, scope, key, "checkpoint", &checkpoint_plan,
 					   "UPDATE @extschema@.idempotency_keys"
 					   " SET recovery_point = $3, updated_at = now(),"
 					   "  lease_expires_at = clock_timestamp() + $4 * interval '1 second'"
@@ -592,7 +812,7 @@ payments_idempotency_complete(PG_FUNCTION_ARGS)
 	payments_check_writable("complete an idempotent request");
 
 	values[2] = PG_GETARG_DATUM(2);
-	change_started_key(scope, key, "complete", &complete_plan,
+	change_started_key(fcinfo, scope, key, "complete", &complete_plan,
 					   "UPDATE @extschema@.idempotency_keys"
 					   " SET state = 'completed', response = $3, response_code = $4,"
 					   "  lease_expires_at = NULL, completed_at = now(), updated_at = now()"
@@ -618,7 +838,7 @@ payments_idempotency_abandon(PG_FUNCTION_ARGS)
 	check_scope_key(fcinfo, &scope, &key);
 	payments_check_writable("abandon an idempotent request");
 
-	change_started_key(scope, key, "abandon", &abandon_plan,
+	change_started_key(fcinfo, scope, key, "abandon", &abandon_plan,
 					   "DELETE FROM @extschema@.idempotency_keys"
 					   " WHERE scope = $1 AND key = $2 AND state = 'started'",
 					   2, key_argtypes, values, SPI_OK_DELETE);
@@ -628,7 +848,8 @@ payments_idempotency_abandon(PG_FUNCTION_ARGS)
 /*
  * payments.purge_idempotency_keys(max_rows)
  *
- * Deletes up to max_rows expired keys, oldest first.  Rows locked by a
+ * Deletes up to max_rows expired keys, oldest first; a started key whose
+ * lease still runs is not expired, whatever its TTL.  Rows locked by a
  * transaction that is reusing an expired key are skipped, not waited for,
  * so a purge never blocks a request.
  */
@@ -649,11 +870,120 @@ payments_purge_idempotency_keys(PG_FUNCTION_ARGS)
 					 " WHERE k.ctid = ANY (ARRAY("
 					 "  SELECT ctid FROM @extschema@.idempotency_keys"
 					 "  WHERE expires_at <= clock_timestamp()"
+					 "   AND (lease_expires_at IS NULL"
+					 "    OR lease_expires_at <= clock_timestamp())"
 					 "  ORDER BY expires_at LIMIT $1"
 					 "  FOR UPDATE SKIP LOCKED))"
-					 " AND k.expires_at <= clock_timestamp()",
+					 " AND k.expires_at <= clock_timestamp()"
+					 " AND (k.lease_expires_at IS NULL"
+					 "  OR k.lease_expires_at <= clock_timestamp())",
 					 1, argtypes);
 	n = payments_execute(purge_plan, values, NULL, SPI_OK_DELETE, 0);
 	SPI_finish();
 	PG_RETURN_INT32((int32) n);
+}
+
+/*
+ * payments.restrict_scope(scope, roles)
+ *
+ * From now on only members of roles (and superusers) may use the scope's
+ * keys; calling it again replaces the list.  EXECUTE on it is the right to
+ * restrict: it is granted to no application role, since a role that could
+ * restrict any scope could lock every other role out of theirs.
+ */
+Datum
+payments_restrict_scope(PG_FUNCTION_ARGS)
+{
+	static const Oid argtypes[] = {TEXTOID, REGROLEARRAYOID};
+	Datum		values[2];
+	ArrayType  *roles;
+	Datum	   *elems;
+	bool	   *nulls;
+	int			n;
+
+	values[0] = PointerGetDatum(payments_arg_text(fcinfo, 0, "idempotency scope",
+												  SCOPE_MAX_BYTES));
+	payments_arg_not_null(fcinfo, 1, "roles");
+	roles = PG_GETARG_ARRAYTYPE_P(1);
+	if (ARR_NDIM(roles) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("roles must be a one-dimensional array")));
+	deconstruct_array(roles, REGROLEOID, sizeof(Oid), true, TYPALIGN_INT,
+					  &elems, &nulls, &n);
+	if (n == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("roles must not be empty"),
+				 errhint("To share the scope with every role again, call payments.unrestrict_scope.")));
+	for (int i = 0; i < n; i++)
+	{
+		if (nulls[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("roles must not contain nulls")));
+		if (!SearchSysCacheExists1(AUTHOID, elems[i]))
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_OBJECT),
+					 errmsg("role with OID %u does not exist",
+							DatumGetObjectId(elems[i]))));
+	}
+	values[1] = PointerGetDatum(roles);
+	payments_check_writable("restrict an idempotency scope");
+
+	/* The table's trigger makes every backend reload its restrictions. */
+	SPI_connect();
+	payments_prepare(&restrict_plan,
+					 "INSERT INTO @extschema@.idempotency_scopes AS s"
+					 " (scope, roles) VALUES ($1, $2)"
+					 " ON CONFLICT (scope) DO UPDATE"
+					 " SET roles = excluded.roles,"
+					 "  restricted_at = excluded.restricted_at,"
+					 "  restricted_by = excluded.restricted_by",
+					 2, argtypes);
+	payments_execute(restrict_plan, values, NULL, SPI_OK_INSERT, 0);
+	SPI_finish();
+	PG_RETURN_VOID();
+}
+
+/*
+ * payments.unrestrict_scope(scope): the scope is shared by every role
+ * again.  Returns false if it was not restricted.
+ */
+Datum
+payments_unrestrict_scope(PG_FUNCTION_ARGS)
+{
+	Datum		values[1];
+	uint64		n;
+
+	values[0] = PointerGetDatum(payments_arg_text(fcinfo, 0, "idempotency scope",
+												  SCOPE_MAX_BYTES));
+	payments_check_writable("unrestrict an idempotency scope");
+
+	SPI_connect();
+	payments_prepare(&unrestrict_plan,
+					 "DELETE FROM @extschema@.idempotency_scopes WHERE scope = $1",
+					 1, (Oid[]) {TEXTOID});
+	n = payments_execute(unrestrict_plan, values, NULL, SPI_OK_DELETE, 0);
+	SPI_finish();
+	PG_RETURN_BOOL(n > 0);
+}
+
+/*
+ * Statement trigger on payments.idempotency_scopes: whatever changed it
+ * (the functions above, an operator's own UPDATE, a restore's COPY), every
+ * backend reloads the restrictions when the change commits, and this one
+ * at its next command.
+ */
+Datum
+payments_idempotency_scopes_changed(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("function payments.idempotency_scopes_changed() must be called as a trigger")));
+	CacheInvalidateRelcache(trigdata->tg_relation);
+	return PointerGetDatum(NULL);
 }
