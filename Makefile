@@ -72,7 +72,9 @@ ISOLATION = \
 	state_guard_redefine \
 	compensation_claim \
 	compensation_dedup \
-	compensation_cancel
+	compensation_cancel \
+	compensation_rights \
+	compensation_unregister
 ISOLATION_OPTS = --inputdir=test/isolation --load-extension=$(EXTENSION) --no-locale --encoding=UTF8
 
 TAP_TESTS = 1
