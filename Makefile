@@ -79,7 +79,9 @@ ISOLATION = \
 	compensation_claim \
 	compensation_dedup \
 	compensation_cancel \
-	compensation_skip_locked
+	compensation_skip_locked \
+	compensation_rights \
+	compensation_unregister
 ISOLATION_OPTS = --inputdir=test/isolation --load-extension=$(EXTENSION) --no-locale --encoding=UTF8
 
 TAP_TESTS = 1

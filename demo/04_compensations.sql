@@ -59,7 +59,8 @@ SELECT order_ref, count(*) AS refunds, sum(amount) AS total FROM demo_refunds GR
 
 \echo
 \echo 'A refund through a provider''s HTTP API is run outside the database: register the handler,'
-\echo 'and an executor claims the item for a lease, calls the provider, then completes it.'
+\echo 'and an executor claims the item for a lease, calls the provider, then completes it with'
+\echo 'the claim''s token (a claim whose lease ran out can no longer complete it).'
 CREATE FUNCTION demo_http_refund(p jsonb) RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
     RAISE EXCEPTION 'run by the HTTP executor';
@@ -69,11 +70,11 @@ $$;
 SELECT payments.register_external_handler('demo_http_refund(jsonb)');
 SELECT payments.enqueue_compensation('demo_http_refund(jsonb)', '{"order": "A-2002", "amount": 1500}');
 \o
-SELECT id AS claimed_id, payload, status, attempts
+SELECT id AS claimed_id, claim_token, payload, status, attempts
   FROM payments.claim_compensations('demo_http_refund(jsonb)', 10, '30 seconds') \gset
 \echo 'claimed:' :claimed_id :payload :status 'attempt' :attempts
 \o /dev/null
-SELECT payments.complete_compensation(:claimed_id);
+SELECT payments.complete_compensation(:claimed_id, :claim_token);
 \o
 SELECT status FROM payments.compensations WHERE id = :claimed_id;
 

@@ -60,27 +60,49 @@ SELECT payments.enqueue_compensation('comp_ok(jsonb)', '{}', max_attempts => 100
 SELECT payments.enqueue_compensation('comp_ok(jsonb)', '{}', run_at => 'infinity');
 \echo :LAST_ERROR_SQLSTATE
 
+-- Payloads over payments.max_payload_size: 54000
+SET payments.max_payload_size = '1kB';
+SELECT payments.enqueue_compensation('comp_ok(jsonb)', jsonb_build_object('blob', repeat('x', 1100)));
+\echo :LAST_ERROR_SQLSTATE
+RESET payments.max_payload_size;
+
 -- Nothing was queued.
 SELECT count(*) AS queued FROM payments.compensations;
 
--- Ids: NULL (22004), unknown (PM301)
+-- Ids and claim tokens: NULL (22004); unknown ids (PM301), whatever the
+-- token.  (The id is one the sequence handed out and nobody used.)
+SELECT nextval('payments.compensations_id_seq') AS missing \gset
 SELECT payments.retry_compensation(NULL);
 \echo :LAST_ERROR_SQLSTATE
 SELECT payments.cancel_compensation(NULL);
 \echo :LAST_ERROR_SQLSTATE
-SELECT payments.complete_compensation(NULL);
+SELECT payments.complete_compensation(NULL, 1);
 \echo :LAST_ERROR_SQLSTATE
-SELECT payments.fail_compensation(NULL, 'x');
+SELECT payments.complete_compensation(:missing, NULL);
 \echo :LAST_ERROR_SQLSTATE
-SELECT payments.retry_compensation(1);
+SELECT payments.fail_compensation(NULL, 1, 'x');
 \echo :LAST_ERROR_SQLSTATE
-SELECT payments.fail_compensation(1, 'x');
+SELECT payments.fail_compensation(:missing, NULL, 'x');
 \echo :LAST_ERROR_SQLSTATE
+\set VERBOSITY sqlstate
+SELECT payments.retry_compensation(:missing);
+SELECT payments.cancel_compensation(:missing);
+SELECT payments.complete_compensation(:missing, 1);
+SELECT payments.fail_compensation(:missing, 1, 'x');
+\set VERBOSITY default
 
 -- External executors' arguments
 SELECT payments.register_external_handler(NULL);
 \echo :LAST_ERROR_SQLSTATE
 SELECT payments.register_external_handler('comp_text(text)');
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.register_external_handler(4000000000::oid::regprocedure);
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.unregister_external_handler(NULL);
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.unregister_external_handler('comp_text(text)');
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.unregister_external_handler(4000000000::oid::regprocedure);
 \echo :LAST_ERROR_SQLSTATE
 SELECT payments.register_external_handler('comp_ok(jsonb)');
 SELECT * FROM payments.claim_compensations(NULL, 1, '1 minute');
@@ -102,12 +124,14 @@ SELECT * FROM payments.claim_compensations('comp_ok(jsonb)', 1, '8 days');
 SELECT * FROM payments.claim_compensations('comp_text(text)', 1, '1 minute');
 \echo :LAST_ERROR_SQLSTATE
 SELECT payments.enqueue_compensation('comp_ok(jsonb)', '{}') AS id \gset
-SELECT count(*) FROM payments.claim_compensations('comp_ok(jsonb)', 1, '1 hour');
-SELECT payments.fail_compensation(:id, NULL);
+SELECT id = :id AS claimed, claim_token AS token
+  FROM payments.claim_compensations('comp_ok(jsonb)', 1, '1 hour') \gset
+\echo :claimed
+SELECT payments.fail_compensation(:id, :token, NULL);
 \echo :LAST_ERROR_SQLSTATE
-SELECT payments.fail_compensation(:id, '');
+SELECT payments.fail_compensation(:id, :token, '');
 \echo :LAST_ERROR_SQLSTATE
-SELECT payments.fail_compensation(:id, repeat('e', 8193));
+SELECT payments.fail_compensation(:id, :token, repeat('e', 8193));
 \echo :LAST_ERROR_SQLSTATE
 SELECT status, attempts FROM payments.compensations WHERE id = :id;
 SELECT payments.run_compensations(NULL);

@@ -10,9 +10,10 @@ GRANT payments_app TO regress_app;
 -- Every function is SECURITY DEFINER with a pinned search_path, except the
 -- trigger function, guard_state / unguard_state, which deliberately run with
 -- the caller's rights so that PostgreSQL's own rules (the TRIGGER privilege,
--- table ownership) decide who may guard a table; the three compensation
--- functions that act for their caller (src/compensation.c): they pin
--- search_path and take their owner's rights themselves; reserve and
+-- table ownership) decide who may guard a table; the compensation
+-- functions that act for their caller or check its rights on an item (all
+-- but run_compensations, src/compensation.c): they pin search_path and take
+-- their owner's rights themselves; reserve and
 -- confirm_reservation, whose hot path runs no SQL and whose slow path takes
 -- the owner's rights and pins search_path itself (src/reservation.sql); and
 -- the four idempotency key functions, which check scope restrictions for
@@ -60,6 +61,27 @@ SELECT * FROM payments.idempotency_keys;
 RESET ROLE;
 
 SELECT scope, key, state, response FROM payments.idempotency_keys;
+
+-- payments_operator: created by the extension, cannot log in, granted to
+-- nobody; it may read the compensation queue and call the four functions
+-- that change an item (which check who may change which item), and
+-- nothing else.  payments_app may not read the queue.
+SELECT rolname, rolcanlogin, rolsuper, rolcreaterole, rolinherit
+  FROM pg_roles WHERE rolname IN ('payments_app', 'payments_operator') ORDER BY 1;
+SELECT count(*) AS members FROM pg_auth_members WHERE roleid = 'payments_operator'::regrole;
+SELECT c.relname, a.privilege_type
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace,
+       aclexplode(c.relacl) a
+ WHERE n.nspname = 'payments' AND a.grantee = 'payments_operator'::regrole
+ ORDER BY 1, 2;
+SELECT p.oid::regprocedure
+  FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace,
+       aclexplode(p.proacl) a
+ WHERE n.nspname = 'payments' AND a.grantee = 'payments_operator'::regrole
+ ORDER BY 1;
+SELECT has_schema_privilege('payments_operator', 'payments', 'USAGE') AS operator_usage,
+       has_schema_privilege('payments_operator', 'payments', 'CREATE') AS operator_create,
+       has_table_privilege('payments_app', 'payments.compensations', 'SELECT') AS app_reads_queue;
 
 DROP EXTENSION payments;
 DROP ROLE regress_app;

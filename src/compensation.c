@@ -16,29 +16,49 @@
  * to pending (or dead) with a PM304 attempt row.  compensation_run.c has the
  * worker's side.
  *
- * Rights.  A handler runs as the role that enqueued it, so enqueueing
- * requires EXECUTE on it, checked for the caller's role: current_user at
- * the call, which inside another SECURITY DEFINER function is that
- * function's owner.  That is why enqueue_compensation (like
- * claim_compensations and register_external_handler, which also act for
- * their caller) is not SECURITY DEFINER: a SECURITY DEFINER function cannot
- * see who called it, and the session's role (GetOuterUserId) would be wrong
- * in the other direction: a superuser calling a SECURITY DEFINER function of
- * an unprivileged role would queue that role's handler as the superuser.
- * These functions take their owner's rights themselves, only around their
- * own statements (payments_begin_as_owner; their SET clause pins
- * search_path).
+ * Rights.  A handler runs as the role that queued it, so enqueueing
+ * requires what calling it directly would: USAGE on its schema and EXECUTE
+ * on it, checked for the caller's role (compensation_check_handler, which
+ * the worker calls again before every run).  The caller's role is
+ * current_user at the call, which inside another SECURITY DEFINER function
+ * is that function's owner.  That is why none of these functions is
+ * SECURITY DEFINER: a SECURITY DEFINER function cannot see who called it,
+ * and the session's role (GetOuterUserId) would be wrong in the other
+ * direction: a superuser calling a SECURITY DEFINER function of an
+ * unprivileged role would act as the superuser.  They take their owner's
+ * rights themselves, only around their own statements
+ * (payments_begin_as_owner; their SET clause pins search_path).
+ *
+ * Who may do what:
+ *	- enqueue: USAGE + EXECUTE on the handler.  A dedup key belongs to its
+ *	  handler; a key already used by a role whose privileges the caller does
+ *	  not have is refused without its item's id (a role must neither squat
+ *	  another's key silently nor learn its items).
+ *	- register / unregister an external handler: the function's owner or a
+ *	  member of the owning role, with USAGE + EXECUTE.
+ *	- claim: USAGE + EXECUTE on the handler (claims hand out payloads).
+ *	- cancel / retry: the role that queued the item or its members, and
+ *	  members of payments_operator.
+ *	- complete / fail: the same roles or members of the role that claimed
+ *	  it, and only with the token of the claim that holds it (PM302 else).
+ * A refused caller gets 42501 whether or not the id exists, unless it is an
+ * operator (or superuser), who may see every item: ids are not secrets, but
+ * the queue should not tell one role what another has queued.  Rights are
+ * checked on an unlocked read, before any row is locked, so that a role
+ * with no rights on an item cannot make anyone wait for it.
  *
  *-------------------------------------------------------------------------
  */
 #include "compensation.h"
 #include "worker.h"
 
+#include "access/detoast.h"
 #include "access/htup_details.h"
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
 #include "common/pg_prng.h"
 #include "funcapi.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
@@ -52,6 +72,7 @@ PG_FUNCTION_INFO_V1(payments_enqueue_compensation);
 PG_FUNCTION_INFO_V1(payments_retry_compensation);
 PG_FUNCTION_INFO_V1(payments_cancel_compensation);
 PG_FUNCTION_INFO_V1(payments_register_external_handler);
+PG_FUNCTION_INFO_V1(payments_unregister_external_handler);
 PG_FUNCTION_INFO_V1(payments_claim_compensations);
 PG_FUNCTION_INFO_V1(payments_complete_compensation);
 PG_FUNCTION_INFO_V1(payments_fail_compensation);
@@ -87,7 +108,10 @@ static SPIPlanPtr dedup_plan;
 static SPIPlanPtr retry_plan;
 static SPIPlanPtr cancel_plan;
 static SPIPlanPtr status_plan;
+static SPIPlanPtr rights_plan;
 static SPIPlanPtr register_plan;
+static SPIPlanPtr unregister_plan;
+static SPIPlanPtr running_plan;
 static SPIPlanPtr is_external_plan;
 static SPIPlanPtr claim_plan;
 static SPIPlanPtr complete_plan;
@@ -95,8 +119,10 @@ static SPIPlanPtr fail_plan;
 static SPIPlanPtr expire_plan;
 
 /*
- * Check that a function can be a compensation handler and that role may
- * execute it; returns the function's owner.  A handler is a plain function
+ * Check that a function can be a compensation handler and that role could
+ * call it directly: USAGE on its schema (a function's OID passed as a
+ * regprocedure bypasses the name lookup that would check it) and EXECUTE
+ * on it.  Returns the function's owner.  A handler is a plain function
  * (payload jsonb) RETURNS void.
  */
 Oid
@@ -106,6 +132,7 @@ compensation_check_handler(Oid handler, Oid role)
 	Form_pg_proc proc;
 	bool		valid;
 	Oid			owner;
+	Oid			nsp;
 
 	tup = SearchSysCache1(PROCOID, ObjectIdGetDatum(handler));
 	if (!HeapTupleIsValid(tup))
@@ -117,6 +144,7 @@ compensation_check_handler(Oid handler, Oid role)
 		proc->pronargs == 1 && proc->proargtypes.values[0] == JSONBOID &&
 		proc->prorettype == VOIDOID;
 	owner = proc->proowner;
+	nsp = proc->pronamespace;
 	ReleaseSysCache(tup);
 
 	if (!valid)
@@ -125,6 +153,14 @@ compensation_check_handler(Oid handler, Oid role)
 				 errmsg("function %s cannot be a compensation handler",
 						format_procedure(handler)),
 				 errdetail("A compensation handler is a function that takes one argument of type jsonb and returns void.")));
+
+	if (pg_namespace_aclcheck(nsp, role, ACL_USAGE) != ACLCHECK_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied for schema %s", get_namespace_name(nsp)),
+				 errdetail("A compensation handler runs as the role that queued it; role \"%s\" has no USAGE privilege on the schema of function %s.",
+						   GetUserNameFromId(role, false),
+						   format_procedure_qualified(handler))));
 
 	if (pg_proc_aclcheck(handler, role, ACL_EXECUTE) != ACLCHECK_OK)
 		ereport(ERROR,
@@ -143,42 +179,56 @@ compensation_handler_name(Oid handler)
 }
 
 /*
- * Record a failed attempt of an item and schedule the next one, or make it
- * dead if that was its last.  worker_token = 0: an external executor's item,
- * which must be running.  Otherwise an item of the worker's claim with that
- * token, which the worker marked succeeded before running it (see
- * compensation_run.c).  Returns false if there was no such item.  The caller
- * is connected to SPI.
+ * Record a failed attempt of the item that claim token holds and schedule
+ * the next one, or make the item dead if that was its last.  external:
+ * an external executor's claim, which must be running; otherwise an item of
+ * the worker's claim, which the worker marked succeeded before running it
+ * (see compensation_run.c).  The error is clipped to ERROR_MAX_BYTES: a
+ * handler's error text is not bounded.  Returns false if the token holds no
+ * such item.  The caller is connected to SPI.
  */
-bool
-compensation_record_failure(int64 id, const char *error, const char *sqlstate,
-							int64 worker_token)
+static bool
+record_failure(int64 id, const char *error, const char *sqlstate,
+			   int64 token, bool external)
 {
-	static const Oid argtypes[] = {INT8OID, TEXTOID, INT4OID, INT4OID, TEXTOID, INT8OID};
-	Datum		values[6];
-	char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
+	static const Oid argtypes[] = {INT8OID, TEXTOID, INT4OID, INT4OID, TEXTOID,
+	INT8OID, BOOLOID};
+	Datum		values[7];
+	char		nulls[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	int			len = strlen(error);
 
 	payments_prepare(&fail_plan,
 					 "WITH failed AS ("
 					 " UPDATE @extschema@.compensations c SET last_error = $2," FAILED_SET_SQL
-					 " WHERE c.id = $1 AND CASE WHEN $6 = 0"
+					 " WHERE c.id = $1 AND c.claim_token = $6 AND CASE WHEN $7"
 					 "  THEN c.status = 'running' AND " IS_EXTERNAL_SQL("c")
-					 "  ELSE c.status = 'succeeded' AND c.claim_token = $6 END"
+					 "  ELSE c.status = 'succeeded' END"
 					 " RETURNING c.id, c.attempts)"
 					 " INSERT INTO @extschema@.compensation_attempts"
 					 "  (compensation_id, attempt, failed_at, error, sqlstate)"
 					 " SELECT id, attempts, clock_timestamp(), $2, $5 FROM failed",
-					 6, argtypes);
+					 7, argtypes);
 	values[0] = Int64GetDatum(id);
-	values[1] = CStringGetTextDatum(error);
+	if (len > ERROR_MAX_BYTES)
+		len = pg_mbcliplen(error, len, ERROR_MAX_BYTES);
+	values[1] = PointerGetDatum(cstring_to_text_with_len(error, len));
 	values[2] = Int32GetDatum(payments_backoff_base);
 	values[3] = Int32GetDatum(payments_backoff_max);
 	if (sqlstate != NULL)
 		values[4] = CStringGetTextDatum(sqlstate);
 	else
 		nulls[4] = 'n';
-	values[5] = Int64GetDatum(worker_token);
+	values[5] = Int64GetDatum(token);
+	values[6] = BoolGetDatum(external);
 	return payments_execute(fail_plan, values, nulls, SPI_OK_INSERT, 0) == 1;
+}
+
+/* The worker's side of record_failure: an item of its claim worker_token */
+bool
+compensation_record_failure(int64 id, const char *error, const char *sqlstate,
+							int64 worker_token)
+{
+	return record_failure(id, error, sqlstate, worker_token, false);
 }
 
 /*
@@ -243,22 +293,88 @@ arg_handler(FunctionCallInfo fcinfo, int argno)
 	return PG_GETARG_OID(argno);
 }
 
+/* Does role have the privileges of payments_operator (or a superuser's)? */
+static bool
+is_operator(Oid role)
+{
+	Oid			operator_role;
+
+	if (superuser_arg(role))
+		return true;
+	operator_role = get_role_oid(COMPENSATION_OPERATOR_ROLE, true);
+	return OidIsValid(operator_role) && has_privs_of_role(role, operator_role);
+}
+
 /*
- * Explain why a change of item id found nothing to change: the item does
- * not exist (PM301), is run by the worker when external_only (PM303), or is
- * in the wrong status (PM302).  Returns without error if its status is
- * "allowed", for the caller to accept as a no-op.
+ * Check that caller may change item id: it has the privileges of the role
+ * that queued it or of payments_operator, or, for a completion or failure
+ * report (executor), of the role that claimed it last; the claim token is
+ * checked by the change itself.  The row is read without a lock, so that a
+ * caller with no rights on an item can never make anyone wait for it;
+ * enqueued_by never changes, and claimed_by only changes with the claim
+ * token that the change must match.  A caller who is not an operator gets
+ * the same error for an id that does not exist.  The caller is connected to
+ * SPI and acts as the owner.
  */
 static void
-report_state_conflict(int64 id, const char *action, bool external_only,
-					  const char *allowed, const char *hint)
+check_item_rights(int64 id, Oid caller, bool executor)
 {
 	Datum		values[1];
 	bool		isnull;
-	char	   *status;
+
+	payments_prepare(&rights_plan,
+					 "SELECT enqueued_by::oid, claimed_by::oid"
+					 " FROM @extschema@.compensations WHERE id = $1",
+					 1, (Oid[]) {INT8OID});
+	values[0] = Int64GetDatum(id);
+	if (payments_execute(rights_plan, values, NULL, SPI_OK_SELECT, 0) == 1)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[0];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		Oid			enqueued_by = DatumGetObjectId(SPI_getbinval(tup, desc, 1, &isnull));
+		Oid			claimed_by = DatumGetObjectId(SPI_getbinval(tup, desc, 2, &isnull));
+
+		if (isnull)
+			claimed_by = InvalidOid;
+		if (has_privs_of_role(caller, enqueued_by) ||
+			(executor && OidIsValid(claimed_by) && has_privs_of_role(caller, claimed_by)) ||
+			is_operator(caller))
+			return;
+	}
+	else if (is_operator(caller))
+		ereport(ERROR,
+				(errcode(ERRCODE_PM_COMPENSATION_NOT_FOUND),
+				 errmsg("compensation %lld does not exist", (long long) id)));
+
+	if (executor)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied for compensation %lld", (long long) id),
+				 errdetail("Only the role that queued a compensation, the role that claimed it, members of either and members of %s may complete or fail it.",
+						   COMPENSATION_OPERATOR_ROLE)));
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("permission denied for compensation %lld", (long long) id),
+			 errdetail("Only the role that queued a compensation, its members and members of %s may cancel or retry it.",
+					   COMPENSATION_OPERATOR_ROLE)));
+}
+
+/*
+ * An item's status, its claim token (0 if none) and whether its handler is
+ * external, read to explain why a change found nothing to change; an item
+ * that no longer exists (deleted by hand since the rights check) is PM301.
+ */
+static char *
+item_state(int64 id, int64 *token, bool *external)
+{
+	Datum		values[1];
+	HeapTuple	tup;
+	TupleDesc	desc;
+	bool		isnull;
+	Datum		d;
 
 	payments_prepare(&status_plan,
-					 "SELECT c.status, " IS_EXTERNAL_SQL("c")
+					 "SELECT c.status, c.claim_token, " IS_EXTERNAL_SQL("c")
 					 " FROM @extschema@.compensations c WHERE c.id = $1",
 					 1, (Oid[]) {INT8OID});
 	values[0] = Int64GetDatum(id);
@@ -266,24 +382,44 @@ report_state_conflict(int64 id, const char *action, bool external_only,
 		ereport(ERROR,
 				(errcode(ERRCODE_PM_COMPENSATION_NOT_FOUND),
 				 errmsg("compensation %lld does not exist", (long long) id)));
+	tup = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+	d = SPI_getbinval(tup, desc, 2, &isnull);
+	*token = isnull ? 0 : DatumGetInt64(d);
+	*external = DatumGetBool(SPI_getbinval(tup, desc, 3, &isnull));
+	return TextDatumGetCString(SPI_getbinval(tup, desc, 1, &isnull));
+}
 
-	status = TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[0],
-											   SPI_tuptable->tupdesc, 1, &isnull));
-	if (allowed != NULL && strcmp(status, allowed) == 0)
-		return;
-	if (external_only &&
-		!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
-									SPI_tuptable->tupdesc, 2, &isnull)))
+/*
+ * A completion or failure report matched no claim: the item's handler is
+ * run by the worker (PM303), or the token is not the claim that holds the
+ * item (PM302): the item was completed, failed or cancelled, or the claim's
+ * lease ran out and the item went back to the queue or to another claim.
+ */
+static void
+report_claim_conflict(int64 id, bool completing)
+{
+	int64		token;
+	bool		external;
+	char	   *status = item_state(id, &token, &external);
+
+	if (!external)
 		ereport(ERROR,
 				(errcode(ERRCODE_PM_COMPENSATION_NOT_EXTERNAL),
-				 errmsg("cannot %s compensation %lld", action, (long long) id),
+				 completing ?
+				 errmsg("cannot complete compensation %lld", (long long) id) :
+				 errmsg("cannot fail compensation %lld", (long long) id),
 				 errdetail("Its handler is run by the payments worker, not by an external executor."),
 				 errhint("Register the handler with payments.register_external_handler for executors outside the database.")));
 	ereport(ERROR,
 			(errcode(ERRCODE_PM_COMPENSATION_STATE_CONFLICT),
-			 errmsg("cannot %s compensation %lld", action, (long long) id),
-			 errdetail("Its status is \"%s\".", status),
-			 hint ? errhint("%s", hint) : 0));
+			 completing ?
+			 errmsg("cannot complete compensation %lld", (long long) id) :
+			 errmsg("cannot fail compensation %lld", (long long) id),
+			 strcmp(status, "running") == 0 ?
+			 errdetail("It is held by another claim.") :
+			 errdetail("Its status is \"%s\"; only a claimed compensation can be completed or failed.", status),
+			 errhint("A claim whose lease ran out went back to the queue, where it can be claimed again; choose a lease longer than the work.")));
 }
 
 /*
@@ -301,14 +437,29 @@ payments_enqueue_compensation(PG_FUNCTION_ARGS)
 	text	   *dedup_key = NULL;
 	int32		max_attempts;
 	TimestampTz run_at;
+	Size		payload_size;
 	Datum		values[7];
 	char		nulls[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	Datum		dedup_values[2];
 	PaymentsSavedUser saved;
 	int64		id = 0;
 	bool		isnull;
 
 	handler = arg_handler(fcinfo, 0);
 	payments_arg_not_null(fcinfo, 1, "compensation payload");
+
+	/*
+	 * The raw size (uncompressed, header included) without detoasting: the
+	 * worker holds every payload of a batch in memory.
+	 */
+	payload_size = toast_raw_datum_size(PG_GETARG_DATUM(1));
+	if (payload_size > (Size) payments_max_payload_size)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("compensation payload is too large"),
+				 errdetail("The payload takes %zu bytes; the limit, payments.max_payload_size, is %d bytes.",
+						   payload_size, payments_max_payload_size),
+				 errhint("Store large data in a table of your own and queue its key.")));
 	if (!PG_ARGISNULL(2))
 		dedup_key = payments_arg_text(fcinfo, 2, "dedup key", DEDUP_KEY_MAX_BYTES);
 	max_attempts = PG_ARGISNULL(3) ? payments_max_attempts :
@@ -321,6 +472,8 @@ payments_enqueue_compensation(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("run_at must be a finite time")));
 	payments_check_writable("enqueue a compensation");
+
+	/* Before the dedup lookup: a key is only looked up by its handler's users. */
 	owner = compensation_check_handler(handler, caller);
 
 	values[0] = CStringGetTextDatum(compensation_handler_name(handler));
@@ -333,6 +486,8 @@ payments_enqueue_compensation(PG_FUNCTION_ARGS)
 	values[4] = TimestampTzGetDatum(run_at);
 	values[5] = ObjectIdGetDatum(caller);
 	values[6] = ObjectIdGetDatum(owner);
+	dedup_values[0] = values[0];
+	dedup_values[1] = values[2];
 
 	payments_begin_as_owner(payments_function_owner(fcinfo->flinfo->fn_oid),
 							false, &saved);
@@ -342,18 +497,19 @@ payments_enqueue_compensation(PG_FUNCTION_ARGS)
 					 " (handler, payload, dedup_key, max_attempts, next_attempt_at,"
 					 "  enqueued_by, handler_owner)"
 					 " VALUES ($1, $2, $3, $4, $5, $6::regrole, $7::regrole)"
-					 " ON CONFLICT (dedup_key) WHERE dedup_key IS NOT NULL DO NOTHING"
+					 " ON CONFLICT (handler, dedup_key) WHERE dedup_key IS NOT NULL DO NOTHING"
 					 " RETURNING id",
 					 7, argtypes);
 	payments_prepare(&dedup_plan,
-					 "SELECT id FROM @extschema@.compensations WHERE dedup_key = $1",
-					 1, (Oid[]) {TEXTOID});
+					 "SELECT id, enqueued_by::oid FROM @extschema@.compensations"
+					 " WHERE handler = $1 AND dedup_key = $2",
+					 2, (Oid[]) {TEXTOID, TEXTOID});
 
 	/*
-	 * A dedup key already used returns the first item's id.  ON CONFLICT
-	 * waits for a concurrent enqueue of the same key to commit or abort;
-	 * under READ COMMITTED the SELECT then sees the row that won.  The loop
-	 * only repeats if that row is deleted in between.
+	 * A dedup key already used with this handler returns the first item's
+	 * id.  ON CONFLICT waits for a concurrent enqueue of the same key to
+	 * commit or abort; under READ COMMITTED the SELECT then sees the row
+	 * that won.  The loop only repeats if that row is deleted in between.
 	 */
 	for (int tries = 0; id == 0; tries++)
 	{
@@ -363,9 +519,28 @@ payments_enqueue_compensation(PG_FUNCTION_ARGS)
 			id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
 											 SPI_tuptable->tupdesc, 1, &isnull));
 		}
-		else if (payments_execute(dedup_plan, &values[2], NULL, SPI_OK_SELECT, 0) == 1)
-			id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-											 SPI_tuptable->tupdesc, 1, &isnull));
+		else if (payments_execute(dedup_plan, dedup_values, NULL, SPI_OK_SELECT, 0) == 1)
+		{
+			HeapTuple	tup = SPI_tuptable->vals[0];
+			Oid			first_by;
+
+			first_by = DatumGetObjectId(SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull));
+
+			/*
+			 * Another role's item: returning its id would tell the caller
+			 * about it, and silently adding nothing would let that role
+			 * squat the caller's key.
+			 */
+			if (!has_privs_of_role(caller, first_by))
+				ereport(ERROR,
+						(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+						 errmsg("dedup key \"%s\" of compensation handler %s is taken by another role",
+								text_to_cstring(dedup_key), format_procedure(handler)),
+						 errdetail("A compensation with this handler and dedup key was queued by a role whose privileges role \"%s\" does not have.",
+								   GetUserNameFromId(caller, false)),
+						 errhint("Every role that may execute a handler shares its dedup keys; use keys that cannot collide, or a handler that only your role may execute.")));
+			id = DatumGetInt64(SPI_getbinval(tup, SPI_tuptable->tupdesc, 1, &isnull));
+		}
 		else if (tries >= 2)
 			elog(ERROR, "compensation with dedup key \"%s\" conflicts but cannot be found",
 				 text_to_cstring(dedup_key));
@@ -382,12 +557,18 @@ payments_enqueue_compensation(PG_FUNCTION_ARGS)
 Datum
 payments_retry_compensation(PG_FUNCTION_ARGS)
 {
+	Oid			caller = GetUserId();
+	int64		id = arg_id(fcinfo);
 	Datum		values[1];
+	PaymentsSavedUser saved;
 
-	values[0] = Int64GetDatum(arg_id(fcinfo));
 	payments_check_writable("retry a compensation");
+	values[0] = Int64GetDatum(id);
 
+	payments_begin_as_owner(payments_function_owner(fcinfo->flinfo->fn_oid),
+							false, &saved);
 	SPI_connect();
+	check_item_rights(id, caller, false);
 	payments_prepare(&retry_plan,
 					 "UPDATE @extschema@.compensations"
 					 " SET status = 'pending', attempts = 0,"
@@ -396,11 +577,20 @@ payments_retry_compensation(PG_FUNCTION_ARGS)
 					 " WHERE id = $1 AND status = 'dead'",
 					 1, (Oid[]) {INT8OID});
 	if (payments_execute(retry_plan, values, NULL, SPI_OK_UPDATE, 0) == 0)
-		report_state_conflict(DatumGetInt64(values[0]), "retry", false, NULL,
-							  "Only a dead compensation can be retried.");
-	else
-		payments_wake_worker_at_commit();
+	{
+		int64		token;
+		bool		external;
+		char	   *status = item_state(id, &token, &external);
+
+		ereport(ERROR,
+				(errcode(ERRCODE_PM_COMPENSATION_STATE_CONFLICT),
+				 errmsg("cannot retry compensation %lld", (long long) id),
+				 errdetail("Its status is \"%s\".", status),
+				 errhint("Only a dead compensation can be retried.")));
+	}
+	payments_wake_worker_at_commit();
 	SPI_finish();
+	payments_end_as_owner(&saved);
 	PG_RETURN_VOID();
 }
 
@@ -414,12 +604,18 @@ payments_retry_compensation(PG_FUNCTION_ARGS)
 Datum
 payments_cancel_compensation(PG_FUNCTION_ARGS)
 {
+	Oid			caller = GetUserId();
+	int64		id = arg_id(fcinfo);
 	Datum		values[1];
+	PaymentsSavedUser saved;
 
-	values[0] = Int64GetDatum(arg_id(fcinfo));
 	payments_check_writable("cancel a compensation");
+	values[0] = Int64GetDatum(id);
 
+	payments_begin_as_owner(payments_function_owner(fcinfo->flinfo->fn_oid),
+							false, &saved);
 	SPI_connect();
+	check_item_rights(id, caller, false);
 	payments_prepare(&cancel_plan,
 					 "UPDATE @extschema@.compensations"
 					 " SET status = 'cancelled', finished_at = clock_timestamp(),"
@@ -428,10 +624,39 @@ payments_cancel_compensation(PG_FUNCTION_ARGS)
 					 " WHERE id = $1 AND status IN ('pending', 'running', 'dead')",
 					 1, (Oid[]) {INT8OID});
 	if (payments_execute(cancel_plan, values, NULL, SPI_OK_UPDATE, 0) == 0)
-		report_state_conflict(DatumGetInt64(values[0]), "cancel", false,
-							  "cancelled", NULL);
+	{
+		int64		token;
+		bool		external;
+		char	   *status = item_state(id, &token, &external);
+
+		if (strcmp(status, "cancelled") != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_PM_COMPENSATION_STATE_CONFLICT),
+					 errmsg("cannot cancel compensation %lld", (long long) id),
+					 errdetail("Its status is \"%s\".", status)));
+	}
 	SPI_finish();
+	payments_end_as_owner(&saved);
 	PG_RETURN_VOID();
+}
+
+/*
+ * The handler argument of register / unregister_external_handler, checked
+ * for caller: a valid handler it may call, owned by a role whose
+ * privileges it has.  Returns the stored name.
+ */
+static Datum
+external_handler_arg(FunctionCallInfo fcinfo, Oid caller)
+{
+	Oid			handler = arg_handler(fcinfo, 0);
+	Oid			owner = compensation_check_handler(handler, caller);
+
+	if (!has_privs_of_role(caller, owner))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("must be owner of function %s", format_procedure(handler)),
+				 errdetail("Only the owner of a compensation handler, or a member of the owning role, may register it for external executors or unregister it.")));
+	return CStringGetTextDatum(compensation_handler_name(handler));
 }
 
 /*
@@ -444,13 +669,11 @@ payments_register_external_handler(PG_FUNCTION_ARGS)
 {
 	static const Oid argtypes[] = {TEXTOID, OIDOID};
 	Oid			caller = GetUserId();
-	Oid			handler = arg_handler(fcinfo, 0);
 	Datum		values[2];
 	PaymentsSavedUser saved;
 
 	payments_check_writable("register an external compensation handler");
-	(void) compensation_check_handler(handler, caller);
-	values[0] = CStringGetTextDatum(compensation_handler_name(handler));
+	values[0] = external_handler_arg(fcinfo, caller);
 	values[1] = ObjectIdGetDatum(caller);
 
 	payments_begin_as_owner(payments_function_owner(fcinfo->flinfo->fn_oid),
@@ -467,26 +690,79 @@ payments_register_external_handler(PG_FUNCTION_ARGS)
 }
 
 /*
+ * payments.unregister_external_handler(handler): the worker runs this
+ * handler's items again.  Refused while an executor holds a claim of one of
+ * them: its completion would then be refused and the work done twice.  The
+ * DELETE waits for a claim in progress, which locks the registration (see
+ * claim_compensations), and the count that follows sees what it claimed.
+ * Unregistering a handler that is not registered is a no-op.
+ */
+Datum
+payments_unregister_external_handler(PG_FUNCTION_ARGS)
+{
+	Oid			caller = GetUserId();
+	Datum		values[1];
+	PaymentsSavedUser saved;
+	bool		isnull;
+	int64		running;
+
+	payments_check_writable("unregister an external compensation handler");
+	values[0] = external_handler_arg(fcinfo, caller);
+
+	payments_begin_as_owner(payments_function_owner(fcinfo->flinfo->fn_oid),
+							false, &saved);
+	SPI_connect();
+	payments_prepare(&unregister_plan,
+					 "DELETE FROM @extschema@.external_handlers WHERE handler = $1",
+					 1, (Oid[]) {TEXTOID});
+	payments_prepare(&running_plan,
+					 "SELECT count(*) FROM @extschema@.compensations"
+					 " WHERE finished_at IS NULL AND status = 'running' AND handler = $1",
+					 1, (Oid[]) {TEXTOID});
+	if (payments_execute(unregister_plan, values, NULL, SPI_OK_DELETE, 0) == 1)
+	{
+		payments_execute(running_plan, values, NULL, SPI_OK_SELECT, 0);
+		running = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+											  SPI_tuptable->tupdesc, 1, &isnull));
+		if (running > 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_IN_USE),
+					 errmsg("compensation handler %s has claimed compensations",
+							TextDatumGetCString(values[0])),
+					 errdetail("External executors hold claims of %lld of its compensations.",
+							   (long long) running),
+					 errhint("Unregister the handler once they are completed or failed, their leases run out, or they are cancelled.")));
+		/* Its pending items are the worker's now. */
+		payments_wake_worker_at_commit();
+	}
+	SPI_finish();
+	payments_end_as_owner(&saved);
+	PG_RETURN_VOID();
+}
+
+/*
  * payments.claim_compensations(handler, max_items, lease)
  *
  * Hands up to max_items due items of an external handler to the caller,
- * oldest due first, each counted as an attempt and held for the lease.
- * FOR UPDATE SKIP LOCKED makes concurrent claims take disjoint items
- * without waiting for each other.  Claims of this handler whose lease has
- * run out are first given back to the queue, as failed attempts.
+ * oldest due first, each counted as an attempt and held for the lease,
+ * with a claim token that completes or fails it.  FOR UPDATE SKIP LOCKED
+ * makes concurrent claims take disjoint items without waiting for each
+ * other.  Claims of this handler whose lease has run out are first given
+ * back to the queue, as failed attempts.  The registration is locked (FOR
+ * KEY SHARE) so that an unregister waits for the claim and then sees it.
  */
 Datum
 payments_claim_compensations(PG_FUNCTION_ARGS)
 {
-	static const Oid argtypes[] = {TEXTOID, INT4OID, INTERVALOID, INT8OID, TIMESTAMPTZOID};
+	static const Oid argtypes[] = {TEXTOID, INT4OID, INTERVALOID, INT8OID,
+	TIMESTAMPTZOID, OIDOID};
 	Oid			caller = GetUserId();
 	Oid			handler = arg_handler(fcinfo, 0);
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	Datum		values[5];
+	Datum		values[6];
 	char	   *name;
 	PaymentsSavedUser saved;
 	uint64		n;
-	bool		isnull;
 
 	values[1] = Int32GetDatum(payments_arg_int_range(fcinfo, 1, "max_items", 1,
 													 COMPENSATION_MAX_ITEMS_LIMIT));
@@ -497,6 +773,7 @@ payments_claim_compensations(PG_FUNCTION_ARGS)
 	values[0] = CStringGetTextDatum(name);
 	values[3] = Int64GetDatum((int64) pg_prng_uint64(&pg_global_prng_state));
 	values[4] = TimestampTzGetDatum(GetCurrentTimestamp());
+	values[5] = ObjectIdGetDatum(caller);
 
 	InitMaterializedSRF(fcinfo, 0);
 	payments_begin_as_owner(payments_function_owner(fcinfo->flinfo->fn_oid),
@@ -504,11 +781,10 @@ payments_claim_compensations(PG_FUNCTION_ARGS)
 	SPI_connect();
 
 	payments_prepare(&is_external_plan,
-					 "SELECT EXISTS (SELECT FROM @extschema@.external_handlers WHERE handler = $1)",
+					 "SELECT FROM @extschema@.external_handlers WHERE handler = $1"
+					 " FOR KEY SHARE",
 					 1, (Oid[]) {TEXTOID});
-	payments_execute(is_external_plan, values, NULL, SPI_OK_SELECT, 0);
-	if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
-									1, &isnull)))
+	if (payments_execute(is_external_plan, values, NULL, SPI_OK_SELECT, 0) == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_PM_COMPENSATION_NOT_EXTERNAL),
 				 errmsg("compensation handler %s is not registered for external executors",
@@ -523,7 +799,7 @@ payments_claim_compensations(PG_FUNCTION_ARGS)
 					 " UPDATE @extschema@.compensations c"
 					 " SET status = 'running', attempts = c.attempts + 1,"
 					 "  lease_expires_at = clock_timestamp() + $3, claim_token = $4,"
-					 "  updated_at = clock_timestamp()"
+					 "  claimed_by = $6::regrole, updated_at = clock_timestamp()"
 					 " WHERE c.id = ANY (ARRAY("
 					 "  SELECT id FROM @extschema@.compensations"
 					 "  WHERE finished_at IS NULL AND next_attempt_at <= $5"
@@ -533,7 +809,7 @@ payments_claim_compensations(PG_FUNCTION_ARGS)
 					 "  AND c.status = 'pending'"
 					 " RETURNING c.*)"
 					 " SELECT * FROM claimed ORDER BY next_attempt_at, id",
-					 5, argtypes);
+					 6, argtypes);
 	n = payments_execute(claim_plan, values, NULL, SPI_OK_SELECT, 0);
 	for (uint64 i = 0; i < n; i++)
 		tuplestore_puttuple(rsinfo->setResult, SPI_tuptable->vals[i]);
@@ -544,49 +820,69 @@ payments_claim_compensations(PG_FUNCTION_ARGS)
 }
 
 /*
- * payments.complete_compensation(id): an external executor did the work of
- * an item it claimed.  Accepted while the item is running, even if the
- * lease has just run out but nobody has taken the item back yet.
+ * payments.complete_compensation(id, claim_token): an external executor did
+ * the work of an item it claimed.  Accepted while that claim holds the
+ * item, even if its lease has just run out but nobody has taken the item
+ * back yet.
  */
 Datum
 payments_complete_compensation(PG_FUNCTION_ARGS)
 {
-	Datum		values[1];
+	Oid			caller = GetUserId();
+	int64		id = arg_id(fcinfo);
+	Datum		values[2];
+	PaymentsSavedUser saved;
 
-	values[0] = Int64GetDatum(arg_id(fcinfo));
+	payments_arg_not_null(fcinfo, 1, "claim token");
 	payments_check_writable("complete a compensation");
+	values[0] = Int64GetDatum(id);
+	values[1] = PG_GETARG_DATUM(1);
 
+	payments_begin_as_owner(payments_function_owner(fcinfo->flinfo->fn_oid),
+							false, &saved);
 	SPI_connect();
+	check_item_rights(id, caller, true);
 	payments_prepare(&complete_plan,
 					 "UPDATE @extschema@.compensations c"
 					 " SET status = 'succeeded', finished_at = clock_timestamp(),"
 					 "  lease_expires_at = NULL, claim_token = NULL,"
 					 "  updated_at = clock_timestamp()"
-					 " WHERE c.id = $1 AND c.status = 'running'"
+					 " WHERE c.id = $1 AND c.claim_token = $2 AND c.status = 'running'"
 					 "  AND " IS_EXTERNAL_SQL("c"),
-					 1, (Oid[]) {INT8OID});
+					 2, (Oid[]) {INT8OID, INT8OID});
 	if (payments_execute(complete_plan, values, NULL, SPI_OK_UPDATE, 0) == 0)
-		report_state_conflict(DatumGetInt64(values[0]), "complete", true, NULL,
-							  "Only a claimed compensation can be completed; a claim whose lease ran out went back to the queue.");
+		report_claim_conflict(id, true);
 	SPI_finish();
+	payments_end_as_owner(&saved);
 	PG_RETURN_VOID();
 }
 
 /*
- * payments.fail_compensation(id, error): an external executor's attempt
- * failed; the item is scheduled again with backoff, or dead.
+ * payments.fail_compensation(id, claim_token, error): an external
+ * executor's attempt failed; the item is scheduled again with backoff, or
+ * dead.
  */
 Datum
 payments_fail_compensation(PG_FUNCTION_ARGS)
 {
+	Oid			caller = GetUserId();
 	int64		id = arg_id(fcinfo);
-	text	   *error = payments_arg_text(fcinfo, 1, "error", ERROR_MAX_BYTES);
+	int64		token;
+	text	   *error;
+	PaymentsSavedUser saved;
 
+	payments_arg_not_null(fcinfo, 1, "claim token");
+	token = PG_GETARG_INT64(1);
+	error = payments_arg_text(fcinfo, 2, "error", ERROR_MAX_BYTES);
 	payments_check_writable("fail a compensation");
+
+	payments_begin_as_owner(payments_function_owner(fcinfo->flinfo->fn_oid),
+							false, &saved);
 	SPI_connect();
-	if (!compensation_record_failure(id, text_to_cstring(error), NULL, 0))
-		report_state_conflict(id, "fail", true, NULL,
-							  "Only a claimed compensation can be failed; a claim whose lease ran out went back to the queue.");
+	check_item_rights(id, caller, true);
+	if (!record_failure(id, text_to_cstring(error), NULL, token, true))
+		report_claim_conflict(id, false);
 	SPI_finish();
+	payments_end_as_owner(&saved);
 	PG_RETURN_VOID();
 }

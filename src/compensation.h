@@ -15,6 +15,12 @@
 #define COMPENSATION_MAX_ATTEMPTS_LIMIT	1000
 #define COMPENSATION_MAX_ITEMS_LIMIT	100000
 
+/*
+ * The role whose members may cancel, retry, complete and fail any role's
+ * compensations (src/privileges.sql creates it)
+ */
+#define COMPENSATION_OPERATOR_ROLE "payments_operator"
+
 /* SQLSTATE recorded for an attempt whose claim ran out (see payments.h) */
 #define COMPENSATION_LEASE_EXPIRED_SQLSTATE "PM304"
 

@@ -29,7 +29,8 @@ CREATE TABLE payments.compensations (
     finished_at      timestamptz,           -- set exactly when the status is final
     handler_owner    regrole     NOT NULL,
     lease_expires_at timestamptz,           -- while running: when the claim lapses
-    claim_token      bigint                 -- the claim that holds (or ran) it
+    claim_token      bigint,                -- the claim that holds (or ran) it
+    claimed_by       regrole                -- the role of the last external claim
 ) WITH (fillfactor = 50);   -- room for the claim's HOT update, see below
 
 COMMENT ON TABLE payments.compensations IS
@@ -38,10 +39,12 @@ COMMENT ON TABLE payments.compensations IS
 -- The unfinished items (pending or running) in due order: the claims read
 -- it, and so does the search for claims whose lease ran out (running items
 -- were due when claimed).  No index mentions status, attempts,
--- lease_expires_at or claim_token, so that claiming an item (pending ->
--- running) is a HOT update: a claim costs half of what it would otherwise.
+-- lease_expires_at, claim_token or claimed_by, so that claiming an item
+-- (pending -> running) is a HOT update: a claim costs half of what it would
+-- otherwise.  A dedup key belongs to its handler: the same key with another
+-- handler is another item.
 CREATE UNIQUE INDEX compensations_dedup_key_idx
-    ON payments.compensations (dedup_key) WHERE dedup_key IS NOT NULL;
+    ON payments.compensations (handler, dedup_key) WHERE dedup_key IS NOT NULL;
 CREATE INDEX compensations_due_idx
     ON payments.compensations (next_attempt_at) WHERE finished_at IS NULL;
 
@@ -92,11 +95,11 @@ CREATE VIEW payments.compensation_stats AS
 COMMENT ON VIEW payments.compensation_stats IS
     'Compensations per handler: how many in each status, and the age of the oldest pending one';
 
--- enqueue_compensation, claim_compensations and register_external_handler
--- act on behalf of their caller, so they are not SECURITY DEFINER: they
--- read the caller's role (current_user, also inside another SECURITY
--- DEFINER function) and take the rights of their owner only for their own
--- statements.  See src/compensation.c.
+-- None of these functions is SECURITY DEFINER: they act on behalf of their
+-- caller, whose rights they check (the role that would run a handler, the
+-- role that queued an item), so they read the caller's role (current_user,
+-- also inside another SECURITY DEFINER function) and take the rights of
+-- their owner only for their own statements.  See src/compensation.c.
 
 CREATE FUNCTION payments.enqueue_compensation(
         handler regprocedure, payload jsonb, dedup_key text DEFAULT NULL,
@@ -112,7 +115,7 @@ COMMENT ON FUNCTION payments.enqueue_compensation(regprocedure, jsonb, text, int
 CREATE FUNCTION payments.retry_compensation(id bigint)
     RETURNS void
     AS 'MODULE_PATHNAME', 'payments_retry_compensation'
-    LANGUAGE C VOLATILE SECURITY DEFINER
+    LANGUAGE C VOLATILE
     SET search_path = pg_catalog, pg_temp;
 
 COMMENT ON FUNCTION payments.retry_compensation(bigint) IS
@@ -121,7 +124,7 @@ COMMENT ON FUNCTION payments.retry_compensation(bigint) IS
 CREATE FUNCTION payments.cancel_compensation(id bigint)
     RETURNS void
     AS 'MODULE_PATHNAME', 'payments_cancel_compensation'
-    LANGUAGE C VOLATILE SECURITY DEFINER
+    LANGUAGE C VOLATILE
     SET search_path = pg_catalog, pg_temp;
 
 COMMENT ON FUNCTION payments.cancel_compensation(bigint) IS
@@ -136,6 +139,15 @@ CREATE FUNCTION payments.register_external_handler(handler regprocedure)
 COMMENT ON FUNCTION payments.register_external_handler(regprocedure) IS
     'Mark a handler as run by executors outside the database: the worker never runs its items';
 
+CREATE FUNCTION payments.unregister_external_handler(handler regprocedure)
+    RETURNS void
+    AS 'MODULE_PATHNAME', 'payments_unregister_external_handler'
+    LANGUAGE C VOLATILE
+    SET search_path = pg_catalog, pg_temp;
+
+COMMENT ON FUNCTION payments.unregister_external_handler(regprocedure) IS
+    'Give a handler''s items back to the worker; refused while executors hold claims of them';
+
 CREATE FUNCTION payments.claim_compensations(
         handler regprocedure, max_items integer, lease interval)
     RETURNS SETOF payments.compensations
@@ -146,23 +158,23 @@ CREATE FUNCTION payments.claim_compensations(
 COMMENT ON FUNCTION payments.claim_compensations(regprocedure, integer, interval) IS
     'Claim up to max_items due compensations of an external handler for the length of the lease';
 
-CREATE FUNCTION payments.complete_compensation(id bigint)
+CREATE FUNCTION payments.complete_compensation(id bigint, claim_token bigint)
     RETURNS void
     AS 'MODULE_PATHNAME', 'payments_complete_compensation'
-    LANGUAGE C VOLATILE SECURITY DEFINER
+    LANGUAGE C VOLATILE
     SET search_path = pg_catalog, pg_temp;
 
-COMMENT ON FUNCTION payments.complete_compensation(bigint) IS
-    'Record that an external executor carried out a claimed compensation';
+COMMENT ON FUNCTION payments.complete_compensation(bigint, bigint) IS
+    'Record that an external executor carried out a compensation its claim holds';
 
-CREATE FUNCTION payments.fail_compensation(id bigint, error text)
+CREATE FUNCTION payments.fail_compensation(id bigint, claim_token bigint, error text)
     RETURNS void
     AS 'MODULE_PATHNAME', 'payments_fail_compensation'
-    LANGUAGE C VOLATILE SECURITY DEFINER
+    LANGUAGE C VOLATILE
     SET search_path = pg_catalog, pg_temp;
 
-COMMENT ON FUNCTION payments.fail_compensation(bigint, text) IS
-    'Record a failed attempt of a claimed compensation and schedule the next one';
+COMMENT ON FUNCTION payments.fail_compensation(bigint, bigint, text) IS
+    'Record a failed attempt of a compensation its claim holds and schedule the next one';
 
 CREATE FUNCTION payments.run_compensations(max_items integer DEFAULT 1000)
     RETURNS integer
@@ -171,4 +183,4 @@ CREATE FUNCTION payments.run_compensations(max_items integer DEFAULT 1000)
     SET search_path = pg_catalog, pg_temp;
 
 COMMENT ON FUNCTION payments.run_compensations(integer) IS
-    'The worker''s step: run the compensations this session claimed in its previous call, return expired claims to the queue, claim the next due ones';
+    'The worker''s step: return expired claims to the queue, claim and run up to max_items due compensations; returns how many finished';

@@ -45,6 +45,7 @@ int			payments_backoff_base = 1000;
 int			payments_backoff_max = 3600 * 1000;
 int			payments_max_attempts = 10;
 int			payments_handler_timeout = 30 * 1000;
+int			payments_max_payload_size = 1024 * 1024;
 
 void
 _PG_init(void)
@@ -173,6 +174,17 @@ _PG_init(void)
 							INT_MAX,
 							PGC_SUSET,
 							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("payments.max_payload_size",
+							gettext_noop("The largest compensation payload that can be queued."),
+							gettext_noop("Measured in bytes of the jsonb value as stored, before compression."),
+							&payments_max_payload_size,
+							1024 * 1024,
+							1,
+							0x3fffffff,	/* MaxAllocSize: no value is larger */
+							PGC_SUSET,
+							GUC_UNIT_BYTE,
 							NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("payments");

@@ -58,6 +58,7 @@ extern int	payments_backoff_base;
 extern int	payments_backoff_max;
 extern int	payments_max_attempts;
 extern int	payments_handler_timeout;
+extern int	payments_max_payload_size;
 
 /* payments.c */
 extern void payments_check_writable(const char *what);

@@ -3,13 +3,20 @@
 -- The tables are reachable only through the extension's functions.
 -- Applications get EXECUTE through one role, payments_app, so a DBA grants
 -- access with a single statement:  GRANT payments_app TO my_app;
--- The role is cluster-wide: it is created by the first database that
--- installs the extension and shared by every other one.
+-- Members of payments_operator may read the compensation queue and cancel,
+-- retry, complete or fail any role's items (an application role only its
+-- own): GRANT payments_operator TO on_call;
+-- The roles are cluster-wide: each is created by the first database that
+-- installs the extension and shared by every other one.  Neither can log
+-- in; neither is granted to anyone.
 
 DO $$
 BEGIN
     IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'payments_app') THEN
         CREATE ROLE payments_app NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'payments_operator') THEN
+        CREATE ROLE payments_operator NOLOGIN;
     END IF;
 END
 $$;
@@ -41,11 +48,31 @@ GRANT EXECUTE ON FUNCTION
     payments.retry_compensation(bigint),
     payments.cancel_compensation(bigint),
     payments.register_external_handler(regprocedure),
+    payments.unregister_external_handler(regprocedure),
     payments.claim_compensations(regprocedure, integer, interval),
-    payments.complete_compensation(bigint),
-    payments.fail_compensation(bigint, text)
+    payments.complete_compensation(bigint, bigint),
+    payments.fail_compensation(bigint, bigint, text)
     TO payments_app;
 -- Applications may read stock levels, not the tables behind them.
 GRANT SELECT ON payments.stock_levels TO payments_app;
 GRANT SELECT ON payments.state_machines TO payments_app;
 GRANT SELECT ON payments.compensation_stats TO payments_app;
+
+-- The operator: the compensation queue, read and steered (the functions
+-- check who may change which item, see src/compensation.c).
+GRANT USAGE ON SCHEMA payments TO payments_operator;
+GRANT EXECUTE ON FUNCTION
+    payments.retry_compensation(bigint),
+    payments.cancel_compensation(bigint),
+    payments.complete_compensation(bigint, bigint),
+    payments.fail_compensation(bigint, bigint, text)
+    TO payments_operator;
+GRANT SELECT ON payments.compensations, payments.compensation_attempts,
+    payments.external_handlers, payments.compensation_stats TO payments_operator;
+-- The operator also decides which roles share an idempotency scope: an
+-- application that could would lock another out of its own scope.
+GRANT EXECUTE ON FUNCTION
+    payments.restrict_scope(text, regrole[]),
+    payments.unrestrict_scope(text)
+    TO payments_operator;
+GRANT SELECT ON payments.idempotency_scopes TO payments_operator;
