@@ -78,7 +78,6 @@ PG_FUNCTION_INFO_V1(payments_complete_compensation);
 PG_FUNCTION_INFO_V1(payments_fail_compensation);
 
 #define DEDUP_KEY_MAX_BYTES		255
-#define ERROR_MAX_BYTES			8192
 #define LEASE_MAX_USECS			(INT64CONST(7) * USECS_PER_DAY)
 
 /*
@@ -183,9 +182,10 @@ compensation_handler_name(Oid handler)
  * the next one, or make the item dead if that was its last.  external:
  * an external executor's claim, which must be running; otherwise an item of
  * the worker's claim, which the worker marked succeeded before running it
- * (see compensation_run.c).  The error is clipped to ERROR_MAX_BYTES: a
- * handler's error text is not bounded.  Returns false if the token holds no
- * such item.  The caller is connected to SPI.
+ * (see compensation_run.c).  The error is clipped to
+ * COMPENSATION_ERROR_MAX_BYTES: a handler's error text is not bounded.
+ * Returns false if the token holds no such item.  The caller is connected
+ * to SPI.
  */
 static bool
 record_failure(int64 id, const char *error, const char *sqlstate,
@@ -209,8 +209,8 @@ record_failure(int64 id, const char *error, const char *sqlstate,
 					 " SELECT id, attempts, clock_timestamp(), $2, $5 FROM failed",
 					 7, argtypes);
 	values[0] = Int64GetDatum(id);
-	if (len > ERROR_MAX_BYTES)
-		len = pg_mbcliplen(error, len, ERROR_MAX_BYTES);
+	if (len > COMPENSATION_ERROR_MAX_BYTES)
+		len = pg_mbcliplen(error, len, COMPENSATION_ERROR_MAX_BYTES);
 	values[1] = PointerGetDatum(cstring_to_text_with_len(error, len));
 	values[2] = Int32GetDatum(payments_backoff_base);
 	values[3] = Int32GetDatum(payments_backoff_max);
@@ -873,7 +873,7 @@ payments_fail_compensation(PG_FUNCTION_ARGS)
 
 	payments_arg_not_null(fcinfo, 1, "claim token");
 	token = PG_GETARG_INT64(1);
-	error = payments_arg_text(fcinfo, 2, "error", ERROR_MAX_BYTES);
+	error = payments_arg_text(fcinfo, 2, "error", COMPENSATION_ERROR_MAX_BYTES);
 	payments_check_writable("fail a compensation");
 
 	payments_begin_as_owner(payments_function_owner(fcinfo->flinfo->fn_oid),

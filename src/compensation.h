@@ -15,6 +15,9 @@
 #define COMPENSATION_MAX_ATTEMPTS_LIMIT	1000
 #define COMPENSATION_MAX_ITEMS_LIMIT	100000
 
+/* Error texts are stored and logged clipped to this many bytes */
+#define COMPENSATION_ERROR_MAX_BYTES	8192
+
 /*
  * The role whose members may cancel, retry, complete and fail any role's
  * compensations (src/privileges.sql creates it)

@@ -98,9 +98,6 @@ PG_FUNCTION_INFO_V1(payments_run_compensations);
 /* How long a handler in the worker may go on after it was cancelled */
 #define HANDLER_CANCEL_GRACE_MS	1000
 
-/* Error texts are stored and logged clipped to this many bytes */
-#define HANDLER_ERROR_MAX_BYTES	8192
-
 /*
  * The item whose handler the worker is running, mirrored in a file.  id 0
  * means none.  reason says how to record the attempt if the handler never
@@ -407,9 +404,9 @@ clipped(const char *message)
 {
 	int			len = strlen(message);
 
-	if (len <= HANDLER_ERROR_MAX_BYTES)
+	if (len <= COMPENSATION_ERROR_MAX_BYTES)
 		return pstrdup(message);
-	return pnstrdup(message, pg_mbcliplen(message, len, HANDLER_ERROR_MAX_BYTES));
+	return pnstrdup(message, pg_mbcliplen(message, len, COMPENSATION_ERROR_MAX_BYTES));
 }
 
 /*
