@@ -477,9 +477,11 @@ reserve_one(Oid fn_oid, text *order_ref, text *sku, int64 qty, Datum ttl)
 
 /*
  * Give qty units back to the SKU.  Any slot that can be locked without
- * waiting will do.  If all are busy and wait is true, wait for one,
- * holding the SKU's stock row first as the lock order requires; if wait is
- * false, return false and change nothing.
+ * waiting will do (need 0: every slot it locks passes the re-check, so it
+ * keeps no slot it does not use before it may wait for the stock row).  If
+ * all are busy and wait is true, wait for one, holding the SKU's stock row
+ * first as the lock order requires; if wait is false, return false and
+ * change nothing.
  */
 static bool
 put_back(text *sku, int64 qty, bool wait)
