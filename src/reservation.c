@@ -55,17 +55,37 @@
  * runs SQL, as the function's owner with search_path pinned
  * (reserve_slow), which is what SECURITY DEFINER SET search_path would do.
  *
- * Lock order, and why multi-SKU orders never deadlock.  Waiting happens
- * only on (1) reservation rows, (2) a SKU's payments.stock row, and (3) a
- * SKU's slots, and a transaction only ever waits for a slot of a SKU while
- * holding that SKU's payments.stock row, so at most one transaction at a
- * time waits for a given SKU's slots.  Within one call, locks are waited
- * for in the order: reservation rows (by id), then per SKU in byte order
- * its stock row, then its slots.  Taking a slot with SKIP LOCKED never
- * waits, and reclaiming lapsed holds or expiring them skips locked rows
- * (expire_reservations never waits at all), so no wait can close a cycle.  A transaction that
- * makes several calls may still deadlock with another one (PostgreSQL
- * detects it, SQLSTATE 40P01); reserve all of an order's items in one call.
+ * Lock order, and why calls in their own transactions never deadlock.
+ * Waiting happens only on (1) reservation rows, (2) a SKU's payments.stock
+ * row, and (3) a SKU's slots.  Within one call, locks are waited for in
+ * the order: reservation rows (by id), then per SKU in byte order its
+ * stock row, then its slots.  Two rules make that one order across
+ * transactions too:
+ *
+ *	- a transaction waits for a SKU's slots only while it holds that SKU's
+ *	  stock row, so at most one transaction at a time waits for them;
+ *	- a transaction that holds a slot without holding the SKU's stock row
+ *	  locked it without waiting, took units from it or gave units to it,
+ *	  and is done with that SKU: it never waits for that SKU's stock row
+ *	  while holding one of its slots.
+ *
+ * A row lock cannot be given back before the transaction ends, so the
+ * second rule needs every slot locked without waiting to be a slot the
+ * call uses.  The hot path therefore judges a slot before it locks it
+ * (reservation_rows.c).  It used to lock the latest version first and
+ * judge it after, as FOR UPDATE SKIP LOCKED does: a reserve that lost the
+ * slot's last units to a concurrent commit kept its lock, took the slow
+ * path, and waited for the stock row, whose holder (a slow reserve, a
+ * release or stock_adjust) waited for that slot: a deadlock under load on
+ * one hot SKU.  The SQL form (MOVE_UNITS_SQL with SKIP LOCKED) still keeps
+ * such locks, so it runs only where that is harmless: in the slow path,
+ * after the stock row is locked, and in put_back with need 0, which every
+ * slot meets.  Reclaiming lapsed holds and expiring them skip locked rows
+ * (expire_reservations never waits at all), so no wait closes a cycle.  A
+ * transaction that makes several calls on one SKU may still deadlock with
+ * another one (PostgreSQL detects it, SQLSTATE 40P01): its second call can
+ * wait for the stock row holding a slot its first call took.  Reserve all
+ * of an order's items in one call.
  *
  * stock_adjust and stock_set hold the SKU's stock row and every slot while
  * they decide, so the held quantity they check against cannot grow under
@@ -457,9 +477,11 @@ reserve_one(Oid fn_oid, text *order_ref, text *sku, int64 qty, Datum ttl)
 
 /*
  * Give qty units back to the SKU.  Any slot that can be locked without
- * waiting will do.  If all are busy and wait is true, wait for one,
- * holding the SKU's stock row first as the lock order requires; if wait is
- * false, return false and change nothing.
+ * waiting will do (need 0: every slot it locks passes the re-check, so it
+ * keeps no slot it does not use before it may wait for the stock row).  If
+ * all are busy and wait is true, wait for one, holding the SKU's stock row
+ * first as the lock order requires; if wait is false, return false and
+ * change nothing.
  */
 static bool
 put_back(text *sku, int64 qty, bool wait)

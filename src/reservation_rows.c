@@ -19,6 +19,10 @@
  *   under REPEATABLE READ or SERIALIZABLE that is a serialization failure;
  * - SKIP LOCKED where the SQL said so.
  *
+ * One difference, on purpose: a slot is judged before it is locked, not
+ * after (lock_slot_if_enough), so the hot path never keeps a lock on a
+ * slot it does not take units from.
+ *
  * They run as whoever called reserve or confirm_reservation, which are
  * not SECURITY DEFINER (see src/reservation.sql): nothing here checks a
  * privilege or applies row-level security, EXECUTE on those functions is
@@ -285,6 +289,79 @@ compare_candidates(const void *a, const void *b)
 }
 
 /*
+ * Lock, without waiting, the latest version of the slot whose snapshot
+ * version is at tid, if that version still holds at least qty units; leave
+ * it in row.  Returns false, having locked nothing, if the slot is busy,
+ * gone, or no longer has enough.
+ *
+ * Unlike SKIP LOCKED in SQL (and lock_latest), which locks the latest
+ * version first and judges it after, this judges a version before locking
+ * it: a version committed since the snapshot is read, judged again on
+ * every condition of the scan (as EvalPlanQual would), and locked only if
+ * it still qualifies, and then only if it is still the latest.  So a slot
+ * this call locks is a slot it takes units from.  That is the lock order's
+ * premise (see src/reservation.c): a row lock cannot be given back before
+ * the transaction ends, and a reserve that kept a slot it could not use
+ * and went on to wait for the SKU's stock row would close a cycle with
+ * the holder of that row waiting for the slot.
+ */
+static bool
+lock_slot_if_enough(RowCall *call, ItemPointer tid, text *sku, int32 slotno,
+					int64 qty, TupleTableSlot *row)
+{
+	ItemPointerData cur = *tid;
+
+	for (;;)
+	{
+		TM_FailureData tmfd;
+		TM_Result	res;
+
+		/*
+		 * Without TUPLE_LOCK_FLAG_FIND_LAST_VERSION this locks the version
+		 * at cur only if nobody has updated it, so the row locked holds
+		 * what was judged (the scan judged the first one).
+		 */
+		res = table_tuple_lock(call->rel, &cur, call->snapshot, row,
+							   GetCurrentCommandId(false),
+							   LockTupleNoKeyExclusive, LockWaitSkip, 0,
+							   &tmfd);
+		switch (res)
+		{
+			case TM_Ok:
+				Assert(slot_units(row) >= qty && slot_is(row, sku, slotno));
+				return true;
+			case TM_WouldBlock:
+				return false;
+			case TM_Updated:
+				if (IsolationUsesXactSnapshot())
+					ereport(ERROR,
+							(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+							 errmsg("could not serialize access due to concurrent update")));
+				/* the updater committed: judge its version before locking it */
+				cur = tmfd.ctid;
+				if (!table_tuple_fetch_row_version(call->rel, &cur, SnapshotAny, row) ||
+					slot_units(row) < qty || !slot_is(row, sku, slotno))
+					return false;
+				break;
+			case TM_Deleted:
+				if (IsolationUsesXactSnapshot())
+					ereport(ERROR,
+							(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+							 errmsg("could not serialize access due to concurrent delete")));
+				return false;
+			default:
+
+				/*
+				 * TM_SelfModified and TM_Invisible cannot happen, as in
+				 * lock_latest.
+				 */
+				elog(ERROR, "unexpected table_tuple_lock status %d in relation \"%s\"",
+					 (int) res, RelationGetRelationName(call->rel));
+		}
+	}
+}
+
+/*
  * Lock, without waiting, a slot of the SKU that holds at least qty units:
  * slot number only (>= 0) if given, else any, tried in the order of
  * hashint4(slot # seed).  Leaves it in row; false if none could be locked.
@@ -333,15 +410,8 @@ lock_free_slot(RowCall *call, text *sku, int64 qty, int32 only, int32 seed,
 	if (ncand > 1)
 		qsort(cand, ncand, sizeof(SlotCandidate), compare_candidates);
 	for (int i = 0; i < ncand; i++)
-	{
-		/*
-		 * A slot changed since the snapshot is judged again as locked, on
-		 * every condition of the scan (as EvalPlanQual would).
-		 */
-		if (lock_latest(call, &cand[i].tid, row, LockWaitSkip) == ROW_LOCKED &&
-			slot_units(row) >= qty && slot_is(row, sku, cand[i].slot))
+		if (lock_slot_if_enough(call, &cand[i].tid, sku, cand[i].slot, qty, row))
 			return true;
-	}
 	return false;
 }
 
