@@ -35,6 +35,7 @@ extern bool compensation_record_failure(int64 id, const char *error,
 extern int	compensation_expire_leases(const char *handler, int max_items);
 
 /* compensation_run.c */
+extern bool compensation_handler_running;
 extern void compensation_worker_attach(void);
 
 #endif							/* PAYMENTS_COMPENSATION_H */

@@ -28,7 +28,7 @@
  * effects are gone.  In the worker, the item whose handler was running is
  * then charged the attempt it was cut short in: before each handler starts
  * the worker writes the item's id to a small file of its own (see
- * running_marker), clears it when the handler returns, and a worker that
+ * MarkerFile), clears it when the handler returns, and a worker that
  * finds the file set (after a restart, or after its batch failed) records
  * that attempt as failed before it runs anything else.  The file is not
  * fsynced: it has to survive the worker's process, not the machine.  A call
@@ -40,15 +40,18 @@
  * the role exists and may still use the function, and that the function
  * found under the stored name still has the owner it had at enqueue time.
  * A security-restricted operation already refuses temporary objects,
- * PREPARE, LISTEN and cursors WITH HOLD; in the worker, what a handler can
- * still leave in the session (session advisory locks, and sequence values
- * that lastval() and currval() would show) is dropped after each handler.
+ * PREPARE, LISTEN and cursors WITH HOLD.  A handler that leaves a cursor
+ * open fails; its large objects are closed; SET CONSTRAINTS is refused
+ * while it runs (worker_shmem.c); and in the worker, what it can still
+ * leave in the session (session advisory locks, the sequence values that
+ * lastval() and currval() show, the seed of random()) is reset after it.
  *
  * No handler runs past payments.handler_timeout: it is cancelled, the way
  * statement_timeout cancels a query, and its attempt fails whatever the
- * handler catches.  A handler in the worker that still runs a second after
- * the cancel ends the worker process; the restarted worker records the
- * attempt as timed out and goes on with the next item.
+ * handler catches.  A handler that still runs a second after the cancel
+ * ends the process that runs it: the worker, whose next process records
+ * the attempt as timed out and goes on with the next item, or the session
+ * that called run_compensations, which records it as it exits.
  *
  *-------------------------------------------------------------------------
  */
@@ -64,6 +67,7 @@
 #include "catalog/pg_authid.h"
 #include "catalog/pg_type.h"
 #include "commands/sequence.h"
+#include "libpq/be-fsstubs.h"
 #include "common/pg_prng.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
@@ -76,8 +80,10 @@
 #include "utils/datum.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
+#include "utils/portal.h"
 #include "utils/regproc.h"
 #include "utils/resowner.h"
+#include "utils/snapmgr.h"
 #include "utils/syscache.h"
 #include "utils/timeout.h"
 #include "utils/timestamp.h"
@@ -117,11 +123,28 @@ typedef struct RunningMarker
 	int32		reason;			/* RunningReason */
 } RunningMarker;
 
+/*
+ * What the worker's file holds: the item whose handler runs now, and the
+ * interrupted attempts not yet recorded because an application had their
+ * row locked when the worker tried (the oldest is dropped past the last).
+ */
+#define MAX_UNSETTLED	8
+
+typedef struct MarkerFile
+{
+	RunningMarker running;
+	RunningMarker unsettled[MAX_UNSETTLED];
+} MarkerFile;
+
 #define RUNNING_MARKER_DIR	"pg_payments"
 
 static bool tracking = false;	/* this process is a worker */
+
+/* True while a handler runs: the utility hook refuses SET CONSTRAINTS */
+bool		compensation_handler_running = false;
 static int	marker_fd = -1;
-static RunningMarker running;
+static MarkerFile marker;
+
 
 /*
  * The search for expired leases reads every unfinished due item, so while
@@ -143,7 +166,9 @@ static volatile sig_atomic_t cancel_signalled = false;
 
 static SPIPlanPtr mark_plan;
 static SPIPlanPtr unmark_plan;
-static SPIPlanPtr recover_plan;
+static SPIPlanPtr settle_lock_plan;
+static SPIPlanPtr settle_exists_plan;
+static SPIPlanPtr settle_plan;
 
 typedef struct CompensationItem
 {
@@ -167,7 +192,7 @@ static void
 marker_write(void)
 {
 	if (marker_fd >= 0 &&
-		pwrite(marker_fd, &running, sizeof(running), 0) != sizeof(running))
+		pwrite(marker_fd, &marker, sizeof(marker), 0) != sizeof(marker))
 		marker_write_failed = true;
 }
 
@@ -180,9 +205,9 @@ marker_set(int64 id, int32 attempts)
 {
 	static bool warned = false;
 
-	running.id = id;
-	running.attempts = attempts;
-	running.reason = RUNNING_INTERRUPTED;
+	marker.running.id = id;
+	marker.running.attempts = attempts;
+	marker.running.reason = RUNNING_INTERRUPTED;
 	marker_write();
 	if (marker_write_failed && !warned)
 	{
@@ -198,25 +223,80 @@ marker_set(int64 id, int32 attempts)
 static void
 marker_clear(void)
 {
-	if (running.id == 0)
+	if (marker.running.id == 0)
 		return;
-	running.id = 0;
+	marker.running.id = 0;
 	marker_write();
 }
 
+/*
+ * An attempt that was cut short (the handler never returned to us) waits
+ * in the unsettled list until its row can be locked and its attempt
+ * recorded.
+ */
 static void
-worker_exit_log(int code, Datum arg)
+interrupted_to_unsettled(void)
 {
-	if (handler_killed)
+	if (marker.running.id == 0)
+		return;
+	if (marker.unsettled[MAX_UNSETTLED - 1].id != 0)
 		ereport(LOG,
-				(errmsg("payments worker exited because compensation %lld ran past payments.handler_timeout and did not stop when cancelled",
-						(long long) running.id),
-				 errdetail("The worker records the attempt as failed when it starts again.")));
+				(errmsg("compensation %lld was interrupted but its attempt cannot be recorded",
+						(long long) marker.unsettled[0].id),
+				 errdetail("Too many interrupted attempts are waiting for rows that other transactions have locked.")));
+	if (marker.unsettled[MAX_UNSETTLED - 1].id != 0 || marker.unsettled[0].id != 0)
+		memmove(&marker.unsettled[1], &marker.unsettled[0],
+				sizeof(RunningMarker) * (MAX_UNSETTLED - 1));
+	marker.unsettled[0] = marker.running;
+	marker.running.id = 0;
+	marker_write();
+}
+
+static bool settle_interrupted(RunningMarker *m);
+
+/*
+ * A handler that ignored its timeout ended this process (see
+ * handler_kill_fired).  The worker records the attempt when it starts
+ * again; an ordinary session does it here, in a transaction of its own,
+ * as PostgreSQL removes a session's temporary tables at exit.
+ */
+static void
+handler_kill_exit(int code, Datum arg)
+{
+	if (!handler_killed || marker.running.id == 0)
+		return;
+	ereport(LOG,
+			(errmsg("%s exited because compensation %lld ran past payments.handler_timeout and did not stop when cancelled",
+					tracking ? "payments worker" : "session",
+					(long long) marker.running.id)));
+	if (tracking)
+		return;
+
+	HOLD_INTERRUPTS();
+	AbortOutOfAnyTransaction();
+	PG_TRY();
+	{
+		StartTransactionCommand();
+		SPI_connect();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		(void) settle_interrupted(&marker.running);
+		PopActiveSnapshot();
+		SPI_finish();
+		CommitTransactionCommand();
+	}
+	PG_CATCH();
+	{
+		EmitErrorReport();
+		FlushErrorState();
+		AbortOutOfAnyTransaction();
+	}
+	PG_END_TRY();
+	RESUME_INTERRUPTS();
 }
 
 /*
  * Called once by the worker at start: from now on run_compensations keeps
- * the marker of this database's worker, and first settles the one a
+ * the marker of this database's worker, and first settles the ones a
  * previous worker process left.
  */
 void
@@ -235,53 +315,94 @@ compensation_worker_attach(void)
 		ereport(ERROR,
 				(errcode_for_file_access(),
 				 errmsg("could not open file \"%s\": %m", path)));
-	memset(&running, 0, sizeof(running));
-	if (pread(marker_fd, &running, sizeof(running), 0) != sizeof(running))
-		memset(&running, 0, sizeof(running));
+	if (pread(marker_fd, &marker, sizeof(marker), 0) != sizeof(marker))
+		memset(&marker, 0, sizeof(marker));
 	tracking = true;
-	before_shmem_exit(worker_exit_log, (Datum) 0);
+	interrupted_to_unsettled();
 }
 
 /*
  * Charge the attempt of the item the marker names, if it is still as the
  * handler's start left it (pending, with the same attempt count): the
- * transaction that ran it was lost.
+ * transaction that ran it was lost.  A row an application has locked is
+ * not waited for: the marker stays and a later call settles it (every
+ * claim skips the item meanwhile).  Returns whether the marker is settled.
  */
-static void
-settle_interrupted(void)
+static bool
+settle_interrupted(RunningMarker *m)
 {
 	static const Oid argtypes[] = {INT8OID, INT4OID, INT8OID};
 	Datum		values[3];
 	int64		token = (int64) pg_prng_uint64(&pg_global_prng_state);
-	bool		timed_out = running.reason == RUNNING_TIMED_OUT;
+	bool		timed_out = m->reason == RUNNING_TIMED_OUT;
+	bool		isnull;
 	char	   *error;
 
-	payments_prepare(&recover_plan,
+	payments_prepare(&settle_lock_plan,
+					 "SELECT status = 'pending' AND attempts = $2"
+					 " FROM @extschema@.compensations WHERE id = $1"
+					 " FOR UPDATE SKIP LOCKED",
+					 2, argtypes);
+	payments_prepare(&settle_exists_plan,
+					 "SELECT FROM @extschema@.compensations WHERE id = $1",
+					 1, argtypes);
+	payments_prepare(&settle_plan,
 					 "UPDATE @extschema@.compensations"
 					 " SET status = 'succeeded', attempts = attempts + 1,"
 					 "  claim_token = $3, updated_at = clock_timestamp()"
-					 " WHERE id = $1 AND status = 'pending' AND attempts = $2",
+					 " WHERE id = $1",
 					 3, argtypes);
-	values[0] = Int64GetDatum(running.id);
-	values[1] = Int32GetDatum(running.attempts);
+	values[0] = Int64GetDatum(m->id);
+	values[1] = Int32GetDatum(m->attempts);
 	values[2] = Int64GetDatum(token);
-	if (payments_execute(recover_plan, values, NULL, SPI_OK_UPDATE, 0) == 1)
+
+	if (payments_execute(settle_lock_plan, values, NULL, SPI_OK_SELECT, 0) == 0)
 	{
+		/* Locked by someone else, or gone. */
+		if (payments_execute(settle_exists_plan, values, NULL, SPI_OK_SELECT, 0) > 0)
+			return false;
+	}
+	else if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
+										SPI_tuptable->tupdesc, 1, &isnull)))
+	{
+		payments_execute(settle_plan, values, NULL, SPI_OK_UPDATE, 0);
 		if (timed_out)
 			error = psprintf("compensation handler ran past payments.handler_timeout (%d ms) and did not stop when cancelled",
 							 payments_handler_timeout);
 		else
-			error = pstrdup("the payments worker stopped while the compensation handler was running");
+			error = pstrdup("the session running the compensation handler ended while it ran");
 		ereport(LOG,
 				(errmsg("compensation %lld failed on attempt %d: %s",
-						(long long) running.id, running.attempts + 1, error)));
-		if (!compensation_record_failure(running.id, error,
+						(long long) m->id, m->attempts + 1, error)));
+		if (!compensation_record_failure(m->id, error,
 										 timed_out ? "57014" : COMPENSATION_LEASE_EXPIRED_SQLSTATE,
 										 token))
 			elog(ERROR, "compensation %lld changed under its lock",
-				 (long long) running.id);
+				 (long long) m->id);
 	}
-	marker_clear();
+	return true;
+}
+
+/* Record the interrupted attempts whose rows can be locked now. */
+static void
+settle_unsettled(void)
+{
+	int			kept = 0;
+	bool		changed = false;
+
+	interrupted_to_unsettled();
+	for (int i = 0; i < MAX_UNSETTLED && marker.unsettled[i].id != 0; i++)
+	{
+		if (settle_interrupted(&marker.unsettled[i]))
+			changed = true;
+		else
+			marker.unsettled[kept++] = marker.unsettled[i];
+	}
+	if (!changed)
+		return;
+	for (int i = kept; i < MAX_UNSETTLED; i++)
+		marker.unsettled[i].id = 0;
+	marker_write();
 }
 
 /*
@@ -292,19 +413,17 @@ static void
 handler_timeout_fired(void)
 {
 	handler_timed_out = true;
-	if (tracking)
-	{
-		running.reason = RUNNING_TIMED_OUT;
-		marker_write();
-	}
+	marker.running.reason = RUNNING_TIMED_OUT;
+	marker_write();
 	InterruptPending = true;
 	QueryCancelPending = true;
 	SetLatch(MyLatch);
 }
 
 /*
- * The handler caught the cancel and went on: end the worker as SIGTERM
- * would.  No error can be caught by the handler then.
+ * The handler caught the cancel and went on: end the process as SIGTERM
+ * would, the worker or the session that called run_compensations.  No
+ * error can be caught by the handler then.
  */
 static void
 handler_kill_fired(void)
@@ -342,19 +461,17 @@ arm_handler_timeout(void)
 	{
 		handler_timeout_id = RegisterTimeout(USER_TIMEOUT, handler_timeout_fired);
 		handler_kill_id = RegisterTimeout(USER_TIMEOUT, handler_kill_fired);
+		before_shmem_exit(handler_kill_exit, (Datum) 0);
 	}
 	timeouts[n].id = handler_timeout_id;
 	timeouts[n].type = TMPARAM_AFTER;
 	timeouts[n].delay_ms = payments_handler_timeout;
 	n++;
-	if (tracking)
-	{
-		timeouts[n].id = handler_kill_id;
-		timeouts[n].type = TMPARAM_AFTER;
-		timeouts[n].delay_ms = payments_handler_timeout > INT_MAX - HANDLER_CANCEL_GRACE_MS ?
-			INT_MAX : payments_handler_timeout + HANDLER_CANCEL_GRACE_MS;
-		n++;
-	}
+	timeouts[n].id = handler_kill_id;
+	timeouts[n].type = TMPARAM_AFTER;
+	timeouts[n].delay_ms = payments_handler_timeout > INT_MAX - HANDLER_CANCEL_GRACE_MS ?
+		INT_MAX : payments_handler_timeout + HANDLER_CANCEL_GRACE_MS;
+	n++;
 	enable_timeouts(timeouts, n);
 }
 
@@ -396,6 +513,8 @@ reset_session_state(void)
 		return;
 	LockReleaseSession(USER_LOCKMETHOD);
 	ResetSequenceCaches();
+	(void) DirectFunctionCall1(setseed,
+							   Float8GetDatum(pg_prng_double(&pg_global_prng_state) * 2.0 - 1.0));
 }
 
 /* Clip an error text so that neither the log nor the queue grows with it. */
@@ -483,6 +602,8 @@ run_handler(CompensationItem *item, ResolvedHandler **cache,
 {
 	MemoryContext callcxt = CurrentMemoryContext;
 	ResourceOwner oldowner = CurrentResourceOwner;
+	SubTransactionId parent_subid = GetCurrentSubTransactionId();
+	bool		no_cursors_before = ThereAreNoReadyPortals();
 	Oid			save_userid;
 	int			save_sec_context;
 	ErrorData  *volatile edata = NULL;
@@ -509,7 +630,9 @@ run_handler(CompensationItem *item, ResolvedHandler **cache,
 							   save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
 							   SECURITY_RESTRICTED_OPERATION);
 		arm_handler_timeout();
+		compensation_handler_running = true;
 		(void) FunctionCallInvoke(hfcinfo);
+		compensation_handler_running = false;
 		disarm_handler_timeout();
 		SetUserIdAndSecContext(save_userid, save_sec_context);
 		AtEOXact_GUC(false, nestlevel);
@@ -523,12 +646,27 @@ run_handler(CompensationItem *item, ResolvedHandler **cache,
 					 errmsg("canceling compensation handler due to payments.handler_timeout")));
 		}
 
+		/*
+		 * A cursor left open would pass to the next handler, which may be
+		 * another role's, with the rights of the role that opened it.
+		 */
+		if (no_cursors_before && !ThereAreNoReadyPortals())
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_CURSOR_STATE),
+					 errmsg("compensation handler left a cursor open"),
+					 errhint("Close every cursor the handler opens before it returns.")));
+
+		/* Likewise its large objects: close them as if it had failed. */
+		AtEOSubXact_LargeObject(false, GetCurrentSubTransactionId(),
+								parent_subid);
+
 		ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(callcxt);
 		CurrentResourceOwner = oldowner;
 	}
 	PG_CATCH();
 	{
+		compensation_handler_running = false;
 		disarm_handler_timeout();
 		MemoryContextSwitchTo(callcxt);
 		edata = CopyErrorData();
@@ -669,8 +807,7 @@ run_due(int max_items)
 
 		CHECK_FOR_INTERRUPTS();
 		MemoryContextSwitchTo(itemcxt);
-		if (tracking)
-			marker_set(item->id, item->attempts - 1);
+		marker_set(item->id, item->attempts - 1);
 		edata = run_handler(item, &cache, callcxt);
 		marker_clear();
 		reset_session_state();
@@ -732,8 +869,8 @@ payments_run_compensations(PG_FUNCTION_ARGS)
 	payments_check_writable("run compensations");
 
 	SPI_connect();
-	if (tracking && running.id != 0)
-		settle_interrupted();
+	if (tracking)
+		settle_unsettled();
 	now = GetCurrentTimestamp();
 	if (!last_batch_full ||
 		TimestampDifferenceExceeds(last_lease_check, now, LEASE_CHECK_INTERVAL_MS))

@@ -2,8 +2,9 @@
  *
  * worker_shmem.c
  *	  Shared memory of the launcher and workers, and the hooks every
- *	  backend runs for them: wake-ups at commit, and stopping a database's
- *	  worker before a command that needs the database free of connections.
+ *	  backend runs for them: wake-ups at commit, stopping a database's
+ *	  worker before a command that needs the database free of connections,
+ *	  and refusing SET CONSTRAINTS inside a compensation handler.
  *
  * All of this exists only when the library is preloaded; every function
  * here is a no-op otherwise, so the SQL functions work either way.
@@ -11,6 +12,7 @@
  *-------------------------------------------------------------------------
  */
 #include "payments.h"
+#include "compensation.h"
 #include "worker.h"
 
 #include <signal.h>
@@ -483,6 +485,14 @@ payments_ProcessUtility(PlannedStmt *pstmt, const char *queryString,
 
 	switch (payments_shared == NULL ? T_Invalid : nodeTag(parsetree))
 	{
+		case T_ConstraintsSetStmt:
+			/* The deferral state is the transaction's, not the handler's. */
+			if (compensation_handler_running)
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("SET CONSTRAINTS cannot be used in a compensation handler"),
+						 errdetail("Its effect would outlast the handler and reach the next handler of the batch, which may be another role's.")));
+			break;
 		case T_CreateExtensionStmt:
 			if (strcmp(((CreateExtensionStmt *) parsetree)->extname, "payments") == 0)
 				payments_register_database_at_commit();
