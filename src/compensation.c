@@ -58,7 +58,6 @@
 #include "catalog/pg_type.h"
 #include "common/pg_prng.h"
 #include "funcapi.h"
-#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
@@ -182,10 +181,10 @@ compensation_handler_name(Oid handler)
  * the next one, or make the item dead if that was its last.  external:
  * an external executor's claim, which must be running; otherwise an item of
  * the worker's claim, which the worker marked succeeded before running it
- * (see compensation_run.c).  The error is clipped to
- * COMPENSATION_ERROR_MAX_BYTES: a handler's error text is not bounded.
- * Returns false if the token holds no such item.  The caller is connected
- * to SPI.
+ * (see compensation_run.c).  The error is at most
+ * COMPENSATION_ERROR_MAX_BYTES long: fail_compensation refuses a longer
+ * one and the worker clips a handler's.  Returns false if the token holds
+ * no such item.  The caller is connected to SPI.
  */
 static bool
 record_failure(int64 id, const char *error, const char *sqlstate,
@@ -195,7 +194,6 @@ record_failure(int64 id, const char *error, const char *sqlstate,
 	INT8OID, BOOLOID};
 	Datum		values[7];
 	char		nulls[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
-	int			len = strlen(error);
 
 	payments_prepare(&fail_plan,
 					 "WITH failed AS ("
@@ -209,9 +207,7 @@ record_failure(int64 id, const char *error, const char *sqlstate,
 					 " SELECT id, attempts, clock_timestamp(), $2, $5 FROM failed",
 					 7, argtypes);
 	values[0] = Int64GetDatum(id);
-	if (len > COMPENSATION_ERROR_MAX_BYTES)
-		len = pg_mbcliplen(error, len, COMPENSATION_ERROR_MAX_BYTES);
-	values[1] = PointerGetDatum(cstring_to_text_with_len(error, len));
+	values[1] = CStringGetTextDatum(error);
 	values[2] = Int32GetDatum(payments_backoff_base);
 	values[3] = Int32GetDatum(payments_backoff_max);
 	if (sqlstate != NULL)

@@ -101,7 +101,7 @@ PG_FUNCTION_INFO_V1(payments_run_compensations);
  */
 #define BATCH_MAX_PAYLOAD_BYTES	(64 * 1024 * 1024)
 
-/* How long a handler in the worker may go on after it was cancelled */
+/* How long a handler may go on after it was cancelled */
 #define HANDLER_CANCEL_GRACE_MS	1000
 
 /*
@@ -138,13 +138,13 @@ typedef struct MarkerFile
 
 #define RUNNING_MARKER_DIR	"pg_payments"
 
-static bool tracking = false;	/* this process is a worker */
-
 /* True while a handler runs: the utility hook refuses SET CONSTRAINTS */
 bool		compensation_handler_running = false;
+
+static bool tracking = false;	/* this process is a worker */
 static int	marker_fd = -1;
 static MarkerFile marker;
-
+static volatile sig_atomic_t marker_write_failed = false;
 
 /*
  * The search for expired leases reads every unfinished due item, so while
@@ -154,7 +154,7 @@ static MarkerFile marker;
 static bool last_batch_full = false;
 static TimestampTz last_lease_check = 0;
 
-/* payments.handler_timeout, and the end of its grace in the worker */
+/* payments.handler_timeout, and the end of its grace */
 static TimeoutId handler_timeout_id = MAX_TIMEOUTS;
 static TimeoutId handler_kill_id = MAX_TIMEOUTS;
 static volatile sig_atomic_t handler_timed_out = false;
@@ -166,9 +166,8 @@ static volatile sig_atomic_t cancel_signalled = false;
 
 static SPIPlanPtr mark_plan;
 static SPIPlanPtr unmark_plan;
-static SPIPlanPtr settle_lock_plan;
-static SPIPlanPtr settle_exists_plan;
 static SPIPlanPtr settle_plan;
+static SPIPlanPtr unsettled_plan;
 
 typedef struct CompensationItem
 {
@@ -186,8 +185,6 @@ typedef struct CompensationItem
  * Write the marker to its file.  Called from the timeout signal handler
  * too, so it uses nothing but pwrite.
  */
-static volatile sig_atomic_t marker_write_failed = false;
-
 static void
 marker_write(void)
 {
@@ -237,16 +234,17 @@ marker_clear(void)
 static void
 interrupted_to_unsettled(void)
 {
+	RunningMarker *oldest = &marker.unsettled[MAX_UNSETTLED - 1];
+
 	if (marker.running.id == 0)
 		return;
-	if (marker.unsettled[MAX_UNSETTLED - 1].id != 0)
+	if (oldest->id != 0)
 		ereport(LOG,
 				(errmsg("compensation %lld was interrupted but its attempt cannot be recorded",
-						(long long) marker.unsettled[0].id),
+						(long long) oldest->id),
 				 errdetail("Too many interrupted attempts are waiting for rows that other transactions have locked.")));
-	if (marker.unsettled[MAX_UNSETTLED - 1].id != 0 || marker.unsettled[0].id != 0)
-		memmove(&marker.unsettled[1], &marker.unsettled[0],
-				sizeof(RunningMarker) * (MAX_UNSETTLED - 1));
+	memmove(&marker.unsettled[1], &marker.unsettled[0],
+			sizeof(RunningMarker) * (MAX_UNSETTLED - 1));
 	marker.unsettled[0] = marker.running;
 	marker.running.id = 0;
 	marker_write();
@@ -335,51 +333,43 @@ settle_interrupted(RunningMarker *m)
 	Datum		values[3];
 	int64		token = (int64) pg_prng_uint64(&pg_global_prng_state);
 	bool		timed_out = m->reason == RUNNING_TIMED_OUT;
-	bool		isnull;
 	char	   *error;
 
-	payments_prepare(&settle_lock_plan,
-					 "SELECT status = 'pending' AND attempts = $2"
-					 " FROM @extschema@.compensations WHERE id = $1"
-					 " FOR UPDATE SKIP LOCKED",
-					 2, argtypes);
-	payments_prepare(&settle_exists_plan,
-					 "SELECT FROM @extschema@.compensations WHERE id = $1",
-					 1, argtypes);
 	payments_prepare(&settle_plan,
 					 "UPDATE @extschema@.compensations"
 					 " SET status = 'succeeded', attempts = attempts + 1,"
 					 "  claim_token = $3, updated_at = clock_timestamp()"
-					 " WHERE id = $1",
+					 " WHERE id = (SELECT id FROM @extschema@.compensations"
+					 "  WHERE id = $1 AND status = 'pending' AND attempts = $2"
+					 "  FOR UPDATE SKIP LOCKED)",
 					 3, argtypes);
+	payments_prepare(&unsettled_plan,
+					 "SELECT FROM @extschema@.compensations"
+					 " WHERE id = $1 AND status = 'pending' AND attempts = $2",
+					 2, argtypes);
 	values[0] = Int64GetDatum(m->id);
 	values[1] = Int32GetDatum(m->attempts);
 	values[2] = Int64GetDatum(token);
 
-	if (payments_execute(settle_lock_plan, values, NULL, SPI_OK_SELECT, 0) == 0)
+	if (payments_execute(settle_plan, values, NULL, SPI_OK_UPDATE, 0) == 0)
 	{
-		/* Locked by someone else, or gone. */
-		if (payments_execute(settle_exists_plan, values, NULL, SPI_OK_SELECT, 0) > 0)
-			return false;
+		/* Still as the handler's start left it, so locked: try later. */
+		return payments_execute(unsettled_plan, values, NULL, SPI_OK_SELECT, 0) == 0;
 	}
-	else if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
-										SPI_tuptable->tupdesc, 1, &isnull)))
-	{
-		payments_execute(settle_plan, values, NULL, SPI_OK_UPDATE, 0);
-		if (timed_out)
-			error = psprintf("compensation handler ran past payments.handler_timeout (%d ms) and did not stop when cancelled",
-							 payments_handler_timeout);
-		else
-			error = pstrdup("the session running the compensation handler ended while it ran");
-		ereport(LOG,
-				(errmsg("compensation %lld failed on attempt %d: %s",
-						(long long) m->id, m->attempts + 1, error)));
-		if (!compensation_record_failure(m->id, error,
-										 timed_out ? "57014" : COMPENSATION_LEASE_EXPIRED_SQLSTATE,
-										 token))
-			elog(ERROR, "compensation %lld changed under its lock",
-				 (long long) m->id);
-	}
+
+	if (timed_out)
+		error = psprintf("compensation handler ran past payments.handler_timeout (%d ms) and did not stop when cancelled",
+						 payments_handler_timeout);
+	else
+		error = pstrdup("the process running the compensation handler ended while it ran");
+	ereport(LOG,
+			(errmsg("compensation %lld failed on attempt %d: %s",
+					(long long) m->id, m->attempts + 1, error)));
+	if (!compensation_record_failure(m->id, error,
+									 timed_out ? "57014" : COMPENSATION_LEASE_EXPIRED_SQLSTATE,
+									 token))
+		elog(ERROR, "compensation %lld changed under its lock",
+			 (long long) m->id);
 	return true;
 }
 
@@ -387,20 +377,18 @@ settle_interrupted(RunningMarker *m)
 static void
 settle_unsettled(void)
 {
+	int			n;
 	int			kept = 0;
-	bool		changed = false;
 
 	interrupted_to_unsettled();
-	for (int i = 0; i < MAX_UNSETTLED && marker.unsettled[i].id != 0; i++)
+	for (n = 0; n < MAX_UNSETTLED && marker.unsettled[n].id != 0; n++)
 	{
-		if (settle_interrupted(&marker.unsettled[i]))
-			changed = true;
-		else
-			marker.unsettled[kept++] = marker.unsettled[i];
+		if (!settle_interrupted(&marker.unsettled[n]))
+			marker.unsettled[kept++] = marker.unsettled[n];
 	}
-	if (!changed)
+	if (kept == n)
 		return;
-	for (int i = kept; i < MAX_UNSETTLED; i++)
+	for (int i = kept; i < n; i++)
 		marker.unsettled[i].id = 0;
 	marker_write();
 }
@@ -449,7 +437,6 @@ static void
 arm_handler_timeout(void)
 {
 	EnableTimeoutParams timeouts[2];
-	int			n = 0;
 
 	handler_timed_out = false;
 	cancel_signalled = false;
@@ -463,16 +450,14 @@ arm_handler_timeout(void)
 		handler_kill_id = RegisterTimeout(USER_TIMEOUT, handler_kill_fired);
 		before_shmem_exit(handler_kill_exit, (Datum) 0);
 	}
-	timeouts[n].id = handler_timeout_id;
-	timeouts[n].type = TMPARAM_AFTER;
-	timeouts[n].delay_ms = payments_handler_timeout;
-	n++;
-	timeouts[n].id = handler_kill_id;
-	timeouts[n].type = TMPARAM_AFTER;
-	timeouts[n].delay_ms = payments_handler_timeout > INT_MAX - HANDLER_CANCEL_GRACE_MS ?
+	timeouts[0].id = handler_timeout_id;
+	timeouts[0].type = TMPARAM_AFTER;
+	timeouts[0].delay_ms = payments_handler_timeout;
+	timeouts[1].id = handler_kill_id;
+	timeouts[1].type = TMPARAM_AFTER;
+	timeouts[1].delay_ms = payments_handler_timeout > INT_MAX - HANDLER_CANCEL_GRACE_MS ?
 		INT_MAX : payments_handler_timeout + HANDLER_CANCEL_GRACE_MS;
-	n++;
-	enable_timeouts(timeouts, n);
+	enable_timeouts(timeouts, 2);
 }
 
 static void

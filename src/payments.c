@@ -257,6 +257,7 @@ schema_lookup(void)
 	Oid			ext;
 	Oid			nsp;
 	char	   *name;
+	const char *quoted;
 
 	if (!registered)
 	{
@@ -274,12 +275,12 @@ schema_lookup(void)
 						get_database_name(MyDatabaseId)),
 				 errhint("Run CREATE EXTENSION payments.")));
 
-	if (schema_quoted == NULL || strcmp(schema_quoted, quote_identifier(name)) != 0)
+	quoted = quote_identifier(name);
+	if (schema_quoted == NULL || strcmp(schema_quoted, quoted) != 0)
 	{
 		if (schema_quoted != NULL)
 			pfree(schema_quoted);
-		schema_quoted = MemoryContextStrdup(TopMemoryContext,
-											quote_identifier(name));
+		schema_quoted = MemoryContextStrdup(TopMemoryContext, quoted);
 		schema_generation++;
 	}
 	schema_oid = nsp;

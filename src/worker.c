@@ -20,7 +20,6 @@
 #include "access/htup_details.h"
 #include "access/xact.h"
 #include "catalog/dependency.h"
-#include "catalog/pg_extension.h"
 #include "catalog/pg_language.h"
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
@@ -94,10 +93,7 @@ worker_exit(int code, Datum arg)
 		my_slot->latch = NULL;
 	}
 	if (code != 0)
-	{
-		payments_shared->rescan_requested = true;
-		launcher_latch = payments_shared->launcher_latch;
-	}
+		launcher_latch = payments_request_rescan();
 	LWLockRelease(payments_shared->lock);
 	if (launcher_latch != NULL)
 		SetLatch(launcher_latch);

@@ -105,6 +105,7 @@ extern void payments_worker_shmem_init(void);
 extern PaymentsWorkerSlot *payments_find_slot(Oid dboid);
 extern void payments_exclude_database(Oid dboid, TimestampTz until);
 extern bool payments_database_excluded(Oid dboid, TimestampTz now);
+extern Latch *payments_request_rescan(void);
 extern void payments_wake_worker_at_commit(void);
 extern void payments_register_database_at_commit(void);
 

@@ -154,6 +154,18 @@ payments_database_excluded(Oid dboid, TimestampTz now)
 	return false;
 }
 
+/*
+ * Ask the launcher to scan the databases at once.  Caller holds the lock
+ * exclusively, and sets the latch returned (if not NULL) once it has
+ * released the lock.
+ */
+Latch *
+payments_request_rescan(void)
+{
+	payments_shared->rescan_requested = true;
+	return payments_shared->launcher_latch;
+}
+
 static void
 include_database(Oid dboid)
 {
@@ -195,8 +207,7 @@ payments_xact_callback(XactEvent event, void *arg)
 		if (register_at_commit)
 		{
 			include_database(MyDatabaseId);
-			payments_shared->rescan_requested = true;
-			launcher_latch = payments_shared->launcher_latch;
+			launcher_latch = payments_request_rescan();
 		}
 		slot = payments_find_slot(MyDatabaseId);
 		if (slot != NULL)
@@ -413,8 +424,7 @@ release_paused_databases(void)
 				e->dboid = InvalidOid;
 		}
 	}
-	payments_shared->rescan_requested = true;
-	launcher_latch = payments_shared->launcher_latch;
+	launcher_latch = payments_request_rescan();
 	LWLockRelease(payments_shared->lock);
 
 	if (launcher_latch != NULL)
