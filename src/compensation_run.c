@@ -142,6 +142,7 @@ typedef struct MarkerFile
 bool		compensation_handler_running = false;
 
 static bool tracking = false;	/* this process is a worker */
+static Oid	run_fn_oid = InvalidOid;	/* run_compensations, once called */
 static int	marker_fd = -1;
 static MarkerFile marker;
 static volatile sig_atomic_t marker_write_failed = false;
@@ -274,12 +275,18 @@ handler_kill_exit(int code, Datum arg)
 	AbortOutOfAnyTransaction();
 	PG_TRY();
 	{
+		PaymentsSavedUser saved;
+
+		/* As run_compensations would: its owner, search_path pinned. */
 		StartTransactionCommand();
+		payments_begin_as_owner(payments_function_owner(run_fn_oid), true,
+								&saved);
 		SPI_connect();
 		PushActiveSnapshot(GetTransactionSnapshot());
 		(void) settle_interrupted(&marker.running);
 		PopActiveSnapshot();
 		SPI_finish();
+		payments_end_as_owner(&saved);
 		CommitTransactionCommand();
 	}
 	PG_CATCH();
@@ -852,6 +859,7 @@ payments_run_compensations(PG_FUNCTION_ARGS)
 	max_items = payments_arg_int_range(fcinfo, 0, "max_items", 1,
 									   COMPENSATION_MAX_ITEMS_LIMIT);
 	payments_check_writable("run compensations");
+	run_fn_oid = fcinfo->flinfo->fn_oid;
 
 	SPI_connect();
 	if (tracking)
