@@ -32,18 +32,24 @@ OBJS = \
 	src/compensation.o \
 	src/compensation_run.o
 
-# The install script is assembled from one SQL file per capability, in this
-# order: the schema first, then each capability's objects.
-SQL_SOURCES = \
-	src/schema.sql \
-	src/idempotency.sql \
-	src/reservation.sql \
-	src/state_guard.sql \
-	src/worker.sql \
-	src/compensation.sql \
-	src/privileges.sql
+# src/sql/ holds everything CREATE EXTENSION and ALTER EXTENSION run.  The
+# current version's install script is assembled from one fragment per
+# capability, in this order: the schema first, the privileges last.  Released
+# install scripts and the upgrade steps between versions are kept as they
+# shipped and never change.
+SQL_FRAGMENTS = \
+	src/sql/00_schema.sql \
+	src/sql/10_idempotency.sql \
+	src/sql/20_reservation.sql \
+	src/sql/30_state_guard.sql \
+	src/sql/40_worker.sql \
+	src/sql/50_compensation.sql \
+	src/sql/90_privileges.sql
 
-DATA_built = $(EXTENSION)--$(EXTVERSION).sql
+DATA_built = src/sql/$(EXTENSION)--$(EXTVERSION).sql
+DATA = \
+	src/sql/$(EXTENSION)--0.1.0.sql \
+	src/sql/$(EXTENSION)--0.1.0--0.2.0.sql
 PG_CPPFLAGS = -I$(srcdir)/src
 SHLIB_LINK += -lcrypto
 
@@ -98,10 +104,10 @@ include $(PGXS)
 # The TAP tests share test/t/PaymentsNode.pm (prove runs in $(srcdir)).
 override PROVE_FLAGS += -I test/t
 
-$(EXTENSION)--$(EXTVERSION).sql: $(SQL_SOURCES)
+src/sql/$(EXTENSION)--$(EXTVERSION).sql: $(SQL_FRAGMENTS)
 	( printf '%s\n' '-- complain if script is sourced in psql, rather than via CREATE EXTENSION' \
 	  '\echo Use "CREATE EXTENSION $(EXTENSION)" to load this file. \quit'; \
-	  for f in $(SQL_SOURCES); do printf '\n-- %s\n' "$$f"; cat "$$f"; done ) > $@
+	  for f in $(SQL_FRAGMENTS); do printf '\n-- %s\n' "$$f"; cat "$$f"; done ) > $@
 
 .PHONY: test test-regress test-isolation test-tap
 test: test-regress test-isolation test-tap

@@ -15,10 +15,10 @@ GRANT payments_app TO regress_app;
 -- but run_compensations, src/compensation.c): they pin search_path and take
 -- their owner's rights themselves; reserve and
 -- confirm_reservation, whose hot path runs no SQL and whose slow path takes
--- the owner's rights and pins search_path itself (src/reservation.sql); and
+-- the owner's rights and pins search_path itself (src/sql/20_reservation.sql); and
 -- the four idempotency key functions, which check scope restrictions for
 -- their caller and likewise take the owner's rights and pin search_path
--- around their SQL (src/idempotency.sql).
+-- around their SQL (src/sql/10_idempotency.sql).
 SELECT p.oid::regprocedure AS function, p.prosecdef, p.proconfig
   FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
  WHERE n.nspname = 'payments' AND p.prorettype <> 'trigger'::regtype

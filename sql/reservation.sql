@@ -303,7 +303,7 @@ SELECT pg_temp.try($$UPDATE payments.stock_slots SET available = 1000$$);
 SELECT pg_temp.try($$SELECT payments.expire_reservations()$$);
 RESET ROLE;
 -- reserve and confirm_reservation are not SECURITY DEFINER (see
--- src/reservation.sql): their hot path writes as the caller, so a trigger
+-- src/sql/20_reservation.sql): their hot path writes as the caller, so a trigger
 -- on the tables runs with the caller's rights; the slow path's SQL (here:
 -- no single slot of 'plum' holds 3 units, so all are gathered) runs as the
 -- extension's owner.  Either way the application role needs no privilege

@@ -73,6 +73,8 @@ PG_FUNCTION_INFO_V1(payments_cancel_compensation);
 PG_FUNCTION_INFO_V1(payments_register_external_handler);
 PG_FUNCTION_INFO_V1(payments_unregister_external_handler);
 PG_FUNCTION_INFO_V1(payments_claim_compensations);
+PG_FUNCTION_INFO_V1(payments_complete_compensation_0_2);
+PG_FUNCTION_INFO_V1(payments_fail_compensation_0_2);
 PG_FUNCTION_INFO_V1(payments_complete_compensation);
 PG_FUNCTION_INFO_V1(payments_fail_compensation);
 
@@ -822,7 +824,7 @@ payments_claim_compensations(PG_FUNCTION_ARGS)
  * back yet.
  */
 Datum
-payments_complete_compensation(PG_FUNCTION_ARGS)
+payments_complete_compensation_0_2(PG_FUNCTION_ARGS)
 {
 	Oid			caller = GetUserId();
 	int64		id = arg_id(fcinfo);
@@ -859,7 +861,7 @@ payments_complete_compensation(PG_FUNCTION_ARGS)
  * dead.
  */
 Datum
-payments_fail_compensation(PG_FUNCTION_ARGS)
+payments_fail_compensation_0_2(PG_FUNCTION_ARGS)
 {
 	Oid			caller = GetUserId();
 	int64		id = arg_id(fcinfo);
@@ -880,5 +882,37 @@ payments_fail_compensation(PG_FUNCTION_ARGS)
 		report_claim_conflict(id, false);
 	SPI_finish();
 	payments_end_as_owner(&saved);
+	PG_RETURN_VOID();
+}
+
+/*
+ * Version 0.1.0 declared complete_compensation(id) and
+ * fail_compensation(id, error), without the claim token.  Their symbols stay
+ * so that a 0.1.0 schema still loads (pg_upgrade and pg_restore check every
+ * C function's symbol), but calling them asks for the update that replaces
+ * them.
+ */
+static void
+report_retired_function(FunctionCallInfo fcinfo)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+			 errmsg("function %s is no longer supported",
+					format_procedure(fcinfo->flinfo->fn_oid)),
+			 errdetail("It belongs to an older version of extension \"payments\" than the loaded library."),
+			 errhint("Run ALTER EXTENSION payments UPDATE.")));
+}
+
+Datum
+payments_complete_compensation(PG_FUNCTION_ARGS)
+{
+	report_retired_function(fcinfo);
+	PG_RETURN_VOID();
+}
+
+Datum
+payments_fail_compensation(PG_FUNCTION_ARGS)
+{
+	report_retired_function(fcinfo);
 	PG_RETURN_VOID();
 }

@@ -20,7 +20,7 @@
 
 /*
  * The role whose members may cancel, retry, complete and fail any role's
- * compensations (src/privileges.sql creates it)
+ * compensations (src/sql/90_privileges.sql creates it)
  */
 #define COMPENSATION_OPERATOR_ROLE "payments_operator"
 

@@ -24,7 +24,7 @@
  * slot it does not take units from.
  *
  * They run as whoever called reserve or confirm_reservation, which are
- * not SECURITY DEFINER (see src/reservation.sql): nothing here checks a
+ * not SECURITY DEFINER (see src/sql/20_reservation.sql): nothing here checks a
  * privilege or applies row-level security, EXECUTE on those functions is
  * the check.
  *

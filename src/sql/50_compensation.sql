@@ -160,7 +160,7 @@ COMMENT ON FUNCTION payments.claim_compensations(regprocedure, integer, interval
 
 CREATE FUNCTION payments.complete_compensation(id bigint, claim_token bigint)
     RETURNS void
-    AS 'MODULE_PATHNAME', 'payments_complete_compensation'
+    AS 'MODULE_PATHNAME', 'payments_complete_compensation_0_2'
     LANGUAGE C VOLATILE
     SET search_path = pg_catalog, pg_temp;
 
@@ -169,7 +169,7 @@ COMMENT ON FUNCTION payments.complete_compensation(bigint, bigint) IS
 
 CREATE FUNCTION payments.fail_compensation(id bigint, claim_token bigint, error text)
     RETURNS void
-    AS 'MODULE_PATHNAME', 'payments_fail_compensation'
+    AS 'MODULE_PATHNAME', 'payments_fail_compensation_0_2'
     LANGUAGE C VOLATILE
     SET search_path = pg_catalog, pg_temp;
 

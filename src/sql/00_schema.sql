@@ -40,5 +40,5 @@ END
 $$;
 
 -- Nothing in it is usable by PUBLIC (which includes CREATE): applications
--- get access through the payments_app role, see privileges.sql.
+-- get access through the payments_app role, see 90_privileges.sql.
 REVOKE ALL ON SCHEMA @extschema@ FROM PUBLIC;
