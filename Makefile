@@ -17,6 +17,7 @@ EXTVERSION = $(shell sed -n "s/^default_version = '\(.*\)'/\1/p" $(EXTENSION).co
 MODULE_big = payments
 OBJS = \
 	src/payments.o \
+	src/extension_catalog.o \
 	src/fingerprint.o \
 	src/args.o \
 	src/spi_util.o \
@@ -50,7 +51,7 @@ DATA_built = src/sql/$(EXTENSION)--$(EXTVERSION).sql
 DATA = \
 	src/sql/$(EXTENSION)--0.1.0.sql \
 	src/sql/$(EXTENSION)--0.1.0--0.2.0.sql
-PG_CPPFLAGS = -I$(srcdir)/src
+PG_CPPFLAGS = -I$(srcdir)/src -DPAYMENTS_VERSION=\"$(EXTVERSION)\"
 SHLIB_LINK += -lcrypto
 
 REGRESS = \

@@ -255,8 +255,8 @@ resolve_key_columns(void)
 		return;
 	register_relcache_callback();
 
-	relid = payments_relid("idempotency_keys");
-	key_columns.indexid = payments_relid("idempotency_keys_pkey");
+	relid = payments_relation(PAYMENTS_REL_IDEMPOTENCY_KEYS);
+	key_columns.indexid = payments_relation(PAYMENTS_REL_IDEMPOTENCY_KEYS_PKEY);
 	key_columns.request_hash = key_column(relid, "request_hash");
 	key_columns.state = key_column(relid, "state");
 	key_columns.recovery_point = key_column(relid, "recovery_point");
@@ -503,7 +503,7 @@ load_scopes(void)
 
 	register_relcache_callback();
 	scopes_valid = false;
-	relid = payments_relid("idempotency_scopes");
+	relid = payments_relation(PAYMENTS_REL_IDEMPOTENCY_SCOPES);
 	rel = table_open(relid, AccessShareLock);
 	scopes_relid = relid;
 	invalidations = scopes_invalidations;

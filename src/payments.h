@@ -19,6 +19,8 @@
 #include "executor/spi.h"
 #include "fmgr.h"
 
+#include "extension_catalog.h"
+
 /* Idempotency keys (PM0xx) */
 #define ERRCODE_PM_IDEMPOTENCY_KEY_REUSED		MAKE_SQLSTATE('P','M','0','0','1')
 #define ERRCODE_PM_IDEMPOTENCY_IN_PROGRESS		MAKE_SQLSTATE('P','M','0','0','2')
@@ -62,10 +64,6 @@ extern int	payments_max_payload_size;
 
 /* payments.c */
 extern void payments_check_writable(const char *what);
-extern Oid	payments_schema_oid(void);
-extern const char *payments_schema_quoted(void);
-extern uint64 payments_schema_generation(void);
-extern Oid	payments_relid(const char *name);
 
 /* The caller's role and settings, saved while acting as the owner */
 typedef struct PaymentsSavedUser

@@ -74,54 +74,6 @@ static const Oid holds_types[HOLDS_NATTS] = {
 	TIMESTAMPTZOID, TIMESTAMPTZOID
 };
 
-/*
- * The relations the hot path writes, by name, and their OIDs once looked
- * up.  A lookup by name on every call was 1% of a reservation, so the OIDs
- * are kept until a relcache invalidation names one of them (the extension
- * dropped, a table renamed or altered) or all relations; a backend accepts
- * those at the start of every transaction, so a transaction never starts
- * with an OID that was dropped before it.  A drop that commits while a
- * call waits for the table's lock still fails that call with "could not
- * open relation", as a lookup by name just before the lock would.
- */
-typedef enum HotRel
-{
-	HOT_SLOTS,
-	HOT_HOLDS,
-	HOT_HOLDS_SEQ,
-	HOT_NRELS
-} HotRel;
-
-static const char *const hot_names[HOT_NRELS] = {
-	"stock_slots", "reservations", "reservations_id_seq"
-};
-static Oid	hot_relids[HOT_NRELS];
-static bool hot_callback_registered = false;
-
-static void
-hot_relids_invalidate(Datum arg, Oid relid)
-{
-	for (int i = 0; i < HOT_NRELS; i++)
-		if (relid == InvalidOid || relid == hot_relids[i])
-		{
-			memset(hot_relids, 0, sizeof(hot_relids));
-			return;
-		}
-}
-
-static Oid
-hot_relid(HotRel which)
-{
-	if (!hot_callback_registered)
-	{
-		CacheRegisterRelcacheCallback(hot_relids_invalidate, (Datum) 0);
-		hot_callback_registered = true;
-	}
-	if (!OidIsValid(hot_relids[which]))
-		hot_relids[which] = payments_relid(hot_names[which]);
-	return hot_relids[which];
-}
-
 /* What one call works on */
 typedef struct RowCall
 {
@@ -166,11 +118,11 @@ check_primary_key(RowCall *call, const char *relname, int npkey)
  * a new command with a fresh snapshot (see the file header).
  */
 static void
-call_begin(RowCall *call, HotRel which, const char *const *names,
+call_begin(RowCall *call, PaymentsRelation which, const char *const *names,
 		   const Oid *types, int natts, int npkey, CmdType cmd,
 		   const AttrNumber *cols, int ncols)
 {
-	call->rel = table_open(hot_relid(which), RowExclusiveLock);
+	call->rel = table_open(payments_relation(which), RowExclusiveLock);
 	payments_direct_check_columns(call->rel, names, types, natts);
 
 	CommandCounterIncrement();
@@ -183,7 +135,7 @@ call_begin(RowCall *call, HotRel which, const char *const *names,
 	for (int i = 0; i < call->dw.rri->ri_NumIndices; i++)
 		if (call->dw.rri->ri_IndexRelationDescs[i]->rd_index->indisprimary)
 			call->pkey = call->dw.rri->ri_IndexRelationDescs[i];
-	check_primary_key(call, hot_names[which], npkey);
+	check_primary_key(call, RelationGetRelationName(call->rel), npkey);
 }
 
 static void
@@ -429,7 +381,7 @@ payments_take_units(text *sku, int64 qty, int32 hint, int32 seed)
 	TupleTableSlot *row;
 	int32		taken = -1;
 
-	call_begin(&call, HOT_SLOTS, slots_names, slots_types, SLOTS_NATTS,
+	call_begin(&call, PAYMENTS_REL_STOCK_SLOTS, slots_names, slots_types, SLOTS_NATTS,
 			   2, CMD_UPDATE, written, lengthof(written));
 	row = payments_direct_table_slot(&call.dw);
 	if ((hint >= 0 && lock_free_slot(&call, sku, qty, hint, seed, row)) ||
@@ -457,10 +409,10 @@ payments_insert_hold(text *order_ref, text *sku, int64 qty, Datum ttl)
 	TupleTableSlot *row;
 	int64		id;
 
-	call_begin(&call, HOT_HOLDS, holds_names, holds_types, HOLDS_NATTS,
+	call_begin(&call, PAYMENTS_REL_RESERVATIONS, holds_names, holds_types, HOLDS_NATTS,
 			   1, CMD_INSERT, NULL, 0);
 	row = payments_direct_slot(&call.dw);
-	id = nextval_internal(hot_relid(HOT_HOLDS_SEQ), false);
+	id = nextval_internal(payments_relation(PAYMENTS_REL_RESERVATIONS_ID_SEQ), false);
 	memset(row->tts_isnull, false, sizeof(bool) * HOLDS_NATTS);
 	row->tts_values[0] = Int64GetDatum(id);
 	row->tts_values[1] = PointerGetDatum(order_ref);
@@ -515,7 +467,7 @@ payments_confirm_hold(int64 id)
 	bool		found;
 	char		state = '\0';
 
-	call_begin(&call, HOT_HOLDS, holds_names, holds_types, HOLDS_NATTS,
+	call_begin(&call, PAYMENTS_REL_RESERVATIONS, holds_names, holds_types, HOLDS_NATTS,
 			   1, CMD_UPDATE, written, lengthof(written));
 	row = payments_direct_table_slot(&call.dw);
 

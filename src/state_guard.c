@@ -499,14 +499,14 @@ cache_reset(void)
 	MemoryContextReset(guard_cxt);
 
 	/* The extension may have been dropped and created again. */
-	definitions_relid = payments_relid("state_machine_definitions");
+	definitions_relid = payments_relation(PAYMENTS_REL_STATE_MACHINE_DEFINITIONS);
 	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(definitions_relid));
 	if (!HeapTupleIsValid(tup))
 		elog(ERROR, "cache lookup failed for relation %u", definitions_relid);
 	tables_owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
 	ReleaseSysCache(tup);
-	history_relid = payments_relid("state_history");
-	history_seqid = payments_relid("state_history_id_seq");
+	history_relid = payments_relation(PAYMENTS_REL_STATE_HISTORY);
+	history_seqid = payments_relation(PAYMENTS_REL_STATE_HISTORY_ID_SEQ);
 
 	ctl.keysize = NAMEDATALEN;
 	ctl.entrysize = sizeof(MachineEntry);
@@ -1302,7 +1302,7 @@ payments_define_state_machine(PG_FUNCTION_ARGS)
 	 * Every backend drops its cached machines when this transaction commits
 	 * (this one, at its next command); see the file header.
 	 */
-	CacheInvalidateRelcacheByRelid(payments_relid("state_machine_definitions"));
+	CacheInvalidateRelcacheByRelid(payments_relation(PAYMENTS_REL_STATE_MACHINE_DEFINITIONS));
 	PG_RETURN_VOID();
 }
 

@@ -1,0 +1,37 @@
+/*-------------------------------------------------------------------------
+ *
+ * extension_catalog.h
+ *	  Where the extension's own objects are: its schema, as pg_extension
+ *	  records it, and its relations, by OID.
+ *
+ * Nothing of the extension is ever found by name in a schema a database
+ * owner may have created (DESIGN.md, security model).  Every component
+ * asks here, and one cache with one invalidation callback keeps the
+ * answers until the catalog changes.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef EXTENSION_CATALOG_H
+#define EXTENSION_CATALOG_H
+
+/* The extension's relations that C code opens, locks or reads directly */
+typedef enum PaymentsRelation
+{
+	PAYMENTS_REL_IDEMPOTENCY_KEYS,
+	PAYMENTS_REL_IDEMPOTENCY_KEYS_PKEY,
+	PAYMENTS_REL_IDEMPOTENCY_SCOPES,
+	PAYMENTS_REL_STOCK_SLOTS,
+	PAYMENTS_REL_RESERVATIONS,
+	PAYMENTS_REL_RESERVATIONS_ID_SEQ,
+	PAYMENTS_REL_STATE_MACHINE_DEFINITIONS,
+	PAYMENTS_REL_STATE_HISTORY,
+	PAYMENTS_REL_STATE_HISTORY_ID_SEQ,
+	PAYMENTS_NUM_RELATIONS
+} PaymentsRelation;
+
+extern Oid	payments_schema_oid(void);
+extern const char *payments_schema_quoted(void);
+extern uint64 payments_schema_generation(void);
+extern Oid	payments_relation(PaymentsRelation rel);
+
+#endif							/* EXTENSION_CATALOG_H */
