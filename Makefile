@@ -98,6 +98,12 @@ PROVE_TESTS = test/t/*.pl
 # (test/regress.conf); TAP tests configure the clusters they create.
 TEST_CONF = $(srcdir)/test/regress.conf
 
+# make installcheck runs every suite against the server that PGHOST and
+# PGPORT name, which must be configured as test/regress.conf says: the
+# library preloaded and the worker off, or the worker would expire and
+# purge rows that the tests set up to expire by hand.
+REGRESS_PREP = installcheck-server
+
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
@@ -110,7 +116,7 @@ src/sql/$(EXTENSION)--$(EXTVERSION).sql: $(SQL_FRAGMENTS)
 	  '\echo Use "CREATE EXTENSION $(EXTENSION)" to load this file. \quit'; \
 	  for f in $(SQL_FRAGMENTS); do printf '\n-- %s\n' "$$f"; cat "$$f"; done ) > $@
 
-.PHONY: test test-regress test-isolation test-tap
+.PHONY: test test-regress test-isolation test-tap installcheck-server
 test: test-regress test-isolation test-tap
 
 test-regress:
@@ -121,7 +127,15 @@ test-isolation:
 	$(pg_isolation_regress_installcheck) --temp-instance=./tmp_check_iso \
 		--temp-config=$(TEST_CONF) $(ISOLATION_OPTS) $(ISOLATION)
 
+# The upgrade test (test/t/910_upgrade.pl) runs the regression suite again.
+test-tap: export PAYMENTS_REGRESS := $(REGRESS)
 test-tap:
 	$(prove_installcheck)
 
 EXTRA_CLEAN = output_iso tmp_check_regress tmp_check_iso
+
+installcheck-server:
+	@"$(bindir)/psql" -X -At -d postgres \
+		-c "SELECT current_setting('payments.worker_enabled', true) = 'off'" 2>/dev/null | grep -qx t || \
+		{ echo "make installcheck needs a running server with the settings of test/regress.conf:"; \
+		  echo "shared_preload_libraries = 'payments' and payments.worker_enabled = off"; exit 1; }

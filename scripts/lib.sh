@@ -64,8 +64,26 @@ prepare_tree() {
 	(cd "$REPO_DIR" && tar --exclude=.git --exclude='./tmp_check*' \
 		--exclude=./results --exclude=./output_iso --exclude='*.o' --exclude='*.so' \
 		-cf - .) | tar -xf - -C "$SCRATCH/src"
-	[ "$(id -u)" -eq 0 ] && chown -R "$RUN_USER" "$SCRATCH/src"
+	export_releases
+	[ "$(id -u)" -eq 0 ] && chown -R "$RUN_USER" "$SCRATCH/src" "$SCRATCH/releases"
 	return 0
+}
+
+# The sources of every released version (test/t/releases), exported from
+# the git history to $SCRATCH/releases for the upgrade test, which skips
+# with a message when they are missing (a tarball, a shallow clone).
+export_releases() {
+	local version commit
+	rm -rf "$SCRATCH/releases"
+	mkdir -p "$SCRATCH/releases"
+	command -v git >/dev/null || return 0
+	while read -r version commit; do
+		case "$version" in '' | '#'*) continue ;; esac
+		mkdir -p "$SCRATCH/releases/$version"
+		git -c safe.directory='*' -C "$REPO_DIR" archive "$commit" 2>/dev/null |
+			tar -xf - -C "$SCRATCH/releases/$version" 2>/dev/null ||
+			rm -rf "$SCRATCH/releases/$version"
+	done <"$REPO_DIR/test/t/releases"
 }
 
 # Build as the run user, install as root.

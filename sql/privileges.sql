@@ -24,7 +24,7 @@ SELECT p.oid::regprocedure AS function, p.prosecdef, p.proconfig
  WHERE n.nspname = 'payments' AND p.prorettype <> 'trigger'::regtype
    AND p.proname NOT IN ('guard_state', 'unguard_state')
    AND (NOT p.prosecdef OR p.proconfig IS DISTINCT FROM '{"search_path=pg_catalog, pg_temp"}')
- ORDER BY 1;
+ ORDER BY p.oid::regprocedure::text;
 
 -- PUBLIC has no privilege on any object of the schema.
 SELECT c.relname, a.privilege_type
@@ -37,8 +37,10 @@ SELECT p.oid::regprocedure
  WHERE n.nspname = 'payments' AND a.grantee = 0;
 SELECT has_schema_privilege('public', 'payments', 'USAGE') AS public_has_usage;
 
--- The tables are kept by pg_dump.
-SELECT extconfig::regclass[] FROM pg_extension WHERE extname = 'payments';
+-- The tables are kept by pg_dump (in name order: an updated install marks
+-- them in another order than a fresh one).
+SELECT array(SELECT unnest(extconfig)::regclass::text ORDER BY 1) AS extconfig
+  FROM pg_extension WHERE extname = 'payments';
 
 -- The application role calls the functions ...
 SET ROLE regress_app;
@@ -78,7 +80,7 @@ SELECT p.oid::regprocedure
   FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace,
        aclexplode(p.proacl) a
  WHERE n.nspname = 'payments' AND a.grantee = 'payments_operator'::regrole
- ORDER BY 1;
+ ORDER BY p.oid::regprocedure::text;
 SELECT has_schema_privilege('payments_operator', 'payments', 'USAGE') AS operator_usage,
        has_schema_privilege('payments_operator', 'payments', 'CREATE') AS operator_create,
        has_table_privilege('payments_app', 'payments.compensations', 'SELECT') AS app_reads_queue;
