@@ -7,27 +7,15 @@
 -- are due tomorrow, of an external handler (never run by the worker's
 -- step), or queued in a transaction that is rolled back.  Ids are captured
 -- with \gset, never written down: they depend on sequence consumption.
+-- So a refusal whose message names an item is printed as its SQLSTATE
+-- alone (VERBOSITY sqlstate), and the message follows with that item's
+-- id masked; every other refusal is printed in full, then its SQLSTATE.
 --
 -- run_compensations is always called twice in a row and only the sum of
 -- what the calls finished is shown: that holds whether a call runs the
 -- items it claims itself or those its session's previous call claimed.
 --
 CREATE EXTENSION payments;
-
--- The outcome of a statement: 'ok', or its SQLSTATE and message with the
--- compensation id masked.
-CREATE FUNCTION outcome(sql text) RETURNS text LANGUAGE plpgsql AS $$
-DECLARE
-    st text;
-    msg text;
-BEGIN
-    EXECUTE sql;
-    RETURN 'ok';
-EXCEPTION WHEN OTHERS THEN
-    GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT;
-    RETURN st || ' ' || regexp_replace(msg, 'compensation \d+', 'compensation <id>', 'g');
-END
-$$;
 
 CREATE TABLE comp_log (item text, who regrole);
 CREATE FUNCTION comp_ok(p jsonb) RETURNS void LANGUAGE plpgsql AS $$
@@ -131,12 +119,20 @@ SELECT count(*) - :before_limit AS queued_at_limit_and_under_default FROM paymen
 -- cancelled or pending item cannot be retried; an unknown id is PM301.
 SELECT payments.cancel_compensation(:b);
 SELECT payments.cancel_compensation(:b);
-SELECT outcome(format('SELECT payments.retry_compensation(%s)', :b));
-SELECT outcome(format('SELECT payments.retry_compensation(%s)', :a));
+\set VERBOSITY sqlstate
+SELECT payments.retry_compensation(:b);
+SELECT replace(:'LAST_ERROR_MESSAGE', :'b', '<id>') AS error;
+SELECT payments.retry_compensation(:a);
+SELECT replace(:'LAST_ERROR_MESSAGE', :'a', '<id>') AS error;
+\set VERBOSITY default
 -- (an id the sequence handed out and nobody used)
 SELECT nextval('payments.compensations_id_seq') AS missing \gset
-SELECT outcome(format('SELECT payments.cancel_compensation(%s)', :missing));
-SELECT outcome(format('SELECT payments.retry_compensation(%s)', :missing));
+\set VERBOSITY sqlstate
+SELECT payments.cancel_compensation(:missing);
+SELECT replace(:'LAST_ERROR_MESSAGE', :'missing', '<id>') AS error;
+SELECT payments.retry_compensation(:missing);
+SELECT replace(:'LAST_ERROR_MESSAGE', :'missing', '<id>') AS error;
+\set VERBOSITY default
 SELECT item, status, finished FROM items WHERE id IN (:a, :b) ORDER BY id;
 
 -- The worker's step, in one transaction: each attempt is counted before it
@@ -175,8 +171,16 @@ SELECT c.status, c.attempts, c.finished_at, c.next_attempt_at <= clock_timestamp
   FROM payments.compensations c WHERE id = :f;
 SELECT count(*) AS attempt_rows FROM payments.compensation_attempts WHERE compensation_id = :f;
 -- A succeeded item can be neither cancelled nor retried.
-SELECT outcome(format('SELECT payments.cancel_compensation(%s)', :e));
-SELECT outcome(format('SELECT payments.retry_compensation(%s)', :e));
+\set VERBOSITY sqlstate
+SAVEPOINT refused;
+SELECT payments.cancel_compensation(:e);
+ROLLBACK TO refused;
+SELECT replace(:'LAST_ERROR_MESSAGE', :'e', '<id>') AS error;
+SAVEPOINT refused;
+SELECT payments.retry_compensation(:e);
+ROLLBACK TO refused;
+SELECT replace(:'LAST_ERROR_MESSAGE', :'e', '<id>') AS error;
+\set VERBOSITY default
 SELECT item, status FROM items WHERE id = :e;
 ROLLBACK;
 
@@ -242,20 +246,32 @@ SELECT item, status, attempts, last_error, finished FROM items WHERE id IN (:g1,
 SELECT attempt, error, sqlstate FROM payments.compensation_attempts WHERE compensation_id = :g2;
 -- A claim can be completed or failed once; only with the token of the
 -- claim that holds the item (PM302); worker items not at all (PM303).
-SELECT outcome(format('SELECT payments.complete_compensation(%s, %s)', :g1, :t1));
-SELECT outcome(format('SELECT payments.fail_compensation(%s, %s, ''again'')', :g2, :t1));
-SELECT outcome(format('SELECT payments.complete_compensation(%s, %s)', :g3, :t1));
-SELECT outcome(format('SELECT payments.fail_compensation(%s, %s, ''wrong claim'')', :g3, :t1));
-SELECT outcome(format('SELECT payments.complete_compensation(%s, %s)', :a, :t1));
-SELECT outcome(format('SELECT payments.fail_compensation(%s, %s, ''no'')', :a, :t1));
-SELECT outcome(format('SELECT payments.complete_compensation(%s, %s)', :missing, :t1));
+\set VERBOSITY sqlstate
+SELECT payments.complete_compensation(:g1, :t1);
+SELECT replace(:'LAST_ERROR_MESSAGE', :'g1', '<id>') AS error;
+SELECT payments.fail_compensation(:g2, :t1, 'again');
+SELECT replace(:'LAST_ERROR_MESSAGE', :'g2', '<id>') AS error;
+SELECT payments.complete_compensation(:g3, :t1);
+SELECT replace(:'LAST_ERROR_MESSAGE', :'g3', '<id>') AS error;
+SELECT payments.fail_compensation(:g3, :t1, 'wrong claim');
+SELECT replace(:'LAST_ERROR_MESSAGE', :'g3', '<id>') AS error;
+SELECT payments.complete_compensation(:a, :t1);
+SELECT replace(:'LAST_ERROR_MESSAGE', :'a', '<id>') AS error;
+SELECT payments.fail_compensation(:a, :t1, 'no');
+SELECT replace(:'LAST_ERROR_MESSAGE', :'a', '<id>') AS error;
+SELECT payments.complete_compensation(:missing, :t1);
+SELECT replace(:'LAST_ERROR_MESSAGE', :'missing', '<id>') AS error;
+\set VERBOSITY default
 SELECT item, status, attempts FROM items WHERE id IN (:g1, :g2, :g3, :a) ORDER BY id;
 -- Only registered handlers can be claimed.
 SELECT * FROM payments.claim_compensations('comp_ok(jsonb)', 1, '1 minute');
 \echo :LAST_ERROR_SQLSTATE
 -- A claimed item can be cancelled; its executor's completion is then refused.
 SELECT payments.cancel_compensation(:g4);
-SELECT outcome(format('SELECT payments.complete_compensation(%s, %s)', :g4, :t2));
+\set VERBOSITY sqlstate
+SELECT payments.complete_compensation(:g4, :t2);
+SELECT replace(:'LAST_ERROR_MESSAGE', :'g4', '<id>') AS error;
+\set VERBOSITY default
 SELECT item, status, attempts FROM items WHERE id = :g4;
 
 -- A claim whose lease runs out goes back to pending as a failed attempt
@@ -268,13 +284,20 @@ SELECT payments.run_compensations(10) + payments.run_compensations(10) AS finish
 SELECT item, status, attempts, last_error FROM items WHERE id = :g3;
 SELECT lease_expires_at, claim_token FROM payments.compensations WHERE id = :g3;
 SELECT attempt, error, sqlstate FROM payments.compensation_attempts WHERE compensation_id = :g3 ORDER BY id;
-SELECT outcome(format('SELECT payments.complete_compensation(%s, %s)', :g3, :t2));
-SELECT outcome(format('SELECT payments.fail_compensation(%s, %s, ''late'')', :g3, :t2));
+\set VERBOSITY sqlstate
+SELECT payments.complete_compensation(:g3, :t2);
+SELECT replace(:'LAST_ERROR_MESSAGE', :'g3', '<id>') AS error;
+SELECT payments.fail_compensation(:g3, :t2, 'late');
+SELECT replace(:'LAST_ERROR_MESSAGE', :'g3', '<id>') AS error;
+\set VERBOSITY default
 UPDATE payments.compensations SET next_attempt_at = now() WHERE id = :g3;
 SELECT id = :g3 AS same_item, attempts, claim_token AS t3 FROM payments.claim_compensations('comp_gateway(jsonb)', 1, '1 hour') \gset
 SELECT :'same_item' AS same_item, :attempts AS attempts, :t3 <> :t2 AS new_token;
-SELECT outcome(format('SELECT payments.complete_compensation(%s, %s)', :g3, :t2));
-SELECT outcome(format('SELECT payments.complete_compensation(%s, %s)', :g3, :t3));
+\set VERBOSITY sqlstate
+SELECT payments.complete_compensation(:g3, :t2);
+SELECT replace(:'LAST_ERROR_MESSAGE', :'g3', '<id>') AS error;
+\set VERBOSITY default
+SELECT payments.complete_compensation(:g3, :t3);
 SELECT item, status, attempts FROM items WHERE id = :g3;
 -- The next claim of the handler also gives expired claims back first.
 BEGIN;
@@ -304,7 +327,10 @@ SELECT count(*) AS registered FROM payments.external_handlers;
 -- Unregistering again is a no-op; claims are refused; the worker's step
 -- runs the handler's items now (comp_gateway fails when run here).
 SELECT payments.unregister_external_handler('comp_gateway(jsonb)');
-SELECT outcome($$SELECT payments.claim_compensations('comp_gateway(jsonb)', 1, '1 hour')$$);
+SAVEPOINT refused;
+SELECT payments.claim_compensations('comp_gateway(jsonb)', 1, '1 hour');
+\echo :LAST_ERROR_SQLSTATE
+ROLLBACK TO refused;
 SELECT payments.run_compensations(10) + payments.run_compensations(10) AS finished;
 SELECT item, status, attempts, last_error FROM items WHERE id = :r7;
 ROLLBACK;
@@ -317,6 +343,5 @@ SELECT regexp_replace(handler, '\(.*', '') AS handler, pending, running, succeed
 
 DROP VIEW items;
 DROP TABLE comp_log;
-DROP FUNCTION comp_ok(jsonb), comp_other(jsonb), comp_fail(jsonb), comp_loop(jsonb), comp_gateway(jsonb),
-    outcome(text);
+DROP FUNCTION comp_ok(jsonb), comp_other(jsonb), comp_fail(jsonb), comp_loop(jsonb), comp_gateway(jsonb);
 DROP EXTENSION payments CASCADE;

@@ -86,9 +86,13 @@ SELECT payments.fail_compensation(:missing, NULL, 'x');
 \echo :LAST_ERROR_SQLSTATE
 \set VERBOSITY sqlstate
 SELECT payments.retry_compensation(:missing);
+SELECT replace(:'LAST_ERROR_MESSAGE', :'missing', '<id>') AS error;
 SELECT payments.cancel_compensation(:missing);
+SELECT replace(:'LAST_ERROR_MESSAGE', :'missing', '<id>') AS error;
 SELECT payments.complete_compensation(:missing, 1);
+SELECT replace(:'LAST_ERROR_MESSAGE', :'missing', '<id>') AS error;
 SELECT payments.fail_compensation(:missing, 1, 'x');
+SELECT replace(:'LAST_ERROR_MESSAGE', :'missing', '<id>') AS error;
 \set VERBOSITY default
 
 -- External executors' arguments

@@ -8,6 +8,8 @@
 -- of bob; nobody, a login role with nothing; operator, a member of
 -- payments_operator.  Every refusal is shown with its SQLSTATE, and the
 -- queue's tables are compared before and after each group of refusals.
+-- A message that names an item has the item's id masked, as in
+-- compensation.sql.
 --
 -- Items are run by payments.run_compensations (as a superuser) inside
 -- transactions; the regress configuration turns the worker off.  It is
@@ -27,20 +29,6 @@ GRANT USAGE, CREATE ON SCHEMA comp_shared TO regress_comp_alice, regress_comp_bo
 CREATE TABLE comp_shared.log (item text, who text);
 GRANT SELECT, INSERT ON comp_shared.log TO PUBLIC;
 
--- The outcome of a statement: 'ok', or its SQLSTATE and message with the
--- compensation id masked.
-CREATE FUNCTION outcome(sql text) RETURNS text LANGUAGE plpgsql AS $$
-DECLARE
-    st text;
-    msg text;
-BEGIN
-    EXECUTE sql;
-    RETURN 'ok';
-EXCEPTION WHEN OTHERS THEN
-    GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT;
-    RETURN st || ' ' || regexp_replace(msg, 'compensation \d+', 'compensation <id>', 'g');
-END
-$$;
 -- A digest of every row of the queue's tables.
 CREATE FUNCTION queue_state() RETURNS text LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog AS $$
     SELECT md5(concat_ws('|',
@@ -246,10 +234,14 @@ SELECT queue_state() AS before \gset
 SET ROLE regress_comp_alice;
 SELECT has_function_privilege(:definer_oid::oid, 'EXECUTE') AS alice_has_execute,
        has_schema_privilege('comp_private', 'USAGE') AS alice_has_usage;
-SELECT outcome(format('SELECT payments.enqueue_compensation(%s::regprocedure, ''{}'')', :definer_oid));
-SELECT outcome(format('SELECT payments.enqueue_compensation(%s::regprocedure, ''{}'', ''squat'')', :definer_oid));
-SELECT outcome(format('SELECT payments.register_external_handler(%s::regprocedure)', :definer_oid));
-SELECT outcome(format('SELECT payments.claim_compensations(%s::regprocedure, 10, ''1 hour'')', :gateway_oid));
+SELECT payments.enqueue_compensation(:definer_oid::regprocedure, '{}');
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.enqueue_compensation(:definer_oid::regprocedure, '{}', 'squat');
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.register_external_handler(:definer_oid::regprocedure);
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.claim_compensations(:gateway_oid::regprocedure, 10, '1 hour');
+\echo :LAST_ERROR_SQLSTATE
 RESET ROLE;
 SELECT queue_state() = :'before' AS unchanged;
 -- And before every run: USAGE revoked after enqueue, the attempt fails
@@ -278,7 +270,8 @@ CREATE FUNCTION comp_shared.bob_gateway(p jsonb) RETURNS void LANGUAGE plpgsql A
 RESET ROLE;
 SELECT queue_state() AS before \gset
 SET ROLE regress_comp_alice;
-SELECT outcome($$SELECT payments.register_external_handler('comp_shared.bob_gateway(jsonb)')$$);
+SELECT payments.register_external_handler('comp_shared.bob_gateway(jsonb)');
+\echo :LAST_ERROR_SQLSTATE
 RESET ROLE;
 SELECT queue_state() = :'before' AS unchanged;
 SET ROLE regress_comp_bob_deploy;
@@ -286,7 +279,8 @@ SELECT payments.register_external_handler('comp_shared.bob_gateway(jsonb)');
 RESET ROLE;
 SELECT queue_state() AS before \gset
 SET ROLE regress_comp_alice;
-SELECT outcome($$SELECT payments.unregister_external_handler('comp_shared.bob_gateway(jsonb)')$$);
+SELECT payments.unregister_external_handler('comp_shared.bob_gateway(jsonb)');
+\echo :LAST_ERROR_SQLSTATE
 RESET ROLE;
 SELECT queue_state() = :'before' AS unchanged;
 SELECT handler, registered_by FROM payments.external_handlers WHERE handler LIKE 'comp_shared.bob%';
@@ -304,7 +298,8 @@ REVOKE EXECUTE ON FUNCTION comp_shared.bob_gateway(jsonb) FROM PUBLIC;
 RESET ROLE;
 SELECT queue_state() AS before \gset
 SET ROLE regress_comp_alice;
-SELECT outcome($$SELECT payments.claim_compensations('comp_shared.bob_gateway(jsonb)', 10, '1 hour')$$);
+SELECT payments.claim_compensations('comp_shared.bob_gateway(jsonb)', 10, '1 hour');
+\echo :LAST_ERROR_SQLSTATE
 RESET ROLE;
 SELECT queue_state() = :'before' AS unchanged;
 
@@ -322,25 +317,46 @@ SELECT nextval('payments.compensations_id_seq') AS missing \gset
 SELECT queue_state() AS before \gset
 SET ROLE regress_comp_alice;
 -- alice holds bob's claim token and still may not use it.
-SELECT outcome(format('SELECT payments.complete_compensation(%s, %s)', :bob1, :bob1_token));
-SELECT outcome(format('SELECT payments.fail_compensation(%s, %s, ''forged'')', :bob1, :bob1_token));
-SELECT outcome(format('SELECT payments.cancel_compensation(%s)', :bob1));
-SELECT outcome(format('SELECT payments.cancel_compensation(%s)', :bob2));
-SELECT outcome(format('SELECT payments.retry_compensation(%s)', :bob2));
+\set VERBOSITY sqlstate
+SELECT payments.complete_compensation(:bob1, :bob1_token);
+SELECT replace(:'LAST_ERROR_MESSAGE', :'bob1', '<id>') AS error;
+SELECT payments.fail_compensation(:bob1, :bob1_token, 'forged');
+SELECT replace(:'LAST_ERROR_MESSAGE', :'bob1', '<id>') AS error;
+SELECT payments.cancel_compensation(:bob1);
+SELECT replace(:'LAST_ERROR_MESSAGE', :'bob1', '<id>') AS error;
+SELECT payments.cancel_compensation(:bob2);
+SELECT replace(:'LAST_ERROR_MESSAGE', :'bob2', '<id>') AS error;
+SELECT payments.retry_compensation(:bob2);
+SELECT replace(:'LAST_ERROR_MESSAGE', :'bob2', '<id>') AS error;
+\set VERBOSITY default
 -- An id that does not exist gets the same answer.
-SELECT outcome(format('SELECT payments.cancel_compensation(%s)', :missing));
-SELECT outcome(format('SELECT payments.complete_compensation(%s, 1)', :missing));
+\set VERBOSITY sqlstate
+SELECT payments.cancel_compensation(:missing);
+SELECT replace(:'LAST_ERROR_MESSAGE', :'missing', '<id>') AS error;
+SELECT payments.complete_compensation(:missing, 1);
+SELECT replace(:'LAST_ERROR_MESSAGE', :'missing', '<id>') AS error;
+\set VERBOSITY default
 RESET ROLE;
 SET ROLE regress_comp_nobody;
-SELECT outcome(format('SELECT payments.cancel_compensation(%s)', :bob2));
-SELECT outcome(format('SELECT payments.complete_compensation(%s, %s)', :bob1, :bob1_token));
+-- (terse: the statement psql would quote holds an id and a token)
+\set VERBOSITY terse
+SELECT payments.cancel_compensation(:bob2);
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.complete_compensation(:bob1, :bob1_token);
+\echo :LAST_ERROR_SQLSTATE
+\set VERBOSITY default
 RESET ROLE;
 -- The operator's answers are about the item, not about rights: a wrong
 -- token (PM302), an unknown id (PM301).
 SET ROLE regress_comp_operator;
-SELECT outcome(format('SELECT payments.complete_compensation(%s, %s)', :bob1, :bob1_token + 1));
-SELECT outcome(format('SELECT payments.cancel_compensation(%s)', :missing));
-SELECT outcome(format('SELECT payments.retry_compensation(%s)', :bob2));
+\set VERBOSITY sqlstate
+SELECT payments.complete_compensation(:bob1, :bob1_token + 1);
+SELECT replace(:'LAST_ERROR_MESSAGE', :'bob1', '<id>') AS error;
+SELECT payments.cancel_compensation(:missing);
+SELECT replace(:'LAST_ERROR_MESSAGE', :'missing', '<id>') AS error;
+SELECT payments.retry_compensation(:bob2);
+SELECT replace(:'LAST_ERROR_MESSAGE', :'bob2', '<id>') AS error;
+\set VERBOSITY default
 RESET ROLE;
 SELECT queue_state() = :'before' AS unchanged;
 -- bob's member may change bob's items; the operator may change anyone's.
@@ -360,7 +376,10 @@ SELECT payments.fail_compensation(:bob3, :bob3_token, 'gateway down');
 RESET ROLE;
 SELECT queue_state() AS before \gset
 SET ROLE regress_comp_alice;
-SELECT outcome(format('SELECT payments.retry_compensation(%s)', :bob3));
+\set VERBOSITY sqlstate
+SELECT payments.retry_compensation(:bob3);
+SELECT replace(:'LAST_ERROR_MESSAGE', :'bob3', '<id>') AS error;
+\set VERBOSITY default
 RESET ROLE;
 SELECT queue_state() = :'before' AS unchanged;
 SET ROLE regress_comp_bob;
@@ -378,7 +397,10 @@ SET ROLE regress_comp_alice;
 SELECT id = :bob3 AS claimed_bob3, claim_token AS alice_token, claimed_by
   FROM payments.claim_compensations('comp_shared.bob_gateway(jsonb)', 1, '1 hour') \gset
 SELECT :'claimed_bob3' AS claimed_bob3, :'claimed_by' AS claimed_by;
-SELECT outcome(format('SELECT payments.cancel_compensation(%s)', :bob3));
+\set VERBOSITY sqlstate
+SELECT payments.cancel_compensation(:bob3);
+SELECT replace(:'LAST_ERROR_MESSAGE', :'bob3', '<id>') AS error;
+\set VERBOSITY default
 SELECT payments.complete_compensation(:bob3, :alice_token);
 RESET ROLE;
 SELECT status, enqueued_by, claimed_by FROM payments.compensations WHERE id = :bob3;
@@ -398,8 +420,10 @@ SELECT payments.enqueue_compensation('comp_shared.alice_private(jsonb)', '{}', '
 RESET ROLE;
 SELECT queue_state() AS before \gset
 SET ROLE regress_comp_bob;
-SELECT outcome($$SELECT payments.enqueue_compensation('comp_shared.alice_private(jsonb)', '{}', 'order-1/refund')$$);
-SELECT outcome($$SELECT payments.enqueue_compensation('comp_shared.alice_private(jsonb)', '{}', 'order-2/refund')$$);
+SELECT payments.enqueue_compensation('comp_shared.alice_private(jsonb)', '{}', 'order-1/refund');
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.enqueue_compensation('comp_shared.alice_private(jsonb)', '{}', 'order-2/refund');
+\echo :LAST_ERROR_SQLSTATE
 RESET ROLE;
 SELECT queue_state() = :'before' AS unchanged;
 SET ROLE regress_comp_alice;
@@ -417,12 +441,14 @@ SELECT payments.enqueue_compensation('comp_shared.whoami(jsonb)', '{"by": "bob"}
 RESET ROLE;
 SELECT queue_state() AS before \gset
 SET ROLE regress_comp_bob;
-SELECT outcome($$SELECT payments.enqueue_compensation('comp_shared.whoami(jsonb)', '{"by": "bob"}', 'order-3/refund',
-                                                      run_at => now() + interval '1 day')$$);
+SELECT payments.enqueue_compensation('comp_shared.whoami(jsonb)', '{"by": "bob"}', 'order-3/refund',
+                                                      run_at => now() + interval '1 day');
+\echo :LAST_ERROR_SQLSTATE
 RESET ROLE;
 SET ROLE regress_comp_alice;
-SELECT outcome($$SELECT payments.enqueue_compensation('comp_shared.whoami(jsonb)', '{"by": "alice"}', 'order-4/refund',
-                                                      run_at => now() + interval '1 day')$$);
+SELECT payments.enqueue_compensation('comp_shared.whoami(jsonb)', '{"by": "alice"}', 'order-4/refund',
+                                                      run_at => now() + interval '1 day');
+\echo :LAST_ERROR_SQLSTATE
 RESET ROLE;
 SELECT queue_state() = :'before' AS unchanged;
 -- The same key again by its own role (or a member) is the first item.
@@ -435,7 +461,7 @@ SELECT dedup_key, payload->>'by' AS by, enqueued_by FROM payments.compensations
 
 DROP SCHEMA comp_shared CASCADE;
 DROP SCHEMA comp_private CASCADE;
-DROP FUNCTION outcome(text), queue_state();
+DROP FUNCTION queue_state();
 DROP EXTENSION payments CASCADE;
 DROP ROLE regress_comp_alice;
 DROP ROLE regress_comp_bob;

@@ -36,7 +36,9 @@ CREATE FUNCTION nothing_changed() RETURNS boolean LANGUAGE sql AS $$
 $$;
 
 -- Calls each function with one interval and prints its SQLSTATE and
--- message, or 'accepted'; an accepted call is rolled back.
+-- message, or 'accepted'; an accepted call is rolled back.  (The other
+-- files show a refused call as psql prints it, then its SQLSTATE; here a
+-- table of four calls for each of eighteen intervals reads better.)
 CREATE FUNCTION try_ttl(ttl interval) RETURNS SETOF text LANGUAGE plpgsql AS $$
 DECLARE
     call text;

@@ -1,18 +1,11 @@
+--
+-- Inventory reservations: stock in slots, reserve (one SKU or several, all
+-- or nothing), confirm and release once, orders, TTLs and expiry,
+-- stock_adjust, and the rights the calls run with.  Every refused call has
+-- its SQLSTATE and changes nothing: the ledger (slots + held + sold =
+-- received) is checked as it goes.
+--
 CREATE EXTENSION payments;
-
--- Run a statement and report its SQLSTATE, message and detail, or 'ok'.
--- The statement runs in a subtransaction, like any refused call.
-CREATE FUNCTION pg_temp.try(q text) RETURNS text LANGUAGE plpgsql AS $$
-DECLARE
-    d text;
-BEGIN
-    EXECUTE q;
-    RETURN 'ok';
-EXCEPTION WHEN OTHERS THEN
-    GET STACKED DIAGNOSTICS d = PG_EXCEPTION_DETAIL;
-    RETURN SQLSTATE || ': ' || SQLERRM || coalesce(' | ' || nullif(d, ''), '');
-END
-$$;
 
 -- Per SKU: units in slots + held + sold must equal what was received.
 CREATE TEMP TABLE received (sku text PRIMARY KEY, units bigint);
@@ -39,14 +32,22 @@ SELECT sku, slot, available FROM payments.stock_slots ORDER BY sku, slot;
 SELECT sku, slots FROM payments.stock ORDER BY sku;
 
 -- stock_set: bad arguments
-SELECT pg_temp.try($$SELECT payments.stock_set(NULL, 1)$$);
-SELECT pg_temp.try($$SELECT payments.stock_set('', 1)$$);
-SELECT pg_temp.try($$SELECT payments.stock_set(repeat('x', 256), 1)$$);
-SELECT pg_temp.try($$SELECT payments.stock_set('apple', NULL)$$);
-SELECT pg_temp.try($$SELECT payments.stock_set('apple', -1)$$);
-SELECT pg_temp.try($$SELECT payments.stock_set('apple', 1000000000000001)$$);
-SELECT pg_temp.try($$SELECT payments.stock_set('apple', 1, slots => 0)$$);
-SELECT pg_temp.try($$SELECT payments.stock_set('apple', 1, slots => 1025)$$);
+SELECT payments.stock_set(NULL, 1);
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.stock_set('', 1);
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.stock_set(repeat('x', 256), 1);
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.stock_set('apple', NULL);
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.stock_set('apple', -1);
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.stock_set('apple', 1000000000000001);
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.stock_set('apple', 1, slots => 0);
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.stock_set('apple', 1, slots => 1025);
+\echo :LAST_ERROR_SQLSTATE
 SELECT * FROM payments.stock_levels ORDER BY sku;
 
 -- reserve one SKU: returns the reservation id; the hold is 'held'
@@ -58,20 +59,34 @@ SELECT payments.reserve('order-2', 'pear', 2, ttl => '1 hour');
 SELECT * FROM payments.stock_levels ORDER BY sku;
 
 -- reserve: bad arguments and refusals change nothing
-SELECT pg_temp.try($$SELECT payments.reserve('o', 'apple', 8)$$);
-SELECT pg_temp.try($$SELECT payments.reserve('o', 'plum', 1)$$);
-SELECT pg_temp.try($$SELECT payments.reserve('o', 'apple', 0)$$);
-SELECT pg_temp.try($$SELECT payments.reserve('o', 'apple', -1)$$);
-SELECT pg_temp.try($$SELECT payments.reserve('o', 'apple', NULL::bigint)$$);
-SELECT pg_temp.try($$SELECT payments.reserve(NULL, 'apple', 1)$$);
-SELECT pg_temp.try($$SELECT payments.reserve('', 'apple', 1)$$);
-SELECT pg_temp.try($$SELECT payments.reserve(repeat('o', 256), 'apple', 1)$$);
-SELECT pg_temp.try($$SELECT payments.reserve('o', NULL::text, 1)$$);
-SELECT pg_temp.try($$SELECT payments.reserve('o', 'apple', 1, NULL)$$);
-SELECT pg_temp.try($$SELECT payments.reserve('o', 'apple', 1, '0 seconds')$$);
-SELECT pg_temp.try($$SELECT payments.reserve('o', 'apple', 1, '-5 minutes')$$);
-SELECT pg_temp.try($$SELECT payments.reserve('o', 'apple', 1, '31 days')$$);
-SELECT pg_temp.try($$SELECT payments.reserve('o', 'apple', 1, '1000000 years')$$);
+SELECT payments.reserve('o', 'apple', 8);
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.reserve('o', 'plum', 1);
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.reserve('o', 'apple', 0);
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.reserve('o', 'apple', -1);
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.reserve('o', 'apple', NULL::bigint);
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.reserve(NULL, 'apple', 1);
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.reserve('', 'apple', 1);
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.reserve(repeat('o', 256), 'apple', 1);
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.reserve('o', NULL::text, 1);
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.reserve('o', 'apple', 1, NULL);
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.reserve('o', 'apple', 1, '0 seconds');
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.reserve('o', 'apple', 1, '-5 minutes');
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.reserve('o', 'apple', 1, '31 days');
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.reserve('o', 'apple', 1, '1000000 years');
+\echo :LAST_ERROR_SQLSTATE
 SELECT count(*) AS reservations FROM payments.reservations;
 SELECT * FROM payments.stock_levels ORDER BY sku;
 
@@ -81,26 +96,45 @@ SELECT id, order_ref, sku, qty, state FROM payments.reservations WHERE order_ref
 SELECT * FROM payments.stock_levels ORDER BY sku;
 
 -- all or nothing: one short SKU, or an unknown one, and no item is held
-SELECT pg_temp.try($$SELECT payments.reserve('o', '[{"sku": "apple", "qty": 1}, {"sku": "pear", "qty": 5}]')$$);
-SELECT pg_temp.try($$SELECT payments.reserve('o', '[{"sku": "apple", "qty": 1}, {"sku": "plum", "qty": 1}]')$$);
+SELECT payments.reserve('o', '[{"sku": "apple", "qty": 1}, {"sku": "pear", "qty": 5}]');
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.reserve('o', '[{"sku": "apple", "qty": 1}, {"sku": "plum", "qty": 1}]');
+\echo :LAST_ERROR_SQLSTATE
 -- malformed items
-SELECT pg_temp.try($$SELECT payments.reserve('o', NULL::jsonb)$$);
-SELECT pg_temp.try($$SELECT payments.reserve('o', '{"sku": "apple", "qty": 1}')$$);
-SELECT pg_temp.try($$SELECT payments.reserve('o', '"apple"')$$);
-SELECT pg_temp.try($$SELECT payments.reserve('o', '[]')$$);
-SELECT pg_temp.try($$SELECT payments.reserve('o', '[1]')$$);
-SELECT pg_temp.try($$SELECT payments.reserve('o', '[{"sku": "apple"}]')$$);
-SELECT pg_temp.try($$SELECT payments.reserve('o', '[{"sku": "apple", "qty": 1, "note": "x"}]')$$);
-SELECT pg_temp.try($$SELECT payments.reserve('o', '[{"sku": 1, "qty": 1}]')$$);
-SELECT pg_temp.try($$SELECT payments.reserve('o', '[{"sku": null, "qty": 1}]')$$);
-SELECT pg_temp.try($$SELECT payments.reserve('o', '[{"sku": "", "qty": 1}]')$$);
-SELECT pg_temp.try($$SELECT payments.reserve('o', '[{"sku": "apple", "qty": "1"}]')$$);
-SELECT pg_temp.try($$SELECT payments.reserve('o', '[{"sku": "apple", "qty": 1.5}]')$$);
-SELECT pg_temp.try($$SELECT payments.reserve('o', '[{"sku": "apple", "qty": 0}]')$$);
-SELECT pg_temp.try($$SELECT payments.reserve('o', '[{"sku": "apple", "qty": 1e30}]')$$);
-SELECT pg_temp.try($$SELECT payments.reserve('o', '[{"sku": "apple", "qty": 1}, {"sku": "apple", "qty": 1}]')$$);
-SELECT pg_temp.try($$SELECT payments.reserve('o', (SELECT jsonb_agg(jsonb_build_object('sku', 's' || i, 'qty', 1)) FROM generate_series(1, 1001) i))$$);
-SELECT pg_temp.try($$SELECT payments.reserve('o', '[{"sku": "apple", "qty": 1}]'::jsonb, '0 seconds')$$);
+SELECT payments.reserve('o', NULL::jsonb);
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.reserve('o', '{"sku": "apple", "qty": 1}');
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.reserve('o', '"apple"');
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.reserve('o', '[]');
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.reserve('o', '[1]');
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.reserve('o', '[{"sku": "apple"}]');
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.reserve('o', '[{"sku": "apple", "qty": 1, "note": "x"}]');
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.reserve('o', '[{"sku": 1, "qty": 1}]');
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.reserve('o', '[{"sku": null, "qty": 1}]');
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.reserve('o', '[{"sku": "", "qty": 1}]');
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.reserve('o', '[{"sku": "apple", "qty": "1"}]');
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.reserve('o', '[{"sku": "apple", "qty": 1.5}]');
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.reserve('o', '[{"sku": "apple", "qty": 0}]');
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.reserve('o', '[{"sku": "apple", "qty": 1e30}]');
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.reserve('o', '[{"sku": "apple", "qty": 1}, {"sku": "apple", "qty": 1}]');
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.reserve('o', (SELECT jsonb_agg(jsonb_build_object('sku', 's' || i, 'qty', 1)) FROM generate_series(1, 1001) i));
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.reserve('o', '[{"sku": "apple", "qty": 1}]'::jsonb, '0 seconds');
+\echo :LAST_ERROR_SQLSTATE
 -- a whole number written with a fraction or exponent is a whole number
 SELECT array_length(payments.reserve('order-4', '[{"sku": "apple", "qty": 1.0}, {"sku": "pear", "qty": 1e0}]'), 1) AS holds;
 SELECT count(*) AS reservations FROM payments.reservations;
@@ -115,13 +149,19 @@ SELECT * FROM payments.stock_levels ORDER BY sku;
 -- release: the stock comes back, once; a confirmed hold cannot be released
 SELECT payments.release_reservation(2);
 SELECT payments.release_reservation(2);
-SELECT pg_temp.try($$SELECT payments.release_reservation(1)$$);
+SELECT payments.release_reservation(1);
+\echo :LAST_ERROR_SQLSTATE
 -- confirm after release: PM102; unknown id: PM105
-SELECT pg_temp.try($$SELECT payments.confirm_reservation(2)$$);
-SELECT pg_temp.try($$SELECT payments.confirm_reservation(999)$$);
-SELECT pg_temp.try($$SELECT payments.release_reservation(999)$$);
-SELECT pg_temp.try($$SELECT payments.confirm_reservation(NULL)$$);
-SELECT pg_temp.try($$SELECT payments.release_reservation(NULL)$$);
+SELECT payments.confirm_reservation(2);
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.confirm_reservation(999);
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.release_reservation(999);
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.confirm_reservation(NULL);
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.release_reservation(NULL);
+\echo :LAST_ERROR_SQLSTATE
 SELECT id, state FROM payments.reservations ORDER BY id;
 SELECT * FROM payments.stock_levels ORDER BY sku;
 SELECT * FROM pg_temp.ledger();
@@ -150,32 +190,41 @@ SELECT setval('payments.reservations_id_seq', :ids_before) > 0 AS ids_restored;
 -- (55000), not written with values in the wrong columns
 BEGIN;
 ALTER TABLE payments.reservations ADD COLUMN note text;
-SELECT pg_temp.try($$SELECT payments.reserve('altered', 'apple', 1)$$);
+SELECT payments.reserve('altered', 'apple', 1);
+\echo :LAST_ERROR_SQLSTATE
 ROLLBACK;
 -- and so is one whose primary key was rebuilt on other columns
 BEGIN;
 ALTER TABLE payments.stock_slots DROP CONSTRAINT stock_slots_pkey;
 ALTER TABLE payments.stock_slots ADD PRIMARY KEY (slot, sku);
-SELECT pg_temp.try($$SELECT payments.reserve('altered', 'apple', 1)$$);
+SELECT payments.reserve('altered', 'apple', 1);
+\echo :LAST_ERROR_SQLSTATE
 ROLLBACK;
 -- a read-only transaction cannot confirm (25006), and the hold stays held
 SELECT id AS held_id FROM payments.reservations WHERE state = 'held' ORDER BY id LIMIT 1 \gset
 BEGIN READ ONLY;
-SELECT pg_temp.try(format('SELECT payments.confirm_reservation(%s)', :held_id));
+SELECT payments.confirm_reservation(:held_id);
+\echo :LAST_ERROR_SQLSTATE
 ROLLBACK;
 SELECT state FROM payments.reservations WHERE id = :held_id;
 
 -- orders: confirm_order / release_order act on every hold of the order
 SELECT payments.confirm_order('order-3');
 SELECT payments.confirm_order('order-3');
-SELECT pg_temp.try($$SELECT payments.release_order('order-3')$$);
+SELECT payments.release_order('order-3');
+\echo :LAST_ERROR_SQLSTATE
 SELECT payments.release_order('order-4');
 SELECT payments.release_order('order-4');
-SELECT pg_temp.try($$SELECT payments.confirm_order('order-4')$$);
-SELECT pg_temp.try($$SELECT payments.confirm_order('no-such-order')$$);
-SELECT pg_temp.try($$SELECT payments.release_order('no-such-order')$$);
-SELECT pg_temp.try($$SELECT payments.confirm_order(NULL)$$);
-SELECT pg_temp.try($$SELECT payments.release_order('')$$);
+SELECT payments.confirm_order('order-4');
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.confirm_order('no-such-order');
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.release_order('no-such-order');
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.confirm_order(NULL);
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.release_order('');
+\echo :LAST_ERROR_SQLSTATE
 -- an order released in part: confirm_order confirms what is still held
 SELECT payments.reserve('order-5', '[{"sku": "apple", "qty": 1}, {"sku": "pear", "qty": 1}]') AS ids \gset
 SELECT payments.release_reservation((:'ids'::bigint[])[1]);
@@ -195,17 +244,21 @@ SELECT * FROM payments.stock_levels WHERE sku = 'fig';
 UPDATE payments.reservations SET expires_at = now() - interval '1 second' WHERE id IN (:r6, :r7);
 SELECT * FROM payments.stock_levels WHERE sku = 'fig';
 -- confirming a hold past its TTL is refused, and so is its order
-SELECT pg_temp.try(format('SELECT payments.confirm_reservation(%s)', :r6));
-SELECT pg_temp.try($$SELECT payments.confirm_order('order-6')$$);
+SELECT payments.confirm_reservation(:r6);
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.confirm_order('order-6');
+\echo :LAST_ERROR_SQLSTATE
 -- a reserve that finds the stock short reclaims lapsed holds of that SKU
 SELECT payments.reserve('order-8', 'fig', 4) AS r8 \gset
 SELECT id = :r8 AS new_hold, order_ref, qty, state FROM payments.reservations WHERE sku = 'fig' ORDER BY id;
 SELECT * FROM payments.stock_levels WHERE sku = 'fig';
-SELECT pg_temp.try(format('SELECT payments.confirm_reservation(%s)', :r7));
+SELECT payments.confirm_reservation(:r7);
+\echo :LAST_ERROR_SQLSTATE
 SELECT payments.release_reservation(:r7);
 -- a reserve that is short even after reclaiming fails and reclaims nothing
 UPDATE payments.reservations SET expires_at = now() - interval '1 second' WHERE id = :r8;
-SELECT pg_temp.try($$SELECT payments.reserve('order-9', 'fig', 6)$$);
+SELECT payments.reserve('order-9', 'fig', 6);
+\echo :LAST_ERROR_SQLSTATE
 SELECT id, state FROM payments.reservations WHERE id = :r8;
 -- releasing a lapsed hold that nothing has expired gives its stock back
 SELECT payments.release_reservation(:r8);
@@ -223,12 +276,16 @@ SELECT id = :r11 AS oldest_first, state FROM payments.reservations WHERE state =
 SELECT payments.expire_reservations();
 SELECT payments.expire_reservations();
 SELECT order_ref, state, resolved_at IS NOT NULL AS resolved FROM payments.reservations WHERE id >= :r10 ORDER BY id;
-SELECT pg_temp.try(format('SELECT payments.confirm_reservation(%s)', :r10));
-SELECT pg_temp.try($$SELECT payments.confirm_order('order-10')$$);
+SELECT payments.confirm_reservation(:r10);
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.confirm_order('order-10');
+\echo :LAST_ERROR_SQLSTATE
 SELECT payments.release_reservation(:r10);
 SELECT payments.release_order('order-11');
-SELECT pg_temp.try($$SELECT payments.expire_reservations(0)$$);
-SELECT pg_temp.try($$SELECT payments.expire_reservations(NULL)$$);
+SELECT payments.expire_reservations(0);
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.expire_reservations(NULL);
+\echo :LAST_ERROR_SQLSTATE
 SELECT * FROM payments.stock_levels WHERE sku = 'fig';
 SELECT * FROM pg_temp.ledger();
 
@@ -238,7 +295,8 @@ UPDATE received SET units = units + 5 WHERE sku = 'apple';
 SELECT * FROM payments.stock_levels WHERE sku = 'apple';
 SELECT payments.reserve('order-13', 'apple', 6) AS r13 \gset
 SELECT * FROM payments.stock_levels WHERE sku = 'apple';
-SELECT pg_temp.try($$SELECT payments.stock_adjust('apple', -5)$$);
+SELECT payments.stock_adjust('apple', -5);
+\echo :LAST_ERROR_SQLSTATE
 SELECT payments.stock_adjust('apple', -4);
 UPDATE received SET units = units - 4 WHERE sku = 'apple';
 SELECT * FROM payments.stock_levels WHERE sku = 'apple';
@@ -248,25 +306,34 @@ SELECT payments.stock_adjust('apple', -6);
 UPDATE received SET units = units - 6 WHERE sku = 'apple';
 SELECT state FROM payments.reservations WHERE id = :r13;
 SELECT * FROM payments.stock_levels WHERE sku = 'apple';
-SELECT pg_temp.try($$SELECT payments.stock_adjust('plum', 1)$$);
-SELECT pg_temp.try($$SELECT payments.stock_adjust('apple', 0)$$);
-SELECT pg_temp.try($$SELECT payments.stock_adjust('apple', NULL)$$);
-SELECT pg_temp.try($$SELECT payments.stock_adjust(NULL, 1)$$);
+SELECT payments.stock_adjust('plum', 1);
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.stock_adjust('apple', 0);
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.stock_adjust('apple', NULL);
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.stock_adjust(NULL, 1);
+\echo :LAST_ERROR_SQLSTATE
 -- at most 10^15 units on hand
 SELECT payments.stock_adjust('apple', 1000000000000000);
-SELECT pg_temp.try($$SELECT payments.stock_adjust('apple', 1)$$);
-SELECT pg_temp.try($$SELECT payments.stock_set('apple', 1000000000000001)$$);
+SELECT payments.stock_adjust('apple', 1);
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.stock_set('apple', 1000000000000001);
+\echo :LAST_ERROR_SQLSTATE
 SELECT payments.stock_adjust('apple', -1000000000000000);
-SELECT pg_temp.try($$SELECT payments.stock_adjust('apple', -9223372036854775808)$$);
+SELECT payments.stock_adjust('apple', -9223372036854775808);
+\echo :LAST_ERROR_SQLSTATE
 
 -- stock_set on a SKU with holds: on_hand counts them, so it cannot go below
 SELECT payments.reserve('order-14', 'pear', 2) AS r14 \gset
 SELECT * FROM payments.stock_levels WHERE sku = 'pear';
-SELECT pg_temp.try($$SELECT payments.stock_set('pear', 1)$$);
+SELECT payments.stock_set('pear', 1);
+\echo :LAST_ERROR_SQLSTATE
 SELECT payments.stock_set('pear', 2);
 UPDATE received SET units = 2 + (SELECT sum(qty) FROM payments.reservations WHERE sku = 'pear' AND state = 'confirmed') WHERE sku = 'pear';
 SELECT * FROM payments.stock_levels WHERE sku = 'pear';
-SELECT pg_temp.try($$SELECT payments.reserve('o', 'pear', 1)$$);
+SELECT payments.reserve('o', 'pear', 1);
+\echo :LAST_ERROR_SQLSTATE
 SELECT payments.stock_set('pear', 12);
 UPDATE received SET units = units + 10 WHERE sku = 'pear';
 SELECT * FROM payments.stock_levels WHERE sku = 'pear';
@@ -288,7 +355,8 @@ SELECT slot, available FROM payments.stock_slots WHERE sku = 'kiwi' ORDER BY slo
 SELECT payments.reserve('order-15', 'kiwi', 3) IS NOT NULL AS reserved;
 SELECT slot, available FROM payments.stock_slots WHERE sku = 'kiwi' ORDER BY slot;
 SELECT payments.reserve('order-16', 'kiwi', 1) IS NOT NULL AS reserved;
-SELECT pg_temp.try($$SELECT payments.reserve('o', 'kiwi', 1)$$);
+SELECT payments.reserve('o', 'kiwi', 1);
+\echo :LAST_ERROR_SQLSTATE
 SELECT * FROM payments.stock_levels WHERE sku = 'kiwi';
 SELECT * FROM pg_temp.ledger();
 
@@ -298,9 +366,12 @@ SET ROLE reservation_test_app;
 SELECT payments.reserve('order-17', 'pear', 1) IS NOT NULL AS reserved;
 SELECT payments.confirm_order('order-17');
 SELECT sku, on_hand FROM payments.stock_levels WHERE sku = 'pear';
-SELECT pg_temp.try($$SELECT count(*) FROM payments.reservations$$);
-SELECT pg_temp.try($$UPDATE payments.stock_slots SET available = 1000$$);
-SELECT pg_temp.try($$SELECT payments.expire_reservations()$$);
+SELECT count(*) FROM payments.reservations;
+\echo :LAST_ERROR_SQLSTATE
+UPDATE payments.stock_slots SET available = 1000;
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.expire_reservations();
+\echo :LAST_ERROR_SQLSTATE
 RESET ROLE;
 -- reserve and confirm_reservation are not SECURITY DEFINER (see
 -- src/sql/20_reservation.sql): their hot path writes as the caller, so a trigger
@@ -325,12 +396,18 @@ SET ROLE reservation_test_app;
 SELECT payments.reserve('order-18', 'plum', 1) AS plum_fast \gset
 SELECT payments.confirm_reservation(:plum_fast) AS confirmed;
 SELECT payments.reserve('order-19', 'plum', 3) IS NOT NULL AS reserved_slow;
-SELECT pg_temp.try($$SELECT payments.reserve('order-20', 'plum', 1)$$);
--- that error left the slow path, caught by the EXCEPTION block of try:
--- the caller's role and search_path are back
+BEGIN;
+SAVEPOINT refused;
+SELECT payments.reserve('order-20', 'plum', 1);
+\echo :LAST_ERROR_SQLSTATE
+ROLLBACK TO refused;
+-- that error left the slow path, and the rollback to the savepoint undid
+-- it: the caller's role and search_path are back
 SELECT current_user = 'reservation_test_app' AS caller_again,
        current_setting('search_path') AS search_path;
-SELECT pg_temp.try($$SELECT payments.reserve('order-20', '[{"sku": "pear", "qty": 1}, {"sku": "plum", "qty": 1}]')$$);
+COMMIT;
+SELECT payments.reserve('order-20', '[{"sku": "pear", "qty": 1}, {"sku": "plum", "qty": 1}]');
+\echo :LAST_ERROR_SQLSTATE
 SELECT cardinality(payments.reserve('order-21', '[{"sku": "pear", "qty": 2}]')) AS items_reserved;
 RESET ROLE;
 DROP TRIGGER whose_hold ON payments.reservations;

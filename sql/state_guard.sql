@@ -1,5 +1,12 @@
+--
+-- State guard: a status column guarded by a declared state machine only
+-- moves along the machine's edges, from an initial state; every accepted
+-- move is recorded once in the history, refused ones change nothing;
+-- redefinitions are seen at once, by this session and others; hostile
+-- identifiers, privileges and partitioned tables.  Every error below is
+-- followed by its SQLSTATE.
+--
 CREATE EXTENSION payments;
--- Every error below is followed by its SQLSTATE.
 \set SHOW_CONTEXT never
 
 --

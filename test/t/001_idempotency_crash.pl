@@ -8,14 +8,9 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use PaymentsNode;
 
-my $node = PostgreSQL::Test::Cluster->new('main');
-$node->init;
-$node->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'payments'
-restart_after_crash = on
-});
-$node->start;
+my $node = payments_node('main', worker_timings => 0, conf => "restart_after_crash = on\n");
 $node->safe_psql('postgres', q{
 	CREATE EXTENSION payments;
 	CREATE TABLE charges (order_ref text PRIMARY KEY, amount bigint);

@@ -7,11 +7,9 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use PaymentsNode;
 
-my $node = PostgreSQL::Test::Cluster->new('primary');
-$node->init(allows_streaming => 1);
-$node->append_conf('postgresql.conf', "shared_preload_libraries = 'payments'");
-$node->start;
+my $node = payments_node('primary', allows_streaming => 1, worker_timings => 0);
 $node->safe_psql('postgres', 'CREATE DATABASE shop');
 $node->safe_psql('shop', q{
 	CREATE EXTENSION payments;
@@ -49,10 +47,7 @@ like($stderr, qr/already used for a different request/,
 
 # --- hot standby ---
 
-$node->backup('b1');
-my $standby = PostgreSQL::Test::Cluster->new('standby');
-$standby->init_from_backup($node, 'b1', has_streaming => 1);
-$standby->start;
+my $standby = payments_standby($node, 'standby');
 $node->safe_psql('shop', "SELECT payments.idempotency_begin('shop', 'late', '{}')");
 $node->wait_for_catchup($standby);
 

@@ -17,12 +17,10 @@ use IPC::Run;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use PaymentsNode;
 
-my $node = PostgreSQL::Test::Cluster->new('reservation_stress');
-$node->init;
-$node->append_conf('postgresql.conf',
-	"shared_preload_libraries = 'payments'\nmax_connections = 100\n");
-$node->start;
+my $node = payments_node('reservation_stress', worker_timings => 0,
+	conf => "max_connections = 100\n");
 
 my $db = 'postgres';
 $node->safe_psql($db, 'CREATE EXTENSION payments');

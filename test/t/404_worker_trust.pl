@@ -76,26 +76,12 @@ $node->safe_psql('shop', q{
 			INSERT INTO trust.log VALUES (0, 'sequence value gone');
 		END;
 	END $$;
-
-	-- Catches every cancel and goes on.
-	CREATE FUNCTION trust.stubborn(p jsonb) RETURNS void LANGUAGE plpgsql AS $$
-	BEGIN
-		LOOP
-			BEGIN
-				PERFORM pg_sleep(10);
-			EXCEPTION WHEN query_canceled THEN
-				NULL;
-			END;
-		END LOOP;
-	END $$;
-	GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA trust TO PUBLIC;
 });
+$node->safe_psql('shop', stubborn_handler('trust.stubborn')
+	  . 'GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA trust TO PUBLIC;');
 
 
-$node->poll_query_until('shop',
-	"SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'payments worker' AND datname = 'shop'",
-	'1')
-  or die "the worker of database shop did not start";
+wait_for_worker($node, 'shop');
 
 # Queue items 1..5 of trust.step in one transaction as app_a, due in id
 # order; item 3 blocks.  Returns the id of item 1.

@@ -11,22 +11,16 @@ use PaymentsNode;
 
 my $node = payments_node('main');
 
-sub workers
-{
-	return $node->safe_psql('postgres',
-		"SELECT coalesce(string_agg(datname || '=' || application_name, ',' ORDER BY datname), 'none')"
-		  . " FROM pg_stat_activity WHERE backend_type = 'payments worker'");
-}
+# The workers running, as "database=application name" in database order.
+my $workers =
+    "SELECT coalesce(string_agg(datname || '=' || application_name, ',' ORDER BY datname), 'none')"
+  . " FROM pg_stat_activity WHERE backend_type = 'payments worker'";
 
 sub wait_workers
 {
 	my ($expected, $what) = @_;
-	ok( $node->poll_query_until('postgres',
-			"SELECT coalesce(string_agg(datname || '=' || application_name, ',' ORDER BY datname), 'none')"
-			  . " FROM pg_stat_activity WHERE backend_type = 'payments worker'",
-			$expected),
-		$what)
-	  or diag('workers: ' . workers());
+	ok($node->poll_query_until('postgres', $workers, $expected), $what)
+	  or diag('workers: ' . $node->safe_psql('postgres', $workers));
 }
 
 # n completed keys whose TTL has run out (or, with $ttl, runs out then),

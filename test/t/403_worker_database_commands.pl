@@ -30,17 +30,7 @@ $node->safe_psql('postgres', qq{
 $node->safe_psql('shop',  'CREATE EXTENSION payments');
 $node->safe_psql('owned', 'CREATE EXTENSION payments');
 
-sub wait_worker
-{
-	my ($db) = @_;
-	$node->poll_query_until('postgres',
-		"SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'payments worker' AND datname = '$db'",
-		'1')
-	  or die "no worker in $db";
-	return worker_pid($node, $db);
-}
-
-my %pid = (shop => wait_worker('shop'), owned => wait_worker('owned'));
+my %pid = (shop => wait_for_worker($node, 'shop'), owned => wait_for_worker($node, 'owned'));
 
 # Run $sql as $role (in the postgres database unless told), expect it to fail
 # with $error, and check that the worker of $db is the one it was.
@@ -110,15 +100,15 @@ is(worker_pid($node, 'owned'), $pid{owned},
 $node->safe_psql('postgres', 'CREATE DATABASE owned_copy TEMPLATE owned',
 	extra_params => [ '-U', 'shopowner' ]);
 pass('the owner copies the database while its worker runs');
-$pid{owned} = wait_worker('owned');
+$pid{owned} = wait_for_worker($node, 'owned');
 pass('and the worker comes back after the copy');
-wait_worker('owned_copy');
+wait_for_worker($node, 'owned_copy');
 pass('the copy, which has the extension, gets a worker of its own');
 
 # A rename rolled back: the worker comes back at the rollback.
 $node->safe_psql('postgres', "BEGIN;\nALTER DATABASE owned RENAME TO owned2;\nROLLBACK;",
 	extra_params => [ '-U', 'shopowner' ]);
-$pid{owned} = wait_worker('owned');
+$pid{owned} = wait_for_worker($node, 'owned');
 pass('a rename the owner rolls back brings the worker back');
 
 # A command that passes the permission checks but fails later brings the
@@ -130,7 +120,7 @@ my ($ret, $stdout, $stderr) = $node->psql('postgres', 'DROP DATABASE owned',
 like($stderr, qr/database "owned" is being accessed by other users/,
 	'DROP DATABASE fails while another session uses the database');
 $session->quit;
-$pid{owned} = wait_worker('owned');
+$pid{owned} = wait_for_worker($node, 'owned');
 pass('and the worker comes back');
 
 $node->safe_psql('postgres', 'ALTER DATABASE owned SET TABLESPACE ts',
@@ -138,7 +128,7 @@ $node->safe_psql('postgres', 'ALTER DATABASE owned SET TABLESPACE ts',
 is( $node->safe_psql('postgres',
 		"SELECT spcname FROM pg_database d JOIN pg_tablespace t ON t.oid = d.dattablespace WHERE datname = 'owned'"),
 	'ts', 'the owner moves the database to another tablespace while its worker runs');
-$pid{owned} = wait_worker('owned');
+$pid{owned} = wait_for_worker($node, 'owned');
 
 $node->safe_psql('postgres', 'DROP DATABASE owned', extra_params => [ '-U', 'shopowner' ]);
 is($node->safe_psql('postgres', "SELECT count(*) FROM pg_database WHERE datname = 'owned'"),

@@ -8,10 +8,9 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use PaymentsNode;
 
-my $node = PostgreSQL::Test::Cluster->new('no_preload');
-$node->init;
-$node->start;
+my $node = payments_node('no_preload', preload => 0);
 
 is($node->safe_psql('postgres', 'SHOW shared_preload_libraries'),
 	'', 'the node does not preload payments');

@@ -65,8 +65,7 @@ END
 $$;
 });
 
-$node->poll_query_until('shop', 'SELECT pid IS NOT NULL FROM payments.worker_status()')
-  or die 'no worker';
+wait_for_worker($node, 'shop');
 
 sub item
 {

@@ -12,13 +12,9 @@ use PaymentsNode;
 my $primary = payments_node('primary', allows_streaming => 1);
 $primary->safe_psql('postgres', 'CREATE DATABASE shop');
 $primary->safe_psql('shop', 'CREATE EXTENSION payments');
-$primary->poll_query_until('shop', 'SELECT pid IS NOT NULL FROM payments.worker_status()', 't')
-  or die 'no worker on the primary';
+wait_for_worker($primary, 'shop');
 
-$primary->backup('b1');
-my $standby = PostgreSQL::Test::Cluster->new('standby');
-$standby->init_from_backup($primary, 'b1', has_streaming => 1);
-$standby->start;
+my $standby = payments_standby($primary, 'standby');
 
 # Keys that expire in a few seconds, committed on the primary, which then
 # stops: no worker runs on the standby; after promotion one purges them.

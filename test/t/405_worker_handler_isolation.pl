@@ -35,19 +35,9 @@ $node->safe_psql('shop', q{
 	CREATE TABLE public.log (who text, what text);
 	GRANT SELECT, INSERT ON public.log TO PUBLIC;
 });
+$node->safe_psql('shop', 'SET ROLE app_a;' . stubborn_handler('a.stubborn'));
 $node->safe_psql('shop', q{
 	SET ROLE app_a;
-	CREATE FUNCTION a.stubborn(p jsonb) RETURNS void LANGUAGE plpgsql AS $$
-	BEGIN
-		LOOP
-			BEGIN
-				PERFORM pg_sleep(10);
-			EXCEPTION WHEN query_canceled THEN
-				NULL;
-			END;
-		END LOOP;
-	END $$;
-
 	CREATE TABLE a.secret (card text);
 	INSERT INTO a.secret VALUES ('a-secret-row');
 	CREATE TABLE a.lo (id oid);
@@ -111,10 +101,7 @@ $node->safe_psql('shop', q{
 	END $$;
 });
 
-$node->poll_query_until('shop',
-	"SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'payments worker' AND datname = 'shop'",
-	'1')
-  or die "the worker of database shop did not start";
+wait_for_worker($node, 'shop');
 
 # --- 1. A row lock on the marker's item stalls the worker -------------------
 
@@ -209,12 +196,12 @@ my ($stubborn, $after) = split /\n/, $node->safe_psql('shop', q{
 });
 # The handler catches the cancel of handler_timeout (1s) and of the
 # caller's statement_timeout (2s); the session is ended instead.  The
-# bound is the suite's usual one, only there to end the test on a failure.
-my $timed_out = 0;
+# bound is the suite's usual one, only there to end the test (psql dies)
+# if the session never ends.
 my ($ret, $out, $err) = $node->psql('shop',
 	"SET statement_timeout = '2s'; SELECT payments.run_compensations(10)",
-	timeout => $PostgreSQL::Test::Utils::timeout_default, timed_out => \$timed_out);
-ok(!$timed_out && $err =~ /terminating connection/,
+	timeout => $PostgreSQL::Test::Utils::timeout_default);
+like($err, qr/terminating connection/,
 	'a handler that catches every cancel ends the session that runs it');
 is($node->safe_psql('shop', qq{
 	SELECT c.status || ' ' || c.attempts || ' ' || a.sqlstate

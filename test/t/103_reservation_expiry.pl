@@ -11,8 +11,7 @@ use PaymentsNode;
 
 my $primary = payments_node('primary', allows_streaming => 1);
 $primary->safe_psql('postgres', 'CREATE EXTENSION payments');
-$primary->poll_query_until('postgres', 'SELECT pid IS NOT NULL FROM payments.worker_status()', 't')
-  or die 'no worker';
+wait_for_worker($primary, 'postgres');
 
 sub levels
 {
@@ -83,10 +82,7 @@ is( $primary->safe_psql('postgres',
 
 # --- standby: nothing expires there; after promotion the worker catches up ---
 
-$primary->backup('b1');
-my $standby = PostgreSQL::Test::Cluster->new('standby');
-$standby->init_from_backup($primary, 'b1', has_streaming => 1);
-$standby->start;
+my $standby = payments_standby($primary, 'standby');
 $primary->safe_psql('postgres', q{
 	SELECT payments.stock_set('C', 5);
 	SELECT payments.reserve('late-' || i, 'C', 1, '2 seconds') FROM generate_series(1, 3) i;

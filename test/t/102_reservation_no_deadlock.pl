@@ -25,19 +25,16 @@ use IPC::Run;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use PaymentsNode;
 
 my $clients = 64;
 my $per_client = 150;
 my $initial = 150;
 
-my $node = PostgreSQL::Test::Cluster->new('reservation_no_deadlock');
-$node->init;
 # A short deadlock_timeout only makes PostgreSQL look for cycles sooner;
 # it cannot create one.
-$node->append_conf('postgresql.conf',
-	"shared_preload_libraries = 'payments'\nmax_connections = 100\n"
-	  . "deadlock_timeout = '10ms'\n");
-$node->start;
+my $node = payments_node('reservation_no_deadlock', worker_timings => 0,
+	conf => "max_connections = 100\ndeadlock_timeout = '10ms'\n");
 
 my $db = 'postgres';
 $node->safe_psql(
