@@ -17,6 +17,7 @@ EXTVERSION = $(shell sed -n "s/^default_version = '\(.*\)'/\1/p" $(EXTENSION).co
 MODULE_big = payments
 OBJS = \
 	src/payments.o \
+	src/owner_rights.o \
 	src/extension_catalog.o \
 	src/fingerprint.o \
 	src/args.o \

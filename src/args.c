@@ -1,7 +1,7 @@
 /*-------------------------------------------------------------------------
  *
  * args.c
- *	  Argument checks shared by the SQL-callable functions.
+ *	  The checks every SQL-callable function makes before it acts.
  *
  * The functions are declared non-STRICT so that a NULL argument raises a
  * clear error instead of silently returning NULL: a caller that passes a
@@ -9,12 +9,28 @@
  *
  *-------------------------------------------------------------------------
  */
-#include "payments.h"
+#include "postgres.h"
 
+#include "args.h"
+
+#include "access/xlog.h"
 #include "datatype/timestamp.h"
-#include "fmgr.h"
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
+
+/*
+ * Refuse to write during recovery with a message that says why, rather than
+ * letting the first INSERT fail with a generic read-only error.
+ */
+void
+payments_check_writable(const char *what)
+{
+	if (RecoveryInProgress())
+		ereport(ERROR,
+				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
+				 errmsg("cannot %s during recovery", what),
+				 errhint("Call this function on the primary server.")));
+}
 
 void
 payments_arg_not_null(FunctionCallInfo fcinfo, int argno, const char *what)

@@ -19,15 +19,10 @@
  * Rights.  A handler runs as the role that queued it, so enqueueing
  * requires what calling it directly would: USAGE on its schema and EXECUTE
  * on it, checked for the caller's role (compensation_check_handler, which
- * the worker calls again before every run).  The caller's role is
- * current_user at the call, which inside another SECURITY DEFINER function
- * is that function's owner.  That is why none of these functions is
- * SECURITY DEFINER: a SECURITY DEFINER function cannot see who called it,
- * and the session's role (GetOuterUserId) would be wrong in the other
- * direction: a superuser calling a SECURITY DEFINER function of an
- * unprivileged role would act as the superuser.  They take their owner's
- * rights themselves, only around their own statements
- * (payments_begin_as_owner; their SET clause pins search_path).
+ * the worker calls again before every run).  So none of these functions is
+ * SECURITY DEFINER (owner_rights.c says why); they take their owner's
+ * rights themselves, only around their own statements (their SET clause
+ * pins search_path).
  *
  * Who may do what:
  *	- enqueue: USAGE + EXECUTE on the handler.  A dedup key belongs to its
@@ -49,7 +44,13 @@
  *
  *-------------------------------------------------------------------------
  */
+#include "postgres.h"
+
 #include "compensation.h"
+#include "payments.h"
+#include "args.h"
+#include "owner_rights.h"
+#include "spi_util.h"
 #include "worker.h"
 
 #include "access/detoast.h"
@@ -61,6 +62,7 @@
 #include "miscadmin.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/regproc.h"
 #include "utils/syscache.h"
@@ -103,6 +105,11 @@ PG_FUNCTION_INFO_V1(payments_fail_compensation);
 #define IS_EXTERNAL_SQL(alias) \
 	"EXISTS (SELECT FROM @extschema@.external_handlers e WHERE e.handler = " alias ".handler)"
 
+static int	backoff_base = 1000;
+static int	backoff_max = 3600 * 1000;
+static int	default_max_attempts = 10;
+static int	max_payload_size = 1024 * 1024;
+
 static SPIPlanPtr insert_plan;
 static SPIPlanPtr dedup_plan;
 static SPIPlanPtr retry_plan;
@@ -117,6 +124,55 @@ static SPIPlanPtr claim_plan;
 static SPIPlanPtr complete_plan;
 static SPIPlanPtr fail_plan;
 static SPIPlanPtr expire_plan;
+
+void
+compensation_init(void)
+{
+	DefineCustomIntVariable("payments.backoff_base",
+							gettext_noop("The first retry delay of a failed compensation; each later one doubles it."),
+							gettext_noop("The delay is drawn uniformly between zero and "
+										 "min(backoff_max, backoff_base * 2^(attempts - 1)) (full jitter)."),
+							&backoff_base,
+							1000,
+							1,
+							3600 * 1000,
+							PGC_USERSET,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("payments.backoff_max",
+							gettext_noop("The longest retry delay of a failed compensation."),
+							NULL,
+							&backoff_max,
+							3600 * 1000,
+							1,
+							7 * 24 * 3600 * 1000,
+							PGC_USERSET,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("payments.max_attempts",
+							gettext_noop("How many attempts a compensation gets before it is dead, unless enqueued with its own."),
+							NULL,
+							&default_max_attempts,
+							10,
+							1,
+							COMPENSATION_MAX_ATTEMPTS_LIMIT,
+							PGC_USERSET,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("payments.max_payload_size",
+							gettext_noop("The largest compensation payload that can be queued."),
+							gettext_noop("Measured in bytes of the jsonb value as stored, before compression."),
+							&max_payload_size,
+							1024 * 1024,
+							1,
+							0x3fffffff,	/* MaxAllocSize: no value is larger */
+							PGC_SUSET,
+							GUC_UNIT_BYTE,
+							NULL, NULL, NULL);
+}
 
 /*
  * Check that a function can be a compensation handler and that role could
@@ -210,8 +266,8 @@ record_failure(int64 id, const char *error, const char *sqlstate,
 					 7, argtypes);
 	values[0] = Int64GetDatum(id);
 	values[1] = CStringGetTextDatum(error);
-	values[2] = Int32GetDatum(payments_backoff_base);
-	values[3] = Int32GetDatum(payments_backoff_max);
+	values[2] = Int32GetDatum(backoff_base);
+	values[3] = Int32GetDatum(backoff_max);
 	if (sqlstate != NULL)
 		values[4] = CStringGetTextDatum(sqlstate);
 	else
@@ -270,8 +326,8 @@ compensation_expire_leases(const char *handler, int max_items)
 	else
 		nulls[0] = 'n';
 	values[1] = Int32GetDatum(max_items);
-	values[2] = Int32GetDatum(payments_backoff_base);
-	values[3] = Int32GetDatum(payments_backoff_max);
+	values[2] = Int32GetDatum(backoff_base);
+	values[3] = Int32GetDatum(backoff_max);
 	values[4] = TimestampTzGetDatum(GetCurrentTimestamp());
 	return (int) payments_execute(expire_plan, values, nulls, SPI_OK_INSERT, 0);
 }
@@ -451,16 +507,16 @@ payments_enqueue_compensation(PG_FUNCTION_ARGS)
 	 * worker holds every payload of a batch in memory.
 	 */
 	payload_size = toast_raw_datum_size(PG_GETARG_DATUM(1));
-	if (payload_size > (Size) payments_max_payload_size)
+	if (payload_size > (Size) max_payload_size)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
 				 errmsg("compensation payload is too large"),
 				 errdetail("The payload takes %zu bytes; the limit, payments.max_payload_size, is %d bytes.",
-						   payload_size, payments_max_payload_size),
+						   payload_size, max_payload_size),
 				 errhint("Store large data in a table of your own and queue its key.")));
 	if (!PG_ARGISNULL(2))
 		dedup_key = payments_arg_text(fcinfo, 2, "dedup key", DEDUP_KEY_MAX_BYTES);
-	max_attempts = PG_ARGISNULL(3) ? payments_max_attempts :
+	max_attempts = PG_ARGISNULL(3) ? default_max_attempts :
 		payments_arg_int_range(fcinfo, 3, "max_attempts", 1,
 							   COMPENSATION_MAX_ATTEMPTS_LIMIT);
 	payments_arg_not_null(fcinfo, 4, "run_at");

@@ -9,8 +9,6 @@
 #ifndef PAYMENTS_COMPENSATION_H
 #define PAYMENTS_COMPENSATION_H
 
-#include "payments.h"
-
 /* Limits of the SQL arguments */
 #define COMPENSATION_MAX_ATTEMPTS_LIMIT	1000
 #define COMPENSATION_MAX_ITEMS_LIMIT	100000
@@ -27,6 +25,8 @@
 /* SQLSTATE recorded for an attempt whose claim ran out (see payments.h) */
 #define COMPENSATION_LEASE_EXPIRED_SQLSTATE "PM304"
 
+/* compensation.c */
+extern void compensation_init(void);
 extern Oid	compensation_check_handler(Oid handler, Oid role);
 extern char *compensation_handler_name(Oid handler);
 
@@ -35,6 +35,7 @@ extern bool compensation_record_failure(int64 id, const char *error,
 extern int	compensation_expire_leases(const char *handler, int max_items);
 
 /* compensation_run.c */
+extern void compensation_run_init(void);
 extern bool compensation_handler_running;
 extern void compensation_worker_attach(void);
 

@@ -55,7 +55,12 @@
  *
  *-------------------------------------------------------------------------
  */
+#include "postgres.h"
+
 #include "compensation.h"
+#include "args.h"
+#include "owner_rights.h"
+#include "spi_util.h"
 #include "worker.h"
 
 #include <fcntl.h>
@@ -156,6 +161,7 @@ static bool last_batch_full = false;
 static TimestampTz last_lease_check = 0;
 
 /* payments.handler_timeout, and the end of its grace */
+static int	handler_timeout = 30 * 1000;
 static TimeoutId handler_timeout_id = MAX_TIMEOUTS;
 static TimeoutId handler_kill_id = MAX_TIMEOUTS;
 static volatile sig_atomic_t handler_timed_out = false;
@@ -169,6 +175,21 @@ static SPIPlanPtr mark_plan;
 static SPIPlanPtr unmark_plan;
 static SPIPlanPtr settle_plan;
 static SPIPlanPtr unsettled_plan;
+
+void
+compensation_run_init(void)
+{
+	DefineCustomIntVariable("payments.handler_timeout",
+							gettext_noop("How long one run of a compensation handler may take before it is cancelled as a failure."),
+							gettext_noop("Zero disables the limit."),
+							&handler_timeout,
+							30 * 1000,
+							0,
+							INT_MAX,
+							PGC_SUSET,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+}
 
 typedef struct CompensationItem
 {
@@ -366,7 +387,7 @@ settle_interrupted(RunningMarker *m)
 
 	if (timed_out)
 		error = psprintf("compensation handler ran past payments.handler_timeout (%d ms) and did not stop when cancelled",
-						 payments_handler_timeout);
+						 handler_timeout);
 	else
 		error = pstrdup("the process running the compensation handler ended while it ran");
 	ereport(LOG,
@@ -449,7 +470,7 @@ arm_handler_timeout(void)
 	cancel_signalled = false;
 	if (prev_sigint == NULL)
 		prev_sigint = pqsignal(SIGINT, cancel_signal_handler);
-	if (payments_handler_timeout <= 0)
+	if (handler_timeout <= 0)
 		return;
 	if (handler_timeout_id == MAX_TIMEOUTS)
 	{
@@ -459,11 +480,11 @@ arm_handler_timeout(void)
 	}
 	timeouts[0].id = handler_timeout_id;
 	timeouts[0].type = TMPARAM_AFTER;
-	timeouts[0].delay_ms = payments_handler_timeout;
+	timeouts[0].delay_ms = handler_timeout;
 	timeouts[1].id = handler_kill_id;
 	timeouts[1].type = TMPARAM_AFTER;
-	timeouts[1].delay_ms = payments_handler_timeout > INT_MAX - HANDLER_CANCEL_GRACE_MS ?
-		INT_MAX : payments_handler_timeout + HANDLER_CANCEL_GRACE_MS;
+	timeouts[1].delay_ms = handler_timeout > INT_MAX - HANDLER_CANCEL_GRACE_MS ?
+		INT_MAX : handler_timeout + HANDLER_CANCEL_GRACE_MS;
 	enable_timeouts(timeouts, 2);
 }
 
@@ -674,7 +695,7 @@ run_handler(CompensationItem *item, ResolvedHandler **cache,
 		{
 			if (handler_timed_out)
 				edata->message = psprintf("compensation handler timed out after %d ms (payments.handler_timeout)",
-										  payments_handler_timeout);
+										  handler_timeout);
 			else if (cancel_is_real())
 				ReThrowError(edata);
 		}

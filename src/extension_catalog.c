@@ -17,6 +17,12 @@
  * place after a package upgrade is reported with a hint to update it.  A
  * mismatch is never cached, so the ALTER EXTENSION takes effect at once.
  *
+ * A component that derives something from a relation (the numbers of the
+ * columns it reads) keeps it with payments_relations_generation() and
+ * derives it again when that changes, rather than registering a callback
+ * of its own.  The columns themselves are checked by payments_check_columns,
+ * the one check of a table altered by hand.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -29,6 +35,7 @@
 #include "catalog/pg_extension.h"
 #include "commands/dbcommands.h"
 #include "commands/extension.h"
+#include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
@@ -55,6 +62,7 @@ static char *schema_quoted = NULL;	/* in TopMemoryContext */
 static bool schema_valid = false;
 static uint64 schema_generation = 0;
 static Oid	relation_oids[PAYMENTS_NUM_RELATIONS];
+static uint64 relations_generation = 1;
 static bool callbacks_registered = false;
 
 static void
@@ -70,6 +78,7 @@ relations_invalidate(Datum arg, Oid relid)
 		if (relid == InvalidOid || relid == relation_oids[i])
 		{
 			memset(relation_oids, 0, sizeof(relation_oids));
+			relations_generation++;
 			return;
 		}
 }
@@ -204,4 +213,69 @@ payments_relation(PaymentsRelation which)
 				 errhint("Reinstall the extension.")));
 	relation_oids[which] = relid;
 	return relid;
+}
+
+/*
+ * A number that changes whenever the relation OIDs payments_relation
+ * returns may have changed, or one of those relations was altered: what a
+ * caller derived from one of them (column numbers) is then derived again.
+ */
+uint64
+payments_relations_generation(void)
+{
+	return relations_generation;
+}
+
+/*
+ * The one check of a table altered by hand: rel, one of the extension's
+ * relations as opened by the caller (so even a change committed a moment
+ * ago is seen), must have the columns names, of types types.
+ *
+ * With attnums NULL the caller fills or reads rows by position (a direct
+ * write), so the relation must have exactly these columns, in this order.
+ * Otherwise each column is found by name, wherever it is, and its number
+ * stored in attnums[i].  Either way a table that does not fit gets one
+ * clear error rather than values read from or written to the wrong column.
+ */
+void
+payments_check_columns(Relation rel, const char *const *names,
+					   const Oid *types, int natts, AttrNumber *attnums)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	bool		ok = (attnums != NULL || desc->natts == natts);
+	StringInfoData expected;
+
+	for (int i = 0; ok && i < natts; i++)
+	{
+		Form_pg_attribute att = NULL;
+
+		if (attnums == NULL)
+			att = TupleDescAttr(desc, i);
+		else
+		{
+			for (int j = 0; j < desc->natts && att == NULL; j++)
+				if (strcmp(NameStr(TupleDescAttr(desc, j)->attname), names[i]) == 0)
+					att = TupleDescAttr(desc, j);
+		}
+		ok = att != NULL && !att->attisdropped && att->atttypid == types[i] &&
+			strcmp(NameStr(att->attname), names[i]) == 0;
+		if (ok && attnums != NULL)
+			attnums[i] = att->attnum;
+	}
+	if (ok)
+		return;
+
+	initStringInfo(&expected);
+	for (int i = 0; i < natts; i++)
+		appendStringInfo(&expected, "%s%s %s", i > 0 ? ", " : "",
+						 names[i], format_type_be(types[i]));
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("relation \"%s.%s\" does not have the columns the extension writes",
+					get_namespace_name(RelationGetNamespace(rel)),
+					RelationGetRelationName(rel)),
+			 attnums == NULL ?
+			 errdetail("Expected (%s).", expected.data) :
+			 errdetail("Expected the columns (%s).", expected.data),
+			 errhint("Undo the change to the table, or reinstall the extension.")));
 }

@@ -13,9 +13,11 @@
  *
  *-------------------------------------------------------------------------
  */
-#include "payments.h"
-#include "compensation.h"
+#include "postgres.h"
+
 #include "worker.h"
+#include "compensation.h"
+#include "extension_catalog.h"
 
 #include "access/htup_details.h"
 #include "access/xact.h"
