@@ -16,6 +16,8 @@
  * names the tables and columns of its version, and an older schema left in
  * place after a package upgrade is reported with a hint to update it.  A
  * mismatch is never cached, so the ALTER EXTENSION takes effect at once.
+ * The worker asks first (payments_install_state) and waits for the update
+ * instead of failing every round.
  *
  * A component that derives something from a relation (the numbers of the
  * columns it reads) keeps it with payments_relations_generation() and
@@ -118,13 +120,61 @@ extension_row(Oid ext, char **version)
 	return nsp;
 }
 
+/*
+ * Whether the extension is installed, and in which version (*version,
+ * palloc'd, NULL if not installed); *nsp is its schema.
+ */
+static PaymentsInstallState
+install_state(Oid *nsp, char **version)
+{
+	Oid			ext = get_extension_oid("payments", true);
+
+	*nsp = InvalidOid;
+	*version = NULL;
+	if (OidIsValid(ext))
+		*nsp = extension_row(ext, version);
+	if (!OidIsValid(*nsp))
+		return PAYMENTS_NOT_INSTALLED;
+	if (*version == NULL || strcmp(*version, PAYMENTS_VERSION) != 0)
+		return PAYMENTS_OTHER_VERSION;
+	return PAYMENTS_INSTALLED;
+}
+
+/*
+ * Whether this database has the extension in the library's version, without
+ * raising an error; version as for install_state.  Needs a transaction.
+ */
+PaymentsInstallState
+payments_install_state(char **version)
+{
+	Oid			nsp;
+
+	return install_state(&nsp, version);
+}
+
+/*
+ * Report that the installed version is not the library's: an ERROR for a
+ * call, a LOG line for the worker, which then leaves the database alone.
+ */
+void
+payments_report_other_version(int elevel, const char *version)
+{
+	ereport(elevel,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("extension \"payments\" version \"%s\" is installed in database \"%s\", but the loaded library is version \"%s\"",
+					version ? version : "", get_database_name(MyDatabaseId),
+					PAYMENTS_VERSION),
+			 elevel < ERROR ?
+			 errdetail("The payments worker does nothing in this database until the extension is updated.") : 0,
+			 errhint("Run ALTER EXTENSION payments UPDATE.")));
+}
+
 static void
 schema_lookup(void)
 {
-	Oid			ext;
-	Oid			nsp = InvalidOid;
-	char	   *version = NULL;
-	char	   *name;
+	Oid			nsp;
+	char	   *version;
+	char	   *name = NULL;
 	const char *quoted;
 
 	if (!callbacks_registered)
@@ -134,22 +184,23 @@ schema_lookup(void)
 		callbacks_registered = true;
 	}
 
-	ext = get_extension_oid("payments", true);
-	if (OidIsValid(ext))
-		nsp = extension_row(ext, &version);
-	name = OidIsValid(nsp) ? get_namespace_name(nsp) : NULL;
+	switch (install_state(&nsp, &version))
+	{
+		case PAYMENTS_NOT_INSTALLED:
+			break;
+		case PAYMENTS_OTHER_VERSION:
+			payments_report_other_version(ERROR, version);
+			break;
+		case PAYMENTS_INSTALLED:
+			name = get_namespace_name(nsp);
+			break;
+	}
 	if (name == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("extension \"payments\" is not installed in database \"%s\"",
 						get_database_name(MyDatabaseId)),
 				 errhint("Run CREATE EXTENSION payments.")));
-	if (version == NULL || strcmp(version, PAYMENTS_VERSION) != 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("extension \"payments\" version \"%s\" is installed, but the loaded library is version \"%s\"",
-						version ? version : "", PAYMENTS_VERSION),
-				 errhint("Run ALTER EXTENSION payments UPDATE.")));
 
 	quoted = quote_identifier(name);
 	if (schema_quoted == NULL || strcmp(schema_quoted, quoted) != 0)

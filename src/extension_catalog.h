@@ -31,6 +31,17 @@ typedef enum PaymentsRelation
 	PAYMENTS_NUM_RELATIONS
 } PaymentsRelation;
 
+/* Whether this database has the extension in the library's version */
+typedef enum PaymentsInstallState
+{
+	PAYMENTS_NOT_INSTALLED,
+	PAYMENTS_OTHER_VERSION,		/* installed, but not PAYMENTS_VERSION */
+	PAYMENTS_INSTALLED
+} PaymentsInstallState;
+
+extern PaymentsInstallState payments_install_state(char **version);
+extern void payments_report_other_version(int elevel, const char *version);
+
 extern Oid	payments_schema_oid(void);
 extern const char *payments_schema_quoted(void);
 extern uint64 payments_schema_generation(void);
