@@ -32,6 +32,8 @@ OBJS = \
 	src/worker.o \
 	src/worker_status.o \
 	src/compensation.o \
+	src/compensation_rights.o \
+	src/compensation_external.o \
 	src/compensation_run.o
 
 # src/sql/ holds everything CREATE EXTENSION and ALTER EXTENSION run.  The

@@ -23,13 +23,14 @@
  * letting the first INSERT fail with a generic read-only error.
  */
 void
-payments_check_writable(const char *what)
+payments_check_not_in_recovery(void)
 {
 	if (RecoveryInProgress())
 		ereport(ERROR,
 				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
-				 errmsg("cannot %s during recovery", what),
-				 errhint("Call this function on the primary server.")));
+				 errmsg("recovery is in progress"),
+				 errdetail("This function of extension \"payments\" writes to the database, which a server in recovery cannot do."),
+				 errhint("Call it on the primary server.")));
 }
 
 void
@@ -160,9 +161,9 @@ check_range(const char *what, int64 v, int64 min, int64 max)
 	if (v < min || v > max)
 		ereport(ERROR,
 				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
-				 errmsg("%s must be between " INT64_FORMAT " and " INT64_FORMAT,
-						what, min, max),
-				 errdetail("The value given is " INT64_FORMAT ".", v)));
+				 errmsg("%s must be between %lld and %lld",
+						what, (long long) min, (long long) max),
+				 errdetail("The value given is %lld.", (long long) v)));
 }
 
 int32

@@ -285,10 +285,14 @@ handler_kill_exit(int code, Datum arg)
 {
 	if (!handler_killed || marker.running.id == 0)
 		return;
-	ereport(LOG,
-			(errmsg("%s exited because compensation %lld ran past payments.handler_timeout and did not stop when cancelled",
-					tracking ? "payments worker" : "session",
-					(long long) marker.running.id)));
+	if (tracking)
+		ereport(LOG,
+				(errmsg("payments worker exited because compensation %lld ran past payments.handler_timeout and did not stop when cancelled",
+						(long long) marker.running.id)));
+	else
+		ereport(LOG,
+				(errmsg("session exited because compensation %lld ran past payments.handler_timeout and did not stop when cancelled",
+						(long long) marker.running.id)));
 	if (tracking)
 		return;
 
@@ -395,7 +399,7 @@ settle_interrupted(RunningMarker *m)
 					(long long) m->id, m->attempts + 1, error)));
 	if (!compensation_record_failure(m->id, error,
 									 timed_out ? "57014" : COMPENSATION_LEASE_EXPIRED_SQLSTATE,
-									 token))
+									 token, false))
 		elog(ERROR, "compensation %lld changed under its lock",
 			 (long long) m->id);
 	return true;
@@ -834,7 +838,7 @@ run_due(int max_items)
 							   unpack_sql_state(edata->sqlerrcode))));
 			if (!compensation_record_failure(item->id, edata->message,
 											 unpack_sql_state(edata->sqlerrcode),
-											 token))
+											 token, false))
 				elog(ERROR, "compensation %lld changed under its lock",
 					 (long long) item->id);
 		}
@@ -879,7 +883,7 @@ payments_run_compensations(PG_FUNCTION_ARGS)
 
 	max_items = payments_arg_int_range(fcinfo, 0, "max_items", 1,
 									   COMPENSATION_MAX_ITEMS_LIMIT);
-	payments_check_writable("run compensations");
+	payments_check_not_in_recovery();
 	run_fn_oid = fcinfo->flinfo->fn_oid;
 
 	SPI_connect();

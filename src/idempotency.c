@@ -665,7 +665,7 @@ payments_idempotency_begin(PG_FUNCTION_ARGS)
 	check_scope_key(fcinfo, &scope, &key);
 	payments_arg_not_null(fcinfo, 2, "request");
 	ttl = payments_arg_interval(fcinfo, 3, "idempotency key TTL", TTL_MAX_USECS);
-	payments_check_writable("begin an idempotent request");
+	payments_check_not_in_recovery();
 
 	payments_jsonb_fingerprint(PG_GETARG_DATUM(2), fingerprint);
 
@@ -740,14 +740,23 @@ payments_idempotency_begin(PG_FUNCTION_ARGS)
 								 strcmp(outcome, "started") == 0 ? NULL : &row));
 }
 
+/* The changes a started key can undergo */
+typedef enum KeyChange
+{
+	KEY_CHECKPOINT,
+	KEY_COMPLETE,
+	KEY_ABANDON
+} KeyChange;
+
 /*
  * Explain why an UPDATE or DELETE of a started key found nothing: the key
  * was never begun (or has been purged), or it has completed.
  */
 static void
-report_not_started(text *scope, text *key, const char *action)
+report_not_started(text *scope, text *key, KeyChange change)
 {
 	KeyRow		row;
+	char	   *keyname = text_to_cstring(key);
 
 	lookup_key(scope, key, NULL, &row, CurrentMemoryContext);
 	if (!row.found)
@@ -758,7 +767,11 @@ report_not_started(text *scope, text *key, const char *action)
 				 errhint("Call payments.idempotency_begin first; expired keys are purged.")));
 	ereport(ERROR,
 			(errcode(ERRCODE_PM_IDEMPOTENCY_KEY_COMPLETED),
-			 errmsg("cannot %s idempotency key \"%s\"", action, text_to_cstring(key)),
+			 change == KEY_CHECKPOINT ?
+			 errmsg("cannot checkpoint idempotency key \"%s\"", keyname) :
+			 change == KEY_COMPLETE ?
+			 errmsg("cannot complete idempotency key \"%s\"", keyname) :
+			 errmsg("cannot abandon idempotency key \"%s\"", keyname),
 			 errdetail("The key has already completed in scope \"%s\"; its response is final.",
 					   text_to_cstring(scope))));
 }
@@ -771,7 +784,7 @@ report_not_started(text *scope, text *key, const char *action)
  */
 static void
 change_started_key(FunctionCallInfo fcinfo, text *scope, text *key,
-				   const char *action, SPIPlanPtr *plan, const char *sql,
+				   KeyChange change, SPIPlanPtr *plan, const char *sql,
 				   int nargs, const Oid *argtypes, Datum *values, int expected)
 {
 	PaymentsSavedUser saved;
@@ -784,7 +797,7 @@ change_started_key(FunctionCallInfo fcinfo, text *scope, text *key,
 	values[0] = PointerGetDatum(scope);
 	values[1] = PointerGetDatum(key);
 	if (payments_execute(*plan, values, NULL, expected, 0) == 0)
-		report_not_started(scope, key, action);
+		report_not_started(scope, key, change);
 	SPI_finish();
 	payments_end_as_owner(&saved);
 }
@@ -803,10 +816,10 @@ payments_idempotency_checkpoint(PG_FUNCTION_ARGS)
 	check_scope_key(fcinfo, &scope, &key);
 	values[2] = PointerGetDatum(payments_arg_text(fcinfo, 2, "recovery point",
 												  RECOVERY_POINT_MAX_BYTES));
-	payments_check_writable("checkpoint an idempotent request");
+	payments_check_not_in_recovery();
 
 	values[3] = Int32GetDatum(idempotency_lease);
-	change_started_key(fcinfo, scope, key, "checkpoint", &checkpoint_plan,
+	change_started_key(fcinfo, scope, key, KEY_CHECKPOINT, &checkpoint_plan,
 					   "UPDATE @extschema@.idempotency_keys"
 					   " SET recovery_point = $3, updated_at = now(),"
 					   "  lease_expires_at = clock_timestamp() + $4 * interval '1 second'"
@@ -830,10 +843,10 @@ payments_idempotency_complete(PG_FUNCTION_ARGS)
 	payments_arg_not_null(fcinfo, 2, "response");
 	values[3] = Int32GetDatum(payments_arg_int_range(fcinfo, 3, "response code",
 													 100, 599));
-	payments_check_writable("complete an idempotent request");
+	payments_check_not_in_recovery();
 
 	values[2] = PG_GETARG_DATUM(2);
-	change_started_key(fcinfo, scope, key, "complete", &complete_plan,
+	change_started_key(fcinfo, scope, key, KEY_COMPLETE, &complete_plan,
 					   "UPDATE @extschema@.idempotency_keys"
 					   " SET state = 'completed', response = $3, response_code = $4,"
 					   "  lease_expires_at = NULL, completed_at = now(), updated_at = now()"
@@ -857,9 +870,9 @@ payments_idempotency_abandon(PG_FUNCTION_ARGS)
 	Datum		values[2];
 
 	check_scope_key(fcinfo, &scope, &key);
-	payments_check_writable("abandon an idempotent request");
+	payments_check_not_in_recovery();
 
-	change_started_key(fcinfo, scope, key, "abandon", &abandon_plan,
+	change_started_key(fcinfo, scope, key, KEY_ABANDON, &abandon_plan,
 					   "DELETE FROM @extschema@.idempotency_keys"
 					   " WHERE scope = $1 AND key = $2 AND state = 'started'",
 					   2, key_argtypes, values, SPI_OK_DELETE);
@@ -883,7 +896,7 @@ payments_purge_idempotency_keys(PG_FUNCTION_ARGS)
 
 	values[0] = Int32GetDatum(payments_arg_int_range(fcinfo, 0, "max_rows",
 													 1, PG_INT32_MAX));
-	payments_check_writable("purge idempotency keys");
+	payments_check_not_in_recovery();
 
 	SPI_connect();
 	payments_prepare(&purge_plan,
@@ -950,7 +963,7 @@ payments_restrict_scope(PG_FUNCTION_ARGS)
 							DatumGetObjectId(elems[i]))));
 	}
 	values[1] = PointerGetDatum(roles);
-	payments_check_writable("restrict an idempotency scope");
+	payments_check_not_in_recovery();
 
 	/* The table's trigger makes every backend reload its restrictions. */
 	SPI_connect();
@@ -979,7 +992,7 @@ payments_unrestrict_scope(PG_FUNCTION_ARGS)
 
 	values[0] = PointerGetDatum(payments_arg_text(fcinfo, 0, "idempotency scope",
 												  SCOPE_MAX_BYTES));
-	payments_check_writable("unrestrict an idempotency scope");
+	payments_check_not_in_recovery();
 
 	SPI_connect();
 	payments_prepare(&unrestrict_plan,

@@ -141,9 +141,14 @@ worker_leave(bool extension_gone)
 		payments_exclude_database(MyDatabaseId, 0);
 		LWLockRelease(payments_shared->lock);
 	}
-	ereport(LOG,
-			(errmsg("payments worker for database %u exiting: %s", MyDatabaseId,
-					extension_gone ? "the extension is not installed" : "payments.worker_enabled is off")));
+	if (extension_gone)
+		ereport(LOG,
+				(errmsg("payments worker for database %u exiting because the extension is not installed",
+						MyDatabaseId)));
+	else
+		ereport(LOG,
+				(errmsg("payments worker for database %u exiting because payments.worker_enabled is off",
+						MyDatabaseId)));
 	proc_exit(0);
 }
 
