@@ -17,6 +17,7 @@ EXTVERSION = $(shell sed -n "s/^default_version = '\(.*\)'/\1/p" $(EXTENSION).co
 MODULE_big = payments
 OBJS = \
 	src/payments.o \
+	src/owner_rights.o \
 	src/extension_catalog.o \
 	src/fingerprint.o \
 	src/args.o \
@@ -31,6 +32,8 @@ OBJS = \
 	src/worker.o \
 	src/worker_status.o \
 	src/compensation.o \
+	src/compensation_rights.o \
+	src/compensation_external.o \
 	src/compensation_run.o
 
 # src/sql/ holds everything CREATE EXTENSION and ALTER EXTENSION run.  The

@@ -1,7 +1,7 @@
 /*-------------------------------------------------------------------------
  *
  * args.c
- *	  Argument checks shared by the SQL-callable functions.
+ *	  The checks every SQL-callable function makes before it acts.
  *
  * The functions are declared non-STRICT so that a NULL argument raises a
  * clear error instead of silently returning NULL: a caller that passes a
@@ -9,12 +9,29 @@
  *
  *-------------------------------------------------------------------------
  */
-#include "payments.h"
+#include "postgres.h"
 
+#include "args.h"
+
+#include "access/xlog.h"
 #include "datatype/timestamp.h"
-#include "fmgr.h"
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
+
+/*
+ * Refuse to write during recovery with a message that says why, rather than
+ * letting the first INSERT fail with a generic read-only error.
+ */
+void
+payments_check_not_in_recovery(void)
+{
+	if (RecoveryInProgress())
+		ereport(ERROR,
+				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
+				 errmsg("recovery is in progress"),
+				 errdetail("This function of extension \"payments\" writes to the database, which a server in recovery cannot do."),
+				 errhint("Call it on the primary server.")));
+}
 
 void
 payments_arg_not_null(FunctionCallInfo fcinfo, int argno, const char *what)
@@ -144,9 +161,9 @@ check_range(const char *what, int64 v, int64 min, int64 max)
 	if (v < min || v > max)
 		ereport(ERROR,
 				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
-				 errmsg("%s must be between " INT64_FORMAT " and " INT64_FORMAT,
-						what, min, max),
-				 errdetail("The value given is " INT64_FORMAT ".", v)));
+				 errmsg("%s must be between %lld and %lld",
+						what, (long long) min, (long long) max),
+				 errdetail("The value given is %lld.", (long long) v)));
 }
 
 int32

@@ -1,8 +1,8 @@
 /*-------------------------------------------------------------------------
  *
  * compensation.c
- *	  The compensation queue's SQL API: enqueue, retry, cancel, and the
- *	  claim / complete / fail protocol of executors outside the database.
+ *	  The compensation queue: enqueue, retry and cancel, and how an item's
+ *	  status moves when an attempt fails or a claim's lease runs out.
  *
  * An item moves through these statuses:
  *
@@ -14,72 +14,35 @@
  * attempt and is committed before the handler runs, so an attempt cut
  * short by a crash is still counted; a claim whose lease runs out goes back
  * to pending (or dead) with a PM304 attempt row.  compensation_run.c has the
- * worker's side.
- *
- * Rights.  A handler runs as the role that queued it, so enqueueing
- * requires what calling it directly would: USAGE on its schema and EXECUTE
- * on it, checked for the caller's role (compensation_check_handler, which
- * the worker calls again before every run).  The caller's role is
- * current_user at the call, which inside another SECURITY DEFINER function
- * is that function's owner.  That is why none of these functions is
- * SECURITY DEFINER: a SECURITY DEFINER function cannot see who called it,
- * and the session's role (GetOuterUserId) would be wrong in the other
- * direction: a superuser calling a SECURITY DEFINER function of an
- * unprivileged role would act as the superuser.  They take their owner's
- * rights themselves, only around their own statements
- * (payments_begin_as_owner; their SET clause pins search_path).
- *
- * Who may do what:
- *	- enqueue: USAGE + EXECUTE on the handler.  A dedup key belongs to its
- *	  handler; a key already used by a role whose privileges the caller does
- *	  not have is refused without its item's id (a role must neither squat
- *	  another's key silently nor learn its items).
- *	- register / unregister an external handler: the function's owner or a
- *	  member of the owning role, with USAGE + EXECUTE.
- *	- claim: USAGE + EXECUTE on the handler (claims hand out payloads).
- *	- cancel / retry: the role that queued the item or its members, and
- *	  members of payments_operator.
- *	- complete / fail: the same roles or members of the role that claimed
- *	  it, and only with the token of the claim that holds it (PM302 else).
- * A refused caller gets 42501 whether or not the id exists, unless it is an
- * operator (or superuser), who may see every item: ids are not secrets, but
- * the queue should not tell one role what another has queued.  Rights are
- * checked on an unlocked read, before any row is locked, so that a role
- * with no rights on an item cannot make anyone wait for it.
+ * worker's side, compensation_external.c the executors' outside the
+ * database, and compensation_rights.c who may do what.
  *
  *-------------------------------------------------------------------------
  */
+#include "postgres.h"
+
 #include "compensation.h"
+#include "payments.h"
+#include "args.h"
+#include "owner_rights.h"
+#include "spi_util.h"
 #include "worker.h"
 
 #include "access/detoast.h"
 #include "access/htup_details.h"
-#include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
-#include "common/pg_prng.h"
-#include "funcapi.h"
 #include "miscadmin.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
-#include "utils/lsyscache.h"
+#include "utils/guc.h"
 #include "utils/regproc.h"
-#include "utils/syscache.h"
 #include "utils/timestamp.h"
-#include "utils/tuplestore.h"
 
 PG_FUNCTION_INFO_V1(payments_enqueue_compensation);
 PG_FUNCTION_INFO_V1(payments_retry_compensation);
 PG_FUNCTION_INFO_V1(payments_cancel_compensation);
-PG_FUNCTION_INFO_V1(payments_register_external_handler);
-PG_FUNCTION_INFO_V1(payments_unregister_external_handler);
-PG_FUNCTION_INFO_V1(payments_claim_compensations);
-PG_FUNCTION_INFO_V1(payments_complete_compensation_0_2);
-PG_FUNCTION_INFO_V1(payments_fail_compensation_0_2);
-PG_FUNCTION_INFO_V1(payments_complete_compensation);
-PG_FUNCTION_INFO_V1(payments_fail_compensation);
 
 #define DEDUP_KEY_MAX_BYTES		255
-#define LEASE_MAX_USECS			(INT64CONST(7) * USECS_PER_DAY)
 
 /*
  * The next attempt of a failed item: full jitter over an exponential
@@ -100,82 +63,66 @@ PG_FUNCTION_INFO_V1(payments_fail_compensation);
 	" finished_at = CASE WHEN attempts >= max_attempts THEN clock_timestamp() END," \
 	" lease_expires_at = NULL, claim_token = NULL, updated_at = clock_timestamp()"
 
-#define IS_EXTERNAL_SQL(alias) \
-	"EXISTS (SELECT FROM @extschema@.external_handlers e WHERE e.handler = " alias ".handler)"
+static int	backoff_base = 1000;
+static int	backoff_max = 3600 * 1000;
+static int	default_max_attempts = 10;
+static int	max_payload_size = 1024 * 1024;
 
 static SPIPlanPtr insert_plan;
 static SPIPlanPtr dedup_plan;
 static SPIPlanPtr retry_plan;
 static SPIPlanPtr cancel_plan;
 static SPIPlanPtr status_plan;
-static SPIPlanPtr rights_plan;
-static SPIPlanPtr register_plan;
-static SPIPlanPtr unregister_plan;
-static SPIPlanPtr running_plan;
-static SPIPlanPtr is_external_plan;
-static SPIPlanPtr claim_plan;
-static SPIPlanPtr complete_plan;
 static SPIPlanPtr fail_plan;
 static SPIPlanPtr expire_plan;
 
-/*
- * Check that a function can be a compensation handler and that role could
- * call it directly: USAGE on its schema (a function's OID passed as a
- * regprocedure bypasses the name lookup that would check it) and EXECUTE
- * on it.  Returns the function's owner.  A handler is a plain function
- * (payload jsonb) RETURNS void.
- */
-Oid
-compensation_check_handler(Oid handler, Oid role)
+void
+compensation_init(void)
 {
-	HeapTuple	tup;
-	Form_pg_proc proc;
-	bool		valid;
-	Oid			owner;
-	Oid			nsp;
+	DefineCustomIntVariable("payments.backoff_base",
+							gettext_noop("The first retry delay of a failed compensation; each later one doubles it."),
+							gettext_noop("The delay is drawn uniformly between zero and "
+										 "min(backoff_max, backoff_base * 2^(attempts - 1)) (full jitter)."),
+							&backoff_base,
+							1000,
+							1,
+							3600 * 1000,
+							PGC_USERSET,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
 
-	tup = SearchSysCache1(PROCOID, ObjectIdGetDatum(handler));
-	if (!HeapTupleIsValid(tup))
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_FUNCTION),
-				 errmsg("function with OID %u does not exist", handler)));
-	proc = (Form_pg_proc) GETSTRUCT(tup);
-	valid = proc->prokind == PROKIND_FUNCTION && !proc->proretset &&
-		proc->pronargs == 1 && proc->proargtypes.values[0] == JSONBOID &&
-		proc->prorettype == VOIDOID;
-	owner = proc->proowner;
-	nsp = proc->pronamespace;
-	ReleaseSysCache(tup);
+	DefineCustomIntVariable("payments.backoff_max",
+							gettext_noop("The longest retry delay of a failed compensation."),
+							NULL,
+							&backoff_max,
+							3600 * 1000,
+							1,
+							7 * 24 * 3600 * 1000,
+							PGC_USERSET,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
 
-	if (!valid)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("function %s cannot be a compensation handler",
-						format_procedure(handler)),
-				 errdetail("A compensation handler is a function that takes one argument of type jsonb and returns void.")));
+	DefineCustomIntVariable("payments.max_attempts",
+							gettext_noop("How many attempts a compensation gets before it is dead, unless enqueued with its own."),
+							NULL,
+							&default_max_attempts,
+							10,
+							1,
+							COMPENSATION_MAX_ATTEMPTS_LIMIT,
+							PGC_USERSET,
+							0,
+							NULL, NULL, NULL);
 
-	if (pg_namespace_aclcheck(nsp, role, ACL_USAGE) != ACLCHECK_OK)
-		ereport(ERROR,
-				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("permission denied for schema %s", get_namespace_name(nsp)),
-				 errdetail("A compensation handler runs as the role that queued it; role \"%s\" has no USAGE privilege on the schema of function %s.",
-						   GetUserNameFromId(role, false),
-						   format_procedure_qualified(handler))));
-
-	if (pg_proc_aclcheck(handler, role, ACL_EXECUTE) != ACLCHECK_OK)
-		ereport(ERROR,
-				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("permission denied for function %s", format_procedure(handler)),
-				 errdetail("A compensation handler runs as the role that queued it; role \"%s\" may not execute this function.",
-						   GetUserNameFromId(role, false))));
-	return owner;
-}
-
-/* How a handler is stored: its schema-qualified signature. */
-char *
-compensation_handler_name(Oid handler)
-{
-	return format_procedure_qualified(handler);
+	DefineCustomIntVariable("payments.max_payload_size",
+							gettext_noop("The largest compensation payload that can be queued."),
+							gettext_noop("Measured in bytes of the jsonb value as stored, before compression."),
+							&max_payload_size,
+							1024 * 1024,
+							1,
+							0x3fffffff,	/* MaxAllocSize: no value is larger */
+							PGC_SUSET,
+							GUC_UNIT_BYTE,
+							NULL, NULL, NULL);
 }
 
 /*
@@ -188,9 +135,9 @@ compensation_handler_name(Oid handler)
  * one and the worker clips a handler's.  Returns false if the token holds
  * no such item.  The caller is connected to SPI.
  */
-static bool
-record_failure(int64 id, const char *error, const char *sqlstate,
-			   int64 token, bool external)
+bool
+compensation_record_failure(int64 id, const char *error, const char *sqlstate,
+							int64 token, bool external)
 {
 	static const Oid argtypes[] = {INT8OID, TEXTOID, INT4OID, INT4OID, TEXTOID,
 	INT8OID, BOOLOID};
@@ -210,8 +157,8 @@ record_failure(int64 id, const char *error, const char *sqlstate,
 					 7, argtypes);
 	values[0] = Int64GetDatum(id);
 	values[1] = CStringGetTextDatum(error);
-	values[2] = Int32GetDatum(payments_backoff_base);
-	values[3] = Int32GetDatum(payments_backoff_max);
+	values[2] = Int32GetDatum(backoff_base);
+	values[3] = Int32GetDatum(backoff_max);
 	if (sqlstate != NULL)
 		values[4] = CStringGetTextDatum(sqlstate);
 	else
@@ -219,14 +166,6 @@ record_failure(int64 id, const char *error, const char *sqlstate,
 	values[5] = Int64GetDatum(token);
 	values[6] = BoolGetDatum(external);
 	return payments_execute(fail_plan, values, nulls, SPI_OK_INSERT, 0) == 1;
-}
-
-/* The worker's side of record_failure: an item of its claim worker_token */
-bool
-compensation_record_failure(int64 id, const char *error, const char *sqlstate,
-							int64 worker_token)
-{
-	return record_failure(id, error, sqlstate, worker_token, false);
 }
 
 /*
@@ -270,91 +209,25 @@ compensation_expire_leases(const char *handler, int max_items)
 	else
 		nulls[0] = 'n';
 	values[1] = Int32GetDatum(max_items);
-	values[2] = Int32GetDatum(payments_backoff_base);
-	values[3] = Int32GetDatum(payments_backoff_max);
+	values[2] = Int32GetDatum(backoff_base);
+	values[3] = Int32GetDatum(backoff_max);
 	values[4] = TimestampTzGetDatum(GetCurrentTimestamp());
 	return (int) payments_execute(expire_plan, values, nulls, SPI_OK_INSERT, 0);
 }
 
 /* The argument of every function that takes a compensation id */
-static int64
-arg_id(FunctionCallInfo fcinfo)
+int64
+compensation_arg_id(FunctionCallInfo fcinfo)
 {
 	payments_arg_not_null(fcinfo, 0, "compensation id");
 	return PG_GETARG_INT64(0);
 }
 
-static Oid
-arg_handler(FunctionCallInfo fcinfo, int argno)
+Oid
+compensation_arg_handler(FunctionCallInfo fcinfo, int argno)
 {
 	payments_arg_not_null(fcinfo, argno, "compensation handler");
 	return PG_GETARG_OID(argno);
-}
-
-/* Does role have the privileges of payments_operator (or a superuser's)? */
-static bool
-is_operator(Oid role)
-{
-	Oid			operator_role;
-
-	if (superuser_arg(role))
-		return true;
-	operator_role = get_role_oid(COMPENSATION_OPERATOR_ROLE, true);
-	return OidIsValid(operator_role) && has_privs_of_role(role, operator_role);
-}
-
-/*
- * Check that caller may change item id: it has the privileges of the role
- * that queued it or of payments_operator, or, for a completion or failure
- * report (executor), of the role that claimed it last; the claim token is
- * checked by the change itself.  The row is read without a lock, so that a
- * caller with no rights on an item can never make anyone wait for it;
- * enqueued_by never changes, and claimed_by only changes with the claim
- * token that the change must match.  A caller who is not an operator gets
- * the same error for an id that does not exist.  The caller is connected to
- * SPI and acts as the owner.
- */
-static void
-check_item_rights(int64 id, Oid caller, bool executor)
-{
-	Datum		values[1];
-	bool		isnull;
-
-	payments_prepare(&rights_plan,
-					 "SELECT enqueued_by::oid, claimed_by::oid"
-					 " FROM @extschema@.compensations WHERE id = $1",
-					 1, (Oid[]) {INT8OID});
-	values[0] = Int64GetDatum(id);
-	if (payments_execute(rights_plan, values, NULL, SPI_OK_SELECT, 0) == 1)
-	{
-		HeapTuple	tup = SPI_tuptable->vals[0];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		Oid			enqueued_by = DatumGetObjectId(SPI_getbinval(tup, desc, 1, &isnull));
-		Oid			claimed_by = DatumGetObjectId(SPI_getbinval(tup, desc, 2, &isnull));
-
-		if (isnull)
-			claimed_by = InvalidOid;
-		if (has_privs_of_role(caller, enqueued_by) ||
-			(executor && OidIsValid(claimed_by) && has_privs_of_role(caller, claimed_by)) ||
-			is_operator(caller))
-			return;
-	}
-	else if (is_operator(caller))
-		ereport(ERROR,
-				(errcode(ERRCODE_PM_COMPENSATION_NOT_FOUND),
-				 errmsg("compensation %lld does not exist", (long long) id)));
-
-	if (executor)
-		ereport(ERROR,
-				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("permission denied for compensation %lld", (long long) id),
-				 errdetail("Only the role that queued a compensation, the role that claimed it, members of either and members of %s may complete or fail it.",
-						   COMPENSATION_OPERATOR_ROLE)));
-	ereport(ERROR,
-			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-			 errmsg("permission denied for compensation %lld", (long long) id),
-			 errdetail("Only the role that queued a compensation, its members and members of %s may cancel or retry it.",
-					   COMPENSATION_OPERATOR_ROLE)));
 }
 
 /*
@@ -362,8 +235,8 @@ check_item_rights(int64 id, Oid caller, bool executor)
  * external, read to explain why a change found nothing to change; an item
  * that no longer exists (deleted by hand since the rights check) is PM301.
  */
-static char *
-item_state(int64 id, int64 *token, bool *external)
+char *
+compensation_item_state(int64 id, int64 *token, bool *external)
 {
 	Datum		values[1];
 	HeapTuple	tup;
@@ -389,38 +262,6 @@ item_state(int64 id, int64 *token, bool *external)
 }
 
 /*
- * A completion or failure report matched no claim: the item's handler is
- * run by the worker (PM303), or the token is not the claim that holds the
- * item (PM302): the item was completed, failed or cancelled, or the claim's
- * lease ran out and the item went back to the queue or to another claim.
- */
-static void
-report_claim_conflict(int64 id, bool completing)
-{
-	int64		token;
-	bool		external;
-	char	   *status = item_state(id, &token, &external);
-
-	if (!external)
-		ereport(ERROR,
-				(errcode(ERRCODE_PM_COMPENSATION_NOT_EXTERNAL),
-				 completing ?
-				 errmsg("cannot complete compensation %lld", (long long) id) :
-				 errmsg("cannot fail compensation %lld", (long long) id),
-				 errdetail("Its handler is run by the payments worker, not by an external executor."),
-				 errhint("Register the handler with payments.register_external_handler for executors outside the database.")));
-	ereport(ERROR,
-			(errcode(ERRCODE_PM_COMPENSATION_STATE_CONFLICT),
-			 completing ?
-			 errmsg("cannot complete compensation %lld", (long long) id) :
-			 errmsg("cannot fail compensation %lld", (long long) id),
-			 strcmp(status, "running") == 0 ?
-			 errdetail("It is held by another claim.") :
-			 errdetail("Its status is \"%s\"; only a claimed compensation can be completed or failed.", status),
-			 errhint("A claim whose lease ran out went back to the queue, where it can be claimed again; choose a lease longer than the work.")));
-}
-
-/*
  * payments.enqueue_compensation(handler, payload, dedup_key, max_attempts,
  * run_at)
  */
@@ -443,7 +284,7 @@ payments_enqueue_compensation(PG_FUNCTION_ARGS)
 	int64		id = 0;
 	bool		isnull;
 
-	handler = arg_handler(fcinfo, 0);
+	handler = compensation_arg_handler(fcinfo, 0);
 	payments_arg_not_null(fcinfo, 1, "compensation payload");
 
 	/*
@@ -451,16 +292,16 @@ payments_enqueue_compensation(PG_FUNCTION_ARGS)
 	 * worker holds every payload of a batch in memory.
 	 */
 	payload_size = toast_raw_datum_size(PG_GETARG_DATUM(1));
-	if (payload_size > (Size) payments_max_payload_size)
+	if (payload_size > (Size) max_payload_size)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
 				 errmsg("compensation payload is too large"),
 				 errdetail("The payload takes %zu bytes; the limit, payments.max_payload_size, is %d bytes.",
-						   payload_size, payments_max_payload_size),
+						   payload_size, max_payload_size),
 				 errhint("Store large data in a table of your own and queue its key.")));
 	if (!PG_ARGISNULL(2))
 		dedup_key = payments_arg_text(fcinfo, 2, "dedup key", DEDUP_KEY_MAX_BYTES);
-	max_attempts = PG_ARGISNULL(3) ? payments_max_attempts :
+	max_attempts = PG_ARGISNULL(3) ? default_max_attempts :
 		payments_arg_int_range(fcinfo, 3, "max_attempts", 1,
 							   COMPENSATION_MAX_ATTEMPTS_LIMIT);
 	payments_arg_not_null(fcinfo, 4, "run_at");
@@ -469,7 +310,7 @@ payments_enqueue_compensation(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("run_at must be a finite time")));
-	payments_check_writable("enqueue a compensation");
+	payments_check_not_in_recovery();
 
 	/* Before the dedup lookup: a key is only looked up by its handler's users. */
 	owner = compensation_check_handler(handler, caller);
@@ -555,18 +396,14 @@ payments_enqueue_compensation(PG_FUNCTION_ARGS)
 Datum
 payments_retry_compensation(PG_FUNCTION_ARGS)
 {
-	Oid			caller = GetUserId();
-	int64		id = arg_id(fcinfo);
+	int64		id = compensation_arg_id(fcinfo);
 	Datum		values[1];
 	PaymentsSavedUser saved;
 
-	payments_check_writable("retry a compensation");
+	payments_check_not_in_recovery();
 	values[0] = Int64GetDatum(id);
 
-	payments_begin_as_owner(payments_function_owner(fcinfo->flinfo->fn_oid),
-							false, &saved);
-	SPI_connect();
-	check_item_rights(id, caller, false);
+	compensation_begin_item_change(fcinfo, id, false, &saved);
 	payments_prepare(&retry_plan,
 					 "UPDATE @extschema@.compensations"
 					 " SET status = 'pending', attempts = 0,"
@@ -578,7 +415,7 @@ payments_retry_compensation(PG_FUNCTION_ARGS)
 	{
 		int64		token;
 		bool		external;
-		char	   *status = item_state(id, &token, &external);
+		char	   *status = compensation_item_state(id, &token, &external);
 
 		ereport(ERROR,
 				(errcode(ERRCODE_PM_COMPENSATION_STATE_CONFLICT),
@@ -587,8 +424,7 @@ payments_retry_compensation(PG_FUNCTION_ARGS)
 				 errhint("Only a dead compensation can be retried.")));
 	}
 	payments_wake_worker_at_commit();
-	SPI_finish();
-	payments_end_as_owner(&saved);
+	compensation_end_item_change(&saved);
 	PG_RETURN_VOID();
 }
 
@@ -602,18 +438,14 @@ payments_retry_compensation(PG_FUNCTION_ARGS)
 Datum
 payments_cancel_compensation(PG_FUNCTION_ARGS)
 {
-	Oid			caller = GetUserId();
-	int64		id = arg_id(fcinfo);
+	int64		id = compensation_arg_id(fcinfo);
 	Datum		values[1];
 	PaymentsSavedUser saved;
 
-	payments_check_writable("cancel a compensation");
+	payments_check_not_in_recovery();
 	values[0] = Int64GetDatum(id);
 
-	payments_begin_as_owner(payments_function_owner(fcinfo->flinfo->fn_oid),
-							false, &saved);
-	SPI_connect();
-	check_item_rights(id, caller, false);
+	compensation_begin_item_change(fcinfo, id, false, &saved);
 	payments_prepare(&cancel_plan,
 					 "UPDATE @extschema@.compensations"
 					 " SET status = 'cancelled', finished_at = clock_timestamp(),"
@@ -625,7 +457,7 @@ payments_cancel_compensation(PG_FUNCTION_ARGS)
 	{
 		int64		token;
 		bool		external;
-		char	   *status = item_state(id, &token, &external);
+		char	   *status = compensation_item_state(id, &token, &external);
 
 		if (strcmp(status, "cancelled") != 0)
 			ereport(ERROR,
@@ -633,286 +465,6 @@ payments_cancel_compensation(PG_FUNCTION_ARGS)
 					 errmsg("cannot cancel compensation %lld", (long long) id),
 					 errdetail("Its status is \"%s\".", status)));
 	}
-	SPI_finish();
-	payments_end_as_owner(&saved);
-	PG_RETURN_VOID();
-}
-
-/*
- * The handler argument of register / unregister_external_handler, checked
- * for caller: a valid handler it may call, owned by a role whose
- * privileges it has.  Returns the stored name.
- */
-static Datum
-external_handler_arg(FunctionCallInfo fcinfo, Oid caller)
-{
-	Oid			handler = arg_handler(fcinfo, 0);
-	Oid			owner = compensation_check_handler(handler, caller);
-
-	if (!has_privs_of_role(caller, owner))
-		ereport(ERROR,
-				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("must be owner of function %s", format_procedure(handler)),
-				 errdetail("Only the owner of a compensation handler, or a member of the owning role, may register it for external executors or unregister it.")));
-	return CStringGetTextDatum(compensation_handler_name(handler));
-}
-
-/*
- * payments.register_external_handler(handler): the worker never runs this
- * handler's items; executors claim them with claim_compensations.
- * Registering twice is a no-op.
- */
-Datum
-payments_register_external_handler(PG_FUNCTION_ARGS)
-{
-	static const Oid argtypes[] = {TEXTOID, OIDOID};
-	Oid			caller = GetUserId();
-	Datum		values[2];
-	PaymentsSavedUser saved;
-
-	payments_check_writable("register an external compensation handler");
-	values[0] = external_handler_arg(fcinfo, caller);
-	values[1] = ObjectIdGetDatum(caller);
-
-	payments_begin_as_owner(payments_function_owner(fcinfo->flinfo->fn_oid),
-							false, &saved);
-	SPI_connect();
-	payments_prepare(&register_plan,
-					 "INSERT INTO @extschema@.external_handlers (handler, registered_by)"
-					 " VALUES ($1, $2::regrole) ON CONFLICT (handler) DO NOTHING",
-					 2, argtypes);
-	payments_execute(register_plan, values, NULL, SPI_OK_INSERT, 0);
-	SPI_finish();
-	payments_end_as_owner(&saved);
-	PG_RETURN_VOID();
-}
-
-/*
- * payments.unregister_external_handler(handler): the worker runs this
- * handler's items again.  Refused while an executor holds a claim of one of
- * them: its completion would then be refused and the work done twice.  The
- * DELETE waits for a claim in progress, which locks the registration (see
- * claim_compensations), and the count that follows sees what it claimed.
- * Unregistering a handler that is not registered is a no-op.
- */
-Datum
-payments_unregister_external_handler(PG_FUNCTION_ARGS)
-{
-	Oid			caller = GetUserId();
-	Datum		values[1];
-	PaymentsSavedUser saved;
-	bool		isnull;
-	int64		running;
-
-	payments_check_writable("unregister an external compensation handler");
-	values[0] = external_handler_arg(fcinfo, caller);
-
-	payments_begin_as_owner(payments_function_owner(fcinfo->flinfo->fn_oid),
-							false, &saved);
-	SPI_connect();
-	payments_prepare(&unregister_plan,
-					 "DELETE FROM @extschema@.external_handlers WHERE handler = $1",
-					 1, (Oid[]) {TEXTOID});
-	payments_prepare(&running_plan,
-					 "SELECT count(*) FROM @extschema@.compensations"
-					 " WHERE finished_at IS NULL AND status = 'running' AND handler = $1",
-					 1, (Oid[]) {TEXTOID});
-	if (payments_execute(unregister_plan, values, NULL, SPI_OK_DELETE, 0) == 1)
-	{
-		payments_execute(running_plan, values, NULL, SPI_OK_SELECT, 0);
-		running = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-											  SPI_tuptable->tupdesc, 1, &isnull));
-		if (running > 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_OBJECT_IN_USE),
-					 errmsg("compensation handler %s has claimed compensations",
-							TextDatumGetCString(values[0])),
-					 errdetail("External executors hold claims of %lld of its compensations.",
-							   (long long) running),
-					 errhint("Unregister the handler once they are completed or failed, their leases run out, or they are cancelled.")));
-		/* Its pending items are the worker's now. */
-		payments_wake_worker_at_commit();
-	}
-	SPI_finish();
-	payments_end_as_owner(&saved);
-	PG_RETURN_VOID();
-}
-
-/*
- * payments.claim_compensations(handler, max_items, lease)
- *
- * Hands up to max_items due items of an external handler to the caller,
- * oldest due first, each counted as an attempt and held for the lease,
- * with a claim token that completes or fails it.  FOR UPDATE SKIP LOCKED
- * makes concurrent claims take disjoint items without waiting for each
- * other.  Claims of this handler whose lease has run out are first given
- * back to the queue, as failed attempts.  The registration is locked (FOR
- * KEY SHARE) so that an unregister waits for the claim and then sees it.
- */
-Datum
-payments_claim_compensations(PG_FUNCTION_ARGS)
-{
-	static const Oid argtypes[] = {TEXTOID, INT4OID, INTERVALOID, INT8OID,
-	TIMESTAMPTZOID, OIDOID};
-	Oid			caller = GetUserId();
-	Oid			handler = arg_handler(fcinfo, 0);
-	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	Datum		values[6];
-	char	   *name;
-	PaymentsSavedUser saved;
-	uint64		n;
-
-	values[1] = Int32GetDatum(payments_arg_int_range(fcinfo, 1, "max_items", 1,
-													 COMPENSATION_MAX_ITEMS_LIMIT));
-	values[2] = payments_arg_interval(fcinfo, 2, "lease", LEASE_MAX_USECS);
-	payments_check_writable("claim compensations");
-	(void) compensation_check_handler(handler, caller);
-	name = compensation_handler_name(handler);
-	values[0] = CStringGetTextDatum(name);
-	values[3] = Int64GetDatum((int64) pg_prng_uint64(&pg_global_prng_state));
-	values[4] = TimestampTzGetDatum(GetCurrentTimestamp());
-	values[5] = ObjectIdGetDatum(caller);
-
-	InitMaterializedSRF(fcinfo, 0);
-	payments_begin_as_owner(payments_function_owner(fcinfo->flinfo->fn_oid),
-							false, &saved);
-	SPI_connect();
-
-	payments_prepare(&is_external_plan,
-					 "SELECT FROM @extschema@.external_handlers WHERE handler = $1"
-					 " FOR KEY SHARE",
-					 1, (Oid[]) {TEXTOID});
-	if (payments_execute(is_external_plan, values, NULL, SPI_OK_SELECT, 0) == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_PM_COMPENSATION_NOT_EXTERNAL),
-				 errmsg("compensation handler %s is not registered for external executors",
-						format_procedure(handler)),
-				 errdetail("Its compensations are run by the payments worker."),
-				 errhint("Call payments.register_external_handler first.")));
-
-	(void) compensation_expire_leases(name, DatumGetInt32(values[1]));
-
-	payments_prepare(&claim_plan,
-					 "WITH claimed AS ("
-					 " UPDATE @extschema@.compensations c"
-					 " SET status = 'running', attempts = c.attempts + 1,"
-					 "  lease_expires_at = clock_timestamp() + $3, claim_token = $4,"
-					 "  claimed_by = $6::regrole, updated_at = clock_timestamp()"
-					 " WHERE c.id = ANY (ARRAY("
-					 "  SELECT id FROM @extschema@.compensations"
-					 "  WHERE finished_at IS NULL AND next_attempt_at <= $5"
-					 "   AND status = 'pending' AND handler = $1"
-					 "  ORDER BY next_attempt_at LIMIT $2"
-					 "  FOR UPDATE SKIP LOCKED))"
-					 "  AND c.status = 'pending'"
-					 " RETURNING c.*)"
-					 " SELECT * FROM claimed ORDER BY next_attempt_at, id",
-					 6, argtypes);
-	n = payments_execute(claim_plan, values, NULL, SPI_OK_SELECT, 0);
-	for (uint64 i = 0; i < n; i++)
-		tuplestore_puttuple(rsinfo->setResult, SPI_tuptable->vals[i]);
-
-	SPI_finish();
-	payments_end_as_owner(&saved);
-	return (Datum) 0;
-}
-
-/*
- * payments.complete_compensation(id, claim_token): an external executor did
- * the work of an item it claimed.  Accepted while that claim holds the
- * item, even if its lease has just run out but nobody has taken the item
- * back yet.
- */
-Datum
-payments_complete_compensation_0_2(PG_FUNCTION_ARGS)
-{
-	Oid			caller = GetUserId();
-	int64		id = arg_id(fcinfo);
-	Datum		values[2];
-	PaymentsSavedUser saved;
-
-	payments_arg_not_null(fcinfo, 1, "claim token");
-	payments_check_writable("complete a compensation");
-	values[0] = Int64GetDatum(id);
-	values[1] = PG_GETARG_DATUM(1);
-
-	payments_begin_as_owner(payments_function_owner(fcinfo->flinfo->fn_oid),
-							false, &saved);
-	SPI_connect();
-	check_item_rights(id, caller, true);
-	payments_prepare(&complete_plan,
-					 "UPDATE @extschema@.compensations c"
-					 " SET status = 'succeeded', finished_at = clock_timestamp(),"
-					 "  lease_expires_at = NULL, claim_token = NULL,"
-					 "  updated_at = clock_timestamp()"
-					 " WHERE c.id = $1 AND c.claim_token = $2 AND c.status = 'running'"
-					 "  AND " IS_EXTERNAL_SQL("c"),
-					 2, (Oid[]) {INT8OID, INT8OID});
-	if (payments_execute(complete_plan, values, NULL, SPI_OK_UPDATE, 0) == 0)
-		report_claim_conflict(id, true);
-	SPI_finish();
-	payments_end_as_owner(&saved);
-	PG_RETURN_VOID();
-}
-
-/*
- * payments.fail_compensation(id, claim_token, error): an external
- * executor's attempt failed; the item is scheduled again with backoff, or
- * dead.
- */
-Datum
-payments_fail_compensation_0_2(PG_FUNCTION_ARGS)
-{
-	Oid			caller = GetUserId();
-	int64		id = arg_id(fcinfo);
-	int64		token;
-	text	   *error;
-	PaymentsSavedUser saved;
-
-	payments_arg_not_null(fcinfo, 1, "claim token");
-	token = PG_GETARG_INT64(1);
-	error = payments_arg_text(fcinfo, 2, "error", COMPENSATION_ERROR_MAX_BYTES);
-	payments_check_writable("fail a compensation");
-
-	payments_begin_as_owner(payments_function_owner(fcinfo->flinfo->fn_oid),
-							false, &saved);
-	SPI_connect();
-	check_item_rights(id, caller, true);
-	if (!record_failure(id, text_to_cstring(error), NULL, token, true))
-		report_claim_conflict(id, false);
-	SPI_finish();
-	payments_end_as_owner(&saved);
-	PG_RETURN_VOID();
-}
-
-/*
- * Version 0.1.0 declared complete_compensation(id) and
- * fail_compensation(id, error), without the claim token.  Their symbols stay
- * so that a 0.1.0 schema still loads (pg_upgrade and pg_restore check every
- * C function's symbol), but calling them asks for the update that replaces
- * them.
- */
-static void
-report_retired_function(FunctionCallInfo fcinfo)
-{
-	ereport(ERROR,
-			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-			 errmsg("function %s is no longer supported",
-					format_procedure(fcinfo->flinfo->fn_oid)),
-			 errdetail("It belongs to an older version of extension \"payments\" than the loaded library."),
-			 errhint("Run ALTER EXTENSION payments UPDATE.")));
-}
-
-Datum
-payments_complete_compensation(PG_FUNCTION_ARGS)
-{
-	report_retired_function(fcinfo);
-	PG_RETURN_VOID();
-}
-
-Datum
-payments_fail_compensation(PG_FUNCTION_ARGS)
-{
-	report_retired_function(fcinfo);
+	compensation_end_item_change(&saved);
 	PG_RETURN_VOID();
 }

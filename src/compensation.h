@@ -1,15 +1,19 @@
 /*-------------------------------------------------------------------------
  *
  * compensation.h
- *	  Declarations shared by the compensation queue's SQL API
- *	  (compensation.c) and the worker-side execution (compensation_run.c).
+ *	  Declarations shared by the compensation queue (compensation.c), its
+ *	  rights checks (compensation_rights.c), the executors outside the
+ *	  database (compensation_external.c) and the worker's side
+ *	  (compensation_run.c).
  *
  *-------------------------------------------------------------------------
  */
 #ifndef PAYMENTS_COMPENSATION_H
 #define PAYMENTS_COMPENSATION_H
 
-#include "payments.h"
+#include "fmgr.h"
+
+#include "owner_rights.h"
 
 /* Limits of the SQL arguments */
 #define COMPENSATION_MAX_ATTEMPTS_LIMIT	1000
@@ -27,14 +31,30 @@
 /* SQLSTATE recorded for an attempt whose claim ran out (see payments.h) */
 #define COMPENSATION_LEASE_EXPIRED_SQLSTATE "PM304"
 
-extern Oid	compensation_check_handler(Oid handler, Oid role);
-extern char *compensation_handler_name(Oid handler);
+/* Whether the item alias stands for has a handler of external executors */
+#define IS_EXTERNAL_SQL(alias) \
+	"EXISTS (SELECT FROM @extschema@.external_handlers e WHERE e.handler = " alias ".handler)"
 
+/* compensation.c */
+extern void compensation_init(void);
+extern int64 compensation_arg_id(FunctionCallInfo fcinfo);
+extern Oid	compensation_arg_handler(FunctionCallInfo fcinfo, int argno);
+extern char *compensation_item_state(int64 id, int64 *token, bool *external);
 extern bool compensation_record_failure(int64 id, const char *error,
-										const char *sqlstate, int64 worker_token);
+										const char *sqlstate, int64 token,
+										bool external);
 extern int	compensation_expire_leases(const char *handler, int max_items);
 
+/* compensation_rights.c */
+extern Oid	compensation_check_handler(Oid handler, Oid role);
+extern char *compensation_handler_name(Oid handler);
+extern void compensation_begin_item_change(FunctionCallInfo fcinfo, int64 id,
+										   bool executor,
+										   PaymentsSavedUser *saved);
+extern void compensation_end_item_change(PaymentsSavedUser *saved);
+
 /* compensation_run.c */
+extern void compensation_run_init(void);
 extern bool compensation_handler_running;
 extern void compensation_worker_attach(void);
 

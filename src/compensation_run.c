@@ -55,7 +55,12 @@
  *
  *-------------------------------------------------------------------------
  */
+#include "postgres.h"
+
 #include "compensation.h"
+#include "args.h"
+#include "owner_rights.h"
+#include "spi_util.h"
 #include "worker.h"
 
 #include <fcntl.h>
@@ -156,6 +161,7 @@ static bool last_batch_full = false;
 static TimestampTz last_lease_check = 0;
 
 /* payments.handler_timeout, and the end of its grace */
+static int	handler_timeout = 30 * 1000;
 static TimeoutId handler_timeout_id = MAX_TIMEOUTS;
 static TimeoutId handler_kill_id = MAX_TIMEOUTS;
 static volatile sig_atomic_t handler_timed_out = false;
@@ -169,6 +175,21 @@ static SPIPlanPtr mark_plan;
 static SPIPlanPtr unmark_plan;
 static SPIPlanPtr settle_plan;
 static SPIPlanPtr unsettled_plan;
+
+void
+compensation_run_init(void)
+{
+	DefineCustomIntVariable("payments.handler_timeout",
+							gettext_noop("How long one run of a compensation handler may take before it is cancelled as a failure."),
+							gettext_noop("Zero disables the limit."),
+							&handler_timeout,
+							30 * 1000,
+							0,
+							INT_MAX,
+							PGC_SUSET,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+}
 
 typedef struct CompensationItem
 {
@@ -264,10 +285,14 @@ handler_kill_exit(int code, Datum arg)
 {
 	if (!handler_killed || marker.running.id == 0)
 		return;
-	ereport(LOG,
-			(errmsg("%s exited because compensation %lld ran past payments.handler_timeout and did not stop when cancelled",
-					tracking ? "payments worker" : "session",
-					(long long) marker.running.id)));
+	if (tracking)
+		ereport(LOG,
+				(errmsg("payments worker exited because compensation %lld ran past payments.handler_timeout and did not stop when cancelled",
+						(long long) marker.running.id)));
+	else
+		ereport(LOG,
+				(errmsg("session exited because compensation %lld ran past payments.handler_timeout and did not stop when cancelled",
+						(long long) marker.running.id)));
 	if (tracking)
 		return;
 
@@ -366,7 +391,7 @@ settle_interrupted(RunningMarker *m)
 
 	if (timed_out)
 		error = psprintf("compensation handler ran past payments.handler_timeout (%d ms) and did not stop when cancelled",
-						 payments_handler_timeout);
+						 handler_timeout);
 	else
 		error = pstrdup("the process running the compensation handler ended while it ran");
 	ereport(LOG,
@@ -374,7 +399,7 @@ settle_interrupted(RunningMarker *m)
 					(long long) m->id, m->attempts + 1, error)));
 	if (!compensation_record_failure(m->id, error,
 									 timed_out ? "57014" : COMPENSATION_LEASE_EXPIRED_SQLSTATE,
-									 token))
+									 token, false))
 		elog(ERROR, "compensation %lld changed under its lock",
 			 (long long) m->id);
 	return true;
@@ -449,7 +474,7 @@ arm_handler_timeout(void)
 	cancel_signalled = false;
 	if (prev_sigint == NULL)
 		prev_sigint = pqsignal(SIGINT, cancel_signal_handler);
-	if (payments_handler_timeout <= 0)
+	if (handler_timeout <= 0)
 		return;
 	if (handler_timeout_id == MAX_TIMEOUTS)
 	{
@@ -459,11 +484,11 @@ arm_handler_timeout(void)
 	}
 	timeouts[0].id = handler_timeout_id;
 	timeouts[0].type = TMPARAM_AFTER;
-	timeouts[0].delay_ms = payments_handler_timeout;
+	timeouts[0].delay_ms = handler_timeout;
 	timeouts[1].id = handler_kill_id;
 	timeouts[1].type = TMPARAM_AFTER;
-	timeouts[1].delay_ms = payments_handler_timeout > INT_MAX - HANDLER_CANCEL_GRACE_MS ?
-		INT_MAX : payments_handler_timeout + HANDLER_CANCEL_GRACE_MS;
+	timeouts[1].delay_ms = handler_timeout > INT_MAX - HANDLER_CANCEL_GRACE_MS ?
+		INT_MAX : handler_timeout + HANDLER_CANCEL_GRACE_MS;
 	enable_timeouts(timeouts, 2);
 }
 
@@ -674,7 +699,7 @@ run_handler(CompensationItem *item, ResolvedHandler **cache,
 		{
 			if (handler_timed_out)
 				edata->message = psprintf("compensation handler timed out after %d ms (payments.handler_timeout)",
-										  payments_handler_timeout);
+										  handler_timeout);
 			else if (cancel_is_real())
 				ReThrowError(edata);
 		}
@@ -813,7 +838,7 @@ run_due(int max_items)
 							   unpack_sql_state(edata->sqlerrcode))));
 			if (!compensation_record_failure(item->id, edata->message,
 											 unpack_sql_state(edata->sqlerrcode),
-											 token))
+											 token, false))
 				elog(ERROR, "compensation %lld changed under its lock",
 					 (long long) item->id);
 		}
@@ -858,7 +883,7 @@ payments_run_compensations(PG_FUNCTION_ARGS)
 
 	max_items = payments_arg_int_range(fcinfo, 0, "max_items", 1,
 									   COMPENSATION_MAX_ITEMS_LIMIT);
-	payments_check_writable("run compensations");
+	payments_check_not_in_recovery();
 	run_fn_oid = fcinfo->flinfo->fn_oid;
 
 	SPI_connect();

@@ -6,8 +6,8 @@
  * A hot path that writes one row it already knows (a history row, the new
  * state of a hold it has locked) does not need the planner or a full
  * executor: an SPI statement revalidates its cached plan and starts and
- * ends an executor every call, which measured as most of the cost of such
- * a write.  These helpers set up just what PostgreSQL's own single-row
+ * ends an executor every call, which is most of the work of such a
+ * write.  These helpers set up just what PostgreSQL's own single-row
  * writers need, ExecSimpleRelationInsert and ExecSimpleRelationUpdate (the
  * routines logical replication applies rows with): an EState with a range
  * table of one relation, its ResultRelInfo and open indexes.  The write
@@ -19,12 +19,15 @@
  * What the executor would check before any write is checked here too: a
  * read-only transaction and parallel mode refuse it (25006), as
  * ExecCheckXactReadOnly refuses an INSERT or UPDATE.  The caller opens and
- * locks the relation and decides who may write: these run as whoever
- * calls them, with no privilege check.
+ * locks the relation, checks its columns (payments_direct_check_columns)
+ * and decides who may write: these run as whoever calls them, with no
+ * privilege check.
  *
  *-------------------------------------------------------------------------
  */
-#include "payments.h"
+#include "postgres.h"
+
+#include "direct_write.h"
 
 #include "access/sysattr.h"
 #include "access/tableam.h"
@@ -32,9 +35,7 @@
 #include "catalog/pg_class.h"
 #include "commands/trigger.h"
 #include "miscadmin.h"
-#include "lib/stringinfo.h"
 #include "nodes/makefuncs.h"
-#include "utils/builtins.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
 
@@ -92,43 +93,6 @@ payments_direct_begin(DirectWrite *dw, Relation rel, Snapshot snapshot,
 
 	MemoryContextSwitchTo(old);
 	AfterTriggerBeginQuery();
-}
-
-/*
- * Check that rel has exactly the columns given, in this order: the
- * callers fill rows by position, so a table altered by hand (even by a
- * transaction that committed a moment ago: rel is as opened for this
- * write) gets a clear error rather than a row with values in the wrong
- * columns.
- */
-void
-payments_direct_check_columns(Relation rel, const char *const *names,
-							  const Oid *types, int natts)
-{
-	TupleDesc	desc = RelationGetDescr(rel);
-	StringInfoData expected;
-	bool		ok = (desc->natts == natts);
-
-	for (int i = 0; ok && i < natts; i++)
-	{
-		Form_pg_attribute att = TupleDescAttr(desc, i);
-
-		ok = !att->attisdropped && att->atttypid == types[i] &&
-			strcmp(NameStr(att->attname), names[i]) == 0;
-	}
-	if (ok)
-		return;
-
-	initStringInfo(&expected);
-	for (int i = 0; i < natts; i++)
-		appendStringInfo(&expected, "%s%s %s", i > 0 ? ", " : "",
-						 names[i], format_type_be(types[i]));
-	ereport(ERROR,
-			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-			 errmsg("relation \"payments.%s\" does not have the columns the extension writes",
-					RelationGetRelationName(rel)),
-			 errdetail("Expected (%s).", expected.data),
-			 errhint("Undo the change to the table, or reinstall the extension.")));
 }
 
 /*

@@ -16,6 +16,14 @@
  * names the tables and columns of its version, and an older schema left in
  * place after a package upgrade is reported with a hint to update it.  A
  * mismatch is never cached, so the ALTER EXTENSION takes effect at once.
+ * The worker asks first (payments_install_state) and waits for the update
+ * instead of failing every round.
+ *
+ * A component that derives something from a relation (the numbers of the
+ * columns it reads) keeps it with payments_relations_generation() and
+ * derives it again when that changes, rather than registering a callback
+ * of its own.  The columns themselves are checked by payments_check_columns,
+ * the one check of a table altered by hand.
  *
  *-------------------------------------------------------------------------
  */
@@ -29,6 +37,7 @@
 #include "catalog/pg_extension.h"
 #include "commands/dbcommands.h"
 #include "commands/extension.h"
+#include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
@@ -55,6 +64,7 @@ static char *schema_quoted = NULL;	/* in TopMemoryContext */
 static bool schema_valid = false;
 static uint64 schema_generation = 0;
 static Oid	relation_oids[PAYMENTS_NUM_RELATIONS];
+static uint64 relations_generation = 1;
 static bool callbacks_registered = false;
 
 static void
@@ -70,6 +80,7 @@ relations_invalidate(Datum arg, Oid relid)
 		if (relid == InvalidOid || relid == relation_oids[i])
 		{
 			memset(relation_oids, 0, sizeof(relation_oids));
+			relations_generation++;
 			return;
 		}
 }
@@ -109,13 +120,61 @@ extension_row(Oid ext, char **version)
 	return nsp;
 }
 
+/*
+ * Whether the extension is installed, and in which version (*version,
+ * palloc'd, NULL if not installed); *nsp is its schema.
+ */
+static PaymentsInstallState
+install_state(Oid *nsp, char **version)
+{
+	Oid			ext = get_extension_oid("payments", true);
+
+	*nsp = InvalidOid;
+	*version = NULL;
+	if (OidIsValid(ext))
+		*nsp = extension_row(ext, version);
+	if (!OidIsValid(*nsp))
+		return PAYMENTS_NOT_INSTALLED;
+	if (*version == NULL || strcmp(*version, PAYMENTS_VERSION) != 0)
+		return PAYMENTS_OTHER_VERSION;
+	return PAYMENTS_INSTALLED;
+}
+
+/*
+ * Whether this database has the extension in the library's version, without
+ * raising an error; version as for install_state.  Needs a transaction.
+ */
+PaymentsInstallState
+payments_install_state(char **version)
+{
+	Oid			nsp;
+
+	return install_state(&nsp, version);
+}
+
+/*
+ * Report that the installed version is not the library's: an ERROR for a
+ * call, a LOG line for the worker, which then leaves the database alone.
+ */
+void
+payments_report_other_version(int elevel, const char *version)
+{
+	ereport(elevel,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("extension \"payments\" version \"%s\" is installed in database \"%s\", but the loaded library is version \"%s\"",
+					version ? version : "", get_database_name(MyDatabaseId),
+					PAYMENTS_VERSION),
+			 elevel < ERROR ?
+			 errdetail("The payments worker does nothing in this database until the extension is updated.") : 0,
+			 errhint("Run ALTER EXTENSION payments UPDATE.")));
+}
+
 static void
 schema_lookup(void)
 {
-	Oid			ext;
-	Oid			nsp = InvalidOid;
-	char	   *version = NULL;
-	char	   *name;
+	Oid			nsp;
+	char	   *version;
+	char	   *name = NULL;
 	const char *quoted;
 
 	if (!callbacks_registered)
@@ -125,22 +184,23 @@ schema_lookup(void)
 		callbacks_registered = true;
 	}
 
-	ext = get_extension_oid("payments", true);
-	if (OidIsValid(ext))
-		nsp = extension_row(ext, &version);
-	name = OidIsValid(nsp) ? get_namespace_name(nsp) : NULL;
+	switch (install_state(&nsp, &version))
+	{
+		case PAYMENTS_NOT_INSTALLED:
+			break;
+		case PAYMENTS_OTHER_VERSION:
+			payments_report_other_version(ERROR, version);
+			break;
+		case PAYMENTS_INSTALLED:
+			name = get_namespace_name(nsp);
+			break;
+	}
 	if (name == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("extension \"payments\" is not installed in database \"%s\"",
 						get_database_name(MyDatabaseId)),
 				 errhint("Run CREATE EXTENSION payments.")));
-	if (version == NULL || strcmp(version, PAYMENTS_VERSION) != 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("extension \"payments\" version \"%s\" is installed, but the loaded library is version \"%s\"",
-						version ? version : "", PAYMENTS_VERSION),
-				 errhint("Run ALTER EXTENSION payments UPDATE.")));
 
 	quoted = quote_identifier(name);
 	if (schema_quoted == NULL || strcmp(schema_quoted, quoted) != 0)
@@ -204,4 +264,69 @@ payments_relation(PaymentsRelation which)
 				 errhint("Reinstall the extension.")));
 	relation_oids[which] = relid;
 	return relid;
+}
+
+/*
+ * A number that changes whenever the relation OIDs payments_relation
+ * returns may have changed, or one of those relations was altered: what a
+ * caller derived from one of them (column numbers) is then derived again.
+ */
+uint64
+payments_relations_generation(void)
+{
+	return relations_generation;
+}
+
+/*
+ * The one check of a table altered by hand: rel, one of the extension's
+ * relations as opened by the caller (so even a change committed a moment
+ * ago is seen), must have the columns names, of types types.
+ *
+ * With attnums NULL the caller fills or reads rows by position (a direct
+ * write), so the relation must have exactly these columns, in this order.
+ * Otherwise each column is found by name, wherever it is, and its number
+ * stored in attnums[i].  Either way a table that does not fit gets one
+ * clear error rather than values read from or written to the wrong column.
+ */
+void
+payments_check_columns(Relation rel, const char *const *names,
+					   const Oid *types, int natts, AttrNumber *attnums)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	bool		ok = (attnums != NULL || desc->natts == natts);
+	StringInfoData expected;
+
+	for (int i = 0; ok && i < natts; i++)
+	{
+		Form_pg_attribute att = NULL;
+
+		if (attnums == NULL)
+			att = TupleDescAttr(desc, i);
+		else
+		{
+			for (int j = 0; j < desc->natts && att == NULL; j++)
+				if (strcmp(NameStr(TupleDescAttr(desc, j)->attname), names[i]) == 0)
+					att = TupleDescAttr(desc, j);
+		}
+		ok = att != NULL && !att->attisdropped && att->atttypid == types[i] &&
+			strcmp(NameStr(att->attname), names[i]) == 0;
+		if (ok && attnums != NULL)
+			attnums[i] = att->attnum;
+	}
+	if (ok)
+		return;
+
+	initStringInfo(&expected);
+	for (int i = 0; i < natts; i++)
+		appendStringInfo(&expected, "%s%s %s", i > 0 ? ", " : "",
+						 names[i], format_type_be(types[i]));
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("relation \"%s.%s\" does not have the columns the extension writes",
+					get_namespace_name(RelationGetNamespace(rel)),
+					RelationGetRelationName(rel)),
+			 attnums == NULL ?
+			 errdetail("Expected (%s).", expected.data) :
+			 errdetail("Expected the columns (%s).", expected.data),
+			 errhint("Undo the change to the table, or reinstall the extension.")));
 }

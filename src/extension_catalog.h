@@ -14,6 +14,8 @@
 #ifndef EXTENSION_CATALOG_H
 #define EXTENSION_CATALOG_H
 
+#include "utils/relcache.h"
+
 /* The extension's relations that C code opens, locks or reads directly */
 typedef enum PaymentsRelation
 {
@@ -29,9 +31,25 @@ typedef enum PaymentsRelation
 	PAYMENTS_NUM_RELATIONS
 } PaymentsRelation;
 
+/* Whether this database has the extension in the library's version */
+typedef enum PaymentsInstallState
+{
+	PAYMENTS_NOT_INSTALLED,
+	PAYMENTS_OTHER_VERSION,		/* installed, but not PAYMENTS_VERSION */
+	PAYMENTS_INSTALLED
+} PaymentsInstallState;
+
+extern PaymentsInstallState payments_install_state(char **version);
+extern void payments_report_other_version(int elevel, const char *version);
+
 extern Oid	payments_schema_oid(void);
 extern const char *payments_schema_quoted(void);
 extern uint64 payments_schema_generation(void);
 extern Oid	payments_relation(PaymentsRelation rel);
+extern uint64 payments_relations_generation(void);
+
+extern void payments_check_columns(Relation rel, const char *const *names,
+								   const Oid *types, int natts,
+								   AttrNumber *attnums);
 
 #endif							/* EXTENSION_CATALOG_H */

@@ -10,7 +10,9 @@
  *
  *-------------------------------------------------------------------------
  */
-#include "payments.h"
+#include "postgres.h"
+
+#include "fingerprint.h"
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>

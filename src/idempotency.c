@@ -35,18 +35,14 @@
  * members of those roles (and superusers) may begin, checkpoint, complete,
  * abandon or replay its keys.  The restrictions are read into a per-backend
  * cache, reloaded after a relcache invalidation of their table (sent by a
- * trigger on every change), so an unrestricted scope costs a hash lookup,
+ * trigger on every change), so an unrestricted scope needs a hash lookup,
  * and no lookup at all while no scope is restricted.
  *
- * Rights.  The restriction is checked for the caller's role: current_user
- * at the call, which inside another SECURITY DEFINER function is that
- * function's owner (the reasoning of compensation.c).  So the four key
- * functions are not SECURITY DEFINER, which would hide the caller; they
+ * Rights.  The restriction is checked for the caller's role, so the four
+ * key functions are not SECURITY DEFINER (owner_rights.c says why); they
  * read the key as the caller, with a direct index scan that checks no
  * privilege (EXECUTE on the function is the check), and take their owner's
- * rights with search_path pinned only around their SQL
- * (payments_begin_as_owner), as a SECURITY DEFINER function with a SET
- * clause would for the whole call.
+ * rights with search_path pinned only around their SQL.
  *
  * Reading a key is the hot path of every call (a replay is nothing else), so
  * it is a direct scan of the primary key index rather than an SPI query:
@@ -56,7 +52,15 @@
  *
  *-------------------------------------------------------------------------
  */
+#include "postgres.h"
+
+#include "idempotency.h"
 #include "payments.h"
+#include "args.h"
+#include "extension_catalog.h"
+#include "fingerprint.h"
+#include "owner_rights.h"
+#include "spi_util.h"
 
 #include "access/genam.h"
 #include "access/htup_details.h"
@@ -76,6 +80,7 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
+#include "utils/guc.h"
 #include "utils/inval.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
@@ -98,6 +103,9 @@ PG_FUNCTION_INFO_V1(payments_idempotency_scopes_changed);
 #define KEY_MAX_BYTES			255
 #define RECOVERY_POINT_MAX_BYTES 255
 #define TTL_MAX_USECS			(INT64CONST(366) * USECS_PER_DAY)
+
+static bool idempotency_wait = false;
+static int	idempotency_lease = 60;
 
 /* A key's row, as read by the lookup query */
 typedef struct KeyRow
@@ -128,6 +136,32 @@ static SPIPlanPtr unrestrict_plan;
 
 static const Oid key_argtypes[] = {TEXTOID, TEXTOID};
 
+void
+idempotency_init(void)
+{
+	DefineCustomBoolVariable("payments.idempotency_wait",
+							 gettext_noop("Waits for a key held by another open transaction instead of failing at once."),
+							 gettext_noop("When off, a key in use by another transaction raises SQLSTATE PM002. "
+										  "When on, the caller waits, honouring lock_timeout."),
+							 &idempotency_wait,
+							 false,
+							 PGC_USERSET,
+							 0,
+							 NULL, NULL, NULL);
+
+	DefineCustomIntVariable("payments.idempotency_lease",
+							gettext_noop("How long a started idempotency key stays reserved for its flow between transactions."),
+							gettext_noop("Every checkpoint renews the lease; once it runs out the next caller with "
+										 "the same key gets outcome \"recovering\"."),
+							&idempotency_lease,
+							60,
+							1,
+							7 * 24 * 3600,
+							PGC_USERSET,
+							GUC_UNIT_S,
+							NULL, NULL, NULL);
+}
+
 /*
  * Take the key's lock for the rest of the transaction.  Without
  * payments.idempotency_wait a key held by another transaction is refused at
@@ -150,7 +184,7 @@ lock_key(text *scope, text *key)
 	if (LockAcquire(&tag, ExclusiveLock, false, true) != LOCKACQUIRE_NOT_AVAIL)
 		return;
 
-	if (!payments_idempotency_wait)
+	if (!idempotency_wait)
 		ereport(ERROR,
 				(errcode(ERRCODE_PM_IDEMPOTENCY_IN_PROGRESS),
 				 errmsg("idempotency key \"%s\" is in use by another transaction",
@@ -163,25 +197,46 @@ lock_key(text *scope, text *key)
 }
 
 /*
- * Attribute numbers of the columns lookup_key reads, resolved by name the
- * first time a backend sees the table (and again if the extension has been
- * dropped and created since), so that a later ALTER TABLE ADD COLUMN in an
- * upgrade script cannot make them stale.
+ * The columns lookup_key reads, found by name and checked (with
+ * payments_check_columns) the first time a backend opens the table and
+ * again whenever extension_catalog.c says a relation of the extension
+ * changed, so that an ALTER TABLE in an upgrade script cannot make the
+ * numbers stale.
  */
-typedef struct KeyColumns
+enum
 {
-	Oid			relid;			/* InvalidOid until resolved */
-	Oid			indexid;
-	AttrNumber	request_hash;
-	AttrNumber	state;
-	AttrNumber	recovery_point;
-	AttrNumber	response;
-	AttrNumber	response_code;
-	AttrNumber	lease_expires_at;
-	AttrNumber	expires_at;
-} KeyColumns;
+	KEY_REQUEST_HASH,
+	KEY_STATE,
+	KEY_RECOVERY_POINT,
+	KEY_RESPONSE,
+	KEY_RESPONSE_CODE,
+	KEY_LEASE_EXPIRES_AT,
+	KEY_EXPIRES_AT,
+	KEY_NCOLUMNS
+};
 
-static KeyColumns key_columns;
+static const char *const key_column_names[KEY_NCOLUMNS] = {
+	[KEY_REQUEST_HASH] = "request_hash",
+	[KEY_STATE] = "state",
+	[KEY_RECOVERY_POINT] = "recovery_point",
+	[KEY_RESPONSE] = "response",
+	[KEY_RESPONSE_CODE] = "response_code",
+	[KEY_LEASE_EXPIRES_AT] = "lease_expires_at",
+	[KEY_EXPIRES_AT] = "expires_at",
+};
+
+static const Oid key_column_types[KEY_NCOLUMNS] = {
+	[KEY_REQUEST_HASH] = BYTEAOID,
+	[KEY_STATE] = TEXTOID,
+	[KEY_RECOVERY_POINT] = TEXTOID,
+	[KEY_RESPONSE] = JSONBOID,
+	[KEY_RESPONSE_CODE] = INT4OID,
+	[KEY_LEASE_EXPIRES_AT] = TIMESTAMPTZOID,
+	[KEY_EXPIRES_AT] = TIMESTAMPTZOID,
+};
+
+static AttrNumber key_columns[KEY_NCOLUMNS];
+static uint64 key_columns_generation = 0;	/* 0: not checked yet */
 
 /*
  * The scope restrictions, as payments.idempotency_scopes last held them:
@@ -201,70 +256,24 @@ static Oid	scopes_relid = InvalidOid;
 static bool scopes_valid = false;
 static uint64 scopes_invalidations = 0;
 
-static bool relcache_callback_registered = false;
+static bool scopes_callback_registered = false;
 
 /*
- * The table and its columns are resolved by name once per backend and
- * forgotten when the table's relcache entry is invalidated (a DROP
- * EXTENSION, an ALTER TABLE in an upgrade script), so a backend that
- * outlives a re-creation of the extension never uses a stale OID.  The
- * scope restrictions are forgotten when their table's entry is invalidated,
- * which a trigger does on every change to it.  The callback may run in the
- * middle of a call (whenever a lock is taken), so it only marks things out
- * of date.
+ * The scope restrictions are data, not layout: they change with every
+ * restrict_scope, whose trigger sends a relcache invalidation of their
+ * table, so this cache keeps a callback of its own rather than reloading
+ * whenever any relation of the extension changes.  The callback may run in
+ * the middle of a call (whenever a lock is taken), so it only marks the
+ * cache out of date.
  */
 static void
-relcache_invalidate(Datum arg, Oid relid)
+scopes_invalidate(Datum arg, Oid relid)
 {
-	if (relid == InvalidOid || relid == key_columns.relid ||
-		relid == key_columns.indexid)
-		key_columns.relid = InvalidOid;
 	if (relid == InvalidOid || relid == scopes_relid)
 	{
 		scopes_valid = false;
 		scopes_invalidations++;
 	}
-}
-
-static void
-register_relcache_callback(void)
-{
-	if (relcache_callback_registered)
-		return;
-	CacheRegisterRelcacheCallback(relcache_invalidate, (Datum) 0);
-	relcache_callback_registered = true;
-}
-
-static AttrNumber
-key_column(Oid relid, const char *name)
-{
-	AttrNumber	attnum = get_attnum(relid, name);
-
-	if (attnum == InvalidAttrNumber)
-		elog(ERROR, "column \"%s\" of relation \"%s\" is missing",
-			 name, get_rel_name(relid));
-	return attnum;
-}
-
-static void
-resolve_key_columns(void)
-{
-	Oid			relid;
-
-	if (OidIsValid(key_columns.relid))
-		return;
-	register_relcache_callback();
-
-	relid = payments_relation(PAYMENTS_REL_IDEMPOTENCY_KEYS);
-	key_columns.indexid = payments_relation(PAYMENTS_REL_IDEMPOTENCY_KEYS_PKEY);
-	key_columns.request_hash = key_column(relid, "request_hash");
-	key_columns.state = key_column(relid, "state");
-	key_columns.recovery_point = key_column(relid, "recovery_point");
-	key_columns.response = key_column(relid, "response");
-	key_columns.response_code = key_column(relid, "response_code");
-	key_columns.lease_expires_at = key_column(relid, "lease_expires_at");
-	key_columns.expires_at = key_column(relid, "expires_at");
-	key_columns.relid = relid;
 }
 
 /*
@@ -287,12 +296,20 @@ lookup_key(text *scope, text *key, const unsigned char *fingerprint,
 	TupleTableSlot *slot;
 	ScanKeyData skey[2];
 	TimestampTz now = GetCurrentTimestamp();
+	uint64		generation = payments_relations_generation();
 
-	resolve_key_columns();
 	memset(row, 0, sizeof(KeyRow));
 
-	rel = table_open(key_columns.relid, AccessShareLock);
-	index = index_open(key_columns.indexid, AccessShareLock);
+	rel = table_open(payments_relation(PAYMENTS_REL_IDEMPOTENCY_KEYS),
+					 AccessShareLock);
+	index = index_open(payments_relation(PAYMENTS_REL_IDEMPOTENCY_KEYS_PKEY),
+					   AccessShareLock);
+	if (generation != key_columns_generation)
+	{
+		payments_check_columns(rel, key_column_names, key_column_types,
+							   KEY_NCOLUMNS, key_columns);
+		key_columns_generation = generation;
+	}
 	CommandCounterIncrement();
 	snapshot = RegisterSnapshot(GetTransactionSnapshot());
 
@@ -313,7 +330,7 @@ lookup_key(text *scope, text *key, const unsigned char *fingerprint,
 		row->found = true;
 		if (fingerprint != NULL)
 		{
-			bytea	   *stored = DatumGetByteaPP(slot_getattr(slot, key_columns.request_hash,
+			bytea	   *stored = DatumGetByteaPP(slot_getattr(slot, key_columns[KEY_REQUEST_HASH],
 															  &isnull));
 
 			row->hash_matches =
@@ -322,24 +339,24 @@ lookup_key(text *scope, text *key, const unsigned char *fingerprint,
 									  fingerprint, PAYMENTS_FINGERPRINT_LEN);
 		}
 
-		d = slot_getattr(slot, key_columns.state, &isnull);
+		d = slot_getattr(slot, key_columns[KEY_STATE], &isnull);
 		row->completed = strcmp(TextDatumGetCString(d), "completed") == 0;
 
 		oldcxt = MemoryContextSwitchTo(resultcxt);
-		d = slot_getattr(slot, key_columns.response, &row->response_isnull);
+		d = slot_getattr(slot, key_columns[KEY_RESPONSE], &row->response_isnull);
 		if (!row->response_isnull)
 			row->response = PointerGetDatum(PG_DETOAST_DATUM_COPY(d));
-		row->response_code = DatumGetInt32(slot_getattr(slot, key_columns.response_code,
+		row->response_code = DatumGetInt32(slot_getattr(slot, key_columns[KEY_RESPONSE_CODE],
 														&row->response_code_isnull));
-		d = slot_getattr(slot, key_columns.recovery_point, &isnull);
+		d = slot_getattr(slot, key_columns[KEY_RECOVERY_POINT], &isnull);
 		if (!isnull)
 			row->recovery_point = (text *) PG_DETOAST_DATUM_COPY(d);
 		MemoryContextSwitchTo(oldcxt);
 
-		d = slot_getattr(slot, key_columns.lease_expires_at, &isnull);
+		d = slot_getattr(slot, key_columns[KEY_LEASE_EXPIRES_AT], &isnull);
 		row->lease_expires_at = isnull ? 0 : DatumGetTimestampTz(d);
 		row->lease_expired = isnull || row->lease_expires_at <= now;
-		d = slot_getattr(slot, key_columns.expires_at, &isnull);
+		d = slot_getattr(slot, key_columns[KEY_EXPIRES_AT], &isnull);
 		row->expired = DatumGetTimestampTz(d) <= now &&
 			(row->completed || row->lease_expired);
 	}
@@ -370,7 +387,7 @@ start_values(Datum *values, text *scope, text *key, bytea *hash, Datum ttl)
 	values[0] = PointerGetDatum(scope);
 	values[1] = PointerGetDatum(key);
 	values[2] = PointerGetDatum(hash);
-	values[3] = Int32GetDatum(payments_idempotency_lease);
+	values[3] = Int32GetDatum(idempotency_lease);
 	values[4] = ttl;
 }
 
@@ -434,7 +451,7 @@ take_over_key(text *scope, text *key)
 					 3, argtypes);
 	values[0] = PointerGetDatum(scope);
 	values[1] = PointerGetDatum(key);
-	values[2] = Int32GetDatum(payments_idempotency_lease);
+	values[2] = Int32GetDatum(idempotency_lease);
 	payments_execute(takeover_plan, values, NULL, SPI_OK_UPDATE, 0);
 }
 
@@ -493,15 +510,20 @@ load_scopes(void)
 	Oid			relid;
 	Relation	rel;
 	TupleDesc	tupdesc;
-	AttrNumber	scope_att;
-	AttrNumber	roles_att;
+	static const char *const names[] = {"scope", "roles"};
+	static const Oid types[] = {TEXTOID, REGROLEARRAYOID};
+	AttrNumber	attnums[2];
 	Snapshot	snapshot;
 	SysScanDesc scan;
 	HeapTuple	tup;
 	HASHCTL		ctl;
 	uint64		invalidations;
 
-	register_relcache_callback();
+	if (!scopes_callback_registered)
+	{
+		CacheRegisterRelcacheCallback(scopes_invalidate, (Datum) 0);
+		scopes_callback_registered = true;
+	}
 	scopes_valid = false;
 	relid = payments_relation(PAYMENTS_REL_IDEMPOTENCY_SCOPES);
 	rel = table_open(relid, AccessShareLock);
@@ -522,8 +544,7 @@ load_scopes(void)
 							  HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
 
 	tupdesc = RelationGetDescr(rel);
-	scope_att = key_column(relid, "scope");
-	roles_att = key_column(relid, "roles");
+	payments_check_columns(rel, names, types, 2, attnums);
 	snapshot = RegisterSnapshot(GetLatestSnapshot());
 	scan = systable_beginscan(rel, InvalidOid, false, snapshot, 0, NULL);
 	while (HeapTupleIsValid(tup = systable_getnext(scan)))
@@ -539,7 +560,7 @@ load_scopes(void)
 		int			nelems;
 		ScopeEntry *e;
 
-		d = heap_getattr(tup, scope_att, tupdesc, &isnull);
+		d = heap_getattr(tup, attnums[0], tupdesc, &isnull);
 		if (isnull)
 			continue;
 		scope = DatumGetTextPP(d);
@@ -554,7 +575,7 @@ load_scopes(void)
 		nelems = 0;
 		elems = NULL;
 		elemnulls = NULL;
-		d = heap_getattr(tup, roles_att, tupdesc, &isnull);
+		d = heap_getattr(tup, attnums[1], tupdesc, &isnull);
 		if (!isnull)
 		{
 			roles = DatumGetArrayTypeP(d);
@@ -644,7 +665,7 @@ payments_idempotency_begin(PG_FUNCTION_ARGS)
 	check_scope_key(fcinfo, &scope, &key);
 	payments_arg_not_null(fcinfo, 2, "request");
 	ttl = payments_arg_interval(fcinfo, 3, "idempotency key TTL", TTL_MAX_USECS);
-	payments_check_writable("begin an idempotent request");
+	payments_check_not_in_recovery();
 
 	payments_jsonb_fingerprint(PG_GETARG_DATUM(2), fingerprint);
 
@@ -719,14 +740,23 @@ payments_idempotency_begin(PG_FUNCTION_ARGS)
 								 strcmp(outcome, "started") == 0 ? NULL : &row));
 }
 
+/* The changes a started key can undergo */
+typedef enum KeyChange
+{
+	KEY_CHECKPOINT,
+	KEY_COMPLETE,
+	KEY_ABANDON
+} KeyChange;
+
 /*
  * Explain why an UPDATE or DELETE of a started key found nothing: the key
  * was never begun (or has been purged), or it has completed.
  */
 static void
-report_not_started(text *scope, text *key, const char *action)
+report_not_started(text *scope, text *key, KeyChange change)
 {
 	KeyRow		row;
+	char	   *keyname = text_to_cstring(key);
 
 	lookup_key(scope, key, NULL, &row, CurrentMemoryContext);
 	if (!row.found)
@@ -737,7 +767,11 @@ report_not_started(text *scope, text *key, const char *action)
 				 errhint("Call payments.idempotency_begin first; expired keys are purged.")));
 	ereport(ERROR,
 			(errcode(ERRCODE_PM_IDEMPOTENCY_KEY_COMPLETED),
-			 errmsg("cannot %s idempotency key \"%s\"", action, text_to_cstring(key)),
+			 change == KEY_CHECKPOINT ?
+			 errmsg("cannot checkpoint idempotency key \"%s\"", keyname) :
+			 change == KEY_COMPLETE ?
+			 errmsg("cannot complete idempotency key \"%s\"", keyname) :
+			 errmsg("cannot abandon idempotency key \"%s\"", keyname),
 			 errdetail("The key has already completed in scope \"%s\"; its response is final.",
 					   text_to_cstring(scope))));
 }
@@ -750,7 +784,7 @@ report_not_started(text *scope, text *key, const char *action)
  */
 static void
 change_started_key(FunctionCallInfo fcinfo, text *scope, text *key,
-				   const char *action, SPIPlanPtr *plan, const char *sql,
+				   KeyChange change, SPIPlanPtr *plan, const char *sql,
 				   int nargs, const Oid *argtypes, Datum *values, int expected)
 {
 	PaymentsSavedUser saved;
@@ -763,7 +797,7 @@ change_started_key(FunctionCallInfo fcinfo, text *scope, text *key,
 	values[0] = PointerGetDatum(scope);
 	values[1] = PointerGetDatum(key);
 	if (payments_execute(*plan, values, NULL, expected, 0) == 0)
-		report_not_started(scope, key, action);
+		report_not_started(scope, key, change);
 	SPI_finish();
 	payments_end_as_owner(&saved);
 }
@@ -782,10 +816,10 @@ payments_idempotency_checkpoint(PG_FUNCTION_ARGS)
 	check_scope_key(fcinfo, &scope, &key);
 	values[2] = PointerGetDatum(payments_arg_text(fcinfo, 2, "recovery point",
 												  RECOVERY_POINT_MAX_BYTES));
-	payments_check_writable("checkpoint an idempotent request");
+	payments_check_not_in_recovery();
 
-	values[3] = Int32GetDatum(payments_idempotency_lease);
-	change_started_key(fcinfo, scope, key, "checkpoint", &checkpoint_plan,
+	values[3] = Int32GetDatum(idempotency_lease);
+	change_started_key(fcinfo, scope, key, KEY_CHECKPOINT, &checkpoint_plan,
 					   "UPDATE @extschema@.idempotency_keys"
 					   " SET recovery_point = $3, updated_at = now(),"
 					   "  lease_expires_at = clock_timestamp() + $4 * interval '1 second'"
@@ -809,10 +843,10 @@ payments_idempotency_complete(PG_FUNCTION_ARGS)
 	payments_arg_not_null(fcinfo, 2, "response");
 	values[3] = Int32GetDatum(payments_arg_int_range(fcinfo, 3, "response code",
 													 100, 599));
-	payments_check_writable("complete an idempotent request");
+	payments_check_not_in_recovery();
 
 	values[2] = PG_GETARG_DATUM(2);
-	change_started_key(fcinfo, scope, key, "complete", &complete_plan,
+	change_started_key(fcinfo, scope, key, KEY_COMPLETE, &complete_plan,
 					   "UPDATE @extschema@.idempotency_keys"
 					   " SET state = 'completed', response = $3, response_code = $4,"
 					   "  lease_expires_at = NULL, completed_at = now(), updated_at = now()"
@@ -836,9 +870,9 @@ payments_idempotency_abandon(PG_FUNCTION_ARGS)
 	Datum		values[2];
 
 	check_scope_key(fcinfo, &scope, &key);
-	payments_check_writable("abandon an idempotent request");
+	payments_check_not_in_recovery();
 
-	change_started_key(fcinfo, scope, key, "abandon", &abandon_plan,
+	change_started_key(fcinfo, scope, key, KEY_ABANDON, &abandon_plan,
 					   "DELETE FROM @extschema@.idempotency_keys"
 					   " WHERE scope = $1 AND key = $2 AND state = 'started'",
 					   2, key_argtypes, values, SPI_OK_DELETE);
@@ -862,7 +896,7 @@ payments_purge_idempotency_keys(PG_FUNCTION_ARGS)
 
 	values[0] = Int32GetDatum(payments_arg_int_range(fcinfo, 0, "max_rows",
 													 1, PG_INT32_MAX));
-	payments_check_writable("purge idempotency keys");
+	payments_check_not_in_recovery();
 
 	SPI_connect();
 	payments_prepare(&purge_plan,
@@ -929,7 +963,7 @@ payments_restrict_scope(PG_FUNCTION_ARGS)
 							DatumGetObjectId(elems[i]))));
 	}
 	values[1] = PointerGetDatum(roles);
-	payments_check_writable("restrict an idempotency scope");
+	payments_check_not_in_recovery();
 
 	/* The table's trigger makes every backend reload its restrictions. */
 	SPI_connect();
@@ -958,7 +992,7 @@ payments_unrestrict_scope(PG_FUNCTION_ARGS)
 
 	values[0] = PointerGetDatum(payments_arg_text(fcinfo, 0, "idempotency scope",
 												  SCOPE_MAX_BYTES));
-	payments_check_writable("unrestrict an idempotency scope");
+	payments_check_not_in_recovery();
 
 	SPI_connect();
 	payments_prepare(&unrestrict_plan,

@@ -8,7 +8,8 @@
  *
  *-------------------------------------------------------------------------
  */
-#include "payments.h"
+#include "postgres.h"
+
 #include "worker.h"
 
 #include "access/heapam.h"

@@ -93,7 +93,12 @@
  *
  *-------------------------------------------------------------------------
  */
+#include "postgres.h"
+
 #include "payments.h"
+#include "args.h"
+#include "owner_rights.h"
+#include "spi_util.h"
 
 #include "catalog/pg_type.h"
 #include "miscadmin.h"

@@ -35,7 +35,11 @@
  *
  *-------------------------------------------------------------------------
  */
+#include "postgres.h"
+
 #include "payments.h"
+#include "direct_write.h"
+#include "extension_catalog.h"
 
 #include "access/genam.h"
 #include "access/stratnum.h"

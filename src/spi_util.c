@@ -12,9 +12,11 @@
  *
  *-------------------------------------------------------------------------
  */
-#include "payments.h"
+#include "postgres.h"
 
-#include "executor/spi.h"
+#include "spi_util.h"
+
+#include "extension_catalog.h"
 #include "lib/stringinfo.h"
 #include "utils/memutils.h"
 

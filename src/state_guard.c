@@ -57,7 +57,14 @@
  *
  *-------------------------------------------------------------------------
  */
+#include "postgres.h"
+
 #include "payments.h"
+#include "args.h"
+#include "direct_write.h"
+#include "extension_catalog.h"
+#include "owner_rights.h"
+#include "spi_util.h"
 
 #include <ctype.h>
 

@@ -11,11 +11,19 @@
  * payments.worker_naptime, or until a committing transaction that queued
  * work wakes it.
  *
+ * Before each round the worker checks that the database has the extension
+ * in the library's own version.  After a package upgrade and before ALTER
+ * EXTENSION payments UPDATE it has another: every task would fail, so the
+ * worker says so once in the log and does nothing there, checking again
+ * every round until the update, after which it goes on by itself.
+ *
  *-------------------------------------------------------------------------
  */
-#include "payments.h"
-#include "compensation.h"
+#include "postgres.h"
+
 #include "worker.h"
+#include "compensation.h"
+#include "extension_catalog.h"
 
 #include "access/htup_details.h"
 #include "access/xact.h"
@@ -76,6 +84,9 @@ static int	my_slotno = -1;
 static PaymentsWorkerSlot *my_slot = NULL;
 static const WorkerTask *current_task = NULL;
 
+/* The installed version is not the library's, and the log has said so */
+static bool other_version_logged = false;
+
 /*
  * A worker that did not leave on purpose (code 0) asks the launcher to
  * start it again at once rather than at its next scan: its database still
@@ -130,9 +141,14 @@ worker_leave(bool extension_gone)
 		payments_exclude_database(MyDatabaseId, 0);
 		LWLockRelease(payments_shared->lock);
 	}
-	ereport(LOG,
-			(errmsg("payments worker for database %u exiting: %s", MyDatabaseId,
-					extension_gone ? "the extension is not installed" : "payments.worker_enabled is off")));
+	if (extension_gone)
+		ereport(LOG,
+				(errmsg("payments worker for database %u exiting because the extension is not installed",
+						MyDatabaseId)));
+	else
+		ereport(LOG,
+				(errmsg("payments worker for database %u exiting because payments.worker_enabled is off",
+						MyDatabaseId)));
 	proc_exit(0);
 }
 
@@ -248,6 +264,34 @@ run_task(const WorkerTask *task, MemoryContext loopcxt)
 	return n;
 }
 
+/*
+ * Whether this round's tasks can run: the extension is installed in the
+ * library's version.  If it is gone, leave; if it has another version, log
+ * that once (until it is the library's again) and skip the round.
+ */
+static bool
+extension_ready(void)
+{
+	PaymentsInstallState state;
+	char	   *version;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	state = payments_install_state(&version);
+	if (state == PAYMENTS_OTHER_VERSION && !other_version_logged)
+	{
+		payments_report_other_version(LOG, version);
+		other_version_logged = true;
+	}
+	CommitTransactionCommand();
+
+	if (state == PAYMENTS_NOT_INSTALLED)
+		worker_leave(true);
+	if (state == PAYMENTS_INSTALLED)
+		other_version_logged = false;
+	return state == PAYMENTS_INSTALLED;
+}
+
 static void
 set_application_name(void)
 {
@@ -315,12 +359,15 @@ payments_worker_main(Datum main_arg)
 			worker_leave(false);
 
 		set_state(PW_RUNNING);
-		for (int i = 0; i < lengthof(worker_tasks); i++)
+		if (extension_ready())
 		{
-			if (run_task(&worker_tasks[i], loopcxt) >= WORKER_BATCH)
-				more = true;
-			MemoryContextReset(loopcxt);
-			CHECK_FOR_INTERRUPTS();
+			for (int i = 0; i < lengthof(worker_tasks); i++)
+			{
+				if (run_task(&worker_tasks[i], loopcxt) >= WORKER_BATCH)
+					more = true;
+				MemoryContextReset(loopcxt);
+				CHECK_FOR_INTERRUPTS();
+			}
 		}
 		set_state(PW_IDLE);
 

@@ -93,7 +93,7 @@ typedef struct PaymentsWorkerArgs
 /* NULL unless the library was preloaded */
 extern PaymentsShared *payments_shared;
 
-/* GUCs */
+/* Settings, defined by worker_init (worker_shmem.c) */
 extern bool payments_worker_enabled;
 extern int	payments_launcher_naptime;
 extern int	payments_worker_naptime;
@@ -101,7 +101,7 @@ extern int	payments_max_workers;
 extern char *payments_worker_role;
 
 /* worker_shmem.c */
-extern void payments_worker_shmem_init(void);
+extern void worker_init(void);
 extern PaymentsWorkerSlot *payments_find_slot(Oid dboid);
 extern void payments_exclude_database(Oid dboid, TimestampTz until);
 extern bool payments_database_excluded(Oid dboid, TimestampTz now);

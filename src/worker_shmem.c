@@ -7,13 +7,16 @@
  *	  and refusing SET CONSTRAINTS inside a compensation handler.
  *
  * All of this exists only when the library is preloaded; every function
- * here is a no-op otherwise, so the SQL functions work either way.
+ * here is a no-op otherwise, so the SQL functions work either way.  The
+ * settings of the launcher and the workers are defined here too
+ * (worker_init), the ones that size shared memory only while preloading.
  *
  *-------------------------------------------------------------------------
  */
-#include "payments.h"
-#include "compensation.h"
+#include "postgres.h"
+
 #include "worker.h"
+#include "compensation.h"
 
 #include <signal.h>
 
@@ -32,11 +35,18 @@
 #include "storage/shmem.h"
 #include "tcop/utility.h"
 #include "utils/acl.h"
+#include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
 
 PaymentsShared *payments_shared = NULL;
+
+bool		payments_worker_enabled = true;
+int			payments_launcher_naptime = 10;
+int			payments_worker_naptime = 1000;
+int			payments_max_workers = 8;
+char	   *payments_worker_role = NULL;
 
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
@@ -539,9 +549,9 @@ payments_ProcessUtility(PlannedStmt *pstmt, const char *queryString,
 								params, queryEnv, dest, qc);
 }
 
-/* Called from _PG_init while preloading. */
-void
-payments_worker_shmem_init(void)
+/* The hooks above, installed while preloading. */
+static void
+install_hooks(void)
 {
 	prev_shmem_request_hook = shmem_request_hook;
 	shmem_request_hook = payments_shmem_request;
@@ -550,4 +560,76 @@ payments_worker_shmem_init(void)
 	prev_ProcessUtility = ProcessUtility_hook;
 	ProcessUtility_hook = payments_ProcessUtility;
 	RegisterXactCallback(payments_xact_callback, NULL);
+}
+
+/*
+ * The settings of the launcher and the workers, and, while preloading, the
+ * shared memory they need and the launcher itself.
+ */
+void
+worker_init(void)
+{
+	DefineCustomBoolVariable("payments.worker_enabled",
+							 gettext_noop("Runs the payments background workers."),
+							 gettext_noop("When off, the launcher stops every worker and starts none."),
+							 &payments_worker_enabled,
+							 true,
+							 PGC_SIGHUP,
+							 0,
+							 NULL, NULL, NULL);
+
+	DefineCustomIntVariable("payments.launcher_naptime",
+							gettext_noop("How often the launcher looks for databases that need a worker."),
+							NULL,
+							&payments_launcher_naptime,
+							10,
+							1,
+							3600,
+							PGC_SIGHUP,
+							GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("payments.worker_naptime",
+							gettext_noop("How long a worker sleeps between rounds when nothing wakes it."),
+							NULL,
+							&payments_worker_naptime,
+							1000,
+							10,
+							3600 * 1000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomStringVariable("payments.worker_role",
+							   gettext_noop("The role the payments workers connect as."),
+							   gettext_noop("Empty means the bootstrap superuser. Takes effect when a worker starts."),
+							   &payments_worker_role,
+							   "",
+							   PGC_SIGHUP,
+							   0,
+							   NULL, NULL, NULL);
+
+	/*
+	 * The rest needs shared memory, so it exists only when preloaded:
+	 * PostgreSQL refuses (FATAL) to define a PGC_POSTMASTER variable after
+	 * startup, as it would when CREATE EXTENSION or LOAD loads the library
+	 * on demand.  Without preloading, SHOW payments.max_workers reports an
+	 * unrecognized parameter, as pg_prewarm.autoprewarm does.
+	 */
+	if (!process_shared_preload_libraries_in_progress)
+		return;
+
+	DefineCustomIntVariable("payments.max_workers",
+							gettext_noop("How many databases can have a payments worker."),
+							gettext_noop("Each worker also takes one of max_worker_processes."),
+							&payments_max_workers,
+							8,
+							1,
+							1024,
+							PGC_POSTMASTER,
+							0,
+							NULL, NULL, NULL);
+
+	install_hooks();
+	payments_register_launcher();
 }

@@ -5,7 +5,8 @@
  *
  *-------------------------------------------------------------------------
  */
-#include "payments.h"
+#include "postgres.h"
+
 #include "worker.h"
 
 #include "funcapi.h"

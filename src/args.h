@@ -1,0 +1,39 @@
+/*-------------------------------------------------------------------------
+ *
+ * args.h
+ *	  The checks every SQL-callable function makes before it acts (args.c):
+ *	  its arguments, raising the standard SQLSTATEs the README documents,
+ *	  and, if it writes, that the server is not in recovery.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef PAYMENTS_ARGS_H
+#define PAYMENTS_ARGS_H
+
+#include "fmgr.h"
+
+extern text *payments_arg_text(FunctionCallInfo fcinfo, int argno,
+							   const char *what, int maxlen);
+extern void payments_arg_not_null(FunctionCallInfo fcinfo, int argno,
+								  const char *what);
+extern Datum payments_arg_interval(FunctionCallInfo fcinfo, int argno,
+								   const char *what, int64 max_usecs);
+extern int32 payments_arg_int_range(FunctionCallInfo fcinfo, int argno,
+									const char *what, int32 min, int32 max);
+extern int64 payments_arg_int64_range(FunctionCallInfo fcinfo, int argno,
+									  const char *what, int64 min, int64 max);
+
+extern void payments_check_not_in_recovery(void);
+
+/*
+ * The former spelling, which named the action in the message.  The action
+ * is no longer part of it (a message assembled from a verb phrase cannot
+ * be translated); callers are moving to payments_check_not_in_recovery.
+ */
+static inline void
+payments_check_writable(const char *action)
+{
+	payments_check_not_in_recovery();
+}
+
+#endif							/* PAYMENTS_ARGS_H */

@@ -1,0 +1,48 @@
+/*-------------------------------------------------------------------------
+ *
+ * direct_write.h
+ *	  Writing one row of the extension's own tables without SQL
+ *	  (direct_write.c; its header says when and why).
+ *
+ * The only header of the extension that includes the executor's.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef PAYMENTS_DIRECT_WRITE_H
+#define PAYMENTS_DIRECT_WRITE_H
+
+#include "executor/executor.h"
+
+#include "extension_catalog.h"
+
+typedef struct DirectWrite
+{
+	EState	   *estate;
+	ResultRelInfo *rri;
+	EPQState	epqstate;
+	const AttrNumber *cols;		/* the columns an UPDATE sets */
+	int			ncols;
+} DirectWrite;
+
+extern void payments_direct_begin(DirectWrite *dw, Relation rel,
+								  Snapshot snapshot, CmdType cmd,
+								  const AttrNumber *cols, int ncols);
+extern void payments_direct_update(DirectWrite *dw, TupleTableSlot *row,
+								   const Datum *values, const bool *nulls);
+extern TupleTableSlot *payments_direct_slot(DirectWrite *dw);
+extern TupleTableSlot *payments_direct_table_slot(DirectWrite *dw);
+extern void payments_direct_end(DirectWrite *dw);
+
+/*
+ * A direct write fills rows by position, so the relation must have exactly
+ * these columns in this order: the extension's one "altered by hand" check
+ * (payments_check_columns) in its strict form.
+ */
+static inline void
+payments_direct_check_columns(Relation rel, const char *const *names,
+							  const Oid *types, int natts)
+{
+	payments_check_columns(rel, names, types, natts, NULL);
+}
+
+#endif							/* PAYMENTS_DIRECT_WRITE_H */

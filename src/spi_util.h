@@ -1,0 +1,19 @@
+/*-------------------------------------------------------------------------
+ *
+ * spi_util.h
+ *	  SPI plans prepared once per backend, with the extension's schema
+ *	  substituted for @extschema@ (spi_util.c).
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef PAYMENTS_SPI_UTIL_H
+#define PAYMENTS_SPI_UTIL_H
+
+#include "executor/spi.h"
+
+extern SPIPlanPtr payments_prepare(SPIPlanPtr *cache, const char *sql,
+								   int nargs, const Oid *argtypes);
+extern uint64 payments_execute(SPIPlanPtr plan, Datum *values,
+							   const char *nulls, int expected, long tcount);
+
+#endif							/* PAYMENTS_SPI_UTIL_H */
