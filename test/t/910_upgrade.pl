@@ -115,7 +115,7 @@ sub upgrade_from
 
 	my ($ret, $out, $err) = $node->psql('app',
 		"SELECT payments.stock_set('upgrade-window', 1)");
-	like($err, qr/version "\Q$release\E" is installed, but the loaded library is version "\Q$current\E".*\n.*HINT:  Run ALTER EXTENSION payments UPDATE/,
+	like($err, qr/version "\Q$release\E" is installed in database "app", but the loaded library is version "\Q$current\E".*\n.*HINT:  Run ALTER EXTENSION payments UPDATE/,
 		"$release: the current library refuses the old schema and names the fix");
 
 	for my $db ('app', 'bare')
