@@ -3,8 +3,8 @@
 -- The table is written only by the functions below, which validate every
 -- value (lengths, states, codes) before it reaches the table.  It has no
 -- CHECK constraints on purpose: the executor re-reads each constraint's
--- expression tree from its text form on every INSERT and UPDATE, which cost
--- a quarter of the time of begin + complete.
+-- expression tree from its text form on every INSERT and UPDATE, a cost
+-- the hot path does not need to pay twice (doc/benchmarks.md).
 
 CREATE TABLE payments.idempotency_keys (
     scope            text COLLATE "C" NOT NULL,

@@ -109,10 +109,8 @@ COMMENT ON FUNCTION payments.stock_adjust(text, bigint) IS
 
 -- reserve (both forms) and confirm_reservation run for every sale, so they
 -- are not SECURITY DEFINER: PostgreSQL 15 scans every setting on leaving a
--- function with a SET clause, and without both a hot SKU took 12% more
--- reservations a second at 64 clients (pgbench runs of
--- test/bench/reservation/hot.sql alternating the two declarations; the
--- hot-sku rows of test/bench/run.sh give the ratio).  Their hot path
+-- function with a SET clause, which a hot SKU feels (doc/benchmarks.md).
+-- Their hot path
 -- runs no SQL: it writes the rows in C, with no privilege check (EXECUTE
 -- on the function is the check, as for every other function here), as the
 -- caller, so a trigger a DBA adds to these tables runs with the caller's

@@ -40,8 +40,8 @@ COMMENT ON TABLE payments.compensations IS
 -- it, and so does the search for claims whose lease ran out (running items
 -- were due when claimed).  No index mentions status, attempts,
 -- lease_expires_at, claim_token or claimed_by, so that claiming an item
--- (pending -> running) is a HOT update: a claim costs half of what it would
--- otherwise.  A dedup key belongs to its handler: the same key with another
+-- (pending -> running) is a HOT update, which leaves the indexes alone.
+-- A dedup key belongs to its handler: the same key with another
 -- handler is another item.
 CREATE UNIQUE INDEX compensations_dedup_key_idx
     ON payments.compensations (handler, dedup_key) WHERE dedup_key IS NOT NULL;
