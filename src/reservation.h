@@ -35,7 +35,8 @@
  * Where a hold stands.  payments.reservations.state stores the first four
  * by name (hold_state_names in reservation_holds.c); HOLD_LAPSED is how a
  * 'held' row past its TTL reads, and HOLD_NONE stands for a reservation
- * that does not exist.
+ * that does not exist.  SQL text names a state as a literal, so that the
+ * planner can use the partial indexes on state = 'held'.
  */
 typedef enum HoldState
 {

@@ -60,7 +60,7 @@ report_short(text *sku, int64 requested, int64 available)
 	ereport(ERROR,
 			(errcode(ERRCODE_PM_INSUFFICIENT_STOCK),
 			 errmsg("not enough stock of SKU \"%s\"", text_to_cstring(sku)),
-			 errdetail("Requested %lld, available %lld.",
+			 errdetail("The requested quantity is %lld and the available quantity is %lld.",
 					   (long long) requested, (long long) available)));
 }
 
