@@ -593,6 +593,18 @@ payments_holds_expire(int32 max_rows)
 	return nexpired;
 }
 
+/* Run sql, a query of one bigint about the SKU $1, and return its result */
+static int64
+sku_query(SPIPlanPtr *plan, const char *sql, text *sku)
+{
+	static const Oid argtypes[] = {TEXTOID};
+	Datum		values[1] = {PointerGetDatum(sku)};
+
+	payments_execute(payments_prepare(plan, sql, 1, argtypes), values, NULL,
+					 SPI_OK_SELECT, 0);
+	return reservation_spi_int64(1);
+}
+
 /*
  * Mark the SKU's holds that are past their TTL 'expired' and return their
  * units, which the caller (holding all the SKU's slots) puts back.  Holds
@@ -602,10 +614,7 @@ payments_holds_expire(int32 max_rows)
 int64
 payments_holds_reclaim_lapsed(text *sku)
 {
-	static const Oid argtypes[] = {TEXTOID};
-	Datum		values[1] = {PointerGetDatum(sku)};
-
-	payments_prepare(&reclaim_plan,
+	return sku_query(&reclaim_plan,
 					 "WITH x AS ("
 					 " UPDATE @extschema@.reservations"
 					 " SET state = 'expired', resolved_at = pg_catalog.clock_timestamp()"
@@ -616,22 +625,18 @@ payments_holds_reclaim_lapsed(text *sku)
 					 " AND state = 'held'"
 					 " RETURNING qty)"
 					 " SELECT coalesce(sum(qty), 0)::bigint FROM x",
-					 1, argtypes);
-	payments_execute(reclaim_plan, values, NULL, SPI_OK_SELECT, 0);
-	return reservation_spi_int64(1);
+					 sku);
 }
 
-/* Units of the SKU in 'held' rows, lapsed or not.  The caller is connected to SPI. */
+/*
+ * Units of the SKU in 'held' rows, lapsed or not.  The caller is connected
+ * to SPI.
+ */
 int64
 payments_holds_held_units(text *sku)
 {
-	static const Oid argtypes[] = {TEXTOID};
-	Datum		values[1] = {PointerGetDatum(sku)};
-
-	payments_prepare(&held_plan,
+	return sku_query(&held_plan,
 					 "SELECT coalesce(sum(qty), 0)::bigint FROM @extschema@.reservations"
 					 " WHERE sku = $1 AND state = 'held'",
-					 1, argtypes);
-	payments_execute(held_plan, values, NULL, SPI_OK_SELECT, 0);
-	return reservation_spi_int64(1);
+					 sku);
 }
