@@ -25,7 +25,9 @@ OBJS = \
 	src/direct_write.o \
 	src/idempotency.o \
 	src/reservation.o \
-	src/reservation_rows.o \
+	src/reservation_holds.o \
+	src/reservation_slots.o \
+	src/reservation_tables.o \
 	src/state_guard.o \
 	src/worker_shmem.o \
 	src/launcher.o \
