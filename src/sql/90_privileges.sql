@@ -25,6 +25,32 @@ REVOKE ALL ON ALL TABLES IN SCHEMA payments FROM PUBLIC;
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA payments FROM PUBLIC;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA payments FROM PUBLIC;
 
+-- Default privileges (ALTER DEFAULT PRIVILEGES) may have granted rights on
+-- the objects above to other roles: only the owner, payments_app and
+-- payments_operator keep any.
+DO $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN
+        SELECT DISTINCT a.grantee::pg_catalog.regrole AS grantee
+          FROM pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) a
+         WHERE c.relnamespace = '@extschema@'::pg_catalog.regnamespace
+           AND a.grantee <> 0 AND a.grantee <> c.relowner
+        UNION
+        SELECT a.grantee::pg_catalog.regrole
+          FROM pg_catalog.pg_proc p, pg_catalog.aclexplode(p.proacl) a
+         WHERE p.pronamespace = '@extschema@'::pg_catalog.regnamespace
+           AND a.grantee <> 0 AND a.grantee <> p.proowner
+    LOOP
+        CONTINUE WHEN r.grantee::text IN ('payments_app', 'payments_operator');
+        EXECUTE pg_catalog.format('REVOKE ALL ON ALL TABLES IN SCHEMA @extschema@ FROM %s', r.grantee);
+        EXECUTE pg_catalog.format('REVOKE ALL ON ALL SEQUENCES IN SCHEMA @extschema@ FROM %s', r.grantee);
+        EXECUTE pg_catalog.format('REVOKE ALL ON ALL FUNCTIONS IN SCHEMA @extschema@ FROM %s', r.grantee);
+    END LOOP;
+END
+$$;
+
 GRANT USAGE ON SCHEMA payments TO payments_app;
 GRANT EXECUTE ON FUNCTION
     payments.idempotency_begin(text, text, jsonb, interval),
