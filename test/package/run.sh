@@ -47,7 +47,11 @@ skip() {
 # show LOG: the end of a step's log, after its FAIL line.
 show() { sed 's/^/    /' "$1" | tail -n 40; }
 # depends_on PACKAGE: the built package's Depends names PACKAGE.
-depends_on() { dpkg-deb -f "$DEB" Depends | grep -Eq "(^|, )$1( |,|$)"; }
+# (No reader in these pipelines stops early: under pipefail the writer's
+# SIGPIPE would count as a failure.)
+depends_on() { dpkg-deb -f "$DEB" Depends | grep -E "(^|, )$1( |,|$)" >/dev/null; }
+# installed PACKAGE: dpkg has PACKAGE installed.
+installed() { [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null || true)" = "install ok installed" ]; }
 
 psql_pkg() {
 	as_user psql -h "$CLUSTER" -p "$PORT" -U postgres -XAtq -v ON_ERROR_STOP=1 "$@"
@@ -57,8 +61,7 @@ psql_pkg() {
 
 missing=""
 for p in $TOOLS; do
-	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' ||
-		missing="$missing $p"
+	installed "$p" || missing="$missing $p"
 done
 if [ -n "$missing" ]; then
 	say "installing$missing"
@@ -85,12 +88,29 @@ undo() {
 	fi
 }
 
+# A command that fails outside a check ends the script (set -e): say so in
+# a line that counts, and leave the machine as it was found.
+on_exit() {
+	local status=$1
+	trap - EXIT
+	if [ "$status" -ne 0 ] && [ "$failures" -eq 0 ]; then
+		echo "FAIL: the package test stopped early (exit $status); see $WORK"
+	fi
+	undo || echo "FAIL: $PACKAGE purged and the files it replaced put back"
+	exit "$status"
+}
+
 mkdir -p "$WORK"
 chown "$RUN_USER" "$WORK"
-undo || skip "could not purge $PACKAGE left by an earlier run (see $WORK/purge.log)"
-if dpkg-query -W -f='${Status}' "$PACKAGE" 2>/dev/null | grep -q 'install ok installed'; then
+if ! undo; then
+	fail "$PACKAGE left by an earlier run purged and the files it replaced put back"
+	show "$WORK/purge.log"
+	exit 1
+fi
+if installed "$PACKAGE"; then
 	skip "$PACKAGE is installed, and not by this test: leaving it alone"
 fi
+trap 'on_exit $?' EXIT
 rm -rf "$WORK/build" "$CLUSTER" "$SAVED"
 
 # --- build, from a copy of the tree, as the run user ---
@@ -116,7 +136,7 @@ DEB=$(ls "$WORK/build/${PACKAGE}_${VERSION}"-*_"$(dpkg --print-architecture)".de
 as_user dpkg-deb -x "$DEB" "$WORK/build/contents"
 libdir_in_deb="$WORK/build/contents/usr/lib/postgresql/$PGVERSION/lib"
 crypto=$(readelf -d "$libdir_in_deb/payments.so" | sed -n 's/.*NEEDED.*\[\(libcrypto[^]]*\)\].*/\1/p')
-crypto_path=$(ldconfig -p | awk -v so="$crypto" '$1 == so { print $NF; exit }')
+crypto_path=$(ldconfig -p | awk -v so="$crypto" '$1 == so && !found { print $NF; found = 1 }')
 libssl=$(dpkg -S "$(realpath "${crypto_path:-/nonexistent}")" 2>/dev/null | sed -n '1s/[:,].*//p' || true)
 if [ -n "$libssl" ] && depends_on "postgresql-$PGVERSION" && depends_on "$libssl"; then
 	pass "$PACKAGE depends on postgresql-$PGVERSION and $libssl ($crypto)"
@@ -137,7 +157,6 @@ while read -r f; do
 	fi
 done < <(dpkg-deb --fsys-tarfile "$DEB" | tar -t | grep -v '/$')
 tar -C / -cpf "$SAVED" -T "$WORK/replaced"
-trap 'undo || echo "FAIL: $PACKAGE purged and the files it replaced put back"' EXIT
 
 touch "$MARKER"
 if DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$DEB" \
@@ -214,7 +233,7 @@ fi
 
 as_user pg_ctl -D "$CLUSTER/data" -w stop -m fast >/dev/null
 trap - EXIT
-if undo && ! dpkg-query -W -f='${Status}' "$PACKAGE" 2>/dev/null | grep -q 'install ok' &&
+if undo && ! installed "$PACKAGE" &&
 	tar -C / -df "$SAVED" >"$WORK/restore.log" 2>&1; then
 	pass "$PACKAGE purged and the $(wc -l <"$WORK/replaced") files it replaced put back"
 else
