@@ -59,6 +59,9 @@ psql_pkg() {
 
 [ "$(id -u)" -eq 0 ] || skip "not root: installing a package needs root"
 
+mkdir -p "$WORK"
+chown "$RUN_USER" "$WORK"
+
 missing=""
 for p in $TOOLS; do
 	installed "$p" || missing="$missing $p"
@@ -68,8 +71,8 @@ if [ -n "$missing" ]; then
 	export DEBIAN_FRONTEND=noninteractive
 	# shellcheck disable=SC2086
 	{ apt-get update -qq && apt-get install -y -qq --no-install-recommends $missing; } \
-		>"$SCRATCH/package-tools.log" 2>&1 ||
-		skip "could not install$missing (see $SCRATCH/package-tools.log)"
+		>"$WORK/tools.log" 2>&1 ||
+		skip "could not install$missing (see $WORK/tools.log)"
 fi
 
 # undo: stop the cluster, purge the package if this test installed it, and
@@ -100,8 +103,6 @@ on_exit() {
 	exit "$status"
 }
 
-mkdir -p "$WORK"
-chown "$RUN_USER" "$WORK"
 if ! undo; then
 	fail "$PACKAGE left by an earlier run purged and the files it replaced put back"
 	show "$WORK/purge.log"
