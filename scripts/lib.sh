@@ -68,9 +68,10 @@ prepare_tree() {
 	return 0
 }
 
-# Build as the run user, install as root.  BUILD_COPT, if set, is added to
-# the server's compiler flags (scripts/test.sh: -Werror).
+# Build as the run user, install as root.
 build_and_install() {
+	# BUILD_COPT, if set, is added to the server's compiler flags
+	# (scripts/test.sh: -Werror).
 	say "building payments${BUILD_COPT:+ with COPT=$BUILD_COPT}"
 	as_user make -C "$SCRATCH/src" -s PG_CONFIG="$PG_CONFIG" ${BUILD_COPT:+COPT="$BUILD_COPT"} >/dev/null ||
 		die "the build failed"
