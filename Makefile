@@ -12,7 +12,7 @@
 # installs and runs all of them as a non-root user; see README.md.
 
 EXTENSION = payments
-EXTVERSION = $(shell sed -n "s/^default_version = '\(.*\)'/\1/p" $(EXTENSION).control)
+EXTVERSION = $(shell sed -n "s/^default_version = '\(.*\)'/\1/p" $(srcdir)/$(EXTENSION).control)
 
 MODULE_big = payments
 OBJS = \
@@ -113,13 +113,19 @@ PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
+# A VPATH build (pg_buildext builds in an empty build-<version> directory)
+# needs the directories the objects and the built install script go to.
+ifdef VPATH
+$(shell mkdir -p src/sql)
+endif
+
 # The TAP tests share test/t/PaymentsNode.pm (prove runs in $(srcdir)).
 override PROVE_FLAGS += -I test/t
 
 src/sql/$(EXTENSION)--$(EXTVERSION).sql: $(SQL_FRAGMENTS)
 	( printf '%s\n' '-- complain if script is sourced in psql, rather than via CREATE EXTENSION' \
 	  '\echo Use "CREATE EXTENSION $(EXTENSION)" to load this file. \quit'; \
-	  for f in $(SQL_FRAGMENTS); do printf '\n-- %s\n' "$$f"; cat "$$f"; done ) > $@
+	  for f in $(SQL_FRAGMENTS); do printf '\n-- %s\n' "$$f"; cat "$(srcdir)/$$f"; done ) > $@
 
 .PHONY: test test-regress test-isolation test-tap installcheck-server
 test: test-regress test-isolation test-tap

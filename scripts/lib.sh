@@ -88,8 +88,11 @@ export_releases() {
 
 # Build as the run user, install as root.
 build_and_install() {
-	say "building payments"
-	as_user make -C "$SCRATCH/src" -s PG_CONFIG="$PG_CONFIG" >/dev/null
+	# BUILD_COPT, if set, is added to the server's compiler flags
+	# (scripts/test.sh: -Werror).
+	say "building payments${BUILD_COPT:+ with COPT=$BUILD_COPT}"
+	as_user make -C "$SCRATCH/src" -s PG_CONFIG="$PG_CONFIG" ${BUILD_COPT:+COPT="$BUILD_COPT"} >/dev/null ||
+		die "the build failed"
 	say "installing payments into $("$PG_CONFIG" --pkglibdir)"
 	make -C "$SCRATCH/src" -s PG_CONFIG="$PG_CONFIG" install >/dev/null
 }

@@ -4,6 +4,8 @@
 # 'payments'.  Ends with "N passed, N failed"; exits non-zero on any failure.
 source "$(dirname "$0")/lib.sh"
 
+# The test command's build fails on any compiler warning (the demo's does not).
+BUILD_COPT=-Werror
 setup_all
 SRC="$SCRATCH/src"
 LOG="$SCRATCH/test-logs"
@@ -35,10 +37,21 @@ count_tap() {
 	failed=$((failed + bad + (dubious > listed ? dubious - listed : 0)))
 }
 
+# count_pass_fail FILE: test/package/run.sh prints one "PASS: ..." or
+# "FAIL: ..." line per check.
+count_pass_fail() {
+	passed=$((passed + $(grep -c '^PASS:' "$1" || true)))
+	failed=$((failed + $(grep -c '^FAIL:' "$1" || true)))
+}
+
+# run_suite NAME COUNTER [COMMAND...]: the command defaults to the
+# Makefile's test-NAME target, run as the run user.
 run_suite() {
 	local name=$1 counter=$2 status=0
+	shift 2
+	[ $# -gt 0 ] || set -- as_user make -C "$SRC" -s PG_CONFIG="$PG_CONFIG" "test-$name"
 	say "running $name tests"
-	as_user make -C "$SRC" -s PG_CONFIG="$PG_CONFIG" "test-$name" >"$LOG/$name.out" 2>&1 || status=$?
+	"$@" >"$LOG/$name.out" 2>&1 || status=$?
 	cat "$LOG/$name.out"
 	local before=$failed
 	$counter "$LOG/$name.out"
@@ -64,6 +77,9 @@ run_suite() {
 run_suite regress count_regress
 run_suite isolation count_regress
 run_suite tap count_tap
+# Last, as root: it installs the Debian package into the system's PostgreSQL
+# and purges it again, putting back what make install had put there.
+run_suite package count_pass_fail "$REPO_DIR/test/package/run.sh"
 
 echo
 echo "$passed passed, $failed failed"
