@@ -102,7 +102,8 @@ PG_FUNCTION_INFO_V1(payments_idempotency_scopes_changed);
 #define SCOPE_MAX_BYTES			64
 #define KEY_MAX_BYTES			255
 #define RECOVERY_POINT_MAX_BYTES 255
-#define TTL_MAX_USECS			(INT64CONST(366) * USECS_PER_DAY)
+/* a key may be kept a year: a client may retry that late (see reservation.h) */
+#define IDEMPOTENCY_TTL_MAX_USECS (INT64CONST(366) * USECS_PER_DAY)
 
 static bool idempotency_wait = false;
 static int	idempotency_lease = 60;
@@ -664,7 +665,7 @@ payments_idempotency_begin(PG_FUNCTION_ARGS)
 
 	check_scope_key(fcinfo, &scope, &key);
 	payments_arg_not_null(fcinfo, 2, "request");
-	ttl = payments_arg_interval(fcinfo, 3, "idempotency key TTL", TTL_MAX_USECS);
+	ttl = payments_arg_interval(fcinfo, 3, "idempotency key TTL", IDEMPOTENCY_TTL_MAX_USECS);
 	payments_check_not_in_recovery();
 
 	payments_jsonb_fingerprint(PG_GETARG_DATUM(2), fingerprint);

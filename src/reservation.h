@@ -29,7 +29,11 @@
 #define RESERVATION_ITEMS_MAX			1000
 /* bounds every quantity so that no sum of them can overflow a bigint */
 #define RESERVATION_STOCK_MAX			INT64CONST(1000000000000000)
-/* the longest TTL a hold may be given */
+/*
+ * The longest TTL a hold may be given: stock held for a month is stock
+ * lost to every other buyer, while an idempotency key is kept for up to a
+ * year (IDEMPOTENCY_TTL_MAX_USECS) because retries may come that late.
+ */
 #define RESERVATION_TTL_MAX_USECS		(INT64CONST(30) * USECS_PER_DAY)
 
 /*
