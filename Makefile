@@ -25,7 +25,9 @@ OBJS = \
 	src/idempotency.o \
 	src/reservation.o \
 	src/reservation_rows.o \
+	src/state_machine.o \
 	src/state_guard.o \
+	src/state_guard_ddl.o \
 	src/worker_shmem.o \
 	src/launcher.o \
 	src/worker.o \
