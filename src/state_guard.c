@@ -38,9 +38,9 @@
  * The trigger runs as the user who writes the row; it reads the machines
  * (state_machine.c) and writes the history as the owner of the extension's
  * tables, as PostgreSQL's foreign key triggers do.  The hot path is one
- * hash lookup per row for the guard and its machine, two binary searches
- * for the move, and the history row, which is built in C and inserted
- * without SQL (record_move).
+ * hash lookup per row (the guard's entry, which points to its machine),
+ * two binary searches for the move, and the history row, which is built
+ * in C and inserted without SQL (record_move).
  *
  *-------------------------------------------------------------------------
  */
@@ -165,25 +165,43 @@ row_key(GuardEntry *g, HeapTuple tuple, TupleDesc desc, bool for_message)
 	return buf.data;
 }
 
-/* "paid" in quotes, or null as a word */
+/* States of m by index, each in quotes, for a message: "a", "b" */
 static char *
-state_label(const char *s)
-{
-	return s == NULL ? "null" : psprintf("\"%s\"", s);
-}
-
-static char *
-state_list(const Machine *m, const int *idx, int n, const char *none)
+state_list(const Machine *m, const int *idx, int n)
 {
 	StringInfoData buf;
 
-	if (n == 0)
-		return pstrdup(none);
+	Assert(n > 0);
 	initStringInfo(&buf);
 	for (int i = 0; i < n; i++)
 		appendStringInfo(&buf, "%s\"%s\"", i > 0 ? ", " : "",
 						 m->states[idx[i]]);
 	return buf.data;
+}
+
+/*
+ * The detail of an invalid transition out of state fi: the states the row
+ * may move to, or that it may move nowhere.  Like errdetail, for use in an
+ * ereport; moved_from is as in check_move.
+ */
+static int
+errdetail_next_states(const Machine *m, int fi, const char *key,
+					  Oid moved_from)
+{
+	const char *from = m->states[fi];
+
+	if (m->nnext[fi] == 0)
+		return OidIsValid(moved_from) ?
+			errdetail("Row %s, moving from partition \"%s\", is in terminal state \"%s\", which it cannot leave.",
+					  key, get_rel_name(moved_from), from) :
+			errdetail("Row %s is in terminal state \"%s\", which it cannot leave.",
+					  key, from);
+	return OidIsValid(moved_from) ?
+		errdetail("Row %s, moving from partition \"%s\", is \"%s\", which can move only to %s.",
+				  key, get_rel_name(moved_from), from,
+				  state_list(m, m->next[fi], m->nnext[fi])) :
+		errdetail("Row %s is \"%s\", which can move only to %s.",
+				  key, from, state_list(m, m->next[fi], m->nnext[fi]));
 }
 
 /*
@@ -203,14 +221,22 @@ check_move(GuardEntry *g, Relation rel, HeapTuple newtuple,
 	int			ti = to == NULL ? -1 : state_machine_find(m, to);
 	int			fi;
 
+	if (to == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_PM_UNKNOWN_STATE),
+				 errmsg("invalid state null for column \"%s\" of relation \"%s\"",
+						col, relname),
+				 errdetail("Row %s would have a null state, which no state machine defines.",
+						   row_key(g, newtuple, desc, true)),
+				 errtablecol(rel, g->attnum)));
 	if (ti < 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_PM_UNKNOWN_STATE),
-				 errmsg("invalid state %s for column \"%s\" of relation \"%s\"",
-						state_label(to), col, relname),
-				 errdetail("Row %s: state machine \"%s\" has no state %s.",
-						   row_key(g, newtuple, desc, true), g->machine_name,
-						   state_label(to)),
+				 errmsg("invalid state \"%s\" for column \"%s\" of relation \"%s\"",
+						to, col, relname),
+				 errdetail("Row %s would be in state \"%s\", which state machine \"%s\" does not define.",
+						   row_key(g, newtuple, desc, true), to,
+						   g->machine_name),
 				 errtablecol(rel, g->attnum)));
 
 	if (is_insert)
@@ -227,9 +253,10 @@ check_move(GuardEntry *g, Relation rel, HeapTuple newtuple,
 				(errcode(ERRCODE_PM_INVALID_TRANSITION),
 				 errmsg("invalid initial state \"%s\" for column \"%s\" of relation \"%s\"",
 						to, col, relname),
-				 errdetail("Row %s is new; allowed initial states: %s.",
-						   row_key(g, newtuple, desc, true),
-						   state_list(m, initial, n, "none")),
+				 errdetail_plural("Row %s is new, and a new row must start in state %s.",
+								  "Row %s is new, and a new row must start in one of the states %s.",
+								  n, row_key(g, newtuple, desc, true),
+								  state_list(m, initial, n)),
 				 errtablecol(rel, g->attnum)));
 	}
 
@@ -237,8 +264,11 @@ check_move(GuardEntry *g, Relation rel, HeapTuple newtuple,
 	if (fi < 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_PM_UNKNOWN_STATE),
-				 errmsg("current state %s of column \"%s\" of relation \"%s\" is not a state of state machine \"%s\"",
-						state_label(from), col, relname, g->machine_name),
+				 from == NULL ?
+				 errmsg("current state null of column \"%s\" of relation \"%s\" is not a state of state machine \"%s\"",
+						col, relname, g->machine_name) :
+				 errmsg("current state \"%s\" of column \"%s\" of relation \"%s\" is not a state of state machine \"%s\"",
+						from, col, relname, g->machine_name),
 				 OidIsValid(moved_from) ?
 				 errdetail("Row %s, moving from partition \"%s\", cannot move out of a state the machine does not define.",
 						   row_key(g, newtuple, desc, true),
@@ -252,16 +282,8 @@ check_move(GuardEntry *g, Relation rel, HeapTuple newtuple,
 				(errcode(ERRCODE_PM_INVALID_TRANSITION),
 				 errmsg("invalid transition from \"%s\" to \"%s\" for column \"%s\" of relation \"%s\"",
 						from, to, col, relname),
-				 OidIsValid(moved_from) ?
-				 errdetail("Row %s, moving from partition \"%s\", is \"%s\"; allowed next states: %s.",
-						   row_key(g, newtuple, desc, true),
-						   get_rel_name(moved_from), from,
-						   state_list(m, m->next[fi], m->nnext[fi],
-									  "none (terminal)")) :
-				 errdetail("Row %s is \"%s\"; allowed next states: %s.",
-						   row_key(g, newtuple, desc, true), from,
-						   state_list(m, m->next[fi], m->nnext[fi],
-									  "none (terminal)")),
+				 errdetail_next_states(m, fi, row_key(g, newtuple, desc, true),
+									   moved_from),
 				 errtablecol(rel, g->attnum)));
 }
 

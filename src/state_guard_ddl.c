@@ -208,8 +208,8 @@ payments_guard_state(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_DUPLICATE_OBJECT),
 				 errmsg("column \"%s\" of relation \"%s\" is already guarded",
 						NameStr(*col), RelationGetRelationName(rel)),
-				 errdetail("It follows state machine \"%s\".",
-						   current ? current : "?"),
+				 current ? errdetail("The column follows state machine \"%s\".",
+									 current) : 0,
 				 errhint("Call payments.unguard_state first to guard it with another machine.")));
 
 	state_guard_cache_begin_statement();
