@@ -28,7 +28,9 @@ OBJS = \
 	src/reservation_holds.o \
 	src/reservation_slots.o \
 	src/reservation_tables.o \
+	src/state_machine.o \
 	src/state_guard.o \
+	src/state_guard_ddl.o \
 	src/worker_shmem.o \
 	src/launcher.o \
 	src/worker.o \

@@ -25,15 +25,4 @@ extern int64 payments_arg_int64_range(FunctionCallInfo fcinfo, int argno,
 
 extern void payments_check_not_in_recovery(void);
 
-/*
- * The former spelling, which named the action in the message.  The action
- * is no longer part of it (a message assembled from a verb phrase cannot
- * be translated); callers are moving to payments_check_not_in_recovery.
- */
-static inline void
-payments_check_writable(const char *action)
-{
-	payments_check_not_in_recovery();
-}
-
 #endif							/* PAYMENTS_ARGS_H */

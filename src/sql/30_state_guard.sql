@@ -1,6 +1,6 @@
 -- State guard: status columns that only move along a declared state machine.
--- See src/state_guard.c for the trigger, the per-backend cache and how a
--- redefinition reaches every session.
+-- See src/state_guard.c for the trigger, and src/state_machine.c for the
+-- per-backend cache and how a redefinition reaches every session.
 
 -- One row per machine.  define_state_machine stores the transitions in a
 -- normal form: every state is a key (terminal states map to []), each
