@@ -121,7 +121,8 @@ start_cluster() {
 		CONF
 	fi
 	as_user pg_ctl -D "$dir/data" -l "$dir/server.log" -w stop -m fast >/dev/null 2>&1 || true
-	as_user pg_ctl -D "$dir/data" -l "$dir/server.log" -w start >/dev/null ||
+	# The port on the command line wins over the one an earlier run wrote.
+	as_user pg_ctl -D "$dir/data" -l "$dir/server.log" -o "-p $port" -w start >/dev/null ||
 		die "could not start the cluster in $dir (see $dir/server.log)"
 }
 
