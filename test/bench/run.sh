@@ -76,7 +76,7 @@ for w in "${workloads[@]}"; do
 		continue
 	fi
 	say "workload $w: setup"
-	as_user "${PSQL[@]}" -d "$db" -f "$dir/setup.sql"
+	as_user "${PSQL[@]}" -d "$db" -f "$dir/setup.sql" >/dev/null
 	while read -r label clients ext base settings; do
 		case "$label" in '' | '#'*) continue ;; esac
 		best_ext=0
