@@ -19,7 +19,7 @@
  * What the executor would check before any write is checked here too: a
  * read-only transaction and parallel mode refuse it (25006), as
  * ExecCheckXactReadOnly refuses an INSERT or UPDATE.  The caller opens and
- * locks the relation, checks its columns (payments_direct_check_columns)
+ * locks the relation, checks its columns (payments_check_columns, strict form)
  * and decides who may write: these run as whoever calls them, with no
  * privilege check.
  *

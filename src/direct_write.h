@@ -13,7 +13,6 @@
 
 #include "executor/executor.h"
 
-#include "extension_catalog.h"
 
 typedef struct DirectWrite
 {
@@ -32,17 +31,5 @@ extern void payments_direct_update(DirectWrite *dw, TupleTableSlot *row,
 extern TupleTableSlot *payments_direct_slot(DirectWrite *dw);
 extern TupleTableSlot *payments_direct_table_slot(DirectWrite *dw);
 extern void payments_direct_end(DirectWrite *dw);
-
-/*
- * A direct write fills rows by position, so the relation must have exactly
- * these columns in this order: the extension's one "altered by hand" check
- * (payments_check_columns) in its strict form.
- */
-static inline void
-payments_direct_check_columns(Relation rel, const char *const *names,
-							  const Oid *types, int natts)
-{
-	payments_check_columns(rel, names, types, natts, NULL);
-}
 
 #endif							/* PAYMENTS_DIRECT_WRITE_H */

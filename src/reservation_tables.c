@@ -97,11 +97,11 @@ reservation_call_begin(RowCall *call, ReservationTable table, CmdType cmd,
 											 PAYMENTS_REL_RESERVATIONS),
 						   RowExclusiveLock);
 	if (slots)
-		payments_direct_check_columns(call->rel, slots_names, slots_types,
-									  SLOTS_NATTS);
+		payments_check_columns(call->rel, slots_names, slots_types,
+							   SLOTS_NATTS, NULL);
 	else
-		payments_direct_check_columns(call->rel, holds_names, holds_types,
-									  HOLDS_NATTS);
+		payments_check_columns(call->rel, holds_names, holds_types,
+							   HOLDS_NATTS, NULL);
 
 	CommandCounterIncrement();
 	call->snapshot = RegisterSnapshot(GetTransactionSnapshot());

@@ -343,8 +343,8 @@ record_move(GuardEntry *g, Relation rel, HeapTuple newtuple,
 	hist = table_open(payments_relation(PAYMENTS_REL_STATE_HISTORY),
 					  RowExclusiveLock);
 	history_seq = payments_relation(PAYMENTS_REL_STATE_HISTORY_ID_SEQ);
-	payments_direct_check_columns(hist, history_names, history_types,
-								  HISTORY_NATTS);
+	payments_check_columns(hist, history_names, history_types,
+						   HISTORY_NATTS, NULL);
 	payments_direct_begin(&dw, hist, GetActiveSnapshot(), CMD_INSERT,
 						  NULL, 0);
 	slot = payments_direct_slot(&dw);
