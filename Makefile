@@ -38,7 +38,14 @@ OBJS = \
 	src/compensation.o \
 	src/compensation_rights.o \
 	src/compensation_external.o \
-	src/compensation_run.o
+	src/compensation_run.o \
+	src/callback_keys.o \
+	src/callback_signature.o \
+	src/callback_verify.o \
+	src/callback_failures.o \
+	src/callback_routes.o \
+	src/callback_receive.o \
+	src/callback_expectations.o
 
 # src/sql/ holds everything CREATE EXTENSION and ALTER EXTENSION run.  The
 # current version's install script is assembled from one fragment per
@@ -52,11 +59,26 @@ SQL_FRAGMENTS = \
 	src/sql/30_state_guard.sql \
 	src/sql/40_worker.sql \
 	src/sql/50_compensation.sql \
+	src/sql/60_callbacks.sql \
 	src/sql/90_privileges.sql
 
-DATA_built = src/sql/$(EXTENSION)--$(EXTVERSION).sql
+# The update step from the last release is assembled too, until it ships:
+# the schema checks, the fragments of what is new, and the privileges, which
+# are written to be run again.  It ends by granting USAGE on the schema
+# anew, which tells every session that the schema changed (see
+# test/t/911_upgrade_hostile.pl).
+UPDATE_FROM = 0.2.0
+UPDATE_FRAGMENTS = \
+	src/sql/00_schema.sql \
+	src/sql/60_callbacks.sql \
+	src/sql/90_privileges.sql
+
+DATA_built = \
+	src/sql/$(EXTENSION)--$(EXTVERSION).sql \
+	src/sql/$(EXTENSION)--$(UPDATE_FROM)--$(EXTVERSION).sql
 DATA = \
 	src/sql/$(EXTENSION)--0.1.0.sql \
+	src/sql/$(EXTENSION)--0.2.0.sql \
 	src/sql/$(EXTENSION)--0.1.0--0.2.0.sql
 PG_CPPFLAGS = -I$(srcdir)/src -DPAYMENTS_VERSION=\"$(EXTVERSION)\"
 SHLIB_LINK += -lcrypto
@@ -128,6 +150,12 @@ src/sql/$(EXTENSION)--$(EXTVERSION).sql: $(SQL_FRAGMENTS)
 	( printf '%s\n' '-- complain if script is sourced in psql, rather than via CREATE EXTENSION' \
 	  '\echo Use "CREATE EXTENSION $(EXTENSION)" to load this file. \quit'; \
 	  for f in $(SQL_FRAGMENTS); do printf '\n-- %s\n' "$$f"; cat "$(srcdir)/$$f"; done ) > $@
+
+src/sql/$(EXTENSION)--$(UPDATE_FROM)--$(EXTVERSION).sql: $(UPDATE_FRAGMENTS)
+	( printf '%s\n' '-- complain if script is sourced in psql, rather than via ALTER EXTENSION' \
+	  '\echo Use "ALTER EXTENSION $(EXTENSION) UPDATE TO '"'"'$(EXTVERSION)'"'"'" to load this file. \quit'; \
+	  for f in $(UPDATE_FRAGMENTS); do printf '\n-- %s\n' "$$f"; cat "$(srcdir)/$$f"; done; \
+	  printf '\n%s\n' 'GRANT USAGE ON SCHEMA @extschema@ TO payments_app;' ) > $@
 
 .PHONY: test test-regress test-isolation test-tap installcheck-server
 test: test-regress test-isolation test-tap

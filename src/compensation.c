@@ -268,37 +268,13 @@ compensation_item_state(int64 id, int64 *token, bool *external)
 Datum
 payments_enqueue_compensation(PG_FUNCTION_ARGS)
 {
-	static const Oid argtypes[] = {TEXTOID, JSONBOID, TEXTOID, INT4OID,
-	TIMESTAMPTZOID, OIDOID, OIDOID};
-	Oid			caller = GetUserId();
 	Oid			handler;
-	Oid			owner;
 	text	   *dedup_key = NULL;
 	int32		max_attempts;
 	TimestampTz run_at;
-	Size		payload_size;
-	Datum		values[7];
-	char		nulls[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
-	Datum		dedup_values[2];
-	PaymentsSavedUser saved;
-	int64		id = 0;
-	bool		isnull;
 
 	handler = compensation_arg_handler(fcinfo, 0);
 	payments_arg_not_null(fcinfo, 1, "compensation payload");
-
-	/*
-	 * The raw size (uncompressed, header included) without detoasting: the
-	 * worker holds every payload of a batch in memory.
-	 */
-	payload_size = toast_raw_datum_size(PG_GETARG_DATUM(1));
-	if (payload_size > (Size) max_payload_size)
-		ereport(ERROR,
-				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-				 errmsg("compensation payload is too large"),
-				 errdetail("The payload takes %zu bytes; the limit, payments.max_payload_size, is %d bytes.",
-						   payload_size, max_payload_size),
-				 errhint("Store large data in a table of your own and queue its key.")));
 	if (!PG_ARGISNULL(2))
 		dedup_key = payments_arg_text(fcinfo, 2, "dedup key", DEDUP_KEY_MAX_BYTES);
 	max_attempts = PG_ARGISNULL(3) ? default_max_attempts :
@@ -310,13 +286,57 @@ payments_enqueue_compensation(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("run_at must be a finite time")));
+
+	PG_RETURN_INT64(compensation_enqueue(handler, PG_GETARG_DATUM(1), dedup_key,
+										 max_attempts, run_at, GetUserId(),
+										 payments_function_owner(fcinfo->flinfo->fn_oid)));
+}
+
+/*
+ * Queue handler(payload) to run as caller, which must be able to call the
+ * handler directly; the extension's tables are written as tables_owner.
+ * max_attempts 0 means payments.max_attempts.  Returns the item's id, or
+ * the id of the item queued before with the same handler and dedup key.
+ * Other components queue their items here too (a callback's on_conflict
+ * handler, an expected callback's query).
+ */
+int64
+compensation_enqueue(Oid handler, Datum payload, text *dedup_key,
+					 int32 max_attempts, TimestampTz run_at, Oid caller,
+					 Oid tables_owner)
+{
+	static const Oid argtypes[] = {TEXTOID, JSONBOID, TEXTOID, INT4OID,
+	TIMESTAMPTZOID, OIDOID, OIDOID};
+	Oid			owner;
+	Size		payload_size;
+	Datum		values[7];
+	char		nulls[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	Datum		dedup_values[2];
+	PaymentsSavedUser saved;
+	int64		id = 0;
+	bool		isnull;
+
+	/*
+	 * The raw size (uncompressed, header included) without detoasting: the
+	 * worker holds every payload of a batch in memory.
+	 */
+	payload_size = toast_raw_datum_size(payload);
+	if (payload_size > (Size) max_payload_size)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("compensation payload is too large"),
+				 errdetail("The payload takes %zu bytes; the limit, payments.max_payload_size, is %d bytes.",
+						   payload_size, max_payload_size),
+				 errhint("Store large data in a table of your own and queue its key.")));
+	if (max_attempts == 0)
+		max_attempts = default_max_attempts;
 	payments_check_not_in_recovery();
 
 	/* Before the dedup lookup: a key is only looked up by its handler's users. */
 	owner = compensation_check_handler(handler, caller);
 
 	values[0] = CStringGetTextDatum(compensation_handler_name(handler));
-	values[1] = PG_GETARG_DATUM(1);
+	values[1] = payload;
 	if (dedup_key != NULL)
 		values[2] = PointerGetDatum(dedup_key);
 	else
@@ -328,8 +348,7 @@ payments_enqueue_compensation(PG_FUNCTION_ARGS)
 	dedup_values[0] = values[0];
 	dedup_values[1] = values[2];
 
-	payments_begin_as_owner(payments_function_owner(fcinfo->flinfo->fn_oid),
-							false, &saved);
+	payments_begin_as_owner(tables_owner, false, &saved);
 	SPI_connect();
 	payments_prepare(&insert_plan,
 					 "INSERT INTO @extschema@.compensations"
@@ -386,7 +405,7 @@ payments_enqueue_compensation(PG_FUNCTION_ARGS)
 	}
 	SPI_finish();
 	payments_end_as_owner(&saved);
-	PG_RETURN_INT64(id);
+	return id;
 }
 
 /*

@@ -12,6 +12,7 @@
 #define PAYMENTS_COMPENSATION_H
 
 #include "fmgr.h"
+#include "datatype/timestamp.h"
 
 #include "owner_rights.h"
 
@@ -44,6 +45,9 @@ extern bool compensation_record_failure(int64 id, const char *error,
 										const char *sqlstate, int64 token,
 										bool external);
 extern int	compensation_expire_leases(const char *handler, int max_items);
+extern int64 compensation_enqueue(Oid handler, Datum payload, text *dedup_key,
+								  int32 max_attempts, TimestampTz run_at,
+								  Oid caller, Oid tables_owner);
 
 /* compensation_rights.c */
 extern Oid	compensation_check_handler(Oid handler, Oid role);

@@ -11,6 +11,7 @@
  */
 #include "postgres.h"
 
+#include "callback.h"
 #include "compensation.h"
 #include "idempotency.h"
 #include "worker.h"
@@ -28,6 +29,9 @@ _PG_init(void)
 	idempotency_init();
 	compensation_init();
 	compensation_run_init();
+	callback_verify_init();
+	callback_expectations_init();
+	callback_failures_init();
 	worker_init();
 
 	MarkGUCPrefixReserved("payments");

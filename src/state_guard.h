@@ -78,4 +78,7 @@ extern void state_guard_check_column(Relation rel, AttrNumber attnum,
 									 Oid *typoutput, bool *bpchar);
 extern int	state_guard_primary_key(Relation rel, AttrNumber *attnums);
 
+/* state_guard_ddl.c */
+extern char *state_guard_column_machine(Relation rel, AttrNumber attnum);
+
 #endif							/* STATE_GUARD_H */

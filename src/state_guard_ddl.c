@@ -123,6 +123,19 @@ guard_triggers(Relation rel, AttrNumber attnum, char **machine)
 	return names;
 }
 
+/*
+ * The machine column attnum of rel is guarded by, or NULL if it is not
+ * guarded (callback routes move guarded columns only).
+ */
+char *
+state_guard_column_machine(Relation rel, AttrNumber attnum)
+{
+	char	   *machine = NULL;
+
+	(void) guard_triggers(rel, attnum, &machine);
+	return machine;
+}
+
 static AttrNumber
 guarded_column(Relation rel, Name col)
 {

@@ -78,6 +78,8 @@ static const WorkerTask worker_tasks[] = {
 	{"expire reservations", "expire_reservations", true},
 	{"purge idempotency keys", "purge_idempotency_keys", true},
 	{"run compensations", "run_compensations", false},
+	{"chase callbacks", "chase_callbacks", true},
+	{"purge callbacks", "purge_callbacks", true},
 };
 
 static int	my_slotno = -1;

@@ -77,12 +77,23 @@ GRANT EXECUTE ON FUNCTION
     payments.unregister_external_handler(regprocedure),
     payments.claim_compensations(regprocedure, integer, interval),
     payments.complete_compensation(bigint, bigint),
-    payments.fail_compensation(bigint, bigint, text)
+    payments.fail_compensation(bigint, bigint, text),
+    payments.callback_key_add(text, text, text, text, timestamptz, timestamptz),
+    payments.callback_key_revoke(bigint),
+    payments.verify_callback(text, jsonb, bytea, timestamptz),
+    payments.verify_callback(text, jsonb, text, timestamptz),
+    payments.receive_callback(text, text, text, text, jsonb, jsonb, bytea),
+    payments.callback_route(text, text, regclass, name, name, text, regprocedure),
+    payments.callback_unroute(text, text),
+    payments.expect_callback(text, text, interval, regprocedure),
+    payments.record_query_result(text, text, text, jsonb),
+    payments.callback_signature_failures(text)
     TO payments_app;
 -- Applications may read stock levels, not the tables behind them.
 GRANT SELECT ON payments.stock_levels TO payments_app;
 GRANT SELECT ON payments.state_machines TO payments_app;
 GRANT SELECT ON payments.compensation_stats TO payments_app;
+GRANT SELECT ON payments.callback_stats, payments.callback_expectations TO payments_app;
 
 -- The operator: the compensation queue, read and steered (the functions
 -- check who may change which item, see src/compensation.c).
@@ -102,3 +113,12 @@ GRANT EXECUTE ON FUNCTION
     payments.unrestrict_scope(text)
     TO payments_operator;
 GRANT SELECT ON payments.idempotency_scopes TO payments_operator;
+-- And reads the callbacks of every provider, and the keyring without its
+-- secrets.
+GRANT EXECUTE ON FUNCTION payments.callback_signature_failures(text) TO payments_operator;
+GRANT SELECT ON payments.callback_providers, payments.callbacks,
+    payments.callback_routes, payments.expected_callbacks,
+    payments.callback_stats, payments.callback_expectations TO payments_operator;
+GRANT SELECT (id, provider, scheme, key_id, valid_from, valid_until, revoked_at,
+              added_by, added_at)
+    ON payments.callback_keys TO payments_operator;
