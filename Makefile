@@ -38,7 +38,8 @@ OBJS = \
 	src/compensation.o \
 	src/compensation_rights.o \
 	src/compensation_external.o \
-	src/compensation_run.o
+	src/compensation_run.o \
+	src/callback_signature.o
 
 # src/sql/ holds everything CREATE EXTENSION and ALTER EXTENSION run.  The
 # current version's install script is assembled from one fragment per

@@ -40,6 +40,12 @@
 #define ERRCODE_PM_COMPENSATION_NOT_EXTERNAL	MAKE_SQLSTATE('P','M','3','0','3')
 #define ERRCODE_PM_COMPENSATION_LEASE_EXPIRED	MAKE_SQLSTATE('P','M','3','0','4')
 
+/* Callbacks (PM4xx) */
+#define ERRCODE_PM_CALLBACK_SIGNATURE_MISMATCH	MAKE_SQLSTATE('P','M','4','0','1')
+#define ERRCODE_PM_CALLBACK_NO_VALID_KEY		MAKE_SQLSTATE('P','M','4','0','2')
+#define ERRCODE_PM_CALLBACK_TIMESTAMP_OUTSIDE	MAKE_SQLSTATE('P','M','4','0','3')
+#define ERRCODE_PM_CALLBACK_HEADER_INVALID		MAKE_SQLSTATE('P','M','4','0','4')
+
 /*
  * Lock spaces.  The extension takes heavyweight locks with advisory lock
  * tags whose fourth field is one of these values; the SQL-level advisory
