@@ -149,8 +149,10 @@ payments_expect_callback(PG_FUNCTION_ARGS)
 /*
  * Queue the query of one overdue expectation in a subtransaction, so that
  * a handler dropped or no longer callable by its role marks that
- * expectation lost and stops no other.  Returns the item's id, or 0 with
- * *error set.
+ * expectation lost and stops no other.  The expectation is locked and gets
+ * the item's id in the same transaction, so it is queued once, without a
+ * dedup key (which another role able to call the handler could take
+ * first).  Returns the item's id, or 0 with *error set.
  */
 static int64
 queue_query(int64 id, const char *handler_name, Oid handler_owner,
@@ -173,10 +175,8 @@ queue_query(int64 id, const char *handler_name, Oid handler_owner,
 					(errcode(ERRCODE_UNDEFINED_FUNCTION),
 					 errmsg("query handler %s does not exist", handler_name),
 					 errdetail("The function was dropped, or another role's function has its name now.")));
-		item = compensation_enqueue(handler, payload,
-									cstring_to_text(psprintf("expected callback %lld",
-															 (long long) id)),
-									0, GetCurrentTransactionStartTimestamp(),
+		item = compensation_enqueue(handler, payload, NULL, 0,
+									GetCurrentTransactionStartTimestamp(),
 									expected_by, tables_owner);
 		ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(cxt);

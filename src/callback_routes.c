@@ -285,9 +285,11 @@ sources_of(const Machine *m, int to)
 }
 
 /*
- * The on_conflict handler of a route, queued once for the event as the
- * caller.  The handler is stored by name; one of another owner created
- * under that name since does not run.
+ * The on_conflict handler of a route, queued for the event as the caller.
+ * Only an event's first delivery gets here, so it is queued once without a
+ * dedup key (which another role able to call the handler could take first).
+ * The handler is stored by name; one of another owner created under that
+ * name since does not run.
  */
 static int64
 queue_conflict(const char *handler_name, Oid handler_owner,
@@ -328,9 +330,8 @@ queue_conflict(const char *handler_name, Oid handler_owner,
 	payments_execute(conflict_payload_plan, values, nulls, SPI_OK_SELECT, 0);
 	body = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 
-	return compensation_enqueue(DatumGetObjectId(handler), body,
-								cstring_to_text(psprintf("callback %s %s", provider, event_id)),
-								0, GetCurrentTransactionStartTimestamp(), GetUserId(),
+	return compensation_enqueue(DatumGetObjectId(handler), body, NULL, 0,
+								GetCurrentTransactionStartTimestamp(), GetUserId(),
 								tables_owner);
 }
 
