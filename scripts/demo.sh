@@ -27,10 +27,15 @@ start_cluster "$DEMO_DIR" "$DEMO_PORT"
 PSQL=(psql -X -q -v ON_ERROR_STOP=1 -h "$DEMO_DIR" -p "$DEMO_PORT" -U postgres)
 as_user "${PSQL[@]}" -d postgres -c "DROP DATABASE IF EXISTS $DEMO_DB WITH (FORCE)" -c "CREATE DATABASE $DEMO_DB"
 
-# One demo step per capability, run in name order.
-for step in "$SCRATCH"/src/demo/[0-9]*.sql; do
-	as_user env PGHOST="$DEMO_DIR" PGPORT="$DEMO_PORT" PGUSER=postgres PGDATABASE="$DEMO_DB" \
-		"${PSQL[@]}" -d "$DEMO_DB" -f "$step"
+# One demo step per capability, run in name order: a .sql step by psql, a
+# .sh step (one that needs more than psql, such as an HTTP receiver) as a
+# program, with the same connection settings.
+STEP_ENV=(env PGHOST="$DEMO_DIR" PGPORT="$DEMO_PORT" PGUSER=postgres PGDATABASE="$DEMO_DB")
+for step in "$SCRATCH"/src/demo/[0-9]*; do
+	case "$step" in
+	*.sql) as_user "${STEP_ENV[@]}" "${PSQL[@]}" -d "$DEMO_DB" -f "$step" ;;
+	*.sh) as_user "${STEP_ENV[@]}" "$step" ;;
+	esac
 done
 
 cat <<MSG

@@ -13,7 +13,8 @@ set -euo pipefail
 REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 SCRATCH=${PAYMENTS_SCRATCH:-/var/tmp/payments}
 PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
-PACKAGES="postgresql-15 postgresql-server-dev-15 libssl-dev libipc-run-perl build-essential"
+PACKAGES="postgresql-15 postgresql-server-dev-15 libssl-dev libipc-run-perl build-essential
+	python3 python3-psycopg2 curl openssl"
 
 say() { printf '\n==> %s\n' "$*"; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
