@@ -152,7 +152,8 @@ payments_expect_callback(PG_FUNCTION_ARGS)
  * expectation lost and stops no other.  The expectation is locked and gets
  * the item's id in the same transaction, so it is queued once, without a
  * dedup key (which another role able to call the handler could take
- * first).  Returns the item's id, or 0 with *error set.
+ * first).  Returns the item's id, 0 with *error set, or -1 to leave the
+ * expectation for the next round.
  */
 static int64
 queue_query(int64 id, const char *handler_name, Oid handler_owner,
@@ -168,13 +169,7 @@ queue_query(int64 id, const char *handler_name, Oid handler_owner,
 	{
 		Oid			handler;
 
-		handler = DatumGetObjectId(DirectFunctionCall1(to_regprocedure,
-													   CStringGetTextDatum(handler_name)));
-		if (!OidIsValid(handler) || payments_function_owner(handler) != handler_owner)
-			ereport(ERROR,
-					(errcode(ERRCODE_UNDEFINED_FUNCTION),
-					 errmsg("query handler %s does not exist", handler_name),
-					 errdetail("The function was dropped, or another role's function has its name now.")));
+		handler = compensation_resolve_handler(handler_name, handler_owner);
 		item = compensation_enqueue(handler, payload, NULL, 0,
 									GetCurrentTransactionStartTimestamp(),
 									expected_by, tables_owner);
@@ -192,7 +187,21 @@ queue_query(int64 id, const char *handler_name, Oid handler_owner,
 		RollbackAndReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(cxt);
 		CurrentResourceOwner = owner;
-		*error = pstrdup(edata->message);
+
+		/*
+		 * A cancel stops the task; a lock or serialization failure passes,
+		 * so the expectation is left for the next round.  Anything else is
+		 * the expectation's own: it is lost.
+		 */
+		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED ||
+			edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN)
+			ReThrowError(edata);
+		if (edata->sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE ||
+			edata->sqlerrcode == ERRCODE_T_R_SERIALIZATION_FAILURE ||
+			edata->sqlerrcode == ERRCODE_T_R_DEADLOCK_DETECTED)
+			item = -1;
+		else
+			*error = pstrdup(edata->message);
 		FreeErrorData(edata);
 	}
 	PG_END_TRY();
@@ -242,6 +251,8 @@ payments_chase_callbacks(PG_FUNCTION_ARGS)
 						   DatumGetObjectId(SPI_getbinval(tup, due->tupdesc, 4, &isnull)),
 						   SPI_getbinval(tup, due->tupdesc, 5, &isnull),
 						   tables_owner, &error);
+		if (item < 0)
+			continue;
 		upd[0] = Int64GetDatum(id);
 		upd[1] = Int64GetDatum(item);
 		if (item == 0)

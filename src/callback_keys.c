@@ -267,7 +267,8 @@ key_add(FunctionCallInfo fcinfo)
  * valid_until)
  *
  * Whatever fails, the error hides the statement, which holds the secret,
- * from the server log (log_min_error_statement).
+ * from the server log (log_min_error_statement), and so its context, which
+ * quotes the statement when a function or DO block made the call.
  */
 Datum
 payments_callback_key_add(PG_FUNCTION_ARGS)
@@ -287,6 +288,9 @@ payments_callback_key_add(PG_FUNCTION_ARGS)
 		edata = CopyErrorData();
 		FlushErrorState();
 		edata->hide_stmt = true;
+		edata->hide_ctx = true;
+		edata->context = NULL;
+		edata->internalquery = NULL;
 		ReThrowError(edata);
 	}
 	PG_END_TRY();

@@ -72,9 +72,12 @@ typedef struct RoutedColumnKey
 
 typedef struct RoutedColumn
 {
-	RoutedColumnKey	key;			/* hash key */
+	RoutedColumnKey key;		/* hash key */
 	bool		valid;			/* cleared by a relcache invalidation */
+	int			busy;			/* runs of its plans under way (a trigger on
+								 * the table may receive another event) */
 	char		machine[NAMEDATALEN];
+	char	   *update_sql;		/* in TopMemoryContext */
 	SPIPlanPtr	update_plan;
 	SPIPlanPtr	select_plan;
 } RoutedColumn;
@@ -176,12 +179,16 @@ keep(const char *sql, int nargs, Oid *argtypes)
 
 /*
  * The statements of a routed column.  The caller is connected to SPI and
- * runs as the role that receives the callback.
+ * runs as the role that receives the callback.  An invalidation (any
+ * change to the table, even an ANALYZE) makes the next use check the
+ * caller's rights and the guard again; the statements are prepared again
+ * only if their text changed, and a plan still running further up the
+ * stack is never freed.
  */
 static RoutedColumn *
 target(Oid relid, const char *key_col, const char *state_col)
 {
-	RoutedColumnKey	key;
+	RoutedColumnKey key;
 	RoutedColumn *t;
 	bool		found;
 	Relation	rel;
@@ -191,6 +198,8 @@ target(Oid relid, const char *key_col, const char *state_col)
 	char	   *tbl;
 	char	   *k;
 	char	   *st;
+	char	   *update_sql;
+	char	   *select_sql;
 
 	if (targets == NULL)
 	{
@@ -212,12 +221,19 @@ target(Oid relid, const char *key_col, const char *state_col)
 		return t;
 	if (!found)
 	{
+		t->busy = 0;
+		t->update_sql = NULL;
 		t->update_plan = NULL;
 		t->select_plan = NULL;
 	}
 	t->valid = false;
 
-	rel = table_open(relid, AccessShareLock);
+	rel = try_table_open(relid, AccessShareLock);
+	if (rel == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("relation with OID %u of a callback route does not exist", relid),
+				 errhint("Route the event type again with payments.callback_route.")));
 	machine = check_target(rel, key_col, state_col, &key_att, &state_att);
 	strlcpy(t->machine, machine, NAMEDATALEN);
 	tbl = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
@@ -225,24 +241,53 @@ target(Oid relid, const char *key_col, const char *state_col)
 	k = psprintf("%s = $2::pg_catalog.text::%s", quote_identifier(key_col),
 				 column_type(rel, key_att));
 	st = pstrdup(quote_identifier(state_col));
-
-	if (t->update_plan != NULL)
-		SPI_freeplan(t->update_plan);
-	if (t->select_plan != NULL)
-		SPI_freeplan(t->select_plan);
-	t->update_plan = NULL;
-	t->select_plan = NULL;
-	t->update_plan = keep(psprintf("UPDATE %s SET %s = $1::pg_catalog.text::%s"
-								   " WHERE %s AND %s::pg_catalog.text OPERATOR(pg_catalog.=)"
-								   " ANY ($3::pg_catalog.text[])",
-								   tbl, st, column_type(rel, state_att), k, st),
-						  3, (Oid[]) {TEXTOID, TEXTOID, TEXTARRAYOID});
-	t->select_plan = keep(psprintf("SELECT %s::pg_catalog.text FROM %s WHERE %s FOR UPDATE",
-								   st, tbl, k),
-						  2, (Oid[]) {TEXTOID, TEXTOID});
+	update_sql = psprintf("UPDATE %s SET %s = $1::pg_catalog.text::%s"
+						  " WHERE %s AND %s::pg_catalog.text OPERATOR(pg_catalog.=)"
+						  " ANY ($3::pg_catalog.text[])",
+						  tbl, st, column_type(rel, state_att), k, st);
+	select_sql = psprintf("SELECT %s::pg_catalog.text FROM %s WHERE %s FOR UPDATE",
+						  st, tbl, k);
 	table_close(rel, AccessShareLock);
+
+	if (t->update_sql == NULL || strcmp(t->update_sql, update_sql) != 0)
+	{
+		SPIPlanPtr	update_plan = keep(update_sql, 3,
+									   (Oid[]) {TEXTOID, TEXTOID, TEXTARRAYOID});
+		SPIPlanPtr	select_plan = keep(select_sql, 2, (Oid[]) {TEXTOID, TEXTOID});
+
+		if (t->busy == 0 && t->update_plan != NULL)
+		{
+			SPI_freeplan(t->update_plan);
+			SPI_freeplan(t->select_plan);
+		}
+		if (t->update_sql != NULL)
+			pfree(t->update_sql);
+		t->update_sql = MemoryContextStrdup(TopMemoryContext, update_sql);
+		t->update_plan = update_plan;
+		t->select_plan = select_plan;
+	}
 	t->valid = true;
 	return t;
+}
+
+/* Run one of t's statements, counting it as under way while it runs. */
+static uint64
+run(RoutedColumn *t, bool update, Datum *values)
+{
+	volatile uint64 n = 0;
+
+	t->busy++;
+	PG_TRY();
+	{
+		n = payments_execute(update ? t->update_plan : t->select_plan, values,
+							 NULL, update ? SPI_OK_UPDATE : SPI_OK_SELECT, 0);
+	}
+	PG_FINALLY();
+	{
+		t->busy--;
+	}
+	PG_END_TRY();
+	return n;
 }
 
 /* Whether state to can be reached from state from along the machine. */
@@ -297,21 +342,13 @@ queue_conflict(const char *handler_name, Oid handler_owner,
 			   const char *payment_ref, const char *event_type,
 			   const char *state, Jsonb *payload, Oid tables_owner)
 {
-	Datum		handler;
+	Oid			handler;
 	Datum		values[6];
 	char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
 	Datum		body;
 	bool		isnull;
 
-	handler = DirectFunctionCall1(to_regprocedure, CStringGetTextDatum(handler_name));
-	if (!OidIsValid(DatumGetObjectId(handler)) ||
-		payments_function_owner(DatumGetObjectId(handler)) != handler_owner)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_FUNCTION),
-				 errmsg("on_conflict handler %s of the route of callback event type \"%s\" does not exist",
-						handler_name, event_type),
-				 errdetail("The function was dropped, or another role's function has its name now."),
-				 errhint("Route the event type again with payments.callback_route.")));
+	handler = compensation_resolve_handler(handler_name, handler_owner);
 
 	values[0] = CStringGetTextDatum(provider);
 	values[1] = CStringGetTextDatum(event_id);
@@ -330,7 +367,7 @@ queue_conflict(const char *handler_name, Oid handler_owner,
 	payments_execute(conflict_payload_plan, values, nulls, SPI_OK_SELECT, 0);
 	body = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 
-	return compensation_enqueue(DatumGetObjectId(handler), body, NULL, 0,
+	return compensation_enqueue(handler, body, NULL, 0,
 								GetCurrentTransactionStartTimestamp(), GetUserId(),
 								tables_owner);
 }
@@ -411,23 +448,25 @@ callback_route_apply(const CallbackRoute *route, const char *provider,
 	{
 		uint64		n;
 
-		n = payments_execute(t->update_plan, values, NULL, SPI_OK_UPDATE, 0);
+		n = run(t, true, values);
 		if (n == 1)
 			return CALLBACK_APPLIED;
 		if (n == 0)
-			n = payments_execute(t->select_plan, values, NULL, SPI_OK_SELECT, 0);
+			n = run(t, false, values);
 		if (n > 1)
 			ereport(ERROR,
 					(errcode(ERRCODE_CARDINALITY_VIOLATION),
 					 errmsg("more than one row of relation \"%s\" has %s = '%s'",
-							get_rel_name(route->relid), route->key_col, payment_ref),
+							get_rel_name(route->relid), quote_identifier(route->key_col),
+							payment_ref),
 					 errdetail("A callback route moves the one row whose key column equals the event's payment_ref."),
 					 errhint("Route to a column that is unique, such as the primary key.")));
 		if (n == 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_PM_CALLBACK_TARGET_NOT_FOUND),
 					 errmsg("no row of relation \"%s\" has %s = '%s'",
-							get_rel_name(route->relid), route->key_col, payment_ref),
+							get_rel_name(route->relid), quote_identifier(route->key_col),
+							payment_ref),
 					 errdetail("Event \"%s\" of callback provider \"%s\" is routed to that table; nothing was recorded.",
 							   event_id, provider),
 					 errhint("The provider sends the event again; if the row is being created, it will be there then.")));
@@ -437,14 +476,19 @@ callback_route_apply(const CallbackRoute *route, const char *provider,
 			ereport(ERROR,
 					(errcode(ERRCODE_PM_UNKNOWN_STATE),
 					 errmsg("row of relation \"%s\" with %s = '%s' is in state %s%s%s, which is not a state of machine \"%s\"",
-							get_rel_name(route->relid), route->key_col, payment_ref,
-							current ? "\"" : "", current ? current : "NULL",
+							get_rel_name(route->relid), quote_identifier(route->key_col),
+							payment_ref, current ? "\"" : "", current ? current : "NULL",
 							current ? "\"" : "", t->machine)));
 		if (!state_machine_has_edge(m, cur, to) || tries >= ROUTE_MAX_TRIES)
 			break;
 	}
 
-	if (cur == to || reaches(m, to, cur))
+	/*
+	 * In a machine with cycles a state can both lead to to_state and follow
+	 * it; such an event counts as early, not stale, since an early event
+	 * recorded as stale would never be applied.
+	 */
+	if (cur == to)
 		return CALLBACK_STALE;
 	if (reaches(m, cur, to))
 		ereport(ERROR,
@@ -454,6 +498,8 @@ callback_route_apply(const CallbackRoute *route, const char *provider,
 				 errdetail("The row is \"%s\", from which \"%s\" can be reached only through other states; nothing was recorded.",
 						   current, route->to_state),
 				 errhint("The provider sends the event again; by then the events before it have moved the row.")));
+	if (reaches(m, to, cur))
+		return CALLBACK_STALE;
 	if (route->on_conflict != NULL)
 		*compensation_id = queue_conflict(route->on_conflict, route->on_conflict_owner,
 										  provider, event_id, payment_ref, event_type,
@@ -514,9 +560,20 @@ payments_callback_route(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
 				 errmsg("\"%s\" is not a table", RelationGetRelationName(rel))));
+	if (rel->rd_rel->relispartition)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("\"%s\" is a partition", RelationGetRelationName(rel)),
+				 errdetail("A row routed to a partition could not move to another one."),
+				 errhint("Route to the partitioned table.")));
 	machine = check_target(rel, NameStr(*key_col), NameStr(*state_col),
 						   &key_att, &state_att);
 	table_close(rel, AccessShareLock);
+
+	/* Prepared now, so that a key column no query can compare fails here. */
+	SPI_connect();
+	(void) target(relid, NameStr(*key_col), NameStr(*state_col));
+	SPI_finish();
 
 	state_guard_cache_begin_statement();
 	m = state_machine_lookup(machine);

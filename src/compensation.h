@@ -52,6 +52,7 @@ extern int64 compensation_enqueue(Oid handler, Datum payload, text *dedup_key,
 /* compensation_rights.c */
 extern Oid	compensation_check_handler(Oid handler, Oid role);
 extern char *compensation_handler_name(Oid handler);
+extern Oid	compensation_resolve_handler(const char *name, Oid recorded_owner);
 extern void compensation_begin_item_change(FunctionCallInfo fcinfo, int64 id,
 										   bool executor,
 										   PaymentsSavedUser *saved);

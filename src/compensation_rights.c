@@ -103,6 +103,27 @@ compensation_check_handler(Oid handler, Oid role)
 	return owner;
 }
 
+/*
+ * A handler stored by name (its schema-qualified signature) for a later
+ * queue, found again: the function must still exist (42883) and still
+ * belong to the role that owned it when it was recorded, so that a
+ * function another role created under the name since is not taken for it.
+ */
+Oid
+compensation_resolve_handler(const char *name, Oid recorded_owner)
+{
+	Oid			fn = DatumGetObjectId(DirectFunctionCall1(regprocedurein,
+														  CStringGetDatum(name)));
+
+	if (payments_function_owner(fn) != recorded_owner)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("handler %s has changed owner", name),
+				 errdetail("It is not owned by the role that owned it when it was recorded."),
+				 errhint("Record the handler again if the new function is the right one.")));
+	return fn;
+}
+
 /* How a handler is stored: its schema-qualified signature. */
 char *
 compensation_handler_name(Oid handler)

@@ -46,6 +46,7 @@ PG_FUNCTION_INFO_V1(payments_define_state_machine);
 PG_FUNCTION_INFO_V1(payments_guard_state);
 PG_FUNCTION_INFO_V1(payments_unguard_state);
 
+static SPIPlanPtr definer_plan;
 static SPIPlanPtr upsert_plan;
 
 /*
@@ -54,10 +55,11 @@ static SPIPlanPtr upsert_plan;
 Datum
 payments_define_state_machine(PG_FUNCTION_ARGS)
 {
-	static const Oid argtypes[] = {TEXTOID, JSONBOID, TEXTARRAYOID};
+	static const Oid argtypes[] = {TEXTOID, JSONBOID, TEXTARRAYOID, NAMEOID};
 	char	   *name;
 	Machine    *m;
-	Datum		values[3];
+	Datum		values[4];
+	char		nulls[4] = {' ', ' ', ' ', 'n'};
 
 	name = text_to_cstring(payments_arg_text(fcinfo, 0, "state machine name",
 											 MACHINE_NAME_MAX_BYTES));
@@ -71,6 +73,36 @@ payments_define_state_machine(PG_FUNCTION_ARGS)
 	values[2] = state_machine_initial_array(m);
 
 	SPI_connect();
+
+	/*
+	 * A machine guards its definer's tables and moves them on callbacks:
+	 * only the role that defined it (a member of it, or a superuser)
+	 * replaces it.  The definer is the session user, which a SECURITY
+	 * DEFINER function still knows.  The replacement is made only if the
+	 * definer is still the one checked, so that two roles defining a new
+	 * name at once cannot both win.
+	 */
+	payments_prepare(&definer_plan,
+					 "SELECT defined_by FROM @extschema@.state_machine_definitions"
+					 " WHERE name = $1",
+					 1, argtypes);
+	if (payments_execute(definer_plan, values, NULL, SPI_OK_SELECT, 0) == 1)
+	{
+		char	   *definer = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+		Oid			definer_oid = get_role_oid(definer, true);
+
+		if (OidIsValid(definer_oid) ?
+			!has_privs_of_role(GetSessionUserId(), definer_oid) :
+			!superuser_arg(GetSessionUserId()))
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("permission denied to redefine state machine \"%s\"", name),
+					 errdetail("The machine was defined by role \"%s\", whose privileges role \"%s\" does not have.",
+							   definer, GetUserNameFromId(GetSessionUserId(), false)),
+					 errhint("Define a machine under another name.")));
+		values[3] = DirectFunctionCall1(namein, CStringGetDatum(definer));
+		nulls[3] = ' ';
+	}
 	payments_prepare(&upsert_plan,
 					 "INSERT INTO @extschema@.state_machine_definitions"
 					 " (name, transitions, initial, defined_by)"
@@ -78,9 +110,14 @@ payments_define_state_machine(PG_FUNCTION_ARGS)
 					 " ON CONFLICT (name) DO UPDATE"
 					 " SET transitions = excluded.transitions,"
 					 "  initial = excluded.initial,"
-					 "  defined_at = now(), defined_by = excluded.defined_by",
-					 3, argtypes);
-	payments_execute(upsert_plan, values, NULL, SPI_OK_INSERT, 0);
+					 "  defined_at = now(), defined_by = excluded.defined_by"
+					 " WHERE state_machine_definitions.defined_by = $4",
+					 4, argtypes);
+	if (payments_execute(upsert_plan, values, nulls, SPI_OK_INSERT, 0) != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+				 errmsg("state machine \"%s\" was defined by another transaction meanwhile", name),
+				 errhint("Try again.")));
 	SPI_finish();
 
 	/*
