@@ -96,7 +96,10 @@ REGRESS = \
 	worker \
 	privileges \
 	extension_schema \
-	compensation_handlers
+	compensation_handlers \
+	callback \
+	callback_errors \
+	callback_rights
 REGRESS_OPTS = --no-locale --encoding=UTF8
 
 ISOLATION = \
