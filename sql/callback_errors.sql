@@ -311,19 +311,16 @@ SELECT payments.define_state_machine('payment', '{
     "authorized": ["captured", "cancelled"]}');
 SELECT * FROM counts();
 SELECT count(*) AS moves FROM payments.state_history WHERE from_state IS NOT NULL;
--- BUG: an on_conflict handler dropped after routing fails with XX000
--- "function 0x... returned NULL" (queue_conflict calls to_regprocedure
--- through DirectFunctionCall1, which refuses its NULL result); it should
--- be queue_conflict's own 42883, nothing recorded.  Once fixed:
--- CREATE FUNCTION gone(p jsonb) RETURNS void LANGUAGE sql AS '';
--- SELECT payments.callback_route('psp', 'payment.captured', 'orders', 'ref', 'status', 'captured', 'gone(jsonb)');
--- DROP FUNCTION gone(jsonb);
--- INSERT INTO orders VALUES ('A-9', 'created');
--- UPDATE orders SET status = 'cancelled' WHERE ref = 'A-9';
--- SELECT * FROM counts();
--- SELECT payments.receive_callback('psp', 'evt_6', 'A-9', 'payment.captured', '{}');
--- \echo :LAST_ERROR_SQLSTATE
--- SELECT * FROM counts();
+-- An on_conflict handler dropped after routing: 42883, nothing recorded.
+CREATE FUNCTION gone(p jsonb) RETURNS void LANGUAGE sql AS '';
+SELECT payments.callback_route('psp', 'payment.captured', 'orders', 'ref', 'status', 'captured', 'gone(jsonb)');
+DROP FUNCTION gone(jsonb);
+INSERT INTO orders VALUES ('A-9', 'created');
+UPDATE orders SET status = 'cancelled' WHERE ref = 'A-9';
+SELECT * FROM counts();
+SELECT payments.receive_callback('psp', 'evt_6', 'A-9', 'payment.captured', '{}');
+\echo :LAST_ERROR_SQLSTATE
+SELECT * FROM counts();
 
 --
 -- Expectations: the wait is positive and at most 366 days (22023); the

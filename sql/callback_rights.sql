@@ -142,24 +142,18 @@ SELECT status FROM cb_shared.alice_orders WHERE ref = 'A-2';
 RESET ROLE;
 SELECT event_id, received_by, deliveries FROM payments.callbacks WHERE provider = 'alice_psp' ORDER BY event_id;
 
--- BUG: the on_conflict item's dedup key is 'callback <provider>
--- <event_id>', so bob, who may execute alice's handler (EXECUTE is
--- PUBLIC's by default), can queue it first under that key: alice's
--- conflict then fails with 42501 ("dedup key ... is taken by another
--- role") on every delivery, and the event is never recorded.  The key is
--- also ambiguous: provider "a b" with event "c" and provider "a" with
--- event "b c" share one, and the second conflict queues nothing.  Once
--- fixed, this shows alice's conflict queued whatever bob did:
--- UPDATE cb_shared.alice_orders SET status = 'cancelled' WHERE ref = 'A-3';
--- SET ROLE regress_cb_bob;
--- SELECT payments.enqueue_compensation('cb_shared.alice_refund(jsonb)', '{}', 'callback alice_psp evt_a3',
---                                      run_at => now() + interval '1 day') > 0 AS squatted;
--- SET ROLE regress_cb_alice;
--- SELECT payments.receive_callback('alice_psp', 'evt_a3', 'A-3', 'payment.captured', '{}');
--- RESET ROLE;
--- SELECT c.enqueued_by, c.payload->>'event_id' AS event_id
---   FROM payments.callbacks e JOIN payments.compensations c ON c.id = e.compensation_id
---  WHERE e.event_id = 'evt_a3';
+-- Another role that may execute alice's handler cannot stop her conflict
+-- from being queued: the item has no dedup key to take first.
+UPDATE cb_shared.alice_orders SET status = 'cancelled' WHERE ref = 'A-3';
+SET ROLE regress_cb_bob;
+SELECT payments.enqueue_compensation('cb_shared.alice_refund(jsonb)', '{}', 'callback alice_psp evt_a3',
+                                     run_at => now() + interval '1 day') > 0 AS squatted;
+SET ROLE regress_cb_alice;
+SELECT payments.receive_callback('alice_psp', 'evt_a3', 'A-3', 'payment.captured', '{}');
+RESET ROLE;
+SELECT c.enqueued_by, c.payload->>'event_id' AS event_id
+  FROM payments.callbacks e JOIN payments.compensations c ON c.id = e.compensation_id
+ WHERE e.event_id = 'evt_a3';
 
 --
 -- A role without payments_app can do nothing, not even name a new
