@@ -320,6 +320,54 @@ SELECT payment_ref, status FROM payments.callback_expectations ORDER BY payment_
 SELECT payments.receive_callback('psp', 'evt_1', 'A-1', 'payment.authorized', '{"amount": 1000}');
 RESET payments.callback_retention;
 
+--
+-- A trigger on the routed table that receives another event of the same
+-- route while the first one's UPDATE runs, after an invalidation of the
+-- table (a GRANT): both apply, and the session goes on.  A trigger on a
+-- routed table runs inside receive_callback, whose search_path is
+-- pg_catalog, pg_temp: it sets its own.
+--
+CREATE TABLE chained (ref text PRIMARY KEY, status text NOT NULL);
+SELECT payments.guard_state('chained', 'status', 'payment');
+INSERT INTO chained SELECT 'C-' || i, 'created' FROM generate_series(1, 3) AS i;
+SELECT payments.callback_route('chain', 'payment.authorized', 'chained', 'ref', 'status', 'authorized');
+CREATE FUNCTION chained_next() RETURNS trigger LANGUAGE plpgsql
+    SET search_path = public AS $$
+BEGIN
+    IF NEW.ref = 'C-1' THEN
+        GRANT SELECT ON chained TO PUBLIC;
+        PERFORM payments.receive_callback('chain', 'evt_c2', 'C-2', 'payment.authorized', NULL);
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER chained_next AFTER UPDATE ON chained FOR EACH ROW EXECUTE FUNCTION chained_next();
+SELECT payments.receive_callback('chain', 'evt_c1', 'C-1', 'payment.authorized', NULL);
+SELECT payments.receive_callback('chain', 'evt_c3', 'C-3', 'payment.authorized', NULL);
+SELECT ref, status FROM chained ORDER BY ref;
+
+--
+-- In a machine with a cycle, an event whose state the row can still reach
+-- is early (PM408), even if that state could also lead back to the row's:
+-- recorded as stale, it would never be applied.
+--
+SELECT payments.define_state_machine('cycle', '{
+    "new": ["pending", "cancelled"],
+    "pending": ["paid", "new"],
+    "paid": ["new", "shipped"]}', '{new}');
+CREATE TABLE cycled (ref text PRIMARY KEY, status text NOT NULL);
+SELECT payments.guard_state('cycled', 'status', 'cycle');
+INSERT INTO cycled VALUES ('Y-1', 'new');
+SELECT payments.callback_route('cyc', 'paid', 'cycled', 'ref', 'status', 'paid');
+SELECT payments.receive_callback('cyc', 'evt_y1', 'Y-1', 'paid', NULL);
+\echo :LAST_ERROR_SQLSTATE
+UPDATE cycled SET status = 'pending' WHERE ref = 'Y-1';
+SELECT payments.receive_callback('cyc', 'evt_y1', 'Y-1', 'paid', NULL);
+SELECT ref, status FROM cycled;
+
+DROP TABLE chained, cycled;
+DROP FUNCTION chained_next();
+
 DROP VIEW events, moves;
 DROP FUNCTION cb_state();
 DROP TABLE orders, pays, refunds;

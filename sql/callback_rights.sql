@@ -330,5 +330,22 @@ SELECT payment_ref FROM payments.callback_expectations WHERE cb_shared.peek(prov
 RESET ROLE;
 
 DROP SCHEMA cb_shared, cb_private CASCADE;
+--
+-- A machine guards its definer's tables and moves them on callbacks: bob
+-- cannot redefine alice's (42501), and it stays as it was.
+--
+SELECT payments.define_state_machine('regress_cb_alice_machine', '{"open": ["paid"]}');
+ALTER TABLE payments.state_machine_definitions DISABLE TRIGGER USER;
+UPDATE payments.state_machine_definitions SET defined_by = 'regress_cb_alice'
+ WHERE name = 'regress_cb_alice_machine';
+SET SESSION AUTHORIZATION regress_cb_bob;
+SELECT payments.define_state_machine('regress_cb_alice_machine', '{"open": ["refunded"]}');
+\echo :LAST_ERROR_SQLSTATE
+SET SESSION AUTHORIZATION regress_cb_alice;
+SELECT payments.define_state_machine('regress_cb_alice_machine', '{"open": ["paid", "cancelled"]}');
+RESET SESSION AUTHORIZATION;
+SELECT transitions, defined_by FROM payments.state_machine_definitions
+ WHERE name = 'regress_cb_alice_machine';
+
 DROP EXTENSION payments;
 DROP ROLE regress_cb_alice, regress_cb_bob, regress_cb_nobody, regress_cb_operator;

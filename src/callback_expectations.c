@@ -296,19 +296,23 @@ payments_purge_callbacks(PG_FUNCTION_ARGS)
 					 " LIMIT $1 FOR UPDATE SKIP LOCKED))",
 					 2, (Oid[]) {INT4OID, INT4OID});
 	n = payments_execute(purge_events_plan, values, NULL, SPI_OK_DELETE, 0);
-	payments_prepare(&purge_expectations_plan,
-					 "DELETE FROM @extschema@.expected_callbacks WHERE id = ANY (ARRAY("
-					 " SELECT e.id FROM @extschema@.expected_callbacks e"
-					 " WHERE e.created_at < now() - $2 * interval '1 second'"
-					 "   AND (e.met_at IS NOT NULL OR e.query_error IS NOT NULL"
-					 "        OR NOT EXISTS (SELECT FROM @extschema@.compensations c"
-					 "                       WHERE c.id = e.compensation_id"
-					 "                         AND c.status IN ('pending', 'running')))"
-					 "   AND (e.compensation_id IS NOT NULL OR e.met_at IS NOT NULL"
-					 "        OR e.query_error IS NOT NULL)"
-					 " LIMIT $1 FOR UPDATE SKIP LOCKED))",
-					 2, (Oid[]) {INT4OID, INT4OID});
-	n += payments_execute(purge_expectations_plan, values, NULL, SPI_OK_DELETE, 0);
+	values[0] = Int32GetDatum(max_rows - (int32) n);
+	if (n < (uint64) max_rows)
+	{
+		payments_prepare(&purge_expectations_plan,
+						 "DELETE FROM @extschema@.expected_callbacks WHERE id = ANY (ARRAY("
+						 " SELECT e.id FROM @extschema@.expected_callbacks e"
+						 " WHERE e.created_at < now() - $2 * interval '1 second'"
+						 "   AND (e.met_at IS NOT NULL OR e.query_error IS NOT NULL"
+						 "        OR NOT EXISTS (SELECT FROM @extschema@.compensations c"
+						 "                       WHERE c.id = e.compensation_id"
+						 "                         AND c.status IN ('pending', 'running')))"
+						 "   AND (e.compensation_id IS NOT NULL OR e.met_at IS NOT NULL"
+						 "        OR e.query_error IS NOT NULL)"
+						 " LIMIT $1 FOR UPDATE SKIP LOCKED))",
+						 2, (Oid[]) {INT4OID, INT4OID});
+		n += payments_execute(purge_expectations_plan, values, NULL, SPI_OK_DELETE, 0);
+	}
 	SPI_finish();
 	PG_RETURN_INT32((int32) Min(n, (uint64) PG_INT32_MAX));
 }
