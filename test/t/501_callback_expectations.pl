@@ -125,13 +125,19 @@ my $pid = $blocked->query_safe('SELECT pg_backend_pid()');
 $blocked->query_until(qr/receiving/, "\\echo receiving\n" . receive_sql('evt_o3', 'o3') . ";\n");
 $node->poll_query_until('shop', "SELECT cardinality(pg_blocking_pids($pid)) > 0")
   or die 'receive_callback did not wait for the row lock';
+is( $node->safe_psql('shop',
+		"SELECT count(*) FROM pg_locks WHERE pid = $pid AND mode = 'RowExclusiveLock'"
+		  . " AND relation = 'payments.callbacks'::regclass"),
+	'1', 'a callback waiting for its row has written its event, uncommitted');
 
+my $log_offset = -s $node->logfile;
 kill 'KILL', $pid or die "could not kill backend $pid";
 # The psql whose query was in flight has exited with its connection.
 eval { $_->quit } for ($open, $holder, $blocked);
+$node->wait_for_log(qr/all server processes terminated; reinitializing/, $log_offset);
 $node->poll_query_until('shop', 'SELECT 1', '1')
   or die 'server did not come back after the crash';
-ok($node->log_contains(qr/terminated by signal 9/),
+ok($node->log_contains(qr/terminated by signal 9/, $log_offset),
 	'the backend was really killed and the server restarted');
 
 is( $node->safe_psql('shop',
@@ -165,7 +171,8 @@ CREATE TABLE pause_chase_on ();
 INSERT INTO pause_chase_on DEFAULT VALUES;
 CREATE FUNCTION pause_chase() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF NEW.handler::regprocedure = 'shop.ask_provider(jsonb)'::regprocedure AND EXISTS (SELECT FROM public.pause_chase_on)
+    IF NEW.handler::regprocedure = 'shop.ask_provider(jsonb)'::regprocedure
+       AND EXISTS (SELECT FROM public.pause_chase_on)
        AND EXISTS (SELECT FROM payments.compensations c
                     WHERE c.handler = NEW.handler AND c.status = 'pending') THEN
         PERFORM pg_sleep(600);
@@ -194,7 +201,9 @@ is( $node->safe_psql('shop',
 
 $node->safe_psql('shop', 'DELETE FROM pause_chase_on');
 $pid = worker_pid($node, 'shop');
+$log_offset = -s $node->logfile;
 kill 'KILL', $pid or die "could not kill worker $pid";
+$node->wait_for_log(qr/all server processes terminated; reinitializing/, $log_offset);
 $node->poll_query_until('shop',
 	q{SELECT count(*) FROM payments.callback_expectations
 	   WHERE payment_ref IN ('o4', 'o5') AND status = 'querying'}, '2')
