@@ -120,7 +120,10 @@ ISOLATION = \
 	compensation_cancel \
 	compensation_skip_locked \
 	compensation_rights \
-	compensation_unregister
+	compensation_unregister \
+	callback_same_event \
+	callback_route_race \
+	callback_expect_race
 ISOLATION_OPTS = --inputdir=test/isolation --load-extension=$(EXTENSION) --no-locale --encoding=UTF8
 
 TAP_TESTS = 1
