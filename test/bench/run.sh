@@ -16,6 +16,10 @@
 #                [SETTING=VALUE ...], the settings applied to both sides'
 #                sessions (for example synchronous_commit=off)
 #   *.sql        pgbench scripts
+#   figures.sh   optional, executable: run after the cases, with the
+#                connection as below, for figures that are not ratios (a
+#                cost in microseconds, printed, never compared); what it
+#                prints is printed again under the table
 # or, for a workload that is not a throughput ratio, an executable run.sh
 # that gets the connection in PGHOST/PGPORT/PGUSER/PGDATABASE.
 #
@@ -59,6 +63,7 @@ spread() {
 }
 
 results=()
+figures=()
 if [ $# -gt 0 ]; then workloads=("$@"); else
 	workloads=()
 	for d in "$SCRATCH"/src/test/bench/*/; do workloads+=("$(basename "$d")"); done
@@ -98,6 +103,12 @@ for w in "${workloads[@]}"; do
 		echo "$line"
 		results+=("$line")
 	done <"$dir/cases"
+	if [ -x "$dir/figures.sh" ]; then
+		out=$(cd "$dir" && as_user env PGHOST="$PGHOST" PGPORT="$PGPORT" PGUSER="$PGUSER" \
+			PGDATABASE="$db" ./figures.sh) || die "figures.sh of workload $w failed"
+		echo "$out"
+		figures+=("$out")
+	fi
 done
 
 if [ ${#results[@]} -gt 0 ]; then
@@ -106,4 +117,8 @@ if [ ${#results[@]} -gt 0 ]; then
 	printf '%s\n' "${results[@]}"
 	echo "($BENCH_ROUNDS alternating runs of ${BENCH_SECONDS}s per side; tps: best of each side; ratio = best ext / best base;"
 	echo " min, med, max: of the $BENCH_ROUNDS ratios of a round's ext run to the base run just before it)"
+fi
+if [ ${#figures[@]} -gt 0 ]; then
+	echo
+	printf '%s\n' "${figures[@]}"
 fi
