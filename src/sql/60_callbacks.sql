@@ -44,7 +44,9 @@ SELECT pg_catalog.pg_extension_config_dump('payments.callback_keys_id_seq', '');
 -- One row per provider and event id, however often it was delivered.
 -- outcome is what the first delivery did: applied, stale, conflict or new.
 -- The BRIN index serves the purge (rows arrive in time order) at almost no
--- cost per insert; the other one finds the routed events of a payment.
+-- cost per insert; the other one finds the events of a payment.  No index
+-- mentions outcome, deliveries, last_delivered_at or compensation_id, so
+-- that correcting the outcome and counting a delivery are HOT updates.
 CREATE TABLE payments.callbacks (
     provider           text COLLATE "C" NOT NULL,
     event_id           text COLLATE "C" NOT NULL,
@@ -59,7 +61,7 @@ CREATE TABLE payments.callbacks (
     deliveries         integer     NOT NULL DEFAULT 1,
     compensation_id    bigint,                 -- the on_conflict item
     CONSTRAINT callbacks_pkey PRIMARY KEY (provider, event_id)
-);
+) WITH (fillfactor = 90);   -- room for the outcome's HOT update, see below
 
 COMMENT ON TABLE payments.callbacks IS
     'Every callback event received: its first outcome, deliveries, and the key that verified it';
@@ -67,7 +69,7 @@ COMMENT ON TABLE payments.callbacks IS
 CREATE INDEX callbacks_first_delivered_at_idx
     ON payments.callbacks USING brin (first_delivered_at);
 CREATE INDEX callbacks_payment_ref_idx
-    ON payments.callbacks (provider, payment_ref) WHERE outcome <> 'new';
+    ON payments.callbacks (provider, payment_ref);
 
 SELECT pg_catalog.pg_extension_config_dump('payments.callbacks', '');
 
