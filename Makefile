@@ -96,7 +96,8 @@ REGRESS = \
 	worker \
 	privileges \
 	extension_schema \
-	compensation_handlers
+	compensation_handlers \
+	callback_signatures
 REGRESS_OPTS = --no-locale --encoding=UTF8
 
 ISOLATION = \
