@@ -132,6 +132,13 @@ SELECT payments.verify_callback('sig_stripe',
            b, :'at')
   FROM convert_to(:'body', 'UTF8') AS b;
 \echo :LAST_ERROR_SQLSTATE
+-- the right signature with its last byte changed
+SELECT payments.verify_callback('sig_stripe',
+           jsonb_build_object('Stripe-Signature',
+               format('t=%s,v1=%s', unix(:'at'), overlay(v1 placing (CASE WHEN right(v1, 2) = '00' THEN '01' ELSE '00' END) from 63))),
+           b, :'at')
+  FROM convert_to(:'body', 'UTF8') AS b, stripe_v1('whsec_sigtest_stripe_key_one', unix(:'at'), b) AS v1;
+\echo :LAST_ERROR_SQLSTATE
 -- every v1 wrong
 SELECT payments.verify_callback('sig_stripe',
            jsonb_build_object('Stripe-Signature', format('t=%s,v1=%s,v1=%s', unix(:'at'), repeat('ab', 32), repeat('cd', 32))),
@@ -383,6 +390,11 @@ SELECT payments.verify_callback('sig_hmac', jsonb_build_object('X-Signature', bo
 \echo :LAST_ERROR_SQLSTATE
 SELECT payments.verify_callback('sig_hmac', jsonb_build_object('X-Signature', body_hmac('sigtest-hub-secret-01', b, 'hex')), b, :'at')
   FROM convert_to(:'body', 'UTF8') AS b;
+\echo :LAST_ERROR_SQLSTATE
+-- the right signature with its first byte changed
+SELECT payments.verify_callback('sig_hmac',
+           jsonb_build_object('X-Signature', overlay(sig placing (CASE WHEN left(sig, 2) = 'ff' THEN 'fe' ELSE 'ff' END) from 1)), b, :'at')
+  FROM convert_to(:'body', 'UTF8') AS b, body_hmac('sigtest-hmac-secret-01', b, 'hex') AS sig;
 \echo :LAST_ERROR_SQLSTATE
 -- the header the scheme does not name
 SELECT payments.verify_callback('sig_hub',
