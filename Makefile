@@ -99,7 +99,8 @@ REGRESS = \
 	compensation_handlers \
 	callback \
 	callback_errors \
-	callback_rights
+	callback_rights \
+	callback_signatures
 REGRESS_OPTS = --no-locale --encoding=UTF8
 
 ISOLATION = \
