@@ -619,6 +619,9 @@ SELECT payments.callback_key_add('sig_bad', 'HMAC-SHA256', 'sigtest-hmac-secret-
 \echo :LAST_ERROR_SQLSTATE
 SELECT payments.callback_key_add('sig_bad', 'stripe ', 'sigtest-hmac-secret-01');
 \echo :LAST_ERROR_SQLSTATE
+-- The secret passed in the scheme's place: the message does not repeat it.
+SELECT payments.callback_key_add('sig_bad', 'whsec_SWAPPED_SECRET_0123', 'stripe');
+\echo :LAST_ERROR_SQLSTATE
 -- One scheme per provider: a key of another scheme is refused while a key
 -- of the first is not revoked.
 SELECT payments.callback_key_add('sig_stripe', 'hmac-sha256', 'sigtest-hmac-secret-01', key_id => 'st-hmac');

@@ -246,16 +246,14 @@ callback_scheme_parse(const char *scheme, char **header)
 		if (namelen == 0 || namelen > MAX_HEADER_NAME_LEN)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("invalid header name in callback scheme \"%s\"",
-							scheme),
+					 errmsg("invalid header name in callback scheme hmac-sha256"),
 					 errdetail("A header name must have 1 to %d bytes.",
 							   MAX_HEADER_NAME_LEN)));
 		for (j = 0; j < namelen; j++)
 			if (!is_token_char(name[j]))
 				ereport(ERROR,
 						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-						 errmsg("invalid header name in callback scheme \"%s\"",
-								scheme),
+						 errmsg("invalid header name in callback scheme hmac-sha256"),
 						 errdetail("A header name is made of letters, digits and !#$%%&'*+-.^_`|~ only.")));
 		if (header)
 			*header = pstrdup(name);
@@ -264,7 +262,8 @@ callback_scheme_parse(const char *scheme, char **header)
 
 	ereport(ERROR,
 			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-			 errmsg("unrecognized callback scheme \"%s\"", scheme),
+			 errmsg("unrecognized callback scheme"),
+			 errdetail("The value given is not repeated here, in case it is a secret passed in its place."),
 			 SCHEME_HINT));
 	pg_unreachable();
 }
