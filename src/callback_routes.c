@@ -20,9 +20,11 @@
  *
  * The UPDATE names the states the move may start from, so that under READ
  * COMMITTED a concurrent move of the same row is waited for and the row
- * judged again as committed.  A row it did not move is then read FOR UPDATE
- * to classify the event; if that row has meanwhile come to a state the
- * move may start from, the UPDATE is tried again.
+ * judged again as committed.  A row it did not move is then read to
+ * classify the event: a plain read settles a stale event when the route's
+ * state is on no cycle of the machine, anything else is read FOR UPDATE;
+ * if that row has meanwhile come to a state the move may start from, the
+ * UPDATE is tried again.
  *
  * The UPDATE and the SELECT are prepared once per backend and table and
  * kept until the table's definition changes.
@@ -78,9 +80,16 @@ typedef struct RoutedColumn
 								 * the table may receive another event) */
 	char		machine[NAMEDATALEN];
 	char	   *update_sql;		/* in TopMemoryContext */
-	SPIPlanPtr	update_plan;
-	SPIPlanPtr	select_plan;
+	SPIPlanPtr	plans[3];		/* by RouteStatement */
 } RoutedColumn;
+
+/* The statements of a routed column */
+typedef enum RouteStatement
+{
+	ROUTE_UPDATE,				/* move the row if its state leads to the route's */
+	ROUTE_PEEK,					/* read its state */
+	ROUTE_LOCK					/* read its state FOR UPDATE */
+} RouteStatement;
 
 static HTAB *targets = NULL;
 
@@ -199,7 +208,7 @@ target(Oid relid, const char *key_col, const char *state_col)
 	char	   *k;
 	char	   *st;
 	char	   *update_sql;
-	char	   *select_sql;
+	char	   *peek_sql;
 
 	if (targets == NULL)
 	{
@@ -223,8 +232,7 @@ target(Oid relid, const char *key_col, const char *state_col)
 	{
 		t->busy = 0;
 		t->update_sql = NULL;
-		t->update_plan = NULL;
-		t->select_plan = NULL;
+		memset(t->plans, 0, sizeof(t->plans));
 	}
 	t->valid = false;
 
@@ -245,26 +253,27 @@ target(Oid relid, const char *key_col, const char *state_col)
 						  " WHERE %s AND %s::pg_catalog.text OPERATOR(pg_catalog.=)"
 						  " ANY ($3::pg_catalog.text[])",
 						  tbl, st, column_type(rel, state_att), k, st);
-	select_sql = psprintf("SELECT %s::pg_catalog.text FROM %s WHERE %s FOR UPDATE",
-						  st, tbl, k);
+	peek_sql = psprintf("SELECT %s::pg_catalog.text FROM %s WHERE %s", st, tbl, k);
 	table_close(rel, AccessShareLock);
 
 	if (t->update_sql == NULL || strcmp(t->update_sql, update_sql) != 0)
 	{
-		SPIPlanPtr	update_plan = keep(update_sql, 3,
-									   (Oid[]) {TEXTOID, TEXTOID, TEXTARRAYOID});
-		SPIPlanPtr	select_plan = keep(select_sql, 2, (Oid[]) {TEXTOID, TEXTOID});
+		SPIPlanPtr	plans[3];
 
-		if (t->busy == 0 && t->update_plan != NULL)
+		plans[ROUTE_UPDATE] = keep(update_sql, 3,
+								   (Oid[]) {TEXTOID, TEXTOID, TEXTARRAYOID});
+		plans[ROUTE_PEEK] = keep(peek_sql, 2, (Oid[]) {TEXTOID, TEXTOID});
+		plans[ROUTE_LOCK] = keep(psprintf("%s FOR UPDATE", peek_sql), 2,
+								 (Oid[]) {TEXTOID, TEXTOID});
+		for (int i = 0; i < lengthof(plans); i++)
 		{
-			SPI_freeplan(t->update_plan);
-			SPI_freeplan(t->select_plan);
+			if (t->busy == 0 && t->plans[i] != NULL)
+				SPI_freeplan(t->plans[i]);
+			t->plans[i] = plans[i];
 		}
 		if (t->update_sql != NULL)
 			pfree(t->update_sql);
 		t->update_sql = MemoryContextStrdup(TopMemoryContext, update_sql);
-		t->update_plan = update_plan;
-		t->select_plan = select_plan;
 	}
 	t->valid = true;
 	return t;
@@ -272,15 +281,15 @@ target(Oid relid, const char *key_col, const char *state_col)
 
 /* Run one of t's statements, counting it as under way while it runs. */
 static uint64
-run(RoutedColumn *t, bool update, Datum *values)
+run(RoutedColumn *t, RouteStatement which, Datum *values)
 {
 	volatile uint64 n = 0;
 
 	t->busy++;
 	PG_TRY();
 	{
-		n = payments_execute(update ? t->update_plan : t->select_plan, values,
-							 NULL, update ? SPI_OK_UPDATE : SPI_OK_SELECT, 0);
+		n = payments_execute(t->plans[which], values, NULL,
+							 which == ROUTE_UPDATE ? SPI_OK_UPDATE : SPI_OK_SELECT, 0);
 	}
 	PG_FINALLY();
 	{
@@ -411,6 +420,58 @@ callback_route_find(const char *provider, const char *event_type,
 	return route;
 }
 
+/* Whether state to can be reached from state from in one or more moves. */
+static bool
+reaches_through_edge(const Machine *m, int from, int to)
+{
+	for (int i = 0; i < m->nnext[from]; i++)
+		if (reaches(m, m->next[from][i], to))
+			return true;
+	return false;
+}
+
+/*
+ * The state of the one row the event names, read by statement which, as
+ * an index into m's states.  No row, several rows, or a state the machine
+ * does not know are errors.
+ */
+static int
+read_state(RoutedColumn *t, RouteStatement which, Datum *values,
+		   const Machine *m, const CallbackRoute *route, const char *provider,
+		   const char *event_id, const char *payment_ref, char **current)
+{
+	uint64		n = run(t, which, values);
+	int			cur;
+
+	if (n > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_CARDINALITY_VIOLATION),
+				 errmsg("more than one row of relation \"%s\" has %s = '%s'",
+						get_rel_name(route->relid), quote_identifier(route->key_col),
+						payment_ref),
+				 errdetail("A callback route moves the one row whose key column equals the event's payment_ref."),
+				 errhint("Route to a column that is unique, such as the primary key.")));
+	if (n == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_PM_CALLBACK_TARGET_NOT_FOUND),
+				 errmsg("no row of relation \"%s\" has %s = '%s'",
+						get_rel_name(route->relid), quote_identifier(route->key_col),
+						payment_ref),
+				 errdetail("Event \"%s\" of callback provider \"%s\" is routed to that table; nothing was recorded.",
+						   event_id, provider),
+				 errhint("The provider sends the event again; if the row is being created, it will be there then.")));
+	*current = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	cur = *current ? state_machine_find(m, *current) : -1;
+	if (cur < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_PM_UNKNOWN_STATE),
+				 errmsg("row of relation \"%s\" with %s = '%s' is in state %s%s%s, which is not a state of machine \"%s\"",
+						get_rel_name(route->relid), quote_identifier(route->key_col),
+						payment_ref, *current ? "\"" : "", *current ? *current : "NULL",
+						*current ? "\"" : "", t->machine)));
+	return cur;
+}
+
 /*
  * Move the row the event names, as the calling role.  Returns the outcome;
  * *compensation_id is the on_conflict item of a conflict, or 0.  The caller
@@ -446,39 +507,24 @@ callback_route_apply(const CallbackRoute *route, const char *provider,
 
 	for (int tries = 0;; tries++)
 	{
-		uint64		n;
-
-		n = run(t, true, values);
-		if (n == 1)
+		if (run(t, ROUTE_UPDATE, values) == 1)
 			return CALLBACK_APPLIED;
-		if (n == 0)
-			n = run(t, false, values);
-		if (n > 1)
-			ereport(ERROR,
-					(errcode(ERRCODE_CARDINALITY_VIOLATION),
-					 errmsg("more than one row of relation \"%s\" has %s = '%s'",
-							get_rel_name(route->relid), quote_identifier(route->key_col),
-							payment_ref),
-					 errdetail("A callback route moves the one row whose key column equals the event's payment_ref."),
-					 errhint("Route to a column that is unique, such as the primary key.")));
-		if (n == 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_PM_CALLBACK_TARGET_NOT_FOUND),
-					 errmsg("no row of relation \"%s\" has %s = '%s'",
-							get_rel_name(route->relid), quote_identifier(route->key_col),
-							payment_ref),
-					 errdetail("Event \"%s\" of callback provider \"%s\" is routed to that table; nothing was recorded.",
-							   event_id, provider),
-					 errhint("The provider sends the event again; if the row is being created, it will be there then.")));
-		current = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
-		cur = current ? state_machine_find(m, current) : -1;
-		if (cur < 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_PM_UNKNOWN_STATE),
-					 errmsg("row of relation \"%s\" with %s = '%s' is in state %s%s%s, which is not a state of machine \"%s\"",
-							get_rel_name(route->relid), quote_identifier(route->key_col),
-							payment_ref, current ? "\"" : "", current ? current : "NULL",
-							current ? "\"" : "", t->machine)));
+
+		/*
+		 * Where to_state is on no cycle, a row that is in it or past it
+		 * stays so whatever moves it next: a plain read settles a stale
+		 * event without locking (and writing) the row.  Anything else is
+		 * judged on the row locked, after whoever is moving it.
+		 */
+		if (tries == 0 && !reaches_through_edge(m, to, to))
+		{
+			cur = read_state(t, ROUTE_PEEK, values, m, route, provider,
+							 event_id, payment_ref, &current);
+			if (cur == to || reaches(m, to, cur))
+				return CALLBACK_STALE;
+		}
+		cur = read_state(t, ROUTE_LOCK, values, m, route, provider, event_id,
+						 payment_ref, &current);
 		if (!state_machine_has_edge(m, cur, to) || tries >= ROUTE_MAX_TRIES)
 			break;
 	}
