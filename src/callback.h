@@ -83,6 +83,11 @@ typedef struct CallbackRoute
 extern CallbackRoute *callback_route_find(const char *provider,
 										  const char *event_type,
 										  Oid tables_owner);
+extern bool callback_route_settled(const CallbackRoute *route,
+								   const char *provider,
+								   const char *event_id,
+								   const char *payment_ref,
+								   const char *event_type);
 extern CallbackOutcome callback_route_apply(const CallbackRoute *route,
 											const char *provider,
 											const char *event_id,

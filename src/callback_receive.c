@@ -9,9 +9,10 @@
  * the primary key, waits for the first delivery's transaction, and counts
  * as a duplicate if it committed (as the first if it rolled back).  So an
  * event is applied at most once whatever the number and order of
- * deliveries.  The row is inserted with the outcome a routed event has
- * most often (applied) and corrected in the rare other cases, so the usual
- * callback writes the row once.
+ * deliveries.  The row is inserted with the outcome the event will most
+ * likely have: stale if a plain read of the routed row settles it
+ * (callback_route_settled), else applied, corrected in the rare other
+ * cases; so the usual callback writes the row once.
  *
  * Everything happens in the caller's transaction: a rollback takes the
  * event back with the caller's own work, and the provider's next delivery
@@ -79,7 +80,13 @@ record_event(const CallbackEvent *ev, Oid tables_owner)
 	payments_check_not_in_recovery();
 	SPI_connect();
 	route = callback_route_find(ev->provider, ev->event_type, tables_owner);
-	outcome = route ? CALLBACK_APPLIED : CALLBACK_NEW;
+	if (route == NULL)
+		outcome = CALLBACK_NEW;
+	else if (callback_route_settled(route, ev->provider, ev->event_id,
+									ev->payment_ref, ev->event_type))
+		outcome = CALLBACK_STALE;
+	else
+		outcome = CALLBACK_APPLIED;
 
 	values[0] = CStringGetTextDatum(ev->provider);
 	values[1] = CStringGetTextDatum(ev->event_id);
@@ -134,7 +141,7 @@ record_event(const CallbackEvent *ev, Oid tables_owner)
 		return "duplicate";
 	}
 
-	if (route != NULL)
+	if (outcome == CALLBACK_APPLIED)
 	{
 		outcome = callback_route_apply(route, ev->provider, ev->event_id,
 									   ev->payment_ref, ev->event_type,
@@ -160,9 +167,10 @@ record_event(const CallbackEvent *ev, Oid tables_owner)
 			payments_execute(outcome_plan, fix, fixnulls, SPI_OK_UPDATE, 0);
 			payments_end_as_owner(&saved);
 		}
+	}
+	if (route != NULL)
 		callback_expectations_meet(ev->provider, ev->payment_ref, ev->event_id,
 								   tables_owner);
-	}
 	SPI_finish();
 	return callback_outcome_names[outcome];
 }

@@ -20,11 +20,11 @@
  *
  * The UPDATE names the states the move may start from, so that under READ
  * COMMITTED a concurrent move of the same row is waited for and the row
- * judged again as committed.  A row it did not move is then read to
- * classify the event: a plain read settles a stale event when the route's
- * state is on no cycle of the machine, anything else is read FOR UPDATE;
- * if that row has meanwhile come to a state the move may start from, the
- * UPDATE is tried again.
+ * judged again as committed.  A row it did not move is then read FOR UPDATE
+ * to classify the event; if that row has meanwhile come to a state the
+ * move may start from, the UPDATE is tried again.  Before any of this,
+ * receive_callback asks callback_route_settled, which tells a stale event
+ * by a plain read where it can, without locking or writing the row.
  *
  * The UPDATE and the SELECT are prepared once per backend and table and
  * kept until the table's definition changes.
@@ -473,6 +473,56 @@ read_state(RoutedColumn *t, RouteStatement which, Datum *values,
 }
 
 /*
+ * The machine of a route and the index of its state, from the cache of
+ * machines, which this makes current.
+ */
+static const Machine *
+route_machine(RoutedColumn *t, const CallbackRoute *route,
+			  const char *event_type, int *to)
+{
+	Machine    *m;
+
+	state_guard_cache_begin_statement();
+	m = state_machine_lookup(t->machine);
+	*to = m ? state_machine_find(m, route->to_state) : -1;
+	if (*to < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_PM_UNKNOWN_STATE),
+				 errmsg("state \"%s\" of the route of callback event type \"%s\" is not a state of machine \"%s\"",
+						route->to_state, event_type, t->machine),
+				 errhint("Route the event type again with payments.callback_route, or define the machine with that state.")));
+	return m;
+}
+
+/*
+ * Whether the event is stale for good, as far as a plain read of its row
+ * can tell: where the route's state is on no cycle of the machine, a row
+ * in that state or past it stays so whatever moves it next.  Such an event
+ * needs neither a lock nor a write of the row, and receive_callback
+ * records it as stale at once.  The caller is connected to SPI.
+ */
+bool
+callback_route_settled(const CallbackRoute *route, const char *provider,
+					   const char *event_id, const char *payment_ref,
+					   const char *event_type)
+{
+	RoutedColumn *t = target(route->relid, route->key_col, route->state_col);
+	int			to;
+	const Machine *m = route_machine(t, route, event_type, &to);
+	Datum		values[2];
+	char	   *current;
+	int			cur;
+
+	if (reaches_through_edge(m, to, to))
+		return false;
+	values[0] = CStringGetTextDatum(route->to_state);
+	values[1] = CStringGetTextDatum(payment_ref);
+	cur = read_state(t, ROUTE_PEEK, values, m, route, provider, event_id,
+					 payment_ref, &current);
+	return cur == to || reaches(m, to, cur);
+}
+
+/*
  * Move the row the event names, as the calling role.  Returns the outcome;
  * *compensation_id is the on_conflict item of a conflict, or 0.  The caller
  * is connected to SPI.
@@ -484,22 +534,13 @@ callback_route_apply(const CallbackRoute *route, const char *provider,
 					 Oid tables_owner, int64 *compensation_id)
 {
 	RoutedColumn *t = target(route->relid, route->key_col, route->state_col);
-	Machine    *m;
 	int			to;
+	const Machine *m = route_machine(t, route, event_type, &to);
 	int			cur = -1;
 	char	   *current = NULL;
 	Datum		values[3];
 
 	*compensation_id = 0;
-	state_guard_cache_begin_statement();
-	m = state_machine_lookup(t->machine);
-	to = m ? state_machine_find(m, route->to_state) : -1;
-	if (to < 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_PM_UNKNOWN_STATE),
-				 errmsg("state \"%s\" of the route of callback event type \"%s\" is not a state of machine \"%s\"",
-						route->to_state, event_type, t->machine),
-				 errhint("Route the event type again with payments.callback_route, or define the machine with that state.")));
 
 	values[0] = CStringGetTextDatum(route->to_state);
 	values[1] = CStringGetTextDatum(payment_ref);
@@ -510,19 +551,6 @@ callback_route_apply(const CallbackRoute *route, const char *provider,
 		if (run(t, ROUTE_UPDATE, values) == 1)
 			return CALLBACK_APPLIED;
 
-		/*
-		 * Where to_state is on no cycle, a row that is in it or past it
-		 * stays so whatever moves it next: a plain read settles a stale
-		 * event without locking (and writing) the row.  Anything else is
-		 * judged on the row locked, after whoever is moving it.
-		 */
-		if (tries == 0 && !reaches_through_edge(m, to, to))
-		{
-			cur = read_state(t, ROUTE_PEEK, values, m, route, provider,
-							 event_id, payment_ref, &current);
-			if (cur == to || reaches(m, to, cur))
-				return CALLBACK_STALE;
-		}
 		cur = read_state(t, ROUTE_LOCK, values, m, route, provider, event_id,
 						 payment_ref, &current);
 		if (!state_machine_has_edge(m, cur, to) || tries >= ROUTE_MAX_TRIES)
