@@ -97,6 +97,9 @@ extern CallbackOutcome callback_route_apply(const CallbackRoute *route,
 											Oid tables_owner,
 											int64 *compensation_id);
 
+/* callback_receive.c */
+extern void callback_receive_init(void);
+
 /* callback_expectations.c */
 extern void callback_expectations_init(void);
 extern void callback_expectations_meet(const char *provider,

@@ -29,8 +29,11 @@
 #include "spi_util.h"
 
 #include "catalog/pg_type.h"
+#include "common/hashfn.h"
 #include "miscadmin.h"
+#include "storage/lmgr.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/timestamp.h"
 
 PG_FUNCTION_INFO_V1(payments_receive_callback);
@@ -43,8 +46,53 @@ const char *const callback_outcome_names[] = {
 	[CALLBACK_NEW] = "new",
 };
 
+static bool callback_wait = true;
+
 static SPIPlanPtr insert_plan;
 static SPIPlanPtr outcome_plan;
+
+void
+callback_receive_init(void)
+{
+	DefineCustomBoolVariable("payments.callback_wait",
+							 gettext_noop("Wait for another transaction that is receiving the same callback event."),
+							 gettext_noop("When off, a delivery of an event that another transaction is receiving is refused at once with PM409."),
+							 &callback_wait,
+							 true,
+							 PGC_USERSET,
+							 0,
+							 NULL, NULL, NULL);
+}
+
+/*
+ * Take the event's lock for the rest of the transaction, before its row is
+ * inserted.  Every delivery takes it, so a second delivery of an event
+ * that another transaction is receiving waits for that transaction (as the
+ * primary key would make it), or, without payments.callback_wait, is
+ * refused at once (PM409) so that the provider sends it again later.
+ */
+static void
+lock_event(const char *provider, const char *event_id)
+{
+	LOCKTAG		tag;
+	uint64		h;
+
+	h = hash_combine64(hash_bytes_extended((const unsigned char *) provider,
+										   strlen(provider), 0),
+					   hash_bytes_extended((const unsigned char *) event_id,
+										   strlen(event_id), 0));
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) (h >> 32), (uint32) h,
+						 PAYMENTS_LOCKSPACE_CALLBACK);
+	if (LockAcquire(&tag, ExclusiveLock, false, true) != LOCKACQUIRE_NOT_AVAIL)
+		return;
+	if (!callback_wait)
+		ereport(ERROR,
+				(errcode(ERRCODE_PM_CALLBACK_IN_PROGRESS),
+				 errmsg("event \"%s\" of callback provider \"%s\" is being received by another transaction",
+						event_id, provider),
+				 errhint("Answer the provider with an error so that it sends the event again, or set payments.callback_wait to wait for the other transaction.")));
+	(void) LockAcquire(&tag, ExclusiveLock, false, false);
+}
 
 /* One event, as receive_callback and record_query_result are given it */
 typedef struct CallbackEvent
@@ -78,6 +126,7 @@ record_event(const CallbackEvent *ev, Oid tables_owner)
 	bool		first;
 
 	payments_check_not_in_recovery();
+	lock_event(ev->provider, ev->event_id);
 	SPI_connect();
 	route = callback_route_find(ev->provider, ev->event_type, tables_owner);
 	if (route == NULL)

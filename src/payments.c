@@ -30,6 +30,7 @@ _PG_init(void)
 	compensation_init();
 	compensation_run_init();
 	callback_verify_init();
+	callback_receive_init();
 	callback_expectations_init();
 	callback_failures_init();
 	worker_init();

@@ -49,6 +49,7 @@
 #define ERRCODE_PM_CALLBACK_EVENT_MISMATCH		MAKE_SQLSTATE('P','M','4','0','6')
 #define ERRCODE_PM_CALLBACK_TARGET_NOT_FOUND	MAKE_SQLSTATE('P','M','4','0','7')
 #define ERRCODE_PM_CALLBACK_OUT_OF_ORDER		MAKE_SQLSTATE('P','M','4','0','8')
+#define ERRCODE_PM_CALLBACK_IN_PROGRESS		MAKE_SQLSTATE('P','M','4','0','9')
 
 /*
  * Lock spaces.  The extension takes heavyweight locks with advisory lock
@@ -58,5 +59,6 @@
  * locktype "advisory" with objsubid set to the value below.
  */
 #define PAYMENTS_LOCKSPACE_IDEMPOTENCY	0x504D	/* 'P' 'M' */
+#define PAYMENTS_LOCKSPACE_CALLBACK		0x504E
 
 #endif							/* PAYMENTS_H */
