@@ -345,6 +345,9 @@ CREATE TRIGGER chained_next AFTER UPDATE ON chained FOR EACH ROW EXECUTE FUNCTIO
 SELECT payments.receive_callback('chain', 'evt_c1', 'C-1', 'payment.authorized', NULL);
 SELECT payments.receive_callback('chain', 'evt_c3', 'C-3', 'payment.authorized', NULL);
 SELECT ref, status FROM chained ORDER BY ref;
+-- A redelivery is a duplicate whatever became of its row since.
+DELETE FROM chained WHERE ref = 'C-3';
+SELECT payments.receive_callback('chain', 'evt_c3', 'C-3', 'payment.authorized', NULL);
 
 --
 -- In a machine with a cycle, an event whose state the row can still reach

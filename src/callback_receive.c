@@ -4,12 +4,14 @@
  *	  receive_callback and record_query_result: an event recorded once per
  *	  provider and event id, and applied once.
  *
- * The event's row in payments.callbacks is inserted before anything is
- * applied: a second delivery of the same event, concurrent or later, meets
- * the primary key, waits for the first delivery's transaction, and counts
- * as a duplicate if it committed (as the first if it rolled back).  So an
- * event is applied at most once whatever the number and order of
- * deliveries.  The row is inserted with the outcome the event will most
+ * A delivery first takes the event's lock, so a second delivery of the
+ * same event waits for the first delivery's transaction (or is refused,
+ * PM409), then counts as a duplicate if that committed, as the first if it
+ * rolled back.  A redelivery is told by its row in payments.callbacks
+ * before the routed row is even read, and that row is inserted before
+ * anything is applied (its primary key is the last word, under REPEATABLE
+ * READ too).  So an event is applied at most once whatever the number and
+ * order of deliveries.  The row is inserted with the outcome the event will most
  * likely have: stale if a plain read of the routed row settles it
  * (callback_route_settled), else applied, corrected in the rare other
  * cases; so the usual callback writes the row once.
@@ -48,6 +50,7 @@ const char *const callback_outcome_names[] = {
 
 static bool callback_wait = true;
 
+static SPIPlanPtr redelivery_plan;
 static SPIPlanPtr insert_plan;
 static SPIPlanPtr outcome_plan;
 
@@ -106,6 +109,32 @@ typedef struct CallbackEvent
 } CallbackEvent;
 
 /*
+ * The answer to a redelivery of ev, whose row SPI_tuptable holds (payment
+ * and event type in columns 2 and 3).  Finishes SPI.
+ */
+static const char *
+redelivery(const CallbackEvent *ev)
+{
+	char	   *payment_ref = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+	char	   *event_type = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3);
+
+	/*
+	 * A provider's retry carries the same event; the same id with other
+	 * contents is a bug or an attack, and must not pass for a retry.
+	 */
+	if (strcmp(payment_ref, ev->payment_ref) != 0 ||
+		strcmp(event_type, ev->event_type) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_PM_CALLBACK_EVENT_MISMATCH),
+				 errmsg("event \"%s\" of callback provider \"%s\" was received before with other contents",
+						ev->event_id, ev->provider),
+				 errdetail("It was received for payment \"%s\" as type \"%s\"; this delivery says payment \"%s\", type \"%s\".",
+						   payment_ref, event_type, ev->payment_ref, ev->event_type)));
+	SPI_finish();
+	return "duplicate";
+}
+
+/*
  * Record ev and apply it if it is its first delivery.  Returns the outcome
  * as receive_callback does.
  */
@@ -128,6 +157,28 @@ record_event(const CallbackEvent *ev, Oid tables_owner)
 	payments_check_not_in_recovery();
 	lock_event(ev->provider, ev->event_id);
 	SPI_connect();
+
+	values[0] = CStringGetTextDatum(ev->provider);
+	values[1] = CStringGetTextDatum(ev->event_id);
+
+	/*
+	 * A redelivery is told first, holding the event's lock, so that it
+	 * answers "duplicate" whatever became of the routed row since.
+	 */
+	payments_begin_as_owner(tables_owner, false, &saved);
+	payments_prepare(&redelivery_plan,
+					 "UPDATE @extschema@.callbacks"
+					 " SET deliveries = deliveries + 1, last_delivered_at = now()"
+					 " WHERE provider = $1 AND event_id = $2"
+					 " RETURNING false, payment_ref, event_type",
+					 2, (Oid[]) {TEXTOID, TEXTOID});
+	if (payments_execute(redelivery_plan, values, NULL, SPI_OK_UPDATE_RETURNING, 0) == 1)
+	{
+		payments_end_as_owner(&saved);
+		return redelivery(ev);
+	}
+	payments_end_as_owner(&saved);
+
 	route = callback_route_find(ev->provider, ev->event_type, tables_owner);
 	if (route == NULL)
 		outcome = CALLBACK_NEW;
@@ -137,8 +188,6 @@ record_event(const CallbackEvent *ev, Oid tables_owner)
 	else
 		outcome = CALLBACK_APPLIED;
 
-	values[0] = CStringGetTextDatum(ev->provider);
-	values[1] = CStringGetTextDatum(ev->event_id);
 	values[2] = CStringGetTextDatum(ev->payment_ref);
 	values[3] = CStringGetTextDatum(ev->event_type);
 	if (ev->payload != NULL)
@@ -170,25 +219,7 @@ record_event(const CallbackEvent *ev, Oid tables_owner)
 	first = DatumGetBool(SPI_getbinval(tup, desc, 1, &isnull));
 
 	if (!first)
-	{
-		char	   *payment_ref = SPI_getvalue(tup, desc, 2);
-		char	   *event_type = SPI_getvalue(tup, desc, 3);
-
-		/*
-		 * A provider's retry carries the same event; the same id with other
-		 * contents is a bug or an attack, and must not pass for a retry.
-		 */
-		if (strcmp(payment_ref, ev->payment_ref) != 0 ||
-			strcmp(event_type, ev->event_type) != 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_PM_CALLBACK_EVENT_MISMATCH),
-					 errmsg("event \"%s\" of callback provider \"%s\" was received before with other contents",
-							ev->event_id, ev->provider),
-					 errdetail("It was received for payment \"%s\" as type \"%s\"; this delivery says payment \"%s\", type \"%s\".",
-							   payment_ref, event_type, ev->payment_ref, ev->event_type)));
-		SPI_finish();
-		return "duplicate";
-	}
+		return redelivery(ev);
 
 	if (outcome == CALLBACK_APPLIED)
 	{

@@ -433,15 +433,19 @@ reaches_through_edge(const Machine *m, int from, int to)
 /*
  * The state of the one row the event names, read by statement which, as
  * an index into m's states.  No row, several rows, or a state the machine
- * does not know are errors.
+ * does not know are errors, or with quiet, -1.
  */
 static int
 read_state(RoutedColumn *t, RouteStatement which, Datum *values,
 		   const Machine *m, const CallbackRoute *route, const char *provider,
-		   const char *event_id, const char *payment_ref, char **current)
+		   const char *event_id, const char *payment_ref, char **current,
+		   bool quiet)
 {
 	uint64		n = run(t, which, values);
 	int			cur;
+
+	if (quiet && n != 1)
+		return -1;
 
 	if (n > 1)
 		ereport(ERROR,
@@ -462,7 +466,7 @@ read_state(RoutedColumn *t, RouteStatement which, Datum *values,
 				 errhint("The provider sends the event again; if the row is being created, it will be there then.")));
 	*current = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 	cur = *current ? state_machine_find(m, *current) : -1;
-	if (cur < 0)
+	if (cur < 0 && !quiet)
 		ereport(ERROR,
 				(errcode(ERRCODE_PM_UNKNOWN_STATE),
 				 errmsg("row of relation \"%s\" with %s = '%s' is in state %s%s%s, which is not a state of machine \"%s\"",
@@ -499,7 +503,9 @@ route_machine(RoutedColumn *t, const CallbackRoute *route,
  * can tell: where the route's state is on no cycle of the machine, a row
  * in that state or past it stays so whatever moves it next.  Such an event
  * needs neither a lock nor a write of the row, and receive_callback
- * records it as stale at once.  The caller is connected to SPI.
+ * records it as stale at once.  Anything unusual (no such row, a state the
+ * machine does not know) is left to callback_route_apply, which a
+ * duplicate delivery never reaches.  The caller is connected to SPI.
  */
 bool
 callback_route_settled(const CallbackRoute *route, const char *provider,
@@ -518,8 +524,8 @@ callback_route_settled(const CallbackRoute *route, const char *provider,
 	values[0] = CStringGetTextDatum(route->to_state);
 	values[1] = CStringGetTextDatum(payment_ref);
 	cur = read_state(t, ROUTE_PEEK, values, m, route, provider, event_id,
-					 payment_ref, &current);
-	return cur == to || reaches(m, to, cur);
+					 payment_ref, &current, true);
+	return cur >= 0 && (cur == to || reaches(m, to, cur));
 }
 
 /*
@@ -552,7 +558,7 @@ callback_route_apply(const CallbackRoute *route, const char *provider,
 			return CALLBACK_APPLIED;
 
 		cur = read_state(t, ROUTE_LOCK, values, m, route, provider, event_id,
-						 payment_ref, &current);
+						 payment_ref, &current, false);
 		if (!state_machine_has_edge(m, cur, to) || tries >= ROUTE_MAX_TRIES)
 			break;
 	}
