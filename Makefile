@@ -63,13 +63,15 @@ SQL_FRAGMENTS = \
 	src/sql/90_privileges.sql
 
 # The update step from the last release is assembled too, until it ships:
-# the schema checks, the fragments of what is new, and the privileges, which
+# the schema checks, what changes in objects of the last release, the
+# fragments of what is new, and the privileges, which
 # are written to be run again.  It ends by granting USAGE on the schema
 # anew, which tells every session that the schema changed (see
 # test/t/911_upgrade_hostile.pl).
 UPDATE_FROM = 0.2.0
 UPDATE_FRAGMENTS = \
 	src/sql/00_schema.sql \
+	src/sql/update-$(UPDATE_FROM)--$(EXTVERSION).sql \
 	src/sql/60_callbacks.sql \
 	src/sql/90_privileges.sql
 

@@ -42,6 +42,7 @@
 #include "state_guard.h"
 
 #include "access/table.h"
+#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
@@ -92,6 +93,8 @@ typedef enum RouteStatement
 } RouteStatement;
 
 static HTAB *targets = NULL;
+
+static void forget_dropped_tables(void);
 
 static SPIPlanPtr route_plan;
 static SPIPlanPtr upsert_plan;
@@ -209,6 +212,7 @@ target(Oid relid, const char *key_col, const char *state_col)
 	char	   *st;
 	char	   *update_sql;
 	char	   *peek_sql;
+	char	   *lock_sql;
 
 	if (targets == NULL)
 	{
@@ -225,9 +229,14 @@ target(Oid relid, const char *key_col, const char *state_col)
 	key.relid = relid;
 	namestrcpy(&key.key_col, key_col);
 	namestrcpy(&key.state_col, state_col);
-	t = hash_search(targets, &key, HASH_ENTER, &found);
+	t = hash_search(targets, &key, HASH_FIND, &found);
 	if (found && t->valid)
 		return t;
+	if (!found)
+	{
+		forget_dropped_tables();
+		t = hash_search(targets, &key, HASH_ENTER, &found);
+	}
 	if (!found)
 	{
 		t->busy = 0;
@@ -253,7 +262,11 @@ target(Oid relid, const char *key_col, const char *state_col)
 						  " WHERE %s AND %s::pg_catalog.text OPERATOR(pg_catalog.=)"
 						  " ANY ($3::pg_catalog.text[])",
 						  tbl, st, column_type(rel, state_att), k, st);
-	peek_sql = psprintf("SELECT %s::pg_catalog.text FROM %s WHERE %s", st, tbl, k);
+	lock_sql = psprintf("SELECT %s::pg_catalog.text FROM %s WHERE %s FOR UPDATE",
+						st, tbl, k);
+	peek_sql = psprintf("SELECT %s::pg_catalog.text,"
+						" xmax OPERATOR(pg_catalog.=) '0'::pg_catalog.xid"
+						" FROM %s WHERE %s", st, tbl, k);
 	table_close(rel, AccessShareLock);
 
 	if (t->update_sql == NULL || strcmp(t->update_sql, update_sql) != 0)
@@ -263,8 +276,7 @@ target(Oid relid, const char *key_col, const char *state_col)
 		plans[ROUTE_UPDATE] = keep(update_sql, 3,
 								   (Oid[]) {TEXTOID, TEXTOID, TEXTARRAYOID});
 		plans[ROUTE_PEEK] = keep(peek_sql, 2, (Oid[]) {TEXTOID, TEXTOID});
-		plans[ROUTE_LOCK] = keep(psprintf("%s FOR UPDATE", peek_sql), 2,
-								 (Oid[]) {TEXTOID, TEXTOID});
+		plans[ROUTE_LOCK] = keep(lock_sql, 2, (Oid[]) {TEXTOID, TEXTOID});
 		for (int i = 0; i < lengthof(plans); i++)
 		{
 			if (t->busy == 0 && t->plans[i] != NULL)
@@ -277,6 +289,32 @@ target(Oid relid, const char *key_col, const char *state_col)
 	}
 	t->valid = true;
 	return t;
+}
+
+/*
+ * Forget the statements of tables that no longer exist (a table dropped
+ * and created again under the same name is another table), before the
+ * cache gets a new entry.
+ */
+static void
+forget_dropped_tables(void)
+{
+	HASH_SEQ_STATUS status;
+	RoutedColumn *t;
+
+	hash_seq_init(&status, targets);
+	while ((t = hash_seq_search(&status)) != NULL)
+	{
+		if (t->valid || t->busy > 0 ||
+			SearchSysCacheExists1(RELOID, ObjectIdGetDatum(t->key.relid)))
+			continue;
+		for (int i = 0; i < lengthof(t->plans); i++)
+			if (t->plans[i] != NULL)
+				SPI_freeplan(t->plans[i]);
+		if (t->update_sql != NULL)
+			pfree(t->update_sql);
+		(void) hash_search(targets, &t->key, HASH_REMOVE, NULL);
+	}
 }
 
 /* Run one of t's statements, counting it as under way while it runs. */
@@ -500,8 +538,9 @@ route_machine(RoutedColumn *t, const CallbackRoute *route,
 
 /*
  * Whether the event is stale for good, as far as a plain read of its row
- * can tell: where the route's state is on no cycle of the machine, a row
- * in that state or past it stays so whatever moves it next.  Such an event
+ * can tell: where the route's state is on no cycle of the machine, a
+ * committed row in that state or past it stays so whatever moves it next
+ * along the machine.  Such an event
  * needs neither a lock nor a write of the row, and receive_callback
  * records it as stale at once.  Anything unusual (no such row, a state the
  * machine does not know) is left to callback_route_apply, which a
@@ -518,14 +557,27 @@ callback_route_settled(const CallbackRoute *route, const char *provider,
 	Datum		values[2];
 	char	   *current;
 	int			cur;
+	bool		isnull;
 
-	if (reaches_through_edge(m, to, to))
+	/*
+	 * Only under READ COMMITTED, whose statements see the latest committed
+	 * row (a transaction snapshot may show a row since moved back), and
+	 * only a row version that no transaction is updating or deleting.
+	 */
+	if (IsolationUsesXactSnapshot() || reaches_through_edge(m, to, to))
+		return false;
+
+	/* The row's xmax is readable with SELECT on the table, not a column's. */
+	if (pg_class_aclcheck(route->relid, GetUserId(), ACL_SELECT) != ACLCHECK_OK)
 		return false;
 	values[0] = CStringGetTextDatum(route->to_state);
 	values[1] = CStringGetTextDatum(payment_ref);
 	cur = read_state(t, ROUTE_PEEK, values, m, route, provider, event_id,
 					 payment_ref, &current, true);
-	return cur >= 0 && (cur == to || reaches(m, to, cur));
+	if (cur < 0 || !DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
+											   SPI_tuptable->tupdesc, 2, &isnull)))
+		return false;
+	return cur == to || reaches(m, to, cur);
 }
 
 /*

@@ -23,6 +23,7 @@
 
 #include "payments.h"
 #include "args.h"
+#include "owner_rights.h"
 #include "extension_catalog.h"
 #include "spi_util.h"
 
@@ -55,11 +56,14 @@ static SPIPlanPtr upsert_plan;
 Datum
 payments_define_state_machine(PG_FUNCTION_ARGS)
 {
-	static const Oid argtypes[] = {TEXTOID, JSONBOID, TEXTARRAYOID, NAMEOID};
+	static const Oid argtypes[] = {TEXTOID, JSONBOID, TEXTARRAYOID, NAMEOID,
+	NAMEOID};
+	Oid			caller = GetUserId();
 	char	   *name;
 	Machine    *m;
-	Datum		values[4];
-	char		nulls[4] = {' ', ' ', ' ', 'n'};
+	Datum		values[5];
+	char		nulls[5] = {' ', ' ', ' ', 'n', ' '};
+	PaymentsSavedUser saved;
 
 	name = text_to_cstring(payments_arg_text(fcinfo, 0, "state machine name",
 											 MACHINE_NAME_MAX_BYTES));
@@ -71,16 +75,21 @@ payments_define_state_machine(PG_FUNCTION_ARGS)
 	values[0] = CStringGetTextDatum(name);
 	values[1] = state_machine_transitions_jsonb(m);
 	values[2] = state_machine_initial_array(m);
+	values[4] = DirectFunctionCall1(namein,
+									CStringGetDatum(GetUserNameFromId(caller, false)));
 
+	payments_begin_as_owner(payments_function_owner(fcinfo->flinfo->fn_oid),
+							false, &saved);
 	SPI_connect();
 
 	/*
 	 * A machine guards its definer's tables and moves them on callbacks:
 	 * only the role that defined it (a member of it, or a superuser)
-	 * replaces it.  The definer is the session user, which a SECURITY
-	 * DEFINER function still knows.  The replacement is made only if the
-	 * definer is still the one checked, so that two roles defining a new
-	 * name at once cannot both win.
+	 * replaces it.  The definer is the calling role (current_user), whose
+	 * privileges are those a handler, a SET ROLE or a SECURITY DEFINER
+	 * function of another role act with.  The replacement is made only if
+	 * the definer is still the one checked, so that two roles defining a
+	 * new name at once cannot both win.
 	 */
 	payments_prepare(&definer_plan,
 					 "SELECT defined_by FROM @extschema@.state_machine_definitions"
@@ -92,13 +101,13 @@ payments_define_state_machine(PG_FUNCTION_ARGS)
 		Oid			definer_oid = get_role_oid(definer, true);
 
 		if (OidIsValid(definer_oid) ?
-			!has_privs_of_role(GetSessionUserId(), definer_oid) :
-			!superuser_arg(GetSessionUserId()))
+			!has_privs_of_role(caller, definer_oid) :
+			!superuser_arg(caller))
 			ereport(ERROR,
 					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 					 errmsg("permission denied to redefine state machine \"%s\"", name),
 					 errdetail("The machine was defined by role \"%s\", whose privileges role \"%s\" does not have.",
-							   definer, GetUserNameFromId(GetSessionUserId(), false)),
+							   definer, GetUserNameFromId(caller, false)),
 					 errhint("Define a machine under another name.")));
 		values[3] = DirectFunctionCall1(namein, CStringGetDatum(definer));
 		nulls[3] = ' ';
@@ -106,19 +115,20 @@ payments_define_state_machine(PG_FUNCTION_ARGS)
 	payments_prepare(&upsert_plan,
 					 "INSERT INTO @extschema@.state_machine_definitions"
 					 " (name, transitions, initial, defined_by)"
-					 " VALUES ($1, $2, $3, session_user)"
+					 " VALUES ($1, $2, $3, $5)"
 					 " ON CONFLICT (name) DO UPDATE"
 					 " SET transitions = excluded.transitions,"
 					 "  initial = excluded.initial,"
 					 "  defined_at = now(), defined_by = excluded.defined_by"
 					 " WHERE state_machine_definitions.defined_by = $4",
-					 4, argtypes);
+					 5, argtypes);
 	if (payments_execute(upsert_plan, values, nulls, SPI_OK_INSERT, 0) != 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
 				 errmsg("state machine \"%s\" was defined by another transaction meanwhile", name),
 				 errhint("Try again.")));
 	SPI_finish();
+	payments_end_as_owner(&saved);
 
 	/*
 	 * Every backend drops its cached machines when this transaction commits

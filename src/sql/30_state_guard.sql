@@ -60,7 +60,7 @@ CREATE FUNCTION payments.define_state_machine(
         name text, transitions jsonb, initial text[] DEFAULT NULL)
     RETURNS void
     AS 'MODULE_PATHNAME', 'payments_define_state_machine'
-    LANGUAGE C VOLATILE SECURITY DEFINER
+    LANGUAGE C VOLATILE
     SET search_path = pg_catalog, pg_temp;
 
 COMMENT ON FUNCTION payments.define_state_machine(text, jsonb, text[]) IS
