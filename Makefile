@@ -125,6 +125,7 @@ ISOLATION = \
 	compensation_rights \
 	compensation_unregister \
 	callback_same_event \
+	callback_stale_read \
 	callback_route_race \
 	callback_expect_race
 ISOLATION_OPTS = --inputdir=test/isolation --load-extension=$(EXTENSION) --no-locale --encoding=UTF8
