@@ -7,14 +7,15 @@
  * A delivery first takes the event's lock, so a second delivery of the
  * same event waits for the first delivery's transaction (or is refused,
  * PM409), then counts as a duplicate if that committed, as the first if it
- * rolled back.  A redelivery is told by its row in payments.callbacks
- * before the routed row is even read, and that row is inserted before
- * anything is applied (its primary key is the last word, under REPEATABLE
- * READ too).  So an event is applied at most once whatever the number and
- * order of deliveries.  The row is inserted with the outcome the event will most
- * likely have: stale if a plain read of the routed row settles it
- * (callback_route_settled), else applied, corrected in the rare other
- * cases; so the usual callback writes the row once.
+ * rolled back.  The event's row in payments.callbacks is inserted before
+ * anything is read or applied (its primary key is the last word, under
+ * REPEATABLE READ too), so a redelivery answers "duplicate" whatever
+ * became of the routed row since, and an event is applied at most once
+ * whatever the number and order of deliveries.  The row is inserted with
+ * the outcome most events have (applied, or new without a route) and
+ * corrected in the other cases; a stale event is told by a plain read of
+ * the routed row where that suffices (callback_route_settled), without
+ * locking or writing it.
  *
  * Everything happens in the caller's transaction: a rollback takes the
  * event back with the caller's own work, and the provider's next delivery
@@ -50,7 +51,6 @@ const char *const callback_outcome_names[] = {
 
 static bool callback_wait = true;
 
-static SPIPlanPtr redelivery_plan;
 static SPIPlanPtr insert_plan;
 static SPIPlanPtr outcome_plan;
 
@@ -161,32 +161,8 @@ record_event(const CallbackEvent *ev, Oid tables_owner)
 	values[0] = CStringGetTextDatum(ev->provider);
 	values[1] = CStringGetTextDatum(ev->event_id);
 
-	/*
-	 * A redelivery is told first, holding the event's lock, so that it
-	 * answers "duplicate" whatever became of the routed row since.
-	 */
-	payments_begin_as_owner(tables_owner, false, &saved);
-	payments_prepare(&redelivery_plan,
-					 "UPDATE @extschema@.callbacks"
-					 " SET deliveries = deliveries + 1, last_delivered_at = now()"
-					 " WHERE provider = $1 AND event_id = $2"
-					 " RETURNING false, payment_ref, event_type",
-					 2, (Oid[]) {TEXTOID, TEXTOID});
-	if (payments_execute(redelivery_plan, values, NULL, SPI_OK_UPDATE_RETURNING, 0) == 1)
-	{
-		payments_end_as_owner(&saved);
-		return redelivery(ev);
-	}
-	payments_end_as_owner(&saved);
-
 	route = callback_route_find(ev->provider, ev->event_type, tables_owner);
-	if (route == NULL)
-		outcome = CALLBACK_NEW;
-	else if (callback_route_settled(route, ev->provider, ev->event_id,
-									ev->payment_ref, ev->event_type))
-		outcome = CALLBACK_STALE;
-	else
-		outcome = CALLBACK_APPLIED;
+	outcome = route ? CALLBACK_APPLIED : CALLBACK_NEW;
 
 	values[2] = CStringGetTextDatum(ev->payment_ref);
 	values[3] = CStringGetTextDatum(ev->event_type);
@@ -221,12 +197,16 @@ record_event(const CallbackEvent *ev, Oid tables_owner)
 	if (!first)
 		return redelivery(ev);
 
-	if (outcome == CALLBACK_APPLIED)
+	if (route != NULL)
 	{
-		outcome = callback_route_apply(route, ev->provider, ev->event_id,
-									   ev->payment_ref, ev->event_type,
-									   ev->payload, tables_owner,
-									   &compensation_id);
+		if (callback_route_settled(route, ev->provider, ev->event_id,
+								   ev->payment_ref, ev->event_type))
+			outcome = CALLBACK_STALE;
+		else
+			outcome = callback_route_apply(route, ev->provider, ev->event_id,
+										   ev->payment_ref, ev->event_type,
+										   ev->payload, tables_owner,
+										   &compensation_id);
 		if (outcome != CALLBACK_APPLIED)
 		{
 			Datum		fix[4];
@@ -247,10 +227,9 @@ record_event(const CallbackEvent *ev, Oid tables_owner)
 			payments_execute(outcome_plan, fix, fixnulls, SPI_OK_UPDATE, 0);
 			payments_end_as_owner(&saved);
 		}
-	}
-	if (route != NULL)
 		callback_expectations_meet(ev->provider, ev->payment_ref, ev->event_id,
 								   tables_owner);
+	}
 	SPI_finish();
 	return callback_outcome_names[outcome];
 }

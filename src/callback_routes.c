@@ -22,9 +22,9 @@
  * COMMITTED a concurrent move of the same row is waited for and the row
  * judged again as committed.  A row it did not move is then read FOR UPDATE
  * to classify the event; if that row has meanwhile come to a state the
- * move may start from, the UPDATE is tried again.  Before any of this,
- * receive_callback asks callback_route_settled, which tells a stale event
- * by a plain read where it can, without locking or writing the row.
+ * move may start from, the UPDATE is tried again.  Before the move is
+ * tried, receive_callback asks callback_route_settled, which tells a stale
+ * event by a plain read where it can, without locking or writing the row.
  *
  * The UPDATE and the SELECT are prepared once per backend and table and
  * kept until the table's definition changes.
