@@ -281,6 +281,10 @@ SELECT status FROM orders WHERE ref = 'B-2';
 SELECT event_id, payment_ref, event_type, payload, outcome, deliveries FROM events WHERE payment_ref = 'B-2'
  ORDER BY event_id;
 SELECT status, met_by FROM payments.callback_expectations WHERE id = :e2;
+-- Its query item, which no executor had claimed, is cancelled: the
+-- provider need not be asked any more.
+SELECT c.status FROM payments.compensations c
+  JOIN payments.expected_callbacks e ON e.compensation_id = c.id WHERE e.id = :e2;
 -- The query item of B-3 is cancelled: the expectation is lost.
 SELECT payments.cancel_compensation(compensation_id) FROM payments.expected_callbacks WHERE id = :e3;
 SELECT payment_ref, status FROM payments.callback_expectations WHERE id IN (:e2, :e3, :e4, :e5)

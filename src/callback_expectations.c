@@ -67,7 +67,12 @@ callback_expectations_init(void)
 							NULL, NULL, NULL);
 }
 
-/* Mark the expectations of a payment met by event_id; SPI is connected. */
+/*
+ * Mark the expectations of a payment met by event_id; SPI is connected.
+ * A query item of theirs that no executor has claimed yet is cancelled:
+ * the provider need not be asked any more.  One already claimed runs on,
+ * and its result is recorded as a stale or duplicate event.
+ */
 void
 callback_expectations_meet(const char *provider, const char *payment_ref,
 						   const char *event_id, Oid tables_owner)
@@ -80,9 +85,15 @@ callback_expectations_meet(const char *provider, const char *payment_ref,
 	values[2] = CStringGetTextDatum(event_id);
 	payments_begin_as_owner(tables_owner, false, &saved);
 	payments_prepare(&meet_plan,
-					 "UPDATE @extschema@.expected_callbacks"
+					 "WITH met AS ("
+					 " UPDATE @extschema@.expected_callbacks"
 					 " SET met_at = now(), met_by = $3"
-					 " WHERE provider = $1 AND payment_ref = $2 AND met_at IS NULL",
+					 " WHERE provider = $1 AND payment_ref = $2 AND met_at IS NULL"
+					 " RETURNING compensation_id)"
+					 " UPDATE @extschema@.compensations c"
+					 " SET status = 'cancelled', finished_at = clock_timestamp(),"
+					 "  updated_at = clock_timestamp()"
+					 " FROM met WHERE c.id = met.compensation_id AND c.status = 'pending'",
 					 3, (Oid[]) {TEXTOID, TEXTOID, TEXTOID});
 	payments_execute(meet_plan, values, NULL, SPI_OK_UPDATE, 0);
 	payments_end_as_owner(&saved);
