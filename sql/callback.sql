@@ -155,10 +155,11 @@ SELECT payments.receive_callback('psp', 'evt_1', 'A-2', 'payment.authorized', '{
 SELECT payments.receive_callback('psp', 'evt_1', 'A-1', 'payment.captured', '{"amount": 1000}');
 \echo :LAST_ERROR_SQLSTATE
 SELECT cb_state() = :'before' AS unchanged;
--- A query result is an event whose id names its type and payment.
+-- A query result is an event whose id names its type and payment; a
+-- provider's event cannot take such an id.
 SELECT payments.record_query_result('psp', 'A-1', 'charge.dispute.created', NULL);
 SELECT cb_state() AS before \gset
-SELECT payments.receive_callback('psp', 'query:charge.dispute.created:A-1', 'A-2', 'charge.dispute.created', NULL);
+SELECT payments.receive_callback('psp', 'query:22:charge.dispute.created:A-1', 'A-2', 'charge.dispute.created', NULL);
 \echo :LAST_ERROR_SQLSTATE
 -- PM407: no row has the payment_ref.
 SELECT payments.receive_callback('psp', 'evt_7', 'A-404', 'payment.authorized', NULL);

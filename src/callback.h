@@ -16,7 +16,8 @@
  *	  callback_expectations.c expect_callback, and the worker's chase and
  *							  purge
  *
- * Every SQL function acts for its caller (GetUserId()): the caller must
+ * Every SQL function but the worker's tasks (chase_callbacks,
+ * purge_callbacks) acts for its caller (GetUserId()): the caller must
  * have the privileges of the provider's owner, the routed UPDATE and a
  * queued handler run with the caller's rights, and the extension's own
  * tables are read and written as their owner.

@@ -71,7 +71,8 @@ callback_expectations_init(void)
  * Mark the expectations of a payment met by event_id; SPI is connected.
  * A query item of theirs that no executor has claimed yet is cancelled:
  * the provider need not be asked any more.  One already claimed runs on,
- * and its result is recorded as a stale or duplicate event.
+ * and its result is recorded as a stale or duplicate event; one that the
+ * worker holds is skipped rather than waited for.
  */
 void
 callback_expectations_meet(const char *provider, const char *payment_ref,
@@ -83,7 +84,7 @@ callback_expectations_meet(const char *provider, const char *payment_ref,
 	values[0] = CStringGetTextDatum(provider);
 	values[1] = CStringGetTextDatum(payment_ref);
 	values[2] = CStringGetTextDatum(event_id);
-	payments_begin_as_owner(tables_owner, false, &saved);
+	payments_begin_as_owner(tables_owner, true, &saved);
 	payments_prepare(&meet_plan,
 					 "WITH met AS ("
 					 " UPDATE @extschema@.expected_callbacks"
@@ -92,8 +93,11 @@ callback_expectations_meet(const char *provider, const char *payment_ref,
 					 " RETURNING compensation_id)"
 					 " UPDATE @extschema@.compensations c"
 					 " SET status = 'cancelled', finished_at = clock_timestamp(),"
+					 "  lease_expires_at = NULL, claim_token = NULL,"
 					 "  updated_at = clock_timestamp()"
-					 " FROM met WHERE c.id = met.compensation_id AND c.status = 'pending'",
+					 " WHERE c.id IN (SELECT q.id FROM @extschema@.compensations q, met"
+					 "   WHERE q.id = met.compensation_id AND q.status = 'pending'"
+					 "   FOR UPDATE OF q SKIP LOCKED)",
 					 3, (Oid[]) {TEXTOID, TEXTOID, TEXTOID});
 	payments_execute(meet_plan, values, NULL, SPI_OK_UPDATE, 0);
 	payments_end_as_owner(&saved);

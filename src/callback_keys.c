@@ -308,8 +308,9 @@ payments_callback_key_revoke(PG_FUNCTION_ARGS)
 	int64		id;
 	Datum		values[1];
 	PaymentsSavedUser saved;
+	MemoryContext cxt = CurrentMemoryContext;
 	char	   *provider = NULL;
-	bool		revoked = false;
+	bool		active = false;
 	bool		isnull;
 
 	payments_arg_not_null(fcinfo, 0, "id");
@@ -325,9 +326,10 @@ payments_callback_key_revoke(PG_FUNCTION_ARGS)
 					 1, (Oid[]) {INT8OID});
 	if (payments_execute(key_plan, values, NULL, SPI_OK_SELECT, 0) == 1)
 	{
-		provider = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
-		revoked = !DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
-											  SPI_tuptable->tupdesc, 2, &isnull));
+		provider = MemoryContextStrdup(cxt, SPI_getvalue(SPI_tuptable->vals[0],
+														  SPI_tuptable->tupdesc, 1));
+		active = !DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
+											 SPI_tuptable->tupdesc, 2, &isnull));
 	}
 	SPI_finish();
 	payments_end_as_owner(&saved);
@@ -337,7 +339,7 @@ payments_callback_key_revoke(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_PM_CALLBACK_NOT_FOUND),
 				 errmsg("callback key %lld does not exist", (long long) id)));
 	(void) callback_provider_owner(provider, false, tables_owner);
-	if (!revoked)
+	if (!active)
 		PG_RETURN_BOOL(false);
 
 	payments_begin_as_owner(tables_owner, false, &saved);

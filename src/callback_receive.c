@@ -8,7 +8,7 @@
  * same event waits for the first delivery's transaction (or is refused,
  * PM409), then counts as a duplicate if that committed, as the first if it
  * rolled back.  The event's row in payments.callbacks is inserted before
- * anything is read or applied (its primary key is the last word, under
+ * the routed row is read or moved (its primary key is the last word, under
  * REPEATABLE READ too), so a redelivery answers "duplicate" whatever
  * became of the routed row since, and an event is applied at most once
  * whatever the number and order of deliveries.  The row is inserted with
@@ -48,6 +48,12 @@ const char *const callback_outcome_names[] = {
 	[CALLBACK_CONFLICT] = "conflict",
 	[CALLBACK_NEW] = "new",
 };
+
+/*
+ * The event ids of query results: the prefix, then the length of the event
+ * type, so that no two (event type, payment) pairs share one.
+ */
+#define QUERY_EVENT_PREFIX	"query:"
 
 static bool callback_wait = true;
 
@@ -218,7 +224,7 @@ record_event(const CallbackEvent *ev, Oid tables_owner)
 			fix[3] = Int64GetDatum(compensation_id);
 			if (compensation_id == 0)
 				fixnulls[3] = 'n';
-			payments_begin_as_owner(tables_owner, false, &saved);
+			payments_begin_as_owner(tables_owner, true, &saved);
 			payments_prepare(&outcome_plan,
 							 "UPDATE @extschema@.callbacks"
 							 " SET outcome = $3, compensation_id = $4"
@@ -260,6 +266,12 @@ payments_receive_callback(PG_FUNCTION_ARGS)
 	event_args(fcinfo, &ev, 2, 3, 4);
 	ev.event_id = text_to_cstring(payments_arg_text(fcinfo, 1, "event_id",
 													CALLBACK_EVENT_ID_MAX_BYTES));
+	if (strncmp(ev.event_id, QUERY_EVENT_PREFIX, strlen(QUERY_EVENT_PREFIX)) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("event_id must not start with \"%s\"", QUERY_EVENT_PREFIX),
+				 errdetail("Event ids starting with \"%s\" are those of record_query_result.",
+						   QUERY_EVENT_PREFIX)));
 	if (PG_ARGISNULL(5) && !PG_ARGISNULL(6))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
@@ -295,7 +307,8 @@ payments_record_query_result(PG_FUNCTION_ARGS)
 	CallbackEvent ev;
 
 	event_args(fcinfo, &ev, 1, 2, 3);
-	ev.event_id = psprintf("query:%s:%s", ev.event_type, ev.payment_ref);
+	ev.event_id = psprintf("%s%zu:%s:%s", QUERY_EVENT_PREFIX,
+						   strlen(ev.event_type), ev.event_type, ev.payment_ref);
 	(void) callback_provider_owner(ev.provider, false, tables_owner);
 	PG_RETURN_TEXT_P(cstring_to_text(record_event(&ev, tables_owner)));
 }

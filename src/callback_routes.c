@@ -48,13 +48,10 @@
 #include "miscadmin.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
-#include "utils/catcache.h"
-#include "utils/fmgroids.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
-#include "utils/regproc.h"
 #include "utils/rel.h"
 #include "utils/syscache.h"
 
@@ -255,7 +252,7 @@ target(Oid relid, const char *key_col, const char *state_col)
 	strlcpy(t->machine, machine, NAMEDATALEN);
 	tbl = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
 									 RelationGetRelationName(rel));
-	k = psprintf("%s = $2::pg_catalog.text::%s", quote_identifier(key_col),
+	k = psprintf("%s OPERATOR(pg_catalog.=) $2::pg_catalog.text::%s", quote_identifier(key_col),
 				 column_type(rel, key_att));
 	st = pstrdup(quote_identifier(state_col));
 	update_sql = psprintf("UPDATE %s SET %s = $1::pg_catalog.text::%s"
@@ -352,7 +349,11 @@ reaches(const Machine *m, int from, int to)
 		int			s = stack[--depth];
 
 		if (s == to)
+		{
+			pfree(seen);
+			pfree(stack);
 			return true;
+		}
 		for (int i = 0; i < m->nnext[s]; i++)
 			if (!seen[m->next[s][i]])
 			{
@@ -360,6 +361,8 @@ reaches(const Machine *m, int from, int to)
 				stack[depth++] = m->next[s][i];
 			}
 	}
+	pfree(seen);
+	pfree(stack);
 	return false;
 }
 
@@ -408,7 +411,7 @@ queue_conflict(const char *handler_name, Oid handler_owner,
 		nulls[5] = 'n';
 
 	payments_prepare(&conflict_payload_plan,
-					 "SELECT jsonb_build_object('provider', $1, 'event_id', $2,"
+					 "SELECT pg_catalog.jsonb_build_object('provider', $1, 'event_id', $2,"
 					 " 'payment_ref', $3, 'event_type', $4, 'state', $5, 'payload', $6)",
 					 6, (Oid[]) {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, JSONBOID});
 	payments_execute(conflict_payload_plan, values, nulls, SPI_OK_SELECT, 0);
@@ -488,29 +491,30 @@ read_state(RoutedColumn *t, RouteStatement which, Datum *values,
 	if (n > 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_CARDINALITY_VIOLATION),
-				 errmsg("more than one row of relation \"%s\" has %s = '%s'",
-						get_rel_name(route->relid), quote_identifier(route->key_col),
-						payment_ref),
+				 errmsg("more than one row of relation \"%s\" has \"%s\" in column \"%s\"",
+						get_rel_name(route->relid), payment_ref, route->key_col),
 				 errdetail("A callback route moves the one row whose key column equals the event's payment_ref."),
 				 errhint("Route to a column that is unique, such as the primary key.")));
 	if (n == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_PM_CALLBACK_TARGET_NOT_FOUND),
-				 errmsg("no row of relation \"%s\" has %s = '%s'",
-						get_rel_name(route->relid), quote_identifier(route->key_col),
-						payment_ref),
+				 errmsg("no row of relation \"%s\" has \"%s\" in column \"%s\"",
+						get_rel_name(route->relid), payment_ref, route->key_col),
 				 errdetail("Event \"%s\" of callback provider \"%s\" is routed to that table; nothing was recorded.",
 						   event_id, provider),
 				 errhint("The provider sends the event again; if the row is being created, it will be there then.")));
 	*current = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 	cur = *current ? state_machine_find(m, *current) : -1;
+	if (cur < 0 && !quiet && *current == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_PM_UNKNOWN_STATE),
+				 errmsg("row of relation \"%s\" for payment \"%s\" has a null state",
+						get_rel_name(route->relid), payment_ref)));
 	if (cur < 0 && !quiet)
 		ereport(ERROR,
 				(errcode(ERRCODE_PM_UNKNOWN_STATE),
-				 errmsg("row of relation \"%s\" with %s = '%s' is in state %s%s%s, which is not a state of machine \"%s\"",
-						get_rel_name(route->relid), quote_identifier(route->key_col),
-						payment_ref, *current ? "\"" : "", *current ? *current : "NULL",
-						*current ? "\"" : "", t->machine)));
+				 errmsg("row of relation \"%s\" for payment \"%s\" is in state \"%s\", which is not a state of machine \"%s\"",
+						get_rel_name(route->relid), payment_ref, *current, t->machine)));
 	return cur;
 }
 
@@ -611,8 +615,15 @@ callback_route_apply(const CallbackRoute *route, const char *provider,
 
 		cur = read_state(t, ROUTE_LOCK, values, m, route, provider, event_id,
 						 payment_ref, &current, false);
-		if (!state_machine_has_edge(m, cur, to) || tries >= ROUTE_MAX_TRIES)
+		if (!state_machine_has_edge(m, cur, to))
 			break;
+		if (tries >= ROUTE_MAX_TRIES)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("row of relation \"%s\" for payment \"%s\" could not be moved to state \"%s\"",
+							get_rel_name(route->relid), payment_ref, route->to_state),
+					 errdetail("Its state \"%s\" leads there, but the update matched no row %d times; a trigger or a row security policy may be skipping it.",
+							   current, ROUTE_MAX_TRIES + 1)));
 	}
 
 	/*

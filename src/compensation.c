@@ -348,7 +348,7 @@ compensation_enqueue(Oid handler, Datum payload, text *dedup_key,
 	dedup_values[0] = values[0];
 	dedup_values[1] = values[2];
 
-	payments_begin_as_owner(tables_owner, false, &saved);
+	payments_begin_as_owner(tables_owner, true, &saved);
 	SPI_connect();
 	payments_prepare(&insert_plan,
 					 "INSERT INTO @extschema@.compensations"
@@ -377,6 +377,8 @@ compensation_enqueue(Oid handler, Datum payload, text *dedup_key,
 			id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
 											 SPI_tuptable->tupdesc, 1, &isnull));
 		}
+		else if (dedup_key == NULL)
+			elog(ERROR, "compensation insert returned no row");
 		else if (payments_execute(dedup_plan, dedup_values, NULL, SPI_OK_SELECT, 0) == 1)
 		{
 			HeapTuple	tup = SPI_tuptable->vals[0];

@@ -172,14 +172,27 @@ guard_triggers(Relation rel, AttrNumber attnum, char **machine)
 
 /*
  * The machine column attnum of rel is guarded by, or NULL if it is not
- * guarded (callback routes move guarded columns only).
+ * guarded or its guard is disabled (callback routes move guarded columns
+ * only).
  */
 char *
 state_guard_column_machine(Relation rel, AttrNumber attnum)
 {
 	char	   *machine = NULL;
+	List	   *names = guard_triggers(rel, attnum, &machine);
+	ListCell   *lc;
 
-	(void) guard_triggers(rel, attnum, &machine);
+	foreach(lc, names)
+	{
+		for (int i = 0; i < rel->trigdesc->numtriggers; i++)
+		{
+			Trigger    *tg = &rel->trigdesc->triggers[i];
+
+			if (strcmp(tg->tgname, (char *) lfirst(lc)) == 0 &&
+				tg->tgenabled == TRIGGER_DISABLED)
+				return NULL;
+		}
+	}
 	return machine;
 }
 

@@ -61,7 +61,7 @@ CREATE TABLE payments.callbacks (
     deliveries         integer     NOT NULL DEFAULT 1,
     compensation_id    bigint,                 -- the on_conflict item
     CONSTRAINT callbacks_pkey PRIMARY KEY (provider, event_id)
-) WITH (fillfactor = 90);   -- room for the outcome's HOT update, see below
+) WITH (fillfactor = 90);   -- room for the HOT updates described above
 
 COMMENT ON TABLE payments.callbacks IS
     'Every callback event received: its first outcome, deliveries, and the key that verified it';
@@ -133,7 +133,7 @@ SELECT pg_catalog.pg_extension_config_dump('payments.expected_callbacks_id_seq',
 CREATE FUNCTION payments.callback_signature_failures(provider text)
     RETURNS bigint
     AS 'MODULE_PATHNAME', 'payments_callback_signature_failures'
-    LANGUAGE C STABLE
+    LANGUAGE C VOLATILE
     SET search_path = pg_catalog, pg_temp;
 
 COMMENT ON FUNCTION payments.callback_signature_failures(text) IS

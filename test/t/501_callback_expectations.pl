@@ -91,7 +91,7 @@ COMMIT;
 	'applied', 'the query result routes like a callback: applied');
 is( $node->safe_psql('shop',
 		q{SELECT status || ' ' || met_by FROM payments.callback_expectations WHERE payment_ref = 'o1'}),
-	'met query:payment.succeeded:o1', 'the expectation is met by the query result');
+	'met query:17:payment.succeeded:o1', 'the expectation is met by the query result');
 is($node->safe_psql('shop', q{SELECT status FROM shop.orders WHERE ref = 'o1'}),
 	'paid', 'and the order moved to paid');
 is( $node->safe_psql('shop',
