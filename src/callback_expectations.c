@@ -47,6 +47,7 @@ static int	callback_retention = 35 * 24 * 3600;
 
 static SPIPlanPtr expect_plan;
 static SPIPlanPtr meet_plan;
+static SPIPlanPtr cancel_query_plan;
 static SPIPlanPtr due_plan;
 static SPIPlanPtr queried_plan;
 static SPIPlanPtr purge_events_plan;
@@ -80,26 +81,38 @@ callback_expectations_meet(const char *provider, const char *payment_ref,
 {
 	Datum		values[3];
 	PaymentsSavedUser saved;
+	SPITupleTable *met;
+	uint64		n;
 
 	values[0] = CStringGetTextDatum(provider);
 	values[1] = CStringGetTextDatum(payment_ref);
 	values[2] = CStringGetTextDatum(event_id);
 	payments_begin_as_owner(tables_owner, true, &saved);
 	payments_prepare(&meet_plan,
-					 "WITH met AS ("
-					 " UPDATE @extschema@.expected_callbacks"
+					 "UPDATE @extschema@.expected_callbacks"
 					 " SET met_at = now(), met_by = $3"
 					 " WHERE provider = $1 AND payment_ref = $2 AND met_at IS NULL"
-					 " RETURNING compensation_id)"
-					 " UPDATE @extschema@.compensations c"
-					 " SET status = 'cancelled', finished_at = clock_timestamp(),"
-					 "  lease_expires_at = NULL, claim_token = NULL,"
-					 "  updated_at = clock_timestamp()"
-					 " WHERE c.id IN (SELECT q.id FROM @extschema@.compensations q, met"
-					 "   WHERE q.id = met.compensation_id AND q.status = 'pending'"
-					 "   FOR UPDATE OF q SKIP LOCKED)",
+					 " RETURNING compensation_id",
 					 3, (Oid[]) {TEXTOID, TEXTOID, TEXTOID});
-	payments_execute(meet_plan, values, NULL, SPI_OK_UPDATE, 0);
+	n = payments_execute(meet_plan, values, NULL, SPI_OK_UPDATE_RETURNING, 0);
+	met = SPI_tuptable;
+	for (uint64 i = 0; i < n; i++)
+	{
+		bool		isnull;
+		Datum		item = SPI_getbinval(met->vals[i], met->tupdesc, 1, &isnull);
+
+		if (isnull)
+			continue;
+		payments_prepare(&cancel_query_plan,
+						 "UPDATE @extschema@.compensations"
+						 " SET status = 'cancelled', finished_at = clock_timestamp(),"
+						 "  lease_expires_at = NULL, claim_token = NULL,"
+						 "  updated_at = clock_timestamp()"
+						 " WHERE id = (SELECT id FROM @extschema@.compensations"
+						 "  WHERE id = $1 AND status = 'pending' FOR UPDATE SKIP LOCKED)",
+						 1, (Oid[]) {INT8OID});
+		payments_execute(cancel_query_plan, &item, NULL, SPI_OK_UPDATE, 0);
+	}
 	payments_end_as_owner(&saved);
 }
 

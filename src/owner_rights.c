@@ -31,6 +31,7 @@
 #include "owner_rights.h"
 
 #include "access/htup_details.h"
+#include "catalog/namespace.h"
 #include "catalog/pg_proc.h"
 #include "miscadmin.h"
 #include "utils/guc.h"
@@ -65,6 +66,8 @@ payments_function_owner(Oid fn_oid)
  * DEFINER functions.  So no C code may catch an error between the two
  * calls without a subtransaction of its own.
  */
+#define PINNED_SEARCH_PATH	"pg_catalog, pg_temp"
+
 void
 payments_begin_as_owner(Oid owner, bool pin_search_path,
 						PaymentsSavedUser *saved)
@@ -72,10 +75,19 @@ payments_begin_as_owner(Oid owner, bool pin_search_path,
 	GetUserIdAndSecContext(&saved->userid, &saved->sec_context);
 	SetUserIdAndSecContext(owner, saved->sec_context | SECURITY_LOCAL_USERID_CHANGE);
 	saved->guc_level = -1;
+
+	/*
+	 * Already pinned (the function's own SET clause, unless user code run
+	 * since changed it): setting it again would cost a GUC level and a
+	 * new search path for nothing.
+	 */
+	if (pin_search_path && namespace_search_path != NULL &&
+		strcmp(namespace_search_path, PINNED_SEARCH_PATH) == 0)
+		pin_search_path = false;
 	if (pin_search_path)
 	{
 		saved->guc_level = NewGUCNestLevel();
-		(void) set_config_option("search_path", "pg_catalog, pg_temp",
+		(void) set_config_option("search_path", PINNED_SEARCH_PATH,
 								 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE,
 								 true, 0, false);
 	}
