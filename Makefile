@@ -23,6 +23,7 @@ OBJS = \
 	src/args.o \
 	src/spi_util.o \
 	src/direct_write.o \
+	src/key_lock.o \
 	src/idempotency.o \
 	src/reservation.o \
 	src/reservation_holds.o \

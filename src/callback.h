@@ -39,8 +39,6 @@
 #define CALLBACK_EVENT_TYPE_MAX_BYTES	255
 #define CALLBACK_SECRET_MAX_BYTES		16384
 
-/* Reads every provider's callbacks (src/sql/90_privileges.sql) */
-#define CALLBACK_OPERATOR_ROLE			"payments_operator"
 
 /* What the first delivery of an event did */
 typedef enum CallbackOutcome
@@ -64,6 +62,7 @@ extern void callback_verify_init(void);
 extern char *callback_verify(const char *provider, Jsonb *headers,
 							 const char *body, Size bodylen, TimestampTz at,
 							 Oid tables_owner);
+extern Size callback_body_length(Datum body);
 extern void callback_check_body_size(Size len);
 
 /* callback_failures.c */

@@ -16,7 +16,6 @@
 #include "postgres.h"
 
 #include "callback.h"
-#include "args.h"
 #include "owner_rights.h"
 
 #include "miscadmin.h"

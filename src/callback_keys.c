@@ -131,7 +131,7 @@ bool
 callback_provider_visible(const char *provider, Oid tables_owner)
 {
 	Oid			caller = GetUserId();
-	Oid			operator = get_role_oid(CALLBACK_OPERATOR_ROLE, true);
+	Oid			operator = get_role_oid(PAYMENTS_OPERATOR_ROLE, true);
 	Datum		values[1];
 	Oid			owner = InvalidOid;
 	PaymentsSavedUser saved;

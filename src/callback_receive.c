@@ -28,16 +28,15 @@
 #include "callback.h"
 #include "payments.h"
 #include "args.h"
+#include "key_lock.h"
 #include "owner_rights.h"
 #include "spi_util.h"
 
+#include "access/xact.h"
 #include "catalog/pg_type.h"
-#include "common/hashfn.h"
 #include "miscadmin.h"
-#include "storage/lmgr.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
-#include "utils/timestamp.h"
 
 PG_FUNCTION_INFO_V1(payments_receive_callback);
 PG_FUNCTION_INFO_V1(payments_record_query_result);
@@ -83,24 +82,13 @@ callback_receive_init(void)
 static void
 lock_event(const char *provider, const char *event_id)
 {
-	LOCKTAG		tag;
-	uint64		h;
-
-	h = hash_combine64(hash_bytes_extended((const unsigned char *) provider,
-										   strlen(provider), 0),
-					   hash_bytes_extended((const unsigned char *) event_id,
-										   strlen(event_id), 0));
-	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) (h >> 32), (uint32) h,
-						 PAYMENTS_LOCKSPACE_CALLBACK);
-	if (LockAcquire(&tag, ExclusiveLock, false, true) != LOCKACQUIRE_NOT_AVAIL)
-		return;
-	if (!callback_wait)
+	if (!payments_lock_key(provider, strlen(provider), event_id, strlen(event_id),
+						   PAYMENTS_LOCKSPACE_CALLBACK, callback_wait))
 		ereport(ERROR,
 				(errcode(ERRCODE_PM_CALLBACK_IN_PROGRESS),
 				 errmsg("event \"%s\" of callback provider \"%s\" is being received by another transaction",
 						event_id, provider),
 				 errhint("Answer the provider with an error so that it sends the event again, or set payments.callback_wait to wait for the other transaction.")));
-	(void) LockAcquire(&tag, ExclusiveLock, false, false);
 }
 
 /* One event, as receive_callback and record_query_result are given it */
@@ -262,6 +250,7 @@ payments_receive_callback(PG_FUNCTION_ARGS)
 {
 	Oid			tables_owner = payments_function_owner(fcinfo->flinfo->fn_oid);
 	CallbackEvent ev;
+	bytea	   *body = NULL;
 
 	event_args(fcinfo, &ev, 2, 3, 4);
 	ev.event_id = text_to_cstring(payments_arg_text(fcinfo, 1, "event_id",
@@ -279,19 +268,19 @@ payments_receive_callback(PG_FUNCTION_ARGS)
 				 errdetail("A body is verified against the signature its headers carry."),
 				 errhint("Pass the request's headers, or no body if your application verified the callback itself.")));
 	if (!PG_ARGISNULL(6))
-		callback_check_body_size(VARSIZE_ANY_EXHDR(PG_GETARG_BYTEA_PP(6)));
+	{
+		/* Measured before it is detoasted: a body may be up to 1 GB. */
+		callback_check_body_size(callback_body_length(PG_GETARG_DATUM(6)));
+		body = PG_GETARG_BYTEA_PP(6);
+	}
 
 	(void) callback_provider_owner(ev.provider, false, tables_owner);
 	if (!PG_ARGISNULL(5))
-	{
-		bytea	   *body = PG_ARGISNULL(6) ? NULL : PG_GETARG_BYTEA_PP(6);
-
 		ev.key_id = callback_verify(ev.provider, PG_GETARG_JSONB_P(5),
 									body ? VARDATA_ANY(body) : NULL,
 									body ? VARSIZE_ANY_EXHDR(body) : 0,
 									GetCurrentTransactionStartTimestamp(),
 									tables_owner);
-	}
 	PG_RETURN_TEXT_P(cstring_to_text(record_event(&ev, tables_owner)));
 }
 

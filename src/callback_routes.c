@@ -44,7 +44,6 @@
 #include "access/table.h"
 #include "access/xact.h"
 #include "catalog/pg_type.h"
-#include "executor/spi.h"
 #include "miscadmin.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
@@ -334,26 +333,38 @@ run(RoutedColumn *t, RouteStatement which, Datum *values)
 	return n;
 }
 
-/* Whether state to can be reached from state from along the machine. */
+/*
+ * Whether state to can be reached from state from along the machine; with
+ * moving set, in one move or more, so that from reaches itself only on a
+ * cycle.
+ */
 static bool
-reaches(const Machine *m, int from, int to)
+reaches(const Machine *m, int from, int to, bool moving)
 {
 	bool	   *seen = palloc0(sizeof(bool) * m->nstates);
 	int		   *stack = palloc(sizeof(int) * m->nstates);
 	int			depth = 0;
+	bool		found = false;
 
-	stack[depth++] = from;
-	seen[from] = true;
-	while (depth > 0)
+	if (moving)
+	{
+		for (int i = 0; i < m->nnext[from]; i++)
+			if (!seen[m->next[from][i]])
+			{
+				seen[m->next[from][i]] = true;
+				stack[depth++] = m->next[from][i];
+			}
+	}
+	else
+	{
+		seen[from] = true;
+		stack[depth++] = from;
+	}
+	while (depth > 0 && !found)
 	{
 		int			s = stack[--depth];
 
-		if (s == to)
-		{
-			pfree(seen);
-			pfree(stack);
-			return true;
-		}
+		found = (s == to);
 		for (int i = 0; i < m->nnext[s]; i++)
 			if (!seen[m->next[s][i]])
 			{
@@ -363,7 +374,7 @@ reaches(const Machine *m, int from, int to)
 	}
 	pfree(seen);
 	pfree(stack);
-	return false;
+	return found;
 }
 
 /* The states of m with an edge to state to, as a text[] */
@@ -459,16 +470,6 @@ callback_route_find(const char *provider, const char *event_type,
 	}
 	payments_end_as_owner(&saved);
 	return route;
-}
-
-/* Whether state to can be reached from state from in one or more moves. */
-static bool
-reaches_through_edge(const Machine *m, int from, int to)
-{
-	for (int i = 0; i < m->nnext[from]; i++)
-		if (reaches(m, m->next[from][i], to))
-			return true;
-	return false;
 }
 
 /*
@@ -568,7 +569,7 @@ callback_route_settled(const CallbackRoute *route, const char *provider,
 	 * row (a transaction snapshot may show a row since moved back), and
 	 * only a row version that no transaction is updating or deleting.
 	 */
-	if (IsolationUsesXactSnapshot() || reaches_through_edge(m, to, to))
+	if (IsolationUsesXactSnapshot() || reaches(m, to, to, true))
 		return false;
 
 	/* The row's xmax is readable with SELECT on the table, not a column's. */
@@ -581,7 +582,7 @@ callback_route_settled(const CallbackRoute *route, const char *provider,
 	if (cur < 0 || !DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
 											   SPI_tuptable->tupdesc, 2, &isnull)))
 		return false;
-	return cur == to || reaches(m, to, cur);
+	return cur == to || reaches(m, to, cur, false);
 }
 
 /*
@@ -633,7 +634,7 @@ callback_route_apply(const CallbackRoute *route, const char *provider,
 	 */
 	if (cur == to)
 		return CALLBACK_STALE;
-	if (reaches(m, cur, to))
+	if (reaches(m, cur, to, false))
 		ereport(ERROR,
 				(errcode(ERRCODE_PM_CALLBACK_OUT_OF_ORDER),
 				 errmsg("callback event \"%s\" of provider \"%s\" came before the events that lead to it",
@@ -641,7 +642,7 @@ callback_route_apply(const CallbackRoute *route, const char *provider,
 				 errdetail("The row is \"%s\", from which \"%s\" can be reached only through other states; nothing was recorded.",
 						   current, route->to_state),
 				 errhint("The provider sends the event again; by then the events before it have moved the row.")));
-	if (reaches(m, to, cur))
+	if (reaches(m, to, cur, false))
 		return CALLBACK_STALE;
 	if (route->on_conflict != NULL)
 		*compensation_id = queue_conflict(route->on_conflict, route->on_conflict_owner,

@@ -21,6 +21,7 @@
 #include "owner_rights.h"
 #include "spi_util.h"
 
+#include "access/detoast.h"
 #include "catalog/pg_type.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
@@ -70,6 +71,17 @@ callback_verify_init(void)
 							PGC_SUSET,
 							GUC_UNIT_BYTE,
 							NULL, NULL, NULL);
+}
+
+/* The length of a body in bytes, read without detoasting it. */
+Size
+callback_body_length(Datum body)
+{
+	struct varlena *v = (struct varlena *) DatumGetPointer(body);
+
+	if (VARATT_IS_EXTERNAL(v) || VARATT_IS_COMPRESSED(v))
+		return toast_raw_datum_size(body) - VARHDRSZ;
+	return VARSIZE_ANY_EXHDR(v);
 }
 
 void
@@ -145,6 +157,7 @@ callback_verify(const char *provider, Jsonb *headers, const char *body,
 			char	   *serial = NULL;
 			CallbackScheme parsed = callback_scheme_parse(scheme, &header);
 			CallbackRequest *req;
+			bool		tried = false;
 
 			if (body == NULL && parsed != CALLBACK_SCHEME_ALIPAY_RSA2)
 				ereport(ERROR,
@@ -163,6 +176,7 @@ callback_verify(const char *provider, Jsonb *headers, const char *body,
 				/* A request that names its key is checked with that key only. */
 				if (serial != NULL && strcmp(serial, id) != 0)
 					continue;
+				tried = true;
 				secret = DatumGetTextPP(SPI_getbinval(tup, keys->tupdesc, 3, &isnull));
 				if (callback_request_verify(req, VARDATA_ANY(secret),
 											VARSIZE_ANY_EXHDR(secret)))
@@ -173,20 +187,13 @@ callback_verify(const char *provider, Jsonb *headers, const char *body,
 					MemoryContextSwitchTo(old);
 				}
 			}
-			if (key_id == NULL && serial != NULL)
-			{
-				bool		found = false;
-
-				for (uint64 i = 0; i < nkeys && !found; i++)
-					found = strcmp(serial, SPI_getvalue(keys->vals[i], keys->tupdesc, 1)) == 0;
-				if (!found)
-					ereport(ERROR,
-							(errcode(ERRCODE_PM_CALLBACK_NO_VALID_KEY),
-							 errmsg("callback provider \"%s\" has no key \"%s\" valid at %s",
-									provider, serial, timestamptz_to_str(at)),
-							 errdetail("The request names the key that signed it; that key is unknown, revoked, expired, or not yet valid."),
-							 errhint("Add the provider's current platform key with payments.callback_key_add, with its serial number as key_id.")));
-			}
+			if (key_id == NULL && serial != NULL && !tried)
+				ereport(ERROR,
+						(errcode(ERRCODE_PM_CALLBACK_NO_VALID_KEY),
+						 errmsg("callback provider \"%s\" has no key \"%s\" valid at %s",
+								provider, serial, timestamptz_to_str(at)),
+						 errdetail("The request names the key that signed it; that key is unknown, revoked, expired, or not yet valid."),
+						 errhint("Add the provider's current platform key with payments.callback_key_add, with its serial number as key_id.")));
 			if (key_id == NULL)
 				ereport(ERROR,
 						(errcode(ERRCODE_PM_CALLBACK_SIGNATURE_MISMATCH),

@@ -23,11 +23,6 @@
 /* Error texts are stored and logged clipped to this many bytes */
 #define COMPENSATION_ERROR_MAX_BYTES	8192
 
-/*
- * The role whose members may cancel, retry, complete and fail any role's
- * compensations (src/sql/90_privileges.sql creates it)
- */
-#define COMPENSATION_OPERATOR_ROLE "payments_operator"
 
 /* SQLSTATE recorded for an attempt whose claim ran out (see payments.h) */
 #define COMPENSATION_LEASE_EXPIRED_SQLSTATE "PM304"

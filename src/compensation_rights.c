@@ -139,7 +139,7 @@ is_operator(Oid role)
 
 	if (superuser_arg(role))
 		return true;
-	operator_role = get_role_oid(COMPENSATION_OPERATOR_ROLE, true);
+	operator_role = get_role_oid(PAYMENTS_OPERATOR_ROLE, true);
 	return OidIsValid(operator_role) && has_privs_of_role(role, operator_role);
 }
 
@@ -189,12 +189,12 @@ check_item_rights(int64 id, Oid caller, bool executor)
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("permission denied for compensation %lld", (long long) id),
 				 errdetail("Only the role that queued a compensation, the role that claimed it, members of either and members of %s may complete or fail it.",
-						   COMPENSATION_OPERATOR_ROLE)));
+						   PAYMENTS_OPERATOR_ROLE)));
 	ereport(ERROR,
 			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 			 errmsg("permission denied for compensation %lld", (long long) id),
 			 errdetail("Only the role that queued a compensation, its members and members of %s may cancel or retry it.",
-					   COMPENSATION_OPERATOR_ROLE)));
+					   PAYMENTS_OPERATOR_ROLE)));
 }
 
 /*

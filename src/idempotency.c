@@ -8,15 +8,15 @@
  *
  * Who may act on a key is decided by two mechanisms:
  *
- * - A transaction-level heavyweight lock on the key (an advisory lock tag
- *   in our own lock space, see payments.h), taken by every function that
- *   changes the key.  It is held until the transaction ends, so a key in use
- *   by an open transaction is never taken over, and it is released by the
- *   lock manager the moment that transaction aborts or its backend dies.
- *   Nothing is kept in session state, so this works behind a pooler in
- *   transaction mode.  The lock tag is a 64-bit hash of (scope, key): two
- *   different keys sharing a hash would only make one wait for (or be told
- *   PM002 about) the other, never share a row.
+ * - A transaction-level heavyweight lock on the key (src/key_lock.c: an
+ *   advisory lock tag in our own lock space, see payments.h), taken by
+ *   every function that changes the key.  It is held until the transaction
+ *   ends, so a key in use by an open transaction is never taken over, and
+ *   it is released by the lock manager the moment that transaction aborts
+ *   or its backend dies.  Nothing is kept in session state, so this works
+ *   behind a pooler in transaction mode.  Two different keys sharing the
+ *   lock's hash would only make one wait for (or be told PM002 about) the
+ *   other, never share a row.
  *
  * - A lease (lease_expires_at) for flows that span several transactions:
  *   between them no lock is held, and the committed 'started' row says the
@@ -59,6 +59,7 @@
 #include "args.h"
 #include "extension_catalog.h"
 #include "fingerprint.h"
+#include "key_lock.h"
 #include "owner_rights.h"
 #include "spi_util.h"
 
@@ -71,11 +72,9 @@
 #include "catalog/pg_collation_d.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
-#include "common/hashfn.h"
 #include "executor/tuptable.h"
 #include "funcapi.h"
 #include "miscadmin.h"
-#include "storage/lock.h"
 #include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -172,20 +171,9 @@ idempotency_init(void)
 static void
 lock_key(text *scope, text *key)
 {
-	LOCKTAG		tag;
-	uint64		h;
-
-	h = hash_combine64(hash_bytes_extended((unsigned char *) VARDATA_ANY(scope),
-										   VARSIZE_ANY_EXHDR(scope), 0),
-					   hash_bytes_extended((unsigned char *) VARDATA_ANY(key),
-										   VARSIZE_ANY_EXHDR(key), 0));
-	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) (h >> 32), (uint32) h,
-						 PAYMENTS_LOCKSPACE_IDEMPOTENCY);
-
-	if (LockAcquire(&tag, ExclusiveLock, false, true) != LOCKACQUIRE_NOT_AVAIL)
-		return;
-
-	if (!idempotency_wait)
+	if (!payments_lock_key(VARDATA_ANY(scope), VARSIZE_ANY_EXHDR(scope),
+						   VARDATA_ANY(key), VARSIZE_ANY_EXHDR(key),
+						   PAYMENTS_LOCKSPACE_IDEMPOTENCY, idempotency_wait))
 		ereport(ERROR,
 				(errcode(ERRCODE_PM_IDEMPOTENCY_IN_PROGRESS),
 				 errmsg("idempotency key \"%s\" is in use by another transaction",
@@ -193,8 +181,6 @@ lock_key(text *scope, text *key)
 				 errdetail("A request with this key is being processed in scope \"%s\".",
 						   text_to_cstring(scope)),
 				 errhint("Retry the request after the other one has finished, or set payments.idempotency_wait to wait for it.")));
-
-	(void) LockAcquire(&tag, ExclusiveLock, false, false);
 }
 
 /*

@@ -2,7 +2,7 @@
  *
  * payments.h
  *	  What every component of the payments extension shares: the error code
- *	  catalogue and the lock spaces.
+ *	  catalogue, the operator role and the lock spaces.
  *
  * The SQLSTATEs in class PM are part of the extension's API: applications
  * switch on them, so a code, once released, never changes meaning.  The
@@ -50,6 +50,12 @@
 #define ERRCODE_PM_CALLBACK_TARGET_NOT_FOUND	MAKE_SQLSTATE('P','M','4','0','7')
 #define ERRCODE_PM_CALLBACK_OUT_OF_ORDER		MAKE_SQLSTATE('P','M','4','0','8')
 #define ERRCODE_PM_CALLBACK_IN_PROGRESS		MAKE_SQLSTATE('P','M','4','0','9')
+
+/*
+ * The role whose members steer every role's compensations and read every
+ * provider's callbacks (src/sql/90_privileges.sql creates it).
+ */
+#define PAYMENTS_OPERATOR_ROLE	"payments_operator"
 
 /*
  * Lock spaces.  The extension takes heavyweight locks with advisory lock
