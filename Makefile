@@ -119,6 +119,7 @@ ISOLATION = \
 	state_guard_race \
 	state_guard_redefine \
 	state_guard_partition_move \
+	state_guard_definer \
 	compensation_claim \
 	compensation_dedup \
 	compensation_cancel \
