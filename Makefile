@@ -46,7 +46,11 @@ OBJS = \
 	src/callback_failures.o \
 	src/callback_routes.o \
 	src/callback_receive.o \
-	src/callback_expectations.o
+	src/callback_expectations.o \
+	src/reconciliation_define.o \
+	src/statement.o \
+	src/reconciliation_run.o \
+	src/reconciliation_heal.o
 
 # src/sql/ holds everything CREATE EXTENSION and ALTER EXTENSION run.  The
 # current version's install script is assembled from one fragment per
@@ -61,6 +65,7 @@ SQL_FRAGMENTS = \
 	src/sql/40_worker.sql \
 	src/sql/50_compensation.sql \
 	src/sql/60_callbacks.sql \
+	src/sql/70_reconciliation.sql \
 	src/sql/90_privileges.sql
 
 # The update step from the last release is assembled too, until it ships:
@@ -74,6 +79,7 @@ UPDATE_FRAGMENTS = \
 	src/sql/00_schema.sql \
 	src/sql/update-$(UPDATE_FROM)--$(EXTVERSION).sql \
 	src/sql/60_callbacks.sql \
+	src/sql/70_reconciliation.sql \
 	src/sql/90_privileges.sql
 
 DATA_built = \

@@ -16,6 +16,7 @@
 #include "access/xlog.h"
 #include "datatype/timestamp.h"
 #include "utils/builtins.h"
+#include "utils/numeric.h"
 #include "utils/timestamp.h"
 
 /*
@@ -182,4 +183,24 @@ payments_arg_int64_range(FunctionCallInfo fcinfo, int argno, const char *what,
 	payments_arg_not_null(fcinfo, argno, what);
 	check_range(what, PG_GETARG_INT64(argno), min, max);
 	return PG_GETARG_INT64(argno);
+}
+
+/* An amount of money as numeric: finite and not negative. */
+Datum
+payments_arg_amount(FunctionCallInfo fcinfo, int argno, const char *what)
+{
+	Numeric		n;
+
+	payments_arg_not_null(fcinfo, argno, what);
+	n = PG_GETARG_NUMERIC(argno);
+	if (numeric_is_nan(n) || numeric_is_inf(n))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must be a finite number", what)));
+	if (DatumGetInt32(DirectFunctionCall2(numeric_cmp, NumericGetDatum(n),
+										  NumericGetDatum(int64_to_numeric(0)))) < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must not be negative", what)));
+	return NumericGetDatum(n);
 }

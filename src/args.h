@@ -23,6 +23,9 @@ extern int32 payments_arg_int_range(FunctionCallInfo fcinfo, int argno,
 extern int64 payments_arg_int64_range(FunctionCallInfo fcinfo, int argno,
 									  const char *what, int64 min, int64 max);
 
+extern Datum payments_arg_amount(FunctionCallInfo fcinfo, int argno,
+								 const char *what);
+
 extern void payments_check_not_in_recovery(void);
 
 #endif							/* PAYMENTS_ARGS_H */

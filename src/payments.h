@@ -51,6 +51,17 @@
 #define ERRCODE_PM_CALLBACK_OUT_OF_ORDER		MAKE_SQLSTATE('P','M','4','0','8')
 #define ERRCODE_PM_CALLBACK_IN_PROGRESS		MAKE_SQLSTATE('P','M','4','0','9')
 
+/* Reconciliation (PM5xx) */
+#define ERRCODE_PM_RECONCILIATION_NOT_FOUND	MAKE_SQLSTATE('P','M','5','0','1')
+#define ERRCODE_PM_STATEMENT_NOT_FOUND			MAKE_SQLSTATE('P','M','5','0','2')
+#define ERRCODE_PM_STATEMENT_CLOSED			MAKE_SQLSTATE('P','M','5','0','3')
+#define ERRCODE_PM_STATEMENT_OPEN				MAKE_SQLSTATE('P','M','5','0','4')
+#define ERRCODE_PM_STATEMENT_HEADER_MISMATCH	MAKE_SQLSTATE('P','M','5','0','5')
+#define ERRCODE_PM_STATEMENT_LINE_OUTSIDE		MAKE_SQLSTATE('P','M','5','0','6')
+#define ERRCODE_PM_RECONCILIATION_RUNNING		MAKE_SQLSTATE('P','M','5','0','7')
+#define ERRCODE_PM_RECONCILIATION_ITEM_NOT_FOUND MAKE_SQLSTATE('P','M','5','0','8')
+#define ERRCODE_PM_DIFFERENCE_HEALED			MAKE_SQLSTATE('P','M','5','0','9')
+
 /*
  * The role whose members steer every role's compensations and read every
  * provider's callbacks (src/sql/90_privileges.sql creates it).
@@ -66,5 +77,6 @@
  */
 #define PAYMENTS_LOCKSPACE_IDEMPOTENCY	0x504D	/* 'P' 'M' */
 #define PAYMENTS_LOCKSPACE_CALLBACK		0x504E
+#define PAYMENTS_LOCKSPACE_RECONCILIATION	0x504F
 
 #endif							/* PAYMENTS_H */

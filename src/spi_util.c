@@ -127,3 +127,25 @@ payments_execute(SPIPlanPtr plan, Datum *values, const char *nulls,
 			 SPI_result_code_string(rc), SPI_result_code_string(expected));
 	return SPI_processed;
 }
+
+/*
+ * Run sql once, with @extschema@ replaced and a plan made for these
+ * values: for statements whose best plan depends on how many rows they
+ * meet (a statement of a thousand lines or of millions), and for those
+ * that read an ephemeral relation registered with the connection.
+ */
+uint64
+payments_execute_once(const char *sql, int nargs, const Oid *argtypes,
+					  Datum *values, const char *nulls, int expected)
+{
+	char	   *text = with_schema(sql);
+	int			rc;
+
+	rc = SPI_execute_with_args(text, nargs, (Oid *) argtypes, values, nulls,
+							   false, 0);
+	if (rc != expected)
+		elog(ERROR, "SPI_execute_with_args returned %s, expected %s",
+			 SPI_result_code_string(rc), SPI_result_code_string(expected));
+	pfree(text);
+	return SPI_processed;
+}

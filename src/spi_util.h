@@ -15,5 +15,8 @@ extern SPIPlanPtr payments_prepare(SPIPlanPtr *cache, const char *sql,
 								   int nargs, const Oid *argtypes);
 extern uint64 payments_execute(SPIPlanPtr plan, Datum *values,
 							   const char *nulls, int expected, long tcount);
+extern uint64 payments_execute_once(const char *sql, int nargs,
+									const Oid *argtypes, Datum *values,
+									const char *nulls, int expected);
 
 #endif							/* PAYMENTS_SPI_UTIL_H */

@@ -87,13 +87,25 @@ GRANT EXECUTE ON FUNCTION
     payments.callback_unroute(text, text),
     payments.expect_callback(text, text, interval, regprocedure),
     payments.record_query_result(text, text, text, jsonb),
-    payments.callback_signature_failures(text)
+    payments.callback_signature_failures(text),
+    payments.define_reconciliation(text, regclass, name, name, name, name, name, jsonb, interval, numeric),
+    payments.reconciliation_policy(text, text, regprocedure),
+    payments.statement_begin(text, tstzrange, text, bigint, numeric),
+    payments.statement_add(bigint, jsonb),
+    payments.statement_close(bigint),
+    payments.reconcile(text, bigint),
+    payments.accept_difference(bigint, text)
     TO payments_app;
+-- Statement lines are loaded by COPY: INSERT, and nothing else, on the
+-- table; its trigger checks that each line goes to an open statement of
+-- the inserting role (src/statement.c).
+GRANT INSERT ON payments.statement_lines TO payments_app;
 -- Applications may read stock levels, not the tables behind them.
 GRANT SELECT ON payments.stock_levels TO payments_app;
 GRANT SELECT ON payments.state_machines TO payments_app;
 GRANT SELECT ON payments.compensation_stats TO payments_app;
 GRANT SELECT ON payments.callback_stats, payments.callback_expectations TO payments_app;
+GRANT SELECT ON payments.reconciliation_summary, payments.reconciliation_open TO payments_app;
 
 -- The operator: the compensation queue, read and steered (the functions
 -- check who may change which item, see src/compensation.c).
@@ -122,3 +134,9 @@ GRANT SELECT ON payments.callback_providers, payments.callbacks,
 GRANT SELECT (id, provider, scheme, key_id, valid_from, valid_until, revoked_at,
               added_by, added_at)
     ON payments.callback_keys TO payments_operator;
+-- And reads every reconciliation, statement and difference.
+GRANT SELECT ON payments.reconciliations, payments.reconciliation_policies,
+    payments.statements, payments.statement_lines, payments.reconciliation_runs,
+    payments.reconciliation_items, payments.reconciliation_pool,
+    payments.reconciliation_heals, payments.reconciliation_summary,
+    payments.reconciliation_open TO payments_operator;

@@ -1,0 +1,441 @@
+/*-------------------------------------------------------------------------
+ *
+ * reconciliation_run.c
+ *	  reconcile: one closed statement against our rows of its period,
+ *	  every line and row classified in one set-based pass.
+ *
+ * Our side is read with the rights of the role that calls reconcile, in
+ * one query of its own: the source may be a view whose functions, or a
+ * table whose row-level security, must act for that role and for no
+ * other.  What the query returns (reference, amount, status, time and
+ * currency, each converted to a built-in type by that query) goes to a
+ * tuplestore, which keeps work_mem in memory and spills the rest to disk.
+ * The classification then runs with the extension owner's rights, joining
+ * the statement's lines with the tuplestore, registered as the ephemeral
+ * relation internal_rows; it writes only the differences, so its cost is
+ * a scan of each side, the sort that finds duplicate lines and one hash
+ * join.
+ *
+ * Lines and rows meet by reference: the first line of a reference (by
+ * time, then external id) is compared with our row of that reference,
+ * each further line of it is a duplicate_external.  A pair differs, in
+ * this order, by currency (only if the reconciliation names a currency
+ * column), by amount (beyond the tolerance; a NULL amount of ours always
+ * differs) or by status (after the status map); else it is matched.
+ *
+ * The grace pool: a row of ours that the statement does not hold waits,
+ * as a missing_external item marked waiting, until a statement whose
+ * period reaches the row's time plus the grace is reconciled.  The rows
+ * waiting from earlier statements are read again by reference (our side's
+ * query again, with the caller's rights) and joined with the lines like
+ * the rows of the period.  One that a line now holds is settled as
+ * matched; one whose grace has ended is declared missing_external, and
+ * only then can it be healed.  Waiting is measured against the statements'
+ * periods, never against the clock, so a run gives the same answer
+ * whenever it runs.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "reconciliation.h"
+#include "payments.h"
+#include "args.h"
+#include "owner_rights.h"
+#include "spi_util.h"
+
+#include "access/transam.h"
+#include "catalog/pg_collation.h"
+#include "catalog/pg_type.h"
+#include "executor/tstoreReceiver.h"
+#include "lib/stringinfo.h"
+#include "miscadmin.h"
+#include "nodes/params.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/queryenvironment.h"
+#include "utils/timestamp.h"
+#include "utils/tuplestore.h"
+
+PG_FUNCTION_INFO_V1(payments_reconcile);
+
+/* Whether a run is under way in this backend (see payments_reconcile) */
+static bool running = false;
+
+/*
+ * Writes the differences of run $3 of reconciliation $2 on statement $1.
+ * $4 tolerance, $5 status map, $6 the end of the statement's period, $7
+ * the grace, $8 whether currencies are compared.
+ */
+static const char classify_sql[] =
+"INSERT INTO @extschema@.reconciliation_items"
+" (run_id, reconciliation_id, statement_id, class, reference, payment_ref,"
+"  external_id, amount, currency, internal_amount, external_amount,"
+"  internal_currency, external_currency, internal_status, external_status,"
+"  internal_at, occurred_at, waiting, waited)"
+" SELECT $3, $2, $1, c.class, coalesce(c.payment_ref, c.ref, c.external_id),"
+"  coalesce(c.payment_ref, c.ref), c.external_id,"
+"  coalesce(c.l_amount::pg_catalog.numeric, c.i_amount),"
+"  coalesce(c.l_currency::pg_catalog.text, c.i_currency),"
+"  c.i_amount, c.l_amount, c.i_currency, c.l_currency, c.i_status, c.l_status,"
+"  c.at, c.occurred_at, c.class = 'missing_external' AND NOT c.due,"
+"  c.pool_state IS NOT NULL"
+" FROM (SELECT CASE"
+"          WHEN l.external_id IS NULL THEN 'missing_external'"
+"          WHEN l.payment_ref IS NULL THEN 'missing_internal'"
+"          WHEN l.n > 1 THEN 'duplicate_external'"
+"          WHEN i.ref IS NULL THEN 'missing_internal'"
+"          WHEN $8 AND pg_catalog.upper(pg_catalog.btrim(i.currency))"
+"               IS DISTINCT FROM l.currency::pg_catalog.text THEN 'currency_mismatch'"
+"          WHEN i.amount IS NULL"
+"               OR pg_catalog.abs(l.amount - i.amount) > $4 THEN 'amount_mismatch'"
+"          WHEN coalesce($5 -> 'internal' ->> i.status, i.status) IS DISTINCT FROM"
+"               coalesce($5 -> 'external' ->> l.status, l.status) THEN 'status_mismatch'"
+"          ELSE 'matched'"
+"        END AS class,"
+"        l.external_id, l.payment_ref, l.amount AS l_amount,"
+"        l.currency AS l_currency, l.status AS l_status, l.occurred_at,"
+"        i.ref, i.amount AS i_amount, i.currency AS i_currency,"
+"        i.status AS i_status, i.at, i.pooled, i.pool_state,"
+"        i.at + $7 <= $6 OR i.pool_state IS NOT DISTINCT FROM 'declared' AS due"
+"       FROM (SELECT s.external_id, s.payment_ref, s.amount, s.currency, s.status,"
+"               s.occurred_at, CASE WHEN pg_catalog.row_number() OVER"
+"                 (PARTITION BY s.payment_ref ORDER BY s.occurred_at, s.external_id) = 1"
+"                 THEN s.payment_ref END AS first_ref,"
+"               pg_catalog.row_number() OVER"
+"                 (PARTITION BY s.payment_ref ORDER BY s.occurred_at, s.external_id) AS n"
+"             FROM @extschema@.statement_lines s WHERE s.statement_id = $1) l"
+"       FULL JOIN (SELECT x.ref, x.amount, x.currency, x.status, x.at, x.pooled,"
+"                    p.state AS pool_state"
+"                  FROM internal_rows x"
+"                  LEFT JOIN @extschema@.reconciliation_pool p"
+"                         ON p.reconciliation_id = $2 AND p.reference = x.ref) i"
+"         ON i.ref = l.first_ref) c"
+" WHERE (c.class <> 'matched' OR c.pool_state IS NOT NULL)"
+"   AND NOT (c.class = 'missing_external' AND c.pool_state IS NOT DISTINCT FROM 'matched')"
+"   AND NOT (c.class = 'missing_external' AND c.pooled AND NOT c.due)";
+
+/*
+ * The grace pool after run $3 (statement $1, reconciliation $2, grace $4):
+ * rows now missing start waiting, or are declared at once if their grace
+ * has already ended; rows that waited are settled as matched or declared.
+ */
+static const char pool_sql[] =
+"INSERT INTO @extschema@.reconciliation_pool AS p"
+" (reconciliation_id, reference, statement_id, waiting_until, state, settled_by_run)"
+" SELECT DISTINCT ON (i.reference) $2, i.reference, $1, i.internal_at + $4,"
+"  CASE WHEN i.class <> 'missing_external' THEN 'matched'"
+"       WHEN i.waiting THEN 'waiting' ELSE 'declared' END,"
+"  CASE WHEN i.waiting THEN NULL ELSE $3 END"
+" FROM @extschema@.reconciliation_items i"
+" WHERE i.run_id = $3 AND i.internal_at IS NOT NULL"
+"   AND (i.class = 'missing_external' OR i.waited)"
+" ORDER BY i.reference, i.id"
+" ON CONFLICT (reconciliation_id, reference) DO UPDATE"
+"   SET state = excluded.state, settled_by_run = excluded.settled_by_run"
+"   WHERE p.state = 'waiting' AND excluded.state <> 'waiting'";
+
+/*
+ * The totals of run $3 on statement $1 ($2: how many rows of ours it
+ * read).  The matched lines per currency are the statement's lines less
+ * those that differ: every line is classified exactly once.
+ */
+static const char finish_sql[] =
+"UPDATE @extschema@.reconciliation_runs r"
+" SET finished_at = pg_catalog.clock_timestamp(), lines = st.lines,"
+"  internal_rows = $2, differences = d.differences, waiting = d.waiting,"
+"  matched = (SELECT coalesce(pg_catalog.jsonb_object_agg(t.key,"
+"               pg_catalog.jsonb_build_array((t.value ->> 0)::bigint - coalesce(m.n, 0),"
+"                 (t.value ->> 1)::pg_catalog.numeric - coalesce(m.amount, 0))), '{}')"
+"             FROM pg_catalog.jsonb_each(st.totals) t"
+"             LEFT JOIN (SELECT i.external_currency::pg_catalog.text AS currency,"
+"                          count(*) AS n, sum(i.external_amount) AS amount"
+"                        FROM @extschema@.reconciliation_items i"
+"                        WHERE i.run_id = $3 AND i.external_id IS NOT NULL"
+"                          AND i.class <> 'matched'"
+"                        GROUP BY 1) m ON m.currency = t.key"
+"             WHERE (t.value ->> 0)::bigint > coalesce(m.n, 0))"
+" FROM @extschema@.statements st,"
+"  (SELECT count(*) FILTER (WHERE i.class <> 'matched' AND NOT i.waiting) AS differences,"
+"          count(*) FILTER (WHERE i.waiting) AS waiting"
+"     FROM @extschema@.reconciliation_items i WHERE i.run_id = $3) d"
+" WHERE r.id = $3 AND st.id = $1";
+
+static SPIPlanPtr run_plan;
+static SPIPlanPtr pool_refs_plan;
+static SPIPlanPtr supersede_plan;
+static SPIPlanPtr queued_plan;
+
+/* The rows of our side, as the classification reads them */
+static TupleDesc
+internal_rows_desc(void)
+{
+	TupleDesc	desc = CreateTemplateTupleDesc(6);
+
+	TupleDescInitEntry(desc, 1, "ref", TEXTOID, -1, 0);
+	TupleDescInitEntryCollation(desc, 1, C_COLLATION_OID);
+	TupleDescInitEntry(desc, 2, "amount", NUMERICOID, -1, 0);
+	TupleDescInitEntry(desc, 3, "status", TEXTOID, -1, 0);
+	TupleDescInitEntry(desc, 4, "at", TIMESTAMPTZOID, -1, 0);
+	TupleDescInitEntry(desc, 5, "currency", TEXTOID, -1, 0);
+	TupleDescInitEntry(desc, 6, "pooled", BOOLOID, -1, 0);
+	return desc;
+}
+
+/*
+ * The query of our side: the rows of the period ($1, $2) or, with pooled,
+ * the rows outside it whose reference is one of $3.  Every value is
+ * converted here, by the caller's query, so that the classification
+ * compares built-in types only.
+ */
+static char *
+internal_query(Reconciliation *r, Statement *s, const char *relname,
+			   Oid ref_type, bool pooled)
+{
+	StringInfoData buf;
+	char	   *ref = pstrdup(quote_identifier(r->ref_col));
+	char	   *at = pstrdup(quote_identifier(r->at_col));
+	char	   *in_period;
+
+	in_period = psprintf("t.%s OPERATOR(pg_catalog.%s) $1 AND t.%s OPERATOR(pg_catalog.%s) $2",
+						 at, s->lower_inc ? ">=" : ">", at, s->upper_inc ? "<=" : "<");
+	initStringInfo(&buf);
+	appendStringInfo(&buf,
+					 "SELECT t.%s::pg_catalog.text, t.%s::pg_catalog.numeric,"
+					 " t.%s::pg_catalog.text, t.%s::pg_catalog.timestamptz, ",
+					 ref, quote_identifier(r->amount_col),
+					 quote_identifier(r->status_col), at);
+	if (r->currency_col != NULL)
+		appendStringInfo(&buf, "t.%s::pg_catalog.text", quote_identifier(r->currency_col));
+	else
+		appendStringInfoString(&buf, "NULL::pg_catalog.text");
+	appendStringInfo(&buf, ", %s FROM %s t WHERE ", pooled ? "true" : "false", relname);
+	if (!pooled)
+		appendStringInfo(&buf, "%s AND t.%s IS NOT NULL", in_period, ref);
+	else
+	{
+		/*
+		 * Compared in the column's own type where it is a built-in one,
+		 * so that an index on the column finds the few rows; a type of
+		 * the database's own is compared as text, with no operator of
+		 * its schema involved.
+		 */
+		if (ref_type == TEXTOID || ref_type == VARCHAROID ||
+			get_typ_typrelid(ref_type) != InvalidOid ||
+			ref_type >= FirstNormalObjectId)
+			appendStringInfo(&buf, "t.%s::pg_catalog.text OPERATOR(pg_catalog.=) ANY ($3)", ref);
+		else
+			appendStringInfo(&buf, "t.%s OPERATOR(pg_catalog.=) ANY ($3::pg_catalog.text[]::%s[])",
+							 ref, format_type_be_qualified(ref_type));
+		appendStringInfo(&buf, " AND NOT (%s)", in_period);
+	}
+	return buf.data;
+}
+
+/*
+ * Run query with the caller's rights, adding what it returns to store.
+ * The caller is connected to SPI.
+ */
+static void
+read_our_side(const char *query, Statement *s, Datum refs,
+			  Tuplestorestate *store, TupleDesc desc)
+{
+	ParamListInfo params = makeParamList(3);
+	DestReceiver *dest = CreateDestReceiver(DestTuplestore);
+	SPIExecuteOptions options;
+	int			rc;
+
+	params->numParams = refs == (Datum) 0 ? 2 : 3;
+	params->params[0] = (ParamExternData) {
+		.value = TimestampTzGetDatum(s->lower),.isnull = false,
+		.pflags = PARAM_FLAG_CONST,.ptype = TIMESTAMPTZOID
+	};
+	params->params[1] = (ParamExternData) {
+		.value = TimestampTzGetDatum(s->upper),.isnull = false,
+		.pflags = PARAM_FLAG_CONST,.ptype = TIMESTAMPTZOID
+	};
+	if (refs != (Datum) 0)
+		params->params[2] = (ParamExternData) {
+		.value = refs,.isnull = false,
+		.pflags = PARAM_FLAG_CONST,.ptype = TEXTARRAYOID
+	};
+	SetTuplestoreDestReceiverParams(dest, store, CurrentMemoryContext, false,
+									desc, "could not convert the rows of our side");
+	memset(&options, 0, sizeof(options));
+	options.params = params;
+	options.dest = dest;
+	rc = SPI_execute_extended(query, &options);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "our side's query returned %s", SPI_result_code_string(rc));
+	dest->rDestroy(dest);
+}
+
+/*
+ * The references of rows of ours that wait in the grace pool since
+ * another statement, as a text array, or 0 if there are none.  The caller
+ * is connected to SPI and acts as the owner.
+ */
+static Datum
+waiting_references(Reconciliation *r, Statement *s)
+{
+	Datum		values[2] = {Int64GetDatum(r->id), Int64GetDatum(s->id)};
+	bool		isnull;
+	Datum		refs;
+
+	payments_prepare(&pool_refs_plan,
+					 "SELECT pg_catalog.array_agg(reference)"
+					 " FROM @extschema@.reconciliation_pool"
+					 " WHERE reconciliation_id = $1 AND state = 'waiting'"
+					 "   AND statement_id <> $2",
+					 2, (Oid[]) {INT8OID, INT8OID});
+	payments_execute(pool_refs_plan, values, NULL, SPI_OK_SELECT, 0);
+	refs = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	return isnull ? (Datum) 0 : SPI_datumTransfer(refs, false, -1);
+}
+
+static int64
+reconcile(Reconciliation *r, Statement *s, Oid caller, Oid tables_owner)
+{
+	const char *cols[5] = {r->ref_col, r->amount_col, r->status_col,
+	r->at_col, r->currency_col};
+	char	   *relname;
+	Oid			ref_type;
+	PaymentsSavedUser saved;
+	Tuplestorestate *store;
+	TupleDesc	desc;
+	EphemeralNamedRelation enr;
+	Datum		refs;
+	Datum		values[8];
+	char		nulls[8] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	int64		run_id;
+	int64		queued;
+	bool		isnull;
+
+	reconciliation_check_source(r->source, cols, caller, &relname, &ref_type);
+
+	SPI_connect();
+	payments_begin_as_owner(tables_owner, true, &saved);
+	values[0] = Int64GetDatum(r->id);
+	values[1] = Int64GetDatum(s->id);
+	values[2] = ObjectIdGetDatum(caller);
+	payments_prepare(&run_plan,
+					 "INSERT INTO @extschema@.reconciliation_runs"
+					 " (reconciliation_id, statement_id, run_by)"
+					 " VALUES ($1, $2, $3::pg_catalog.regrole) RETURNING id",
+					 3, (Oid[]) {INT8OID, INT8OID, OIDOID});
+	payments_execute(run_plan, values, NULL, SPI_OK_INSERT_RETURNING, 0);
+	run_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+										 SPI_tuptable->tupdesc, 1, &isnull));
+	refs = waiting_references(r, s);
+	payments_end_as_owner(&saved);
+
+	/* Our side, with the caller's rights */
+	desc = internal_rows_desc();
+	store = tuplestore_begin_heap(false, false, work_mem);
+	read_our_side(internal_query(r, s, relname, ref_type, false), s, (Datum) 0,
+				  store, desc);
+	if (refs != (Datum) 0)
+		read_our_side(internal_query(r, s, relname, ref_type, true), s, refs,
+					  store, desc);
+
+	enr = palloc0(sizeof(EphemeralNamedRelationData));
+	enr->md.name = "internal_rows";
+	enr->md.reliddesc = InvalidOid;
+	enr->md.tupdesc = desc;
+	enr->md.enrtype = ENR_NAMED_TUPLESTORE;
+	enr->md.enrtuples = tuplestore_tuple_count(store);
+	enr->reldata = store;
+	if (SPI_register_relation(enr) != SPI_OK_REL_REGISTER)
+		elog(ERROR, "could not register our side as an ephemeral relation");
+
+	payments_begin_as_owner(tables_owner, true, &saved);
+	values[0] = Int64GetDatum(s->id);
+	values[1] = Int64GetDatum(r->id);
+	values[2] = Int64GetDatum(run_id);
+	values[3] = r->tolerance;
+	values[4] = r->status_map;
+	nulls[4] = r->status_map == (Datum) 0 ? 'n' : ' ';
+	values[5] = TimestampTzGetDatum(s->upper);
+	values[6] = r->grace;
+	values[7] = BoolGetDatum(r->currency_col != NULL);
+	payments_execute_once(classify_sql, 8,
+						  (Oid[]) {INT8OID, INT8OID, INT8OID, NUMERICOID, JSONBOID,
+						  TIMESTAMPTZOID, INTERVALOID, BOOLOID},
+						  values, nulls, SPI_OK_INSERT);
+	tuplestore_end(store);
+
+	values[3] = r->grace;
+	payments_execute_once(pool_sql, 4,
+						  (Oid[]) {INT8OID, INT8OID, INT8OID, INTERVALOID},
+						  values, NULL, SPI_OK_INSERT);
+	values[1] = Int64GetDatum((int64) enr->md.enrtuples);
+	payments_execute_once(finish_sql, 3, (Oid[]) {INT8OID, INT8OID, INT8OID},
+						  values, NULL, SPI_OK_UPDATE);
+
+	values[0] = Int64GetDatum(r->id);
+	values[1] = Int64GetDatum(s->id);
+	payments_prepare(&supersede_plan,
+					 "UPDATE @extschema@.reconciliation_runs SET superseded_by = $3"
+					 " WHERE reconciliation_id = $1 AND statement_id = $2"
+					 "   AND id <> $3 AND superseded_by IS NULL",
+					 3, (Oid[]) {INT8OID, INT8OID, INT8OID});
+	payments_execute(supersede_plan, values, NULL, SPI_OK_UPDATE, 0);
+
+	queued = reconciliation_queue_heals(r, s, run_id, caller, tables_owner);
+	values[0] = Int64GetDatum(run_id);
+	values[1] = Int64GetDatum(queued);
+	payments_prepare(&queued_plan,
+					 "UPDATE @extschema@.reconciliation_runs SET heals_queued = $2"
+					 " WHERE id = $1",
+					 2, (Oid[]) {INT8OID, INT8OID});
+	payments_execute(queued_plan, values, NULL, SPI_OK_UPDATE, 0);
+	payments_end_as_owner(&saved);
+	SPI_finish();
+	return run_id;
+}
+
+/*
+ * payments.reconcile(name, statement_id): a run of a closed statement of
+ * the caller's.  A second run of the same reconciliation, in another
+ * session or from a function that our side's query calls, is refused.
+ */
+Datum
+payments_reconcile(PG_FUNCTION_ARGS)
+{
+	const char *name = reconciliation_arg_name(fcinfo, 0);
+	int64		statement_id;
+	Oid			caller = GetUserId();
+	Oid			tables_owner = payments_function_owner(fcinfo->flinfo->fn_oid);
+	Reconciliation *r;
+	Statement  *s;
+	int64		run_id;
+
+	statement_id = payments_arg_int64_range(fcinfo, 1, "statement_id", 1, PG_INT64_MAX);
+	payments_check_not_in_recovery();
+	if (running)
+		ereport(ERROR,
+				(errcode(ERRCODE_PM_RECONCILIATION_RUNNING),
+				 errmsg("reconcile cannot be called while a reconciliation runs"),
+				 errdetail("It was called by a function that the run's read of our side called.")));
+	reconciliation_lock(name, false);
+	r = reconciliation_lookup(name, caller, tables_owner);
+	s = statement_lookup(statement_id, caller, tables_owner, false);
+	if (!s->closed)
+		ereport(ERROR,
+				(errcode(ERRCODE_PM_STATEMENT_OPEN),
+				 errmsg("statement %lld is open", (long long) statement_id),
+				 errdetail("Only a closed statement, whose lines agree with its header, is reconciled."),
+				 errhint("Close it with payments.statement_close.")));
+
+	running = true;
+	PG_TRY();
+	{
+		run_id = reconcile(r, s, caller, tables_owner);
+	}
+	PG_FINALLY();
+	{
+		running = false;
+	}
+	PG_END_TRY();
+	PG_RETURN_INT64(run_id);
+}
