@@ -14,6 +14,7 @@
 #include "callback.h"
 #include "compensation.h"
 #include "idempotency.h"
+#include "reconciliation.h"
 #include "worker.h"
 
 #include "fmgr.h"
@@ -33,6 +34,7 @@ _PG_init(void)
 	callback_receive_init();
 	callback_expectations_init();
 	callback_failures_init();
+	statement_init();
 	worker_init();
 
 	MarkGUCPrefixReserved("payments");

@@ -60,6 +60,7 @@ extern void reconciliation_check_source(Oid relid, const char *const *cols,
 										Oid *ref_type);
 
 /* statement.c */
+extern void statement_init(void);
 extern Statement *statement_lookup(int64 id, Oid caller, Oid tables_owner,
 								   bool for_update);
 

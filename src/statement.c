@@ -36,6 +36,7 @@
 #include "miscadmin.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/datum.h"
 #include "utils/jsonb.h"
 #include "utils/rangetypes.h"
@@ -46,6 +47,11 @@ PG_FUNCTION_INFO_V1(payments_statement_begin);
 PG_FUNCTION_INFO_V1(payments_statement_add);
 PG_FUNCTION_INFO_V1(payments_statement_close);
 PG_FUNCTION_INFO_V1(payments_statement_lines_check);
+PG_FUNCTION_INFO_V1(payments_statement_for_copy);
+
+/* payments.statement_id: the statement that a COPY of lines goes to */
+static char *statement_id_setting = NULL;
+static int64 statement_id_for_copy = 0;
 
 static SPIPlanPtr begin_plan;
 static SPIPlanPtr read_plan;
@@ -53,6 +59,69 @@ static SPIPlanPtr lock_plan;
 static SPIPlanPtr share_plan;
 static SPIPlanPtr add_plan;
 static SPIPlanPtr close_plan;
+
+static bool
+check_statement_id(char **newval, void **extra, GucSource source)
+{
+	int64	   *id;
+	char	   *end;
+	long long	v;
+
+	if (**newval == '\0')
+		v = 0;
+	else
+	{
+		errno = 0;
+		v = strtoll(*newval, &end, 10);
+		if (errno != 0 || *end != '\0' || v <= 0)
+		{
+			GUC_check_errdetail("A statement id is a positive integer, as payments.statement_begin returns it.");
+			return false;
+		}
+	}
+	id = malloc(sizeof(int64));	/* the GUC machinery frees it with free() */
+	if (id == NULL)
+		return false;
+	*id = v;
+	*extra = id;
+	return true;
+}
+
+static void
+assign_statement_id(const char *newval, void *extra)
+{
+	statement_id_for_copy = *(int64 *) extra;
+}
+
+void
+statement_init(void)
+{
+	DefineCustomStringVariable("payments.statement_id",
+							   "The statement that lines loaded without a statement_id go to.",
+							   "COPY payments.statement_lines without the statement_id column fills it from this setting.",
+							   &statement_id_setting,
+							   "",
+							   PGC_USERSET,
+							   0,
+							   check_statement_id, assign_statement_id, NULL);
+}
+
+/*
+ * payments.statement_for_copy(): the default of statement_lines'
+ * statement_id, so that a provider's file, which does not name our
+ * statement, is loaded by COPY as it is.
+ */
+Datum
+payments_statement_for_copy(PG_FUNCTION_ARGS)
+{
+	if (statement_id_for_copy == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_NOT_NULL_VIOLATION),
+				 errmsg("no statement is chosen for these lines"),
+				 errdetail("A line without a statement_id goes to the statement that payments.statement_id names, and it is not set."),
+				 errhint("SET payments.statement_id to the id that payments.statement_begin returned, then COPY.")));
+	PG_RETURN_INT64(statement_id_for_copy);
+}
 
 /* The bounds of a period, which must both be finite. */
 static void

@@ -72,15 +72,25 @@ COMMENT ON TABLE payments.statements IS
 SELECT pg_catalog.pg_extension_config_dump('payments.statements', '');
 SELECT pg_catalog.pg_extension_config_dump('payments.statements_id_seq', '');
 
+-- A provider's file does not name our statement: COPY without the
+-- statement_id column takes it from the setting payments.statement_id.
+CREATE FUNCTION payments.statement_for_copy()
+    RETURNS bigint
+    AS 'MODULE_PATHNAME', 'payments_statement_for_copy'
+    LANGUAGE C STABLE;
+
+COMMENT ON FUNCTION payments.statement_for_copy() IS
+    'The statement that payments.statement_id names: the default of a line''s statement_id';
+
 -- Lines arrive by COPY as well as through statement_add, so this table,
 -- unlike the others, checks its values itself.  Money is in minor units;
 -- a refund is a status, not a negative amount.  The trigger below checks
 -- what a row cannot: the statement is open, belongs to the inserting role
 -- and covers the line's time.
 CREATE TABLE payments.statement_lines (
-    statement_id     bigint      NOT NULL,
-    external_id      text        NOT NULL,
-    payment_ref      text,
+    statement_id     bigint      NOT NULL DEFAULT payments.statement_for_copy(),
+    external_id      text COLLATE "C" NOT NULL,
+    payment_ref      text COLLATE "C",
     amount           bigint      NOT NULL,
     currency         char(3)     NOT NULL,
     status           text        NOT NULL,

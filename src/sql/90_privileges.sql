@@ -94,7 +94,8 @@ GRANT EXECUTE ON FUNCTION
     payments.statement_add(bigint, jsonb),
     payments.statement_close(bigint),
     payments.reconcile(text, bigint),
-    payments.accept_difference(bigint, text)
+    payments.accept_difference(bigint, text),
+    payments.statement_for_copy()
     TO payments_app;
 -- Statement lines are loaded by COPY: INSERT, and nothing else, on the
 -- table; its trigger checks that each line goes to an open statement of
