@@ -109,7 +109,10 @@ REGRESS = \
 	callback \
 	callback_errors \
 	callback_rights \
-	callback_signatures
+	callback_signatures \
+	reconciliation \
+	reconciliation_errors \
+	reconciliation_rights
 REGRESS_OPTS = --no-locale --encoding=UTF8
 
 ISOLATION = \

@@ -35,10 +35,9 @@ SELECT payments.define_reconciliation('psp', 'orders', 'ref', 'amount', 'status'
                     "external": {"SUCCESS": "succeeded", "REFUND": "refunded"}}',
     grace => '1 day', amount_tolerance => 1) > 0 AS defined;
 
--- A handler per class that records what it was given.
-CREATE TABLE healed (class text, reference text, payload jsonb);
-CREATE FUNCTION heal(p jsonb) RETURNS void LANGUAGE sql
-    AS $$ INSERT INTO healed VALUES (p ->> 'class', p ->> 'reference', p) $$;
+-- A heal for every class.  The worker is off in this suite: heals are
+-- queued, never run (test/t/601_reconciliation_worker.pl runs them).
+CREATE FUNCTION heal(p jsonb) RETURNS void LANGUAGE sql AS '';
 SELECT payments.reconciliation_policy('psp', c, 'heal(jsonb)')
   FROM unnest(ARRAY['missing_internal', 'missing_external', 'amount_mismatch',
                     'status_mismatch', 'currency_mismatch', 'duplicate_external']) c;
@@ -63,13 +62,181 @@ SELECT status, lines FROM payments.statements WHERE id = :half;
 --
 -- Day one: the whole file.
 --
-SELECT payments.statement_begin('psp', '[2026-11-01, 2026-11-02)', 'day1.csv', 10, 29501) AS day1 \gset
+SELECT payments.statement_begin('psp', '[2026-11-01, 2026-11-02)', 'day1.csv', 11, 29002) AS day1 \gset
 -- The file itself, by COPY, as a provider's file of millions of lines is
--- loaded; statement_add takes the same lines as JSON.
-COPY payments.statement_lines (statement_id, external_id, payment_ref, amount, currency, status, occurred_at, fee, raw) FROM stdin;
-:day1	t-1	o-match	1000	EUR	SUCCESS	2026-11-01 09:00:05+00	3	{"line": 1}
-:day1	t-2	o-amount	2500	EUR	SUCCESS	2026-11-01 10:00:05+00	3	\N
-:day1	t-3	o-within	2501	EUR	SUCCESS	2026-11-01 10:30:05+00	3	\N
-:day1	t-4	o-status	3000	EUR	SUCCESS	2026-11-01 11:00:05+00	3	\N
-:day1	t-5	o-refunded	3500	EUR	REFUND	2026-11-01 11:30:05+00	\N	\N
+-- loaded: the lines take their statement from payments.statement_id.
+SET payments.statement_id = :day1;
+COPY payments.statement_lines (external_id, payment_ref, amount, currency, status, occurred_at, fee, raw) FROM stdin;
+t-1	o-match	1000	EUR	SUCCESS	2026-11-01 09:00:05+00	3	{"line": 1}
+t-2	o-amount	2500	EUR	SUCCESS	2026-11-01 10:00:05+00	3	\N
+t-3	o-within	2501	EUR	SUCCESS	2026-11-01 10:30:05+00	3	\N
+t-4	o-status	3000	EUR	SUCCESS	2026-11-01 11:00:05+00	3	\N
+t-5	o-refunded	3500	EUR	REFUND	2026-11-01 11:30:05+00	\N	\N
 \.
+RESET payments.statement_id;
+-- The rest as JSON: a double charge (two provider transactions for one
+-- payment), a payment we do not know, one with no reference at all, an
+-- amount of ours that is NULL.
+SELECT payments.statement_add(:day1, '[
+  {"external_id": "t-6", "payment_ref": "o-currency", "amount": 4000, "currency": "EUR",
+   "status": "SUCCESS", "occurred_at": "2026-11-01 12:00:05+00"},
+  {"external_id": "t-7", "payment_ref": "o-twice", "amount": 5000, "currency": "EUR",
+   "status": "SUCCESS", "occurred_at": "2026-11-01 13:00:05+00"},
+  {"external_id": "t-7b", "payment_ref": "o-twice", "amount": 5000, "currency": "EUR",
+   "status": "SUCCESS", "occurred_at": "2026-11-01 13:00:09+00"},
+  {"external_id": "t-8", "payment_ref": "o-unknown", "amount": 1500, "currency": "EUR",
+   "status": "SUCCESS", "occurred_at": "2026-11-01 14:00:05+00"},
+  {"external_id": "t-9", "amount": 1, "currency": "EUR",
+   "status": "SUCCESS", "occurred_at": "2026-11-01 14:30:05+00"}]');
+-- The header said 11 lines: one is still missing, so the statement does
+-- not close.
+\set VERBOSITY sqlstate
+SELECT payments.statement_close(:day1);
+\echo :LAST_ERROR_SQLSTATE
+\set VERBOSITY default
+SELECT payments.statement_add(:day1, '[
+  {"external_id": "t-10", "payment_ref": "o-nullamt", "amount": 1000, "currency": "EUR",
+   "status": "SUCCESS", "occurred_at": "2026-11-01 16:00:05+00"}]');
+SELECT payments.statement_close(:day1);
+SELECT payments.statement_close(:day1);   -- again: already closed, nothing to do
+SELECT status, lines, total, totals FROM payments.statements WHERE id = :day1;
+
+SELECT payments.reconcile('psp', :day1) AS run1 \gset
+-- Every line and every row of the period, classified.  o-within differs
+-- by 1, within the tolerance; o-refunded is refunded on both sides; the
+-- second charge of o-twice is the duplicate; o-late and o-never wait.
+SELECT class, reference, external_id, amount, currency, internal_amount, external_amount,
+       internal_status, external_status, waiting
+  FROM payments.reconciliation_items WHERE run_id = :run1 ORDER BY class, reference;
+-- Totals per class are the sums of their items; matched lines are counted.
+SELECT class, currency, count, amount FROM payments.reconciliation_summary
+ WHERE run_id = :run1 ORDER BY class;
+SELECT s.class, s.count = count(i.*) AND s.amount = sum(i.amount) AS sums_agree
+  FROM payments.reconciliation_summary s
+  LEFT JOIN payments.reconciliation_items i ON i.run_id = s.run_id AND i.class = s.class
+ WHERE s.run_id = :run1 AND s.class <> 'matched'
+ GROUP BY s.class, s.count, s.amount ORDER BY s.class;
+SELECT lines, internal_rows, matched, differences, waiting, heals_queued
+  FROM payments.reconciliation_runs WHERE id = :run1;
+SELECT class, reference, state FROM payments.reconciliation_open ORDER BY class, reference;
+-- One heal per difference, none for the rows still waiting, queued as a
+-- compensation whose payload is the difference.
+SELECT c.handler, c.payload ->> 'class' AS class, c.payload ->> 'reference' AS reference,
+       c.payload ->> 'reconciliation' AS reconciliation, c.payload ->> 'provider' AS provider,
+       c.dedup_key
+  FROM payments.compensations c ORDER BY c.payload ->> 'class', c.payload ->> 'reference';
+
+--
+-- The same statement again: the same classification, nothing new queued.
+--
+SELECT payments.reconcile('psp', :day1) AS run1b \gset
+SELECT (SELECT array_agg(row(class, reference, amount, waiting) ORDER BY class, reference)
+          FROM payments.reconciliation_items WHERE run_id = :run1b) IS NOT DISTINCT FROM
+       (SELECT array_agg(row(class, reference, amount, waiting) ORDER BY class, reference)
+          FROM payments.reconciliation_items WHERE run_id = :run1) AS same_classification;
+SELECT heals_queued FROM payments.reconciliation_runs WHERE id = :run1b;
+SELECT count(*) AS compensations FROM payments.compensations;
+-- The first run is superseded: the views show the latest.
+SELECT superseded_by = :run1b AS superseded FROM payments.reconciliation_runs WHERE id = :run1;
+SELECT DISTINCT run_id = :run1b AS latest_only FROM payments.reconciliation_open;
+
+--
+-- A corrected file of the same day (the provider re-sent it without the
+-- unknown payment and with o-amount's amount corrected): its own
+-- statement, whose differences are the same differences when class and
+-- reference agree, so nothing is healed twice.
+--
+SELECT payments.statement_begin('psp', '[2026-11-01, 2026-11-02)', 'day1-corrected.csv') AS day1c \gset
+INSERT INTO payments.statement_lines (statement_id, external_id, payment_ref, amount, currency, status, occurred_at)
+SELECT :day1c, external_id, payment_ref,
+       CASE WHEN payment_ref = 'o-amount' THEN 2000 ELSE amount END, currency, status, occurred_at
+  FROM payments.statement_lines WHERE statement_id = :day1 AND external_id <> 't-8';
+SELECT payments.statement_close(:day1c);
+SELECT payments.reconcile('psp', :day1c) AS run1c \gset
+SELECT class, reference FROM payments.reconciliation_items WHERE run_id = :run1c ORDER BY class, reference;
+SELECT heals_queued FROM payments.reconciliation_runs WHERE id = :run1c;
+
+--
+-- Day two: o-late's line comes after midnight and matches it from the
+-- grace pool; o-never's grace ends with this statement's period, so it is
+-- declared missing_external and healed, once.
+--
+SELECT payments.statement_begin('psp', '[2026-11-02, 2026-11-03)', 'day2.csv', 1, 6000) AS day2 \gset
+SELECT payments.statement_add(:day2, '[
+  {"external_id": "t-11", "payment_ref": "o-late", "amount": 6000, "currency": "EUR",
+   "status": "SUCCESS", "occurred_at": "2026-11-02 00:00:30+00"}]');
+SELECT payments.statement_close(:day2);
+SELECT payments.reconcile('psp', :day2) AS run2 \gset
+SELECT class, reference, waiting, waited FROM payments.reconciliation_items
+ WHERE run_id = :run2 ORDER BY class, reference;
+SELECT reference, state FROM payments.reconciliation_pool ORDER BY reference;
+SELECT c.payload ->> 'class' AS class, c.payload ->> 'reference' AS reference
+  FROM payments.compensations c WHERE c.payload ->> 'reference' IN ('o-late', 'o-never');
+-- Neither waits in the first day's run any more.
+SELECT class, reference, state FROM payments.reconciliation_open
+ WHERE reference IN ('o-late', 'o-never') ORDER BY class, reference;
+-- Day two again: the pool is settled, the run the same, nothing queued.
+SELECT payments.reconcile('psp', :day2) AS run2b \gset
+SELECT class, reference, waited FROM payments.reconciliation_items
+ WHERE run_id = :run2b ORDER BY class, reference;
+SELECT heals_queued FROM payments.reconciliation_runs WHERE id = :run2b;
+-- Day one again, after day two: o-late was matched later, so it is no
+-- difference of day one; o-never stays declared.
+SELECT payments.reconcile('psp', :day1) AS run1d \gset
+SELECT class, reference, waiting FROM payments.reconciliation_items
+ WHERE run_id = :run1d AND class = 'missing_external' ORDER BY reference;
+
+--
+-- Heals that are not healed yet: the worker is off here, so every heal
+-- is pending.  accept_difference is refused while one is queued, and
+-- accepted once it is cancelled; a difference without a policy is
+-- accepted at once, and a later run does not heal it.
+--
+SELECT i.id AS dup_item FROM payments.reconciliation_items i
+ WHERE i.run_id = :run1b AND i.class = 'duplicate_external' \gset
+\set VERBOSITY sqlstate
+SELECT payments.accept_difference(:dup_item, 'refunded by hand');
+\echo :LAST_ERROR_SQLSTATE
+\set VERBOSITY default
+SELECT payments.cancel_compensation(h.compensation_id)
+  FROM payments.reconciliation_heals h
+ WHERE h.class = 'duplicate_external' AND h.reference = 'o-twice';
+SELECT payments.accept_difference(:dup_item, 'refunded by hand');
+SELECT payments.accept_difference(:dup_item, 'a second decision');   -- the first stands
+SELECT class, reference, note, accepted_by FROM payments.reconciliation_heals
+ WHERE accepted_at IS NOT NULL;
+SELECT count(*) AS still_open FROM payments.reconciliation_open
+ WHERE class = 'duplicate_external';
+SELECT payments.reconciliation_policy('psp', 'amount_mismatch', NULL);
+SELECT payments.statement_begin('psp', '[2026-11-03, 2026-11-04)', 'day3.csv') AS day3 \gset
+SELECT payments.statement_add(:day3, '[
+  {"external_id": "t-12", "payment_ref": "o-day3", "amount": 100, "currency": "EUR",
+   "status": "SUCCESS", "occurred_at": "2026-11-03 08:00:00+00"}]');
+SELECT payments.statement_close(:day3);
+INSERT INTO orders VALUES ('o-day3', 90, 'paid', '2026-11-03 07:59:59+00', 'EUR');
+SELECT payments.reconcile('psp', :day3) AS run3 \gset
+SELECT i.id AS amount_item FROM payments.reconciliation_items i WHERE i.run_id = :run3 \gset
+SELECT heals_queued FROM payments.reconciliation_runs WHERE id = :run3;
+SELECT payments.accept_difference(:amount_item, 'the provider charged a fee of 10');
+SELECT payments.reconciliation_policy('psp', 'amount_mismatch', 'heal(jsonb)');
+SELECT payments.reconcile('psp', :day3) AS run3b \gset
+SELECT heals_queued FROM payments.reconciliation_runs WHERE id = :run3b;
+SELECT count(*) AS open FROM payments.reconciliation_open WHERE run_id = :run3b;
+-- A matched pair is no difference to accept.
+\set VERBOSITY sqlstate
+SELECT payments.accept_difference(i.id, 'fine') FROM payments.reconciliation_items i
+ WHERE i.run_id = :run2 AND i.class = 'matched';
+\echo :LAST_ERROR_SQLSTATE
+\set VERBOSITY default
+
+--
+-- Redefining changes what the next run compares: without a currency
+-- column, o-currency matches; without a status map, SUCCESS is no paid.
+--
+SELECT payments.define_reconciliation('psp', 'orders', 'ref', 'amount', 'status', 'paid_at',
+    grace => '1 day', amount_tolerance => 1) > 0 AS redefined;
+SELECT payments.reconcile('psp', :day1) AS run1e \gset
+SELECT class, count(*) FROM payments.reconciliation_items WHERE run_id = :run1e
+ GROUP BY class ORDER BY class;
+
+DROP EXTENSION payments;

@@ -122,17 +122,17 @@ static const char classify_sql[] =
  */
 static const char pool_sql[] =
 "INSERT INTO @extschema@.reconciliation_pool AS p"
-" (reconciliation_id, reference, statement_id, waiting_until, state, settled_by_run)"
+" (reconciliation_id, reference, statement_id, waiting_until, state, settled_statement_id)"
 " SELECT DISTINCT ON (i.reference) $2, i.reference, $1, i.internal_at + $4,"
 "  CASE WHEN i.class <> 'missing_external' THEN 'matched'"
 "       WHEN i.waiting THEN 'waiting' ELSE 'declared' END,"
-"  CASE WHEN i.waiting THEN NULL ELSE $3 END"
+"  CASE WHEN i.waiting THEN NULL ELSE $1 END"
 " FROM @extschema@.reconciliation_items i"
 " WHERE i.run_id = $3 AND i.internal_at IS NOT NULL"
 "   AND (i.class = 'missing_external' OR i.waited)"
 " ORDER BY i.reference, i.id"
 " ON CONFLICT (reconciliation_id, reference) DO UPDATE"
-"   SET state = excluded.state, settled_by_run = excluded.settled_by_run"
+"   SET state = excluded.state, settled_statement_id = excluded.settled_statement_id"
 "   WHERE p.state = 'waiting' AND excluded.state <> 'waiting'";
 
 /*
@@ -272,8 +272,10 @@ read_our_side(const char *query, Statement *s, Datum refs,
 
 /*
  * The references of rows of ours that wait in the grace pool since
- * another statement, as a text array, or 0 if there are none.  The caller
- * is connected to SPI and acts as the owner.
+ * another statement, and of those that an earlier run of this statement
+ * settled (so that a run again finds them again), as a text array, or 0
+ * if there are none.  The caller is connected to SPI and acts as the
+ * owner.
  */
 static Datum
 waiting_references(Reconciliation *r, Statement *s)
@@ -285,8 +287,9 @@ waiting_references(Reconciliation *r, Statement *s)
 	payments_prepare(&pool_refs_plan,
 					 "SELECT pg_catalog.array_agg(reference)"
 					 " FROM @extschema@.reconciliation_pool"
-					 " WHERE reconciliation_id = $1 AND state = 'waiting'"
-					 "   AND statement_id <> $2",
+					 " WHERE reconciliation_id = $1"
+					 "   AND (state = 'waiting' AND statement_id <> $2"
+					 "        OR settled_statement_id = $2)",
 					 2, (Oid[]) {INT8OID, INT8OID});
 	payments_execute(pool_refs_plan, values, NULL, SPI_OK_SELECT, 0);
 	refs = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);

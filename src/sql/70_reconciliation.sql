@@ -198,14 +198,15 @@ SELECT pg_catalog.pg_extension_config_dump('payments.reconciliation_items_id_seq
 -- reference.  A row waits until a statement whose period reaches
 -- waiting_until has been reconciled; it is then missing_external for good
 -- (declared), unless a line of a later statement matched it first
--- (matched).
+-- (matched).  settled_statement_id is the statement whose run settled it,
+-- which reads it again when it runs again.
 CREATE TABLE payments.reconciliation_pool (
     reconciliation_id bigint     NOT NULL,
     reference        text COLLATE "C" NOT NULL,
     statement_id     bigint      NOT NULL,
     waiting_until    timestamptz NOT NULL,
     state            text        NOT NULL DEFAULT 'waiting',
-    settled_by_run   bigint,
+    settled_statement_id bigint,
     PRIMARY KEY (reconciliation_id, reference)
 );
 
@@ -214,6 +215,8 @@ COMMENT ON TABLE payments.reconciliation_pool IS
 
 CREATE INDEX reconciliation_pool_waiting_idx
     ON payments.reconciliation_pool (reconciliation_id) WHERE state = 'waiting';
+CREATE INDEX reconciliation_pool_settled_idx
+    ON payments.reconciliation_pool (settled_statement_id);
 
 SELECT pg_catalog.pg_extension_config_dump('payments.reconciliation_pool', '');
 
