@@ -6,6 +6,8 @@
 --
 CREATE EXTENSION payments;
 \set SHOW_CONTEXT never
+-- Statement periods are days in UTC.
+SET timezone = 'UTC';
 
 CREATE TABLE orders (
     ref      text PRIMARY KEY,
@@ -239,4 +241,35 @@ SELECT payments.reconcile('psp', :day1) AS run1e \gset
 SELECT class, count(*) FROM payments.reconciliation_items WHERE run_id = :run1e
  GROUP BY class ORDER BY class;
 
+--
+-- A payment charged three times has two charges to refund: one heal per
+-- further charge.  An amount of ours that is not a number differs from
+-- every line, and keeps the totals numbers.
+--
+INSERT INTO orders VALUES ('o-thrice', 900, 'paid', '2026-11-04 10:00+00', 'EUR'),
+                          ('o-nan', 'NaN', 'paid', '2026-11-04 11:00+00', 'EUR');
+SELECT payments.reconciliation_policy('psp', 'duplicate_external', 'heal(jsonb)');
+-- (the definition has no status map since its redefinition above, so the
+-- first charge's SUCCESS differs from our paid)
+SELECT payments.statement_begin('psp', '[2026-11-04, 2026-11-05)', 'day4.csv', 4, 3600) AS day4 \gset
+SELECT payments.statement_add(:day4, '[
+  {"external_id": "t-20", "payment_ref": "o-thrice", "amount": 900, "currency": "EUR",
+   "status": "SUCCESS", "occurred_at": "2026-11-04 10:00:01+00"},
+  {"external_id": "t-21", "payment_ref": "o-thrice", "amount": 900, "currency": "EUR",
+   "status": "SUCCESS", "occurred_at": "2026-11-04 10:00:02+00"},
+  {"external_id": "t-22", "payment_ref": "o-thrice", "amount": 900, "currency": "EUR",
+   "status": "SUCCESS", "occurred_at": "2026-11-04 10:00:03+00"},
+  {"external_id": "t-23", "payment_ref": "o-nan", "amount": 900, "currency": "EUR",
+   "status": "SUCCESS", "occurred_at": "2026-11-04 11:00:01+00"}]');
+SELECT payments.statement_close(:day4);
+SELECT payments.reconcile('psp', :day4) AS run4 \gset
+SELECT class, reference, external_id, internal_amount FROM payments.reconciliation_items
+ WHERE run_id = :run4 ORDER BY class, external_id;
+SELECT c.payload ->> 'external_id' AS refunded_charge FROM payments.compensations c
+ WHERE c.payload ->> 'class' = 'duplicate_external' AND c.payload ->> 'reference' = 'o-thrice'
+ ORDER BY 1;
+SELECT class, count, amount FROM payments.reconciliation_summary WHERE run_id = :run4 ORDER BY class;
+
 DROP EXTENSION payments;
+DROP TABLE orders;
+DROP FUNCTION heal(jsonb);

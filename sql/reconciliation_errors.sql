@@ -5,6 +5,8 @@
 --
 CREATE EXTENSION payments;
 \set SHOW_CONTEXT never
+-- Statement periods are days in UTC.
+SET timezone = 'UTC';
 
 CREATE TABLE orders (ref text PRIMARY KEY, amount bigint, status text, at timestamptz,
                      currency text, famount float8, ramount real, tamount text, day date,
@@ -290,9 +292,26 @@ ALTER TABLE orders DROP COLUMN status;
 SELECT payments.reconcile('psp', :closed_stmt);
 \echo :LAST_ERROR_SQLSTATE
 SELECT rc_state() = :'before' AS unchanged;
+-- Our side must name each row once, with a reference a line could have:
+-- a second row of a reference, or one longer than 200 bytes, stops the
+-- run before it writes anything.
+CREATE TABLE twice (ref text, amount bigint, status text, at timestamptz);
+INSERT INTO twice VALUES ('r1', 1, 'paid', '2026-11-01 10:00+00'), ('r1', 2, 'paid', '2026-11-01 11:00+00');
+SELECT payments.define_reconciliation('twice', 'twice', 'ref', 'amount', 'status', 'at') > 0 AS defined;
+SELECT rc_state() AS before \gset
+SELECT payments.reconcile('twice', :closed_stmt);
+\echo :LAST_ERROR_SQLSTATE
+UPDATE twice SET ref = repeat('r', 201) WHERE amount = 2;
+SELECT payments.reconcile('twice', :closed_stmt);
+\echo :LAST_ERROR_SQLSTATE
+SELECT rc_state() = :'before' AS unchanged;
 -- The hostile names run.
 INSERT INTO "Odd ""Table""" VALUES ('r1', 10, 'paid', '2026-11-01 10:00');
 SELECT payments.reconcile('odd', :closed_stmt) > 0 AS ran;
 SELECT class, reference FROM payments.reconciliation_items ORDER BY id;
 
 DROP EXTENSION payments;
+DROP TABLE orders, "Odd ""Table""", twice;
+DROP TYPE mood;
+DROP SEQUENCE a_sequence;
+DROP FUNCTION heal(jsonb), not_a_handler(text), rc_state();

@@ -13,6 +13,8 @@
 --
 CREATE EXTENSION payments;
 \set SHOW_CONTEXT never
+-- Statement periods are days in UTC.
+SET timezone = 'UTC';
 CREATE ROLE regress_rc_alice LOGIN;
 CREATE ROLE regress_rc_bob LOGIN;
 CREATE ROLE regress_rc_nobody LOGIN;
@@ -119,6 +121,16 @@ SET ROLE regress_rc_alice;
 SELECT payments.reconciliation_policy('alice_psp', 'missing_internal', 'public.admin_heal(jsonb)');
 \echo :LAST_ERROR_SQLSTATE
 RESET ROLE;
+-- A superuser who runs alice's reconciliation, or even redefines it,
+-- lends it nothing: her side is read as her, her heal is queued as her,
+-- and no code of hers runs with a superuser's rights.
+SELECT payments.define_reconciliation('alice_psp', 'rc_alice.orders_seen', 'ref', 'amount', 'status', 'at',
+                                      grace => '0') > 0 AS redefined;
+UPDATE rc_alice.orders SET amount = 2100 WHERE ref = 'A-2';
+SELECT payments.reconcile('alice_psp', :alice_stmt) > 0 AS ran;
+SELECT DISTINCT who FROM rc_alice.readers;
+SELECT DISTINCT enqueued_by FROM payments.compensations;
+UPDATE rc_alice.orders SET amount = 2000 WHERE ref = 'A-2';
 SELECT rc_state() AS before \gset
 
 --
@@ -170,6 +182,34 @@ RESET ROLE;
 SELECT rc_state() = :'before' AS unchanged;
 
 --
+-- A role shared by alice and bob: bob redefines its reconciliation over a
+-- view of his own, whose function reads what alice may read and the team
+-- may not.  When alice runs it, the view runs as the team, and fails.
+RESET ROLE;
+CREATE ROLE regress_rc_team;
+GRANT payments_app TO regress_rc_team;
+GRANT regress_rc_team TO regress_rc_alice, regress_rc_bob;
+GRANT USAGE ON SCHEMA rc_alice TO regress_rc_team;
+SET ROLE regress_rc_alice;
+CREATE TABLE rc_alice.team_orders (ref text, amount bigint, status text, at timestamptz);
+GRANT SELECT ON rc_alice.team_orders TO regress_rc_team;
+SET ROLE regress_rc_team;
+SELECT payments.define_reconciliation('team_psp', 'rc_alice.team_orders', 'ref', 'amount', 'status', 'at') > 0 AS defined;
+SET ROLE regress_rc_bob;
+CREATE FUNCTION rc_bob.peek() RETURNS text LANGUAGE sql
+    AS $$ SELECT count(*)::text FROM rc_alice.orders $$;
+CREATE VIEW rc_bob.team_view AS SELECT ref, amount, rc_bob.peek() AS status, at FROM rc_alice.team_orders;
+GRANT USAGE ON SCHEMA rc_bob TO regress_rc_team;
+GRANT SELECT ON rc_bob.team_view TO regress_rc_team;
+SELECT payments.define_reconciliation('team_psp', 'rc_bob.team_view', 'ref', 'amount', 'status', 'at') > 0 AS defined;
+SET ROLE regress_rc_alice;
+INSERT INTO rc_alice.team_orders VALUES ('T-1', 1, 'paid', '2026-11-01 08:00+00');
+SELECT payments.reconcile('team_psp', :alice_stmt);
+\echo :LAST_ERROR_SQLSTATE
+RESET ROLE;
+SELECT rc_state() AS before \gset
+
+--
 -- nobody runs nothing; the operator sees every role's.
 --
 SET ROLE regress_rc_nobody;
@@ -195,4 +235,4 @@ DROP SCHEMA rc_alice CASCADE;
 DROP SCHEMA rc_bob CASCADE;
 DROP TABLE public.ledger, public.payroll;
 DROP FUNCTION rc_state(), public.admin_heal(jsonb);
-DROP ROLE regress_rc_alice, regress_rc_bob, regress_rc_nobody, regress_rc_operator;
+DROP ROLE regress_rc_alice, regress_rc_bob, regress_rc_nobody, regress_rc_operator, regress_rc_team;

@@ -19,6 +19,9 @@
 #define STATEMENT_SOURCE_MAX_BYTES		1000
 #define RECONCILIATION_NOTE_MAX_BYTES	2000
 
+/* The longest reference a line (statement_lines' CHECK) or a row may have */
+#define RECONCILIATION_REF_MAX_BYTES	200
+
 /* A reconciliation as defined (reconciliation_lookup) */
 typedef struct Reconciliation
 {
@@ -33,7 +36,8 @@ typedef struct Reconciliation
 	Datum		status_map;		/* jsonb, or 0 */
 	Datum		grace;			/* interval */
 	Datum		tolerance;		/* numeric */
-	Oid			defined_by;
+	Oid			owner;			/* the role it belongs to */
+	Oid			defined_by;		/* the role that wrote this definition */
 } Reconciliation;
 
 /* A statement (statement_lookup) */
@@ -56,7 +60,7 @@ extern void reconciliation_lock(const char *name, bool wait);
 extern Reconciliation *reconciliation_lookup(const char *name, Oid caller,
 											 Oid tables_owner);
 extern void reconciliation_check_source(Oid relid, const char *const *cols,
-										Oid caller, char **relname,
+										Oid role, char **relname,
 										Oid *ref_type);
 
 /* statement.c */
@@ -66,7 +70,6 @@ extern Statement *statement_lookup(int64 id, Oid caller, Oid tables_owner,
 
 /* reconciliation_heal.c */
 extern int64 reconciliation_queue_heals(Reconciliation *r, Statement *s,
-										int64 run_id, Oid caller,
-										Oid tables_owner);
+										int64 run_id, Oid tables_owner);
 
 #endif							/* PAYMENTS_RECONCILIATION_H */

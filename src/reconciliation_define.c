@@ -6,16 +6,20 @@
  *	  columns compare with a statement's lines, and which handler heals
  *	  each class of difference.
  *
- * A reconciliation's name belongs to the role that defined it first; that
- * role and its members may redefine it, set its policies and run it.  The
- * columns are checked as the defining role would be by reading them
- * (USAGE on the schema, SELECT on each column), but reconcile reads them
- * again with the rights of the role that runs it, so a definition grants
- * nothing.
+ * A reconciliation belongs to the role that defined it first (its owner);
+ * that role and its members may redefine it, set its policies and run it,
+ * and it acts with the owner's rights whoever does: the source is read as
+ * the owner (checked for it at definition and at every run: USAGE on the
+ * schema, SELECT on each column), and a heal is queued as the owner, who
+ * must be able to call the handler.  So a member of a shared role who
+ * redefines the source or sets a handler never has code of theirs run
+ * with another member's rights, nor a superuser's, and a superuser who
+ * fixes a member's definition does not lend it its own.
  *
  * Every change of a definition and every run take one lock per name
- * (reconciliation_lock): a definition waits for a run of the same name to
- * finish, and a second run fails at once.
+ * (reconciliation_lock), after the caller's rights are checked, so that a
+ * role without rights cannot hold it: a definition waits for a run of the
+ * same name to finish, and a second run fails at once.
  *
  *-------------------------------------------------------------------------
  */
@@ -79,15 +83,15 @@ reconciliation_lock(const char *name, bool wait)
 						   PAYMENTS_LOCKSPACE_RECONCILIATION, wait))
 		ereport(ERROR,
 				(errcode(ERRCODE_PM_RECONCILIATION_RUNNING),
-				 errmsg("reconciliation \"%s\" is running in another session", name),
-				 errdetail("Runs of one reconciliation share its grace pool and its heals, so they never overlap."),
-				 errhint("Run it again when the other run has finished.")));
+				 errmsg("reconciliation \"%s\" is in use by another session", name),
+				 errdetail("Another session is running it or changing its definition; runs of one reconciliation share its grace pool and its heals, so they never overlap."),
+				 errhint("Run it again when the other session has finished.")));
 }
 
 static void
-check_role(const char *name, Oid caller, Oid defined_by)
+check_role(const char *name, Oid caller, Oid owner)
 {
-	if (!has_privs_of_role(caller, defined_by))
+	if (!has_privs_of_role(caller, owner))
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("permission denied for reconciliation \"%s\"", name),
@@ -105,13 +109,12 @@ copy_text(HeapTuple tup, TupleDesc desc, int col)
 }
 
 /*
- * The reconciliation called name, after checking that caller has the
- * privileges of the role that defined it.  Unknown names raise PM501.  The
- * extension's tables are read as tables_owner; the result is allocated in
- * the caller's memory context.
+ * The reconciliation called name, or NULL.  The extension's tables are
+ * read as tables_owner; the result is allocated in the caller's memory
+ * context.
  */
-Reconciliation *
-reconciliation_lookup(const char *name, Oid caller, Oid tables_owner)
+static Reconciliation *
+reconciliation_find(const char *name, Oid tables_owner)
 {
 	MemoryContext outer = CurrentMemoryContext;
 	PaymentsSavedUser saved;
@@ -123,7 +126,7 @@ reconciliation_lookup(const char *name, Oid caller, Oid tables_owner)
 	payments_prepare(&lookup_plan,
 					 "SELECT id, source::oid, ref_col::text, amount_col::text,"
 					 " status_col::text, at_col::text, currency_col::text,"
-					 " status_map, grace, amount_tolerance, defined_by::oid"
+					 " status_map, grace, amount_tolerance, owner::oid, defined_by::oid"
 					 " FROM @extschema@.reconciliations WHERE name = $1",
 					 1, (Oid[]) {TEXTOID});
 	if (payments_execute(lookup_plan, &arg, NULL, SPI_OK_SELECT, 0) == 1)
@@ -147,18 +150,31 @@ reconciliation_lookup(const char *name, Oid caller, Oid tables_owner)
 		r->status_map = isnull ? (Datum) 0 : datumCopy(d, false, -1);
 		r->grace = datumCopy(SPI_getbinval(tup, desc, 9, &isnull), false, sizeof(Interval));
 		r->tolerance = datumCopy(SPI_getbinval(tup, desc, 10, &isnull), false, -1);
-		r->defined_by = DatumGetObjectId(SPI_getbinval(tup, desc, 11, &isnull));
+		r->owner = DatumGetObjectId(SPI_getbinval(tup, desc, 11, &isnull));
+		r->defined_by = DatumGetObjectId(SPI_getbinval(tup, desc, 12, &isnull));
 		MemoryContextSwitchTo(spi);
 	}
 	SPI_finish();
 	payments_end_as_owner(&saved);
+
+	return r;
+}
+
+/*
+ * The reconciliation called name, after checking that caller has the
+ * privileges of its owner; unknown names raise PM501.
+ */
+Reconciliation *
+reconciliation_lookup(const char *name, Oid caller, Oid tables_owner)
+{
+	Reconciliation *r = reconciliation_find(name, tables_owner);
 
 	if (r == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_PM_RECONCILIATION_NOT_FOUND),
 				 errmsg("reconciliation \"%s\" does not exist", name),
 				 errhint("Define it with payments.define_reconciliation.")));
-	check_role(name, caller, r->defined_by);
+	check_role(name, caller, r->owner);
 	return r;
 }
 
@@ -190,13 +206,13 @@ check_column(Relation rel, const char *col, const char *what, Oid caller)
 /*
  * The source relation of a reconciliation and its columns (ref, amount,
  * status, time and currency, the last one NULL if there is none), checked
- * for caller when the reconciliation is defined and again when it runs:
- * the relation must be a table or view caller may read, the amount exact
- * and the time a time.  Sets *relname to its qualified, quoted name and
+ * for role, the reconciliation's owner, whose rights every run reads it
+ * with: the relation must be a table or view role may read, the amount
+ * exact and the time a time.  Sets *relname to its qualified, quoted name and
  * *ref_type to the type of its reference column.
  */
 void
-reconciliation_check_source(Oid relid, const char *const *cols, Oid caller,
+reconciliation_check_source(Oid relid, const char *const *cols, Oid role,
 							char **relname, Oid *ref_type)
 {
 	Relation	rel;
@@ -217,18 +233,18 @@ reconciliation_check_source(Oid relid, const char *const *cols, Oid caller,
 		ereport(ERROR,
 				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
 				 errmsg("\"%s\" is not a table or view", RelationGetRelationName(rel))));
-	if (pg_namespace_aclcheck(RelationGetNamespace(rel), caller, ACL_USAGE) != ACLCHECK_OK)
+	if (pg_namespace_aclcheck(RelationGetNamespace(rel), role, ACL_USAGE) != ACLCHECK_OK)
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("permission denied for schema %s",
 						get_namespace_name(RelationGetNamespace(rel)))));
 
-	*ref_type = check_column(rel, cols[0], "ref_col", caller);
-	amount_type = check_column(rel, cols[1], "amount_col", caller);
-	(void) check_column(rel, cols[2], "status_col", caller);
-	at_type = check_column(rel, cols[3], "at_col", caller);
+	*ref_type = check_column(rel, cols[0], "ref_col", role);
+	amount_type = check_column(rel, cols[1], "amount_col", role);
+	(void) check_column(rel, cols[2], "status_col", role);
+	at_type = check_column(rel, cols[3], "at_col", role);
 	if (cols[4] != NULL)
-		(void) check_column(rel, cols[4], "currency_col", caller);
+		(void) check_column(rel, cols[4], "currency_col", role);
 
 	if (amount_type == FLOAT4OID || amount_type == FLOAT8OID)
 		ereport(ERROR,
@@ -326,6 +342,16 @@ arg_grace(FunctionCallInfo fcinfo, int argno)
 	return IntervalPGetDatum(iv);
 }
 
+static void
+report_taken(const char *name)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("reconciliation \"%s\" is defined by another role", name),
+			 errdetail("Only the role that defined a reconciliation first and its members may redefine it."),
+			 errhint("Choose another name.")));
+}
+
 /*
  * payments.define_reconciliation(name, source, ref_col, amount_col,
  * status_col, at_col, currency_col, status_map, grace, amount_tolerance):
@@ -347,6 +373,8 @@ payments_define_reconciliation(PG_FUNCTION_ARGS)
 	const char *cols[5];
 	char	   *relname;
 	Oid			ref_type;
+	Oid			tables_owner;
+	Reconciliation *existing;
 
 	payments_arg_not_null(fcinfo, 1, "source");
 	payments_arg_not_null(fcinfo, 2, "ref_col");
@@ -356,7 +384,14 @@ payments_define_reconciliation(PG_FUNCTION_ARGS)
 	for (int i = 0; i < 5; i++)
 		cols[i] = PG_ARGISNULL(i + 2) ? NULL : NameStr(*PG_GETARG_NAME(i + 2));
 	payments_check_not_in_recovery();
-	reconciliation_check_source(PG_GETARG_OID(1), cols, caller, &relname, &ref_type);
+	tables_owner = payments_function_owner(fcinfo->flinfo->fn_oid);
+	/* another role's name is refused before its lock is taken */
+	existing = reconciliation_find(name, tables_owner);
+	if (existing != NULL && !has_privs_of_role(caller, existing->owner))
+		report_taken(name);
+	reconciliation_check_source(PG_GETARG_OID(1), cols,
+								existing != NULL ? existing->owner : caller,
+								&relname, &ref_type);
 	values[0] = CStringGetTextDatum(name);
 	for (int i = 1; i <= 7; i++)
 	{
@@ -372,23 +407,23 @@ payments_define_reconciliation(PG_FUNCTION_ARGS)
 	nulls[10] = ' ';
 
 	reconciliation_lock(name, true);
-	payments_begin_as_owner(payments_function_owner(fcinfo->flinfo->fn_oid), true, &saved);
+	payments_begin_as_owner(tables_owner, true, &saved);
 	SPI_connect();
 	if (!PG_ARGISNULL(7))
 		check_status_map(values[7]);
 	payments_prepare(&define_plan,
 					 "INSERT INTO @extschema@.reconciliations AS r"
 					 " (name, source, ref_col, amount_col, status_col, at_col,"
-					 "  currency_col, status_map, grace, amount_tolerance, defined_by)"
+					 "  currency_col, status_map, grace, amount_tolerance, owner, defined_by)"
 					 " VALUES ($1, $2::pg_catalog.regclass, $3, $4, $5, $6, $7, $8, $9, $10,"
-					 "  $11::pg_catalog.regrole)"
+					 "  $11::pg_catalog.regrole, $11::pg_catalog.regrole)"
 					 " ON CONFLICT (name) DO UPDATE SET source = excluded.source,"
 					 "  ref_col = excluded.ref_col, amount_col = excluded.amount_col,"
 					 "  status_col = excluded.status_col, at_col = excluded.at_col,"
 					 "  currency_col = excluded.currency_col, status_map = excluded.status_map,"
 					 "  grace = excluded.grace, amount_tolerance = excluded.amount_tolerance,"
-					 "  defined_at = pg_catalog.now()"
-					 " WHERE pg_catalog.pg_has_role($11, r.defined_by, 'USAGE')"
+					 "  defined_by = excluded.defined_by, defined_at = pg_catalog.now()"
+					 " WHERE pg_catalog.pg_has_role($11, r.owner, 'USAGE')"
 					 " RETURNING id",
 					 11, argtypes);
 	if (payments_execute(define_plan, values, nulls, SPI_OK_INSERT_RETURNING, 0) == 1)
@@ -397,18 +432,14 @@ payments_define_reconciliation(PG_FUNCTION_ARGS)
 	SPI_finish();
 	payments_end_as_owner(&saved);
 	if (id == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("reconciliation \"%s\" is defined by another role", name),
-				 errdetail("Only the role that defined a reconciliation and its members may redefine it."),
-				 errhint("Choose another name.")));
+		report_taken(name);
 	PG_RETURN_INT64(id);
 }
 
 /*
  * payments.reconciliation_policy(name, class, handler): heal each new
- * difference of class with handler, which the caller must be able to
- * call; a NULL handler removes the policy.
+ * difference of class with handler, queued as the reconciliation's owner,
+ * who must be able to call it; a NULL handler removes the policy.
  */
 Datum
 payments_reconciliation_policy(PG_FUNCTION_ARGS)
@@ -431,15 +462,15 @@ payments_reconciliation_policy(PG_FUNCTION_ARGS)
 				 errmsg("\"%s\" is not a class of difference", class),
 				 errdetail("The classes are missing_internal, missing_external, amount_mismatch, status_mismatch, currency_mismatch and duplicate_external.")));
 	payments_check_not_in_recovery();
-	reconciliation_lock(name, true);
 	r = reconciliation_lookup(name, caller, tables_owner);
+	reconciliation_lock(name, true);
 
 	values[0] = Int64GetDatum(r->id);
 	values[1] = CStringGetTextDatum(class);
 	if (!PG_ARGISNULL(2))
 	{
 		Oid			handler = PG_GETARG_OID(2);
-		Oid			owner = compensation_check_handler(handler, caller);
+		Oid			owner = compensation_check_handler(handler, r->owner);
 
 		values[2] = CStringGetTextDatum(compensation_handler_name(handler));
 		values[3] = ObjectIdGetDatum(owner);

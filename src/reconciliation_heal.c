@@ -5,7 +5,10 @@
  *	  for the ones a person decides to leave as they are.
  *
  * A difference is the same difference in every run that finds it again
- * when it has the same reconciliation, class and reference.  The first
+ * when it has the same reconciliation, class and reference, and, for a
+ * difference of one line rather than of a payment (each further charge of
+ * a duplicate_external, a line without a reference), the same external
+ * id: a payment charged three times has two charges to refund.  The first
  * run to find it with a policy for its class claims that key in
  * payments.reconciliation_heals and queues the policy's handler with the
  * difference as payload; every later run, a corrected statement of the
@@ -14,9 +17,10 @@
  * in a table only the extension writes: as a compensation's dedup key any
  * role able to call the handler could take it first.
  *
- * A waiting row of ours is not healed: its grace has not ended.  A heal
- * runs as the role that ran reconcile (a member of the reconciliation's
- * role), as if that role had queued it.
+ * A waiting row of ours is not healed: its grace has not ended.  A heal is
+ * queued as the role the reconciliation belongs to, whoever set the
+ * policy or runs reconcile: every one of them has that role's privileges,
+ * and a handler chosen by one never runs with another's rights.
  *
  *-------------------------------------------------------------------------
  */
@@ -55,7 +59,7 @@ static SPIPlanPtr reaccept_plan;
  */
 int64
 reconciliation_queue_heals(Reconciliation *r, Statement *s, int64 run_id,
-						   Oid caller, Oid tables_owner)
+						   Oid tables_owner)
 {
 	Datum		values[3];
 	Portal		portal;
@@ -65,28 +69,33 @@ reconciliation_queue_heals(Reconciliation *r, Statement *s, int64 run_id,
 	values[1] = CStringGetTextDatum(r->name);
 	values[2] = CStringGetTextDatum(s->provider);
 	payments_prepare(&new_plan,
-					 "SELECT i.reconciliation_id, i.class, i.reference, i.id, p.handler,"
-					 "  p.handler_owner::oid,"
+					 "SELECT i.reconciliation_id, i.class, k.reference, k.external_id, i.id,"
+					 "  p.handler, p.handler_owner::oid,"
 					 "  (pg_catalog.to_jsonb(i) - 'waiting' - 'waited')"
 					 "  || pg_catalog.jsonb_build_object('reconciliation', $2, 'provider', $3)"
 					 " FROM @extschema@.reconciliation_items i"
+					 " CROSS JOIN LATERAL (SELECT coalesce(i.reference, '') AS reference,"
+					 "   CASE WHEN i.class = 'duplicate_external' OR i.reference IS NULL"
+					 "        THEN i.external_id ELSE '' END AS external_id) k"
 					 " JOIN @extschema@.reconciliation_policies p"
 					 "   ON p.reconciliation_id = i.reconciliation_id AND p.class = i.class"
 					 " WHERE i.run_id = $1 AND NOT i.waiting AND i.class <> 'matched'"
 					 "   AND NOT EXISTS (SELECT FROM @extschema@.reconciliation_heals h"
 					 "     WHERE h.reconciliation_id = i.reconciliation_id"
-					 "       AND h.class = i.class AND h.reference = i.reference)"
+					 "       AND h.class = i.class AND h.reference = k.reference"
+					 "       AND h.external_id = k.external_id)"
 					 " ORDER BY i.id",
 					 3, (Oid[]) {INT8OID, TEXTOID, TEXTOID});
 	payments_prepare(&claim_plan,
 					 "INSERT INTO @extschema@.reconciliation_heals"
-					 " (reconciliation_id, class, reference, item_id)"
-					 " VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-					 4, (Oid[]) {INT8OID, TEXTOID, TEXTOID, INT8OID});
+					 " (reconciliation_id, class, reference, external_id, item_id)"
+					 " VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+					 5, (Oid[]) {INT8OID, TEXTOID, TEXTOID, TEXTOID, INT8OID});
 	payments_prepare(&record_plan,
-					 "UPDATE @extschema@.reconciliation_heals SET compensation_id = $4"
-					 " WHERE reconciliation_id = $1 AND class = $2 AND reference = $3",
-					 4, (Oid[]) {INT8OID, TEXTOID, TEXTOID, INT8OID});
+					 "UPDATE @extschema@.reconciliation_heals SET compensation_id = $5"
+					 " WHERE reconciliation_id = $1 AND class = $2 AND reference = $3"
+					 "   AND external_id = $4",
+					 5, (Oid[]) {INT8OID, TEXTOID, TEXTOID, TEXTOID, INT8OID});
 
 	portal = SPI_cursor_open(NULL, new_plan, values, NULL, false);
 	for (;;)
@@ -103,24 +112,24 @@ reconciliation_queue_heals(Reconciliation *r, Statement *s, int64 run_id,
 		{
 			HeapTuple	tup = batch->vals[i];
 			TupleDesc	desc = batch->tupdesc;
-			Datum		key[4];
+			Datum		key[5];
 			char	   *handler_name;
 			Oid			handler_owner;
 			Oid			handler;
 			bool		isnull;
 
-			for (int k = 0; k < 4; k++)
+			for (int k = 0; k < 5; k++)
 				key[k] = SPI_getbinval(tup, desc, k + 1, &isnull);
-			handler_name = SPI_getvalue(tup, desc, 5);
-			handler_owner = DatumGetObjectId(SPI_getbinval(tup, desc, 6, &isnull));
+			handler_name = SPI_getvalue(tup, desc, 6);
+			handler_owner = DatumGetObjectId(SPI_getbinval(tup, desc, 7, &isnull));
 			if (payments_execute(claim_plan, key, NULL, SPI_OK_INSERT, 0) == 0)
 				continue;		/* another item of this run had the same key */
 			handler = compensation_resolve_handler(handler_name, handler_owner);
-			key[3] = Int64GetDatum(compensation_enqueue(handler,
-														SPI_getbinval(tup, desc, 7, &isnull),
+			key[4] = Int64GetDatum(compensation_enqueue(handler,
+														SPI_getbinval(tup, desc, 8, &isnull),
 														NULL, 0,
 														GetCurrentTransactionStartTimestamp(),
-														caller, tables_owner));
+														r->owner, tables_owner));
 			payments_execute(record_plan, key, NULL, SPI_OK_UPDATE, 0);
 			queued++;
 		}
@@ -143,10 +152,10 @@ payments_accept_difference(PG_FUNCTION_ARGS)
 	text	   *note;
 	Oid			caller = GetUserId();
 	PaymentsSavedUser saved;
-	Datum		values[6];
+	Datum		values[7];
 	HeapTuple	tup;
 	TupleDesc	desc;
-	Oid			defined_by;
+	Oid			owner;
 	char	   *class;
 	bool		isnull;
 
@@ -158,8 +167,9 @@ payments_accept_difference(PG_FUNCTION_ARGS)
 	SPI_connect();
 	values[0] = Int64GetDatum(item_id);
 	payments_prepare(&item_plan,
-					 "SELECT i.reconciliation_id, i.class, i.reference, d.name,"
-					 "  d.defined_by::oid"
+					 "SELECT i.reconciliation_id, i.class, coalesce(i.reference, ''),"
+					 "  CASE WHEN i.class = 'duplicate_external' OR i.reference IS NULL"
+					 "       THEN i.external_id ELSE '' END, d.name, d.owner::oid"
 					 " FROM @extschema@.reconciliation_items i"
 					 " JOIN @extschema@.reconciliations d ON d.id = i.reconciliation_id"
 					 " WHERE i.id = $1",
@@ -170,12 +180,12 @@ payments_accept_difference(PG_FUNCTION_ARGS)
 				 errmsg("reconciliation item %lld does not exist", (long long) item_id)));
 	tup = SPI_tuptable->vals[0];
 	desc = SPI_tuptable->tupdesc;
-	defined_by = DatumGetObjectId(SPI_getbinval(tup, desc, 5, &isnull));
-	if (!has_privs_of_role(caller, defined_by))
+	owner = DatumGetObjectId(SPI_getbinval(tup, desc, 6, &isnull));
+	if (!has_privs_of_role(caller, owner))
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("permission denied for reconciliation \"%s\"",
-						SPI_getvalue(tup, desc, 4)),
+						SPI_getvalue(tup, desc, 5)),
 				 errdetail("The reconciliation is defined by a role whose privileges role \"%s\" does not have.",
 						   GetUserNameFromId(caller, false))));
 	class = SPI_getvalue(tup, desc, 2);
@@ -184,20 +194,19 @@ payments_accept_difference(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("reconciliation item %lld is not a difference", (long long) item_id),
 				 errdetail("Its line and our row matched.")));
-	values[0] = SPI_getbinval(tup, desc, 1, &isnull);
-	values[1] = SPI_getbinval(tup, desc, 2, &isnull);
-	values[2] = SPI_getbinval(tup, desc, 3, &isnull);
-	values[3] = Int64GetDatum(item_id);
-	values[4] = ObjectIdGetDatum(caller);
-	values[5] = PointerGetDatum(note);
+	for (int k = 0; k < 4; k++)
+		values[k] = SPI_getbinval(tup, desc, k + 1, &isnull);
+	values[4] = Int64GetDatum(item_id);
+	values[5] = ObjectIdGetDatum(caller);
+	values[6] = PointerGetDatum(note);
 
 	payments_prepare(&accept_plan,
 					 "INSERT INTO @extschema@.reconciliation_heals"
-					 " (reconciliation_id, class, reference, item_id, accepted_by,"
-					 "  accepted_at, note)"
-					 " VALUES ($1, $2, $3, $4, $5::pg_catalog.regrole, pg_catalog.now(), $6)"
+					 " (reconciliation_id, class, reference, external_id, item_id,"
+					 "  accepted_by, accepted_at, note)"
+					 " VALUES ($1, $2, $3, $4, $5, $6::pg_catalog.regrole, pg_catalog.now(), $7)"
 					 " ON CONFLICT DO NOTHING",
-					 6, (Oid[]) {INT8OID, TEXTOID, TEXTOID, INT8OID, OIDOID, TEXTOID});
+					 7, (Oid[]) {INT8OID, TEXTOID, TEXTOID, TEXTOID, INT8OID, OIDOID, TEXTOID});
 	if (payments_execute(accept_plan, values, NULL, SPI_OK_INSERT, 0) == 0)
 	{
 		char	   *status;
@@ -207,8 +216,9 @@ payments_accept_difference(PG_FUNCTION_ARGS)
 						 " FROM @extschema@.reconciliation_heals h"
 						 " LEFT JOIN @extschema@.compensations c ON c.id = h.compensation_id"
 						 " WHERE h.reconciliation_id = $1 AND h.class = $2 AND h.reference = $3"
+						 "   AND h.external_id = $4"
 						 " FOR UPDATE OF h",
-						 3, (Oid[]) {INT8OID, TEXTOID, TEXTOID});
+						 4, (Oid[]) {INT8OID, TEXTOID, TEXTOID, TEXTOID});
 		payments_execute(decided_plan, values, NULL, SPI_OK_SELECT, 0);
 		tup = SPI_tuptable->vals[0];
 		desc = SPI_tuptable->tupdesc;
@@ -231,10 +241,11 @@ payments_accept_difference(PG_FUNCTION_ARGS)
 		{
 			payments_prepare(&reaccept_plan,
 							 "UPDATE @extschema@.reconciliation_heals"
-							 " SET accepted_by = $5::pg_catalog.regrole,"
-							 "  accepted_at = pg_catalog.now(), note = $6"
-							 " WHERE reconciliation_id = $1 AND class = $2 AND reference = $3",
-							 6, (Oid[]) {INT8OID, TEXTOID, TEXTOID, INT8OID, OIDOID, TEXTOID});
+							 " SET accepted_by = $6::pg_catalog.regrole,"
+							 "  accepted_at = pg_catalog.now(), note = $7"
+							 " WHERE reconciliation_id = $1 AND class = $2 AND reference = $3"
+							 "   AND external_id = $4",
+							 7, (Oid[]) {INT8OID, TEXTOID, TEXTOID, TEXTOID, INT8OID, OIDOID, TEXTOID});
 			payments_execute(reaccept_plan, values, NULL, SPI_OK_UPDATE, 0);
 		}
 	}

@@ -4,10 +4,15 @@
  *	  reconcile: one closed statement against our rows of its period,
  *	  every line and row classified in one set-based pass.
  *
- * Our side is read with the rights of the role that calls reconcile, in
- * one query of its own: the source may be a view whose functions, or a
- * table whose row-level security, must act for that role and for no
- * other.  What the query returns (reference, amount, status, time and
+ * Our side is read in one query of its own, with the rights of the role
+ * the reconciliation belongs to (its owner) and as a security-restricted
+ * operation, whoever calls reconcile: the source may be a view whose
+ * functions, or a table whose row-level security, must act for that role
+ * and for no other.  Every role that may define or run the reconciliation
+ * has that role's privileges, so none reads more than it could itself;
+ * reading as the caller instead would run the definition's code (a view's
+ * function a member of a shared role wrote) with the caller's rights, a
+ * superuser's among them.  What the query returns (reference, amount, status, time and
  * currency, each converted to a built-in type by that query) goes to a
  * tuplestore, which keeps work_mem in memory and spills the rest to disk.
  * The classification then runs with the extension owner's rights, joining
@@ -27,7 +32,7 @@
  * as a missing_external item marked waiting, until a statement whose
  * period reaches the row's time plus the grace is reconciled.  The rows
  * waiting from earlier statements are read again by reference (our side's
- * query again, with the caller's rights) and joined with the lines like
+ * query again, with the same rights) and joined with the lines like
  * the rows of the period.  One that a line now holds is settled as
  * matched; one whose grace has ended is declared missing_external, and
  * only then can it be healed.  Waiting is measured against the statements'
@@ -49,6 +54,7 @@
 #include "catalog/pg_type.h"
 #include "executor/tstoreReceiver.h"
 #include "lib/stringinfo.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "nodes/params.h"
 #include "utils/builtins.h"
@@ -73,7 +79,7 @@ static const char classify_sql[] =
 "  external_id, amount, currency, internal_amount, external_amount,"
 "  internal_currency, external_currency, internal_status, external_status,"
 "  internal_at, occurred_at, waiting, waited)"
-" SELECT $3, $2, $1, c.class, coalesce(c.payment_ref, c.ref, c.external_id),"
+" SELECT $3, $2, $1, c.class, coalesce(c.payment_ref, c.ref),"
 "  coalesce(c.payment_ref, c.ref), c.external_id,"
 "  coalesce(c.l_amount::pg_catalog.numeric, c.i_amount),"
 "  coalesce(c.l_currency::pg_catalog.text, c.i_currency),"
@@ -185,8 +191,9 @@ internal_rows_desc(void)
 /*
  * The query of our side: the rows of the period ($1, $2) or, with pooled,
  * the rows outside it whose reference is one of $3.  Every value is
- * converted here, by the caller's query, so that the classification
- * compares built-in types only.
+ * converted here, by that role's query, so that the classification
+ * compares built-in types only; an amount that is not a number (NaN,
+ * Infinity) reads as NULL, which differs from any line's amount.
  */
 static char *
 internal_query(Reconciliation *r, Statement *s, const char *relname,
@@ -201,7 +208,9 @@ internal_query(Reconciliation *r, Statement *s, const char *relname,
 						 at, s->lower_inc ? ">=" : ">", at, s->upper_inc ? "<=" : "<");
 	initStringInfo(&buf);
 	appendStringInfo(&buf,
-					 "SELECT t.%s::pg_catalog.text, t.%s::pg_catalog.numeric,"
+					 "SELECT t.%s::pg_catalog.text,"
+					 " NULLIF(NULLIF(NULLIF("
+					 "t.%s::pg_catalog.numeric, 'NaN'), 'Infinity'), '-Infinity'),"
 					 " t.%s::pg_catalog.text, t.%s::pg_catalog.timestamptz, ",
 					 ref, quote_identifier(r->amount_col),
 					 quote_identifier(r->status_col), at);
@@ -215,31 +224,35 @@ internal_query(Reconciliation *r, Statement *s, const char *relname,
 	else
 	{
 		/*
-		 * Compared in the column's own type where it is a built-in one,
-		 * so that an index on the column finds the few rows; a type of
-		 * the database's own is compared as text, with no operator of
-		 * its schema involved.
+		 * Compared in the column's own type where that is one of the
+		 * usual key types, so that an index on the column finds the few
+		 * rows; any other type is compared as text.
 		 */
-		if (ref_type == TEXTOID || ref_type == VARCHAROID ||
-			get_typ_typrelid(ref_type) != InvalidOid ||
-			ref_type >= FirstNormalObjectId)
-			appendStringInfo(&buf, "t.%s::pg_catalog.text OPERATOR(pg_catalog.=) ANY ($3)", ref);
-		else
+		if (ref_type == BPCHAROID || ref_type == INT2OID ||
+			ref_type == INT4OID || ref_type == INT8OID ||
+			ref_type == NUMERICOID || ref_type == UUIDOID)
 			appendStringInfo(&buf, "t.%s OPERATOR(pg_catalog.=) ANY ($3::pg_catalog.text[]::%s[])",
 							 ref, format_type_be_qualified(ref_type));
-		appendStringInfo(&buf, " AND NOT (%s)", in_period);
+		else
+			appendStringInfo(&buf, "t.%s::pg_catalog.text OPERATOR(pg_catalog.=) ANY ($3)", ref);
+		/* a waiting row is of an earlier statement: before this one ends */
+		appendStringInfo(&buf, " AND NOT (%s) AND t.%s OPERATOR(pg_catalog.<) $2",
+						 in_period, at);
 	}
 	return buf.data;
 }
 
 /*
- * Run query with the caller's rights, adding what it returns to store.
- * The caller is connected to SPI.
+ * Run query as role, in a security-restricted operation, adding what it
+ * returns to store (values detoasted: the store holds them, not pointers
+ * into the source).  The caller is connected to SPI.
  */
 static void
-read_our_side(const char *query, Statement *s, Datum refs,
+read_our_side(const char *query, Oid role, Statement *s, Datum refs,
 			  Tuplestorestate *store, TupleDesc desc)
 {
+	Oid			save_userid;
+	int			save_sec_context;
 	ParamListInfo params = makeParamList(3);
 	DestReceiver *dest = CreateDestReceiver(DestTuplestore);
 	SPIExecuteOptions options;
@@ -259,12 +272,16 @@ read_our_side(const char *query, Statement *s, Datum refs,
 		.value = refs,.isnull = false,
 		.pflags = PARAM_FLAG_CONST,.ptype = TEXTARRAYOID
 	};
-	SetTuplestoreDestReceiverParams(dest, store, CurrentMemoryContext, false,
+	SetTuplestoreDestReceiverParams(dest, store, CurrentMemoryContext, true,
 									desc, "could not convert the rows of our side");
 	memset(&options, 0, sizeof(options));
 	options.params = params;
 	options.dest = dest;
+	GetUserIdAndSecContext(&save_userid, &save_sec_context);
+	SetUserIdAndSecContext(role, save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_RESTRICTED_OPERATION);
 	rc = SPI_execute_extended(query, &options);
+	SetUserIdAndSecContext(save_userid, save_sec_context);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "our side's query returned %s", SPI_result_code_string(rc));
 	dest->rDestroy(dest);
@@ -296,6 +313,46 @@ waiting_references(Reconciliation *r, Statement *s)
 	return isnull ? (Datum) 0 : SPI_datumTransfer(refs, false, -1);
 }
 
+/*
+ * Each reference of our side must name one row, and be one a line could
+ * name (RECONCILIATION_REF_MAX_BYTES at most): a second row would meet
+ * the same line and count it twice, and the totals would no longer add
+ * up.  The caller is connected to SPI, with internal_rows registered.
+ */
+static void
+check_our_references(Reconciliation *r)
+{
+	HeapTuple	tup;
+	TupleDesc	desc;
+	bool		isnull;
+	int64		rows;
+	char	   *ref;
+
+	if (payments_execute_once("SELECT x.ref, count(*) FROM internal_rows x GROUP BY x.ref"
+							  " HAVING count(*) > 1 OR pg_catalog.octet_length(x.ref) > "
+							  CppAsString2(RECONCILIATION_REF_MAX_BYTES) " LIMIT 1",
+							  0, NULL, NULL, NULL, SPI_OK_SELECT) == 0)
+		return;
+	tup = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+	rows = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
+	ref = SPI_getvalue(tup, desc, 1);
+	if (rows > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_CARDINALITY_VIOLATION),
+				 errmsg("reference \"%s\" names %lld rows of the source of reconciliation \"%s\"",
+						ref, (long long) rows, r->name),
+				 errdetail("A line is compared with the one row of ours that has its reference; with two, it would be counted twice."),
+				 errhint("Make column \"%s\" unique among the rows a statement covers, or reconcile a view that keeps one row per reference.",
+						 r->ref_col)));
+	ereport(ERROR,
+			(errcode(ERRCODE_STRING_DATA_RIGHT_TRUNCATION),
+			 errmsg("a reference of the source of reconciliation \"%s\" is longer than %d bytes",
+					r->name, RECONCILIATION_REF_MAX_BYTES),
+			 errdetail("It starts \"%.*s\"; no line can name it.",
+					   pg_mbcliplen(ref, strlen(ref), 40), ref)));
+}
+
 static int64
 reconcile(Reconciliation *r, Statement *s, Oid caller, Oid tables_owner)
 {
@@ -314,7 +371,7 @@ reconcile(Reconciliation *r, Statement *s, Oid caller, Oid tables_owner)
 	int64		queued;
 	bool		isnull;
 
-	reconciliation_check_source(r->source, cols, caller, &relname, &ref_type);
+	reconciliation_check_source(r->source, cols, r->owner, &relname, &ref_type);
 
 	SPI_connect();
 	payments_begin_as_owner(tables_owner, true, &saved);
@@ -332,14 +389,14 @@ reconcile(Reconciliation *r, Statement *s, Oid caller, Oid tables_owner)
 	refs = waiting_references(r, s);
 	payments_end_as_owner(&saved);
 
-	/* Our side, with the caller's rights */
+	/* Our side, with the rights of the reconciliation's role */
 	desc = internal_rows_desc();
 	store = tuplestore_begin_heap(false, false, work_mem);
-	read_our_side(internal_query(r, s, relname, ref_type, false), s, (Datum) 0,
-				  store, desc);
+	read_our_side(internal_query(r, s, relname, ref_type, false), r->owner,
+				  s, (Datum) 0, store, desc);
 	if (refs != (Datum) 0)
-		read_our_side(internal_query(r, s, relname, ref_type, true), s, refs,
-					  store, desc);
+		read_our_side(internal_query(r, s, relname, ref_type, true), r->owner,
+					  s, refs, store, desc);
 
 	enr = palloc0(sizeof(EphemeralNamedRelationData));
 	enr->md.name = "internal_rows";
@@ -350,6 +407,7 @@ reconcile(Reconciliation *r, Statement *s, Oid caller, Oid tables_owner)
 	enr->reldata = store;
 	if (SPI_register_relation(enr) != SPI_OK_REL_REGISTER)
 		elog(ERROR, "could not register our side as an ephemeral relation");
+	check_our_references(r);
 
 	payments_begin_as_owner(tables_owner, true, &saved);
 	values[0] = Int64GetDatum(s->id);
@@ -377,14 +435,21 @@ reconcile(Reconciliation *r, Statement *s, Oid caller, Oid tables_owner)
 
 	values[0] = Int64GetDatum(r->id);
 	values[1] = Int64GetDatum(s->id);
+	/*
+	 * The latest run on a statement, or on another statement of the same
+	 * provider and period (a corrected file), is the one the views show.
+	 */
 	payments_prepare(&supersede_plan,
-					 "UPDATE @extschema@.reconciliation_runs SET superseded_by = $3"
-					 " WHERE reconciliation_id = $1 AND statement_id = $2"
-					 "   AND id <> $3 AND superseded_by IS NULL",
+					 "UPDATE @extschema@.reconciliation_runs r SET superseded_by = $3"
+					 " FROM @extschema@.statements s, @extschema@.statements t"
+					 " WHERE r.reconciliation_id = $1 AND r.id <> $3"
+					 "   AND r.superseded_by IS NULL AND t.id = $2"
+					 "   AND s.id = r.statement_id AND s.provider = t.provider"
+					 "   AND s.period = t.period",
 					 3, (Oid[]) {INT8OID, INT8OID, INT8OID});
 	payments_execute(supersede_plan, values, NULL, SPI_OK_UPDATE, 0);
 
-	queued = reconciliation_queue_heals(r, s, run_id, caller, tables_owner);
+	queued = reconciliation_queue_heals(r, s, run_id, tables_owner);
 	values[0] = Int64GetDatum(run_id);
 	values[1] = Int64GetDatum(queued);
 	payments_prepare(&queued_plan,
@@ -420,9 +485,11 @@ payments_reconcile(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_PM_RECONCILIATION_RUNNING),
 				 errmsg("reconcile cannot be called while a reconciliation runs"),
 				 errdetail("It was called by a function that the run's read of our side called.")));
+	/* rights first, so that a role without them never holds the lock */
+	(void) reconciliation_lookup(name, caller, tables_owner);
+	s = statement_lookup(statement_id, caller, tables_owner, false);
 	reconciliation_lock(name, false);
 	r = reconciliation_lookup(name, caller, tables_owner);
-	s = statement_lookup(statement_id, caller, tables_owner, false);
 	if (!s->closed)
 		ereport(ERROR,
 				(errcode(ERRCODE_PM_STATEMENT_OPEN),

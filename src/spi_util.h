@@ -18,5 +18,8 @@ extern uint64 payments_execute(SPIPlanPtr plan, Datum *values,
 extern uint64 payments_execute_once(const char *sql, int nargs,
 									const Oid *argtypes, Datum *values,
 									const char *nulls, int expected);
+extern uint64 payments_execute_latest(const char *sql, int nargs,
+									  const Oid *argtypes, Datum *values,
+									  const char *nulls, int expected);
 
 #endif							/* PAYMENTS_SPI_UTIL_H */

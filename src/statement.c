@@ -36,6 +36,7 @@
 #include "miscadmin.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
+#include "utils/datetime.h"
 #include "utils/guc.h"
 #include "utils/datum.h"
 #include "utils/jsonb.h"
@@ -53,10 +54,12 @@ PG_FUNCTION_INFO_V1(payments_statement_for_copy);
 static char *statement_id_setting = NULL;
 static int64 statement_id_for_copy = 0;
 
+/* The last year a statement's period may reach */
+#define STATEMENT_LAST_YEAR		9999
+
 static SPIPlanPtr begin_plan;
 static SPIPlanPtr read_plan;
 static SPIPlanPtr lock_plan;
-static SPIPlanPtr share_plan;
 static SPIPlanPtr add_plan;
 static SPIPlanPtr close_plan;
 
@@ -146,6 +149,12 @@ period_bounds(Datum period, Statement *s)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("period must have finite bounds"),
 				 errdetail("A statement covers a span of time that ends, such as a day.")));
+	/* so that a time of the period plus any grace is a timestamp */
+	if (DatumGetTimestampTz(upper.val) >
+		(date2j(STATEMENT_LAST_YEAR + 1, 1, 1) - POSTGRES_EPOCH_JDATE) * USECS_PER_DAY)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("period must end by the end of year %d", STATEMENT_LAST_YEAR)));
 	s->lower = DatumGetTimestampTz(lower.val);
 	s->upper = DatumGetTimestampTz(upper.val);
 	s->lower_inc = lower.inclusive;
@@ -153,22 +162,21 @@ period_bounds(Datum period, Statement *s)
 }
 
 static void
-check_owner(int64 id, Oid caller, Oid opened_by)
+report_not_owner(int64 id, Oid caller)
 {
-	if (!has_privs_of_role(caller, opened_by))
-		ereport(ERROR,
-				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("permission denied for statement %lld", (long long) id),
-				 errdetail("The statement was begun by a role whose privileges role \"%s\" does not have.",
-						   GetUserNameFromId(caller, false))));
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("permission denied for statement %lld", (long long) id),
+			 errdetail("The statement was begun by a role whose privileges role \"%s\" does not have.",
+					   GetUserNameFromId(caller, false))));
 }
 
 /*
  * Statement id, after checking that caller has the privileges of the role
  * that began it (PM502 if there is none).  With for_update the statement
  * is locked, after that check, so that a role without rights on it cannot
- * make anyone wait.  The caller is connected to SPI; the result is
- * allocated in the caller's memory context.
+ * make anyone wait.  The result is allocated in the caller's memory
+ * context.
  */
 Statement *
 statement_lookup(int64 id, Oid caller, Oid tables_owner, bool for_update)
@@ -204,7 +212,8 @@ statement_lookup(int64 id, Oid caller, Oid tables_owner, bool for_update)
 		ereport(ERROR,
 				(errcode(ERRCODE_PM_STATEMENT_NOT_FOUND),
 				 errmsg("statement %lld does not exist", (long long) id)));
-	check_owner(id, caller, s->opened_by);
+	if (!has_privs_of_role(caller, s->opened_by))
+		report_not_owner(id, caller);
 	if (for_update)
 	{
 		payments_prepare(&lock_plan,
@@ -353,7 +362,7 @@ payments_statement_close(PG_FUNCTION_ARGS)
 	payments_begin_as_owner(tables_owner, true, &saved);
 	SPI_connect();
 	values[0] = Int64GetDatum(id);
-	payments_execute_once("SELECT t.n, t.total, t.totals,"
+	payments_execute_latest("SELECT t.n, t.total, t.totals,"
 						  "  (s.expected_lines IS NULL OR s.expected_lines = t.n)"
 						  "  AND (s.expected_total IS NULL OR s.expected_total = t.total),"
 						  "  s.expected_lines, s.expected_total"
@@ -409,10 +418,7 @@ payments_statement_lines_check(PG_FUNCTION_ARGS)
 	TriggerData *trigdata = (TriggerData *) fcinfo->context;
 	Oid			caller = GetUserId();
 	PaymentsSavedUser saved;
-	int64	   *ids;
-	Oid		   *owners;
-	char	  **states;
-	uint64		n;
+	Datum		arg;
 	bool		isnull;
 
 	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_AFTER(trigdata->tg_event) ||
@@ -427,42 +433,51 @@ payments_statement_lines_check(PG_FUNCTION_ARGS)
 	SPI_connect();
 	SPI_register_trigger_data(trigdata);
 
-	n = payments_execute_once("SELECT n.statement_id, s.status, s.opened_by::oid"
-							  " FROM (SELECT DISTINCT statement_id FROM new_lines) n"
-							  " LEFT JOIN @extschema@.statements s ON s.id = n.statement_id",
-							  0, NULL, NULL, NULL, SPI_OK_SELECT);
-	ids = palloc(sizeof(int64) * n);
-	owners = palloc(sizeof(Oid) * n);
-	states = palloc(sizeof(char *) * n);
-	for (uint64 i = 0; i < n; i++)
+	/*
+	 * The first statement of the batch that is missing, another role's or
+	 * closed; then every statement of the batch locked, and looked at
+	 * again as it is once locked (one that closed meanwhile is refused).
+	 * Set-based, so that memory does not grow with the batch.
+	 */
+	arg = ObjectIdGetDatum(caller);
+	for (int pass = 0; pass < 2; pass++)
 	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
+		HeapTuple	tup;
+		TupleDesc	desc;
+		int64		id;
 
-		ids[i] = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
-		states[i] = SPI_getvalue(tup, desc, 2);
-		owners[i] = DatumGetObjectId(SPI_getbinval(tup, desc, 3, &isnull));
-	}
-	for (uint64 i = 0; i < n; i++)
-	{
-		Datum		arg = Int64GetDatum(ids[i]);
-
-		if (states[i] == NULL)
+		if (payments_execute_once(pass == 0 ?
+								  "SELECT n.statement_id, s.id IS NULL,"
+								  "  NOT pg_catalog.pg_has_role($1, s.opened_by, 'USAGE')"
+								  " FROM (SELECT DISTINCT statement_id FROM new_lines) n"
+								  " LEFT JOIN @extschema@.statements s ON s.id = n.statement_id"
+								  " WHERE s.id IS NULL OR s.status <> 'open'"
+								  "    OR NOT pg_catalog.pg_has_role($1, s.opened_by, 'USAGE')"
+								  " ORDER BY s.id IS NULL DESC,"
+								  "  NOT pg_catalog.pg_has_role($1, s.opened_by, 'USAGE') DESC"
+								  " LIMIT 1" :
+								  "SELECT l.id, false, false FROM (SELECT s.id, s.status"
+								  "   FROM @extschema@.statements s"
+								  "  WHERE s.id IN (SELECT statement_id FROM new_lines)"
+								  "  FOR SHARE) l"
+								  " WHERE l.status <> 'open' LIMIT 1",
+								  1, (Oid[]) {OIDOID}, &arg, NULL, SPI_OK_SELECT) == 0)
+			continue;
+		tup = SPI_tuptable->vals[0];
+		desc = SPI_tuptable->tupdesc;
+		id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+		if (DatumGetBool(SPI_getbinval(tup, desc, 2, &isnull)))
 			ereport(ERROR,
 					(errcode(ERRCODE_PM_STATEMENT_NOT_FOUND),
-					 errmsg("statement %lld does not exist", (long long) ids[i]),
+					 errmsg("statement %lld does not exist", (long long) id),
 					 errhint("Begin a statement with payments.statement_begin and load its lines with its id.")));
-		check_owner(ids[i], caller, owners[i]);
-		payments_prepare(&share_plan,
-						 "SELECT status FROM @extschema@.statements WHERE id = $1 FOR SHARE",
-						 1, (Oid[]) {INT8OID});
-		payments_execute(share_plan, &arg, NULL, SPI_OK_SELECT, 0);
-		if (strcmp(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1), "open") != 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_PM_STATEMENT_CLOSED),
-					 errmsg("statement %lld is closed", (long long) ids[i]),
-					 errdetail("A closed statement receives no more lines."),
-					 errhint("Begin a new statement for a corrected file.")));
+		if (DatumGetBool(SPI_getbinval(tup, desc, 3, &isnull)))
+			report_not_owner(id, caller);
+		ereport(ERROR,
+				(errcode(ERRCODE_PM_STATEMENT_CLOSED),
+				 errmsg("statement %lld is closed", (long long) id),
+				 errdetail("A closed statement receives no more lines."),
+				 errhint("Begin a new statement for a corrected file.")));
 	}
 
 	if (payments_execute_once("SELECT n.statement_id, n.external_id, n.occurred_at::text, s.period::text"

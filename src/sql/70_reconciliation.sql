@@ -2,10 +2,12 @@
 -- records, every difference classified, and each difference healed once
 -- through the compensation queue.  See doc/reconciliation.md.
 --
--- A reconciliation belongs to the role that defined it, a statement to the
--- role that began it: only those roles and their members may use them.
--- The application's side is read with the rights of the role that calls
--- reconcile, never with the extension owner's.
+-- A reconciliation belongs to the role that first defined it (owner), a
+-- statement to the role that began it: only those roles and their members
+-- may use them.  The application's side is read with the rights of the
+-- role that wrote the current definition (defined_by), and a heal runs as
+-- the role that set its policy: whoever runs reconcile, no role's code
+-- runs with another role's rights, and never with the extension owner's.
 
 CREATE TABLE payments.reconciliations (
     id               bigserial   PRIMARY KEY,
@@ -19,6 +21,7 @@ CREATE TABLE payments.reconciliations (
     status_map       jsonb,
     grace            interval    NOT NULL,
     amount_tolerance numeric     NOT NULL,
+    owner            regrole     NOT NULL,
     defined_by       regrole     NOT NULL,
     defined_at       timestamptz NOT NULL DEFAULT now()
 );
@@ -130,8 +133,10 @@ CREATE TRIGGER statement_lines_check
     REFERENCING NEW TABLE AS new_lines
     FOR EACH STATEMENT EXECUTE FUNCTION payments.statement_lines_check();
 
--- One row per run of reconcile.  A run of a statement that was reconciled
--- before supersedes the earlier run, whose rows stay as a record.
+-- One row per run of reconcile.  A run supersedes the earlier runs of the
+-- reconciliation on the same statement, or on another statement of the
+-- same provider and period (a corrected file); their rows stay as a
+-- record, and the views show the latest.
 -- matched holds, per currency, the matched lines and their sum.
 CREATE TABLE payments.reconciliation_runs (
     id               bigserial   PRIMARY KEY,
@@ -159,16 +164,18 @@ SELECT pg_catalog.pg_extension_config_dump('payments.reconciliation_runs', '');
 SELECT pg_catalog.pg_extension_config_dump('payments.reconciliation_runs_id_seq', '');
 
 -- One row per difference a run found, and per row of ours that a line of
--- a later statement matched after it had waited.  amount and currency are
--- the line's where there is a line, ours otherwise; waiting marks a row of
--- ours missing from the statement whose grace has not ended yet.
+-- a later statement matched after it had waited.  reference is the
+-- payment's: the line's payment_ref or our row's reference (NULL for a
+-- line without one).  amount and currency are the line's where there is a
+-- line, ours otherwise; waiting marks a row of ours missing from the
+-- statement whose grace has not ended yet.
 CREATE TABLE payments.reconciliation_items (
     id               bigserial   PRIMARY KEY,
     run_id           bigint      NOT NULL,
     reconciliation_id bigint     NOT NULL,
     statement_id     bigint      NOT NULL,
     class            text COLLATE "C" NOT NULL,
-    reference        text COLLATE "C" NOT NULL,
+    reference        text COLLATE "C",
     payment_ref      text,
     external_id      text,
     amount           numeric,
@@ -221,22 +228,25 @@ CREATE INDEX reconciliation_pool_settled_idx
 SELECT pg_catalog.pg_extension_config_dump('payments.reconciliation_pool', '');
 
 -- One row per difference that was healed or accepted, keyed by what makes
--- it the same difference in every run: the reconciliation, the class and
--- the reference.  This is the dedup key of the heal: a re-run, a corrected
--- statement or a concurrent run finds it here and queues nothing.  It is
--- kept in this table, which only the extension writes, rather than as the
--- compensation's dedup_key, which any role able to call the handler could
--- take first.
+-- it the same difference in every run: the reconciliation, the class, the
+-- reference and, for a difference of one line rather than of a payment (a
+-- further charge of a duplicate_external, a line without a reference), the
+-- line's external_id ('' otherwise).  This is the dedup key of the heal: a
+-- re-run, a corrected statement or a concurrent run finds it here and
+-- queues nothing.  It is kept in this table, which only the extension
+-- writes, rather than as the compensation's dedup_key, which any role able
+-- to call the handler could take first.
 CREATE TABLE payments.reconciliation_heals (
     reconciliation_id bigint     NOT NULL,
     class            text COLLATE "C" NOT NULL,
     reference        text COLLATE "C" NOT NULL,
+    external_id      text COLLATE "C" NOT NULL,
     item_id          bigint      NOT NULL,
     compensation_id  bigint,
     accepted_by      regrole,
     accepted_at      timestamptz,
     note             text,
-    PRIMARY KEY (reconciliation_id, class, reference)
+    PRIMARY KEY (reconciliation_id, class, reference, external_id)
 );
 
 COMMENT ON TABLE payments.reconciliation_heals IS
@@ -261,7 +271,7 @@ CREATE VIEW payments.reconciliation_summary WITH (security_barrier) AS
             SELECT 'matched', m.key, (m.value ->> 0)::bigint, (m.value ->> 1)::numeric
               FROM pg_catalog.jsonb_each(r.matched) m) s
      WHERE r.finished_at IS NOT NULL
-       AND (pg_catalog.pg_has_role(d.defined_by, 'USAGE')
+       AND (pg_catalog.pg_has_role(d.owner, 'USAGE')
             OR pg_catalog.pg_has_role('payments_operator', 'USAGE'));
 
 COMMENT ON VIEW payments.reconciliation_summary IS
@@ -287,14 +297,16 @@ CREATE VIEW payments.reconciliation_open WITH (security_barrier) AS
              ON p.reconciliation_id = i.reconciliation_id AND p.reference = i.reference
       LEFT JOIN payments.reconciliation_heals h
              ON h.reconciliation_id = i.reconciliation_id AND h.class = i.class
-            AND h.reference = i.reference
+            AND h.reference = coalesce(i.reference, '')
+            AND h.external_id = CASE WHEN i.class = 'duplicate_external' OR i.reference IS NULL
+                                     THEN i.external_id ELSE '' END
       LEFT JOIN payments.compensations c ON c.id = h.compensation_id
      WHERE r.superseded_by IS NULL
        AND i.class <> 'matched'
        AND NOT (i.waiting AND p.state IS DISTINCT FROM 'waiting')
        AND h.accepted_at IS NULL
        AND c.status IS DISTINCT FROM 'succeeded'
-       AND (pg_catalog.pg_has_role(d.defined_by, 'USAGE')
+       AND (pg_catalog.pg_has_role(d.owner, 'USAGE')
             OR pg_catalog.pg_has_role('payments_operator', 'USAGE'));
 
 COMMENT ON VIEW payments.reconciliation_open IS
@@ -321,7 +333,7 @@ CREATE FUNCTION payments.reconciliation_policy(
     SET search_path = pg_catalog, pg_temp;
 
 COMMENT ON FUNCTION payments.reconciliation_policy(text, text, regprocedure) IS
-    'Heal each new difference of a class by queuing handler(difference); a NULL handler removes the policy';
+    'Heal each new difference of a class by queuing handler(difference) as the calling role; a NULL handler removes the policy';
 
 CREATE FUNCTION payments.statement_begin(
         provider text, period tstzrange, source text DEFAULT NULL,
