@@ -138,7 +138,9 @@ ISOLATION = \
 	callback_same_event \
 	callback_stale_read \
 	callback_route_race \
-	callback_expect_race
+	callback_expect_race \
+	reconciliation_concurrent_runs \
+	reconciliation_heal_race
 ISOLATION_OPTS = --inputdir=test/isolation --load-extension=$(EXTENSION) --no-locale --encoding=UTF8
 
 TAP_TESTS = 1

@@ -4,8 +4,8 @@
 # Makefile's test-tap rule puts test/t on prove's include path.
 #
 # The files are numbered by capability: 0xx idempotency, 1xx reservations,
-# 2xx state guard, 3xx compensations, 4xx the worker, 5xx callbacks, 9xx the
-# extension as a whole.
+# 2xx state guard, 3xx compensations, 4xx the worker, 5xx callbacks, 6xx
+# reconciliation, 9xx the extension as a whole.
 package PaymentsNode;
 
 use strict;
