@@ -148,7 +148,7 @@ SELECT DISTINCT run_id = :run1b AS latest_only FROM payments.reconciliation_open
 -- statement, whose differences are the same differences when class and
 -- reference agree, so nothing is healed twice.
 --
-SELECT payments.statement_begin('psp', '[2026-11-01, 2026-11-02)', 'day1-corrected.csv') AS day1c \gset
+SELECT payments.statement_begin('psp', '[2026-11-01, 2026-11-02)', 'day1.csv') AS day1c \gset
 INSERT INTO payments.statement_lines (statement_id, external_id, payment_ref, amount, currency, status, occurred_at)
 SELECT :day1c, external_id, payment_ref,
        CASE WHEN payment_ref = 'o-amount' THEN 2000 ELSE amount END, currency, status, occurred_at

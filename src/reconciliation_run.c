@@ -437,7 +437,8 @@ reconcile(Reconciliation *r, Statement *s, Oid caller, Oid tables_owner)
 	values[1] = Int64GetDatum(s->id);
 	/*
 	 * The latest run on a statement, or on another statement of the same
-	 * provider and period (a corrected file), is the one the views show.
+	 * provider, period and source (the same file sent again, corrected),
+	 * is the one the views show.
 	 */
 	payments_prepare(&supersede_plan,
 					 "UPDATE @extschema@.reconciliation_runs r SET superseded_by = $3"
@@ -445,7 +446,8 @@ reconcile(Reconciliation *r, Statement *s, Oid caller, Oid tables_owner)
 					 " WHERE r.reconciliation_id = $1 AND r.id <> $3"
 					 "   AND r.superseded_by IS NULL AND t.id = $2"
 					 "   AND s.id = r.statement_id AND s.provider = t.provider"
-					 "   AND s.period = t.period",
+					 "   AND s.period = t.period"
+					 "   AND s.source IS NOT DISTINCT FROM t.source",
 					 3, (Oid[]) {INT8OID, INT8OID, INT8OID});
 	payments_execute(supersede_plan, values, NULL, SPI_OK_UPDATE, 0);
 

@@ -135,8 +135,8 @@ CREATE TRIGGER statement_lines_check
 
 -- One row per run of reconcile.  A run supersedes the earlier runs of the
 -- reconciliation on the same statement, or on another statement of the
--- same provider and period (a corrected file); their rows stay as a
--- record, and the views show the latest.
+-- same provider, period and source (the same file sent again, corrected);
+-- their rows stay as a record, and the views show the latest.
 -- matched holds, per currency, the matched lines and their sum.
 CREATE TABLE payments.reconciliation_runs (
     id               bigserial   PRIMARY KEY,
