@@ -112,7 +112,8 @@ REGRESS = \
 	callback_signatures \
 	reconciliation \
 	reconciliation_errors \
-	reconciliation_rights
+	reconciliation_rights \
+	reconciliation_attack
 REGRESS_OPTS = --no-locale --encoding=UTF8
 
 ISOLATION = \
