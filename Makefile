@@ -141,7 +141,8 @@ ISOLATION = \
 	callback_route_race \
 	callback_expect_race \
 	reconciliation_concurrent_runs \
-	reconciliation_heal_race
+	reconciliation_heal_race \
+	statement_close_race
 ISOLATION_OPTS = --inputdir=test/isolation --load-extension=$(EXTENSION) --no-locale --encoding=UTF8
 
 TAP_TESTS = 1

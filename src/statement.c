@@ -437,7 +437,9 @@ payments_statement_lines_check(PG_FUNCTION_ARGS)
 	 * The first statement of the batch that is missing, another role's or
 	 * closed; then every statement of the batch locked, and looked at
 	 * again as it is once locked (one that closed meanwhile is refused).
-	 * Set-based, so that memory does not grow with the batch.
+	 * Set-based, so that memory does not grow with the batch.  The lock is
+	 * taken in a materialized CTE, so that the test of the status is not
+	 * pushed below it, where it would skip the rows it should wait for.
 	 */
 	arg = ObjectIdGetDatum(caller);
 	for (int pass = 0; pass < 2; pass++)
@@ -456,10 +458,11 @@ payments_statement_lines_check(PG_FUNCTION_ARGS)
 								  " ORDER BY s.id IS NULL DESC,"
 								  "  NOT pg_catalog.pg_has_role($1, s.opened_by, 'USAGE') DESC"
 								  " LIMIT 1" :
-								  "SELECT l.id, false, false FROM (SELECT s.id, s.status"
+								  "WITH l AS MATERIALIZED (SELECT s.id, s.status"
 								  "   FROM @extschema@.statements s"
 								  "  WHERE s.id IN (SELECT statement_id FROM new_lines)"
-								  "  FOR SHARE) l"
+								  "  FOR SHARE)"
+								  "SELECT l.id, false, false FROM l"
 								  " WHERE l.status <> 'open' LIMIT 1",
 								  1, (Oid[]) {OIDOID}, &arg, NULL, SPI_OK_SELECT) == 0)
 			continue;
