@@ -48,7 +48,7 @@ OBJS = \
 	src/callback_receive.o \
 	src/callback_expectations.o \
 	src/reconciliation_define.o \
-	src/statement.o \
+	src/provider_statement.o \
 	src/reconciliation_run.o \
 	src/reconciliation_heal.o
 

@@ -131,18 +131,6 @@ compensation_handler_name(Oid handler)
 	return format_procedure_qualified(handler);
 }
 
-/* Does role have the privileges of payments_operator (or a superuser's)? */
-static bool
-is_operator(Oid role)
-{
-	Oid			operator_role;
-
-	if (superuser_arg(role))
-		return true;
-	operator_role = get_role_oid(PAYMENTS_OPERATOR_ROLE, true);
-	return OidIsValid(operator_role) && has_privs_of_role(role, operator_role);
-}
-
 /*
  * Check that caller may change item id: it has the privileges of the role
  * that queued it or of payments_operator, or, for a completion or failure
@@ -176,10 +164,10 @@ check_item_rights(int64 id, Oid caller, bool executor)
 			claimed_by = InvalidOid;
 		if (has_privs_of_role(caller, enqueued_by) ||
 			(executor && OidIsValid(claimed_by) && has_privs_of_role(caller, claimed_by)) ||
-			is_operator(caller))
+			payments_is_operator(caller))
 			return;
 	}
-	else if (is_operator(caller))
+	else if (payments_is_operator(caller))
 		ereport(ERROR,
 				(errcode(ERRCODE_PM_COMPENSATION_NOT_FOUND),
 				 errmsg("compensation %lld does not exist", (long long) id)));

@@ -29,11 +29,13 @@
 #include "postgres.h"
 
 #include "owner_rights.h"
+#include "payments.h"
 
 #include "access/htup_details.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_proc.h"
 #include "miscadmin.h"
+#include "utils/acl.h"
 #include "utils/guc.h"
 #include "utils/syscache.h"
 
@@ -99,4 +101,16 @@ payments_end_as_owner(PaymentsSavedUser *saved)
 	if (saved->guc_level >= 0)
 		AtEOXact_GUC(true, saved->guc_level);
 	SetUserIdAndSecContext(saved->userid, saved->sec_context);
+}
+
+/* Does role have the privileges of payments_operator (or a superuser's)? */
+bool
+payments_is_operator(Oid role)
+{
+	Oid			operator_role;
+
+	if (superuser_arg(role))
+		return true;
+	operator_role = get_role_oid(PAYMENTS_OPERATOR_ROLE, true);
+	return OidIsValid(operator_role) && has_privs_of_role(role, operator_role);
 }

@@ -22,5 +22,6 @@ extern Oid	payments_function_owner(Oid fn_oid);
 extern void payments_begin_as_owner(Oid owner, bool pin_search_path,
 									PaymentsSavedUser *saved);
 extern void payments_end_as_owner(PaymentsSavedUser *saved);
+extern bool payments_is_operator(Oid role);
 
 #endif							/* PAYMENTS_OWNER_RIGHTS_H */

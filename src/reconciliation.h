@@ -2,7 +2,7 @@
  *
  * reconciliation.h
  *	  Declarations shared by the reconciliation's definitions
- *	  (reconciliation_define.c), statements (statement.c), runs
+ *	  (reconciliation_define.c), statements (provider_statement.c), runs
  *	  (reconciliation_run.c) and heals (reconciliation_heal.c).
  *
  *-------------------------------------------------------------------------
@@ -37,7 +37,6 @@ typedef struct Reconciliation
 	Datum		grace;			/* interval */
 	Datum		tolerance;		/* numeric */
 	Oid			owner;			/* the role it belongs to */
-	Oid			defined_by;		/* the role that wrote this definition */
 } Reconciliation;
 
 /* A statement (statement_lookup) */
@@ -45,7 +44,6 @@ typedef struct Statement
 {
 	int64		id;
 	char	   *provider;
-	Datum		period;			/* tstzrange */
 	TimestampTz lower;
 	TimestampTz upper;
 	bool		lower_inc;
@@ -60,13 +58,15 @@ extern void reconciliation_lock(const char *name, bool wait);
 extern Reconciliation *reconciliation_lookup(const char *name, Oid caller,
 											 Oid tables_owner);
 extern void reconciliation_check_source(Oid relid, const char *const *cols,
-										Oid role, char **relname,
-										Oid *ref_type);
+										Oid role, char **relname);
 
-/* statement.c */
+/* provider_statement.c */
 extern void statement_init(void);
 extern Statement *statement_lookup(int64 id, Oid caller, Oid tables_owner,
 								   bool for_update);
+
+/* reconciliation_run.c */
+extern void reconciliation_refuse_in_run(void);
 
 /* reconciliation_heal.c */
 extern int64 reconciliation_queue_heals(Reconciliation *r, Statement *s,

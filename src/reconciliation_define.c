@@ -43,6 +43,7 @@
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
+#include "utils/syscache.h"
 #include "utils/timestamp.h"
 
 PG_FUNCTION_INFO_V1(payments_define_reconciliation);
@@ -88,6 +89,16 @@ reconciliation_lock(const char *name, bool wait)
 				 errhint("Run it again when the other session has finished.")));
 }
 
+/* A reconciliation whose role was dropped acts for nobody. */
+static void
+report_orphan(const char *name)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_UNDEFINED_OBJECT),
+			 errmsg("the role that owns reconciliation \"%s\" no longer exists", name),
+			 errhint("A superuser can give it to another role by defining it again as that role.")));
+}
+
 static void
 check_role(const char *name, Oid caller, Oid owner)
 {
@@ -126,7 +137,7 @@ reconciliation_find(const char *name, Oid tables_owner)
 	payments_prepare(&lookup_plan,
 					 "SELECT id, source::oid, ref_col::text, amount_col::text,"
 					 " status_col::text, at_col::text, currency_col::text,"
-					 " status_map, grace, amount_tolerance, owner::oid, defined_by::oid"
+					 " status_map, grace, amount_tolerance, owner::oid"
 					 " FROM @extschema@.reconciliations WHERE name = $1",
 					 1, (Oid[]) {TEXTOID});
 	if (payments_execute(lookup_plan, &arg, NULL, SPI_OK_SELECT, 0) == 1)
@@ -151,7 +162,6 @@ reconciliation_find(const char *name, Oid tables_owner)
 		r->grace = datumCopy(SPI_getbinval(tup, desc, 9, &isnull), false, sizeof(Interval));
 		r->tolerance = datumCopy(SPI_getbinval(tup, desc, 10, &isnull), false, -1);
 		r->owner = DatumGetObjectId(SPI_getbinval(tup, desc, 11, &isnull));
-		r->defined_by = DatumGetObjectId(SPI_getbinval(tup, desc, 12, &isnull));
 		MemoryContextSwitchTo(spi);
 	}
 	SPI_finish();
@@ -175,15 +185,17 @@ reconciliation_lookup(const char *name, Oid caller, Oid tables_owner)
 				 errmsg("reconciliation \"%s\" does not exist", name),
 				 errhint("Define it with payments.define_reconciliation.")));
 	check_role(name, caller, r->owner);
+	if (!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(r->owner)))
+		report_orphan(name);
 	return r;
 }
 
 /*
- * A named column of rel that caller may read; returns its type with any
+ * A named column of rel that role may read; returns its type with any
  * domain looked through.  what says which argument named it.
  */
 static Oid
-check_column(Relation rel, const char *col, const char *what, Oid caller)
+check_column(Relation rel, const char *col, const char *what, Oid role)
 {
 	Oid			relid = RelationGetRelid(rel);
 	AttrNumber	attnum = get_attnum(relid, col);
@@ -194,12 +206,14 @@ check_column(Relation rel, const char *col, const char *what, Oid caller)
 				 errmsg("column \"%s\" of relation \"%s\" does not exist",
 						col, RelationGetRelationName(rel)),
 				 errdetail("It is the reconciliation's %s.", what)));
-	if (pg_class_aclcheck(relid, caller, ACL_SELECT) != ACLCHECK_OK &&
-		pg_attribute_aclcheck(relid, attnum, caller, ACL_SELECT) != ACLCHECK_OK)
+	if (pg_class_aclcheck(relid, role, ACL_SELECT) != ACLCHECK_OK &&
+		pg_attribute_aclcheck(relid, attnum, role, ACL_SELECT) != ACLCHECK_OK)
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("permission denied for column \"%s\" of relation \"%s\"",
-						col, RelationGetRelationName(rel))));
+						col, RelationGetRelationName(rel)),
+				 errdetail("A reconciliation reads its source as the role it belongs to, \"%s\".",
+						   GetUserNameFromId(role, false))));
 	return getBaseType(get_atttype(relid, attnum));
 }
 
@@ -208,12 +222,11 @@ check_column(Relation rel, const char *col, const char *what, Oid caller)
  * status, time and currency, the last one NULL if there is none), checked
  * for role, the reconciliation's owner, whose rights every run reads it
  * with: the relation must be a table or view role may read, the amount
- * exact and the time a time.  Sets *relname to its qualified, quoted name and
- * *ref_type to the type of its reference column.
+ * exact and the time a time.  Sets *relname to its qualified, quoted name.
  */
 void
 reconciliation_check_source(Oid relid, const char *const *cols, Oid role,
-							char **relname, Oid *ref_type)
+							char **relname)
 {
 	Relation	rel;
 	char		relkind;
@@ -239,7 +252,7 @@ reconciliation_check_source(Oid relid, const char *const *cols, Oid role,
 				 errmsg("permission denied for schema %s",
 						get_namespace_name(RelationGetNamespace(rel)))));
 
-	*ref_type = check_column(rel, cols[0], "ref_col", role);
+	(void) check_column(rel, cols[0], "ref_col", role);
 	amount_type = check_column(rel, cols[1], "amount_col", role);
 	(void) check_column(rel, cols[2], "status_col", role);
 	at_type = check_column(rel, cols[3], "at_col", role);
@@ -267,7 +280,8 @@ reconciliation_check_source(Oid relid, const char *const *cols, Oid role,
 				 errdetail("The time of a row is a timestamp with time zone, a timestamp or a date.")));
 	*relname = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
 										  RelationGetRelationName(rel));
-	relation_close(rel, AccessShareLock);
+	/* kept to the end of the transaction, so that no ALTER slips in */
+	relation_close(rel, NoLock);
 }
 
 /*
@@ -280,7 +294,7 @@ check_status_map(Datum map)
 {
 	Jsonb	   *jb = DatumGetJsonbP(map);
 
-	if (!JB_ROOT_IS_OBJECT(jb) || JB_ROOT_IS_SCALAR(jb))
+	if (!JB_ROOT_IS_OBJECT(jb))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("status_map must be a JSON object"),
@@ -305,12 +319,12 @@ check_status_map(Datum map)
 		if (strcmp(side, "internal") != 0 && strcmp(side, "external") != 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("status_map has an unknown key \"%s\"", side),
+					 errmsg("status_map has an unrecognized key \"%s\"", side),
 					 errdetail("Its keys are \"internal\" and \"external\".")));
 		if (strcmp(is_object, "t") != 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("status_map \"%s\" must be a JSON object", side)));
+					 errmsg("the value of key \"%s\" of status_map must be a JSON object", side)));
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("status_map \"%s\" maps status \"%s\" to %s",
@@ -362,19 +376,19 @@ Datum
 payments_define_reconciliation(PG_FUNCTION_ARGS)
 {
 	static const Oid argtypes[] = {TEXTOID, OIDOID, NAMEOID, NAMEOID, NAMEOID,
-	NAMEOID, NAMEOID, JSONBOID, INTERVALOID, NUMERICOID, OIDOID};
+	NAMEOID, NAMEOID, JSONBOID, INTERVALOID, NUMERICOID, OIDOID, BOOLOID};
 	const char *name = reconciliation_arg_name(fcinfo, 0);
 	Oid			caller = GetUserId();
-	Datum		values[11];
-	char		nulls[11];
+	Datum		values[12];
+	char		nulls[12];
 	PaymentsSavedUser saved;
 	int64		id = 0;
 	bool		isnull;
 	const char *cols[5];
 	char	   *relname;
-	Oid			ref_type;
 	Oid			tables_owner;
 	Reconciliation *existing;
+	bool		take_over;
 
 	payments_arg_not_null(fcinfo, 1, "source");
 	payments_arg_not_null(fcinfo, 2, "ref_col");
@@ -384,14 +398,30 @@ payments_define_reconciliation(PG_FUNCTION_ARGS)
 	for (int i = 0; i < 5; i++)
 		cols[i] = PG_ARGISNULL(i + 2) ? NULL : NameStr(*PG_GETARG_NAME(i + 2));
 	payments_check_not_in_recovery();
+	reconciliation_refuse_in_run();
 	tables_owner = payments_function_owner(fcinfo->flinfo->fn_oid);
-	/* another role's name is refused before its lock is taken */
+
+	/*
+	 * Another role's name is refused before its lock is taken, so that no
+	 * role without rights holds it; then, under the lock, the definition is
+	 * read again and the source checked for the role it will belong to.  A
+	 * name whose role was dropped is taken over by the caller, if a
+	 * superuser.
+	 */
 	existing = reconciliation_find(name, tables_owner);
 	if (existing != NULL && !has_privs_of_role(caller, existing->owner))
 		report_taken(name);
+	reconciliation_lock(name, true);
+	existing = reconciliation_find(name, tables_owner);
+	if (existing != NULL && !has_privs_of_role(caller, existing->owner))
+		report_taken(name);
+	take_over = existing != NULL &&
+		!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(existing->owner));
+	if (take_over && !superuser_arg(caller))
+		report_orphan(name);
 	reconciliation_check_source(PG_GETARG_OID(1), cols,
-								existing != NULL ? existing->owner : caller,
-								&relname, &ref_type);
+								existing != NULL && !take_over ? existing->owner : caller,
+								&relname);
 	values[0] = CStringGetTextDatum(name);
 	for (int i = 1; i <= 7; i++)
 	{
@@ -405,8 +435,9 @@ payments_define_reconciliation(PG_FUNCTION_ARGS)
 	nulls[9] = ' ';
 	values[10] = ObjectIdGetDatum(caller);
 	nulls[10] = ' ';
+	values[11] = BoolGetDatum(take_over);
+	nulls[11] = ' ';
 
-	reconciliation_lock(name, true);
 	payments_begin_as_owner(tables_owner, true, &saved);
 	SPI_connect();
 	if (!PG_ARGISNULL(7))
@@ -422,10 +453,11 @@ payments_define_reconciliation(PG_FUNCTION_ARGS)
 					 "  status_col = excluded.status_col, at_col = excluded.at_col,"
 					 "  currency_col = excluded.currency_col, status_map = excluded.status_map,"
 					 "  grace = excluded.grace, amount_tolerance = excluded.amount_tolerance,"
-					 "  defined_by = excluded.defined_by, defined_at = pg_catalog.now()"
-					 " WHERE pg_catalog.pg_has_role($11, r.owner, 'USAGE')"
+					 "  defined_by = excluded.defined_by, defined_at = pg_catalog.now(),"
+					 "  owner = CASE WHEN $12 THEN excluded.owner ELSE r.owner END"
+					 " WHERE $12 OR pg_catalog.pg_has_role($11, r.owner, 'USAGE')"
 					 " RETURNING id",
-					 11, argtypes);
+					 12, argtypes);
 	if (payments_execute(define_plan, values, nulls, SPI_OK_INSERT_RETURNING, 0) == 1)
 		id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
 										 SPI_tuptable->tupdesc, 1, &isnull));
@@ -462,6 +494,7 @@ payments_reconciliation_policy(PG_FUNCTION_ARGS)
 				 errmsg("\"%s\" is not a class of difference", class),
 				 errdetail("The classes are missing_internal, missing_external, amount_mismatch, status_mismatch, currency_mismatch and duplicate_external.")));
 	payments_check_not_in_recovery();
+	reconciliation_refuse_in_run();
 	r = reconciliation_lookup(name, caller, tables_owner);
 	reconciliation_lock(name, true);
 

@@ -38,19 +38,23 @@
 #include "miscadmin.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
+#include "utils/memutils.h"
 
 PG_FUNCTION_INFO_V1(payments_accept_difference);
 
 /* How many differences are read at a time */
 #define HEAL_BATCH	100
 
-static SPIPlanPtr new_plan;
+/* The classes of difference a policy may heal */
+#define HEAL_CLASSES	6
+
 static SPIPlanPtr claim_plan;
 static SPIPlanPtr record_plan;
 static SPIPlanPtr item_plan;
 static SPIPlanPtr accept_plan;
 static SPIPlanPtr decided_plan;
 static SPIPlanPtr reaccept_plan;
+static SPIPlanPtr heal_status_plan;
 
 /*
  * Queue the heal of each difference of run_id that has a policy and was
@@ -64,28 +68,15 @@ reconciliation_queue_heals(Reconciliation *r, Statement *s, int64 run_id,
 	Datum		values[3];
 	Portal		portal;
 	int64		queued = 0;
+	MemoryContext row_cxt;
+	MemoryContext outer;
+	const char *classes[HEAL_CLASSES];
+	Oid			handlers[HEAL_CLASSES];
+	int			nhandlers = 0;
 
 	values[0] = Int64GetDatum(run_id);
 	values[1] = CStringGetTextDatum(r->name);
 	values[2] = CStringGetTextDatum(s->provider);
-	payments_prepare(&new_plan,
-					 "SELECT i.reconciliation_id, i.class, k.reference, k.external_id, i.id,"
-					 "  p.handler, p.handler_owner::oid,"
-					 "  (pg_catalog.to_jsonb(i) - 'waiting' - 'waited')"
-					 "  || pg_catalog.jsonb_build_object('reconciliation', $2, 'provider', $3)"
-					 " FROM @extschema@.reconciliation_items i"
-					 " CROSS JOIN LATERAL (SELECT coalesce(i.reference, '') AS reference,"
-					 "   CASE WHEN i.class = 'duplicate_external' OR i.reference IS NULL"
-					 "        THEN i.external_id ELSE '' END AS external_id) k"
-					 " JOIN @extschema@.reconciliation_policies p"
-					 "   ON p.reconciliation_id = i.reconciliation_id AND p.class = i.class"
-					 " WHERE i.run_id = $1 AND NOT i.waiting AND i.class <> 'matched'"
-					 "   AND NOT EXISTS (SELECT FROM @extschema@.reconciliation_heals h"
-					 "     WHERE h.reconciliation_id = i.reconciliation_id"
-					 "       AND h.class = i.class AND h.reference = k.reference"
-					 "       AND h.external_id = k.external_id)"
-					 " ORDER BY i.id",
-					 3, (Oid[]) {INT8OID, TEXTOID, TEXTOID});
 	payments_prepare(&claim_plan,
 					 "INSERT INTO @extschema@.reconciliation_heals"
 					 " (reconciliation_id, class, reference, external_id, item_id)"
@@ -97,7 +88,28 @@ reconciliation_queue_heals(Reconciliation *r, Statement *s, int64 run_id,
 					 "   AND external_id = $4",
 					 5, (Oid[]) {INT8OID, TEXTOID, TEXTOID, TEXTOID, INT8OID});
 
-	portal = SPI_cursor_open(NULL, new_plan, values, NULL, false);
+	/* planned for this run: it may have ten differences or millions */
+	portal = payments_cursor_open_once("SELECT i.reconciliation_id, i.class, i.heal_reference,"
+									   "  i.heal_external_id, i.id, p.handler, p.handler_owner::oid,"
+									   "  (pg_catalog.to_jsonb(i) - 'waiting' - 'waited'"
+									   "   - 'heal_reference' - 'heal_external_id')"
+									   "  || pg_catalog.jsonb_build_object('reconciliation', $2,"
+									   "                                   'provider', $3)"
+									   " FROM @extschema@.reconciliation_items i"
+									   " JOIN @extschema@.reconciliation_policies p"
+									   "   ON p.reconciliation_id = i.reconciliation_id"
+									   "  AND p.class = i.class"
+									   " WHERE i.run_id = $1 AND NOT i.waiting AND i.class <> 'matched'"
+									   "   AND NOT EXISTS (SELECT FROM @extschema@.reconciliation_heals h"
+									   "     WHERE h.reconciliation_id = i.reconciliation_id"
+									   "       AND h.class = i.class AND h.reference = i.heal_reference"
+									   "       AND h.external_id = i.heal_external_id)"
+									   " ORDER BY i.id",
+									   3, (Oid[]) {INT8OID, TEXTOID, TEXTOID}, values);
+
+	/* what one difference allocates is freed before the next */
+	row_cxt = AllocSetContextCreate(CurrentMemoryContext, "reconciliation heal",
+									ALLOCSET_DEFAULT_SIZES);
 	for (;;)
 	{
 		SPITupleTable *batch;
@@ -113,37 +125,55 @@ reconciliation_queue_heals(Reconciliation *r, Statement *s, int64 run_id,
 			HeapTuple	tup = batch->vals[i];
 			TupleDesc	desc = batch->tupdesc;
 			Datum		key[5];
-			char	   *handler_name;
-			Oid			handler_owner;
-			Oid			handler;
+			Oid			handler = InvalidOid;
+			char	   *class;
 			bool		isnull;
 
+			outer = MemoryContextSwitchTo(row_cxt);
 			for (int k = 0; k < 5; k++)
 				key[k] = SPI_getbinval(tup, desc, k + 1, &isnull);
-			handler_name = SPI_getvalue(tup, desc, 6);
-			handler_owner = DatumGetObjectId(SPI_getbinval(tup, desc, 7, &isnull));
-			if (payments_execute(claim_plan, key, NULL, SPI_OK_INSERT, 0) == 0)
-				continue;		/* another item of this run had the same key */
-			handler = compensation_resolve_handler(handler_name, handler_owner);
-			key[4] = Int64GetDatum(compensation_enqueue(handler,
-														SPI_getbinval(tup, desc, 8, &isnull),
-														NULL, 0,
-														GetCurrentTransactionStartTimestamp(),
-														r->owner, tables_owner));
-			payments_execute(record_plan, key, NULL, SPI_OK_UPDATE, 0);
-			queued++;
+			if (payments_execute(claim_plan, key, NULL, SPI_OK_INSERT, 0) == 1)
+			{
+				/* an SPI call leaves us in the SPI procedure's context */
+				MemoryContextSwitchTo(row_cxt);
+				/* each policy's handler is looked up once per run */
+				class = TextDatumGetCString(key[1]);
+				for (int h = 0; h < nhandlers; h++)
+					if (strcmp(classes[h], class) == 0)
+						handler = handlers[h];
+				if (!OidIsValid(handler))
+				{
+					handler = compensation_resolve_handler(SPI_getvalue(tup, desc, 6),
+														   DatumGetObjectId(SPI_getbinval(tup, desc, 7, &isnull)));
+					Assert(nhandlers < HEAL_CLASSES);
+					classes[nhandlers] = MemoryContextStrdup(outer, class);
+					handlers[nhandlers++] = handler;
+				}
+				key[4] = Int64GetDatum(compensation_enqueue(handler,
+															SPI_getbinval(tup, desc, 8, &isnull),
+															NULL, 0,
+															GetCurrentTransactionStartTimestamp(),
+															r->owner, tables_owner));
+				payments_execute(record_plan, key, NULL, SPI_OK_UPDATE, 0);
+				queued++;
+			}
+			/* else another item of this run had the same key */
+			MemoryContextSwitchTo(outer);
+			MemoryContextReset(row_cxt);
 		}
 		SPI_freetuptable(batch);
 	}
 	SPI_cursor_close(portal);
+	MemoryContextDelete(row_cxt);
 	return queued;
 }
 
 /*
  * payments.accept_difference(item_id, note): a person's decision that a
  * difference needs no heal.  It is refused while a heal is queued or
- * running and once one succeeded; after a heal that failed for good (dead)
- * or was cancelled it is recorded.  A second decision leaves the first.
+ * running and once one succeeded; after a heal that failed for good (dead,
+ * which it cancels, so that no retry runs it) or was cancelled it is
+ * recorded.  A second decision leaves the first.
  */
 Datum
 payments_accept_difference(PG_FUNCTION_ARGS)
@@ -155,37 +185,43 @@ payments_accept_difference(PG_FUNCTION_ARGS)
 	Datum		values[7];
 	HeapTuple	tup;
 	TupleDesc	desc;
-	Oid			owner;
+	Oid			owner = InvalidOid;
+	bool		found;
 	char	   *class;
 	bool		isnull;
 
 	item_id = payments_arg_int64_range(fcinfo, 0, "item_id", 1, PG_INT64_MAX);
 	note = payments_arg_text(fcinfo, 1, "note", RECONCILIATION_NOTE_MAX_BYTES);
 	payments_check_not_in_recovery();
+	reconciliation_refuse_in_run();
 
 	payments_begin_as_owner(payments_function_owner(fcinfo->flinfo->fn_oid), true, &saved);
 	SPI_connect();
 	values[0] = Int64GetDatum(item_id);
 	payments_prepare(&item_plan,
-					 "SELECT i.reconciliation_id, i.class, coalesce(i.reference, ''),"
-					 "  CASE WHEN i.class = 'duplicate_external' OR i.reference IS NULL"
-					 "       THEN i.external_id ELSE '' END, d.name, d.owner::oid"
+					 "SELECT i.reconciliation_id, i.class, i.heal_reference,"
+					 "  i.heal_external_id, d.name, d.owner::oid"
 					 " FROM @extschema@.reconciliation_items i"
 					 " JOIN @extschema@.reconciliations d ON d.id = i.reconciliation_id"
 					 " WHERE i.id = $1",
 					 1, (Oid[]) {INT8OID});
-	if (payments_execute(item_plan, values, NULL, SPI_OK_SELECT, 0) == 0)
+	/* A role that is no operator gets the same error for an unknown id. */
+	found = payments_execute(item_plan, values, NULL, SPI_OK_SELECT, 0) == 1;
+	if (!found && payments_is_operator(caller))
 		ereport(ERROR,
 				(errcode(ERRCODE_PM_RECONCILIATION_ITEM_NOT_FOUND),
 				 errmsg("reconciliation item %lld does not exist", (long long) item_id)));
-	tup = SPI_tuptable->vals[0];
-	desc = SPI_tuptable->tupdesc;
-	owner = DatumGetObjectId(SPI_getbinval(tup, desc, 6, &isnull));
-	if (!has_privs_of_role(caller, owner))
+	if (found)
+	{
+		tup = SPI_tuptable->vals[0];
+		desc = SPI_tuptable->tupdesc;
+		owner = DatumGetObjectId(SPI_getbinval(tup, desc, 6, &isnull));
+	}
+	if (!found || !has_privs_of_role(caller, owner))
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("permission denied for reconciliation \"%s\"",
-						SPI_getvalue(tup, desc, 5)),
+				 errmsg("permission denied for reconciliation item %lld",
+						(long long) item_id),
 				 errdetail("The reconciliation is defined by a role whose privileges role \"%s\" does not have.",
 						   GetUserNameFromId(caller, false))));
 	class = SPI_getvalue(tup, desc, 2);
@@ -211,20 +247,42 @@ payments_accept_difference(PG_FUNCTION_ARGS)
 	{
 		char	   *status;
 
+		Datum		heal;
+
+		/*
+		 * The heal row, then its compensation, each locked: a retry of
+		 * the compensation waits for this decision and then finds it
+		 * cancelled, so a difference is never both accepted and healed.
+		 */
 		payments_prepare(&decided_plan,
-						 "SELECT h.accepted_at IS NOT NULL, c.status"
+						 "SELECT h.accepted_at IS NOT NULL, h.compensation_id"
 						 " FROM @extschema@.reconciliation_heals h"
-						 " LEFT JOIN @extschema@.compensations c ON c.id = h.compensation_id"
 						 " WHERE h.reconciliation_id = $1 AND h.class = $2 AND h.reference = $3"
 						 "   AND h.external_id = $4"
-						 " FOR UPDATE OF h",
+						 " FOR UPDATE",
 						 4, (Oid[]) {INT8OID, TEXTOID, TEXTOID, TEXTOID});
-		payments_execute(decided_plan, values, NULL, SPI_OK_SELECT, 0);
+		if (payments_execute(decided_plan, values, NULL, SPI_OK_SELECT, 0) != 1)
+			elog(ERROR, "the heal of reconciliation item %lld disappeared", (long long) item_id);
 		tup = SPI_tuptable->vals[0];
 		desc = SPI_tuptable->tupdesc;
-		status = SPI_getvalue(tup, desc, 2);
+		heal = SPI_getbinval(tup, desc, 2, &isnull);
+		status = NULL;
+		if (!isnull)
+		{
+			payments_prepare(&heal_status_plan,
+							 "UPDATE @extschema@.compensations"
+							 " SET status = CASE WHEN status = 'dead' THEN 'cancelled' ELSE status END,"
+							 "  finished_at = CASE WHEN status = 'dead' THEN pg_catalog.clock_timestamp()"
+							 "                ELSE finished_at END"
+							 " WHERE id = $1 RETURNING status",
+							 1, (Oid[]) {INT8OID});
+			if (payments_execute(heal_status_plan, &heal, NULL, SPI_OK_UPDATE_RETURNING, 0) == 1)
+				status = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+		}
 		if (DatumGetBool(SPI_getbinval(tup, desc, 1, &isnull)))
-			status = NULL;		/* accepted before: the first decision stands */
+		{
+			/* accepted before: the first decision stands */
+		}
 		else if (status != NULL &&
 				 (strcmp(status, "pending") == 0 || strcmp(status, "running") == 0))
 			ereport(ERROR,

@@ -58,6 +58,8 @@
 #include "miscadmin.h"
 #include "nodes/params.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/portal.h"
 #include "utils/lsyscache.h"
 #include "utils/queryenvironment.h"
 #include "utils/timestamp.h"
@@ -91,8 +93,8 @@ static const char classify_sql[] =
 "          WHEN l.payment_ref IS NULL THEN 'missing_internal'"
 "          WHEN l.n > 1 THEN 'duplicate_external'"
 "          WHEN i.ref IS NULL THEN 'missing_internal'"
-"          WHEN $8 AND pg_catalog.upper(pg_catalog.btrim(i.currency))"
-"               IS DISTINCT FROM l.currency::pg_catalog.text THEN 'currency_mismatch'"
+"          WHEN $8 AND i.currency IS DISTINCT FROM l.currency::pg_catalog.text"
+"               THEN 'currency_mismatch'"
 "          WHEN i.amount IS NULL"
 "               OR pg_catalog.abs(l.amount - i.amount) > $4 THEN 'amount_mismatch'"
 "          WHEN coalesce($5 -> 'internal' ->> i.status, i.status) IS DISTINCT FROM"
@@ -190,14 +192,19 @@ internal_rows_desc(void)
 
 /*
  * The query of our side: the rows of the period ($1, $2) or, with pooled,
- * the rows outside it whose reference is one of $3.  Every value is
+ * the rows before its end whose reference is one of $3.  Every value is
  * converted here, by that role's query, so that the classification
- * compares built-in types only; an amount that is not a number (NaN,
- * Infinity) reads as NULL, which differs from any line's amount.
+ * compares built-in types only: an amount that is not a number (NaN,
+ * Infinity) reads as NULL, which differs from any line's amount, and a
+ * currency is upper-cased and trimmed, as the lines' are written.
+ * References are compared as text, as the grace pool keeps them: its
+ * references may come from an earlier definition whose column had another
+ * type.  An index on the column (on ref::text for another type than text)
+ * finds the few rows.
  */
 static char *
 internal_query(Reconciliation *r, Statement *s, const char *relname,
-			   Oid ref_type, bool pooled)
+			   bool pooled)
 {
 	StringInfoData buf;
 	char	   *ref = pstrdup(quote_identifier(r->ref_col));
@@ -215,37 +222,28 @@ internal_query(Reconciliation *r, Statement *s, const char *relname,
 					 ref, quote_identifier(r->amount_col),
 					 quote_identifier(r->status_col), at);
 	if (r->currency_col != NULL)
-		appendStringInfo(&buf, "t.%s::pg_catalog.text", quote_identifier(r->currency_col));
+		appendStringInfo(&buf, "pg_catalog.upper(pg_catalog.btrim(t.%s::pg_catalog.text))",
+						 quote_identifier(r->currency_col));
 	else
 		appendStringInfoString(&buf, "NULL::pg_catalog.text");
 	appendStringInfo(&buf, ", %s FROM %s t WHERE ", pooled ? "true" : "false", relname);
 	if (!pooled)
-		appendStringInfo(&buf, "%s AND t.%s IS NOT NULL", in_period, ref);
+		appendStringInfo(&buf, "%s AND t.%s::pg_catalog.text IS NOT NULL", in_period, ref);
 	else
-	{
-		/*
-		 * Compared in the column's own type where that is one of the
-		 * usual key types, so that an index on the column finds the few
-		 * rows; any other type is compared as text.
-		 */
-		if (ref_type == BPCHAROID || ref_type == INT2OID ||
-			ref_type == INT4OID || ref_type == INT8OID ||
-			ref_type == NUMERICOID || ref_type == UUIDOID)
-			appendStringInfo(&buf, "t.%s OPERATOR(pg_catalog.=) ANY ($3::pg_catalog.text[]::%s[])",
-							 ref, format_type_be_qualified(ref_type));
-		else
-			appendStringInfo(&buf, "t.%s::pg_catalog.text OPERATOR(pg_catalog.=) ANY ($3)", ref);
-		/* a waiting row is of an earlier statement: before this one ends */
-		appendStringInfo(&buf, " AND NOT (%s) AND t.%s OPERATOR(pg_catalog.<) $2",
-						 in_period, at);
-	}
+		appendStringInfo(&buf, "t.%s::pg_catalog.text OPERATOR(pg_catalog.=) ANY ($3)"
+						 " AND NOT (%s) AND t.%s OPERATOR(pg_catalog.<) $2",
+						 ref, in_period, at);
 	return buf.data;
 }
 
 /*
  * Run query as role, in a security-restricted operation, adding what it
  * returns to store (values detoasted: the store holds them, not pointers
- * into the source).  The caller is connected to SPI.
+ * into the source).  Whatever role's code does to the session does not
+ * outlive the read: a setting it changed (search_path above all, under
+ * which the caller's next statement would find role's functions) is
+ * undone, and a cursor it left open is refused, as for a compensation
+ * handler.  The caller is connected to SPI.
  */
 static void
 read_our_side(const char *query, Oid role, Statement *s, Datum refs,
@@ -253,6 +251,8 @@ read_our_side(const char *query, Oid role, Statement *s, Datum refs,
 {
 	Oid			save_userid;
 	int			save_sec_context;
+	int			nestlevel;
+	bool		no_cursors_before = ThereAreNoReadyPortals();
 	ParamListInfo params = makeParamList(3);
 	DestReceiver *dest = CreateDestReceiver(DestTuplestore);
 	SPIExecuteOptions options;
@@ -278,10 +278,17 @@ read_our_side(const char *query, Oid role, Statement *s, Datum refs,
 	options.params = params;
 	options.dest = dest;
 	GetUserIdAndSecContext(&save_userid, &save_sec_context);
+	nestlevel = NewGUCNestLevel();
 	SetUserIdAndSecContext(role, save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
 						   SECURITY_RESTRICTED_OPERATION);
 	rc = SPI_execute_extended(query, &options);
 	SetUserIdAndSecContext(save_userid, save_sec_context);
+	AtEOXact_GUC(false, nestlevel);
+	if (no_cursors_before && !ThereAreNoReadyPortals())
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_CURSOR_STATE),
+				 errmsg("the source of a reconciliation left a cursor open"),
+				 errdetail("A function of the source opened a cursor and did not close it.")));
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "our side's query returned %s", SPI_result_code_string(rc));
 	dest->rDestroy(dest);
@@ -314,10 +321,30 @@ waiting_references(Reconciliation *r, Statement *s)
 }
 
 /*
+ * The references of refs (a text array) that no row of internal_rows has,
+ * or 0 if none is left.  The caller is connected to SPI, with
+ * internal_rows registered, and acts as the owner.
+ */
+static Datum
+references_not_read(Datum refs)
+{
+	bool		isnull;
+	Datum		left;
+
+	payments_execute_once("SELECT pg_catalog.array_agg(r) FROM pg_catalog.unnest($1) r"
+						  " WHERE NOT EXISTS (SELECT FROM internal_rows x"
+						  "                    WHERE x.ref OPERATOR(pg_catalog.=) r COLLATE \"C\")",
+						  1, (Oid[]) {TEXTARRAYOID}, &refs, NULL, SPI_OK_SELECT);
+	left = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	return isnull ? (Datum) 0 : left;
+}
+
+/*
  * Each reference of our side must name one row, and be one a line could
  * name (RECONCILIATION_REF_MAX_BYTES at most): a second row would meet
  * the same line and count it twice, and the totals would no longer add
- * up.  The caller is connected to SPI, with internal_rows registered.
+ * up.  The caller is connected to SPI, with internal_rows registered, and
+ * acts as the owner.
  */
 static void
 check_our_references(Reconciliation *r)
@@ -328,8 +355,9 @@ check_our_references(Reconciliation *r)
 	int64		rows;
 	char	   *ref;
 
-	if (payments_execute_once("SELECT x.ref, count(*) FROM internal_rows x GROUP BY x.ref"
-							  " HAVING count(*) > 1 OR pg_catalog.octet_length(x.ref) > "
+	if (payments_execute_once("SELECT x.ref, pg_catalog.count(*) FROM internal_rows x GROUP BY x.ref"
+							  " HAVING pg_catalog.count(*) OPERATOR(pg_catalog.>) 1"
+							  "  OR pg_catalog.octet_length(x.ref) OPERATOR(pg_catalog.>) "
 							  CppAsString2(RECONCILIATION_REF_MAX_BYTES) " LIMIT 1",
 							  0, NULL, NULL, NULL, SPI_OK_SELECT) == 0)
 		return;
@@ -359,7 +387,6 @@ reconcile(Reconciliation *r, Statement *s, Oid caller, Oid tables_owner)
 	const char *cols[5] = {r->ref_col, r->amount_col, r->status_col,
 	r->at_col, r->currency_col};
 	char	   *relname;
-	Oid			ref_type;
 	PaymentsSavedUser saved;
 	Tuplestorestate *store;
 	TupleDesc	desc;
@@ -371,7 +398,7 @@ reconcile(Reconciliation *r, Statement *s, Oid caller, Oid tables_owner)
 	int64		queued;
 	bool		isnull;
 
-	reconciliation_check_source(r->source, cols, r->owner, &relname, &ref_type);
+	reconciliation_check_source(r->source, cols, r->owner, &relname);
 
 	SPI_connect();
 	payments_begin_as_owner(tables_owner, true, &saved);
@@ -392,24 +419,34 @@ reconcile(Reconciliation *r, Statement *s, Oid caller, Oid tables_owner)
 	/* Our side, with the rights of the reconciliation's role */
 	desc = internal_rows_desc();
 	store = tuplestore_begin_heap(false, false, work_mem);
-	read_our_side(internal_query(r, s, relname, ref_type, false), r->owner,
+	read_our_side(internal_query(r, s, relname, false), r->owner,
 				  s, (Datum) 0, store, desc);
-	if (refs != (Datum) 0)
-		read_our_side(internal_query(r, s, relname, ref_type, true), r->owner,
-					  s, refs, store, desc);
-
 	enr = palloc0(sizeof(EphemeralNamedRelationData));
 	enr->md.name = "internal_rows";
 	enr->md.reliddesc = InvalidOid;
 	enr->md.tupdesc = desc;
 	enr->md.enrtype = ENR_NAMED_TUPLESTORE;
-	enr->md.enrtuples = tuplestore_tuple_count(store);
 	enr->reldata = store;
 	if (SPI_register_relation(enr) != SPI_OK_REL_REGISTER)
 		elog(ERROR, "could not register our side as an ephemeral relation");
-	check_our_references(r);
+
+	/*
+	 * The rows waiting in the pool, but for references the period has a row
+	 * of: a reference used again later names the period's row.
+	 */
+	if (refs != (Datum) 0)
+	{
+		payments_begin_as_owner(tables_owner, true, &saved);
+		refs = references_not_read(refs);
+		payments_end_as_owner(&saved);
+	}
+	if (refs != (Datum) 0)
+		read_our_side(internal_query(r, s, relname, true), r->owner,
+					  s, refs, store, desc);
+	enr->md.enrtuples = tuplestore_tuple_count(store);
 
 	payments_begin_as_owner(tables_owner, true, &saved);
+	check_our_references(r);
 	values[0] = Int64GetDatum(s->id);
 	values[1] = Int64GetDatum(r->id);
 	values[2] = Int64GetDatum(run_id);
@@ -423,6 +460,7 @@ reconcile(Reconciliation *r, Statement *s, Oid caller, Oid tables_owner)
 						  (Oid[]) {INT8OID, INT8OID, INT8OID, NUMERICOID, JSONBOID,
 						  TIMESTAMPTZOID, INTERVALOID, BOOLOID},
 						  values, nulls, SPI_OK_INSERT);
+	SPI_unregister_relation("internal_rows");
 	tuplestore_end(store);
 
 	values[3] = r->grace;
@@ -465,6 +503,21 @@ reconcile(Reconciliation *r, Statement *s, Oid caller, Oid tables_owner)
 }
 
 /*
+ * A definition, a policy or a decision changed by a function that our
+ * side's query calls, in the middle of a run, is refused: the run's lock
+ * is the backend's own, so it would not stop it.
+ */
+void
+reconciliation_refuse_in_run(void)
+{
+	if (running)
+		ereport(ERROR,
+				(errcode(ERRCODE_PM_RECONCILIATION_RUNNING),
+				 errmsg("a reconciliation cannot be changed while one runs"),
+				 errdetail("It was called by a function that the run's read of our side called.")));
+}
+
+/*
  * payments.reconcile(name, statement_id): a run of a closed statement of
  * the caller's.  A second run of the same reconciliation, in another
  * session or from a function that our side's query calls, is refused.
@@ -482,11 +535,7 @@ payments_reconcile(PG_FUNCTION_ARGS)
 
 	statement_id = payments_arg_int64_range(fcinfo, 1, "statement_id", 1, PG_INT64_MAX);
 	payments_check_not_in_recovery();
-	if (running)
-		ereport(ERROR,
-				(errcode(ERRCODE_PM_RECONCILIATION_RUNNING),
-				 errmsg("reconcile cannot be called while a reconciliation runs"),
-				 errdetail("It was called by a function that the run's read of our side called.")));
+	reconciliation_refuse_in_run();
 	/* rights first, so that a role without them never holds the lock */
 	(void) reconciliation_lookup(name, caller, tables_owner);
 	s = statement_lookup(statement_id, caller, tables_owner, false);

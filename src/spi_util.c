@@ -178,3 +178,23 @@ payments_execute_latest(const char *sql, int nargs, const Oid *argtypes,
 	pfree(text);
 	return SPI_processed;
 }
+
+/*
+ * A cursor over sql, with @extschema@ replaced and a plan made for these
+ * values, as payments_execute_once makes one.
+ */
+Portal
+payments_cursor_open_once(const char *sql, int nargs, const Oid *argtypes,
+						  Datum *values)
+{
+	char	   *text = with_schema(sql);
+	Portal		portal;
+
+	portal = SPI_cursor_open_with_args(NULL, text, nargs, (Oid *) argtypes,
+									   values, NULL, false, 0);
+	if (portal == NULL)
+		elog(ERROR, "could not open a cursor for \"%s\": %s",
+			 text, SPI_result_code_string(SPI_result));
+	pfree(text);
+	return portal;
+}

@@ -4,10 +4,11 @@
 --
 -- A reconciliation belongs to the role that first defined it (owner), a
 -- statement to the role that began it: only those roles and their members
--- may use them.  The application's side is read with the rights of the
--- role that wrote the current definition (defined_by), and a heal runs as
--- the role that set its policy: whoever runs reconcile, no role's code
--- runs with another role's rights, and never with the extension owner's.
+-- may use them.  Whoever defines, changes or runs a reconciliation, it
+-- acts with its owner's rights: the application's side is read as the
+-- owner and heals are queued as the owner, so no role's code runs with
+-- another role's rights, and never with the extension owner's.
+-- defined_by records who wrote the current definition.
 
 CREATE TABLE payments.reconciliations (
     id               bigserial   PRIMARY KEY,
@@ -176,8 +177,8 @@ CREATE TABLE payments.reconciliation_items (
     statement_id     bigint      NOT NULL,
     class            text COLLATE "C" NOT NULL,
     reference        text COLLATE "C",
-    payment_ref      text,
-    external_id      text,
+    payment_ref      text COLLATE "C",
+    external_id      text COLLATE "C",
     amount           numeric,
     currency         text,
     internal_amount  numeric,
@@ -189,7 +190,13 @@ CREATE TABLE payments.reconciliation_items (
     internal_at      timestamptz,
     occurred_at      timestamptz,
     waiting          boolean     NOT NULL DEFAULT false,
-    waited           boolean     NOT NULL DEFAULT false
+    waited           boolean     NOT NULL DEFAULT false,
+    -- the key of its heal in payments.reconciliation_heals
+    heal_reference   text COLLATE "C" NOT NULL
+        GENERATED ALWAYS AS (coalesce(reference, '')) STORED,
+    heal_external_id text COLLATE "C" NOT NULL
+        GENERATED ALWAYS AS (CASE WHEN class = 'duplicate_external' OR reference IS NULL
+                                  THEN external_id ELSE '' END) STORED
 );
 
 COMMENT ON TABLE payments.reconciliation_items IS
@@ -297,9 +304,7 @@ CREATE VIEW payments.reconciliation_open WITH (security_barrier) AS
              ON p.reconciliation_id = i.reconciliation_id AND p.reference = i.reference
       LEFT JOIN payments.reconciliation_heals h
              ON h.reconciliation_id = i.reconciliation_id AND h.class = i.class
-            AND h.reference = coalesce(i.reference, '')
-            AND h.external_id = CASE WHEN i.class = 'duplicate_external' OR i.reference IS NULL
-                                     THEN i.external_id ELSE '' END
+            AND h.reference = i.heal_reference AND h.external_id = i.heal_external_id
       LEFT JOIN payments.compensations c ON c.id = h.compensation_id
      WHERE r.superseded_by IS NULL
        AND i.class <> 'matched'
@@ -333,7 +338,7 @@ CREATE FUNCTION payments.reconciliation_policy(
     SET search_path = pg_catalog, pg_temp;
 
 COMMENT ON FUNCTION payments.reconciliation_policy(text, text, regprocedure) IS
-    'Heal each new difference of a class by queuing handler(difference) as the calling role; a NULL handler removes the policy';
+    'Heal each new difference of a class by queuing handler(difference) as the reconciliation''s role; a NULL handler removes the policy';
 
 CREATE FUNCTION payments.statement_begin(
         provider text, period tstzrange, source text DEFAULT NULL,

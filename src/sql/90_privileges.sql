@@ -99,7 +99,7 @@ GRANT EXECUTE ON FUNCTION
     TO payments_app;
 -- Statement lines are loaded by COPY: INSERT, and nothing else, on the
 -- table; its trigger checks that each line goes to an open statement of
--- the inserting role (src/statement.c).
+-- the inserting role (src/provider_statement.c).
 GRANT INSERT ON payments.statement_lines TO payments_app;
 -- Applications may read stock levels, not the tables behind them.
 GRANT SELECT ON payments.stock_levels TO payments_app;

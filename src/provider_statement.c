@@ -1,6 +1,6 @@
 /*-------------------------------------------------------------------------
  *
- * statement.c
+ * provider_statement.c
  *	  Provider statements: statement_begin, statement_add, statement_close,
  *	  and the trigger that checks every line however it arrives.
  *
@@ -38,7 +38,6 @@
 #include "utils/builtins.h"
 #include "utils/datetime.h"
 #include "utils/guc.h"
-#include "utils/datum.h"
 #include "utils/jsonb.h"
 #include "utils/rangetypes.h"
 #include "utils/timestamp.h"
@@ -162,6 +161,16 @@ period_bounds(Datum period, Statement *s)
 }
 
 static void
+report_closed(int64 id)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_PM_STATEMENT_CLOSED),
+			 errmsg("statement %lld is closed", (long long) id),
+			 errdetail("A closed statement receives no more lines."),
+			 errhint("Begin a new statement for a corrected file.")));
+}
+
+static void
 report_not_owner(int64 id, Oid caller)
 {
 	ereport(ERROR,
@@ -202,10 +211,9 @@ statement_lookup(int64 id, Oid caller, Oid tables_owner, bool for_update)
 		s = palloc0(sizeof(Statement));
 		s->id = id;
 		s->provider = TextDatumGetCString(SPI_getbinval(tup, desc, 1, &isnull));
-		s->period = datumCopy(SPI_getbinval(tup, desc, 2, &isnull), false, -1);
 		s->closed = DatumGetBool(SPI_getbinval(tup, desc, 3, &isnull));
 		s->opened_by = DatumGetObjectId(SPI_getbinval(tup, desc, 4, &isnull));
-		period_bounds(s->period, s);
+		period_bounds(SPI_getbinval(tup, desc, 2, &isnull), s);
 		MemoryContextSwitchTo(spi);
 	}
 	if (s == NULL)
@@ -220,7 +228,8 @@ statement_lookup(int64 id, Oid caller, Oid tables_owner, bool for_update)
 						 "SELECT status = 'closed' FROM @extschema@.statements"
 						 " WHERE id = $1 FOR UPDATE",
 						 1, (Oid[]) {INT8OID});
-		payments_execute(lock_plan, &arg, NULL, SPI_OK_SELECT, 0);
+		if (payments_execute(lock_plan, &arg, NULL, SPI_OK_SELECT, 0) != 1)
+			elog(ERROR, "statement %lld disappeared while it was locked", (long long) id);
 		s->closed = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
 											   SPI_tuptable->tupdesc, 1, &isnull));
 	}
@@ -313,11 +322,7 @@ payments_statement_add(PG_FUNCTION_ARGS)
 	s = statement_lookup(id, GetUserId(),
 						 payments_function_owner(fcinfo->flinfo->fn_oid), false);
 	if (s->closed)
-		ereport(ERROR,
-				(errcode(ERRCODE_PM_STATEMENT_CLOSED),
-				 errmsg("statement %lld is closed", (long long) id),
-				 errdetail("A closed statement receives no more lines."),
-				 errhint("Begin a new statement for a corrected file.")));
+		report_closed(id);
 
 	values[0] = Int64GetDatum(id);
 	values[1] = JsonbPGetDatum(lines);
@@ -383,14 +388,28 @@ payments_statement_close(PG_FUNCTION_ARGS)
 	{
 		char	   *expected_lines = SPI_getvalue(tup, desc, 5);
 		char	   *expected_total = SPI_getvalue(tup, desc, 6);
+		char	   *lines = SPI_getvalue(tup, desc, 1);
+		char	   *total = SPI_getvalue(tup, desc, 2);
 
+		if (expected_total == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_PM_STATEMENT_HEADER_MISMATCH),
+					 errmsg("statement %lld does not agree with its header", (long long) id),
+					 errdetail("The header announces %s lines; the statement holds %s.",
+							   expected_lines, lines),
+					 errhint("The file may be incomplete: begin a new statement and load the whole file into it.")));
+		if (expected_lines == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_PM_STATEMENT_HEADER_MISMATCH),
+					 errmsg("statement %lld does not agree with its header", (long long) id),
+					 errdetail("The header announces a total of %s; the statement's lines add up to %s.",
+							   expected_total, total),
+					 errhint("The file may be incomplete: begin a new statement and load the whole file into it.")));
 		ereport(ERROR,
 				(errcode(ERRCODE_PM_STATEMENT_HEADER_MISMATCH),
 				 errmsg("statement %lld does not agree with its header", (long long) id),
-				 errdetail("The header announces %s lines totalling %s; the statement holds %s lines totalling %s.",
-						   expected_lines ? expected_lines : "any number of",
-						   expected_total ? expected_total : "any amount",
-						   SPI_getvalue(tup, desc, 1), SPI_getvalue(tup, desc, 2)),
+				 errdetail("The header announces %s lines and a total of %s; the statement holds %s lines adding up to %s.",
+						   expected_lines, expected_total, lines, total),
 				 errhint("The file may be incomplete: begin a new statement and load the whole file into it.")));
 	}
 	values[1] = SPI_getbinval(tup, desc, 1, &isnull);
@@ -476,11 +495,7 @@ payments_statement_lines_check(PG_FUNCTION_ARGS)
 					 errhint("Begin a statement with payments.statement_begin and load its lines with its id.")));
 		if (DatumGetBool(SPI_getbinval(tup, desc, 3, &isnull)))
 			report_not_owner(id, caller);
-		ereport(ERROR,
-				(errcode(ERRCODE_PM_STATEMENT_CLOSED),
-				 errmsg("statement %lld is closed", (long long) id),
-				 errdetail("A closed statement receives no more lines."),
-				 errhint("Begin a new statement for a corrected file.")));
+		report_closed(id);
 	}
 
 	if (payments_execute_once("SELECT n.statement_id, n.external_id, n.occurred_at::text, s.period::text"
