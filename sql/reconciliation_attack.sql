@@ -160,10 +160,11 @@ SELECT payments.reconcile('m', :s) AS run \gset
 -- external_id is "ghost" and a line whose payment_ref is "ghost" are two
 -- differences with two heals: a provider's external id cannot take
 -- another difference's heal.
-SELECT class, reference, payment_ref, external_id, state,
-       dense_rank() OVER (ORDER BY compensation_id) AS heal
+SELECT class, reference, payment_ref, external_id, state
   FROM payments.reconciliation_open WHERE run_id = :run
  ORDER BY class, external_id;
+SELECT count(*) AS differences, count(DISTINCT compensation_id) AS heals
+  FROM payments.reconciliation_open WHERE run_id = :run;
 SELECT class, count, amount FROM payments.reconciliation_summary
  WHERE run_id = :run ORDER BY class;
 -- A second row of ours with the reference "dup" would meet line e6 too:

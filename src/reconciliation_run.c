@@ -23,10 +23,16 @@
  *
  * Lines and rows meet by reference: the first line of a reference (by
  * time, then external id) is compared with our row of that reference,
- * each further line of it is a duplicate_external.  A pair differs, in
- * this order, by currency (only if the reconciliation names a currency
- * column), by amount (beyond the tolerance; a NULL amount of ours always
- * differs) or by status (after the status map); else it is matched.
+ * each further line of it is a duplicate_external.  The join is on the
+ * reference and the line's number, our rows being number 1: two plain
+ * columns, which the planner estimates from the lines' statistics (about
+ * one row per line) and hashes; on an expression (the reference of first
+ * lines only) it took the join for a product of both sides and sorted
+ * both for a merge join.  A pair differs, in this order, by currency
+ * (only if the reconciliation names a currency column), by amount (beyond
+ * the tolerance; a NULL amount of ours always differs) or by status (after
+ * the status map); else it is matched.  Amounts are subtracted only when
+ * they are not equal, since nearly every pair is.
  *
  * The grace pool: a row of ours that the statement does not hold waits,
  * as a missing_external item marked waiting, until a statement whose
@@ -96,7 +102,8 @@ static const char classify_sql[] =
 "          WHEN $8 AND i.currency IS DISTINCT FROM l.currency::pg_catalog.text"
 "               THEN 'currency_mismatch'"
 "          WHEN i.amount IS NULL"
-"               OR pg_catalog.abs(l.amount - i.amount) > $4 THEN 'amount_mismatch'"
+"               OR i.amount <> l.amount"
+"                  AND pg_catalog.abs(l.amount - i.amount) > $4 THEN 'amount_mismatch'"
 "          WHEN coalesce($5 -> 'internal' ->> i.status, i.status) IS DISTINCT FROM"
 "               coalesce($5 -> 'external' ->> l.status, l.status) THEN 'status_mismatch'"
 "          ELSE 'matched'"
@@ -107,18 +114,20 @@ static const char classify_sql[] =
 "        i.status AS i_status, i.at, i.pooled, i.pool_state,"
 "        i.at + $7 <= $6 OR i.pool_state IS NOT DISTINCT FROM 'declared' AS due"
 "       FROM (SELECT s.external_id, s.payment_ref, s.amount, s.currency, s.status,"
-"               s.occurred_at, CASE WHEN pg_catalog.row_number() OVER"
-"                 (PARTITION BY s.payment_ref ORDER BY s.occurred_at, s.external_id) = 1"
-"                 THEN s.payment_ref END AS first_ref,"
+"               s.occurred_at,"
 "               pg_catalog.row_number() OVER"
 "                 (PARTITION BY s.payment_ref ORDER BY s.occurred_at, s.external_id) AS n"
 "             FROM @extschema@.statement_lines s WHERE s.statement_id = $1) l"
 "       FULL JOIN (SELECT x.ref, x.amount, x.currency, x.status, x.at, x.pooled,"
-"                    p.state AS pool_state"
+"                    p.state AS pool_state, 1::pg_catalog.int8 AS n"
 "                  FROM internal_rows x"
-"                  LEFT JOIN @extschema@.reconciliation_pool p"
-"                         ON p.reconciliation_id = $2 AND p.reference = x.ref) i"
-"         ON i.ref = l.first_ref) c"
+"                  LEFT JOIN (SELECT o.reference, o.state"
+"                               FROM @extschema@.reconciliation_pool o"
+"                              WHERE o.reconciliation_id = $2"
+"                                AND (o.state = 'waiting' OR o.statement_id = $1"
+"                                     OR o.settled_statement_id = $1)) p"
+"                         ON p.reference = x.ref) i"
+"         ON i.ref = l.payment_ref AND i.n = l.n) c"
 " WHERE (c.class <> 'matched' OR c.pool_state IS NOT NULL)"
 "   AND NOT (c.class = 'missing_external' AND c.pool_state IS NOT DISTINCT FROM 'matched')"
 "   AND NOT (c.class = 'missing_external' AND c.pooled AND NOT c.due)";
@@ -396,6 +405,7 @@ reconcile(Reconciliation *r, Statement *s, Oid caller, Oid tables_owner)
 	char		nulls[8] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
 	int64		run_id;
 	int64		queued;
+	int			guc_level;
 	bool		isnull;
 
 	reconciliation_check_source(r->source, cols, r->owner, &relname);
@@ -456,10 +466,22 @@ reconcile(Reconciliation *r, Statement *s, Oid caller, Oid tables_owner)
 	values[5] = TimestampTzGetDatum(s->upper);
 	values[6] = r->grace;
 	values[7] = BoolGetDatum(r->currency_col != NULL);
+
+	/*
+	 * Without JIT: the classification's time goes to sorting the lines,
+	 * hashing and temporary files, not to expressions, and a large
+	 * statement's cost crosses the thresholds at which JIT inlines and
+	 * optimizes, which costs more time and memory than it wins
+	 * (doc/benchmarks.md).
+	 */
+	guc_level = NewGUCNestLevel();
+	(void) set_config_option("jit", "off", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
 	payments_execute_once(classify_sql, 8,
 						  (Oid[]) {INT8OID, INT8OID, INT8OID, NUMERICOID, JSONBOID,
 						  TIMESTAMPTZOID, INTERVALOID, BOOLOID},
 						  values, nulls, SPI_OK_INSERT);
+	AtEOXact_GUC(true, guc_level);
 	SPI_unregister_relation("internal_rows");
 	tuplestore_end(store);
 

@@ -229,6 +229,8 @@ COMMENT ON TABLE payments.reconciliation_pool IS
 
 CREATE INDEX reconciliation_pool_waiting_idx
     ON payments.reconciliation_pool (reconciliation_id) WHERE state = 'waiting';
+CREATE INDEX reconciliation_pool_statement_idx
+    ON payments.reconciliation_pool (statement_id);
 CREATE INDEX reconciliation_pool_settled_idx
     ON payments.reconciliation_pool (settled_statement_id);
 
