@@ -21,7 +21,8 @@
 #                cost in microseconds, printed, never compared); what it
 #                prints is printed again under the table
 # or, for a workload that is not a throughput ratio, an executable run.sh
-# that gets the connection in PGHOST/PGPORT/PGUSER/PGDATABASE.
+# that gets the connection in PGHOST/PGPORT/PGUSER/PGDATABASE, and
+# BENCH_SECONDS and BENCH_ROUNDS.
 #
 # Every figure is a ratio measured in the same invocation on the same
 # cluster, never an absolute number compared with a constant.
@@ -77,7 +78,8 @@ for w in "${workloads[@]}"; do
 	if [ -x "$dir/run.sh" ]; then
 		say "workload $w"
 		(cd "$dir" && PGDATABASE="$db" as_user env PGHOST="$PGHOST" PGPORT="$PGPORT" \
-			PGUSER="$PGUSER" PGDATABASE="$db" BENCH_SECONDS="$BENCH_SECONDS" ./run.sh)
+			PGUSER="$PGUSER" PGDATABASE="$db" BENCH_SECONDS="$BENCH_SECONDS" \
+			BENCH_ROUNDS="$BENCH_ROUNDS" ./run.sh)
 		continue
 	fi
 	say "workload $w: setup"
