@@ -113,7 +113,8 @@ REGRESS = \
 	reconciliation \
 	reconciliation_errors \
 	reconciliation_rights \
-	reconciliation_attack
+	reconciliation_attack \
+	reconciliation_attack2
 REGRESS_OPTS = --no-locale --encoding=UTF8
 
 ISOLATION = \

@@ -58,7 +58,8 @@ extern void reconciliation_lock(const char *name, bool wait);
 extern Reconciliation *reconciliation_lookup(const char *name, Oid caller,
 											 Oid tables_owner);
 extern void reconciliation_check_source(Oid relid, const char *const *cols,
-										Oid role, char **relname);
+										Oid role, char **relname,
+										bool *ref_unique);
 
 /* provider_statement.c */
 extern void statement_init(void);

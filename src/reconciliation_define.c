@@ -33,8 +33,10 @@
 #include "owner_rights.h"
 #include "spi_util.h"
 
+#include "access/htup_details.h"
 #include "access/relation.h"
 #include "catalog/pg_class.h"
+#include "catalog/pg_index.h"
 #include "catalog/pg_type.h"
 #include "miscadmin.h"
 #include "utils/acl.h"
@@ -43,6 +45,7 @@
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
+#include "utils/relcache.h"
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
 
@@ -218,15 +221,50 @@ check_column(Relation rel, const char *col, const char *what, Oid role)
 }
 
 /*
+ * Whether a valid, unique, immediate, non-partial index of rel has the
+ * column attnum as its only key.
+ */
+static bool
+unique_column(Relation rel, AttrNumber attnum)
+{
+	List	   *indexes;
+	ListCell   *lc;
+	bool		unique = false;
+
+	if (rel->rd_rel->relkind != RELKIND_RELATION &&
+		rel->rd_rel->relkind != RELKIND_PARTITIONED_TABLE)
+		return false;
+	indexes = RelationGetIndexList(rel);
+	foreach(lc, indexes)
+	{
+		HeapTuple	tup = SearchSysCache1(INDEXRELID, ObjectIdGetDatum(lfirst_oid(lc)));
+		Form_pg_index index;
+
+		if (!HeapTupleIsValid(tup))
+			continue;
+		index = (Form_pg_index) GETSTRUCT(tup);
+		if (index->indisunique && index->indimmediate && index->indisvalid &&
+			index->indnkeyatts == 1 && index->indkey.values[0] == attnum &&
+			heap_attisnull(tup, Anum_pg_index_indpred, NULL))
+			unique = true;
+		ReleaseSysCache(tup);
+	}
+	list_free(indexes);
+	return unique;
+}
+
+/*
  * The source relation of a reconciliation and its columns (ref, amount,
  * status, time and currency, the last one NULL if there is none), checked
  * for role, the reconciliation's owner, whose rights every run reads it
  * with: the relation must be a table or view role may read, the amount
- * exact and the time a time.  Sets *relname to its qualified, quoted name.
+ * exact and the time a time.  Sets *relname to its qualified, quoted name,
+ * and *ref_unique to whether a unique index says that no two rows have
+ * the same reference.
  */
 void
 reconciliation_check_source(Oid relid, const char *const *cols, Oid role,
-							char **relname)
+							char **relname, bool *ref_unique)
 {
 	Relation	rel;
 	char		relkind;
@@ -253,6 +291,7 @@ reconciliation_check_source(Oid relid, const char *const *cols, Oid role,
 						get_namespace_name(RelationGetNamespace(rel)))));
 
 	(void) check_column(rel, cols[0], "ref_col", role);
+	*ref_unique = unique_column(rel, get_attnum(relid, cols[0]));
 	amount_type = check_column(rel, cols[1], "amount_col", role);
 	(void) check_column(rel, cols[2], "status_col", role);
 	at_type = check_column(rel, cols[3], "at_col", role);
@@ -386,6 +425,7 @@ payments_define_reconciliation(PG_FUNCTION_ARGS)
 	bool		isnull;
 	const char *cols[5];
 	char	   *relname;
+	bool		ref_unique;
 	Oid			tables_owner;
 	Reconciliation *existing;
 	bool		take_over;
@@ -421,7 +461,7 @@ payments_define_reconciliation(PG_FUNCTION_ARGS)
 		report_orphan(name);
 	reconciliation_check_source(PG_GETARG_OID(1), cols,
 								existing != NULL && !take_over ? existing->owner : caller,
-								&relname);
+								&relname, &ref_unique);
 	values[0] = CStringGetTextDatum(name);
 	for (int i = 1; i <= 7; i++)
 	{

@@ -349,39 +349,56 @@ references_not_read(Datum refs)
 }
 
 /*
- * Each reference of our side must name one row, and be one a line could
- * name (RECONCILIATION_REF_MAX_BYTES at most): a second row would meet
+ * Each reference of our side must name one row: a second row would meet
  * the same line and count it twice, and the totals would no longer add
- * up.  The caller is connected to SPI, with internal_rows registered, and
- * acts as the owner.
+ * up.  Not checked when a unique index on the column already says so.
+ * The caller is connected to SPI, with internal_rows registered, and acts
+ * as the owner.
  */
 static void
-check_our_references(Reconciliation *r)
+check_unique_references(Reconciliation *r)
 {
 	HeapTuple	tup;
 	TupleDesc	desc;
 	bool		isnull;
-	int64		rows;
-	char	   *ref;
 
-	if (payments_execute_once("SELECT x.ref, pg_catalog.count(*) FROM internal_rows x GROUP BY x.ref"
-							  " HAVING pg_catalog.count(*) OPERATOR(pg_catalog.>) 1"
-							  "  OR pg_catalog.octet_length(x.ref) OPERATOR(pg_catalog.>) "
-							  CppAsString2(RECONCILIATION_REF_MAX_BYTES) " LIMIT 1",
+	if (payments_execute_once("SELECT x.ref, pg_catalog.count(*) FROM internal_rows x"
+							  " GROUP BY x.ref HAVING pg_catalog.count(*) OPERATOR(pg_catalog.>) 1"
+							  " LIMIT 1",
 							  0, NULL, NULL, NULL, SPI_OK_SELECT) == 0)
 		return;
 	tup = SPI_tuptable->vals[0];
 	desc = SPI_tuptable->tupdesc;
-	rows = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
-	ref = SPI_getvalue(tup, desc, 1);
-	if (rows > 1)
-		ereport(ERROR,
-				(errcode(ERRCODE_CARDINALITY_VIOLATION),
-				 errmsg("reference \"%s\" names %lld rows of the source of reconciliation \"%s\"",
-						ref, (long long) rows, r->name),
-				 errdetail("A line is compared with the one row of ours that has its reference; with two, it would be counted twice."),
-				 errhint("Make column \"%s\" unique among the rows a statement covers, or reconcile a view that keeps one row per reference.",
-						 r->ref_col)));
+	ereport(ERROR,
+			(errcode(ERRCODE_CARDINALITY_VIOLATION),
+			 errmsg("reference \"%s\" names %lld rows of the source of reconciliation \"%s\"",
+					SPI_getvalue(tup, desc, 1),
+					(long long) DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull)),
+					r->name),
+			 errdetail("A line is compared with the one row of ours that has its reference; with two, it would be counted twice."),
+			 errhint("Make column \"%s\" unique among the rows a statement covers, or reconcile a view that keeps one row per reference.",
+					 r->ref_col)));
+}
+
+/*
+ * A reference of ours longer than a line's can be matches no line, so it
+ * is among the differences run_id wrote: refused there, before the grace
+ * pool would have to keep it.  The caller is connected to SPI and acts as
+ * the owner.
+ */
+static void
+check_reference_lengths(Reconciliation *r, int64 run_id)
+{
+	Datum		arg = Int64GetDatum(run_id);
+	char	   *ref;
+
+	if (payments_execute_once("SELECT i.reference FROM @extschema@.reconciliation_items i"
+							  " WHERE i.run_id = $1"
+							  "   AND pg_catalog.octet_length(i.reference) OPERATOR(pg_catalog.>) "
+							  CppAsString2(RECONCILIATION_REF_MAX_BYTES) " LIMIT 1",
+							  1, (Oid[]) {INT8OID}, &arg, NULL, SPI_OK_SELECT) == 0)
+		return;
+	ref = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 	ereport(ERROR,
 			(errcode(ERRCODE_STRING_DATA_RIGHT_TRUNCATION),
 			 errmsg("a reference of the source of reconciliation \"%s\" is longer than %d bytes",
@@ -396,6 +413,7 @@ reconcile(Reconciliation *r, Statement *s, Oid caller, Oid tables_owner)
 	const char *cols[5] = {r->ref_col, r->amount_col, r->status_col,
 	r->at_col, r->currency_col};
 	char	   *relname;
+	bool		ref_unique;
 	PaymentsSavedUser saved;
 	Tuplestorestate *store;
 	TupleDesc	desc;
@@ -408,7 +426,7 @@ reconcile(Reconciliation *r, Statement *s, Oid caller, Oid tables_owner)
 	int			guc_level;
 	bool		isnull;
 
-	reconciliation_check_source(r->source, cols, r->owner, &relname);
+	reconciliation_check_source(r->source, cols, r->owner, &relname, &ref_unique);
 
 	SPI_connect();
 	payments_begin_as_owner(tables_owner, true, &saved);
@@ -456,7 +474,8 @@ reconcile(Reconciliation *r, Statement *s, Oid caller, Oid tables_owner)
 	enr->md.enrtuples = tuplestore_tuple_count(store);
 
 	payments_begin_as_owner(tables_owner, true, &saved);
-	check_our_references(r);
+	if (!ref_unique)
+		check_unique_references(r);
 	values[0] = Int64GetDatum(s->id);
 	values[1] = Int64GetDatum(r->id);
 	values[2] = Int64GetDatum(run_id);
@@ -484,6 +503,7 @@ reconcile(Reconciliation *r, Statement *s, Oid caller, Oid tables_owner)
 	AtEOXact_GUC(true, guc_level);
 	SPI_unregister_relation("internal_rows");
 	tuplestore_end(store);
+	check_reference_lengths(r, run_id);
 
 	values[3] = r->grace;
 	payments_execute_once(pool_sql, 4,
