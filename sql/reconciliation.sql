@@ -270,6 +270,60 @@ SELECT c.payload ->> 'external_id' AS refunded_charge FROM payments.compensation
  ORDER BY 1;
 SELECT class, count, amount FROM payments.reconciliation_summary WHERE run_id = :run4 ORDER BY class;
 
+--
+-- The same statement with a work_mem so small that every sort, hash and
+-- tuplestore of the run spills to disk: the same answer.
+--
+SET work_mem = '64kB';
+SELECT payments.reconcile('psp', :day4) AS run4b \gset
+RESET work_mem;
+SELECT (SELECT array_agg(row(class, reference, external_id, amount) ORDER BY class, external_id)
+          FROM payments.reconciliation_items WHERE run_id = :run4b) IS NOT DISTINCT FROM
+       (SELECT array_agg(row(class, reference, external_id, amount) ORDER BY class, external_id)
+          FROM payments.reconciliation_items WHERE run_id = :run4) AS same_when_spilled;
+
+--
+-- Our currency is compared upper-cased and trimmed.  A reference used
+-- again on a later day (o-again waits from day five, and a new row of
+-- day six has it too) names the day's row.  A redefinition over a source
+-- whose reference column has another type keeps the rows waiting in the
+-- pool readable.
+--
+CREATE TABLE orders2 (ref bigint PRIMARY KEY, amount bigint, status text, paid_at timestamptz,
+                      currency text);
+SELECT payments.define_reconciliation('again', 'orders', 'ref', 'amount', 'status', 'paid_at',
+    currency_col => 'currency', grace => '3 days') > 0 AS defined;
+INSERT INTO orders VALUES ('o-again', 100, 'paid', '2026-11-05 10:00+00', 'eur '),
+                          ('o-space', 100, 'paid', '2026-11-05 11:00+00', 'eur ');
+SELECT payments.statement_begin('psp', '[2026-11-05, 2026-11-06)', 'day5.csv') AS day5 \gset
+SELECT payments.statement_add(:day5, '[
+  {"external_id": "t-30", "payment_ref": "o-space", "amount": 100, "currency": "EUR",
+   "status": "paid", "occurred_at": "2026-11-05 11:00:01+00"}]');
+SELECT payments.statement_close(:day5);
+SELECT payments.reconcile('again', :day5) AS run5 \gset
+SELECT class, reference, waiting FROM payments.reconciliation_items WHERE run_id = :run5;
+SELECT class, currency, count FROM payments.reconciliation_summary WHERE run_id = :run5 ORDER BY class;
+DELETE FROM orders WHERE ref = 'o-again';
+INSERT INTO orders VALUES ('o-again', 200, 'paid', '2026-11-06 10:00+00', 'EUR');
+SELECT payments.statement_begin('psp', '[2026-11-06, 2026-11-07)', 'day6.csv') AS day6 \gset
+SELECT payments.statement_add(:day6, '[
+  {"external_id": "t-31", "payment_ref": "o-again", "amount": 200, "currency": "EUR",
+   "status": "paid", "occurred_at": "2026-11-06 10:00:01+00"}]');
+SELECT payments.statement_close(:day6);
+SELECT payments.reconcile('again', :day6) AS run6 \gset
+SELECT class, reference FROM payments.reconciliation_items WHERE run_id = :run6;
+SELECT matched FROM payments.reconciliation_runs WHERE id = :run6;
+-- o-again (day five) still waits; redefined over integer references
+SELECT payments.define_reconciliation('again', 'orders2', 'ref', 'amount', 'status', 'paid_at',
+    grace => '3 days') > 0 AS redefined;
+INSERT INTO orders2 VALUES (7, 300, 'paid', '2026-11-07 10:00+00', 'EUR');
+SELECT payments.statement_begin('psp', '[2026-11-07, 2026-11-08)', 'day7.csv') AS day7 \gset
+SELECT payments.statement_add(:day7, '[
+  {"external_id": "t-32", "payment_ref": "7", "amount": 300, "currency": "EUR",
+   "status": "paid", "occurred_at": "2026-11-07 10:00:01+00"}]');
+SELECT payments.statement_close(:day7);
+SELECT payments.reconcile('again', :day7) > 0 AS reconciled;
+
 DROP EXTENSION payments;
-DROP TABLE orders;
+DROP TABLE orders, orders2;
 DROP FUNCTION heal(jsonb);

@@ -59,7 +59,7 @@ extern Reconciliation *reconciliation_lookup(const char *name, Oid caller,
 											 Oid tables_owner);
 extern void reconciliation_check_source(Oid relid, const char *const *cols,
 										Oid role, char **relname,
-										bool *ref_unique);
+										bool *ref_unique, bool *direct);
 
 /* provider_statement.c */
 extern void statement_init(void);

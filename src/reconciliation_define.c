@@ -35,6 +35,7 @@
 
 #include "access/htup_details.h"
 #include "access/relation.h"
+#include "access/transam.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_index.h"
 #include "catalog/pg_type.h"
@@ -259,12 +260,14 @@ unique_column(Relation rel, AttrNumber attnum)
  * for role, the reconciliation's owner, whose rights every run reads it
  * with: the relation must be a table or view role may read, the amount
  * exact and the time a time.  Sets *relname to its qualified, quoted name,
- * and *ref_unique to whether a unique index says that no two rows have
- * the same reference.
+ * *ref_unique to whether a unique index says that no two rows have the
+ * same reference, and *direct to whether reading the named columns runs no
+ * code of a user's: a plain table without row-level security whose
+ * columns have built-in types.
  */
 void
 reconciliation_check_source(Oid relid, const char *const *cols, Oid role,
-							char **relname, bool *ref_unique)
+							char **relname, bool *ref_unique, bool *direct)
 {
 	Relation	rel;
 	char		relkind;
@@ -317,6 +320,17 @@ reconciliation_check_source(Oid relid, const char *const *cols, Oid role,
 				 errmsg("time column \"%s\" has type %s", cols[3],
 						format_type_be(at_type)),
 				 errdetail("The time of a row is a timestamp with time zone, a timestamp or a date.")));
+	*direct = relkind == RELKIND_RELATION && !rel->rd_rel->relrowsecurity;
+	for (int i = 0; i < 5; i++)
+		if (cols[i] != NULL)
+		{
+			Oid			type = get_atttype(relid, get_attnum(relid, cols[i]));
+
+			if (type >= FirstNormalObjectId ||
+				getBaseType(type) >= FirstNormalObjectId ||
+				type_is_rowtype(type))
+				*direct = false;
+		}
 	*relname = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
 										  RelationGetRelationName(rel));
 	/* kept to the end of the transaction, so that no ALTER slips in */
@@ -426,6 +440,7 @@ payments_define_reconciliation(PG_FUNCTION_ARGS)
 	const char *cols[5];
 	char	   *relname;
 	bool		ref_unique;
+	bool		direct;
 	Oid			tables_owner;
 	Reconciliation *existing;
 	bool		take_over;
@@ -461,7 +476,7 @@ payments_define_reconciliation(PG_FUNCTION_ARGS)
 		report_orphan(name);
 	reconciliation_check_source(PG_GETARG_OID(1), cols,
 								existing != NULL && !take_over ? existing->owner : caller,
-								&relname, &ref_unique);
+								&relname, &ref_unique, &direct);
 	values[0] = CStringGetTextDatum(name);
 	for (int i = 1; i <= 7; i++)
 	{

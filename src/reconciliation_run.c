@@ -73,6 +73,9 @@
 
 PG_FUNCTION_INFO_V1(payments_reconcile);
 
+/* The parameters of the classification and of the checks of our side */
+#define RUN_NPARAMS		10
+
 /* Whether a run is under way in this backend (see payments_reconcile) */
 static bool running = false;
 
@@ -120,7 +123,7 @@ static const char classify_sql[] =
 "             FROM @extschema@.statement_lines s WHERE s.statement_id = $1) l"
 "       FULL JOIN (SELECT x.ref, x.amount, x.currency, x.status, x.at, x.pooled,"
 "                    p.state AS pool_state, 1::pg_catalog.int8 AS n"
-"                  FROM internal_rows x"
+"                  FROM %s x"
 "                  LEFT JOIN (SELECT o.reference, o.state"
 "                               FROM @extschema@.reconciliation_pool o"
 "                              WHERE o.reconciliation_id = $2"
@@ -153,30 +156,37 @@ static const char pool_sql[] =
 "   WHERE p.state = 'waiting' AND excluded.state <> 'waiting'";
 
 /*
- * The totals of run $3 on statement $1 ($2: how many rows of ours it
- * read).  The matched lines per currency are the statement's lines less
- * those that differ: every line is classified exactly once.
+ * The totals of run $2 on statement $1.  The matched lines per currency
+ * are the statement's lines less those that differ: every line is
+ * classified exactly once; the rows of ours it classified are those
+ * matched and those among its differences.
  */
 static const char finish_sql[] =
+"WITH m AS ("
+"   SELECT t.key AS currency, (t.value ->> 0)::bigint - coalesce(d.n, 0) AS n,"
+"          (t.value ->> 1)::pg_catalog.numeric - coalesce(d.amount, 0) AS amount"
+"     FROM (SELECT e.key, e.value FROM @extschema@.statements st,"
+"                  pg_catalog.jsonb_each(st.totals) e WHERE st.id = $1) t"
+"     LEFT JOIN (SELECT i.external_currency::pg_catalog.text AS currency,"
+"                       count(*) AS n, sum(i.external_amount) AS amount"
+"                  FROM @extschema@.reconciliation_items i"
+"                 WHERE i.run_id = $2 AND i.external_id IS NOT NULL"
+"                   AND i.class <> 'matched'"
+"                 GROUP BY 1) d ON d.currency = t.key),"
+" d AS ("
+"   SELECT count(*) FILTER (WHERE i.class <> 'matched' AND NOT i.waiting) AS differences,"
+"          count(*) FILTER (WHERE i.waiting) AS waiting,"
+"          count(*) FILTER (WHERE i.internal_at IS NOT NULL AND i.class <> 'matched') AS ours"
+"     FROM @extschema@.reconciliation_items i WHERE i.run_id = $2)"
 "UPDATE @extschema@.reconciliation_runs r"
-" SET finished_at = pg_catalog.clock_timestamp(), lines = st.lines,"
-"  internal_rows = $2, differences = d.differences, waiting = d.waiting,"
-"  matched = (SELECT coalesce(pg_catalog.jsonb_object_agg(t.key,"
-"               pg_catalog.jsonb_build_array((t.value ->> 0)::bigint - coalesce(m.n, 0),"
-"                 (t.value ->> 1)::pg_catalog.numeric - coalesce(m.amount, 0))), '{}')"
-"             FROM pg_catalog.jsonb_each(st.totals) t"
-"             LEFT JOIN (SELECT i.external_currency::pg_catalog.text AS currency,"
-"                          count(*) AS n, sum(i.external_amount) AS amount"
-"                        FROM @extschema@.reconciliation_items i"
-"                        WHERE i.run_id = $3 AND i.external_id IS NOT NULL"
-"                          AND i.class <> 'matched'"
-"                        GROUP BY 1) m ON m.currency = t.key"
-"             WHERE (t.value ->> 0)::bigint > coalesce(m.n, 0))"
-" FROM @extschema@.statements st,"
-"  (SELECT count(*) FILTER (WHERE i.class <> 'matched' AND NOT i.waiting) AS differences,"
-"          count(*) FILTER (WHERE i.waiting) AS waiting"
-"     FROM @extschema@.reconciliation_items i WHERE i.run_id = $3) d"
-" WHERE r.id = $3 AND st.id = $1";
+" SET finished_at = pg_catalog.clock_timestamp(),"
+"  lines = (SELECT st.lines FROM @extschema@.statements st WHERE st.id = $1),"
+"  internal_rows = d.ours + (SELECT coalesce(sum(m.n), 0) FROM m),"
+"  differences = d.differences, waiting = d.waiting,"
+"  matched = (SELECT coalesce(pg_catalog.jsonb_object_agg(m.currency,"
+"               pg_catalog.jsonb_build_array(m.n, m.amount)), '{}')"
+"             FROM m WHERE m.n > 0)"
+" FROM d WHERE r.id = $2";
 
 static SPIPlanPtr run_plan;
 static SPIPlanPtr pool_refs_plan;
@@ -200,49 +210,78 @@ internal_rows_desc(void)
 }
 
 /*
- * The query of our side: the rows of the period ($1, $2) or, with pooled,
- * the rows before its end whose reference is one of $3.  Every value is
- * converted here, by that role's query, so that the classification
- * compares built-in types only: an amount that is not a number (NaN,
- * Infinity) reads as NULL, which differs from any line's amount, and a
- * currency is upper-cased and trimmed, as the lines' are written.
- * References are compared as text, as the grace pool keeps them: its
- * references may come from an earlier definition whose column had another
- * type.  An index on the column (on ref::text for another type than text)
- * finds the few rows.
+ * The query of our side: the rows of the period or, with pooled, the rows
+ * before its end whose reference is one of an array, the parameters named
+ * in p (lower bound, upper bound, references).  Every value is converted
+ * here, so that the classification compares built-in types only: an
+ * amount that is not a number (NaN, Infinity) reads as NULL, which differs
+ * from any line's amount, and a currency is upper-cased and trimmed, as
+ * the lines' are written.  References are compared as text, as the grace
+ * pool keeps them: its references may come from an earlier definition
+ * whose column had another type.  An index on the column (on ref::text
+ * for another type than text) finds the few rows.  With direct, the query
+ * reads the table itself (ONLY, see reconcile) and leaves out pooled rows
+ * whose reference a row of the period has: a reference used again later
+ * names the period's row.
  */
+typedef struct OurSideParams
+{
+	const char *lower;
+	const char *upper;
+	const char *refs;
+} OurSideParams;
+
 static char *
 internal_query(Reconciliation *r, Statement *s, const char *relname,
-			   bool pooled)
+			   bool pooled, bool direct, const OurSideParams *p)
 {
 	StringInfoData buf;
 	char	   *ref = pstrdup(quote_identifier(r->ref_col));
 	char	   *at = pstrdup(quote_identifier(r->at_col));
-	char	   *in_period;
+	const char *only = direct ? "ONLY " : "";
 
-	in_period = psprintf("t.%s OPERATOR(pg_catalog.%s) $1 AND t.%s OPERATOR(pg_catalog.%s) $2",
-						 at, s->lower_inc ? ">=" : ">", at, s->upper_inc ? "<=" : "<");
+#define IN_PERIOD(alias) \
+	alias, at, s->lower_inc ? ">=" : ">", p->lower, \
+	alias, at, s->upper_inc ? "<=" : "<", p->upper
+#define IN_PERIOD_FMT \
+	"%s.%s OPERATOR(pg_catalog.%s) %s AND %s.%s OPERATOR(pg_catalog.%s) %s"
+
 	initStringInfo(&buf);
 	appendStringInfo(&buf,
-					 "SELECT t.%s::pg_catalog.text,"
+					 "SELECT t.%s::pg_catalog.text COLLATE \"C\" AS ref,"
 					 " NULLIF(NULLIF(NULLIF("
-					 "t.%s::pg_catalog.numeric, 'NaN'), 'Infinity'), '-Infinity'),"
-					 " t.%s::pg_catalog.text, t.%s::pg_catalog.timestamptz, ",
+					 "t.%s::pg_catalog.numeric, 'NaN'), 'Infinity'), '-Infinity') AS amount,"
+					 " t.%s::pg_catalog.text COLLATE pg_catalog.\"default\" AS status,"
+					 " t.%s::pg_catalog.timestamptz AS at, ",
 					 ref, quote_identifier(r->amount_col),
 					 quote_identifier(r->status_col), at);
 	if (r->currency_col != NULL)
-		appendStringInfo(&buf, "pg_catalog.upper(pg_catalog.btrim(t.%s::pg_catalog.text))",
+		appendStringInfo(&buf, "pg_catalog.upper(pg_catalog.btrim(t.%s::pg_catalog.text"
+						 " COLLATE pg_catalog.\"default\"))",
 						 quote_identifier(r->currency_col));
 	else
 		appendStringInfoString(&buf, "NULL::pg_catalog.text");
-	appendStringInfo(&buf, ", %s FROM %s t WHERE ", pooled ? "true" : "false", relname);
+	appendStringInfo(&buf, " AS currency, %s AS pooled FROM %s%s t WHERE ",
+					 pooled ? "true" : "false", only, relname);
 	if (!pooled)
-		appendStringInfo(&buf, "%s AND t.%s::pg_catalog.text IS NOT NULL", in_period, ref);
-	else
-		appendStringInfo(&buf, "t.%s::pg_catalog.text OPERATOR(pg_catalog.=) ANY ($3)"
-						 " AND NOT (%s) AND t.%s OPERATOR(pg_catalog.<) $2",
-						 ref, in_period, at);
+	{
+		appendStringInfo(&buf, IN_PERIOD_FMT, IN_PERIOD("t"));
+		appendStringInfo(&buf, " AND t.%s::pg_catalog.text IS NOT NULL", ref);
+		return buf.data;
+	}
+	appendStringInfo(&buf, "t.%s::pg_catalog.text OPERATOR(pg_catalog.=) ANY (%s)"
+					 " AND NOT (" IN_PERIOD_FMT ") AND t.%s OPERATOR(pg_catalog.<) %s",
+					 ref, p->refs, IN_PERIOD("t"), at, p->upper);
+	if (direct)
+	{
+		appendStringInfo(&buf, " AND NOT EXISTS (SELECT FROM ONLY %s u WHERE ", relname);
+		appendStringInfo(&buf, IN_PERIOD_FMT, IN_PERIOD("u"));
+		appendStringInfo(&buf, " AND u.%s::pg_catalog.text OPERATOR(pg_catalog.=)"
+						 " t.%s::pg_catalog.text)", ref, ref);
+	}
 	return buf.data;
+#undef IN_PERIOD
+#undef IN_PERIOD_FMT
 }
 
 /*
@@ -352,20 +391,22 @@ references_not_read(Datum refs)
  * Each reference of our side must name one row: a second row would meet
  * the same line and count it twice, and the totals would no longer add
  * up.  Not checked when a unique index on the column already says so.
- * The caller is connected to SPI, with internal_rows registered, and acts
- * as the owner.
+ * our_side is what the classification reads, with its parameters.  The
+ * caller is connected to SPI and acts as the owner.
  */
 static void
-check_unique_references(Reconciliation *r)
+check_unique_references(Reconciliation *r, const char *our_side,
+						const Oid *types, Datum *values, const char *nulls)
 {
 	HeapTuple	tup;
 	TupleDesc	desc;
 	bool		isnull;
 
-	if (payments_execute_once("SELECT x.ref, pg_catalog.count(*) FROM internal_rows x"
-							  " GROUP BY x.ref HAVING pg_catalog.count(*) OPERATOR(pg_catalog.>) 1"
-							  " LIMIT 1",
-							  0, NULL, NULL, NULL, SPI_OK_SELECT) == 0)
+	if (payments_execute_once(psprintf("SELECT x.ref, pg_catalog.count(*) FROM %s x"
+									   " GROUP BY x.ref"
+									   " HAVING pg_catalog.count(*) OPERATOR(pg_catalog.>) 1"
+									   " LIMIT 1", our_side),
+							  RUN_NPARAMS, types, values, nulls, SPI_OK_SELECT) == 0)
 		return;
 	tup = SPI_tuptable->vals[0];
 	desc = SPI_tuptable->tupdesc;
@@ -407,26 +448,42 @@ check_reference_lengths(Reconciliation *r, int64 run_id)
 					   pg_mbcliplen(ref, strlen(ref), 40), ref)));
 }
 
+/*
+ * A run.  Our side is read one of two ways.  Where reading the source
+ * cannot run any code of a user's (a plain table, without row-level
+ * security, whose named columns have built-in types: no view, function,
+ * policy, cast or output function of a user's is involved), the
+ * classification reads the table itself, ONLY the table (a child attached
+ * meanwhile could be anything), after the owner's privileges on its
+ * columns were checked; the source stays locked to the end of the
+ * transaction, so that none of this changes under the run.  Any other
+ * source is read into a tuplestore with the owner's rights first.
+ */
 static int64
 reconcile(Reconciliation *r, Statement *s, Oid caller, Oid tables_owner)
 {
+	static const Oid types[RUN_NPARAMS] = {INT8OID, INT8OID, INT8OID, NUMERICOID,
+		JSONBOID, TIMESTAMPTZOID, INTERVALOID, BOOLOID, TIMESTAMPTZOID, TEXTARRAYOID};
+	static const OurSideParams direct_params = {"$9", "$6", "$10"};
+	static const OurSideParams read_params = {"$1", "$2", "$3"};
 	const char *cols[5] = {r->ref_col, r->amount_col, r->status_col,
 	r->at_col, r->currency_col};
 	char	   *relname;
 	bool		ref_unique;
+	bool		direct;
+	char	   *our_side;
 	PaymentsSavedUser saved;
-	Tuplestorestate *store;
-	TupleDesc	desc;
-	EphemeralNamedRelation enr;
+	Tuplestorestate *store = NULL;
 	Datum		refs;
-	Datum		values[8];
-	char		nulls[8] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	Datum		values[RUN_NPARAMS];
+	char		nulls[RUN_NPARAMS];
 	int64		run_id;
 	int64		queued;
 	int			guc_level;
 	bool		isnull;
 
-	reconciliation_check_source(r->source, cols, r->owner, &relname, &ref_unique);
+	reconciliation_check_source(r->source, cols, r->owner, &relname,
+								&ref_unique, &direct);
 
 	SPI_connect();
 	payments_begin_as_owner(tables_owner, true, &saved);
@@ -444,38 +501,51 @@ reconcile(Reconciliation *r, Statement *s, Oid caller, Oid tables_owner)
 	refs = waiting_references(r, s);
 	payments_end_as_owner(&saved);
 
-	/* Our side, with the rights of the reconciliation's role */
-	desc = internal_rows_desc();
-	store = tuplestore_begin_heap(false, false, work_mem);
-	read_our_side(internal_query(r, s, relname, false), r->owner,
-				  s, (Datum) 0, store, desc);
-	enr = palloc0(sizeof(EphemeralNamedRelationData));
-	enr->md.name = "internal_rows";
-	enr->md.reliddesc = InvalidOid;
-	enr->md.tupdesc = desc;
-	enr->md.enrtype = ENR_NAMED_TUPLESTORE;
-	enr->reldata = store;
-	if (SPI_register_relation(enr) != SPI_OK_REL_REGISTER)
-		elog(ERROR, "could not register our side as an ephemeral relation");
-
-	/*
-	 * The rows waiting in the pool, but for references the period has a row
-	 * of: a reference used again later names the period's row.
-	 */
-	if (refs != (Datum) 0)
+	if (direct)
 	{
-		payments_begin_as_owner(tables_owner, true, &saved);
-		refs = references_not_read(refs);
-		payments_end_as_owner(&saved);
+		our_side = internal_query(r, s, relname, false, true, &direct_params);
+		if (refs != (Datum) 0)
+			our_side = psprintf("%s UNION ALL %s", our_side,
+								internal_query(r, s, relname, true, true, &direct_params));
+		our_side = psprintf("(%s)", our_side);
 	}
-	if (refs != (Datum) 0)
-		read_our_side(internal_query(r, s, relname, true), r->owner,
-					  s, refs, store, desc);
-	enr->md.enrtuples = tuplestore_tuple_count(store);
+	else
+	{
+		TupleDesc	desc = internal_rows_desc();
+		EphemeralNamedRelation enr;
+
+		/* Our side, with the rights of the reconciliation's role */
+		store = tuplestore_begin_heap(false, false, work_mem);
+		read_our_side(internal_query(r, s, relname, false, false, &read_params),
+					  r->owner, s, (Datum) 0, store, desc);
+		enr = palloc0(sizeof(EphemeralNamedRelationData));
+		enr->md.name = "internal_rows";
+		enr->md.reliddesc = InvalidOid;
+		enr->md.tupdesc = desc;
+		enr->md.enrtype = ENR_NAMED_TUPLESTORE;
+		enr->reldata = store;
+		if (SPI_register_relation(enr) != SPI_OK_REL_REGISTER)
+			elog(ERROR, "could not register our side as an ephemeral relation");
+
+		/*
+		 * The rows waiting in the pool, but for references the period has
+		 * a row of: a reference used again later names the period's row.
+		 */
+		if (refs != (Datum) 0)
+		{
+			payments_begin_as_owner(tables_owner, true, &saved);
+			refs = references_not_read(refs);
+			payments_end_as_owner(&saved);
+		}
+		if (refs != (Datum) 0)
+			read_our_side(internal_query(r, s, relname, true, false, &read_params),
+						  r->owner, s, refs, store, desc);
+		enr->md.enrtuples = tuplestore_tuple_count(store);
+		our_side = "internal_rows";
+	}
 
 	payments_begin_as_owner(tables_owner, true, &saved);
-	if (!ref_unique)
-		check_unique_references(r);
+	memset(nulls, ' ', sizeof(nulls));
 	values[0] = Int64GetDatum(s->id);
 	values[1] = Int64GetDatum(r->id);
 	values[2] = Int64GetDatum(run_id);
@@ -485,6 +555,11 @@ reconcile(Reconciliation *r, Statement *s, Oid caller, Oid tables_owner)
 	values[5] = TimestampTzGetDatum(s->upper);
 	values[6] = r->grace;
 	values[7] = BoolGetDatum(r->currency_col != NULL);
+	values[8] = TimestampTzGetDatum(s->lower);
+	values[9] = refs;
+	nulls[9] = refs == (Datum) 0 ? 'n' : ' ';
+	if (!ref_unique)
+		check_unique_references(r, our_side, types, values, nulls);
 
 	/*
 	 * Without JIT: the classification's time goes to sorting the lines,
@@ -496,25 +571,27 @@ reconcile(Reconciliation *r, Statement *s, Oid caller, Oid tables_owner)
 	guc_level = NewGUCNestLevel();
 	(void) set_config_option("jit", "off", PGC_USERSET, PGC_S_SESSION,
 							 GUC_ACTION_SAVE, true, 0, false);
-	payments_execute_once(classify_sql, 8,
-						  (Oid[]) {INT8OID, INT8OID, INT8OID, NUMERICOID, JSONBOID,
-						  TIMESTAMPTZOID, INTERVALOID, BOOLOID},
+	payments_execute_once(psprintf(classify_sql, our_side), RUN_NPARAMS, types,
 						  values, nulls, SPI_OK_INSERT);
 	AtEOXact_GUC(true, guc_level);
-	SPI_unregister_relation("internal_rows");
-	tuplestore_end(store);
+	if (store != NULL)
+	{
+		SPI_unregister_relation("internal_rows");
+		tuplestore_end(store);
+	}
 	check_reference_lengths(r, run_id);
 
 	values[3] = r->grace;
 	payments_execute_once(pool_sql, 4,
 						  (Oid[]) {INT8OID, INT8OID, INT8OID, INTERVALOID},
 						  values, NULL, SPI_OK_INSERT);
-	values[1] = Int64GetDatum((int64) enr->md.enrtuples);
-	payments_execute_once(finish_sql, 3, (Oid[]) {INT8OID, INT8OID, INT8OID},
+	values[1] = Int64GetDatum(run_id);
+	payments_execute_once(finish_sql, 2, (Oid[]) {INT8OID, INT8OID},
 						  values, NULL, SPI_OK_UPDATE);
 
 	values[0] = Int64GetDatum(r->id);
 	values[1] = Int64GetDatum(s->id);
+
 	/*
 	 * The latest run on a statement, or on another statement of the same
 	 * provider, period and source (the same file sent again, corrected),
