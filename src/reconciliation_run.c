@@ -81,7 +81,8 @@ static bool running = false;
 
 /*
  * Writes the differences of run $3 of reconciliation $2 on statement $1.
- * $4 tolerance, $5 status map, $6 the end of the statement's period, $7
+ * $4 tolerance, $5 the status map (written into the query as CASEs, see
+ * status_expression), $6 the end of the statement's period, $7
  * the grace, $8 whether currencies are compared.
  */
 static const char classify_sql[] =
@@ -93,7 +94,8 @@ static const char classify_sql[] =
 " SELECT $3, $2, $1, c.class, coalesce(c.payment_ref, c.ref),"
 "  coalesce(c.payment_ref, c.ref), c.external_id,"
 "  coalesce(c.l_amount::pg_catalog.numeric, c.i_amount),"
-"  coalesce(c.l_currency::pg_catalog.text, c.i_currency),"
+"  coalesce(c.l_currency::pg_catalog.text,"
+"           pg_catalog.upper(pg_catalog.btrim(c.i_currency))),"
 "  c.i_amount, c.l_amount, c.i_currency, c.l_currency, c.i_status, c.l_status,"
 "  c.at, c.occurred_at, c.class = 'missing_external' AND NOT c.due,"
 "  c.pool_state IS NOT NULL"
@@ -103,19 +105,20 @@ static const char classify_sql[] =
 "          WHEN l.n > 1 THEN 'duplicate_external'"
 "          WHEN i.ref IS NULL THEN 'missing_internal'"
 "          WHEN $8 AND i.currency IS DISTINCT FROM l.currency::pg_catalog.text"
-"               THEN 'currency_mismatch'"
+"               AND pg_catalog.upper(pg_catalog.btrim(i.currency))"
+"                   IS DISTINCT FROM l.currency::pg_catalog.text THEN 'currency_mismatch'"
 "          WHEN i.amount IS NULL"
 "               OR i.amount <> l.amount"
 "                  AND pg_catalog.abs(l.amount - i.amount) > $4 THEN 'amount_mismatch'"
-"          WHEN coalesce($5 -> 'internal' ->> i.status, i.status) IS DISTINCT FROM"
-"               coalesce($5 -> 'external' ->> l.status, l.status) THEN 'status_mismatch'"
+"          WHEN %s IS DISTINCT FROM %s THEN 'status_mismatch'"
 "          ELSE 'matched'"
 "        END AS class,"
 "        l.external_id, l.payment_ref, l.amount AS l_amount,"
 "        l.currency AS l_currency, l.status AS l_status, l.occurred_at,"
 "        i.ref, i.amount AS i_amount, i.currency AS i_currency,"
 "        i.status AS i_status, i.at, i.pooled, i.pool_state,"
-"        i.at + $7 <= $6 OR i.pool_state IS NOT DISTINCT FROM 'declared' AS due"
+"        l.external_id IS NULL"
+"        AND (i.at + $7 <= $6 OR i.pool_state IS NOT DISTINCT FROM 'declared') AS due"
 "       FROM (SELECT s.external_id, s.payment_ref, s.amount, s.currency, s.status,"
 "               s.occurred_at,"
 "               pg_catalog.row_number() OVER"
@@ -215,8 +218,9 @@ internal_rows_desc(void)
  * in p (lower bound, upper bound, references).  Every value is converted
  * here, so that the classification compares built-in types only: an
  * amount that is not a number (NaN, Infinity) reads as NULL, which differs
- * from any line's amount, and a currency is upper-cased and trimmed, as
- * the lines' are written.  References are compared as text, as the grace
+ * from any line's amount.  (A currency is compared upper-cased and
+ * trimmed, as the lines' are written, by the classification, and only when
+ * it is not equal as it is.)  References are compared as text, as the grace
  * pool keeps them: its references may come from an earlier definition
  * whose column had another type.  An index on the column (on ref::text
  * for another type than text) finds the few rows.  With direct, the query
@@ -256,8 +260,7 @@ internal_query(Reconciliation *r, Statement *s, const char *relname,
 					 ref, quote_identifier(r->amount_col),
 					 quote_identifier(r->status_col), at);
 	if (r->currency_col != NULL)
-		appendStringInfo(&buf, "pg_catalog.upper(pg_catalog.btrim(t.%s::pg_catalog.text"
-						 " COLLATE pg_catalog.\"default\"))",
+		appendStringInfo(&buf, "t.%s::pg_catalog.text COLLATE pg_catalog.\"default\"",
 						 quote_identifier(r->currency_col));
 	else
 		appendStringInfoString(&buf, "NULL::pg_catalog.text");
@@ -449,6 +452,38 @@ check_reference_lengths(Reconciliation *r, int64 run_id)
 }
 
 /*
+ * The status of column mapped by side ("internal" or "external") of the
+ * status map: a CASE of the map's (checked, quoted) strings, which the
+ * classification evaluates for every line and row far faster than a look
+ * up in the jsonb.  The caller is connected to SPI and acts as the owner.
+ */
+static char *
+status_expression(Reconciliation *r, const char *side, const char *column)
+{
+	StringInfoData buf;
+	Datum		values[2];
+	uint64		n;
+
+	if (r->status_map == (Datum) 0)
+		return pstrdup(column);
+	values[0] = r->status_map;
+	values[1] = CStringGetTextDatum(side);
+	n = payments_execute_once("SELECT m.key, m.value FROM pg_catalog.jsonb_each_text("
+							  "  $1 OPERATOR(pg_catalog.->) $2) m ORDER BY m.key",
+							  2, (Oid[]) {JSONBOID, TEXTOID}, values, NULL, SPI_OK_SELECT);
+	if (n == 0)
+		return pstrdup(column);
+	initStringInfo(&buf);
+	appendStringInfo(&buf, "CASE %s", column);
+	for (uint64 i = 0; i < n; i++)
+		appendStringInfo(&buf, " WHEN %s THEN %s",
+						 quote_literal_cstr(SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1)),
+						 quote_literal_cstr(SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2)));
+	appendStringInfo(&buf, " ELSE %s END", column);
+	return buf.data;
+}
+
+/*
  * A run.  Our side is read one of two ways.  Where reading the source
  * cannot run any code of a user's (a plain table, without row-level
  * security, whose named columns have built-in types: no view, function,
@@ -571,8 +606,11 @@ reconcile(Reconciliation *r, Statement *s, Oid caller, Oid tables_owner)
 	guc_level = NewGUCNestLevel();
 	(void) set_config_option("jit", "off", PGC_USERSET, PGC_S_SESSION,
 							 GUC_ACTION_SAVE, true, 0, false);
-	payments_execute_once(psprintf(classify_sql, our_side), RUN_NPARAMS, types,
-						  values, nulls, SPI_OK_INSERT);
+	payments_execute_once(psprintf(classify_sql,
+								   status_expression(r, "internal", "i.status"),
+								   status_expression(r, "external", "l.status"),
+								   our_side),
+						  RUN_NPARAMS, types, values, nulls, SPI_OK_INSERT);
 	AtEOXact_GUC(true, guc_level);
 	if (store != NULL)
 	{
