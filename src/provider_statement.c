@@ -53,6 +53,9 @@ PG_FUNCTION_INFO_V1(payments_statement_for_copy);
 static char *statement_id_setting = NULL;
 static int64 statement_id_for_copy = 0;
 
+/* A statement of at least this many lines has the table analyzed at close */
+#define STATEMENT_ANALYZE_LINES	10000
+
 /* The last year a statement's period may reach */
 #define STATEMENT_LAST_YEAR		9999
 
@@ -421,6 +424,15 @@ payments_statement_close(PG_FUNCTION_ARGS)
 					 " WHERE id = $1",
 					 4, (Oid[]) {INT8OID, INT8OID, NUMERICOID, JSONBOID});
 	payments_execute(close_plan, values, NULL, SPI_OK_UPDATE, 0);
+
+	/*
+	 * A file of many lines, loaded a moment ago, is reconciled next: give
+	 * the planner its statistics now rather than when autovacuum comes by,
+	 * or it takes the statement for a few lines and plans the run so.
+	 */
+	if (DatumGetInt64(values[1]) >= STATEMENT_ANALYZE_LINES)
+		payments_execute_once("ANALYZE @extschema@.statement_lines", 0, NULL, NULL, NULL,
+							  SPI_OK_UTILITY);
 	SPI_finish();
 	payments_end_as_owner(&saved);
 	PG_RETURN_VOID();
