@@ -50,7 +50,8 @@ OBJS = \
 	src/reconciliation_define.o \
 	src/provider_statement.o \
 	src/reconciliation_run.o \
-	src/reconciliation_heal.o
+	src/reconciliation_heal.o \
+	src/tcc_fence.o
 
 # src/sql/ holds everything CREATE EXTENSION and ALTER EXTENSION run.  The
 # current version's install script is assembled from one fragment per
@@ -66,6 +67,7 @@ SQL_FRAGMENTS = \
 	src/sql/50_compensation.sql \
 	src/sql/60_callbacks.sql \
 	src/sql/70_reconciliation.sql \
+	src/sql/80_tcc.sql \
 	src/sql/90_privileges.sql
 
 # The update step from the last release is assembled too, until it ships:
@@ -80,6 +82,7 @@ UPDATE_FRAGMENTS = \
 	src/sql/update-$(UPDATE_FROM)--$(EXTVERSION).sql \
 	src/sql/60_callbacks.sql \
 	src/sql/70_reconciliation.sql \
+	src/sql/80_tcc.sql \
 	src/sql/90_privileges.sql
 
 DATA_built = \
@@ -114,7 +117,8 @@ REGRESS = \
 	reconciliation_errors \
 	reconciliation_rights \
 	reconciliation_attack \
-	reconciliation_attack2
+	reconciliation_attack2 \
+	tcc
 REGRESS_OPTS = --no-locale --encoding=UTF8
 
 ISOLATION = \

@@ -15,6 +15,7 @@
 #include "compensation.h"
 #include "idempotency.h"
 #include "reconciliation.h"
+#include "tcc.h"
 #include "worker.h"
 
 #include "fmgr.h"
@@ -35,6 +36,7 @@ _PG_init(void)
 	callback_expectations_init();
 	callback_failures_init();
 	statement_init();
+	tcc_init();
 	worker_init();
 
 	MarkGUCPrefixReserved("payments");

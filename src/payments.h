@@ -62,6 +62,11 @@
 #define ERRCODE_PM_RECONCILIATION_ITEM_NOT_FOUND MAKE_SQLSTATE('P','M','5','0','8')
 #define ERRCODE_PM_DIFFERENCE_HEALED			MAKE_SQLSTATE('P','M','5','0','9')
 
+/* TCC fence (PM6xx) */
+#define ERRCODE_PM_TCC_NOT_TRIED				MAKE_SQLSTATE('P','M','6','0','1')
+#define ERRCODE_PM_TCC_CANCELLED				MAKE_SQLSTATE('P','M','6','0','2')
+#define ERRCODE_PM_TCC_CONFIRMED				MAKE_SQLSTATE('P','M','6','0','3')
+
 /*
  * The role whose members steer every role's compensations and read every
  * provider's callbacks (src/sql/90_privileges.sql creates it).

@@ -80,6 +80,7 @@ static const WorkerTask worker_tasks[] = {
 	{"run compensations", "run_compensations", false},
 	{"chase callbacks", "chase_callbacks", true},
 	{"purge callbacks", "purge_callbacks", true},
+	{"purge tcc fence", "purge_tcc_fence", true},
 };
 
 static int	my_slotno = -1;

@@ -95,7 +95,10 @@ GRANT EXECUTE ON FUNCTION
     payments.statement_close(bigint),
     payments.reconcile(text, bigint),
     payments.accept_difference(bigint, text),
-    payments.statement_for_copy()
+    payments.statement_for_copy(),
+    payments.tcc_try(text, text, text),
+    payments.tcc_confirm(text, text),
+    payments.tcc_cancel(text, text)
     TO payments_app;
 -- Statement lines are loaded by COPY: INSERT, and nothing else, on the
 -- table; its trigger checks that each line goes to an open statement of
@@ -107,6 +110,7 @@ GRANT SELECT ON payments.state_machines TO payments_app;
 GRANT SELECT ON payments.compensation_stats TO payments_app;
 GRANT SELECT ON payments.callback_stats, payments.callback_expectations TO payments_app;
 GRANT SELECT ON payments.reconciliation_summary, payments.reconciliation_open TO payments_app;
+GRANT SELECT ON payments.tcc_branches TO payments_app;
 
 -- The operator: the compensation queue, read and steered (the functions
 -- check who may change which item, see src/compensation.c).
@@ -141,3 +145,5 @@ GRANT SELECT ON payments.reconciliations, payments.reconciliation_policies,
     payments.reconciliation_items, payments.reconciliation_pool,
     payments.reconciliation_heals, payments.reconciliation_summary,
     payments.reconciliation_open TO payments_operator;
+-- And every role's TCC branches.
+GRANT SELECT ON payments.tcc_fence, payments.tcc_branches TO payments_operator;

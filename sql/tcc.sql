@@ -1,0 +1,115 @@
+--
+-- TCC fence: every phase of a branch in every order, each told to proceed
+-- at most once; the empty rollback and the suspended late Try; the
+-- errors; branches of one role are not another's; the stuck view; the
+-- purge keeps live rows.
+--
+CREATE EXTENSION payments;
+\set SHOW_CONTEXT never
+CREATE ROLE regress_tcc_alice LOGIN;
+CREATE ROLE regress_tcc_bob LOGIN;
+GRANT payments_app TO regress_tcc_alice, regress_tcc_bob;
+SET ROLE regress_tcc_alice;
+
+-- Try, Try again, Confirm, Confirm again, Cancel after Confirm
+SELECT payments.tcc_try('g1', 'stock', 'reserve');
+SELECT payments.tcc_try('g1', 'stock', 'reserve');
+SELECT payments.tcc_confirm('g1', 'stock');
+SELECT payments.tcc_confirm('g1', 'stock');
+\set VERBOSITY sqlstate
+SELECT payments.tcc_cancel('g1', 'stock');
+\echo :LAST_ERROR_SQLSTATE
+\set VERBOSITY default
+SELECT payments.tcc_cancel('g1', 'stock');
+
+-- Try, Cancel, Cancel again, a late Try retried, Confirm after Cancel
+SELECT payments.tcc_try('g2', 'stock');
+SELECT payments.tcc_cancel('g2', 'stock');
+SELECT payments.tcc_cancel('g2', 'stock');
+SELECT payments.tcc_try('g2', 'stock');
+\set VERBOSITY sqlstate
+SELECT payments.tcc_confirm('g2', 'stock');
+\echo :LAST_ERROR_SQLSTATE
+\set VERBOSITY default
+
+-- Cancel before any Try: empty, and the late Try is suspended
+SELECT payments.tcc_cancel('g3', 'points');
+SELECT payments.tcc_cancel('g3', 'points');
+SELECT payments.tcc_try('g3', 'points');
+SELECT payments.tcc_confirm('g3', 'points');
+
+-- Confirm without a Try
+SELECT payments.tcc_confirm('g4', 'points');
+
+-- A Try whose transaction rolls back leaves nothing: its Cancel is empty
+BEGIN;
+SELECT payments.tcc_try('g5', 'stock');
+ROLLBACK;
+SELECT payments.tcc_cancel('g5', 'stock');
+
+-- The branches, as the view shows them to their role
+SELECT gid, branch_id, action, state, stuck FROM payments.tcc_branches ORDER BY gid, branch_id;
+SET payments.tcc_stuck_after = '1s';
+SELECT payments.tcc_try('g6', 'stock');
+RESET ROLE;
+UPDATE payments.tcc_fence SET updated_at = now() - interval '1 minute' WHERE gid = 'g6';
+SET ROLE regress_tcc_alice;
+SET payments.tcc_stuck_after = '1s';
+SELECT gid, state, stuck FROM payments.tcc_branches WHERE gid = 'g6';
+RESET payments.tcc_stuck_after;
+
+--
+-- Another role's branches: bob's g1 is his own branch, and he sees, steers
+-- and blocks nothing of alice's.
+--
+SET ROLE regress_tcc_bob;
+SELECT count(*) FROM payments.tcc_branches;
+SELECT payments.tcc_cancel('g6', 'stock');
+SELECT payments.tcc_try('g1', 'stock');
+SELECT count(*) FROM payments.tcc_fence;
+\echo :LAST_ERROR_SQLSTATE
+SELECT gid, branch_id, state FROM payments.tcc_branches ORDER BY gid;
+SET ROLE regress_tcc_alice;
+SELECT state FROM payments.tcc_branches WHERE gid = 'g6';
+SELECT payments.tcc_confirm('g6', 'stock');
+
+--
+-- Bad input: 22004, 22023, nothing written
+--
+RESET ROLE;
+SELECT count(*) AS branches FROM payments.tcc_fence \gset
+SET ROLE regress_tcc_alice;
+\set VERBOSITY sqlstate
+SELECT payments.tcc_try(NULL, 'b');
+SELECT payments.tcc_try('g', NULL);
+SELECT payments.tcc_confirm(NULL, 'b');
+SELECT payments.tcc_cancel('g', NULL);
+SELECT payments.tcc_try('', 'b');
+SELECT payments.tcc_try('g', '');
+SELECT payments.tcc_try(repeat('g', 256), 'b');
+SELECT payments.tcc_try('g', repeat('b', 256));
+SELECT payments.tcc_try('g', 'b', repeat('a', 256));
+SELECT payments.tcc_try('g', 'b', '');
+\set VERBOSITY default
+RESET ROLE;
+SELECT count(*) = :branches AS unchanged FROM payments.tcc_fence;
+-- ids of 255 bytes are fine
+SELECT payments.tcc_try(repeat('g', 255), repeat('b', 255));
+
+--
+-- The purge: finished branches past the retention go; tried ones and
+-- recent ones stay.
+--
+UPDATE payments.tcc_fence SET updated_at = now() - interval '8 days';
+SET ROLE regress_tcc_alice;
+SELECT payments.tcc_cancel('g7', 'stock');
+RESET ROLE;
+SELECT payments.purge_tcc_fence();
+SELECT left(gid, 8) AS gid, owner, state FROM payments.tcc_fence ORDER BY 1, 2;
+SET ROLE regress_tcc_alice;
+SELECT payments.purge_tcc_fence();
+\echo :LAST_ERROR_SQLSTATE
+RESET ROLE;
+
+DROP EXTENSION payments;
+DROP ROLE regress_tcc_alice, regress_tcc_bob;
