@@ -147,7 +147,8 @@ ISOLATION = \
 	callback_expect_race \
 	reconciliation_concurrent_runs \
 	reconciliation_heal_race \
-	statement_close_race
+	statement_close_race \
+	tcc_fence_race
 ISOLATION_OPTS = --inputdir=test/isolation --load-extension=$(EXTENSION) --no-locale --encoding=UTF8
 
 TAP_TESTS = 1

@@ -100,7 +100,7 @@ SELECT payments.tcc_try(repeat('g', 255), repeat('b', 255));
 -- The purge: finished branches past the retention go; tried ones and
 -- recent ones stay.
 --
-UPDATE payments.tcc_fence SET updated_at = now() - interval '8 days';
+UPDATE payments.tcc_fence SET created_at = now() - interval '8 days';
 SET ROLE regress_tcc_alice;
 SELECT payments.tcc_cancel('g7', 'stock');
 RESET ROLE;

@@ -273,8 +273,9 @@ payments_tcc_cancel(PG_FUNCTION_ARGS)
 
 /*
  * payments.purge_tcc_fence(max_rows): the worker's task.  Finished
- * branches older than payments.tcc_fence_retention go, a batch at a time;
- * rows that a call holds are skipped, never waited for.
+ * branches created longer than payments.tcc_fence_retention ago go, a
+ * batch at a time; rows that a call holds are skipped, never waited for,
+ * and a branch still tried stays (payments.tcc_branches shows it stuck).
  */
 Datum
 payments_purge_tcc_fence(PG_FUNCTION_ARGS)
@@ -290,7 +291,7 @@ payments_purge_tcc_fence(PG_FUNCTION_ARGS)
 	payments_prepare(&purge_plan,
 					 "DELETE FROM @extschema@.tcc_fence WHERE ctid = ANY (ARRAY("
 					 " SELECT ctid FROM @extschema@.tcc_fence"
-					 " WHERE state <> 'tried' AND updated_at < now() - $2 * interval '1 second'"
+					 " WHERE created_at < now() - $2 * interval '1 second' AND state <> 'tried'"
 					 " LIMIT $1 FOR UPDATE SKIP LOCKED))",
 					 2, (Oid[]) {INT4OID, INT4OID});
 	n = payments_execute(purge_plan, values, NULL, SPI_OK_DELETE, 0);

@@ -16,14 +16,16 @@ CREATE TABLE payments.tcc_fence (
     created_at  timestamptz NOT NULL DEFAULT now(),
     updated_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (owner, gid, branch_id)
-);
+) WITH (fillfactor = 80);   -- room for the Confirm's or Cancel's HOT update
 
 COMMENT ON TABLE payments.tcc_fence IS
     'One row per TCC branch of a role: tried, confirmed, cancelled, or suspended (cancelled before any Try)';
 
--- The purge's index: finished branches by age.
-CREATE INDEX tcc_fence_finished_idx
-    ON payments.tcc_fence (updated_at) WHERE state <> 'tried';
+-- The purge's index: branches come in time order, and a BRIN index on the
+-- creation time, which no update changes, leaves the Confirm and the
+-- Cancel HOT updates.
+CREATE INDEX tcc_fence_created_idx
+    ON payments.tcc_fence USING brin (created_at);
 
 SELECT pg_catalog.pg_extension_config_dump('payments.tcc_fence', '');
 
@@ -72,4 +74,4 @@ CREATE FUNCTION payments.purge_tcc_fence(max_rows integer DEFAULT 10000)
     SET search_path = pg_catalog, pg_temp;
 
 COMMENT ON FUNCTION payments.purge_tcc_fence(integer) IS
-    'Delete up to max_rows finished TCC branches older than payments.tcc_fence_retention; returns how many';
+    'Delete up to max_rows finished TCC branches created longer than payments.tcc_fence_retention ago; returns how many';
