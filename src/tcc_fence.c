@@ -32,7 +32,10 @@
  * A branch belongs to the role that wrote it: the role is part of the key,
  * so no other role can see, steer or block it.  The functions act as the
  * caller and take the extension owner's rights only around their own
- * statement (owner_rights.c).
+ * statement (owner_rights.c).  Every name those statements use is
+ * qualified, so the caller's search_path cannot change what they mean, and
+ * it is left as it is: pinning it would cost a setting per call on the
+ * participant's hot path.
  *
  *-------------------------------------------------------------------------
  */
@@ -111,7 +114,8 @@ branch_state(Datum *key)
 {
 	payments_prepare(&state_plan,
 					 "SELECT state FROM @extschema@.tcc_fence"
-					 " WHERE owner = $1::pg_catalog.regrole AND gid = $2 AND branch_id = $3",
+					 " WHERE owner OPERATOR(pg_catalog.=) $1::pg_catalog.regrole"
+					 " AND gid OPERATOR(pg_catalog.=) $2 AND branch_id OPERATOR(pg_catalog.=) $3",
 					 3, (Oid[]) {OIDOID, TEXTOID, TEXTOID});
 	if (payments_execute(state_plan, key, NULL, SPI_OK_SELECT, 0) == 0)
 		return NULL;
@@ -153,7 +157,7 @@ payments_tcc_try(PG_FUNCTION_ARGS)
 	else
 		key[3] = PointerGetDatum(payments_arg_text(fcinfo, 2, "action", TCC_ID_MAX_BYTES));
 
-	payments_begin_as_owner(payments_function_owner(fcinfo->flinfo->fn_oid), true, &saved);
+	payments_begin_as_owner(payments_function_owner(fcinfo->flinfo->fn_oid), false, &saved);
 	SPI_connect();
 	payments_prepare(&try_plan,
 					 "INSERT INTO @extschema@.tcc_fence (owner, gid, branch_id, action, state)"
@@ -190,11 +194,14 @@ payments_tcc_confirm(PG_FUNCTION_ARGS)
 	char	   *state;
 
 	branch_key(fcinfo, key);
-	payments_begin_as_owner(payments_function_owner(fcinfo->flinfo->fn_oid), true, &saved);
+	payments_begin_as_owner(payments_function_owner(fcinfo->flinfo->fn_oid), false, &saved);
 	SPI_connect();
 	payments_prepare(&confirm_plan,
-					 "UPDATE @extschema@.tcc_fence SET state = 'confirmed', updated_at = now()"
-					 " WHERE owner = $1::pg_catalog.regrole AND gid = $2 AND branch_id = $3 AND state = 'tried'",
+					 "UPDATE @extschema@.tcc_fence SET state = 'confirmed',"
+					 " updated_at = pg_catalog.now()"
+					 " WHERE owner OPERATOR(pg_catalog.=) $1::pg_catalog.regrole"
+					 " AND gid OPERATOR(pg_catalog.=) $2 AND branch_id OPERATOR(pg_catalog.=) $3"
+					 " AND state OPERATOR(pg_catalog.=) 'tried'",
 					 3, (Oid[]) {OIDOID, TEXTOID, TEXTOID});
 	if (!branch_changed(confirm_plan, key, NULL, SPI_OK_UPDATE))
 	{
@@ -228,11 +235,14 @@ payments_tcc_cancel(PG_FUNCTION_ARGS)
 	const char *answer = NULL;
 
 	branch_key(fcinfo, key);
-	payments_begin_as_owner(payments_function_owner(fcinfo->flinfo->fn_oid), true, &saved);
+	payments_begin_as_owner(payments_function_owner(fcinfo->flinfo->fn_oid), false, &saved);
 	SPI_connect();
 	payments_prepare(&cancel_plan,
-					 "UPDATE @extschema@.tcc_fence SET state = 'cancelled', updated_at = now()"
-					 " WHERE owner = $1::pg_catalog.regrole AND gid = $2 AND branch_id = $3 AND state = 'tried'",
+					 "UPDATE @extschema@.tcc_fence SET state = 'cancelled',"
+					 " updated_at = pg_catalog.now()"
+					 " WHERE owner OPERATOR(pg_catalog.=) $1::pg_catalog.regrole"
+					 " AND gid OPERATOR(pg_catalog.=) $2 AND branch_id OPERATOR(pg_catalog.=) $3"
+					 " AND state OPERATOR(pg_catalog.=) 'tried'",
 					 3, (Oid[]) {OIDOID, TEXTOID, TEXTOID});
 	payments_prepare(&suspend_plan,
 					 "INSERT INTO @extschema@.tcc_fence (owner, gid, branch_id, state)"
