@@ -97,12 +97,19 @@ SELECT count(*) = :branches AS unchanged FROM payments.tcc_fence;
 SELECT payments.tcc_try(repeat('g', 255), repeat('b', 255));
 
 --
--- The purge: finished branches past the retention go; tried ones and
--- recent ones stay.
+-- The purge: branches that finished past the retention go; tried ones,
+-- recent ones, and one tried long ago but confirmed just now stay.
 --
-UPDATE payments.tcc_fence SET created_at = now() - interval '8 days';
+UPDATE payments.tcc_fence SET created_at = now() - interval '8 days',
+                              updated_at = now() - interval '8 days';
 SET ROLE regress_tcc_alice;
 SELECT payments.tcc_cancel('g7', 'stock');
+SELECT payments.tcc_try('g8', 'stock');
+RESET ROLE;
+UPDATE payments.tcc_fence SET created_at = now() - interval '8 days',
+                              updated_at = now() - interval '8 days' WHERE gid = 'g8';
+SET ROLE regress_tcc_alice;
+SELECT payments.tcc_confirm('g8', 'stock');
 RESET ROLE;
 SELECT payments.purge_tcc_fence();
 SELECT left(gid, 8) AS gid, owner, state FROM payments.tcc_fence ORDER BY 1, 2;

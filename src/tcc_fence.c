@@ -47,6 +47,7 @@
 #include "owner_rights.h"
 #include "spi_util.h"
 
+#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
@@ -120,6 +121,36 @@ branch_state(Datum *key)
 	if (payments_execute(state_plan, key, NULL, SPI_OK_SELECT, 0) == 0)
 		return NULL;
 	return SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+}
+
+/*
+ * Under REPEATABLE READ or SERIALIZABLE, the state the transaction's
+ * snapshot shows may be older than the branch: a Try or a Cancel that
+ * committed since.  Deciding on it would tell a coordinator "never tried"
+ * for a branch that was, so a state that differs from the latest one is a
+ * serialization failure, as for the calls that write.
+ */
+static void
+check_state_current(Datum *key, const char *state)
+{
+	char	   *latest = NULL;
+
+	if (!IsolationUsesXactSnapshot())
+		return;
+	if (payments_execute_latest("SELECT state FROM @extschema@.tcc_fence"
+								" WHERE owner OPERATOR(pg_catalog.=) $1::pg_catalog.regrole"
+								" AND gid OPERATOR(pg_catalog.=) $2"
+								" AND branch_id OPERATOR(pg_catalog.=) $3",
+								3, (Oid[]) {OIDOID, TEXTOID, TEXTOID}, key, NULL,
+								SPI_OK_SELECT) == 1)
+		latest = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	if ((latest == NULL) != (state == NULL) ||
+		(latest != NULL && strcmp(latest, state) != 0))
+		ereport(ERROR,
+				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+				 errmsg("could not serialize access due to a concurrent change of TCC branch \"%s\" of transaction \"%s\"",
+						TextDatumGetCString(key[2]), TextDatumGetCString(key[1])),
+				 errhint("Retry the transaction.")));
 }
 
 /* Whether the branch's row did what plan asks of it. */
@@ -206,6 +237,7 @@ payments_tcc_confirm(PG_FUNCTION_ARGS)
 	if (!branch_changed(confirm_plan, key, NULL, SPI_OK_UPDATE))
 	{
 		state = branch_state(key);
+		check_state_current(key, state);
 		if (state == NULL)
 			ereport(ERROR,
 					(errcode(ERRCODE_PM_TCC_NOT_TRIED),
@@ -282,9 +314,10 @@ payments_tcc_cancel(PG_FUNCTION_ARGS)
 }
 
 /*
- * payments.purge_tcc_fence(max_rows): the worker's task.  Finished
- * branches created longer than payments.tcc_fence_retention ago go, a
- * batch at a time; rows that a call holds are skipped, never waited for,
+ * payments.purge_tcc_fence(max_rows): the worker's task.  Branches that
+ * finished longer than payments.tcc_fence_retention ago go, a batch at a
+ * time (the BRIN index on created_at, never later than updated_at, finds
+ * the candidates); rows that a call holds are skipped, never waited for,
  * and a branch still tried stays (payments.tcc_branches shows it stuck).
  */
 Datum
@@ -301,7 +334,8 @@ payments_purge_tcc_fence(PG_FUNCTION_ARGS)
 	payments_prepare(&purge_plan,
 					 "DELETE FROM @extschema@.tcc_fence WHERE ctid = ANY (ARRAY("
 					 " SELECT ctid FROM @extschema@.tcc_fence"
-					 " WHERE created_at < now() - $2 * interval '1 second' AND state <> 'tried'"
+					 " WHERE created_at < now() - $2 * interval '1 second'"
+					 "   AND updated_at < now() - $2 * interval '1 second' AND state <> 'tried'"
 					 " LIMIT $1 FOR UPDATE SKIP LOCKED))",
 					 2, (Oid[]) {INT4OID, INT4OID});
 	n = payments_execute(purge_plan, values, NULL, SPI_OK_DELETE, 0);

@@ -12,7 +12,8 @@ CREATE TABLE payments.tcc_fence (
     gid         text COLLATE "C" NOT NULL,
     branch_id   text COLLATE "C" NOT NULL,
     action      text,
-    state       text        NOT NULL,
+    state       text        NOT NULL
+        CHECK (state IN ('tried', 'confirmed', 'cancelled', 'suspended')),
     created_at  timestamptz NOT NULL DEFAULT now(),
     updated_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (owner, gid, branch_id)
@@ -74,4 +75,4 @@ CREATE FUNCTION payments.purge_tcc_fence(max_rows integer DEFAULT 10000)
     SET search_path = pg_catalog, pg_temp;
 
 COMMENT ON FUNCTION payments.purge_tcc_fence(integer) IS
-    'Delete up to max_rows finished TCC branches created longer than payments.tcc_fence_retention ago; returns how many';
+    'Delete up to max_rows TCC branches that finished longer than payments.tcc_fence_retention ago; returns how many';
