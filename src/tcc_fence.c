@@ -109,16 +109,31 @@ branch_key(FunctionCallInfo fcinfo, Datum *key)
 	payments_check_not_in_recovery();
 }
 
-/* The state of the branch, or NULL; the caller is connected to SPI. */
+/* The state of a branch, by its key */
+static const char branch_state_sql[] =
+"SELECT state FROM @extschema@.tcc_fence"
+" WHERE owner OPERATOR(pg_catalog.=) $1::pg_catalog.regrole"
+" AND gid OPERATOR(pg_catalog.=) $2 AND branch_id OPERATOR(pg_catalog.=) $3";
+
+/*
+ * The state of the branch, or NULL, as the statement's snapshot shows it
+ * or, with latest, as it is now.  The caller is connected to SPI.
+ */
 static char *
-branch_state(Datum *key)
+branch_state(Datum *key, bool latest)
 {
-	payments_prepare(&state_plan,
-					 "SELECT state FROM @extschema@.tcc_fence"
-					 " WHERE owner OPERATOR(pg_catalog.=) $1::pg_catalog.regrole"
-					 " AND gid OPERATOR(pg_catalog.=) $2 AND branch_id OPERATOR(pg_catalog.=) $3",
-					 3, (Oid[]) {OIDOID, TEXTOID, TEXTOID});
-	if (payments_execute(state_plan, key, NULL, SPI_OK_SELECT, 0) == 0)
+	static const Oid types[] = {OIDOID, TEXTOID, TEXTOID};
+	uint64		n;
+
+	if (latest)
+		n = payments_execute_latest(branch_state_sql, 3, types, key, NULL,
+									SPI_OK_SELECT);
+	else
+	{
+		payments_prepare(&state_plan, branch_state_sql, 3, types);
+		n = payments_execute(state_plan, key, NULL, SPI_OK_SELECT, 0);
+	}
+	if (n == 0)
 		return NULL;
 	return SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 }
@@ -133,17 +148,11 @@ branch_state(Datum *key)
 static void
 check_state_current(Datum *key, const char *state)
 {
-	char	   *latest = NULL;
+	char	   *latest;
 
 	if (!IsolationUsesXactSnapshot())
 		return;
-	if (payments_execute_latest("SELECT state FROM @extschema@.tcc_fence"
-								" WHERE owner OPERATOR(pg_catalog.=) $1::pg_catalog.regrole"
-								" AND gid OPERATOR(pg_catalog.=) $2"
-								" AND branch_id OPERATOR(pg_catalog.=) $3",
-								3, (Oid[]) {OIDOID, TEXTOID, TEXTOID}, key, NULL,
-								SPI_OK_SELECT) == 1)
-		latest = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	latest = branch_state(key, true);
 	if ((latest == NULL) != (state == NULL) ||
 		(latest != NULL && strcmp(latest, state) != 0))
 		ereport(ERROR,
@@ -203,7 +212,7 @@ payments_tcc_try(PG_FUNCTION_ARGS)
 			report_gone(key);
 		if (branch_changed(try_plan, key, nulls, SPI_OK_INSERT))
 			answer = "proceed";
-		else if ((state = branch_state(key)) == NULL)
+		else if ((state = branch_state(key, false)) == NULL)
 			continue;			/* purged meanwhile: try again */
 		else if (strcmp(state, "tried") == 0 || strcmp(state, "confirmed") == 0)
 			answer = "duplicate";
@@ -236,7 +245,7 @@ payments_tcc_confirm(PG_FUNCTION_ARGS)
 					 3, (Oid[]) {OIDOID, TEXTOID, TEXTOID});
 	if (!branch_changed(confirm_plan, key, NULL, SPI_OK_UPDATE))
 	{
-		state = branch_state(key);
+		state = branch_state(key, false);
 		check_state_current(key, state);
 		if (state == NULL)
 			ereport(ERROR,
@@ -297,7 +306,7 @@ payments_tcc_cancel(PG_FUNCTION_ARGS)
 			answer = "proceed";
 		else if (branch_changed(suspend_plan, key, NULL, SPI_OK_INSERT))
 			answer = "empty";
-		else if ((state = branch_state(key)) == NULL || strcmp(state, "tried") == 0)
+		else if ((state = branch_state(key, false)) == NULL || strcmp(state, "tried") == 0)
 			continue;
 		else if (strcmp(state, "confirmed") == 0)
 			ereport(ERROR,
