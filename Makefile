@@ -51,7 +51,8 @@ OBJS = \
 	src/provider_statement.o \
 	src/reconciliation_run.o \
 	src/reconciliation_heal.o \
-	src/tcc_fence.o
+	src/tcc_fence.o \
+	src/saga.o
 
 # src/sql/ holds everything CREATE EXTENSION and ALTER EXTENSION run.  The
 # current version's install script is assembled from one fragment per
@@ -68,6 +69,7 @@ SQL_FRAGMENTS = \
 	src/sql/60_callbacks.sql \
 	src/sql/70_reconciliation.sql \
 	src/sql/80_tcc.sql \
+	src/sql/85_sagas.sql \
 	src/sql/90_privileges.sql
 
 # The update step from the last release is assembled too, until it ships:
@@ -83,6 +85,7 @@ UPDATE_FRAGMENTS = \
 	src/sql/60_callbacks.sql \
 	src/sql/70_reconciliation.sql \
 	src/sql/80_tcc.sql \
+	src/sql/85_sagas.sql \
 	src/sql/90_privileges.sql
 
 DATA_built = \
@@ -118,7 +121,9 @@ REGRESS = \
 	reconciliation_rights \
 	reconciliation_attack \
 	reconciliation_attack2 \
-	tcc
+	tcc \
+	compensation_chain \
+	saga
 REGRESS_OPTS = --no-locale --encoding=UTF8
 
 ISOLATION = \

@@ -32,7 +32,6 @@
 #include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
-#include "utils/resowner.h"
 #include "utils/timestamp.h"
 
 PG_FUNCTION_INFO_V1(payments_expect_callback);
@@ -182,57 +181,51 @@ payments_expect_callback(PG_FUNCTION_ARGS)
  * first).  Returns the item's id, 0 with *error set, or -1 to leave the
  * expectation for the next round.
  */
+typedef struct QueueQuery
+{
+	const char *handler_name;
+	Oid			handler_owner;
+	Oid			expected_by;
+	Datum		payload;
+	Oid			tables_owner;
+	int64		item;
+} QueueQuery;
+
+static void
+queue_query_now(void *arg)
+{
+	QueueQuery *q = arg;
+	Oid			handler;
+
+	handler = compensation_resolve_handler(q->handler_name, q->handler_owner);
+	q->item = compensation_enqueue(handler, q->payload, NULL, 0,
+								   GetCurrentTransactionStartTimestamp(), 0,
+								   q->expected_by, q->tables_owner);
+}
+
 static int64
 queue_query(int64 id, const char *handler_name, Oid handler_owner,
 			Oid expected_by, Datum payload, Oid tables_owner, char **error)
 {
-	MemoryContext cxt = CurrentMemoryContext;
-	ResourceOwner owner = CurrentResourceOwner;
-	volatile int64 item = 0;
+	QueueQuery	q = {handler_name, handler_owner, expected_by, payload, tables_owner, 0};
+	ErrorData  *edata = payments_run_in_subtransaction(queue_query_now, &q);
 
-	BeginInternalSubTransaction(NULL);
-	MemoryContextSwitchTo(cxt);
-	PG_TRY();
-	{
-		Oid			handler;
+	if (edata == NULL)
+		return q.item;
 
-		handler = compensation_resolve_handler(handler_name, handler_owner);
-		item = compensation_enqueue(handler, payload, NULL, 0,
-									GetCurrentTransactionStartTimestamp(),
-									expected_by, tables_owner);
-		ReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(cxt);
-		CurrentResourceOwner = owner;
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(cxt);
-		CurrentResourceOwner = owner;
-
-		/*
-		 * A cancel stops the task; a lock or serialization failure passes,
-		 * so the expectation is left for the next round.  Anything else is
-		 * the expectation's own: it is lost.
-		 */
-		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED ||
-			edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN)
-			ReThrowError(edata);
-		if (edata->sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE ||
-			edata->sqlerrcode == ERRCODE_T_R_SERIALIZATION_FAILURE ||
-			edata->sqlerrcode == ERRCODE_T_R_DEADLOCK_DETECTED)
-			item = -1;
-		else
-			*error = pstrdup(edata->message);
-		FreeErrorData(edata);
-	}
-	PG_END_TRY();
-	return item;
+	/*
+	 * A lock or serialization failure passes, so the expectation is left
+	 * for the next round.  Anything else is the expectation's own: it is
+	 * lost.
+	 */
+	if (edata->sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE ||
+		edata->sqlerrcode == ERRCODE_T_R_SERIALIZATION_FAILURE ||
+		edata->sqlerrcode == ERRCODE_T_R_DEADLOCK_DETECTED)
+		q.item = -1;
+	else
+		*error = pstrdup(edata->message);
+	FreeErrorData(edata);
+	return q.item;
 }
 
 /*

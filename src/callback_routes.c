@@ -429,7 +429,7 @@ queue_conflict(const char *handler_name, Oid handler_owner,
 	body = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 
 	return compensation_enqueue(handler, body, NULL, 0,
-								GetCurrentTransactionStartTimestamp(), GetUserId(),
+								GetCurrentTransactionStartTimestamp(), 0, GetUserId(),
 								tables_owner);
 }
 

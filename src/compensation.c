@@ -10,7 +10,15 @@
  *		 ^                  |
  *		 +----failure-------+--last attempt failed--> dead --retry--> pending
  *
- * and any item that has not succeeded can be cancelled.  A claim counts an
+ * and any item that has not succeeded can be cancelled.  An item queued
+ * after another (a chain, as a saga's undo is) starts as waiting, never
+ * due, and becomes pending in the transaction that settles the one it
+ * comes after: its success or its cancel.  A dead item therefore halts its
+ * chain where it stands, and retrying it resumes the chain.  Cancelling a
+ * waiting item passes its place to the items after it: they wait for what
+ * it waited for.  Locks are taken from the earlier item to the later one,
+ * as the worker's success and release take them, so that no two of these
+ * changes can deadlock.  A claim counts an
  * attempt and is committed before the handler runs, so an attempt cut
  * short by a crash is still counted; a claim whose lease runs out goes back
  * to pending (or dead) with a PM304 attempt row.  compensation_run.c has the
@@ -33,6 +41,7 @@
 #include "catalog/pg_type.h"
 #include "miscadmin.h"
 #include "utils/acl.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/regproc.h"
@@ -75,6 +84,10 @@ static SPIPlanPtr cancel_plan;
 static SPIPlanPtr status_plan;
 static SPIPlanPtr fail_plan;
 static SPIPlanPtr expire_plan;
+static SPIPlanPtr lock_after_plan;
+static SPIPlanPtr after_of_plan;
+static SPIPlanPtr release_plan;
+static SPIPlanPtr pass_place_plan;
 
 void
 compensation_init(void)
@@ -263,7 +276,8 @@ compensation_item_state(int64 id, int64 *token, bool *external)
 
 /*
  * payments.enqueue_compensation(handler, payload, dedup_key, max_attempts,
- * run_at)
+ * run_at, after).  Version 0.2.0 declared it without after, and its
+ * declaration calls this function until the update.
  */
 Datum
 payments_enqueue_compensation(PG_FUNCTION_ARGS)
@@ -272,6 +286,7 @@ payments_enqueue_compensation(PG_FUNCTION_ARGS)
 	text	   *dedup_key = NULL;
 	int32		max_attempts;
 	TimestampTz run_at;
+	int64		after = 0;
 
 	handler = compensation_arg_handler(fcinfo, 0);
 	payments_arg_not_null(fcinfo, 1, "compensation payload");
@@ -286,41 +301,32 @@ payments_enqueue_compensation(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("run_at must be a finite time")));
+	if (PG_NARGS() > 5 && !PG_ARGISNULL(5))
+	{
+		after = PG_GETARG_INT64(5);
+		if (run_at > GetCurrentTimestamp())
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("a compensation queued after another cannot have a later run_at"),
+					 errdetail("It runs as soon as compensation %lld has succeeded or been cancelled.",
+							   (long long) after)));
+	}
 
 	PG_RETURN_INT64(compensation_enqueue(handler, PG_GETARG_DATUM(1), dedup_key,
-										 max_attempts, run_at, GetUserId(),
+										 max_attempts, run_at, after, GetUserId(),
 										 payments_function_owner(fcinfo->flinfo->fn_oid)));
 }
 
 /*
- * Queue handler(payload) to run as caller, which must be able to call the
- * handler directly; the extension's tables are written as tables_owner.
- * max_attempts 0 means payments.max_attempts.  Returns the item's id, or
- * the id of the item queued before with the same handler and dedup key.
- * Other components queue their items here too (a callback's on_conflict
- * handler, an expected callback's query).
+ * Refuse a payload larger than payments.max_payload_size.  The raw size
+ * (uncompressed, header included) is measured without detoasting: the
+ * worker holds every payload of a batch in memory.
  */
-int64
-compensation_enqueue(Oid handler, Datum payload, text *dedup_key,
-					 int32 max_attempts, TimestampTz run_at, Oid caller,
-					 Oid tables_owner)
+void
+compensation_check_payload(Datum payload)
 {
-	static const Oid argtypes[] = {TEXTOID, JSONBOID, TEXTOID, INT4OID,
-	TIMESTAMPTZOID, OIDOID, OIDOID};
-	Oid			owner;
-	Size		payload_size;
-	Datum		values[7];
-	char		nulls[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
-	Datum		dedup_values[2];
-	PaymentsSavedUser saved;
-	int64		id = 0;
-	bool		isnull;
+	Size		payload_size = toast_raw_datum_size(payload);
 
-	/*
-	 * The raw size (uncompressed, header included) without detoasting: the
-	 * worker holds every payload of a batch in memory.
-	 */
-	payload_size = toast_raw_datum_size(payload);
 	if (payload_size > (Size) max_payload_size)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
@@ -328,6 +334,82 @@ compensation_enqueue(Oid handler, Datum payload, text *dedup_key,
 				 errdetail("The payload takes %zu bytes; the limit, payments.max_payload_size, is %d bytes.",
 						   payload_size, max_payload_size),
 				 errhint("Store large data in a table of your own and queue its key.")));
+}
+
+/*
+ * Lock the item an item comes after, so that it cannot settle until the
+ * caller's transaction ends, and say whether it has settled.  PM301 if it
+ * does not exist.  The caller is connected to SPI.
+ */
+static bool
+lock_after(int64 after)
+{
+	Datum		values[1];
+	bool		isnull;
+
+	payments_prepare(&lock_after_plan,
+					 "SELECT status IN ('succeeded', 'cancelled')"
+					 " FROM @extschema@.compensations WHERE id = $1 FOR SHARE",
+					 1, (Oid[]) {INT8OID});
+	values[0] = Int64GetDatum(after);
+	if (payments_execute(lock_after_plan, values, NULL, SPI_OK_SELECT, 0) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_PM_COMPENSATION_NOT_FOUND),
+				 errmsg("compensation %lld does not exist", (long long) after)));
+	return DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
+									  SPI_tuptable->tupdesc, 1, &isnull));
+}
+
+/*
+ * Whether item id comes after another, and which; PM301 if it does not
+ * exist.  The caller is connected to SPI.
+ */
+static bool
+item_after(int64 id, int64 *after)
+{
+	Datum		values[1];
+	bool		isnull;
+	Datum		d;
+
+	payments_prepare(&after_of_plan,
+					 "SELECT after FROM @extschema@.compensations WHERE id = $1",
+					 1, (Oid[]) {INT8OID});
+	values[0] = Int64GetDatum(id);
+	if (payments_execute(after_of_plan, values, NULL, SPI_OK_SELECT, 0) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_PM_COMPENSATION_NOT_FOUND),
+				 errmsg("compensation %lld does not exist", (long long) id)));
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	*after = isnull ? 0 : DatumGetInt64(d);
+	return !isnull;
+}
+
+/*
+ * Queue handler(payload) to run as caller, which must be able to call the
+ * handler directly; the extension's tables are written as tables_owner.
+ * max_attempts 0 means payments.max_attempts.  after, unless 0, is an item
+ * the caller may change (see compensation_rights.c) that this one waits
+ * for.  Returns the item's id, or the id of the item queued before with
+ * the same handler and dedup key.  Other components queue their items here
+ * too (a callback's on_conflict handler, an expected callback's query, a
+ * saga's undo).
+ */
+int64
+compensation_enqueue(Oid handler, Datum payload, text *dedup_key,
+					 int32 max_attempts, TimestampTz run_at, int64 after,
+					 Oid caller, Oid tables_owner)
+{
+	static const Oid argtypes[] = {TEXTOID, JSONBOID, TEXTOID, INT4OID,
+	TIMESTAMPTZOID, OIDOID, OIDOID, INT8OID};
+	Oid			owner;
+	Datum		values[8];
+	char		nulls[8] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', 'n'};
+	Datum		dedup_values[2];
+	PaymentsSavedUser saved;
+	int64		id = 0;
+	bool		isnull;
+
+	compensation_check_payload(payload);
 	if (max_attempts == 0)
 		max_attempts = default_max_attempts;
 	payments_check_not_in_recovery();
@@ -350,14 +432,25 @@ compensation_enqueue(Oid handler, Datum payload, text *dedup_key,
 
 	payments_begin_as_owner(tables_owner, true, &saved);
 	SPI_connect();
+	if (after != 0)
+	{
+		compensation_check_item_rights(after, caller, false);
+		values[7] = Int64GetDatum(after);
+		nulls[7] = ' ';
+		if (!lock_after(after))
+			values[4] = TimestampTzGetDatum(DT_NOEND);
+	}
+
+	/* A waiting item, whose next attempt is at infinity, is never due. */
 	payments_prepare(&insert_plan,
 					 "INSERT INTO @extschema@.compensations"
 					 " (handler, payload, dedup_key, max_attempts, next_attempt_at,"
-					 "  enqueued_by, handler_owner)"
-					 " VALUES ($1, $2, $3, $4, $5, $6::regrole, $7::regrole)"
+					 "  enqueued_by, handler_owner, after, status)"
+					 " VALUES ($1, $2, $3, $4, $5, $6::regrole, $7::regrole, $8,"
+					 "  CASE WHEN $5 = 'infinity' THEN 'waiting' ELSE 'pending' END)"
 					 " ON CONFLICT (handler, dedup_key) WHERE dedup_key IS NOT NULL DO NOTHING"
 					 " RETURNING id",
-					 7, argtypes);
+					 8, argtypes);
 	payments_prepare(&dedup_plan,
 					 "SELECT id, enqueued_by::oid FROM @extschema@.compensations"
 					 " WHERE handler = $1 AND dedup_key = $2",
@@ -450,18 +543,52 @@ payments_retry_compensation(PG_FUNCTION_ARGS)
 }
 
 /*
+ * The items queued after the ones in ids (an int8[] datum) are due now: the
+ * items they waited for have settled.  The caller is connected to SPI and
+ * holds the locks of the settled items.
+ */
+void
+compensation_release_next(Datum ids)
+{
+	payments_prepare(&release_plan,
+					 "UPDATE @extschema@.compensations"
+					 " SET status = 'pending', next_attempt_at = clock_timestamp(),"
+					 "  updated_at = clock_timestamp()"
+					 " WHERE after = ANY ($1) AND status = 'waiting'",
+					 1, (Oid[]) {INT8ARRAYOID});
+	if (payments_execute(release_plan, &ids, NULL, SPI_OK_UPDATE, 0) > 0)
+		payments_wake_worker_at_commit();
+}
+
+/* An int8[] of ids, for "id = ANY ($1)" */
+Datum
+compensation_ids_array(const int64 *ids, int n)
+{
+	Datum	   *elems = palloc(sizeof(Datum) * Max(n, 1));
+
+	for (int i = 0; i < n; i++)
+		elems[i] = Int64GetDatum(ids[i]);
+	return PointerGetDatum(construct_array(elems, n, INT8OID, sizeof(int64),
+										   FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+}
+
+/*
  * payments.cancel_compensation(id): any item that has not succeeded is
  * taken out of the queue.  An item the worker is running is locked until
  * its attempt ends, so this waits for it and is then refused if it
  * succeeded.  A claim held by an external executor is cancelled: its
  * complete_compensation will be refused.  Cancelling twice is a no-op.
+ * The items queued after it are released, or, if it was itself waiting,
+ * wait for what it waited for.
  */
 Datum
 payments_cancel_compensation(PG_FUNCTION_ARGS)
 {
 	int64		id = compensation_arg_id(fcinfo);
-	Datum		values[1];
+	Datum		values[2];
+	char		nulls[2] = {' ', ' '};
 	PaymentsSavedUser saved;
+	bool		isnull;
 
 	payments_check_not_in_recovery();
 	values[0] = Int64GetDatum(id);
@@ -472,19 +599,53 @@ payments_cancel_compensation(PG_FUNCTION_ARGS)
 					 " SET status = 'cancelled', finished_at = clock_timestamp(),"
 					 "  lease_expires_at = NULL, claim_token = NULL,"
 					 "  updated_at = clock_timestamp()"
-					 " WHERE id = $1 AND status IN ('pending', 'running', 'dead')",
-					 1, (Oid[]) {INT8OID});
-	if (payments_execute(cancel_plan, values, NULL, SPI_OK_UPDATE, 0) == 0)
+					 " WHERE id = $1 AND after IS NOT DISTINCT FROM $2"
+					 "  AND status IN ('pending', 'running', 'dead', 'waiting')"
+					 " RETURNING next_attempt_at = 'infinity'",
+					 2, (Oid[]) {INT8OID, INT8OID});
+	payments_prepare(&pass_place_plan,
+					 "UPDATE @extschema@.compensations"
+					 " SET after = $2, updated_at = clock_timestamp()"
+					 " WHERE after = $1 AND status = 'waiting'",
+					 2, (Oid[]) {INT8OID, INT8OID});
+
+	/*
+	 * The item it comes after is locked first; a cancel of that one may
+	 * pass its place to this one meanwhile, and then the loop looks again.
+	 */
+	for (;;)
 	{
+		int64		after;
+		bool		has_after = item_after(id, &after);
 		int64		token;
 		bool		external;
-		char	   *status = compensation_item_state(id, &token, &external);
+		char	   *status;
 
+		values[1] = Int64GetDatum(after);
+		nulls[1] = has_after ? ' ' : 'n';
+		if (has_after)
+			(void) lock_after(after);
+		if (payments_execute(cancel_plan, values, nulls, SPI_OK_UPDATE_RETURNING, 0) == 1)
+		{
+			bool		was_waiting = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
+																 SPI_tuptable->tupdesc,
+																 1, &isnull));
+
+			if (was_waiting)
+				payments_execute(pass_place_plan, values, NULL, SPI_OK_UPDATE, 0);
+			else
+				compensation_release_next(compensation_ids_array(&id, 1));
+			break;
+		}
+		if (item_after(id, &token) != has_after || (has_after && token != after))
+			continue;
+		status = compensation_item_state(id, &token, &external);
 		if (strcmp(status, "cancelled") != 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_PM_COMPENSATION_STATE_CONFLICT),
 					 errmsg("cannot cancel compensation %lld", (long long) id),
 					 errdetail("Its status is \"%s\".", status)));
+		break;
 	}
 	compensation_end_item_change(&saved);
 	PG_RETURN_VOID();

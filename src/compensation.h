@@ -40,14 +40,18 @@ extern bool compensation_record_failure(int64 id, const char *error,
 										const char *sqlstate, int64 token,
 										bool external);
 extern int	compensation_expire_leases(const char *handler, int max_items);
+extern void compensation_check_payload(Datum payload);
 extern int64 compensation_enqueue(Oid handler, Datum payload, text *dedup_key,
 								  int32 max_attempts, TimestampTz run_at,
-								  Oid caller, Oid tables_owner);
+								  int64 after, Oid caller, Oid tables_owner);
+extern void compensation_release_next(Datum ids);
+extern Datum compensation_ids_array(const int64 *ids, int n);
 
 /* compensation_rights.c */
 extern Oid	compensation_check_handler(Oid handler, Oid role);
 extern char *compensation_handler_name(Oid handler);
 extern Oid	compensation_resolve_handler(const char *name, Oid recorded_owner);
+extern void compensation_check_item_rights(int64 id, Oid caller, bool executor);
 extern void compensation_begin_item_change(FunctionCallInfo fcinfo, int64 id,
 										   bool executor,
 										   PaymentsSavedUser *saved);

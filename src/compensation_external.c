@@ -287,6 +287,7 @@ payments_complete_compensation_0_2(PG_FUNCTION_ARGS)
 					 2, (Oid[]) {INT8OID, INT8OID});
 	if (payments_execute(complete_plan, values, NULL, SPI_OK_UPDATE, 0) == 0)
 		report_claim_conflict(id, true);
+	compensation_release_next(compensation_ids_array(&id, 1));
 	compensation_end_item_change(&saved);
 	PG_RETURN_VOID();
 }

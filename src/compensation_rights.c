@@ -132,7 +132,7 @@ compensation_handler_name(Oid handler)
 }
 
 /*
- * Check that caller may change item id: it has the privileges of the role
+ * Check that caller may change item id (or queue an item after it): it has the privileges of the role
  * that queued it or of payments_operator, or, for a completion or failure
  * report (executor), of the role that claimed it last; the claim token is
  * checked by the change itself.  The row is read without a lock, so that a
@@ -142,8 +142,8 @@ compensation_handler_name(Oid handler)
  * the same error for an id that does not exist.  The caller is connected to
  * SPI and acts as the owner.
  */
-static void
-check_item_rights(int64 id, Oid caller, bool executor)
+void
+compensation_check_item_rights(int64 id, Oid caller, bool executor)
 {
 	Datum		values[1];
 	bool		isnull;
@@ -181,7 +181,7 @@ check_item_rights(int64 id, Oid caller, bool executor)
 	ereport(ERROR,
 			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 			 errmsg("permission denied for compensation %lld", (long long) id),
-			 errdetail("Only the role that queued a compensation, its members and members of %s may cancel or retry it.",
+			 errdetail("Only the role that queued a compensation, its members and members of %s may cancel it, retry it or queue another compensation after it.",
 					   PAYMENTS_OPERATOR_ROLE)));
 }
 
@@ -200,7 +200,7 @@ compensation_begin_item_change(FunctionCallInfo fcinfo, int64 id,
 	payments_begin_as_owner(payments_function_owner(fcinfo->flinfo->fn_oid),
 							false, saved);
 	SPI_connect();
-	check_item_rights(id, caller, executor);
+	compensation_check_item_rights(id, caller, executor);
 }
 
 void

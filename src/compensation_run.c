@@ -21,7 +21,9 @@
  *	   leaves the handler's effects beside the succeeded mark, so both
  *	   commit or neither does.  A failure rolls the subtransaction back,
  *	   sets the item back to pending (or dead), records an attempt row and
- *	   schedules the next attempt.
+ *	   schedules the next attempt;
+ *	4. makes the items queued after those that succeeded due, in the same
+ *	   transaction, so that a chain moves on exactly when its link commits.
  *
  * If the call's transaction does not commit (a crash, a kill, a real
  * cancel), every item is pending again as it was and every handler's
@@ -710,18 +712,6 @@ run_handler(CompensationItem *item, ResolvedHandler **cache,
 	return edata;
 }
 
-/* An int8[] of ids, for "id = ANY ($1)" */
-static Datum
-ids_array(const int64 *ids, int n)
-{
-	Datum	   *elems = palloc(sizeof(Datum) * Max(n, 1));
-
-	for (int i = 0; i < n; i++)
-		elems[i] = Int64GetDatum(ids[i]);
-	return PointerGetDatum(construct_array(elems, n, INT8OID, sizeof(int64),
-										   FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-}
-
 static int
 item_cmp(const void *a, const void *b)
 {
@@ -754,6 +744,8 @@ run_due(int max_items)
 	MemoryContext callcxt = CurrentMemoryContext;
 	MemoryContext itemcxt;
 	CompensationItem *items;
+	int64	   *succeeded;
+	int			nsucceeded = 0;
 	ResolvedHandler *cache = NULL;
 	Size		payload_bytes = 0;
 	int			nitems;
@@ -810,6 +802,7 @@ run_due(int max_items)
 	}
 	SPI_freetuptable(SPI_tuptable);
 	qsort(items, nitems, sizeof(CompensationItem), item_cmp);
+	succeeded = palloc(sizeof(int64) * nitems);
 
 	itemcxt = AllocSetContextCreate(callcxt, "payments compensation",
 									ALLOCSET_DEFAULT_SIZES);
@@ -842,10 +835,16 @@ run_due(int max_items)
 				elog(ERROR, "compensation %lld changed under its lock",
 					 (long long) item->id);
 		}
+		else
+			succeeded[nsucceeded++] = item->id;
 		MemoryContextSwitchTo(callcxt);
 		MemoryContextReset(itemcxt);
 	}
 	MemoryContextDelete(itemcxt);
+
+	/* The items queued after those that succeeded are due now. */
+	if (nsucceeded > 0)
+		compensation_release_next(compensation_ids_array(succeeded, nsucceeded));
 
 	/* What the byte budget left out goes back to the queue as it was. */
 	if (nrun < nitems)
@@ -860,7 +859,7 @@ run_due(int max_items)
 						 "  finished_at = NULL, claim_token = NULL"
 						 " WHERE id = ANY ($1) AND claim_token = $2",
 						 2, (Oid[]) {INT8ARRAYOID, INT8OID});
-		values[0] = ids_array(rest, nitems - nrun);
+		values[0] = compensation_ids_array(rest, nitems - nrun);
 		values[1] = Int64GetDatum(token);
 		payments_execute(unmark_plan, values, NULL, SPI_OK_UPDATE, 0);
 		last_batch_full = true;

@@ -67,6 +67,12 @@
 #define ERRCODE_PM_TCC_CANCELLED				MAKE_SQLSTATE('P','M','6','0','2')
 #define ERRCODE_PM_TCC_CONFIRMED				MAKE_SQLSTATE('P','M','6','0','3')
 
+/* Sagas (PM6xx, after the TCC fence's) */
+#define ERRCODE_PM_SAGA_NOT_FOUND				MAKE_SQLSTATE('P','M','6','0','4')
+#define ERRCODE_PM_SAGA_COMPLETED				MAKE_SQLSTATE('P','M','6','0','5')
+#define ERRCODE_PM_SAGA_ABORTED					MAKE_SQLSTATE('P','M','6','0','6')
+#define ERRCODE_PM_SAGA_STEP_CONFLICT			MAKE_SQLSTATE('P','M','6','0','7')
+
 /*
  * The role whose members steer every role's compensations and read every
  * provider's callbacks (src/sql/90_privileges.sql creates it).

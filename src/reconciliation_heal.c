@@ -152,7 +152,7 @@ reconciliation_queue_heals(Reconciliation *r, Statement *s, int64 run_id,
 				key[4] = Int64GetDatum(compensation_enqueue(handler,
 															SPI_getbinval(tup, desc, 8, &isnull),
 															NULL, 0,
-															GetCurrentTransactionStartTimestamp(),
+															GetCurrentTransactionStartTimestamp(), 0,
 															r->owner, tables_owner));
 				payments_execute(record_plan, key, NULL, SPI_OK_UPDATE, 0);
 				queued++;

@@ -17,8 +17,10 @@
 #include "spi_util.h"
 
 #include "extension_catalog.h"
+#include "access/xact.h"
 #include "lib/stringinfo.h"
 #include "utils/memutils.h"
+#include "utils/resowner.h"
 #include "utils/snapmgr.h"
 
 /*
@@ -197,4 +199,43 @@ payments_cursor_open_once(const char *sql, int nargs, const Oid *argtypes,
 			 text, SPI_result_code_string(SPI_result));
 	pfree(text);
 	return portal;
+}
+
+/*
+ * Run fn(arg) in a subtransaction, so that its failure undoes its own
+ * work and nothing else: a task that handles many rows fails one row, not
+ * the batch.  Returns NULL if fn succeeded, else its error, copied into
+ * the caller's memory context after the subtransaction was rolled back.
+ * A cancel or a shutdown is re-thrown: it ends the whole call.
+ */
+ErrorData *
+payments_run_in_subtransaction(void (*fn) (void *arg), void *arg)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	ErrorData  *volatile edata = NULL;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		fn(arg);
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED ||
+			edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN)
+			ReThrowError(edata);
+	}
+	PG_END_TRY();
+	return edata;
 }

@@ -24,4 +24,6 @@ extern uint64 payments_execute_latest(const char *sql, int nargs,
 									  const Oid *argtypes, Datum *values,
 									  const char *nulls, int expected);
 
+extern ErrorData *payments_run_in_subtransaction(void (*fn) (void *arg), void *arg);
+
 #endif							/* PAYMENTS_SPI_UTIL_H */

@@ -81,6 +81,7 @@ static const WorkerTask worker_tasks[] = {
 	{"chase callbacks", "chase_callbacks", true},
 	{"purge callbacks", "purge_callbacks", true},
 	{"purge tcc fence", "purge_tcc_fence", true},
+	{"abort timed-out sagas", "abort_timed_out_sagas", true},
 };
 
 static int	my_slotno = -1;

@@ -30,7 +30,8 @@ CREATE TABLE payments.compensations (
     handler_owner    regrole     NOT NULL,
     lease_expires_at timestamptz,           -- while running: when the claim lapses
     claim_token      bigint,                -- the claim that holds (or ran) it
-    claimed_by       regrole                -- the role of the last external claim
+    claimed_by       regrole,               -- the role of the last external claim
+    after            bigint                 -- runs only once this item has settled
 ) WITH (fillfactor = 50);   -- room for the claim's HOT update, see below
 
 COMMENT ON TABLE payments.compensations IS
@@ -47,6 +48,13 @@ CREATE UNIQUE INDEX compensations_dedup_key_idx
     ON payments.compensations (handler, dedup_key) WHERE dedup_key IS NOT NULL;
 CREATE INDEX compensations_due_idx
     ON payments.compensations (next_attempt_at) WHERE finished_at IS NULL;
+
+-- A chain: the items waiting for an item to settle.  A waiting item is
+-- never due (its next_attempt_at is infinity) until the one it comes after
+-- succeeds or is cancelled; after never changes but for a cancelled link,
+-- so the index leaves the claims HOT.
+CREATE INDEX compensations_after_idx
+    ON payments.compensations (after) WHERE after IS NOT NULL;
 
 SELECT pg_catalog.pg_extension_config_dump('payments.compensations', '');
 SELECT pg_catalog.pg_extension_config_dump('payments.compensations_id_seq', '');
@@ -88,7 +96,8 @@ CREATE VIEW payments.compensation_stats AS
            count(*) FILTER (WHERE status = 'dead')      AS dead,
            count(*) FILTER (WHERE status = 'cancelled') AS cancelled,
            pg_catalog.now() - min(created_at) FILTER (WHERE status = 'pending')
-                                                        AS oldest_pending_age
+                                                        AS oldest_pending_age,
+           count(*) FILTER (WHERE status = 'waiting')   AS waiting
       FROM payments.compensations
      GROUP BY handler;
 
@@ -103,14 +112,15 @@ COMMENT ON VIEW payments.compensation_stats IS
 
 CREATE FUNCTION payments.enqueue_compensation(
         handler regprocedure, payload jsonb, dedup_key text DEFAULT NULL,
-        max_attempts integer DEFAULT NULL, run_at timestamptz DEFAULT now())
+        max_attempts integer DEFAULT NULL, run_at timestamptz DEFAULT now(),
+        after bigint DEFAULT NULL)
     RETURNS bigint
     AS 'MODULE_PATHNAME', 'payments_enqueue_compensation'
     LANGUAGE C VOLATILE
     SET search_path = pg_catalog, pg_temp;
 
-COMMENT ON FUNCTION payments.enqueue_compensation(regprocedure, jsonb, text, integer, timestamptz) IS
-    'Queue handler(payload) to run as the calling role, retried until it succeeds; returns its id';
+COMMENT ON FUNCTION payments.enqueue_compensation(regprocedure, jsonb, text, integer, timestamptz, bigint) IS
+    'Queue handler(payload) to run as the calling role, retried until it succeeds, and only once the item after names has succeeded or been cancelled; returns its id';
 
 CREATE FUNCTION payments.retry_compensation(id bigint)
     RETURNS void

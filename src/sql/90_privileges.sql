@@ -70,7 +70,7 @@ GRANT EXECUTE ON FUNCTION
     payments.guard_state(regclass, name, text),
     payments.unguard_state(regclass, name),
     payments.state_guard(),
-    payments.enqueue_compensation(regprocedure, jsonb, text, integer, timestamptz),
+    payments.enqueue_compensation(regprocedure, jsonb, text, integer, timestamptz, bigint),
     payments.retry_compensation(bigint),
     payments.cancel_compensation(bigint),
     payments.register_external_handler(regprocedure),
@@ -98,7 +98,11 @@ GRANT EXECUTE ON FUNCTION
     payments.statement_for_copy(),
     payments.tcc_try(text, text, text),
     payments.tcc_confirm(text, text),
-    payments.tcc_cancel(text, text)
+    payments.tcc_cancel(text, text),
+    payments.saga_begin(text, interval),
+    payments.saga_step(text, text, regprocedure, jsonb),
+    payments.saga_complete(text),
+    payments.saga_abort(text, text)
     TO payments_app;
 -- Statement lines are loaded by COPY: INSERT, and nothing else, on the
 -- table; its trigger checks that each line goes to an open statement of
@@ -110,7 +114,7 @@ GRANT SELECT ON payments.state_machines TO payments_app;
 GRANT SELECT ON payments.compensation_stats TO payments_app;
 GRANT SELECT ON payments.callback_stats, payments.callback_expectations TO payments_app;
 GRANT SELECT ON payments.reconciliation_summary, payments.reconciliation_open TO payments_app;
-GRANT SELECT ON payments.tcc_branches TO payments_app;
+GRANT SELECT ON payments.tcc_branches, payments.sagas TO payments_app;
 
 -- The operator: the compensation queue, read and steered (the functions
 -- check who may change which item, see src/compensation.c).
@@ -147,3 +151,4 @@ GRANT SELECT ON payments.reconciliations, payments.reconciliation_policies,
     payments.reconciliation_open TO payments_operator;
 -- And every role's TCC branches.
 GRANT SELECT ON payments.tcc_fence, payments.tcc_branches TO payments_operator;
+GRANT SELECT ON payments.saga_state, payments.saga_steps, payments.sagas TO payments_operator;

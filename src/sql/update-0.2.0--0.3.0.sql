@@ -5,3 +5,37 @@
 -- define_state_machine judges its caller (current_user), so it runs as the
 -- caller and takes the extension owner's rights only for its own statement.
 ALTER FUNCTION @extschema@.define_state_machine(text, jsonb, text[]) SECURITY INVOKER;
+
+-- Chains of compensations (a saga's undo runs in reverse order): an item
+-- may wait for another to settle.  See src/sql/50_compensation.sql.
+ALTER TABLE @extschema@.compensations ADD COLUMN after bigint;
+CREATE INDEX compensations_after_idx
+    ON @extschema@.compensations (after) WHERE after IS NOT NULL;
+
+CREATE OR REPLACE VIEW @extschema@.compensation_stats AS
+    SELECT handler,
+           count(*) FILTER (WHERE status = 'pending')   AS pending,
+           count(*) FILTER (WHERE status = 'running')   AS running,
+           count(*) FILTER (WHERE status = 'succeeded') AS succeeded,
+           count(*) FILTER (WHERE status = 'dead')      AS dead,
+           count(*) FILTER (WHERE status = 'cancelled') AS cancelled,
+           pg_catalog.now() - min(created_at) FILTER (WHERE status = 'pending')
+                                                        AS oldest_pending_age,
+           count(*) FILTER (WHERE status = 'waiting')   AS waiting
+      FROM @extschema@.compensations
+     GROUP BY handler;
+
+-- enqueue_compensation gains after; the old signature goes, or a call
+-- that names only the first arguments would match both.
+DROP FUNCTION @extschema@.enqueue_compensation(regprocedure, jsonb, text, integer, timestamptz);
+CREATE FUNCTION @extschema@.enqueue_compensation(
+        handler regprocedure, payload jsonb, dedup_key text DEFAULT NULL,
+        max_attempts integer DEFAULT NULL, run_at timestamptz DEFAULT now(),
+        after bigint DEFAULT NULL)
+    RETURNS bigint
+    AS 'MODULE_PATHNAME', 'payments_enqueue_compensation'
+    LANGUAGE C VOLATILE
+    SET search_path = pg_catalog, pg_temp;
+
+COMMENT ON FUNCTION @extschema@.enqueue_compensation(regprocedure, jsonb, text, integer, timestamptz, bigint) IS
+    'Queue handler(payload) to run as the calling role, retried until it succeeds, and only once the item after names has succeeded or been cancelled; returns its id';
