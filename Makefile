@@ -123,7 +123,8 @@ REGRESS = \
 	reconciliation_attack2 \
 	tcc \
 	compensation_chain \
-	saga
+	saga \
+	saga_attack
 REGRESS_OPTS = --no-locale --encoding=UTF8
 
 ISOLATION = \
