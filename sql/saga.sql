@@ -183,8 +183,9 @@ SELECT payments.abort_timed_out_sagas();
 RESET ROLE;
 
 -- The worker's task: a saga past its timeout is aborted and its chain
--- queued; one whose compensation was dropped stays running, stuck, with
--- the error recorded; sagas without a timeout or not yet due are left
+-- queued; one whose compensation was dropped is aborted too, its chain
+-- halted at that link, queued dead with the reason; sagas without a
+-- timeout or not yet due are left
 SET ROLE regress_saga_alice;
 SELECT payments.saga_begin('late', '1 minute');
 SELECT payments.saga_step('late', 'a', 'public.saga_undo(jsonb)', '{"step": "late-a"}');
@@ -205,6 +206,8 @@ RESET client_min_messages;
 SELECT payments.abort_timed_out_sagas() AS retried_within_a_minute;
 SELECT saga_id, status, abort_reason, abort_error IS NOT NULL AS has_error
   FROM payments.sagas WHERE saga_id IN ('late', 'broken', 'not-due', 't1') ORDER BY 1, owner;
+SELECT c.status, c.attempts, c.last_error FROM payments.saga_steps s
+  JOIN payments.compensations c ON c.id = s.compensation_id WHERE s.saga_id = 'broken';
 DELETE FROM public.saga_undo_log;
 SELECT public.saga_drain();
 SELECT step FROM public.saga_undo_log ORDER BY n;

@@ -13,7 +13,8 @@
 --      application's lock; here lock_timeout turns the wait into an error);
 --   2-5. a link settled under REPEATABLE READ (cancel, cancel of a waiting
 --      link, an external executor's completion, the worker's step) leaves
---      the item queued after it since its snapshot waiting for ever;
+--      the item queued after it since its snapshot waiting for ever (it
+--      must be released by the worker's next step at the latest);
 --   6. after => 0 is taken for "after nothing".
 --
 CREATE EXTENSION payments;
@@ -103,6 +104,7 @@ SELECT * FROM dblink('other', format($$SELECT payments.enqueue_compensation(
     'public.sa_step(jsonb)', '{"tag": "w2"}', after => %s) IS NOT NULL$$, :x2)) AS t(queued boolean);
 SELECT public.sa_try(format('SELECT payments.cancel_compensation(%s)', :x2));
 COMMIT;
+SELECT public.sa_drain();
 SELECT * FROM public.sa_stranded WHERE tag IN ('w2');
 
 --
@@ -139,6 +141,7 @@ SELECT * FROM dblink('other', format($$SELECT payments.enqueue_compensation(
     'public.sa_step(jsonb)', '{"tag": "w4"}', after => %s) IS NOT NULL$$, :x4)) AS t(queued boolean);
 SELECT public.sa_try(format('SELECT payments.complete_compensation(%s, %s)', :x4, :token4));
 COMMIT;
+SELECT public.sa_drain();
 SELECT * FROM public.sa_stranded WHERE tag IN ('w4');
 
 --
@@ -156,6 +159,7 @@ SELECT * FROM dblink('other', format($$SELECT payments.enqueue_compensation(
     'public.sa_step(jsonb)', '{"tag": "w5"}', after => %s) IS NOT NULL$$, :x5)) AS t(queued boolean);
 SELECT public.sa_try('SELECT payments.run_compensations()');
 COMMIT;
+SELECT public.sa_drain();
 SELECT * FROM public.sa_stranded WHERE tag IN ('w5');
 
 --

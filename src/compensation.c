@@ -12,13 +12,20 @@
  *
  * and any item that has not succeeded can be cancelled.  An item queued
  * after another (a chain, as a saga's undo is) starts as waiting, never
- * due, and becomes pending in the transaction that settles the one it
- * comes after: its success or its cancel.  A dead item therefore halts its
- * chain where it stands, and retrying it resumes the chain.  Cancelling a
- * waiting item passes its place to the items after it: they wait for what
- * it waited for.  Locks are taken from the earlier item to the later one,
- * as the worker's success and release take them, so that no two of these
- * changes can deadlock.  A claim counts an
+ * due, and becomes pending once the item it comes after has settled: has
+ * succeeded, or was cancelled when its own turn had come.  A dead item
+ * therefore halts its chain where it stands, and retrying it resumes the
+ * chain.  Cancelling a waiting item passes its place to the items after
+ * it: they wait for what it waited for.
+ *
+ * The transaction that settles an item releases the items after it, but
+ * it never waits for one that another transaction has locked, and its
+ * snapshot (under REPEATABLE READ) may not show one queued since: the
+ * worker's step must never wait on a lock an application holds.  So
+ * run_compensations also sweeps, once a second, the waiting items whose
+ * item has settled, and releases them (or passes them the place of a
+ * cancelled waiting item).  A waiting item is thus released at once in
+ * the usual case, and at the latest by the next sweep.  A claim counts an
  * attempt and is committed before the handler runs, so an attempt cut
  * short by a crash is still counted; a claim whose lease runs out goes back
  * to pending (or dead) with a PM304 attempt row.  compensation_run.c has the
@@ -84,8 +91,9 @@ static SPIPlanPtr cancel_plan;
 static SPIPlanPtr status_plan;
 static SPIPlanPtr fail_plan;
 static SPIPlanPtr expire_plan;
-static SPIPlanPtr lock_after_plan;
-static SPIPlanPtr after_of_plan;
+static SPIPlanPtr after_settled_plan;
+static SPIPlanPtr sweep_plan;
+static SPIPlanPtr dead_insert_plan;
 static SPIPlanPtr release_plan;
 static SPIPlanPtr pass_place_plan;
 
@@ -304,6 +312,10 @@ payments_enqueue_compensation(PG_FUNCTION_ARGS)
 	if (PG_NARGS() > 5 && !PG_ARGISNULL(5))
 	{
 		after = PG_GETARG_INT64(5);
+		if (after <= 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_PM_COMPENSATION_NOT_FOUND),
+					 errmsg("compensation %lld does not exist", (long long) after)));
 		if (run_at > GetCurrentTimestamp())
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -337,51 +349,43 @@ compensation_check_payload(Datum payload)
 }
 
 /*
- * Lock the item an item comes after, so that it cannot settle until the
- * caller's transaction ends, and say whether it has settled.  PM301 if it
- * does not exist.  The caller is connected to SPI.
+ * Whether an item has settled, for the items queued after it: succeeded
+ * (not merely marked so by the worker's batch that is running it now, whose
+ * handler may still fail), or cancelled when its turn had come (a waiting
+ * item keeps its infinite next_attempt_at when cancelled).
+ */
+#define SETTLED_SQL(alias, token) \
+	"((" alias ".status = 'succeeded' AND (" token " IS NULL" \
+	"   OR " alias ".claim_token IS DISTINCT FROM " token "))" \
+	" OR (" alias ".status = 'cancelled' AND " alias ".next_attempt_at <> 'infinity'))"
+
+/*
+ * Whether the item an item comes after has settled.  No lock is taken: an
+ * item queued while it settles may be left waiting, and the sweep
+ * releases it.  PM301 if it does not exist.  The caller is connected to
+ * SPI.
  */
 static bool
-lock_after(int64 after)
+after_settled(int64 after)
 {
-	Datum		values[1];
+	Datum		values[2];
+	char		nulls[2] = {' ', ' '};
 	bool		isnull;
 
-	payments_prepare(&lock_after_plan,
-					 "SELECT status IN ('succeeded', 'cancelled')"
-					 " FROM @extschema@.compensations WHERE id = $1 FOR SHARE",
-					 1, (Oid[]) {INT8OID});
+	payments_prepare(&after_settled_plan,
+					 "SELECT " SETTLED_SQL("c", "$2::bigint")
+					 " FROM @extschema@.compensations c WHERE c.id = $1",
+					 2, (Oid[]) {INT8OID, INT8OID});
 	values[0] = Int64GetDatum(after);
-	if (payments_execute(lock_after_plan, values, NULL, SPI_OK_SELECT, 0) == 0)
+	values[1] = Int64GetDatum(compensation_batch_token);
+	if (compensation_batch_token == 0)
+		nulls[1] = 'n';
+	if (payments_execute(after_settled_plan, values, nulls, SPI_OK_SELECT, 0) == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_PM_COMPENSATION_NOT_FOUND),
 				 errmsg("compensation %lld does not exist", (long long) after)));
 	return DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
 									  SPI_tuptable->tupdesc, 1, &isnull));
-}
-
-/*
- * Whether item id comes after another, and which; PM301 if it does not
- * exist.  The caller is connected to SPI.
- */
-static bool
-item_after(int64 id, int64 *after)
-{
-	Datum		values[1];
-	bool		isnull;
-	Datum		d;
-
-	payments_prepare(&after_of_plan,
-					 "SELECT after FROM @extschema@.compensations WHERE id = $1",
-					 1, (Oid[]) {INT8OID});
-	values[0] = Int64GetDatum(id);
-	if (payments_execute(after_of_plan, values, NULL, SPI_OK_SELECT, 0) == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_PM_COMPENSATION_NOT_FOUND),
-				 errmsg("compensation %lld does not exist", (long long) id)));
-	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	*after = isnull ? 0 : DatumGetInt64(d);
-	return !isnull;
 }
 
 /*
@@ -437,7 +441,7 @@ compensation_enqueue(Oid handler, Datum payload, text *dedup_key,
 		compensation_check_item_rights(after, caller, false);
 		values[7] = Int64GetDatum(after);
 		nulls[7] = ' ';
-		if (!lock_after(after))
+		if (!after_settled(after))
 			values[4] = TimestampTzGetDatum(DT_NOEND);
 	}
 
@@ -518,12 +522,20 @@ payments_retry_compensation(PG_FUNCTION_ARGS)
 	values[0] = Int64GetDatum(id);
 
 	compensation_begin_item_change(fcinfo, id, false, &saved);
+	/*
+	 * A link of a chain that was queued dead (see compensation_enqueue_dead)
+	 * waits for its turn if it has not come yet.
+	 */
 	payments_prepare(&retry_plan,
-					 "UPDATE @extschema@.compensations"
-					 " SET status = 'pending', attempts = 0,"
-					 "  next_attempt_at = clock_timestamp(), finished_at = NULL,"
-					 "  updated_at = clock_timestamp()"
-					 " WHERE id = $1 AND status = 'dead'",
+					 "UPDATE @extschema@.compensations c"
+					 " SET status = CASE WHEN t.due THEN 'pending' ELSE 'waiting' END,"
+					 "  attempts = 0, finished_at = NULL, updated_at = clock_timestamp(),"
+					 "  next_attempt_at = CASE WHEN t.due THEN clock_timestamp()"
+					 "   ELSE 'infinity' END"
+					 " FROM (SELECT c2.after IS NULL OR EXISTS (SELECT FROM @extschema@.compensations p"
+					 "   WHERE p.id = c2.after AND " SETTLED_SQL("p", "NULL::bigint") ") AS due"
+					 "  FROM @extschema@.compensations c2 WHERE c2.id = $1) t"
+					 " WHERE c.id = $1 AND c.status = 'dead'",
 					 1, (Oid[]) {INT8OID});
 	if (payments_execute(retry_plan, values, NULL, SPI_OK_UPDATE, 0) == 0)
 	{
@@ -544,8 +556,9 @@ payments_retry_compensation(PG_FUNCTION_ARGS)
 
 /*
  * The items queued after the ones in ids (an int8[] datum) are due now: the
- * items they waited for have settled.  The caller is connected to SPI and
- * holds the locks of the settled items.
+ * items they waited for have settled.  One that another transaction holds
+ * is skipped, not waited for, and left to the sweep.  The caller is
+ * connected to SPI.
  */
 void
 compensation_release_next(Datum ids)
@@ -554,10 +567,102 @@ compensation_release_next(Datum ids)
 					 "UPDATE @extschema@.compensations"
 					 " SET status = 'pending', next_attempt_at = clock_timestamp(),"
 					 "  updated_at = clock_timestamp()"
-					 " WHERE after = ANY ($1) AND status = 'waiting'",
+					 " WHERE id = ANY (ARRAY("
+					 "  SELECT id FROM @extschema@.compensations"
+					 "  WHERE after = ANY ($1) AND status = 'waiting'"
+					 "  FOR UPDATE SKIP LOCKED))"
+					 "  AND status = 'waiting'",
 					 1, (Oid[]) {INT8ARRAYOID});
 	if (payments_execute(release_plan, &ids, NULL, SPI_OK_UPDATE, 0) > 0)
 		payments_wake_worker_at_commit();
+}
+
+/*
+ * The sweep: up to max_items waiting items whose item has settled become
+ * pending; those after a cancelled waiting item now wait for what it waited
+ * for.  Waiting items are the end of the due index (next_attempt_at is
+ * infinity), so the scan reads nothing else.  Items that other
+ * transactions hold are skipped.  Returns how many items changed.  The
+ * caller is connected to SPI.
+ */
+int
+compensation_release_stranded(int max_items)
+{
+	Datum		values[1];
+	int			n;
+
+	payments_prepare(&sweep_plan,
+					 "UPDATE @extschema@.compensations w SET"
+					 " status = CASE WHEN p.status = 'succeeded' OR p.next_attempt_at <> 'infinity'"
+					 "  THEN 'pending' ELSE 'waiting' END,"
+					 " next_attempt_at = CASE WHEN p.status = 'succeeded' OR p.next_attempt_at <> 'infinity'"
+					 "  THEN clock_timestamp() ELSE w.next_attempt_at END,"
+					 " after = CASE WHEN p.status = 'succeeded' OR p.next_attempt_at <> 'infinity'"
+					 "  THEN w.after ELSE p.after END,"
+					 " updated_at = clock_timestamp()"
+					 " FROM @extschema@.compensations p"
+					 " WHERE w.id = ANY (ARRAY("
+					 "  SELECT s.id FROM @extschema@.compensations s"
+					 "  JOIN @extschema@.compensations a ON a.id = s.after"
+					 "  WHERE s.finished_at IS NULL AND s.next_attempt_at = 'infinity'"
+					 "   AND s.status = 'waiting' AND a.status IN ('succeeded', 'cancelled')"
+					 "  LIMIT $1 FOR UPDATE OF s SKIP LOCKED))"
+					 "  AND w.status = 'waiting' AND p.id = w.after"
+					 "  AND p.status IN ('succeeded', 'cancelled')",
+					 1, (Oid[]) {INT4OID});
+	values[0] = Int32GetDatum(max_items);
+	n = (int) payments_execute(sweep_plan, values, NULL, SPI_OK_UPDATE, 0);
+	if (n > 0)
+		payments_wake_worker_at_commit();
+	return n;
+}
+
+/*
+ * Queue a link of a chain whose handler cannot be queued now (it was
+ * dropped, it changed owner, or the role may no longer execute it) as dead
+ * from the start, with error as its last error, so that the rest of the
+ * chain is queued and halts there; retry_compensation resumes it once the
+ * handler is right again, and the worker checks the handler then as for
+ * any item.  Returns its id.
+ */
+int64
+compensation_enqueue_dead(const char *handler, Oid handler_owner, Datum payload,
+						  int64 after, Oid caller, Oid tables_owner,
+						  const char *error)
+{
+	static const Oid argtypes[] = {TEXTOID, JSONBOID, INT4OID, OIDOID, OIDOID,
+	INT8OID, TEXTOID};
+	Datum		values[7];
+	char		nulls[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	PaymentsSavedUser saved;
+	bool		isnull;
+	int64		id;
+
+	values[0] = CStringGetTextDatum(handler);
+	values[1] = payload;
+	values[2] = Int32GetDatum(default_max_attempts);
+	values[3] = ObjectIdGetDatum(caller);
+	values[4] = ObjectIdGetDatum(handler_owner);
+	values[5] = Int64GetDatum(after);
+	nulls[5] = after == 0 ? 'n' : ' ';
+	values[6] = CStringGetTextDatum(error);
+
+	payments_begin_as_owner(tables_owner, true, &saved);
+	SPI_connect();
+	payments_prepare(&dead_insert_plan,
+					 "INSERT INTO @extschema@.compensations"
+					 " (handler, payload, max_attempts, next_attempt_at, enqueued_by,"
+					 "  handler_owner, after, status, finished_at, last_error)"
+					 " VALUES ($1, $2, $3, clock_timestamp(), $4::regrole, $5::regrole, $6,"
+					 "  'dead', clock_timestamp(), $7)"
+					 " RETURNING id",
+					 7, argtypes);
+	payments_execute(dead_insert_plan, values, nulls, SPI_OK_INSERT_RETURNING, 0);
+	id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+									 1, &isnull));
+	SPI_finish();
+	payments_end_as_owner(&saved);
+	return id;
 }
 
 /* An int8[] of ids, for "id = ANY ($1)" */
@@ -586,7 +691,6 @@ payments_cancel_compensation(PG_FUNCTION_ARGS)
 {
 	int64		id = compensation_arg_id(fcinfo);
 	Datum		values[2];
-	char		nulls[2] = {' ', ' '};
 	PaymentsSavedUser saved;
 	bool		isnull;
 
@@ -599,53 +703,40 @@ payments_cancel_compensation(PG_FUNCTION_ARGS)
 					 " SET status = 'cancelled', finished_at = clock_timestamp(),"
 					 "  lease_expires_at = NULL, claim_token = NULL,"
 					 "  updated_at = clock_timestamp()"
-					 " WHERE id = $1 AND after IS NOT DISTINCT FROM $2"
-					 "  AND status IN ('pending', 'running', 'dead', 'waiting')"
-					 " RETURNING next_attempt_at = 'infinity'",
-					 2, (Oid[]) {INT8OID, INT8OID});
+					 " WHERE id = $1 AND status IN ('pending', 'running', 'dead', 'waiting')"
+					 " RETURNING next_attempt_at = 'infinity', after",
+					 1, (Oid[]) {INT8OID});
 	payments_prepare(&pass_place_plan,
 					 "UPDATE @extschema@.compensations"
 					 " SET after = $2, updated_at = clock_timestamp()"
 					 " WHERE after = $1 AND status = 'waiting'",
 					 2, (Oid[]) {INT8OID, INT8OID});
 
-	/*
-	 * The item it comes after is locked first; a cancel of that one may
-	 * pass its place to this one meanwhile, and then the loop looks again.
-	 */
-	for (;;)
+	if (payments_execute(cancel_plan, values, NULL, SPI_OK_UPDATE_RETURNING, 0) == 1)
 	{
-		int64		after;
-		bool		has_after = item_after(id, &after);
+		HeapTuple	tup = SPI_tuptable->vals[0];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+
+		/* A waiting item passes its place; one whose turn had come releases. */
+		if (DatumGetBool(SPI_getbinval(tup, desc, 1, &isnull)))
+		{
+			values[1] = SPI_getbinval(tup, desc, 2, &isnull);
+			payments_execute(pass_place_plan, values, NULL, SPI_OK_UPDATE, 0);
+		}
+		else
+			compensation_release_next(compensation_ids_array(&id, 1));
+	}
+	else
+	{
 		int64		token;
 		bool		external;
-		char	   *status;
+		char	   *status = compensation_item_state(id, &token, &external);
 
-		values[1] = Int64GetDatum(after);
-		nulls[1] = has_after ? ' ' : 'n';
-		if (has_after)
-			(void) lock_after(after);
-		if (payments_execute(cancel_plan, values, nulls, SPI_OK_UPDATE_RETURNING, 0) == 1)
-		{
-			bool		was_waiting = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
-																 SPI_tuptable->tupdesc,
-																 1, &isnull));
-
-			if (was_waiting)
-				payments_execute(pass_place_plan, values, NULL, SPI_OK_UPDATE, 0);
-			else
-				compensation_release_next(compensation_ids_array(&id, 1));
-			break;
-		}
-		if (item_after(id, &token) != has_after || (has_after && token != after))
-			continue;
-		status = compensation_item_state(id, &token, &external);
 		if (strcmp(status, "cancelled") != 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_PM_COMPENSATION_STATE_CONFLICT),
 					 errmsg("cannot cancel compensation %lld", (long long) id),
 					 errdetail("Its status is \"%s\".", status)));
-		break;
 	}
 	compensation_end_item_change(&saved);
 	PG_RETURN_VOID();

@@ -45,6 +45,10 @@ extern int64 compensation_enqueue(Oid handler, Datum payload, text *dedup_key,
 								  int32 max_attempts, TimestampTz run_at,
 								  int64 after, Oid caller, Oid tables_owner);
 extern void compensation_release_next(Datum ids);
+extern int	compensation_release_stranded(int max_items);
+extern int64 compensation_enqueue_dead(const char *handler, Oid handler_owner,
+									   Datum payload, int64 after, Oid caller,
+									   Oid tables_owner, const char *error);
 extern Datum compensation_ids_array(const int64 *ids, int n);
 
 /* compensation_rights.c */
@@ -60,6 +64,7 @@ extern void compensation_end_item_change(PaymentsSavedUser *saved);
 /* compensation_run.c */
 extern void compensation_run_init(void);
 extern bool compensation_handler_running;
+extern int64 compensation_batch_token;
 extern void compensation_worker_attach(void);
 
 #endif							/* PAYMENTS_COMPENSATION_H */

@@ -23,7 +23,9 @@
  *	   sets the item back to pending (or dead), records an attempt row and
  *	   schedules the next attempt;
  *	4. makes the items queued after those that succeeded due, in the same
- *	   transaction, so that a chain moves on exactly when its link commits.
+ *	   transaction, so that a chain moves on when its link commits; and,
+ *	   with step 1's cadence, sweeps the waiting items that this missed
+ *	   (see compensation.c).
  *
  * If the call's transaction does not commit (a crash, a kill, a real
  * cancel), every item is pending again as it was and every handler's
@@ -147,6 +149,13 @@ typedef struct MarkerFile
 
 /* True while a handler runs: the utility hook refuses SET CONSTRAINTS */
 bool		compensation_handler_running = false;
+
+/*
+ * The claim token of the batch this process is running, 0 if none: its
+ * items are marked succeeded before their handlers run, and an item queued
+ * after one of them by a handler must wait for the real outcome.
+ */
+int64		compensation_batch_token = 0;
 
 static bool tracking = false;	/* this process is a worker */
 static Oid	run_fn_oid = InvalidOid;	/* run_compensations, once called */
@@ -803,6 +812,7 @@ run_due(int max_items)
 	SPI_freetuptable(SPI_tuptable);
 	qsort(items, nitems, sizeof(CompensationItem), item_cmp);
 	succeeded = palloc(sizeof(int64) * nitems);
+	compensation_batch_token = token;
 
 	itemcxt = AllocSetContextCreate(callcxt, "payments compensation",
 									ALLOCSET_DEFAULT_SIZES);
@@ -841,6 +851,7 @@ run_due(int max_items)
 		MemoryContextReset(itemcxt);
 	}
 	MemoryContextDelete(itemcxt);
+	compensation_batch_token = 0;
 
 	/* The items queued after those that succeeded are due now. */
 	if (nsucceeded > 0)
@@ -893,6 +904,7 @@ payments_run_compensations(PG_FUNCTION_ARGS)
 		TimestampDifferenceExceeds(last_lease_check, now, LEASE_CHECK_INTERVAL_MS))
 	{
 		done += compensation_expire_leases(NULL, max_items);
+		(void) compensation_release_stranded(max_items);
 		last_lease_check = now;
 	}
 	done += run_due(max_items);

@@ -55,6 +55,9 @@ PG_FUNCTION_INFO_V1(payments_abort_timed_out_sagas);
 /* The longest reason of an abort, in bytes */
 #define SAGA_REASON_MAX_BYTES	1024
 
+/* The most steps a saga can record: its abort queues them in one transaction */
+#define SAGA_MAX_STEPS			10000
+
 /* The longest timeout a saga can have */
 #define SAGA_TIMEOUT_MAX_USECS	(INT64CONST(366) * USECS_PER_DAY)
 
@@ -184,6 +187,7 @@ payments_saga_step(PG_FUNCTION_ARGS)
 	PaymentsSavedUser saved;
 	bool		isnull;
 	int32		step_no;
+	int32		recorded;
 
 	saga_key(fcinfo, values);
 	values[2] = PointerGetDatum(payments_arg_text(fcinfo, 1, "step", SAGA_ID_MAX_BYTES));
@@ -198,7 +202,7 @@ payments_saga_step(PG_FUNCTION_ARGS)
 
 	begin_saga_call(fcinfo, &saved);
 	payments_prepare(&lock_plan,
-					 "SELECT status FROM @extschema@.saga_state"
+					 "SELECT status, steps FROM @extschema@.saga_state"
 					 " WHERE owner = $1::regrole AND saga_id = $2 FOR NO KEY UPDATE",
 					 2, (Oid[]) {OIDOID, TEXTOID});
 	payments_prepare(&find_step_plan,
@@ -221,6 +225,8 @@ payments_saga_step(PG_FUNCTION_ARGS)
 		report_not_running(values, NULL, true);
 	if (strcmp(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1), "running") != 0)
 		report_not_running(values, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1), true);
+	recorded = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+										   2, &isnull));
 
 	if (payments_execute(find_step_plan, values, NULL, SPI_OK_SELECT, 0) == 1)
 	{
@@ -235,7 +241,14 @@ payments_saga_step(PG_FUNCTION_ARGS)
 					 errhint("Give each step of a saga its own name.")));
 	}
 	else
+	{
+		if (recorded >= SAGA_MAX_STEPS)
+			ereport(ERROR,
+					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+					 errmsg("saga \"%s\" has too many steps", TextDatumGetCString(values[1])),
+					 errdetail("A saga records at most %d steps.", SAGA_MAX_STEPS)));
 		payments_execute(add_step_plan, values, NULL, SPI_OK_INSERT_RETURNING, 0);
+	}
 	step_no = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
 										  1, &isnull));
 	end_saga_call(&saved);
@@ -270,10 +283,35 @@ payments_saga_complete(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
+/* A link of an abort's chain: can its compensation be queued as it is? */
+typedef struct LinkCheck
+{
+	const char *name;			/* as recorded */
+	Oid			owner;			/* its owner, as recorded */
+	Oid			role;			/* the saga's role, which will run it */
+	Oid			handler;		/* the function, once found */
+} LinkCheck;
+
+/*
+ * Find the compensation and check the role may still run it, reading only,
+ * so that the subtransaction this runs in takes no transaction id.
+ */
+static void
+check_link(void *arg)
+{
+	LinkCheck  *link = arg;
+
+	link->handler = compensation_resolve_handler(link->name, link->owner);
+	(void) compensation_check_handler(link->handler, link->role);
+}
+
 /*
  * Abort the running saga of key (its role and id): mark it aborted and
  * queue its recorded compensations as a chain, the last step's first, all
- * to run as the saga's role.  Returns how many were queued, or -1 if the
+ * to run as the saga's role.  A compensation that can no longer be queued
+ * (dropped, changed owner, or no longer executable by the role) is queued
+ * dead with the reason, so that the chain halts there rather than the
+ * abort failing: retry_compensation resumes it once it is fixed.  Returns how many were queued, or -1 if the
  * saga was aborted before.  The caller is connected to SPI and acts as the
  * owner, tables_owner.
  */
@@ -297,14 +335,14 @@ abort_saga(Datum *key, Datum reason, bool reason_null, Oid tables_owner)
 					 " WHERE owner = $1::regrole AND saga_id = $2 AND status = 'running'",
 					 3, (Oid[]) {OIDOID, TEXTOID, TEXTOID});
 	payments_prepare(&steps_plan,
-					 "SELECT step_no, compensation, compensation_owner::oid, payload"
+					 "SELECT ctid, compensation, compensation_owner::oid, payload"
 					 " FROM @extschema@.saga_steps"
 					 " WHERE owner = $1::regrole AND saga_id = $2 ORDER BY step_no DESC",
 					 2, (Oid[]) {OIDOID, TEXTOID});
 	payments_prepare(&queued_plan,
-					 "UPDATE @extschema@.saga_steps SET compensation_id = $4"
-					 " WHERE owner = $1::regrole AND saga_id = $2 AND step_no = $3",
-					 4, (Oid[]) {OIDOID, TEXTOID, INT4OID, INT8OID});
+					 "UPDATE @extschema@.saga_steps SET compensation_id = $2"
+					 " WHERE ctid = $1",
+					 2, (Oid[]) {TIDOID, INT8OID});
 
 	if (payments_execute(abort_plan, values, nulls, SPI_OK_UPDATE, 0) == 0)
 	{
@@ -322,16 +360,25 @@ abort_saga(Datum *key, Datum reason, bool reason_null, Oid tables_owner)
 		HeapTuple	tup = steps->vals[i];
 		TupleDesc	desc = steps->tupdesc;
 		bool		isnull;
-		Oid			handler;
+		LinkCheck	link;
+		ErrorData  *edata;
+		Datum		payload = SPI_getbinval(tup, desc, 4, &isnull);
 
 		CHECK_FOR_INTERRUPTS();
-		handler = compensation_resolve_handler(SPI_getvalue(tup, desc, 2),
-											   DatumGetObjectId(SPI_getbinval(tup, desc, 3, &isnull)));
-		after = compensation_enqueue(handler, SPI_getbinval(tup, desc, 4, &isnull),
-									 NULL, 0, GetCurrentTimestamp(), after,
-									 DatumGetObjectId(key[0]), tables_owner);
-		values[2] = SPI_getbinval(tup, desc, 1, &isnull);
-		values[3] = Int64GetDatum(after);
+		link.name = SPI_getvalue(tup, desc, 2);
+		link.owner = DatumGetObjectId(SPI_getbinval(tup, desc, 3, &isnull));
+		link.role = DatumGetObjectId(key[0]);
+		edata = payments_run_in_subtransaction(check_link, &link);
+		if (edata == NULL)
+			after = compensation_enqueue(link.handler, payload, NULL, 0,
+										 GetCurrentTimestamp(), after,
+										 link.role, tables_owner);
+		else
+			after = compensation_enqueue_dead(link.name, link.owner, payload,
+											  after, link.role, tables_owner,
+											  edata->message);
+		values[0] = SPI_getbinval(tup, desc, 1, &isnull);
+		values[1] = Int64GetDatum(after);
 		payments_execute(queued_plan, values, NULL, SPI_OK_UPDATE, 0);
 	}
 	return (int) n;
