@@ -154,7 +154,9 @@ ISOLATION = \
 	reconciliation_concurrent_runs \
 	reconciliation_heal_race \
 	statement_close_race \
-	tcc_fence_race
+	tcc_fence_race \
+	saga_race \
+	compensation_chain_race
 ISOLATION_OPTS = --inputdir=test/isolation --load-extension=$(EXTENSION) --no-locale --encoding=UTF8
 
 TAP_TESTS = 1

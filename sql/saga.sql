@@ -212,6 +212,34 @@ DELETE FROM public.saga_undo_log;
 SELECT public.saga_drain();
 SELECT step FROM public.saga_undo_log ORDER BY n;
 
+-- A dead link queued before its turn came (its compensation was dropped)
+-- and cancelled at once passes its place: the step before it waits for the
+-- step after it, and the chain still runs in reverse order
+CREATE FUNCTION public.saga_gone(p jsonb) RETURNS void LANGUAGE sql AS '';
+SET ROLE regress_saga_alice;
+SELECT payments.saga_begin('gap');
+SELECT payments.saga_step('gap', 'a', 'public.saga_undo(jsonb)', '{"step": "gap-a"}');
+SELECT payments.saga_step('gap', 'b', 'public.saga_gone(jsonb)', '{}');
+SELECT payments.saga_step('gap', 'c', 'public.saga_undo(jsonb)', '{"step": "gap-c"}');
+RESET ROLE;
+DROP FUNCTION public.saga_gone(jsonb);
+SET ROLE regress_saga_alice;
+SELECT payments.saga_abort('gap', 'declined');
+RESET ROLE;
+SELECT compensation_id AS gap_a FROM payments.saga_steps WHERE saga_id = 'gap' AND step = 'a' \gset
+SELECT compensation_id AS gap_b FROM payments.saga_steps WHERE saga_id = 'gap' AND step = 'b' \gset
+SELECT compensation_id AS gap_c FROM payments.saga_steps WHERE saga_id = 'gap' AND step = 'c' \gset
+SET ROLE regress_saga_alice;
+SELECT payments.cancel_compensation(:gap_b);
+RESET ROLE;
+SELECT status, after = :gap_c AS after_c FROM payments.compensations WHERE id = :gap_a;
+DELETE FROM public.saga_undo_log;
+SELECT public.saga_drain();
+SELECT step FROM public.saga_undo_log ORDER BY n;
+SELECT s.step, c.status FROM payments.saga_steps s
+  JOIN payments.compensations c ON c.id = s.compensation_id
+ WHERE s.saga_id = 'gap' ORDER BY s.step_no;
+
 DROP EXTENSION payments;
 DROP TABLE public.saga_undo_log, public.saga_fail;
 DROP FUNCTION public.saga_undo(jsonb), public.saga_not_a_handler(jsonb),

@@ -623,7 +623,9 @@ compensation_release_stranded(int max_items)
  * from the start, with error as its last error, so that the rest of the
  * chain is queued and halts there; retry_compensation resumes it once the
  * handler is right again, and the worker checks the handler then as for
- * any item.  Returns its id.
+ * any item.  Until the item it comes after settles, its next attempt is at
+ * infinity, as for a waiting item: its turn has not come, so cancelling it
+ * passes its place instead of releasing the next link.  Returns its id.
  */
 int64
 compensation_enqueue_dead(const char *handler, Oid handler_owner, Datum payload,
@@ -631,9 +633,9 @@ compensation_enqueue_dead(const char *handler, Oid handler_owner, Datum payload,
 						  const char *error)
 {
 	static const Oid argtypes[] = {TEXTOID, JSONBOID, INT4OID, OIDOID, OIDOID,
-	INT8OID, TEXTOID};
-	Datum		values[7];
-	char		nulls[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	INT8OID, TEXTOID, BOOLOID};
+	Datum		values[8];
+	char		nulls[8] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
 	PaymentsSavedUser saved;
 	bool		isnull;
 	int64		id;
@@ -649,14 +651,16 @@ compensation_enqueue_dead(const char *handler, Oid handler_owner, Datum payload,
 
 	payments_begin_as_owner(tables_owner, true, &saved);
 	SPI_connect();
+	values[7] = BoolGetDatum(after == 0 || after_settled(after));
 	payments_prepare(&dead_insert_plan,
 					 "INSERT INTO @extschema@.compensations"
 					 " (handler, payload, max_attempts, next_attempt_at, enqueued_by,"
 					 "  handler_owner, after, status, finished_at, last_error)"
-					 " VALUES ($1, $2, $3, clock_timestamp(), $4::regrole, $5::regrole, $6,"
-					 "  'dead', clock_timestamp(), $7)"
+					 " VALUES ($1, $2, $3,"
+					 "  CASE WHEN $8 THEN clock_timestamp() ELSE 'infinity' END,"
+					 "  $4::regrole, $5::regrole, $6, 'dead', clock_timestamp(), $7)"
 					 " RETURNING id",
-					 7, argtypes);
+					 8, argtypes);
 	payments_execute(dead_insert_plan, values, nulls, SPI_OK_INSERT_RETURNING, 0);
 	id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
 									 1, &isnull));
