@@ -34,7 +34,9 @@
 #include "access/genam.h"
 #include "access/htup_details.h"
 #include "access/table.h"
+#include "catalog/pg_collation.h"
 #include "catalog/pg_extension.h"
+#include "catalog/pg_type.h"
 #include "commands/dbcommands.h"
 #include "commands/extension.h"
 #include "lib/stringinfo.h"
@@ -57,6 +59,8 @@ static const char *const relation_names[PAYMENTS_NUM_RELATIONS] = {
 	[PAYMENTS_REL_STATE_MACHINE_DEFINITIONS] = "state_machine_definitions",
 	[PAYMENTS_REL_STATE_HISTORY] = "state_history",
 	[PAYMENTS_REL_STATE_HISTORY_ID_SEQ] = "state_history_id_seq",
+	[PAYMENTS_REL_TCC_FENCE] = "tcc_fence",
+	[PAYMENTS_REL_TCC_FENCE_PKEY] = "tcc_fence_pkey",
 };
 
 static Oid	schema_oid = InvalidOid;
@@ -329,4 +333,34 @@ payments_check_columns(Relation rel, const char *const *names,
 			 errdetail("Expected (%s).", expected.data) :
 			 errdetail("Expected the columns (%s).", expected.data),
 			 errhint("Undo the change to the table, or reinstall the extension.")));
+}
+
+/*
+ * A direct index scan builds its keys for the primary keys the extension
+ * creates: the first npkey columns of rel, in table order, text ones in the
+ * "C" collation (the collation ScanKeyInit gives a key).  A key rebuilt by
+ * hand any other way is refused rather than scanned with keys that do not
+ * fit it.
+ */
+void
+payments_check_primary_key(Relation rel, Relation pkey, int npkey)
+{
+	bool		ok = (pkey != NULL &&
+					  IndexRelationGetNumberOfKeyAttributes(pkey) == npkey);
+
+	for (int i = 0; ok && i < npkey; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(RelationGetDescr(rel), i);
+
+		ok = pkey->rd_index->indkey.values[i] == i + 1 &&
+			(att->atttypid != TEXTOID ||
+			 pkey->rd_indcollation[i] == C_COLLATION_OID);
+	}
+	if (!ok)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("relation \"%s.%s\" does not have the primary key the extension created",
+						get_namespace_name(RelationGetNamespace(rel)),
+						RelationGetRelationName(rel)),
+				 errhint("Undo the change to the table, or reinstall the extension.")));
 }

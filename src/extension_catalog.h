@@ -28,6 +28,8 @@ typedef enum PaymentsRelation
 	PAYMENTS_REL_STATE_MACHINE_DEFINITIONS,
 	PAYMENTS_REL_STATE_HISTORY,
 	PAYMENTS_REL_STATE_HISTORY_ID_SEQ,
+	PAYMENTS_REL_TCC_FENCE,
+	PAYMENTS_REL_TCC_FENCE_PKEY,
 	PAYMENTS_NUM_RELATIONS
 } PaymentsRelation;
 
@@ -51,5 +53,6 @@ extern uint64 payments_relations_generation(void);
 extern void payments_check_columns(Relation rel, const char *const *names,
 								   const Oid *types, int natts,
 								   AttrNumber *attnums);
+extern void payments_check_primary_key(Relation rel, Relation pkey, int npkey);
 
 #endif							/* EXTENSION_CATALOG_H */

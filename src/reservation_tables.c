@@ -37,7 +37,6 @@
 #include "access/table.h"
 #include "access/tableam.h"
 #include "access/xact.h"
-#include "catalog/pg_collation.h"
 #include "catalog/pg_type.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
@@ -53,35 +52,6 @@ static const Oid holds_types[HOLDS_NATTS] = {
 	INT8OID, TEXTOID, TEXTOID, INT8OID, TEXTOID, TIMESTAMPTZOID,
 	TIMESTAMPTZOID, TIMESTAMPTZOID
 };
-
-/*
- * The scans build their keys for the primary keys the extension creates:
- * the first npkey columns, in table order, text ones in the "C" collation
- * (the collation ScanKeyInit gives a key).  A key rebuilt by hand any
- * other way is refused rather than scanned with keys that do not fit it.
- */
-static void
-check_primary_key(RowCall *call, int npkey)
-{
-	Relation	pkey = call->pkey;
-	bool		ok = (pkey != NULL &&
-					  IndexRelationGetNumberOfKeyAttributes(pkey) == npkey);
-
-	for (int i = 0; ok && i < npkey; i++)
-	{
-		Form_pg_attribute att = TupleDescAttr(RelationGetDescr(call->rel), i);
-
-		ok = pkey->rd_index->indkey.values[i] == i + 1 &&
-			(att->atttypid != TEXTOID ||
-			 pkey->rd_indcollation[i] == C_COLLATION_OID);
-	}
-	if (!ok)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("relation \"payments.%s\" does not have the primary key the extension created",
-						RelationGetRelationName(call->rel)),
-				 errhint("Undo the change to the table, or reinstall the extension.")));
-}
 
 /*
  * Open one of the tables for a read and a write of the columns cols (all
@@ -114,7 +84,7 @@ reservation_call_begin(RowCall *call, ReservationTable table, CmdType cmd,
 		if (call->dw.rri->ri_IndexRelationDescs[i]->rd_index->indisprimary)
 			call->pkey = call->dw.rri->ri_IndexRelationDescs[i];
 	/* (sku, slot) and (id) */
-	check_primary_key(call, slots ? 2 : 1);
+	payments_check_primary_key(call->rel, call->pkey, slots ? 2 : 1);
 }
 
 void

@@ -18,24 +18,34 @@
  *			   empty (nothing to undo; the marker refuses a late Try).
  *			   Cancelled or suspended: duplicate.  Confirmed: PM603.
  *
- * Every decision is taken on the branch's row, inserted with ON CONFLICT
- * or updated on the condition of its state, so concurrent calls wait for
- * each other's row and never for a gap: PostgreSQL takes no gap locks, and
- * a conflicting insert waits for the inserting transaction, then sees its
- * row or, if it rolled back, inserts its own.  So exactly one of
- * confirmed, cancelled and suspended wins, each phase proceeds at most
- * once, and no interleaving deadlocks (each call touches one row).  A Try
- * whose transaction rolls back leaves no row, and its Cancel is empty,
- * which is right only because its business work rolled back with it: the
- * fence is sound when the Try's effects are in the same transaction.
+ * Every call first takes a transaction-level lock on its branch's key
+ * (key_lock.c), held until its transaction ends, then reads the branch's
+ * row with a snapshot taken after the lock: whoever held the lock before
+ * has committed or rolled back, so the row read is the branch's latest
+ * state, and the decision and the write made on it cannot race another
+ * call.  Calls on one branch wait for each other's transactions; calls on
+ * different branches never wait, and no call waits for a gap: PostgreSQL
+ * takes no gap locks.  So exactly one of confirmed, cancelled and
+ * suspended wins, each phase proceeds at most once, and no interleaving of
+ * calls on one branch deadlocks (each takes one lock).  Under REPEATABLE
+ * READ or SERIALIZABLE the transaction's snapshot may show an older state
+ * than the latest: deciding on it would be wrong, so that is a
+ * serialization failure.  A Try whose transaction rolls back leaves no
+ * row, and its Cancel is empty, which is right only because its business
+ * work rolled back with it: the fence is sound when the Try's effects are
+ * in the same transaction.
  *
- * A branch belongs to the role that wrote it: the role is part of the key,
- * so no other role can see, steer or block it.  The functions act as the
- * caller and take the extension owner's rights only around their own
- * statement (owner_rights.c).  Every name those statements use is
- * qualified, so the caller's search_path cannot change what they mean, and
- * it is left as it is: pinning it would cost a setting per call on the
- * participant's hot path.
+ * The row is read with a scan of the primary key index and written with
+ * ExecSimpleRelationInsert or ExecSimpleRelationUpdate (direct_write.c):
+ * a participant calls the fence in every phase, and an SPI statement's
+ * plan revalidation and executor start-up cost more than the one-row
+ * write.  The table's constraints, indexes and row triggers still apply.
+ *
+ * A branch belongs to the role that wrote it: the role is part of the key
+ * (and of the lock's), so no other role can see, steer or block it.  The
+ * calls run as the caller and check no privilege on the table: EXECUTE on
+ * the function is the check.  No name is looked up, so the caller's
+ * search_path cannot change what they do.
  *
  *-------------------------------------------------------------------------
  */
@@ -44,14 +54,23 @@
 #include "tcc.h"
 #include "payments.h"
 #include "args.h"
-#include "owner_rights.h"
+#include "direct_write.h"
+#include "extension_catalog.h"
+#include "key_lock.h"
 #include "spi_util.h"
 
+#include "access/genam.h"
+#include "access/table.h"
+#include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
 #include "utils/guc.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
 
 PG_FUNCTION_INFO_V1(payments_tcc_try);
 PG_FUNCTION_INFO_V1(payments_tcc_confirm);
@@ -61,17 +80,41 @@ PG_FUNCTION_INFO_V1(payments_purge_tcc_fence);
 /* The longest global transaction, branch or action id, in bytes */
 #define TCC_ID_MAX_BYTES	255
 
-/* How often a row that changes under a call is looked at again */
-#define TCC_MAX_TRIES		3
+/* payments.tcc_fence, in table order; the first three are its primary key */
+#define FENCE_ATT_OWNER		1
+#define FENCE_ATT_GID		2
+#define FENCE_ATT_BRANCH	3
+#define FENCE_ATT_ACTION	4
+#define FENCE_ATT_STATE		5
+#define FENCE_ATT_CREATED	6
+#define FENCE_ATT_UPDATED	7
+#define FENCE_NATTS			7
+#define FENCE_NKEYS			3
+
+static const char *const fence_names[FENCE_NATTS] = {
+	"owner", "gid", "branch_id", "action", "state", "created_at", "updated_at"
+};
+static const Oid fence_types[FENCE_NATTS] = {
+	REGROLEOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID,
+	TIMESTAMPTZOID
+};
+
+/* A branch's key and, once read, its row */
+typedef struct FenceCall
+{
+	Oid			owner;
+	text	   *gid;
+	text	   *branch_id;
+	Relation	rel;
+	Relation	pkey;
+	Snapshot	snapshot;
+	TupleTableSlot *row;
+	char	   *state;			/* NULL: no row */
+} FenceCall;
 
 static int	tcc_fence_retention = 7 * 24 * 3600;
 static int	tcc_stuck_after = 600;
 
-static SPIPlanPtr try_plan;
-static SPIPlanPtr state_plan;
-static SPIPlanPtr confirm_plan;
-static SPIPlanPtr cancel_plan;
-static SPIPlanPtr suspend_plan;
 static SPIPlanPtr purge_plan;
 
 void
@@ -99,84 +142,153 @@ tcc_init(void)
 							NULL, NULL, NULL);
 }
 
-/* The key of the branch of a call: the caller, gid and branch_id. */
-static void
-branch_key(FunctionCallInfo fcinfo, Datum *key)
-{
-	key[0] = ObjectIdGetDatum(GetUserId());
-	key[1] = PointerGetDatum(payments_arg_text(fcinfo, 0, "gid", TCC_ID_MAX_BYTES));
-	key[2] = PointerGetDatum(payments_arg_text(fcinfo, 1, "branch_id", TCC_ID_MAX_BYTES));
-	payments_check_not_in_recovery();
-}
-
-/* The state of a branch, by its key */
-static const char branch_state_sql[] =
-"SELECT state FROM @extschema@.tcc_fence"
-" WHERE owner OPERATOR(pg_catalog.=) $1::pg_catalog.regrole"
-" AND gid OPERATOR(pg_catalog.=) $2 AND branch_id OPERATOR(pg_catalog.=) $3";
-
 /*
- * The state of the branch, or NULL, as the statement's snapshot shows it
- * or, with latest, as it is now.  The caller is connected to SPI.
+ * Look the branch up in the primary key with snapshot; the row, if any, is
+ * left in call->row.  Returns whether there is one.
  */
-static char *
-branch_state(Datum *key, bool latest)
-{
-	static const Oid types[] = {OIDOID, TEXTOID, TEXTOID};
-	uint64		n;
-
-	if (latest)
-		n = payments_execute_latest(branch_state_sql, 3, types, key, NULL,
-									SPI_OK_SELECT);
-	else
-	{
-		payments_prepare(&state_plan, branch_state_sql, 3, types);
-		n = payments_execute(state_plan, key, NULL, SPI_OK_SELECT, 0);
-	}
-	if (n == 0)
-		return NULL;
-	return SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
-}
-
-/*
- * Under REPEATABLE READ or SERIALIZABLE, the state the transaction's
- * snapshot shows may be older than the branch: a Try or a Cancel that
- * committed since.  Deciding on it would tell a coordinator "never tried"
- * for a branch that was, so a state that differs from the latest one is a
- * serialization failure, as for the calls that write.
- */
-static void
-check_state_current(Datum *key, const char *state)
-{
-	char	   *latest;
-
-	if (!IsolationUsesXactSnapshot())
-		return;
-	latest = branch_state(key, true);
-	if ((latest == NULL) != (state == NULL) ||
-		(latest != NULL && strcmp(latest, state) != 0))
-		ereport(ERROR,
-				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-				 errmsg("could not serialize access due to a concurrent change of TCC branch \"%s\" of transaction \"%s\"",
-						TextDatumGetCString(key[2]), TextDatumGetCString(key[1])),
-				 errhint("Retry the transaction.")));
-}
-
-/* Whether the branch's row did what plan asks of it. */
 static bool
-branch_changed(SPIPlanPtr plan, Datum *key, const char *nulls, int expected)
+fence_lookup(FenceCall *call, Snapshot snapshot)
 {
-	return payments_execute(plan, key, nulls, expected, 0) == 1;
+	ScanKeyData skey[FENCE_NKEYS];
+	IndexScanDesc scan;
+	bool		found;
+
+	ScanKeyInit(&skey[0], FENCE_ATT_OWNER, BTEqualStrategyNumber, F_OIDEQ,
+				ObjectIdGetDatum(call->owner));
+	ScanKeyInit(&skey[1], FENCE_ATT_GID, BTEqualStrategyNumber, F_TEXTEQ,
+				PointerGetDatum(call->gid));
+	ScanKeyInit(&skey[2], FENCE_ATT_BRANCH, BTEqualStrategyNumber, F_TEXTEQ,
+				PointerGetDatum(call->branch_id));
+	scan = index_beginscan(call->rel, call->pkey, snapshot, FENCE_NKEYS, 0);
+	index_rescan(scan, skey, FENCE_NKEYS, NULL, 0);
+	found = index_getnext_slot(scan, ForwardScanDirection, call->row);
+	index_endscan(scan);
+	return found;
 }
 
 static void
-report_gone(Datum *key)
+report_changed(FenceCall *call)
 {
 	ereport(ERROR,
 			(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-			 errmsg("TCC branch \"%s\" of transaction \"%s\" keeps changing",
-					TextDatumGetCString(key[2]), TextDatumGetCString(key[1])),
-			 errhint("Retry the call.")));
+			 errmsg("could not serialize access due to a concurrent change of TCC branch \"%s\" of transaction \"%s\"",
+					text_to_cstring(call->branch_id), text_to_cstring(call->gid)),
+			 errhint("Retry the transaction.")));
+}
+
+/*
+ * Begin a call on the branch of the call's arguments: take its lock, open
+ * the fence and read the branch's state into call->state.
+ */
+static void
+fence_begin(FunctionCallInfo fcinfo, FenceCall *call)
+{
+	text	   *gid = payments_arg_text(fcinfo, 0, "gid", TCC_ID_MAX_BYTES);
+	Size		gidlen = VARSIZE_ANY_EXHDR(gid);
+	char	   *owner_gid;
+	bool		found;
+	ItemPointerData tid;
+
+	call->owner = GetUserId();
+	call->gid = gid;
+	call->branch_id = payments_arg_text(fcinfo, 1, "branch_id", TCC_ID_MAX_BYTES);
+	payments_check_not_in_recovery();
+
+	/* The lock's key is the row's: the role, then gid and branch_id. */
+	owner_gid = palloc(sizeof(Oid) + gidlen);
+	memcpy(owner_gid, &call->owner, sizeof(Oid));
+	memcpy(owner_gid + sizeof(Oid), VARDATA_ANY(gid), gidlen);
+	payments_lock_key(owner_gid, sizeof(Oid) + gidlen,
+					  VARDATA_ANY(call->branch_id),
+					  VARSIZE_ANY_EXHDR(call->branch_id),
+					  PAYMENTS_LOCKSPACE_TCC, true);
+
+	call->rel = table_open(payments_relation(PAYMENTS_REL_TCC_FENCE),
+						   RowExclusiveLock);
+	call->pkey = index_open(payments_relation(PAYMENTS_REL_TCC_FENCE_PKEY),
+							RowExclusiveLock);
+	payments_check_columns(call->rel, fence_names, fence_types, FENCE_NATTS,
+						   NULL);
+	payments_check_primary_key(call->rel, call->pkey, FENCE_NKEYS);
+
+	/* A new command, so that a call sees what this transaction wrote. */
+	CommandCounterIncrement();
+	call->snapshot = RegisterSnapshot(GetTransactionSnapshot());
+	PushActiveSnapshot(call->snapshot);
+	call->row = table_slot_create(call->rel, NULL);
+	found = fence_lookup(call, call->snapshot);
+	tid = call->row->tts_tid;
+
+	if (IsolationUsesXactSnapshot())
+	{
+		Snapshot	latest = RegisterSnapshot(GetLatestSnapshot());
+		bool		current = fence_lookup(call, latest);
+
+		UnregisterSnapshot(latest);
+		if (current != found ||
+			(found && !ItemPointerEquals(&tid, &call->row->tts_tid)))
+			report_changed(call);
+	}
+
+	call->state = NULL;
+	if (found)
+	{
+		bool		isnull;
+
+		call->state = TextDatumGetCString(slot_getattr(call->row, FENCE_ATT_STATE,
+													   &isnull));
+	}
+}
+
+static void
+fence_end(FenceCall *call)
+{
+	ExecDropSingleTupleTableSlot(call->row);
+	PopActiveSnapshot();
+	UnregisterSnapshot(call->snapshot);
+	index_close(call->pkey, NoLock);
+	table_close(call->rel, NoLock);
+}
+
+/* Insert the branch, in state, with action (NULL if action_null) */
+static void
+fence_insert(FenceCall *call, const char *state, Datum action, bool action_null)
+{
+	DirectWrite dw;
+	TupleTableSlot *row;
+	Datum		now = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
+
+	payments_direct_begin(&dw, call->rel, call->snapshot, CMD_INSERT, NULL, 0);
+	row = payments_direct_slot(&dw);
+	memset(row->tts_isnull, false, sizeof(bool) * FENCE_NATTS);
+	row->tts_values[FENCE_ATT_OWNER - 1] = ObjectIdGetDatum(call->owner);
+	row->tts_values[FENCE_ATT_GID - 1] = PointerGetDatum(call->gid);
+	row->tts_values[FENCE_ATT_BRANCH - 1] = PointerGetDatum(call->branch_id);
+	row->tts_values[FENCE_ATT_ACTION - 1] = action;
+	row->tts_isnull[FENCE_ATT_ACTION - 1] = action_null;
+	row->tts_values[FENCE_ATT_STATE - 1] = CStringGetTextDatum(state);
+	row->tts_values[FENCE_ATT_CREATED - 1] = now;
+	row->tts_values[FENCE_ATT_UPDATED - 1] = now;
+	ExecStoreVirtualTuple(row);
+	ExecSimpleRelationInsert(dw.rri, dw.estate, row);
+	payments_direct_end(&dw);
+}
+
+/* Move the branch read by fence_begin, which is tried, to state */
+static void
+fence_update(FenceCall *call, const char *state)
+{
+	static const AttrNumber written[] = {FENCE_ATT_STATE, FENCE_ATT_UPDATED};
+	DirectWrite dw;
+	Datum		values[2];
+	bool		nulls[2] = {false, false};
+
+	values[0] = CStringGetTextDatum(state);
+	values[1] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
+	payments_direct_begin(&dw, call->rel, call->snapshot, CMD_UPDATE,
+						  written, lengthof(written));
+	payments_direct_update(&dw, call->row, values, nulls);
+	payments_direct_end(&dw);
 }
 
 /*
@@ -186,41 +298,23 @@ report_gone(Datum *key)
 Datum
 payments_tcc_try(PG_FUNCTION_ARGS)
 {
-	Datum		key[4];
-	char		nulls[4] = {' ', ' ', ' ', ' '};
-	PaymentsSavedUser saved;
-	const char *answer = NULL;
+	FenceCall	call;
+	Datum		action = (Datum) 0;
+	const char *answer;
 
-	branch_key(fcinfo, key);
-	if (PG_ARGISNULL(2))
-		nulls[3] = 'n';
-	else
-		key[3] = PointerGetDatum(payments_arg_text(fcinfo, 2, "action", TCC_ID_MAX_BYTES));
-
-	payments_begin_as_owner(payments_function_owner(fcinfo->flinfo->fn_oid), false, &saved);
-	SPI_connect();
-	payments_prepare(&try_plan,
-					 "INSERT INTO @extschema@.tcc_fence (owner, gid, branch_id, action, state)"
-					 " VALUES ($1::pg_catalog.regrole, $2, $3, $4, 'tried')"
-					 " ON CONFLICT DO NOTHING",
-					 4, (Oid[]) {OIDOID, TEXTOID, TEXTOID, TEXTOID});
-	for (int tries = 0; answer == NULL; tries++)
+	if (!PG_ARGISNULL(2))
+		action = PointerGetDatum(payments_arg_text(fcinfo, 2, "action", TCC_ID_MAX_BYTES));
+	fence_begin(fcinfo, &call);
+	if (call.state == NULL)
 	{
-		char	   *state;
-
-		if (tries == TCC_MAX_TRIES)
-			report_gone(key);
-		if (branch_changed(try_plan, key, nulls, SPI_OK_INSERT))
-			answer = "proceed";
-		else if ((state = branch_state(key, false)) == NULL)
-			continue;			/* purged meanwhile: try again */
-		else if (strcmp(state, "tried") == 0 || strcmp(state, "confirmed") == 0)
-			answer = "duplicate";
-		else
-			answer = "suspended";
+		fence_insert(&call, "tried", action, PG_ARGISNULL(2));
+		answer = "proceed";
 	}
-	SPI_finish();
-	payments_end_as_owner(&saved);
+	else if (strcmp(call.state, "tried") == 0 || strcmp(call.state, "confirmed") == 0)
+		answer = "duplicate";
+	else
+		answer = "suspended";
+	fence_end(&call);
 	PG_RETURN_TEXT_P(cstring_to_text(answer));
 }
 
@@ -228,42 +322,29 @@ payments_tcc_try(PG_FUNCTION_ARGS)
 Datum
 payments_tcc_confirm(PG_FUNCTION_ARGS)
 {
-	Datum		key[3];
-	PaymentsSavedUser saved;
-	const char *answer = "proceed";
-	char	   *state;
+	FenceCall	call;
+	const char *answer = "duplicate";
 
-	branch_key(fcinfo, key);
-	payments_begin_as_owner(payments_function_owner(fcinfo->flinfo->fn_oid), false, &saved);
-	SPI_connect();
-	payments_prepare(&confirm_plan,
-					 "UPDATE @extschema@.tcc_fence SET state = 'confirmed',"
-					 " updated_at = pg_catalog.now()"
-					 " WHERE owner OPERATOR(pg_catalog.=) $1::pg_catalog.regrole"
-					 " AND gid OPERATOR(pg_catalog.=) $2 AND branch_id OPERATOR(pg_catalog.=) $3"
-					 " AND state OPERATOR(pg_catalog.=) 'tried'",
-					 3, (Oid[]) {OIDOID, TEXTOID, TEXTOID});
-	if (!branch_changed(confirm_plan, key, NULL, SPI_OK_UPDATE))
+	fence_begin(fcinfo, &call);
+	if (call.state == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_PM_TCC_NOT_TRIED),
+				 errmsg("TCC branch \"%s\" of transaction \"%s\" was never tried",
+						text_to_cstring(call.branch_id), text_to_cstring(call.gid)),
+				 errdetail("A Confirm comes after a committed Try of its branch."),
+				 errhint("The coordinator should not confirm a branch whose Try failed.")));
+	if (strcmp(call.state, "tried") == 0)
 	{
-		state = branch_state(key, false);
-		check_state_current(key, state);
-		if (state == NULL)
-			ereport(ERROR,
-					(errcode(ERRCODE_PM_TCC_NOT_TRIED),
-					 errmsg("TCC branch \"%s\" of transaction \"%s\" was never tried",
-							TextDatumGetCString(key[2]), TextDatumGetCString(key[1])),
-					 errdetail("A Confirm comes after a committed Try of its branch."),
-					 errhint("The coordinator should not confirm a branch whose Try failed.")));
-		if (strcmp(state, "confirmed") != 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_PM_TCC_CANCELLED),
-					 errmsg("TCC branch \"%s\" of transaction \"%s\" was cancelled",
-							TextDatumGetCString(key[2]), TextDatumGetCString(key[1])),
-					 errdetail("A cancelled branch is never confirmed.")));
-		answer = "duplicate";
+		fence_update(&call, "confirmed");
+		answer = "proceed";
 	}
-	SPI_finish();
-	payments_end_as_owner(&saved);
+	else if (strcmp(call.state, "confirmed") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_PM_TCC_CANCELLED),
+				 errmsg("TCC branch \"%s\" of transaction \"%s\" was cancelled",
+						text_to_cstring(call.branch_id), text_to_cstring(call.gid)),
+				 errdetail("A cancelled branch is never confirmed.")));
+	fence_end(&call);
 	PG_RETURN_TEXT_P(cstring_to_text(answer));
 }
 
@@ -271,54 +352,27 @@ payments_tcc_confirm(PG_FUNCTION_ARGS)
 Datum
 payments_tcc_cancel(PG_FUNCTION_ARGS)
 {
-	Datum		key[3];
-	PaymentsSavedUser saved;
-	const char *answer = NULL;
+	FenceCall	call;
+	const char *answer = "duplicate";
 
-	branch_key(fcinfo, key);
-	payments_begin_as_owner(payments_function_owner(fcinfo->flinfo->fn_oid), false, &saved);
-	SPI_connect();
-	payments_prepare(&cancel_plan,
-					 "UPDATE @extschema@.tcc_fence SET state = 'cancelled',"
-					 " updated_at = pg_catalog.now()"
-					 " WHERE owner OPERATOR(pg_catalog.=) $1::pg_catalog.regrole"
-					 " AND gid OPERATOR(pg_catalog.=) $2 AND branch_id OPERATOR(pg_catalog.=) $3"
-					 " AND state OPERATOR(pg_catalog.=) 'tried'",
-					 3, (Oid[]) {OIDOID, TEXTOID, TEXTOID});
-	payments_prepare(&suspend_plan,
-					 "INSERT INTO @extschema@.tcc_fence (owner, gid, branch_id, state)"
-					 " VALUES ($1::pg_catalog.regrole, $2, $3, 'suspended')"
-					 " ON CONFLICT DO NOTHING",
-					 3, (Oid[]) {OIDOID, TEXTOID, TEXTOID});
-
-	/*
-	 * The update first (the usual case, a Try to undo), then the marker;
-	 * a Try that commits in between makes both miss, and the loop looks
-	 * again.
-	 */
-	for (int tries = 0; answer == NULL; tries++)
+	fence_begin(fcinfo, &call);
+	if (call.state == NULL)
 	{
-		char	   *state;
-
-		if (tries == TCC_MAX_TRIES)
-			report_gone(key);
-		if (branch_changed(cancel_plan, key, NULL, SPI_OK_UPDATE))
-			answer = "proceed";
-		else if (branch_changed(suspend_plan, key, NULL, SPI_OK_INSERT))
-			answer = "empty";
-		else if ((state = branch_state(key, false)) == NULL || strcmp(state, "tried") == 0)
-			continue;
-		else if (strcmp(state, "confirmed") == 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_PM_TCC_CONFIRMED),
-					 errmsg("TCC branch \"%s\" of transaction \"%s\" was confirmed",
-							TextDatumGetCString(key[2]), TextDatumGetCString(key[1])),
-					 errdetail("A confirmed branch is never cancelled.")));
-		else
-			answer = "duplicate";
+		fence_insert(&call, "suspended", (Datum) 0, true);
+		answer = "empty";
 	}
-	SPI_finish();
-	payments_end_as_owner(&saved);
+	else if (strcmp(call.state, "tried") == 0)
+	{
+		fence_update(&call, "cancelled");
+		answer = "proceed";
+	}
+	else if (strcmp(call.state, "confirmed") == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_PM_TCC_CONFIRMED),
+				 errmsg("TCC branch \"%s\" of transaction \"%s\" was confirmed",
+						text_to_cstring(call.branch_id), text_to_cstring(call.gid)),
+				 errdetail("A confirmed branch is never cancelled.")));
+	fence_end(&call);
 	PG_RETURN_TEXT_P(cstring_to_text(answer));
 }
 
