@@ -52,7 +52,8 @@ OBJS = \
 	src/reconciliation_run.o \
 	src/reconciliation_heal.o \
 	src/tcc_fence.o \
-	src/saga.o
+	src/saga.o \
+	src/fault.o
 
 # src/sql/ holds everything CREATE EXTENSION and ALTER EXTENSION run.  The
 # current version's install script is assembled from one fragment per
@@ -70,6 +71,7 @@ SQL_FRAGMENTS = \
 	src/sql/70_reconciliation.sql \
 	src/sql/80_tcc.sql \
 	src/sql/85_sagas.sql \
+	src/sql/87_faults.sql \
 	src/sql/90_privileges.sql
 
 # The update step from the last release is assembled too, until it ships:
@@ -86,6 +88,7 @@ UPDATE_FRAGMENTS = \
 	src/sql/70_reconciliation.sql \
 	src/sql/80_tcc.sql \
 	src/sql/85_sagas.sql \
+	src/sql/87_faults.sql \
 	src/sql/90_privileges.sql
 
 DATA_built = \
@@ -124,7 +127,8 @@ REGRESS = \
 	tcc \
 	compensation_chain \
 	saga \
-	saga_attack
+	saga_attack \
+	fault
 REGRESS_OPTS = --no-locale --encoding=UTF8
 
 ISOLATION = \

@@ -28,6 +28,7 @@
 #include "callback.h"
 #include "payments.h"
 #include "args.h"
+#include "fault.h"
 #include "key_lock.h"
 #include "owner_rights.h"
 #include "spi_util.h"
@@ -190,6 +191,13 @@ record_event(const CallbackEvent *ev, Oid tables_owner)
 
 	if (!first)
 		return redelivery(ev);
+
+	/*
+	 * A drill delivers the event again between its record and its route:
+	 * the second delivery must be told it is a duplicate.
+	 */
+	if (PAYMENTS_FAULT(FAULT_CALLBACK_AFTER_DEDUPE))
+		(void) record_event(ev, tables_owner);
 
 	if (route != NULL)
 	{

@@ -63,6 +63,7 @@
 
 #include "compensation.h"
 #include "args.h"
+#include "fault.h"
 #include "owner_rights.h"
 #include "spi_util.h"
 #include "worker.h"
@@ -827,10 +828,19 @@ run_due(int max_items)
 
 		CHECK_FOR_INTERRUPTS();
 		MemoryContextSwitchTo(itemcxt);
-		marker_set(item->id, item->attempts - 1);
-		edata = run_handler(item, &cache, callcxt);
-		marker_clear();
-		reset_session_state();
+		(void) PAYMENTS_FAULT(FAULT_WORKER_AFTER_CLAIM);
+
+		/*
+		 * A drill may run a handler that succeeded a second time: handlers
+		 * run at least once, so a second run must do no harm.
+		 */
+		do
+		{
+			marker_set(item->id, item->attempts - 1);
+			edata = run_handler(item, &cache, callcxt);
+			marker_clear();
+			reset_session_state();
+		} while (edata == NULL && PAYMENTS_FAULT(FAULT_WORKER_AFTER_HANDLER));
 		if (edata != NULL)
 		{
 			ereport(LOG,

@@ -56,6 +56,7 @@
 
 #include "idempotency.h"
 #include "payments.h"
+#include "fault.h"
 #include "args.h"
 #include "extension_catalog.h"
 #include "fingerprint.h"
@@ -670,6 +671,7 @@ payments_idempotency_begin(PG_FUNCTION_ARGS)
 	}
 
 	lock_key(scope, key);
+	(void) PAYMENTS_FAULT(FAULT_IDEMPOTENCY_BEGIN);
 	hash = fingerprint_bytea(fingerprint);
 	payments_begin_as_owner(payments_function_owner(fcinfo->flinfo->fn_oid),
 							true, &saved);
@@ -833,6 +835,7 @@ payments_idempotency_complete(PG_FUNCTION_ARGS)
 	payments_check_not_in_recovery();
 
 	values[2] = PG_GETARG_DATUM(2);
+	(void) PAYMENTS_FAULT(FAULT_IDEMPOTENCY_COMPLETE);
 	change_started_key(fcinfo, scope, key, KEY_COMPLETE, &complete_plan,
 					   "UPDATE @extschema@.idempotency_keys"
 					   " SET state = 'completed', response = $3, response_code = $4,"

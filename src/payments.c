@@ -13,6 +13,7 @@
 
 #include "callback.h"
 #include "compensation.h"
+#include "fault.h"
 #include "idempotency.h"
 #include "reconciliation.h"
 #include "tcc.h"
@@ -37,6 +38,7 @@ _PG_init(void)
 	callback_failures_init();
 	statement_init();
 	tcc_init();
+	fault_init();
 	worker_init();
 
 	MarkGUCPrefixReserved("payments");

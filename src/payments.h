@@ -73,6 +73,9 @@
 #define ERRCODE_PM_SAGA_ABORTED					MAKE_SQLSTATE('P','M','6','0','6')
 #define ERRCODE_PM_SAGA_STEP_CONFLICT			MAKE_SQLSTATE('P','M','6','0','7')
 
+/* Fault drills */
+#define ERRCODE_PM_FAULT_INJECTED				MAKE_SQLSTATE('P','M','7','0','1')
+
 /*
  * The role whose members steer every role's compensations and read every
  * provider's callbacks (src/sql/90_privileges.sql creates it).

@@ -52,6 +52,7 @@
 #include "reconciliation.h"
 #include "payments.h"
 #include "args.h"
+#include "fault.h"
 #include "owner_rights.h"
 #include "spi_util.h"
 
@@ -618,6 +619,7 @@ reconcile(Reconciliation *r, Statement *s, Oid caller, Oid tables_owner)
 		tuplestore_end(store);
 	}
 	check_reference_lengths(r, run_id);
+	(void) PAYMENTS_FAULT(FAULT_RECONCILE_MID_RUN);
 
 	values[3] = r->grace;
 	payments_execute_once(pool_sql, 4,

@@ -17,6 +17,7 @@
 
 #include "reservation.h"
 #include "extension_catalog.h"
+#include "fault.h"
 #include "spi_util.h"
 
 #include "access/genam.h"
@@ -170,6 +171,7 @@ payments_hold_reserve(Oid fn_oid, text *order_ref, text *sku, int64 qty,
 					  Datum ttl)
 {
 	payments_slots_take(fn_oid, sku, qty);
+	(void) PAYMENTS_FAULT(FAULT_RESERVE_AFTER_TAKE);
 	return insert_hold(order_ref, sku, qty, ttl);
 }
 
@@ -237,6 +239,7 @@ confirm_hold(int64 id)
 		Datum		values[2];
 		bool		nulls[2] = {false, false};
 
+		(void) PAYMENTS_FAULT(FAULT_RESERVATION_CONFIRM);
 		values[0] = hold_state_datum(HOLD_CONFIRMED);	/* state */
 		values[1] = TimestampTzGetDatum(GetCurrentTimestamp());	/* resolved_at */
 		payments_direct_update(&call.dw, row, values, nulls);
@@ -577,6 +580,7 @@ payments_holds_expire(int32 max_rows)
 	rows = palloc(sizeof(HoldRow) * n);
 	for (uint64 i = 0; i < n; i++)
 		read_hold(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, &rows[i]);
+	(void) PAYMENTS_FAULT(FAULT_RESERVATION_EXPIRE_BATCH);
 
 	qsort(rows, n, sizeof(HoldRow), compare_rows_by_sku);
 	ids = palloc(sizeof(Datum) * n);

@@ -35,6 +35,7 @@
 #include "payments.h"
 #include "args.h"
 #include "compensation.h"
+#include "fault.h"
 #include "owner_rights.h"
 #include "spi_util.h"
 
@@ -369,6 +370,7 @@ abort_saga(Datum *key, Datum reason, bool reason_null, Oid tables_owner)
 		link.owner = DatumGetObjectId(SPI_getbinval(tup, desc, 3, &isnull));
 		link.role = DatumGetObjectId(key[0]);
 		edata = payments_run_in_subtransaction(check_link, &link);
+		(void) PAYMENTS_FAULT(FAULT_SAGA_CHAIN_STEP);
 		if (edata == NULL)
 			after = compensation_enqueue(link.handler, payload, NULL, 0,
 										 GetCurrentTimestamp(), after,

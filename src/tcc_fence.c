@@ -56,6 +56,7 @@
 #include "args.h"
 #include "direct_write.h"
 #include "extension_catalog.h"
+#include "fault.h"
 #include "key_lock.h"
 #include "spi_util.h"
 
@@ -258,6 +259,7 @@ fence_insert(FenceCall *call, const char *state, Datum action, bool action_null)
 	TupleTableSlot *row;
 	Datum		now = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
 
+	(void) PAYMENTS_FAULT(FAULT_TCC_FENCE_WRITE);
 	payments_direct_begin(&dw, call->rel, call->snapshot, CMD_INSERT, NULL, 0);
 	row = payments_direct_slot(&dw);
 	memset(row->tts_isnull, false, sizeof(bool) * FENCE_NATTS);
@@ -283,6 +285,7 @@ fence_update(FenceCall *call, const char *state)
 	Datum		values[2];
 	bool		nulls[2] = {false, false};
 
+	(void) PAYMENTS_FAULT(FAULT_TCC_FENCE_WRITE);
 	values[0] = CStringGetTextDatum(state);
 	values[1] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
 	payments_direct_begin(&dw, call->rel, call->snapshot, CMD_UPDATE,
