@@ -72,6 +72,7 @@ SQL_FRAGMENTS = \
 	src/sql/80_tcc.sql \
 	src/sql/85_sagas.sql \
 	src/sql/87_faults.sql \
+	src/sql/88_checks.sql \
 	src/sql/90_privileges.sql
 
 # The update step from the last release is assembled too, until it ships:
@@ -89,6 +90,7 @@ UPDATE_FRAGMENTS = \
 	src/sql/80_tcc.sql \
 	src/sql/85_sagas.sql \
 	src/sql/87_faults.sql \
+	src/sql/88_checks.sql \
 	src/sql/90_privileges.sql
 
 DATA_built = \
@@ -128,7 +130,8 @@ REGRESS = \
 	compensation_chain \
 	saga \
 	saga_attack \
-	fault
+	fault \
+	check
 REGRESS_OPTS = --no-locale --encoding=UTF8
 
 ISOLATION = \
@@ -160,7 +163,8 @@ ISOLATION = \
 	statement_close_race \
 	tcc_fence_race \
 	saga_race \
-	compensation_chain_race
+	compensation_chain_race \
+	check_no_block
 ISOLATION_OPTS = --inputdir=test/isolation --load-extension=$(EXTENSION) --no-locale --encoding=UTF8
 
 TAP_TESTS = 1

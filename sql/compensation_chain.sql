@@ -97,6 +97,9 @@ RESET ROLE;
 SELECT payments.enqueue_compensation('public.chain_step(jsonb)', '{}', after => -1);
 
 DROP VIEW public.chain_items;
+-- What payments.check() finds in what this file leaves behind
+RESET ROLE;
+SELECT check_name, severity, count(*) FROM payments.check() GROUP BY 1, 2 ORDER BY 1, 2;
 DROP EXTENSION payments;
 DROP TABLE public.chain_log;
 DROP FUNCTION public.chain_step(jsonb), public.chain_gateway(jsonb);

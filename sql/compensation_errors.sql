@@ -148,4 +148,7 @@ DROP FUNCTION comp_ok(jsonb), comp_text(text), comp_returns_int(jsonb),
     comp_two_args(jsonb, integer), comp_default(jsonb, integer), comp_setof(jsonb);
 DROP PROCEDURE comp_proc(jsonb);
 DROP AGGREGATE comp_agg(jsonb);
+-- What payments.check() finds in what this file leaves behind
+RESET ROLE;
+SELECT check_name, severity, count(*) FROM payments.check() GROUP BY 1, 2 ORDER BY 1, 2;
 DROP EXTENSION payments CASCADE;

@@ -163,6 +163,9 @@ SELECT count(*) AS points FROM payments.fault_points;
 RESET ROLE;
 SELECT count(*) AS armed FROM payments.fault_points WHERE action IS NOT NULL;
 
+-- What payments.check() finds in what this file leaves behind
+RESET ROLE;
+SELECT check_name, severity, count(*) FROM payments.check() GROUP BY 1, 2 ORDER BY 1, 2;
 DROP EXTENSION payments;
 DROP TABLE handler_runs;
 DROP FUNCTION log_run(jsonb);

@@ -115,4 +115,7 @@ SET payments.idempotency_wait = 'maybe';
 SET payments.no_such_setting = 1;
 
 DROP FUNCTION keys_unchanged();
+-- What payments.check() finds in what this file leaves behind
+RESET ROLE;
+SELECT check_name, severity, count(*) FROM payments.check() GROUP BY 1, 2 ORDER BY 1, 2;
 DROP EXTENSION payments;

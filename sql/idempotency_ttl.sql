@@ -156,5 +156,8 @@ SELECT payments.purge_idempotency_keys() AS purged;
 SELECT count(*) AS short2_rows FROM payments.idempotency_keys WHERE key = 'short2';
 
 DROP VIEW short_key;
+-- What payments.check() finds in what this file leaves behind
+RESET ROLE;
+SELECT check_name, severity, count(*) FROM payments.check() GROUP BY 1, 2 ORDER BY 1, 2;
 DROP EXTENSION payments;
 DROP FUNCTION ttl_handler(jsonb);

@@ -324,6 +324,9 @@ SELECT payments.statement_add(:day7, '[
 SELECT payments.statement_close(:day7);
 SELECT payments.reconcile('again', :day7) > 0 AS reconciled;
 
+-- What payments.check() finds in what this file leaves behind
+RESET ROLE;
+SELECT check_name, severity, count(*) FROM payments.check() GROUP BY 1, 2 ORDER BY 1, 2;
 DROP EXTENSION payments;
 DROP TABLE orders, orders2;
 DROP FUNCTION heal(jsonb);

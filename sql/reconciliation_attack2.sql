@@ -236,6 +236,9 @@ END $$;
 \set VERBOSITY sqlstate
 RESET ROLE;
 
+-- What payments.check() finds in what this file leaves behind
+RESET ROLE;
+SELECT check_name, severity, count(*) FROM payments.check() GROUP BY 1, 2 ORDER BY 1, 2;
 DROP EXTENSION payments;
 SET client_min_messages = warning;
 DROP SCHEMA rc2_alice, rc2_mallory, rc2_team CASCADE;

@@ -310,6 +310,9 @@ INSERT INTO "Odd ""Table""" VALUES ('r1', 10, 'paid', '2026-11-01 10:00');
 SELECT payments.reconcile('odd', :closed_stmt) > 0 AS ran;
 SELECT class, reference FROM payments.reconciliation_items ORDER BY id;
 
+-- What payments.check() finds in what this file leaves behind
+RESET ROLE;
+SELECT check_name, severity, count(*) FROM payments.check() GROUP BY 1, 2 ORDER BY 1, 2;
 DROP EXTENSION payments;
 DROP TABLE orders, "Odd ""Table""", twice;
 DROP TYPE mood;

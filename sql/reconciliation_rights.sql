@@ -230,6 +230,9 @@ SELECT payments.reconcile('alice_psp', :alice_stmt);
 RESET ROLE;
 SELECT rc_state() = :'before' AS unchanged;
 
+-- What payments.check() finds in what this file leaves behind
+RESET ROLE;
+SELECT check_name, severity, count(*) FROM payments.check() GROUP BY 1, 2 ORDER BY 1, 2;
 DROP EXTENSION payments;
 DROP SCHEMA rc_alice CASCADE;
 DROP SCHEMA rc_bob CASCADE;

@@ -458,4 +458,7 @@ SELECT payments.confirm_reservation(payments.reserve('after-drop', 'again', 1)) 
 SELECT payments.reserve('after-drop', 'pear', 1);
 SELECT order_ref, sku, state FROM payments.reservations;
 SELECT * FROM payments.stock_levels;
+-- What payments.check() finds in what this file leaves behind
+RESET ROLE;
+SELECT check_name, severity, count(*) FROM payments.check() GROUP BY 1, 2 ORDER BY 1, 2;
 DROP EXTENSION payments CASCADE;

@@ -240,6 +240,9 @@ SELECT s.step, c.status FROM payments.saga_steps s
   JOIN payments.compensations c ON c.id = s.compensation_id
  WHERE s.saga_id = 'gap' ORDER BY s.step_no;
 
+-- What payments.check() finds in what this file leaves behind
+RESET ROLE;
+SELECT check_name, severity, count(*) FROM payments.check() GROUP BY 1, 2 ORDER BY 1, 2;
 DROP EXTENSION payments;
 DROP TABLE public.saga_undo_log, public.saga_fail;
 DROP FUNCTION public.saga_undo(jsonb), public.saga_not_a_handler(jsonb),

@@ -175,6 +175,9 @@ SELECT count(*) - (SELECT n FROM sa_before) AS queued_by_errors FROM payments.co
 SELECT dblink_disconnect('other');
 DROP EXTENSION dblink;
 DROP VIEW public.sa_stranded;
+-- What payments.check() finds in what this file leaves behind
+RESET ROLE;
+SELECT check_name, severity, count(*) FROM payments.check() GROUP BY 1, 2 ORDER BY 1, 2;
 DROP EXTENSION payments;
 
 DROP TABLE public.sa_log;

@@ -37,6 +37,7 @@ static SPIPlanPtr lock_slots_plan;
 static SPIPlanPtr spread_plan;
 static SPIPlanPtr trim_plan;
 static SPIPlanPtr upsert_stock_plan;
+static SPIPlanPtr received_plan;
 
 /*
  * The slot this backend last took units from, and its SKU.  A backend
@@ -350,6 +351,28 @@ lock_all_slots(text *sku, int32 nslots)
 }
 
 /*
+ * Count delta more units as received for the SKU (fewer if negative): what
+ * payments.check() balances against the slots, the holds and the sales.
+ * The caller holds the SKU's stock row.
+ */
+static void
+add_received(text *sku, int64 delta)
+{
+	static const Oid argtypes[] = {TEXTOID, INT8OID};
+	Datum		values[2];
+
+	if (delta == 0)
+		return;
+	payments_prepare(&received_plan,
+					 "UPDATE @extschema@.stock SET received = received + $2"
+					 " WHERE sku = $1",
+					 2, argtypes);
+	values[0] = PointerGetDatum(sku);
+	values[1] = Int64GetDatum(delta);
+	payments_execute(received_plan, values, NULL, SPI_OK_UPDATE, 0);
+}
+
+/*
  * Write total units across slots 0 .. nslots - 1, evenly, creating missing
  * slots.  The caller holds the SKU's stock row and every slot.
  */
@@ -484,7 +507,9 @@ payments_stock_set_units(text *sku, int64 on_hand, int32 slots)
 	char		nulls[2] = {' ', ' '};
 	int32		nslots;
 	int32		nlocked;
+	int64		units;
 	int64		held;
+	int64		received_delta;
 	bool		isnull;
 
 	/* Create or lock the SKU's row; this also serializes two creators. */
@@ -504,8 +529,10 @@ payments_stock_set_units(text *sku, int64 on_hand, int32 slots)
 	nslots = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0],
 										 SPI_tuptable->tupdesc, 1, &isnull));
 
-	(void) lock_slots(sku, &nlocked);
+	units = lock_slots(sku, &nlocked);
 	held = payments_holds_held_units(sku);
+	/* on hand was the slots' units and every held unit, lapsed or not */
+	received_delta = on_hand - (units + held);
 	if (on_hand < held)
 		held -= payments_holds_reclaim_lapsed(sku);
 	if (on_hand < held)
@@ -520,6 +547,7 @@ payments_stock_set_units(text *sku, int64 on_hand, int32 slots)
 		values[1] = Int32GetDatum(nslots);
 		payments_execute(trim_plan, values, NULL, SPI_OK_DELETE, 0);
 	}
+	add_received(sku, received_delta);
 }
 
 /*
@@ -547,5 +575,6 @@ payments_stock_adjust_units(text *sku, int64 delta)
 						text_to_cstring(sku),
 						(long long) RESERVATION_STOCK_MAX)));
 	spread_units(sku, units + delta, nslots);
+	add_received(sku, delta);
 	return units + held + delta;
 }

@@ -12,11 +12,13 @@ CREATE TABLE payments.stock (
     created_at  timestamptz NOT NULL DEFAULT now(),
     updated_at  timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT stock_sku_check CHECK (octet_length(sku) BETWEEN 1 AND 255),
-    CONSTRAINT stock_slots_check CHECK (slots BETWEEN 1 AND 1024)
+    CONSTRAINT stock_slots_check CHECK (slots BETWEEN 1 AND 1024),
+    -- every unit received, less those written off: on hand plus sold
+    received    bigint      NOT NULL DEFAULT 0
 );
 
 COMMENT ON TABLE payments.stock IS
-    'One row per SKU: how many slot rows its unreserved stock is split across';
+    'One row per SKU: how many slot rows its unreserved stock is split across, and how many units it received in all';
 
 -- A SKU's unreserved units, split across slots 0 .. slots - 1.  A reserve
 -- takes units from one slot it can lock without waiting, so concurrent

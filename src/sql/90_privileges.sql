@@ -154,3 +154,4 @@ GRANT SELECT ON payments.tcc_fence, payments.tcc_branches TO payments_operator;
 GRANT SELECT ON payments.saga_state, payments.saga_steps, payments.sagas TO payments_operator;
 GRANT SELECT ON payments.fault_points TO payments_operator;
 GRANT EXECUTE ON FUNCTION payments.fault_point_states() TO payments_operator;
+GRANT EXECUTE ON FUNCTION payments.check() TO payments_operator;

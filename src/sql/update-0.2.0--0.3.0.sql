@@ -6,6 +6,23 @@
 -- caller and takes the extension owner's rights only for its own statement.
 ALTER FUNCTION @extschema@.define_state_machine(text, jsonb, text[]) SECURITY INVOKER;
 
+-- Every unit a SKU received, less those written off (on hand plus sold),
+-- which payments.check() balances against the slots, the holds and the
+-- sales.  Until now it was never recorded: it starts as what the tables
+-- hold.  See src/sql/20_reservation.sql.
+-- (The default comes after the backfill, so that the column gets no
+-- "missing value" a fresh install does not have.)
+ALTER TABLE @extschema@.stock ADD COLUMN received bigint;
+UPDATE @extschema@.stock s
+   SET received = coalesce((SELECT sum(sl.available) FROM @extschema@.stock_slots sl
+                             WHERE sl.sku = s.sku), 0)
+                + coalesce((SELECT sum(r.qty) FROM @extschema@.reservations r
+                             WHERE r.sku = s.sku AND r.state IN ('held', 'confirmed')), 0);
+ALTER TABLE @extschema@.stock ALTER COLUMN received SET DEFAULT 0,
+    ALTER COLUMN received SET NOT NULL;
+COMMENT ON TABLE @extschema@.stock IS
+    'One row per SKU: how many slot rows its unreserved stock is split across, and how many units it received in all';
+
 -- Chains of compensations (a saga's undo runs in reverse order): an item
 -- may wait for another to settle.  See src/sql/50_compensation.sql.
 ALTER TABLE @extschema@.compensations ADD COLUMN after bigint;

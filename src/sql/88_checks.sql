@@ -1,0 +1,153 @@
+-- Consistency checks: the extension's own invariants, read-only, in one
+-- call an operator or a monitoring job runs (see doc/drills.md).  Each row
+-- is one violation: its check, a severity ("error": data is wrong and
+-- must be repaired; "warning": something is stuck and needs a person),
+-- the object it is about, and a detail that says what to do.
+--
+-- It reads the application's guarded tables as the extension's owner
+-- (SECURITY DEFINER), so it is granted to payments_operator only.  Its
+-- reads take no lock a writer waits for; a long one is bounded by the
+-- calling statement's statement_timeout.
+
+CREATE FUNCTION payments.check()
+    RETURNS TABLE (check_name text, severity text, object text, detail text)
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $check$
+DECLARE
+    g record;
+    worker_running boolean;
+BEGIN
+    -- What a SKU received equals what its slots keep, what is held and
+    -- what was sold; and its slot rows are 0 .. slots - 1.
+    RETURN QUERY
+    SELECT 'stock_ledger', 'error', 'stock ' || s.sku,
+           format('The SKU received %s units, but %s available, %s held and %s sold make %s. Find the write that bypassed the extension, then correct the stock with payments.stock_adjust.',
+                  s.received, a.units, h.held, h.sold, a.units + h.held + h.sold)
+      FROM payments.stock s
+     CROSS JOIN LATERAL (SELECT coalesce(sum(sl.available), 0) AS units, count(*) AS n,
+                                coalesce(min(sl.slot), 0) AS lo, coalesce(max(sl.slot), -1) AS hi
+                           FROM payments.stock_slots sl WHERE sl.sku = s.sku) a
+     CROSS JOIN LATERAL (SELECT coalesce(sum(r.qty) FILTER (WHERE r.state = 'held'), 0) AS held,
+                                coalesce(sum(r.qty) FILTER (WHERE r.state = 'confirmed'), 0) AS sold
+                           FROM payments.reservations r WHERE r.sku = s.sku) h
+     WHERE s.received <> a.units + h.held + h.sold;
+
+    RETURN QUERY
+    SELECT 'stock_slots', 'error', 'stock ' || s.sku,
+           format('The SKU has %s slots, but its slot rows are %s (numbered %s to %s). Set its stock again with payments.stock_set.',
+                  s.slots, a.n, a.lo, a.hi)
+      FROM payments.stock s
+     CROSS JOIN LATERAL (SELECT count(*) AS n, coalesce(min(sl.slot), 0) AS lo,
+                                coalesce(max(sl.slot), -1) AS hi
+                           FROM payments.stock_slots sl WHERE sl.sku = s.sku) a
+     WHERE a.n <> s.slots OR a.lo <> 0 OR a.hi <> s.slots - 1;
+
+    -- A hold past its TTL still counted as held, for longer than the
+    -- worker needs to expire it, while a worker serves this database.
+    SELECT EXISTS (SELECT FROM pg_stat_activity
+                    WHERE backend_type = 'payments worker' AND datname = current_database())
+      INTO worker_running;
+    IF worker_running THEN
+        RETURN QUERY
+        SELECT 'lapsed_hold', 'warning', 'reservation ' || r.id,
+               format('The hold of %s units of SKU %s for order %s lapsed at %s and is still held although a worker runs. Look at payments.worker_status() and the server log.',
+                      r.qty, r.sku, r.order_ref, r.expires_at)
+          FROM payments.reservations r
+         WHERE r.state = 'held' AND r.expires_at < now() - interval '5 minutes';
+    END IF;
+
+    -- A compensation claimed by an external executor whose lease ran out.
+    RETURN QUERY
+    SELECT 'compensation_lease', 'warning', 'compensation ' || c.id,
+           format('Handler %s was claimed by an executor whose lease ran out at %s. The executor may have died: it is claimed again when the lease is reclaimed, or fail it with payments.fail_compensation.',
+                  c.handler, c.lease_expires_at)
+      FROM payments.compensations c
+     WHERE c.status = 'running' AND c.lease_expires_at < now();
+
+    -- A flow that holds an idempotency key past its lease.
+    RETURN QUERY
+    SELECT 'idempotency_lease', 'warning', 'idempotency key ' || k.scope || '/' || k.key,
+           format('The flow that started this key at %s has not renewed its lease, which ran out at %s. Its next retry resumes it as "recovering"; if no retry comes, abandon it with payments.idempotency_abandon.',
+                  k.created_at, k.lease_expires_at)
+      FROM payments.idempotency_keys k
+     WHERE k.state = 'started' AND k.lease_expires_at < now();
+
+    -- For every guarded column: a row whose state is not the last move the
+    -- guard recorded for it (a write with the guard disabled, or by hand).
+    FOR g IN
+        SELECT t.tgrelid::regclass AS tbl, a.attname AS col,
+               (SELECT string_agg(format('t.%I', pa.attname), ', ' ORDER BY k.n)
+                  FROM pg_index i
+                 CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, n)
+                  JOIN pg_attribute pa ON pa.attrelid = i.indrelid AND pa.attnum = k.attnum
+                 WHERE i.indrelid = t.tgrelid AND i.indisprimary) AS pk,
+               (SELECT i.indnatts FROM pg_index i
+                 WHERE i.indrelid = t.tgrelid AND i.indisprimary) AS npk
+          FROM pg_trigger t
+          JOIN pg_attribute a ON a.attrelid = t.tgrelid AND a.attnum = t.tgattr[0]
+         WHERE t.tgfoid = 'payments.state_guard()'::regprocedure AND cardinality(t.tgattr::int2[]) = 1
+    LOOP
+        CONTINUE WHEN g.pk IS NULL;
+        RETURN QUERY EXECUTE format(
+            'SELECT %L::text, %L::text, %L || '' '' || k.key,'
+            '       format(''Its %s is %%L, but the last move the guard recorded is to %%L (%%s). Find the write that bypassed the guard; set the row back, or record why.'','
+            '              k.state, h.to_state, h.changed_at)'
+            '  FROM (SELECT %s AS key, t.%I::text AS state FROM %s t) k'
+            '  JOIN LATERAL (SELECT h.to_state, h.changed_at FROM payments.state_history h'
+            '                 WHERE h.tbl = %L::regclass AND h.col = %L AND h.row_key = k.key'
+            '                 ORDER BY h.id DESC LIMIT 1) h ON true'
+            ' WHERE k.state IS DISTINCT FROM h.to_state',
+            'state_history', 'error', g.tbl::text, g.col,
+            CASE WHEN g.npk = 1 THEN g.pk || '::text' ELSE 'ROW(' || g.pk || ')::text' END,
+            g.col, g.tbl, g.tbl::oid, g.col);
+    END LOOP;
+
+    -- An expected callback past its deadline and not met, with no query
+    -- chasing it: its query could not be queued or failed for good, or the
+    -- worker has not queued it a minute after the deadline.
+    RETURN QUERY
+    SELECT 'callback_overdue', 'warning', 'expected callback ' || e.id,
+           format('Provider %s never called back about payment %s by %s, and no query chases it (%s). Ask the provider, then record the answer with payments.receive_callback or payments.record_query_result.',
+                  e.provider, e.payment_ref, e.deadline,
+                  CASE WHEN e.query_error IS NOT NULL THEN 'its query failed: ' || e.query_error
+                       WHEN e.compensation_id IS NULL THEN 'its query was never queued'
+                       ELSE 'its query item is ' || c.status || ' and met nothing' END)
+      FROM payments.expected_callbacks e
+      LEFT JOIN payments.compensations c ON c.id = e.compensation_id
+     WHERE e.met_at IS NULL AND e.deadline < now()
+       AND (e.query_error IS NOT NULL
+            OR (e.compensation_id IS NULL AND e.deadline < now() - interval '1 minute')
+            OR c.status IN ('dead', 'cancelled', 'succeeded'));
+
+    -- A TCC branch tried but neither confirmed nor cancelled for too long.
+    RETURN QUERY
+    SELECT 'tcc_stuck', 'warning', 'tcc branch ' || f.gid || '/' || f.branch_id,
+           format('Role %s tried this branch at %s and its coordinator has neither confirmed nor cancelled it since. Ask the coordinator to finish the transaction.',
+                  f.owner, f.updated_at)
+      FROM payments.tcc_fence f
+     WHERE f.state = 'tried'
+       AND f.updated_at < now() - coalesce(current_setting('payments.tcc_stuck_after', true), '10min')::interval;
+
+    -- A saga past its timeout that the worker has not aborted, or whose
+    -- undo halted at a dead compensation.
+    RETURN QUERY
+    SELECT 'saga_stuck', 'warning', 'saga ' || s.saga_id,
+           CASE WHEN s.status = 'running'
+                THEN format('The saga of role %s passed its timeout at %s and is not aborted yet%s. Look at payments.worker_status(), or abort it with payments.saga_abort.',
+                            s.owner, s.timeout_at,
+                            coalesce(': ' || s.abort_error, ''))
+                ELSE format('The undo of the saga of role %s halted at a dead compensation. Fix its handler and resume the chain with payments.retry_compensation.',
+                            s.owner)
+           END
+      FROM payments.saga_state s
+     WHERE (s.status = 'running' AND s.timeout_at < now())
+        OR (s.status = 'aborted' AND EXISTS (
+              SELECT FROM payments.saga_steps st
+                JOIN payments.compensations c ON c.id = st.compensation_id
+               WHERE st.owner = s.owner AND st.saga_id = s.saga_id AND c.status = 'dead'));
+END
+$check$;
+
+COMMENT ON FUNCTION payments.check() IS
+    'The extension''s invariants: one row per violation, with its severity and what to do';
