@@ -53,7 +53,9 @@ OBJS = \
 	src/reconciliation_heal.o \
 	src/tcc_fence.o \
 	src/saga.o \
-	src/fault.o
+	src/fault.o \
+	src/check_define.o \
+	src/check_run.o
 
 # src/sql/ holds everything CREATE EXTENSION and ALTER EXTENSION run.  The
 # current version's install script is assembled from one fragment per

@@ -127,7 +127,154 @@ SET ROLE regress_check_operator;
 SELECT count(*) FROM payments.check();
 RESET ROLE;
 
+-- User checks.  Alice's invariant: a paid order has its stock confirmed.
+-- Her heal confirms it, except for an order it cannot fix; the worker is
+-- off, so the runs are queued and run by hand.
+CREATE TABLE public.ck_orders (ref text PRIMARY KEY, paid boolean, confirmed boolean, fixable boolean);
+CREATE TABLE public.ck_heals (n serial, payload jsonb);
+GRANT ALL ON public.ck_orders, public.ck_heals, public.ck_heals_n_seq TO regress_check_app;
+CREATE FUNCTION public.ck_heal(p jsonb) RETURNS void LANGUAGE sql AS $$
+    INSERT INTO public.ck_heals (payload) VALUES (p);
+    UPDATE public.ck_orders SET confirmed = true WHERE ref = p->>'object' AND fixable;
+$$;
+CREATE FUNCTION public.ck_write() RETURNS text LANGUAGE sql AS
+    $$ INSERT INTO public.ck_heals (payload) VALUES ('{}') RETURNING 'x' $$;
+CREATE FUNCTION public.ck_slow() RETURNS text LANGUAGE sql AS $$ SELECT pg_sleep(5)::text $$;
+INSERT INTO public.ck_orders VALUES ('o-1', true, false, true), ('o-2', true, false, false),
+    ('o-3', true, true, true), ('o-4', false, false, true);
+CREATE FUNCTION public.ck_run() RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE payments.checks SET next_run_at = now();
+    PERFORM payments.queue_due_checks();
+    WHILE payments.run_compensations() > 0 LOOP END LOOP;
+END $$;
+CREATE FUNCTION public.ck_results() RETURNS TABLE (check_name text, object text, severity text, open boolean, healed text)
+    LANGUAGE sql AS $$
+    SELECT r.check_name, r.object, r.severity, r.cleared_at IS NULL,
+           (SELECT c.status FROM payments.compensations c WHERE c.id = r.heal_id)
+      FROM payments.check_results r ORDER BY r.check_name, r.object, r.first_seen $$;
+
+SET ROLE regress_check_app;
+SELECT payments.define_check('paid_unconfirmed',
+    'SELECT ref, ''paid but its stock is not confirmed'' FROM public.ck_orders WHERE paid AND NOT confirmed',
+    heal => 'public.ck_heal(jsonb)', every => '1 minute');
+SELECT name, every, heal, last_run_at, open_violations FROM payments.check_status;
+RESET ROLE;
+
+-- First run: two violations, each with its heal queued
+SELECT payments.queue_due_checks() AS queued;
+SELECT payments.queue_due_checks() AS queued_again;
+SELECT payments.run_compensations() AS ran;
+SELECT * FROM public.ck_results();
+SELECT name, last_error, open_violations, escalated_violations FROM payments.check_status;
+-- the heals run: o-1 is fixed, o-2 is not
+SELECT payments.run_compensations() AS ran;
+SELECT payload->>'object' AS healed, payload->>'check' AS check_name, payload->>'detail' AS detail
+  FROM public.ck_heals ORDER BY n;
+
+-- Second run: o-1 cleared; o-2 outlived its heal and is escalated
+SELECT public.ck_run();
+SELECT * FROM public.ck_results();
+-- Third run: nothing healed twice
+SELECT public.ck_run();
+SELECT count(*) AS heals FROM public.ck_heals;
+SELECT name, open_violations, escalated_violations FROM payments.check_status;
+-- Repaired by hand: cleared; a new violation of o-1 later is a new row,
+-- whose heal is not queued again (one heal per check and object)
+UPDATE public.ck_orders SET confirmed = true WHERE ref = 'o-2';
+SELECT public.ck_run();
+UPDATE public.ck_orders SET confirmed = false WHERE ref = 'o-1';
+SELECT public.ck_run();
+SELECT * FROM public.ck_results();
+SELECT count(*) AS heals FROM public.ck_heals;
+
+-- A query that fails, writes, or runs too long is recorded, not fatal
+SET ROLE regress_check_app;
+SELECT payments.define_check('divides',
+    'SELECT ref, (1 / CASE WHEN paid THEN 0 ELSE 1 END)::text FROM public.ck_orders');
+SELECT payments.define_check('writes', 'SELECT public.ck_write(), ''wrote''');
+SELECT payments.define_check('slow', 'SELECT public.ck_slow(), ''slow''');
+RESET ROLE;
+SET payments.check_timeout = '100ms';
+SELECT public.ck_run();
+RESET payments.check_timeout;
+SELECT name, last_error, open_violations FROM payments.check_status ORDER BY name;
+SELECT count(*) AS heals FROM public.ck_heals;
+SELECT status, count(*) FROM payments.compensations
+ WHERE handler = 'payments.run_check(pg_catalog.jsonb)' GROUP BY 1;
+
+-- Bad input: clear errors, nothing defined
+SET ROLE regress_check_app;
+\set VERBOSITY sqlstate
+SELECT payments.define_check(NULL, 'SELECT 1, 2');
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.define_check('', 'SELECT 1, 2');
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.define_check(repeat('n', 256), 'SELECT 1, 2');
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.define_check('bad', NULL);
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.define_check('bad', '');
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.define_check('bad', 'SELECT 1');
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.define_check('bad', 'SELECT 1, 2, 3');
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.define_check('bad', 'DELETE FROM public.ck_orders RETURNING ref, ref');
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.define_check('bad', 'WITH d AS (DELETE FROM public.ck_orders RETURNING ref) SELECT ref, ref FROM d');
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.define_check('bad', 'SELECT 1, 2) q; DELETE FROM public.ck_orders; SELECT * FROM (SELECT 1, 2');
+\echo :LAST_ERROR_SQLSTATE
+-- (a trailing comment is fine)
+SELECT payments.define_check('commented', 'SELECT 1, 2 -- a comment');
+SELECT payments.define_check('bad', 'SELECT sku, 1 FROM payments.stock');
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.define_check('bad', 'SELECT 1, 2', heal => 'public.ck_write()');
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.define_check('bad', 'SELECT 1, 2', every => '0');
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.define_check('bad', 'SELECT 1, 2', every => '-1 minute');
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.define_check('bad', 'SELECT 1, 2', every => '500 milliseconds');
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.define_check('bad', 'SELECT 1, 2', every => '400 days');
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.define_check('bad', 'SELECT 1, 2', every => NULL);
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.run_check('{}');
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.run_check(NULL);
+\echo :LAST_ERROR_SQLSTATE
+\set VERBOSITY default
+SELECT payments.define_check('bad', 'SELECT 1, 2, 3');
+SELECT payments.define_check('bad', 'SELECT 1, 2', heal => 'public.ck_write()');
+SELECT name FROM payments.check_status ORDER BY name;
+RESET ROLE;
+
+-- One role's checks are its own: another role does not see them, runs
+-- only its own under the same name, and drops only its own
+CREATE ROLE regress_check_bob LOGIN;
+GRANT payments_app TO regress_check_bob;
+SET ROLE regress_check_bob;
+SELECT count(*) AS visible FROM payments.check_status;
+SELECT payments.run_check('{"check": "paid_unconfirmed"}');
+SELECT payments.drop_check('paid_unconfirmed');
+SELECT payments.define_check('paid_unconfirmed', 'SELECT ''mine'', ''bob''''s''');
+SELECT payments.run_check('{"check": "paid_unconfirmed"}');
+SELECT name, open_violations FROM payments.check_status;
+RESET ROLE;
+SELECT owner, name, open_violations FROM payments.check_status ORDER BY owner::text, name;
+SET ROLE regress_check_app;
+SELECT payments.drop_check('paid_unconfirmed');
+SELECT payments.drop_check('paid_unconfirmed');
+RESET ROLE;
+SELECT owner, count(*) FROM payments.check_results GROUP BY 1 ORDER BY 1::text;
+SELECT check_name, severity, count(*) FROM payments.check() GROUP BY 1, 2;
+
+DROP TABLE public.ck_orders, public.ck_heals;
+DROP FUNCTION public.ck_heal(jsonb), public.ck_write(), public.ck_slow(), public.ck_run(), public.ck_results();
 DROP TABLE orders, lines;
 DROP EXTENSION payments;
 DROP FUNCTION undo(jsonb), gateway(jsonb);
-DROP ROLE regress_check_app, regress_check_operator;
+DROP ROLE regress_check_app, regress_check_operator, regress_check_bob;

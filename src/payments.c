@@ -12,6 +12,7 @@
 #include "postgres.h"
 
 #include "callback.h"
+#include "check.h"
 #include "compensation.h"
 #include "fault.h"
 #include "idempotency.h"
@@ -39,6 +40,7 @@ _PG_init(void)
 	statement_init();
 	tcc_init();
 	fault_init();
+	check_init();
 	worker_init();
 
 	MarkGUCPrefixReserved("payments");

@@ -82,6 +82,7 @@ static const WorkerTask worker_tasks[] = {
 	{"purge callbacks", "purge_callbacks", true},
 	{"purge tcc fence", "purge_tcc_fence", true},
 	{"abort timed-out sagas", "abort_timed_out_sagas", true},
+	{"queue due checks", "queue_due_checks", true},
 };
 
 static int	my_slotno = -1;

@@ -151,3 +151,111 @@ $check$;
 
 COMMENT ON FUNCTION payments.check() IS
     'The extension''s invariants: one row per violation, with its severity and what to do';
+
+-- User checks: a query of a role's that returns the objects violating a
+-- business invariant, run by the worker every so often as that role (see
+-- src/check_run.c), with an optional heal queued once per violating
+-- object.  A check belongs to the role that defined it (owner is part of
+-- the key): roles never see or steer each other's checks.
+CREATE TABLE payments.checks (
+    owner           regrole     NOT NULL,
+    name            text COLLATE "C" NOT NULL,
+    query           text        NOT NULL,
+    heal            text COLLATE "C",       -- a compensation handler, by signature
+    heal_owner      regrole,
+    every           interval    NOT NULL,
+    next_run_at     timestamptz NOT NULL,
+    last_run_at     timestamptz,
+    last_error      text,                   -- NULL: the last run succeeded
+    last_violations integer,
+    defined_at      timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (owner, name)
+);
+
+COMMENT ON TABLE payments.checks IS
+    'User checks: a query returning (object, detail) rows that violate an invariant, run by the worker every interval as its owner';
+
+CREATE INDEX checks_next_run_at_idx ON payments.checks (next_run_at);
+
+SELECT pg_catalog.pg_extension_config_dump('payments.checks', '');
+
+-- One row per violation seen: open (cleared_at NULL) while the check's
+-- runs keep finding its object, with the heal queued for it; severity
+-- rises from warning to error when the violation outlives its heal.
+CREATE TABLE payments.check_results (
+    id              bigserial   PRIMARY KEY,
+    owner           regrole     NOT NULL,
+    check_name      text COLLATE "C" NOT NULL,
+    object          text COLLATE "C" NOT NULL,
+    detail          text,
+    severity        text        NOT NULL DEFAULT 'warning'
+        CHECK (severity IN ('warning', 'error')),
+    first_seen      timestamptz NOT NULL,
+    last_seen       timestamptz NOT NULL,
+    cleared_at      timestamptz,
+    heal_id         bigint,                 -- the compensation queued to heal it
+    escalated_at    timestamptz
+);
+
+COMMENT ON TABLE payments.check_results IS
+    'Violations found by user checks: first and last seen, cleared, the heal queued, escalated when a violation outlives its heal';
+
+CREATE UNIQUE INDEX check_results_open_idx
+    ON payments.check_results (owner, check_name, object) WHERE cleared_at IS NULL;
+
+SELECT pg_catalog.pg_extension_config_dump('payments.check_results', '');
+SELECT pg_catalog.pg_extension_config_dump('payments.check_results_id_seq', '');
+
+CREATE VIEW payments.check_status WITH (security_barrier) AS
+    SELECT c.owner, c.name, c.every, c.heal, c.last_run_at, c.next_run_at,
+           c.last_error,
+           coalesce(r.open, 0) AS open_violations,
+           coalesce(r.escalated, 0) AS escalated_violations
+      FROM payments.checks c
+      LEFT JOIN LATERAL (
+           SELECT count(*) AS open,
+                  count(*) FILTER (WHERE x.severity = 'error') AS escalated
+             FROM payments.check_results x
+            WHERE x.owner = c.owner AND x.check_name = c.name AND x.cleared_at IS NULL) r ON true
+     WHERE pg_catalog.pg_has_role(c.owner, 'USAGE')
+        OR pg_catalog.pg_has_role('payments_operator', 'USAGE');
+
+COMMENT ON VIEW payments.check_status IS
+    'Every user check of the roles whose privileges the caller has: last run, its error, open and escalated violations';
+
+CREATE FUNCTION payments.define_check(name text, query text, heal regprocedure DEFAULT NULL,
+                                      every interval DEFAULT '5 minutes')
+    RETURNS void
+    AS 'MODULE_PATHNAME', 'payments_define_check'
+    LANGUAGE C VOLATILE;
+
+COMMENT ON FUNCTION payments.define_check(text, text, regprocedure, interval) IS
+    'Define or replace a check of the calling role: query returns (object, detail) rows that violate an invariant; heal, if given, is queued once per object';
+
+CREATE FUNCTION payments.drop_check(name text)
+    RETURNS boolean
+    AS 'MODULE_PATHNAME', 'payments_drop_check'
+    LANGUAGE C VOLATILE;
+
+COMMENT ON FUNCTION payments.drop_check(text) IS
+    'Drop a check of the calling role and its results; false if there was none';
+
+-- The compensation handler that runs one check: queued by the worker as
+-- the check's owner, so that the queue's rights, timeouts and crash
+-- accounting apply to a check as to any handler.
+CREATE FUNCTION payments.run_check(p jsonb)
+    RETURNS void
+    AS 'MODULE_PATHNAME', 'payments_run_check'
+    LANGUAGE C VOLATILE;
+
+COMMENT ON FUNCTION payments.run_check(jsonb) IS
+    'Run the check {"check": name} of the calling role now and record what it finds';
+
+CREATE FUNCTION payments.queue_due_checks(max_checks integer DEFAULT 100)
+    RETURNS integer
+    AS 'MODULE_PATHNAME', 'payments_queue_due_checks'
+    LANGUAGE C VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp;
+
+COMMENT ON FUNCTION payments.queue_due_checks(integer) IS
+    'The worker''s task: queue a run of up to max_checks due checks; returns how many';

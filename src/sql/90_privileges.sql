@@ -102,7 +102,10 @@ GRANT EXECUTE ON FUNCTION
     payments.saga_begin(text, interval),
     payments.saga_step(text, text, regprocedure, jsonb),
     payments.saga_complete(text),
-    payments.saga_abort(text, text)
+    payments.saga_abort(text, text),
+    payments.define_check(text, text, regprocedure, interval),
+    payments.drop_check(text),
+    payments.run_check(jsonb)
     TO payments_app;
 -- Statement lines are loaded by COPY: INSERT, and nothing else, on the
 -- table; its trigger checks that each line goes to an open statement of
@@ -114,7 +117,7 @@ GRANT SELECT ON payments.state_machines TO payments_app;
 GRANT SELECT ON payments.compensation_stats TO payments_app;
 GRANT SELECT ON payments.callback_stats, payments.callback_expectations TO payments_app;
 GRANT SELECT ON payments.reconciliation_summary, payments.reconciliation_open TO payments_app;
-GRANT SELECT ON payments.tcc_branches, payments.sagas TO payments_app;
+GRANT SELECT ON payments.tcc_branches, payments.sagas, payments.check_status TO payments_app;
 
 -- The operator: the compensation queue, read and steered (the functions
 -- check who may change which item, see src/compensation.c).
@@ -155,3 +158,4 @@ GRANT SELECT ON payments.saga_state, payments.saga_steps, payments.sagas TO paym
 GRANT SELECT ON payments.fault_points TO payments_operator;
 GRANT EXECUTE ON FUNCTION payments.fault_point_states() TO payments_operator;
 GRANT EXECUTE ON FUNCTION payments.check() TO payments_operator;
+GRANT SELECT ON payments.checks, payments.check_results, payments.check_status TO payments_operator;
