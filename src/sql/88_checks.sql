@@ -23,25 +23,26 @@ BEGIN
     RETURN QUERY
     SELECT 'stock_ledger', 'error', 'stock ' || s.sku,
            format('The SKU received %s units, but %s available, %s held and %s sold make %s. Find the write that bypassed the extension, then correct the stock with payments.stock_adjust.',
-                  s.received, a.units, h.held, h.sold, a.units + h.held + h.sold)
+                  s.received, coalesce(a.units, 0), coalesce(h.held, 0), coalesce(h.sold, 0),
+                  coalesce(a.units, 0) + coalesce(h.held, 0) + coalesce(h.sold, 0))
       FROM payments.stock s
-     CROSS JOIN LATERAL (SELECT coalesce(sum(sl.available), 0) AS units, count(*) AS n,
-                                coalesce(min(sl.slot), 0) AS lo, coalesce(max(sl.slot), -1) AS hi
-                           FROM payments.stock_slots sl WHERE sl.sku = s.sku) a
-     CROSS JOIN LATERAL (SELECT coalesce(sum(r.qty) FILTER (WHERE r.state = 'held'), 0) AS held,
-                                coalesce(sum(r.qty) FILTER (WHERE r.state = 'confirmed'), 0) AS sold
-                           FROM payments.reservations r WHERE r.sku = s.sku) h
-     WHERE s.received <> a.units + h.held + h.sold;
+      LEFT JOIN (SELECT sl.sku, sum(sl.available) AS units
+                   FROM payments.stock_slots sl GROUP BY sl.sku) a ON a.sku = s.sku
+      LEFT JOIN (SELECT r.sku, sum(r.qty) FILTER (WHERE r.state = 'held') AS held,
+                        sum(r.qty) FILTER (WHERE r.state = 'confirmed') AS sold
+                   FROM payments.reservations r
+                  WHERE r.state IN ('held', 'confirmed') GROUP BY r.sku) h ON h.sku = s.sku
+     WHERE s.received <> coalesce(a.units, 0) + coalesce(h.held, 0) + coalesce(h.sold, 0);
 
     RETURN QUERY
     SELECT 'stock_slots', 'error', 'stock ' || s.sku,
            format('The SKU has %s slots, but its slot rows are %s (numbered %s to %s). Set its stock again with payments.stock_set.',
-                  s.slots, a.n, a.lo, a.hi)
+                  s.slots, coalesce(a.n, 0), coalesce(a.lo, 0), coalesce(a.hi, -1))
       FROM payments.stock s
-     CROSS JOIN LATERAL (SELECT count(*) AS n, coalesce(min(sl.slot), 0) AS lo,
-                                coalesce(max(sl.slot), -1) AS hi
-                           FROM payments.stock_slots sl WHERE sl.sku = s.sku) a
-     WHERE a.n <> s.slots OR a.lo <> 0 OR a.hi <> s.slots - 1;
+      LEFT JOIN (SELECT sl.sku, count(*) AS n, min(sl.slot) AS lo, max(sl.slot) AS hi
+                   FROM payments.stock_slots sl GROUP BY sl.sku) a ON a.sku = s.sku
+     WHERE coalesce(a.n, 0) <> s.slots OR coalesce(a.lo, 0) <> 0
+        OR coalesce(a.hi, -1) <> s.slots - 1;
 
     -- A hold past its TTL still counted as held, for longer than the
     -- worker needs to expire it, while a worker serves this database.
@@ -94,9 +95,9 @@ BEGIN
             '       format(''Its %s is %%L, but the last move the guard recorded is to %%L (%%s). Find the write that bypassed the guard; set the row back, or record why.'','
             '              k.state, h.to_state, h.changed_at)'
             '  FROM (SELECT %s AS key, t.%I::text AS state FROM %s t) k'
-            '  JOIN LATERAL (SELECT h.to_state, h.changed_at FROM payments.state_history h'
-            '                 WHERE h.tbl = %L::regclass AND h.col = %L AND h.row_key = k.key'
-            '                 ORDER BY h.id DESC LIMIT 1) h ON true'
+            '  JOIN (SELECT DISTINCT ON (h.row_key) h.row_key, h.to_state, h.changed_at'
+            '          FROM payments.state_history h WHERE h.tbl = %L::regclass AND h.col = %L'
+            '         ORDER BY h.row_key, h.id DESC) h ON h.row_key = k.key'
             ' WHERE k.state IS DISTINCT FROM h.to_state',
             'state_history', 'error', g.tbl::text, g.col,
             CASE WHEN g.npk = 1 THEN g.pk || '::text' ELSE 'ROW(' || g.pk || ')::text' END,
