@@ -7,7 +7,8 @@
 #  - nothing half-done survives: a key, a hold, a fence row, a callback, a
 #    queued undo exists only if its whole step committed;
 #  - nothing is lost: once disarmed, each step done again succeeds once,
-#    every compensation runs exactly once, every saga's chain in reverse.
+#    every compensation runs exactly once, every saga's chain in reverse;
+#  - payments.check() finds nothing.
 # A restart disarms every point (the armed state is in shared memory); a
 # "wait" holds a step exactly there until it is disarmed; a server started
 # with payments.fault_injection off refuses to arm.
@@ -279,6 +280,9 @@ for my $action ('crash', 'error')
 		$d->{after}->($tag, $action);
 		drain();
 		is(invariants(), 't t t t t', "$point ($action): every invariant holds");
+		is($node->safe_psql('shop',
+			"SELECT string_agg(check_name || ': ' || detail, E'\\n') FROM payments.check()"),
+			'', "$point ($action): payments.check() finds nothing");
 	}
 }
 
