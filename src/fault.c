@@ -173,6 +173,9 @@ fault_shmem_startup(void)
 void
 fault_init(void)
 {
+	/* A postmaster setting can only be defined while preloading. */
+	if (!process_shared_preload_libraries_in_progress)
+		return;
 	DefineCustomBoolVariable("payments.fault_injection",
 							 gettext_noop("Allows superusers to arm the extension's fault points."),
 							 gettext_noop("For drills on test servers; keep it off in production."),
@@ -181,7 +184,7 @@ fault_init(void)
 							 PGC_POSTMASTER,
 							 0,
 							 NULL, NULL, NULL);
-	if (!process_shared_preload_libraries_in_progress || !fault_injection)
+	if (!fault_injection)
 		return;
 	prev_shmem_request_hook = shmem_request_hook;
 	shmem_request_hook = fault_shmem_request;
