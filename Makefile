@@ -164,6 +164,7 @@ ISOLATION = \
 	reconciliation_heal_race \
 	statement_close_race \
 	tcc_fence_race \
+	tcc_fence_settled \
 	saga_race \
 	compensation_chain_race \
 	check_no_block

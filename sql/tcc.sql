@@ -118,6 +118,97 @@ SELECT payments.purge_tcc_fence();
 \echo :LAST_ERROR_SQLSTATE
 RESET ROLE;
 
+--
+-- Many branches in one transaction: each call keeps nothing in the lock
+-- table, so a batch of 20,000 Tries, Confirms and their retries commits.
+--
+SET ROLE regress_tcc_alice;
+BEGIN;
+SELECT count(*) FILTER (WHERE payments.tcc_try('batch', 'b-' || i) = 'proceed') AS tried
+  FROM generate_series(1, 20000) i;
+SELECT count(*) FILTER (WHERE payments.tcc_confirm('batch', 'b-' || i) = 'proceed') AS confirmed
+  FROM generate_series(1, 20000) i;
+SELECT count(*) FILTER (WHERE payments.tcc_confirm('batch', 'b-' || i) = 'duplicate') AS retried
+  FROM generate_series(1, 20000) i;
+COMMIT;
+RESET ROLE;
+DELETE FROM payments.tcc_fence WHERE gid = 'batch';
+
+--
+-- The table changed by a DBA: a column added and dropped again changes
+-- nothing; a BEFORE ROW trigger, which could change or skip the row the
+-- fence decides on, is refused; an AFTER ROW trigger fires, as the caller;
+-- a state the fence never writes is reported, not acted on; a primary key
+-- rebuilt as a partial index is refused.
+--
+ALTER TABLE payments.tcc_fence ADD COLUMN note text;
+SET ROLE regress_tcc_alice;
+SELECT payments.tcc_try('ddl-1', 'stock');
+RESET ROLE;
+ALTER TABLE payments.tcc_fence DROP COLUMN note;
+SET ROLE regress_tcc_alice;
+SELECT payments.tcc_confirm('ddl-1', 'stock');
+SELECT payments.tcc_try('ddl-2', 'stock');
+RESET ROLE;
+
+CREATE TABLE public.tcc_audit (who name, gid text, state text);
+GRANT INSERT ON public.tcc_audit TO regress_tcc_alice;
+CREATE FUNCTION public.tcc_audit_row() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO public.tcc_audit VALUES (current_user, NEW.gid, NEW.state);
+    RETURN NEW;
+END $$;
+CREATE TRIGGER tcc_audit_after AFTER INSERT OR UPDATE ON payments.tcc_fence
+    FOR EACH ROW EXECUTE FUNCTION public.tcc_audit_row();
+CREATE TRIGGER tcc_audit_before BEFORE UPDATE ON payments.tcc_fence
+    FOR EACH ROW EXECUTE FUNCTION public.tcc_audit_row();
+SET ROLE regress_tcc_alice;
+\set VERBOSITY sqlstate
+SELECT payments.tcc_cancel('ddl-2', 'stock');
+\echo :LAST_ERROR_SQLSTATE
+\set VERBOSITY default
+SELECT payments.tcc_cancel('ddl-2', 'stock');
+RESET ROLE;
+DROP TRIGGER tcc_audit_before ON payments.tcc_fence;
+SET ROLE regress_tcc_alice;
+SELECT payments.tcc_cancel('ddl-2', 'stock');
+SELECT payments.tcc_try('ddl-3', 'stock');
+RESET ROLE;
+SELECT * FROM public.tcc_audit ORDER BY gid, state;
+DROP TRIGGER tcc_audit_after ON payments.tcc_fence;
+DROP TABLE public.tcc_audit;
+DROP FUNCTION public.tcc_audit_row();
+
+ALTER TABLE payments.tcc_fence DROP CONSTRAINT tcc_fence_state_check;
+UPDATE payments.tcc_fence SET state = 'half-done' WHERE gid = 'ddl-3';
+SET ROLE regress_tcc_alice;
+SELECT payments.tcc_confirm('ddl-3', 'stock');
+RESET ROLE;
+ALTER TABLE payments.tcc_fence ALTER COLUMN state DROP NOT NULL;
+UPDATE payments.tcc_fence SET state = NULL WHERE gid = 'ddl-3';
+SET ROLE regress_tcc_alice;
+\set VERBOSITY sqlstate
+SELECT payments.tcc_try('ddl-3', 'stock');
+\echo :LAST_ERROR_SQLSTATE
+\set VERBOSITY default
+RESET ROLE;
+DELETE FROM payments.tcc_fence WHERE gid = 'ddl-3';
+ALTER TABLE payments.tcc_fence ALTER COLUMN state SET NOT NULL;
+ALTER TABLE payments.tcc_fence ADD CONSTRAINT tcc_fence_state_check
+    CHECK (state IN ('tried', 'confirmed', 'cancelled', 'suspended'));
+
+ALTER TABLE payments.tcc_fence DROP CONSTRAINT tcc_fence_pkey;
+CREATE UNIQUE INDEX tcc_fence_pkey ON payments.tcc_fence (owner, gid, branch_id)
+    WHERE state <> 'suspended';
+SET ROLE regress_tcc_alice;
+SELECT payments.tcc_try('ddl-4', 'stock');
+RESET ROLE;
+DROP INDEX payments.tcc_fence_pkey;
+ALTER TABLE payments.tcc_fence ADD PRIMARY KEY (owner, gid, branch_id);
+SET ROLE regress_tcc_alice;
+SELECT payments.tcc_try('ddl-4', 'stock');
+RESET ROLE;
+
 -- What payments.check() finds in what this file leaves behind
 RESET ROLE;
 SELECT check_name, severity, count(*) FROM payments.check() GROUP BY 1, 2 ORDER BY 1, 2;

@@ -36,8 +36,10 @@
 #include "commands/trigger.h"
 #include "miscadmin.h"
 #include "nodes/makefuncs.h"
+#include "storage/lmgr.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
+#include "utils/snapmgr.h"
 
 /*
  * Set up a write of one row of rel: cmd is CMD_INSERT, of a whole row (cols
@@ -47,6 +49,18 @@
 void
 payments_direct_begin(DirectWrite *dw, Relation rel, Snapshot snapshot,
 					  CmdType cmd, const AttrNumber *cols, int ncols)
+{
+	payments_direct_begin_ext(dw, rel, snapshot, cmd, cols, ncols, false);
+}
+
+/*
+ * payments_direct_begin, and with speculative, the unique indexes ready
+ * for payments_direct_insert_if_absent.
+ */
+void
+payments_direct_begin_ext(DirectWrite *dw, Relation rel, Snapshot snapshot,
+						  CmdType cmd, const AttrNumber *cols, int ncols,
+						  bool speculative)
 {
 	const char *cmdname = (cmd == CMD_INSERT) ? "INSERT" : "UPDATE";
 	RangeTblEntry *rte;
@@ -88,7 +102,7 @@ payments_direct_begin(DirectWrite *dw, Relation rel, Snapshot snapshot,
 	dw->estate->es_opened_result_relations = list_make1(dw->rri);
 	dw->estate->es_output_cid = GetCurrentCommandId(true);
 	dw->estate->es_snapshot = snapshot;
-	ExecOpenIndices(dw->rri, false);
+	ExecOpenIndices(dw->rri, speculative);
 	EvalPlanQualInit(&dw->epqstate, dw->estate, NULL, NIL, -1);
 
 	MemoryContextSwitchTo(old);
@@ -151,6 +165,63 @@ payments_direct_update(DirectWrite *dw, TupleTableSlot *row,
 	}
 	ExecStoreVirtualTuple(newrow);
 	ExecSimpleRelationUpdate(dw->rri, dw->estate, &dw->epqstate, row, newrow);
+}
+
+/*
+ * Insert row unless a row with its key in the unique index key_index
+ * exists, as INSERT ... ON CONFLICT (key) DO NOTHING does: a conflicting
+ * insert in progress is waited for, and under REPEATABLE READ a
+ * conflicting row the snapshot cannot see is a serialization failure.
+ * Returns false, inserting nothing, on a conflict; the caller looks again.
+ * The relation has no BEFORE ROW trigger (the caller refuses them); its
+ * constraints, indexes and AFTER ROW triggers apply.  Begun with
+ * speculative set.
+ */
+bool
+payments_direct_insert_if_absent(DirectWrite *dw, TupleTableSlot *row,
+								 Relation key_index)
+{
+	ResultRelInfo *rri = dw->rri;
+	EState	   *estate = dw->estate;
+	Relation	rel = rri->ri_RelationDesc;
+	List	   *arbiter = list_make1_oid(RelationGetRelid(key_index));
+	ItemPointerData conflict;
+	TransactionId xid = GetCurrentTransactionId();
+	uint32		token;
+	bool		spec_conflict = false;
+	List	   *recheck;
+
+	if (rel->rd_att->constr)
+		ExecConstraints(rri, row, estate);
+	if (!ExecCheckIndexConstraints(rri, row, estate, &conflict, arbiter))
+	{
+		if (IsolationUsesXactSnapshot())
+		{
+			TupleTableSlot *other = payments_direct_table_slot(dw);
+
+			if (!table_tuple_fetch_row_version(rel, &conflict, SnapshotAny, other) ||
+				!table_tuple_satisfies_snapshot(rel, other, estate->es_snapshot))
+				ereport(ERROR,
+						(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+						 errmsg("could not serialize access due to concurrent update")));
+		}
+		return false;
+	}
+
+	token = SpeculativeInsertionLockAcquire(xid);
+	table_tuple_insert_speculative(rel, row, estate->es_output_cid, 0, NULL, token);
+	recheck = ExecInsertIndexTuples(rri, row, estate, false, true,
+									&spec_conflict, arbiter);
+	table_tuple_complete_speculative(rel, row, token, !spec_conflict);
+	SpeculativeInsertionLockRelease(xid);
+	if (spec_conflict)
+	{
+		list_free(recheck);
+		return false;
+	}
+	ExecARInsertTriggers(estate, rri, row, recheck, NULL);
+	list_free(recheck);
+	return true;
 }
 
 /*

@@ -26,6 +26,13 @@ typedef struct DirectWrite
 extern void payments_direct_begin(DirectWrite *dw, Relation rel,
 								  Snapshot snapshot, CmdType cmd,
 								  const AttrNumber *cols, int ncols);
+extern void payments_direct_begin_ext(DirectWrite *dw, Relation rel,
+									  Snapshot snapshot, CmdType cmd,
+									  const AttrNumber *cols, int ncols,
+									  bool speculative);
+extern bool payments_direct_insert_if_absent(DirectWrite *dw,
+											 TupleTableSlot *row,
+											 Relation key_index);
 extern void payments_direct_update(DirectWrite *dw, TupleTableSlot *row,
 								   const Datum *values, const bool *nulls);
 extern TupleTableSlot *payments_direct_slot(DirectWrite *dw);

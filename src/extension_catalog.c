@@ -34,6 +34,7 @@
 #include "access/genam.h"
 #include "access/htup_details.h"
 #include "access/table.h"
+#include "catalog/pg_am.h"
 #include "catalog/pg_collation.h"
 #include "catalog/pg_extension.h"
 #include "catalog/pg_type.h"
@@ -336,25 +337,34 @@ payments_check_columns(Relation rel, const char *const *names,
 }
 
 /*
- * A direct index scan builds its keys for the primary keys the extension
- * creates: the first npkey columns of rel, in table order, text ones in the
- * "C" collation (the collation ScanKeyInit gives a key).  A key rebuilt by
- * hand any other way is refused rather than scanned with keys that do not
- * fit it.
+ * A direct index scan builds its keys for the keys the extension creates:
+ * a valid unique btree index, without predicate or expressions, on the
+ * columns attnums of rel in that order (NULL: the first nkeys columns),
+ * text ones in the "C" collation (the collation ScanKeyInit gives a key).
+ * An index rebuilt by hand any other way is refused rather than scanned
+ * with keys that do not fit it, or trusted to keep keys unique.
  */
 void
-payments_check_primary_key(Relation rel, Relation pkey, int npkey)
+payments_check_key_index(Relation rel, Relation index, const AttrNumber *attnums,
+						 int nkeys)
 {
-	bool		ok = (pkey != NULL &&
-					  IndexRelationGetNumberOfKeyAttributes(pkey) == npkey);
+	bool		ok = (index != NULL &&
+					  index->rd_rel->relam == BTREE_AM_OID &&
+					  index->rd_index->indisunique &&
+					  index->rd_index->indisvalid &&
+					  index->rd_index->indimmediate &&
+					  IndexRelationGetNumberOfKeyAttributes(index) == nkeys &&
+					  RelationGetIndexPredicate(index) == NIL &&
+					  RelationGetIndexExpressions(index) == NIL);
 
-	for (int i = 0; ok && i < npkey; i++)
+	for (int i = 0; ok && i < nkeys; i++)
 	{
-		Form_pg_attribute att = TupleDescAttr(RelationGetDescr(rel), i);
+		AttrNumber	attnum = attnums != NULL ? attnums[i] : i + 1;
+		Form_pg_attribute att = TupleDescAttr(RelationGetDescr(rel), attnum - 1);
 
-		ok = pkey->rd_index->indkey.values[i] == i + 1 &&
+		ok = index->rd_index->indkey.values[i] == attnum &&
 			(att->atttypid != TEXTOID ||
-			 pkey->rd_indcollation[i] == C_COLLATION_OID);
+			 index->rd_indcollation[i] == C_COLLATION_OID);
 	}
 	if (!ok)
 		ereport(ERROR,

@@ -53,6 +53,7 @@ extern uint64 payments_relations_generation(void);
 extern void payments_check_columns(Relation rel, const char *const *names,
 								   const Oid *types, int natts,
 								   AttrNumber *attnums);
-extern void payments_check_primary_key(Relation rel, Relation pkey, int npkey);
+extern void payments_check_key_index(Relation rel, Relation index,
+									 const AttrNumber *attnums, int nkeys);
 
 #endif							/* EXTENSION_CATALOG_H */

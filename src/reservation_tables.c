@@ -84,7 +84,7 @@ reservation_call_begin(RowCall *call, ReservationTable table, CmdType cmd,
 		if (call->dw.rri->ri_IndexRelationDescs[i]->rd_index->indisprimary)
 			call->pkey = call->dw.rri->ri_IndexRelationDescs[i];
 	/* (sku, slot) and (id) */
-	payments_check_primary_key(call->rel, call->pkey, slots ? 2 : 1);
+	payments_check_key_index(call->rel, call->pkey, NULL, slots ? 2 : 1);
 }
 
 void

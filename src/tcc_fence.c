@@ -18,34 +18,36 @@
  *			   empty (nothing to undo; the marker refuses a late Try).
  *			   Cancelled or suspended: duplicate.  Confirmed: PM603.
  *
- * Every call first takes a transaction-level lock on its branch's key
- * (key_lock.c), held until its transaction ends, then reads the branch's
- * row with a snapshot taken after the lock: whoever held the lock before
- * has committed or rolled back, so the row read is the branch's latest
- * state, and the decision and the write made on it cannot race another
- * call.  Calls on one branch wait for each other's transactions; calls on
- * different branches never wait, and no call waits for a gap: PostgreSQL
- * takes no gap locks.  So exactly one of confirmed, cancelled and
- * suspended wins, each phase proceeds at most once, and no interleaving of
- * calls on one branch deadlocks (each takes one lock).  Under REPEATABLE
- * READ or SERIALIZABLE the transaction's snapshot may show an older state
- * than the latest: deciding on it would be wrong, so that is a
- * serialization failure.  A Try whose transaction rolls back leaves no
+ * Every decision is taken on the branch's row, as the SQL "INSERT ... ON
+ * CONFLICT DO NOTHING" and "UPDATE ... WHERE state = 'tried'" would take it:
+ * a missing row is inserted so that a concurrent insert of the same branch
+ * is waited for and then seen (speculative insertion, as ON CONFLICT does),
+ * and a tried row is locked before it changes, its latest version judged
+ * again (as EvalPlanQual does).  So concurrent calls wait for each other's
+ * row and never for a gap: PostgreSQL takes no gap locks.  Exactly one of
+ * confirmed, cancelled and suspended wins, each phase proceeds at most
+ * once, and no interleaving deadlocks (each call touches one row).  A row
+ * that is confirmed, cancelled or suspended never changes again, so a call
+ * that finds one answers from it without a lock: a transaction may answer
+ * any number of retries.  Under REPEATABLE READ or SERIALIZABLE a decision
+ * the transaction's snapshot would take on an older row than the latest is
+ * a serialization failure.  A Try whose transaction rolls back leaves no
  * row, and its Cancel is empty, which is right only because its business
  * work rolled back with it: the fence is sound when the Try's effects are
  * in the same transaction.
  *
  * The row is read with a scan of the primary key index and written with
- * ExecSimpleRelationInsert or ExecSimpleRelationUpdate (direct_write.c):
- * a participant calls the fence in every phase, and an SPI statement's
- * plan revalidation and executor start-up cost more than the one-row
- * write.  The table's constraints, indexes and row triggers still apply.
+ * direct_write.c, not SQL: a participant calls the fence in every phase,
+ * and an SPI statement's plan revalidation and executor start-up cost
+ * more than the one-row write.  The table's constraints, indexes and AFTER
+ * ROW triggers apply; BEFORE ROW triggers, which could change or skip the
+ * row the decision was taken on, are refused.
  *
- * A branch belongs to the role that wrote it: the role is part of the key
- * (and of the lock's), so no other role can see, steer or block it.  The
- * calls run as the caller and check no privilege on the table: EXECUTE on
- * the function is the check.  No name is looked up, so the caller's
- * search_path cannot change what they do.
+ * A branch belongs to the role that wrote it: the role is part of the key,
+ * so no other role can see, steer or block it.  The calls run as the
+ * caller and check no privilege on the table: EXECUTE on the function is
+ * the check.  No name is looked up, so the caller's search_path cannot
+ * change what they do.
  *
  *-------------------------------------------------------------------------
  */
@@ -57,17 +59,18 @@
 #include "direct_write.h"
 #include "extension_catalog.h"
 #include "fault.h"
-#include "key_lock.h"
 #include "spi_util.h"
 
 #include "access/genam.h"
 #include "access/table.h"
 #include "access/tableam.h"
 #include "access/xact.h"
+#include "commands/trigger.h"
 #include "catalog/pg_type.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
+#include "utils/lsyscache.h"
 #include "utils/guc.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
@@ -81,21 +84,29 @@ PG_FUNCTION_INFO_V1(payments_purge_tcc_fence);
 /* The longest global transaction, branch or action id, in bytes */
 #define TCC_ID_MAX_BYTES	255
 
-/* payments.tcc_fence, in table order; the first three are its primary key */
-#define FENCE_ATT_OWNER		1
-#define FENCE_ATT_GID		2
-#define FENCE_ATT_BRANCH	3
-#define FENCE_ATT_ACTION	4
-#define FENCE_ATT_STATE		5
-#define FENCE_ATT_CREATED	6
-#define FENCE_ATT_UPDATED	7
-#define FENCE_NATTS			7
+/* The columns of payments.tcc_fence the fence reads and writes */
+enum
+{
+	FENCE_OWNER,
+	FENCE_GID,
+	FENCE_BRANCH,
+	FENCE_ACTION,
+	FENCE_STATE,
+	FENCE_CREATED,
+	FENCE_UPDATED,
+	FENCE_NCOLS
+};
+
+/* The primary key: owner, gid, branch_id */
 #define FENCE_NKEYS			3
 
-static const char *const fence_names[FENCE_NATTS] = {
+/* How often a call looks again at a row that changed under it */
+#define FENCE_MAX_TRIES		3
+
+static const char *const fence_names[FENCE_NCOLS] = {
 	"owner", "gid", "branch_id", "action", "state", "created_at", "updated_at"
 };
-static const Oid fence_types[FENCE_NATTS] = {
+static const Oid fence_types[FENCE_NCOLS] = {
 	REGROLEOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID,
 	TIMESTAMPTZOID
 };
@@ -108,6 +119,7 @@ typedef struct FenceCall
 	text	   *branch_id;
 	Relation	rel;
 	Relation	pkey;
+	AttrNumber	attnums[FENCE_NCOLS];
 	Snapshot	snapshot;
 	TupleTableSlot *row;
 	char	   *state;			/* NULL: no row */
@@ -154,11 +166,12 @@ fence_lookup(FenceCall *call, Snapshot snapshot)
 	IndexScanDesc scan;
 	bool		found;
 
-	ScanKeyInit(&skey[0], FENCE_ATT_OWNER, BTEqualStrategyNumber, F_OIDEQ,
+	/* index columns 1 to 3 */
+	ScanKeyInit(&skey[0], 1, BTEqualStrategyNumber, F_OIDEQ,
 				ObjectIdGetDatum(call->owner));
-	ScanKeyInit(&skey[1], FENCE_ATT_GID, BTEqualStrategyNumber, F_TEXTEQ,
+	ScanKeyInit(&skey[1], 2, BTEqualStrategyNumber, F_TEXTEQ,
 				PointerGetDatum(call->gid));
-	ScanKeyInit(&skey[2], FENCE_ATT_BRANCH, BTEqualStrategyNumber, F_TEXTEQ,
+	ScanKeyInit(&skey[2], 3, BTEqualStrategyNumber, F_TEXTEQ,
 				PointerGetDatum(call->branch_id));
 	scan = index_beginscan(call->rel, call->pkey, snapshot, FENCE_NKEYS, 0);
 	index_rescan(scan, skey, FENCE_NKEYS, NULL, 0);
@@ -177,51 +190,85 @@ report_changed(FenceCall *call)
 			 errhint("Retry the transaction.")));
 }
 
+/* The state of the row in call->row, which must be one the fence writes */
+static char *
+row_state(FenceCall *call)
+{
+	bool		isnull;
+	Datum		d = slot_getattr(call->row, call->attnums[FENCE_STATE], &isnull);
+	char	   *state = isnull ? NULL : TextDatumGetCString(d);
+
+	if (state == NULL ||
+		(strcmp(state, "tried") != 0 && strcmp(state, "confirmed") != 0 &&
+		 strcmp(state, "cancelled") != 0 && strcmp(state, "suspended") != 0))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("TCC branch \"%s\" of transaction \"%s\" has the unknown state %s",
+						text_to_cstring(call->branch_id), text_to_cstring(call->gid),
+						state == NULL ? "NULL" : quote_literal_cstr(state)),
+				 errhint("Set its state back to tried, confirmed, cancelled or suspended.")));
+	return state;
+}
+
 /*
- * Begin a call on the branch of the call's arguments: take its lock, open
- * the fence and read the branch's state into call->state.
+ * Open the fence for a call on the branch of the call's arguments.  The
+ * table's columns are found by name, so that columns a DBA added or
+ * dropped do not stop the fence.
  */
 static void
-fence_begin(FunctionCallInfo fcinfo, FenceCall *call)
+fence_open(FunctionCallInfo fcinfo, FenceCall *call)
 {
-	text	   *gid = payments_arg_text(fcinfo, 0, "gid", TCC_ID_MAX_BYTES);
-	Size		gidlen = VARSIZE_ANY_EXHDR(gid);
-	char	   *owner_gid;
-	bool		found;
-	ItemPointerData tid;
+	TriggerDesc *trig;
 
 	call->owner = GetUserId();
-	call->gid = gid;
+	call->gid = payments_arg_text(fcinfo, 0, "gid", TCC_ID_MAX_BYTES);
 	call->branch_id = payments_arg_text(fcinfo, 1, "branch_id", TCC_ID_MAX_BYTES);
 	payments_check_not_in_recovery();
-
-	/* The lock's key is the row's: the role, then gid and branch_id. */
-	owner_gid = palloc(sizeof(Oid) + gidlen);
-	memcpy(owner_gid, &call->owner, sizeof(Oid));
-	memcpy(owner_gid + sizeof(Oid), VARDATA_ANY(gid), gidlen);
-	payments_lock_key(owner_gid, sizeof(Oid) + gidlen,
-					  VARDATA_ANY(call->branch_id),
-					  VARSIZE_ANY_EXHDR(call->branch_id),
-					  PAYMENTS_LOCKSPACE_TCC, true);
 
 	call->rel = table_open(payments_relation(PAYMENTS_REL_TCC_FENCE),
 						   RowExclusiveLock);
 	call->pkey = index_open(payments_relation(PAYMENTS_REL_TCC_FENCE_PKEY),
 							RowExclusiveLock);
-	payments_check_columns(call->rel, fence_names, fence_types, FENCE_NATTS,
-						   NULL);
-	payments_check_primary_key(call->rel, call->pkey, FENCE_NKEYS);
+	payments_check_columns(call->rel, fence_names, fence_types, FENCE_NCOLS,
+						   call->attnums);
+	payments_check_key_index(call->rel, call->pkey, call->attnums, FENCE_NKEYS);
+	trig = call->rel->trigdesc;
+	if (trig != NULL && (trig->trig_insert_before_row || trig->trig_update_before_row))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("relation \"%s.%s\" has a BEFORE ROW trigger",
+						get_namespace_name(RelationGetNamespace(call->rel)),
+						RelationGetRelationName(call->rel)),
+				 errdetail("A BEFORE ROW trigger could change or skip the row the TCC fence decides on."),
+				 errhint("Use an AFTER ROW trigger instead.")));
+	call->row = table_slot_create(call->rel, NULL);
+	call->snapshot = NULL;
+}
 
-	/* A new command, so that a call sees what this transaction wrote. */
+/*
+ * Read the branch's row as a new command with a fresh snapshot (under READ
+ * COMMITTED, one that sees what a call waited for has committed), into
+ * call->row and call->state.  Under REPEATABLE READ, a snapshot that shows
+ * another row than the latest is a serialization failure.
+ */
+static void
+fence_read(FenceCall *call)
+{
+	bool		found;
+
+	if (call->snapshot != NULL)
+	{
+		PopActiveSnapshot();
+		UnregisterSnapshot(call->snapshot);
+	}
 	CommandCounterIncrement();
 	call->snapshot = RegisterSnapshot(GetTransactionSnapshot());
 	PushActiveSnapshot(call->snapshot);
-	call->row = table_slot_create(call->rel, NULL);
-	found = fence_lookup(call, call->snapshot);
-	tid = call->row->tts_tid;
 
+	found = fence_lookup(call, call->snapshot);
 	if (IsolationUsesXactSnapshot())
 	{
+		ItemPointerData tid = call->row->tts_tid;
 		Snapshot	latest = RegisterSnapshot(GetLatestSnapshot());
 		bool		current = fence_lookup(call, latest);
 
@@ -230,68 +277,125 @@ fence_begin(FunctionCallInfo fcinfo, FenceCall *call)
 			(found && !ItemPointerEquals(&tid, &call->row->tts_tid)))
 			report_changed(call);
 	}
-
-	call->state = NULL;
-	if (found)
-	{
-		bool		isnull;
-
-		call->state = TextDatumGetCString(slot_getattr(call->row, FENCE_ATT_STATE,
-													   &isnull));
-	}
+	call->state = found ? row_state(call) : NULL;
 }
 
 static void
-fence_end(FenceCall *call)
+fence_close(FenceCall *call)
 {
 	ExecDropSingleTupleTableSlot(call->row);
-	PopActiveSnapshot();
-	UnregisterSnapshot(call->snapshot);
+	if (call->snapshot != NULL)
+	{
+		PopActiveSnapshot();
+		UnregisterSnapshot(call->snapshot);
+	}
 	index_close(call->pkey, NoLock);
 	table_close(call->rel, NoLock);
 }
 
-/* Insert the branch, in state, with action (NULL if action_null) */
-static void
+/*
+ * Lock the tried row just read, and read its state again from its latest
+ * version, as an UPDATE's EvalPlanQual would.  Returns false if it was
+ * deleted meanwhile (under READ COMMITTED; the caller reads again).
+ */
+static bool
+fence_lock(FenceCall *call)
+{
+	TM_FailureData tmfd;
+	ItemPointerData tid = call->row->tts_tid;
+	TM_Result	res;
+
+	res = table_tuple_lock(call->rel, &tid, call->snapshot, call->row,
+						   GetCurrentCommandId(false), LockTupleNoKeyExclusive,
+						   LockWaitBlock,
+						   IsolationUsesXactSnapshot() ? 0 :
+						   TUPLE_LOCK_FLAG_FIND_LAST_VERSION,
+						   &tmfd);
+	switch (res)
+	{
+		case TM_Ok:
+			call->state = row_state(call);
+			return true;
+		case TM_Deleted:
+			if (IsolationUsesXactSnapshot())
+				report_changed(call);
+			return false;
+		case TM_Updated:
+			/* READ COMMITTED follows updates: only snapshot isolation gets here */
+			report_changed(call);
+			break;
+		default:
+			elog(ERROR, "unexpected table_tuple_lock status %d in relation \"%s\"",
+				 (int) res, RelationGetRelationName(call->rel));
+	}
+	return false;
+}
+
+/*
+ * Insert the branch in state, with action (NULL if action_null), unless a
+ * row of it exists by then.  Returns whether it was inserted.
+ */
+static bool
 fence_insert(FenceCall *call, const char *state, Datum action, bool action_null)
 {
 	DirectWrite dw;
 	TupleTableSlot *row;
 	Datum		now = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
+	int			natts = RelationGetDescr(call->rel)->natts;
+	bool		inserted;
 
 	(void) PAYMENTS_FAULT(FAULT_TCC_FENCE_WRITE);
-	payments_direct_begin(&dw, call->rel, call->snapshot, CMD_INSERT, NULL, 0);
+	payments_direct_begin_ext(&dw, call->rel, call->snapshot, CMD_INSERT,
+							  NULL, 0, true);
 	row = payments_direct_slot(&dw);
-	memset(row->tts_isnull, false, sizeof(bool) * FENCE_NATTS);
-	row->tts_values[FENCE_ATT_OWNER - 1] = ObjectIdGetDatum(call->owner);
-	row->tts_values[FENCE_ATT_GID - 1] = PointerGetDatum(call->gid);
-	row->tts_values[FENCE_ATT_BRANCH - 1] = PointerGetDatum(call->branch_id);
-	row->tts_values[FENCE_ATT_ACTION - 1] = action;
-	row->tts_isnull[FENCE_ATT_ACTION - 1] = action_null;
-	row->tts_values[FENCE_ATT_STATE - 1] = CStringGetTextDatum(state);
-	row->tts_values[FENCE_ATT_CREATED - 1] = now;
-	row->tts_values[FENCE_ATT_UPDATED - 1] = now;
+	memset(row->tts_isnull, true, sizeof(bool) * natts);
+#define SET_COLUMN(col, value) \
+	(row->tts_values[call->attnums[col] - 1] = (value), \
+	 row->tts_isnull[call->attnums[col] - 1] = false)
+	SET_COLUMN(FENCE_OWNER, ObjectIdGetDatum(call->owner));
+	SET_COLUMN(FENCE_GID, PointerGetDatum(call->gid));
+	SET_COLUMN(FENCE_BRANCH, PointerGetDatum(call->branch_id));
+	if (!action_null)
+		SET_COLUMN(FENCE_ACTION, action);
+	SET_COLUMN(FENCE_STATE, CStringGetTextDatum(state));
+	SET_COLUMN(FENCE_CREATED, now);
+	SET_COLUMN(FENCE_UPDATED, now);
+#undef SET_COLUMN
 	ExecStoreVirtualTuple(row);
-	ExecSimpleRelationInsert(dw.rri, dw.estate, row);
+	inserted = payments_direct_insert_if_absent(&dw, row, call->pkey);
 	payments_direct_end(&dw);
+	return inserted;
 }
 
-/* Move the branch read by fence_begin, which is tried, to state */
+/* Move the branch's tried row, locked by fence_lock, to state */
 static void
 fence_update(FenceCall *call, const char *state)
 {
-	static const AttrNumber written[] = {FENCE_ATT_STATE, FENCE_ATT_UPDATED};
+	AttrNumber	written[2];
 	DirectWrite dw;
 	Datum		values[2];
 	bool		nulls[2] = {false, false};
 
 	(void) PAYMENTS_FAULT(FAULT_TCC_FENCE_WRITE);
+	written[0] = call->attnums[FENCE_STATE];
+	written[1] = call->attnums[FENCE_UPDATED];
 	values[0] = CStringGetTextDatum(state);
 	values[1] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
 	payments_direct_begin(&dw, call->rel, call->snapshot, CMD_UPDATE,
 						  written, lengthof(written));
 	payments_direct_update(&dw, call->row, values, nulls);
 	payments_direct_end(&dw);
+}
+
+/* A branch that keeps changing under a call: ask for a retry */
+static void
+report_gone(FenceCall *call)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+			 errmsg("TCC branch \"%s\" of transaction \"%s\" keeps changing",
+					text_to_cstring(call->branch_id), text_to_cstring(call->gid)),
+			 errhint("Retry the call.")));
 }
 
 /*
@@ -303,21 +407,27 @@ payments_tcc_try(PG_FUNCTION_ARGS)
 {
 	FenceCall	call;
 	Datum		action = (Datum) 0;
-	const char *answer;
+	const char *answer = NULL;
 
 	if (!PG_ARGISNULL(2))
 		action = PointerGetDatum(payments_arg_text(fcinfo, 2, "action", TCC_ID_MAX_BYTES));
-	fence_begin(fcinfo, &call);
-	if (call.state == NULL)
+	fence_open(fcinfo, &call);
+	for (int tries = 0; answer == NULL; tries++)
 	{
-		fence_insert(&call, "tried", action, PG_ARGISNULL(2));
-		answer = "proceed";
+		if (tries == FENCE_MAX_TRIES)
+			report_gone(&call);
+		fence_read(&call);
+		if (call.state == NULL)
+		{
+			if (fence_insert(&call, "tried", action, PG_ARGISNULL(2)))
+				answer = "proceed";
+		}
+		else if (strcmp(call.state, "tried") == 0 || strcmp(call.state, "confirmed") == 0)
+			answer = "duplicate";
+		else
+			answer = "suspended";
 	}
-	else if (strcmp(call.state, "tried") == 0 || strcmp(call.state, "confirmed") == 0)
-		answer = "duplicate";
-	else
-		answer = "suspended";
-	fence_end(&call);
+	fence_close(&call);
 	PG_RETURN_TEXT_P(cstring_to_text(answer));
 }
 
@@ -326,28 +436,39 @@ Datum
 payments_tcc_confirm(PG_FUNCTION_ARGS)
 {
 	FenceCall	call;
-	const char *answer = "duplicate";
+	const char *answer = NULL;
 
-	fence_begin(fcinfo, &call);
-	if (call.state == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_PM_TCC_NOT_TRIED),
-				 errmsg("TCC branch \"%s\" of transaction \"%s\" was never tried",
-						text_to_cstring(call.branch_id), text_to_cstring(call.gid)),
-				 errdetail("A Confirm comes after a committed Try of its branch."),
-				 errhint("The coordinator should not confirm a branch whose Try failed.")));
-	if (strcmp(call.state, "tried") == 0)
+	fence_open(fcinfo, &call);
+	for (int tries = 0; answer == NULL; tries++)
 	{
-		fence_update(&call, "confirmed");
-		answer = "proceed";
+		if (tries == FENCE_MAX_TRIES)
+			report_gone(&call);
+		fence_read(&call);
+		if (call.state != NULL && strcmp(call.state, "tried") == 0 &&
+			!fence_lock(&call))
+			continue;
+		if (call.state == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_PM_TCC_NOT_TRIED),
+					 errmsg("TCC branch \"%s\" of transaction \"%s\" was never tried",
+							text_to_cstring(call.branch_id), text_to_cstring(call.gid)),
+					 errdetail("A Confirm comes after a committed Try of its branch."),
+					 errhint("The coordinator should not confirm a branch whose Try failed.")));
+		if (strcmp(call.state, "tried") == 0)
+		{
+			fence_update(&call, "confirmed");
+			answer = "proceed";
+		}
+		else if (strcmp(call.state, "confirmed") == 0)
+			answer = "duplicate";
+		else
+			ereport(ERROR,
+					(errcode(ERRCODE_PM_TCC_CANCELLED),
+					 errmsg("TCC branch \"%s\" of transaction \"%s\" was cancelled",
+							text_to_cstring(call.branch_id), text_to_cstring(call.gid)),
+					 errdetail("A cancelled branch is never confirmed.")));
 	}
-	else if (strcmp(call.state, "confirmed") != 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_PM_TCC_CANCELLED),
-				 errmsg("TCC branch \"%s\" of transaction \"%s\" was cancelled",
-						text_to_cstring(call.branch_id), text_to_cstring(call.gid)),
-				 errdetail("A cancelled branch is never confirmed.")));
-	fence_end(&call);
+	fence_close(&call);
 	PG_RETURN_TEXT_P(cstring_to_text(answer));
 }
 
@@ -356,26 +477,37 @@ Datum
 payments_tcc_cancel(PG_FUNCTION_ARGS)
 {
 	FenceCall	call;
-	const char *answer = "duplicate";
+	const char *answer = NULL;
 
-	fence_begin(fcinfo, &call);
-	if (call.state == NULL)
+	fence_open(fcinfo, &call);
+	for (int tries = 0; answer == NULL; tries++)
 	{
-		fence_insert(&call, "suspended", (Datum) 0, true);
-		answer = "empty";
+		if (tries == FENCE_MAX_TRIES)
+			report_gone(&call);
+		fence_read(&call);
+		if (call.state == NULL)
+		{
+			if (fence_insert(&call, "suspended", (Datum) 0, true))
+				answer = "empty";
+			continue;
+		}
+		if (strcmp(call.state, "tried") == 0 && !fence_lock(&call))
+			continue;
+		if (strcmp(call.state, "tried") == 0)
+		{
+			fence_update(&call, "cancelled");
+			answer = "proceed";
+		}
+		else if (strcmp(call.state, "confirmed") == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_PM_TCC_CONFIRMED),
+					 errmsg("TCC branch \"%s\" of transaction \"%s\" was confirmed",
+							text_to_cstring(call.branch_id), text_to_cstring(call.gid)),
+					 errdetail("A confirmed branch is never cancelled.")));
+		else
+			answer = "duplicate";
 	}
-	else if (strcmp(call.state, "tried") == 0)
-	{
-		fence_update(&call, "cancelled");
-		answer = "proceed";
-	}
-	else if (strcmp(call.state, "confirmed") == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_PM_TCC_CONFIRMED),
-				 errmsg("TCC branch \"%s\" of transaction \"%s\" was confirmed",
-						text_to_cstring(call.branch_id), text_to_cstring(call.gid)),
-				 errdetail("A confirmed branch is never cancelled.")));
-	fence_end(&call);
+	fence_close(&call);
 	PG_RETURN_TEXT_P(cstring_to_text(answer));
 }
 
