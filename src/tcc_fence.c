@@ -399,6 +399,21 @@ report_gone(FenceCall *call)
 }
 
 /*
+ * Read the branch for a Confirm or a Cancel: a tried row is locked and
+ * judged again on its latest version.  Returns false if it went away
+ * meanwhile, for the caller to look again.
+ */
+static bool
+fence_read_for_change(FenceCall *call, int tries)
+{
+	if (tries == FENCE_MAX_TRIES)
+		report_gone(call);
+	fence_read(call);
+	return call->state == NULL || strcmp(call->state, "tried") != 0 ||
+		fence_lock(call);
+}
+
+/*
  * payments.tcc_try(gid, branch_id, action): proceed, duplicate or
  * suspended.
  */
@@ -441,11 +456,7 @@ payments_tcc_confirm(PG_FUNCTION_ARGS)
 	fence_open(fcinfo, &call);
 	for (int tries = 0; answer == NULL; tries++)
 	{
-		if (tries == FENCE_MAX_TRIES)
-			report_gone(&call);
-		fence_read(&call);
-		if (call.state != NULL && strcmp(call.state, "tried") == 0 &&
-			!fence_lock(&call))
+		if (!fence_read_for_change(&call, tries))
 			continue;
 		if (call.state == NULL)
 			ereport(ERROR,
@@ -482,18 +493,14 @@ payments_tcc_cancel(PG_FUNCTION_ARGS)
 	fence_open(fcinfo, &call);
 	for (int tries = 0; answer == NULL; tries++)
 	{
-		if (tries == FENCE_MAX_TRIES)
-			report_gone(&call);
-		fence_read(&call);
+		if (!fence_read_for_change(&call, tries))
+			continue;
 		if (call.state == NULL)
 		{
 			if (fence_insert(&call, "suspended", (Datum) 0, true))
 				answer = "empty";
-			continue;
 		}
-		if (strcmp(call.state, "tried") == 0 && !fence_lock(&call))
-			continue;
-		if (strcmp(call.state, "tried") == 0)
+		else if (strcmp(call.state, "tried") == 0)
 		{
 			fence_update(&call, "cancelled");
 			answer = "proceed";
