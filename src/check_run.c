@@ -6,7 +6,8 @@
  *
  * A due check is run through the compensation queue: the worker's task
  * queue_due_checks queues payments.run_check({"check": name}) as the
- * check's owner, once per period (the dedup key names the period), and the
+ * check's owner, once per period (it moves the check's next run in the
+ * same transaction, under the check's row lock), and the
  * queue runs it like any handler, as that role, within
  * payments.handler_timeout, in a subtransaction whose locks, settings and
  * cursors go with it.  A check is thus never run with more rights than its
@@ -19,8 +20,8 @@
  * itself succeeds.  Then, as the extension's owner, it records what the
  * query found: a violation first seen opens a row of check_results, one
  * seen again moves its last_seen, one no longer found is cleared.  A check
- * with a heal queues the heal once per object (its dedup key is the check
- * and the object), as the owner; a violation that is still found after its
+ * with a heal queues the heal once per object (a violation of an object
+ * healed before keeps that heal), as the owner; a violation that is still found after its
  * heal has run is escalated from warning to error.
  *
  *-------------------------------------------------------------------------
@@ -32,15 +33,16 @@
 #include "args.h"
 #include "compensation.h"
 #include "extension_catalog.h"
-#include "fingerprint.h"
 #include "owner_rights.h"
 #include "spi_util.h"
 
 #include "access/xact.h"
+#include "catalog/dependency.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_proc.h"
+#include "commands/extension.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
-#include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "nodes/makefuncs.h"
 #include "parser/parse_func.h"
@@ -52,6 +54,7 @@
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/regproc.h"
 #include "utils/syscache.h"
 #include "utils/timeout.h"
 #include "utils/timestamp.h"
@@ -77,6 +80,7 @@ static SPIPlanPtr query_plan;
 static SPIPlanPtr ran_plan;
 static SPIPlanPtr seen_plan;
 static SPIPlanPtr clear_plan;
+static SPIPlanPtr healed_before_plan;
 static SPIPlanPtr unhealed_plan;
 static SPIPlanPtr healing_plan;
 
@@ -196,32 +200,12 @@ run_query(const char *query, CheckFindings *found)
 }
 
 /*
- * A dedup key "prefix <digest>" of (owner, name, what): dedup keys are
- * shared by every role that may run a handler, so the owner is part of
- * it, and a digest keeps it short whatever the name and what are.
- */
-static text *
-dedup_key(const char *prefix, Oid owner, text *name, text *what)
-{
-	StringInfoData buf;
-	unsigned char digest[PAYMENTS_FINGERPRINT_LEN];
-	char		hex[PAYMENTS_FINGERPRINT_LEN * 2 + 1];
-
-	initStringInfo(&buf);
-	appendBinaryStringInfo(&buf, (char *) &owner, sizeof(owner));
-	appendBinaryStringInfo(&buf, VARDATA_ANY(name), VARSIZE_ANY_EXHDR(name));
-	appendStringInfoChar(&buf, '\n');
-	appendBinaryStringInfo(&buf, VARDATA_ANY(what), VARSIZE_ANY_EXHDR(what));
-	payments_sha256(buf.data, buf.len, digest);
-	hex_encode((char *) digest, sizeof(digest), hex);
-	hex[sizeof(hex) - 1] = '\0';
-	return cstring_to_text(psprintf("%s %s", prefix, hex));
-}
-
-/*
- * Queue the heal of every open violation of the check that has none, as
- * the check's owner.  The caller is connected to SPI, as the extension's
- * owner.
+ * Heal every open violation of the check that has no heal yet, as the
+ * check's owner: an object healed before, by an earlier violation of the
+ * same check, keeps that heal (an object is healed once), the others get
+ * one queued now.  Dedup keys are not used: they are shared by every role
+ * that may run the handler, so another role could take one first.  The
+ * caller is connected to SPI, as the extension's owner.
  */
 static void
 queue_heals(Datum *key, const char *heal, Oid heal_owner, Oid owner,
@@ -231,62 +215,38 @@ queue_heals(Datum *key, const char *heal, Oid heal_owner, Oid owner,
 	SPITupleTable *open;
 	uint64		n;
 
+	payments_prepare(&healed_before_plan,
+					 "UPDATE @extschema@.check_results r SET heal_id = p.heal_id"
+					 " FROM (SELECT DISTINCT ON (object) object, heal_id"
+					 "        FROM @extschema@.check_results"
+					 "       WHERE owner = $1::regrole AND check_name = $2 AND heal_id IS NOT NULL"
+					 "       ORDER BY object, id DESC) p"
+					 " WHERE r.owner = $1::regrole AND r.check_name = $2"
+					 "  AND r.cleared_at IS NULL AND r.heal_id IS NULL AND r.object = p.object",
+					 2, (Oid[]) {OIDOID, TEXTOID});
 	payments_prepare(&unhealed_plan,
-					 "SELECT id, object, detail FROM @extschema@.check_results"
+					 "SELECT id, jsonb_build_object('check', check_name, 'object', object,"
+					 "  'detail', detail)"
+					 " FROM @extschema@.check_results"
 					 " WHERE owner = $1::regrole AND check_name = $2"
 					 "  AND cleared_at IS NULL AND heal_id IS NULL",
 					 2, (Oid[]) {OIDOID, TEXTOID});
 	payments_prepare(&healing_plan,
 					 "UPDATE @extschema@.check_results SET heal_id = $2 WHERE id = $1",
 					 2, (Oid[]) {INT8OID, INT8OID});
+	payments_execute(healed_before_plan, key, NULL, SPI_OK_UPDATE, 0);
 	n = payments_execute(unhealed_plan, key, NULL, SPI_OK_SELECT, 0);
 	open = SPI_tuptable;
 	for (uint64 i = 0; i < n; i++)
 	{
 		bool		isnull;
-		Datum		object = SPI_getbinval(open->vals[i], open->tupdesc, 2, &isnull);
-		Datum		detail = SPI_getbinval(open->vals[i], open->tupdesc, 3, &isnull);
-		JsonbParseState *state = NULL;
-		JsonbValue	k,
-					v;
 		Datum		values[2];
-		int64		heal_id;
 
-		pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
-		k.type = jbvString;
-		v.type = jbvString;
-		k.val.string.val = "check";
-		k.val.string.len = 5;
-		v.val.string.val = VARDATA_ANY(DatumGetTextPP(key[1]));
-		v.val.string.len = VARSIZE_ANY_EXHDR(DatumGetTextPP(key[1]));
-		pushJsonbValue(&state, WJB_KEY, &k);
-		pushJsonbValue(&state, WJB_VALUE, &v);
-		k.val.string.val = "object";
-		k.val.string.len = 6;
-		v.val.string.val = VARDATA_ANY(DatumGetTextPP(object));
-		v.val.string.len = VARSIZE_ANY_EXHDR(DatumGetTextPP(object));
-		pushJsonbValue(&state, WJB_KEY, &k);
-		pushJsonbValue(&state, WJB_VALUE, &v);
-		k.val.string.val = "detail";
-		k.val.string.len = 6;
-		if (isnull)
-			v.type = jbvNull;
-		else
-		{
-			v.val.string.val = VARDATA_ANY(DatumGetTextPP(detail));
-			v.val.string.len = VARSIZE_ANY_EXHDR(DatumGetTextPP(detail));
-		}
-		pushJsonbValue(&state, WJB_KEY, &k);
-		pushJsonbValue(&state, WJB_VALUE, &v);
-
-		heal_id = compensation_enqueue(handler,
-									   JsonbPGetDatum(JsonbValueToJsonb(pushJsonbValue(&state, WJB_END_OBJECT, NULL))),
-									   dedup_key("check heal", owner, DatumGetTextPP(key[1]),
-												 DatumGetTextPP(object)),
-									   0, GetCurrentTimestamp(), 0,
-									   owner, tables_owner);
 		values[0] = SPI_getbinval(open->vals[i], open->tupdesc, 1, &isnull);
-		values[1] = Int64GetDatum(heal_id);
+		values[1] = Int64GetDatum(compensation_enqueue(handler,
+													   SPI_getbinval(open->vals[i], open->tupdesc, 2, &isnull),
+													   NULL, 0, GetCurrentTimestamp(), 0,
+													   owner, tables_owner));
 		payments_execute(healing_plan, values, NULL, SPI_OK_UPDATE, 0);
 	}
 }
@@ -421,15 +381,27 @@ payments_run_check(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
-/* The OID of payments.run_check(jsonb), in the extension's schema */
+/*
+ * The OID of payments.run_check(jsonb), in the extension's schema, and a
+ * member of the extension (as the worker checks its tasks), so that no
+ * function someone else created there can stand in for it.
+ */
 static Oid
 run_check_oid(void)
 {
 	Oid			argtypes[1] = {JSONBOID};
+	Oid			fn;
 
-	return LookupFuncName(list_make2(makeString(get_namespace_name(payments_schema_oid())),
-									 makeString("run_check")),
-						  1, argtypes, false);
+	fn = LookupFuncName(list_make2(makeString(get_namespace_name(payments_schema_oid())),
+								   makeString("run_check")),
+						1, argtypes, false);
+	if (getExtensionOfObject(ProcedureRelationId, fn) != get_extension_oid("payments", false))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("function %s does not belong to extension \"payments\"",
+						format_procedure(fn)),
+				 errhint("Reinstall the extension.")));
+	return fn;
 }
 
 /*
@@ -452,7 +424,8 @@ payments_queue_due_checks(PG_FUNCTION_ARGS)
 	values[0] = Int32GetDatum(max_checks);
 	SPI_connect();
 	payments_prepare(&due_plan,
-					 "SELECT owner::oid, name, next_run_at::text FROM @extschema@.checks"
+					 "SELECT owner::oid, name, jsonb_build_object('check', name)"
+					 " FROM @extschema@.checks"
 					 " WHERE next_run_at <= clock_timestamp()"
 					 " ORDER BY next_run_at LIMIT $1 FOR UPDATE SKIP LOCKED",
 					 1, (Oid[]) {INT4OID});
@@ -469,23 +442,11 @@ payments_queue_due_checks(PG_FUNCTION_ARGS)
 		bool		isnull;
 		Oid			owner = DatumGetObjectId(SPI_getbinval(due->vals[i], due->tupdesc, 1, &isnull));
 		char	   *name = SPI_getvalue(due->vals[i], due->tupdesc, 2);
-		char	   *period = SPI_getvalue(due->vals[i], due->tupdesc, 3);
+		Datum		payload = SPI_getbinval(due->vals[i], due->tupdesc, 3, &isnull);
 		Datum		key[3];
 		char		nulls[3] = {' ', ' ', 'n'};
-		JsonbParseState *state = NULL;
-		JsonbValue	k,
-					v;
 
 		CHECK_FOR_INTERRUPTS();
-		pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
-		k.type = jbvString;
-		k.val.string.val = "check";
-		k.val.string.len = 5;
-		v.type = jbvString;
-		v.val.string.val = name;
-		v.val.string.len = strlen(name);
-		pushJsonbValue(&state, WJB_KEY, &k);
-		pushJsonbValue(&state, WJB_VALUE, &v);
 
 		/* A role that lost its rights gets its reason on the check. */
 		if (!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(owner)) ||
@@ -496,12 +457,9 @@ payments_queue_due_checks(PG_FUNCTION_ARGS)
 			nulls[2] = ' ';
 		}
 		else
-			(void) compensation_enqueue(handler,
-										JsonbPGetDatum(JsonbValueToJsonb(pushJsonbValue(&state, WJB_END_OBJECT, NULL))),
-										dedup_key("check run", owner, cstring_to_text(name),
-												  cstring_to_text(period)),
-										1, GetCurrentTimestamp(), 0,
-										owner, tables_owner);
+			(void) compensation_enqueue(handler, payload, NULL, 1,
+										GetCurrentTimestamp(), 0, owner,
+										tables_owner);
 		key[0] = ObjectIdGetDatum(owner);
 		key[1] = CStringGetTextDatum(name);
 		payments_execute(scheduled_plan, key, nulls, SPI_OK_UPDATE, 0);
