@@ -55,7 +55,8 @@ OBJS = \
 	src/saga.o \
 	src/fault.o \
 	src/check_define.o \
-	src/check_run.o
+	src/check_run.o \
+	src/retention.o
 
 # src/sql/ holds everything CREATE EXTENSION and ALTER EXTENSION run.  The
 # current version's install script is assembled from one fragment per
@@ -75,6 +76,7 @@ SQL_FRAGMENTS = \
 	src/sql/85_sagas.sql \
 	src/sql/87_faults.sql \
 	src/sql/88_checks.sql \
+	src/sql/89_lifecycle.sql \
 	src/sql/90_privileges.sql
 
 # The update step from the last release is assembled too, until it ships:
@@ -87,12 +89,14 @@ UPDATE_FROM = 0.2.0
 UPDATE_FRAGMENTS = \
 	src/sql/00_schema.sql \
 	src/sql/update-$(UPDATE_FROM)--$(EXTVERSION).sql \
+	src/sql/40_worker.sql \
 	src/sql/60_callbacks.sql \
 	src/sql/70_reconciliation.sql \
 	src/sql/80_tcc.sql \
 	src/sql/85_sagas.sql \
 	src/sql/87_faults.sql \
 	src/sql/88_checks.sql \
+	src/sql/89_lifecycle.sql \
 	src/sql/90_privileges.sql
 
 DATA_built = \
@@ -116,6 +120,7 @@ REGRESS = \
 	compensation_errors \
 	compensation_rights \
 	worker \
+	retention \
 	privileges \
 	extension_schema \
 	compensation_handlers \

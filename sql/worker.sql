@@ -31,7 +31,7 @@ RESET ROLE;
 -- The worker's settings, their defaults and who may change them.
 SELECT name, setting, unit, context FROM pg_settings
  WHERE name IN ('payments.worker_enabled', 'payments.launcher_naptime',
-                'payments.worker_naptime', 'payments.max_workers',
+                'payments.worker_naptime', 'payments.max_workers', 'payments.max_databases',
                 'payments.worker_role')
  ORDER BY name;
 SET payments.worker_naptime = '5s';

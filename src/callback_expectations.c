@@ -26,6 +26,7 @@
 #include "args.h"
 #include "owner_rights.h"
 #include "spi_util.h"
+#include "worker.h"
 
 #include "access/xact.h"
 #include "catalog/pg_type.h"
@@ -165,6 +166,10 @@ payments_expect_callback(PG_FUNCTION_ARGS)
 					 " RETURNING id",
 					 6, argtypes);
 	payments_execute(expect_plan, values, NULL, SPI_OK_INSERT_RETURNING, 0);
+	payments_worker_due_at_commit(DatumGetTimestampTz(
+		DirectFunctionCall2(timestamptz_pl_interval,
+							TimestampTzGetDatum(GetCurrentTransactionStartTimestamp()),
+							within)));
 	id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
 									 SPI_tuptable->tupdesc, 1, &isnull));
 	SPI_finish();

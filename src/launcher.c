@@ -1,7 +1,8 @@
 /*-------------------------------------------------------------------------
  *
  * launcher.c
- *	  The launcher: starts one worker per database that has the extension.
+ *	  The launcher: gives the pool of workers to the databases whose work is
+ *	  due, longest waiting first.
  *
  * See worker.h for the lifecycle.  The launcher holds no database
  * connection: it reads the shared catalogs pg_database and pg_authid only.
@@ -27,6 +28,7 @@
 #include "storage/proc.h"
 #include "tcop/tcopprot.h"
 #include "utils/acl.h"
+#include "utils/builtins.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
@@ -39,6 +41,15 @@ typedef struct DatabaseEntry
 
 /* Launcher-local: the handle of the worker in each slot. */
 static BackgroundWorkerHandle **handles;
+
+/* Launcher-local: the name of each entry's database, from the last scan */
+static NameData *database_names;
+
+/*
+ * How soon a database's worker is started again after the last one, so that
+ * a worker that cannot start (a role that cannot log in, say) cannot spin.
+ */
+#define RESTART_DELAY_MS	1000
 
 void
 payments_register_launcher(void)
@@ -127,12 +138,25 @@ worker_role_oid(void)
 	return roleoid;
 }
 
+/*
+ * Start a worker in a slot claimed for the database.  On failure the slot
+ * is freed and the database's entry says why.
+ */
 static void
-start_worker(int slotno, DatabaseEntry *db, Oid roleoid)
+start_worker(int slotno, Oid dboid, Oid roleoid)
 {
 	BackgroundWorker bgw;
-	PaymentsWorkerArgs args = {db->oid, roleoid};
-	PaymentsWorkerSlot *slot = &payments_shared->slots[slotno];
+	PaymentsWorkerArgs args = {dboid, roleoid};
+	PaymentsDatabase *db;
+	int			entry;
+	const char *name = NULL;
+
+	LWLockAcquire(payments_shared->lock, LW_SHARED);
+	db = payments_find_database(dboid);
+	entry = db ? db - payments_shared->databases : -1;
+	LWLockRelease(payments_shared->lock);
+	if (entry >= 0 && NameStr(database_names[entry])[0] != '\0')
+		name = NameStr(database_names[entry]);
 
 	memset(&bgw, 0, sizeof(bgw));
 	bgw.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
@@ -140,33 +164,42 @@ start_worker(int slotno, DatabaseEntry *db, Oid roleoid)
 	bgw.bgw_restart_time = BGW_NEVER_RESTART;
 	strlcpy(bgw.bgw_library_name, "payments", BGW_MAXLEN);
 	strlcpy(bgw.bgw_function_name, "payments_worker_main", BGW_MAXLEN);
-	snprintf(bgw.bgw_name, BGW_MAXLEN, "payments worker for database \"%s\"", db->name);
+	if (name != NULL)
+		snprintf(bgw.bgw_name, BGW_MAXLEN, "payments worker for database \"%s\"", name);
+	else
+		snprintf(bgw.bgw_name, BGW_MAXLEN, "payments worker for database %u", dboid);
 	strlcpy(bgw.bgw_type, "payments worker", BGW_MAXLEN);
 	bgw.bgw_main_arg = Int32GetDatum(slotno);
 	memcpy(bgw.bgw_extra, &args, sizeof(args));
 	bgw.bgw_notify_pid = MyProcPid;
 
-	/* Claim the slot first: the worker checks it is the one meant for it. */
-	LWLockAcquire(payments_shared->lock, LW_EXCLUSIVE);
-	memset(slot, 0, sizeof(PaymentsWorkerSlot));
-	slot->dboid = db->oid;
-	slot->state = PW_STARTING;
-	LWLockRelease(payments_shared->lock);
+	if (RegisterDynamicBackgroundWorker(&bgw, &handles[slotno]))
+		return;
 
-	if (!RegisterDynamicBackgroundWorker(&bgw, &handles[slotno]))
+	handles[slotno] = NULL;
+	LWLockAcquire(payments_shared->lock, LW_EXCLUSIVE);
+	payments_shared->slots[slotno].state = PW_FREE;
+	payments_shared->slots[slotno].dboid = InvalidOid;
+	db = payments_find_database(dboid);
+	if (db != NULL && db->unserved[0] == '\0')
 	{
-		LWLockAcquire(payments_shared->lock, LW_EXCLUSIVE);
-		slot->state = PW_FREE;
-		LWLockRelease(payments_shared->lock);
-		handles[slotno] = NULL;
+		strlcpy(db->unserved,
+				"no background worker could be registered for it: max_worker_processes is reached",
+				PAYMENTS_WORKER_ERROR_LEN);
 		ereport(WARNING,
 				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-				 errmsg("could not start the payments worker for database \"%s\"", db->name),
-				 errhint("Increase max_worker_processes.")));
+				 errmsg("could not start a payments worker for database %u", dboid),
+				 errdetail("Every one of max_worker_processes is in use."),
+				 errhint("Increase max_worker_processes, or lower payments.max_workers.")));
 	}
+	LWLockRelease(payments_shared->lock);
 }
 
-/* Free the slots of workers that have exited; returns how many. */
+/*
+ * Free the slots of workers that have exited; returns how many.  A worker
+ * that exited before it took its slot could not start (its database is
+ * gone, or its role cannot connect): its database's entry says so.
+ */
 static int
 reap_workers(void)
 {
@@ -174,6 +207,7 @@ reap_workers(void)
 
 	for (int i = 0; i < payments_shared->nslots; i++)
 	{
+		PaymentsWorkerSlot *slot = &payments_shared->slots[i];
 		pid_t		pid;
 
 		if (handles[i] == NULL ||
@@ -182,9 +216,19 @@ reap_workers(void)
 		pfree(handles[i]);
 		handles[i] = NULL;
 		LWLockAcquire(payments_shared->lock, LW_EXCLUSIVE);
-		payments_shared->slots[i].state = PW_FREE;
-		payments_shared->slots[i].pid = 0;
-		payments_shared->slots[i].latch = NULL;
+		if (slot->state == PW_STARTING)
+		{
+			PaymentsDatabase *db = payments_find_database(slot->dboid);
+
+			if (db != NULL)
+				strlcpy(db->unserved,
+						"its worker exited before it could begin: see the server log",
+						PAYMENTS_WORKER_ERROR_LEN);
+		}
+		slot->state = PW_FREE;
+		slot->dboid = InvalidOid;
+		slot->pid = 0;
+		slot->latch = NULL;
 		LWLockRelease(payments_shared->lock);
 		reaped++;
 	}
@@ -199,30 +243,154 @@ stop_all_workers(void)
 			TerminateBackgroundWorker(handles[i]);
 }
 
-/* Start a worker for every database that needs one and has none. */
+/*
+ * Bring the entries in line with pg_database: one for every database that
+ * accepts connections and is not a template, none for the others.  An
+ * entry of a database that is gone, or became a template, is freed once no
+ * worker is connected to it.
+ */
 static void
 scan_databases(MemoryContext scancxt)
 {
 	List	   *dbs;
 	ListCell   *lc;
-	Oid			roleoid;
-	TimestampTz now = GetCurrentTimestamp();
-	bool		warned_full = false;
+	bool	   *seen;
+	bool		full = false;
 
 	MemoryContextReset(scancxt);
 	dbs = list_databases(scancxt);
-	roleoid = worker_role_oid();
+	seen = MemoryContextAllocZero(scancxt, sizeof(bool) * payments_shared->ndatabases);
 
+	LWLockAcquire(payments_shared->lock, LW_EXCLUSIVE);
 	foreach(lc, dbs)
 	{
-		DatabaseEntry *db = lfirst(lc);
-		bool		needed;
-		int			freeslot = -1;
+		DatabaseEntry *entry = lfirst(lc);
+		PaymentsDatabase *db = payments_add_database(entry->oid);
+		int			i;
 
-		LWLockAcquire(payments_shared->lock, LW_SHARED);
-		needed = payments_find_slot(db->oid) == NULL &&
-			!payments_database_excluded(db->oid, now);
-		for (int i = 0; needed && i < payments_shared->nslots; i++)
+		if (db == NULL)
+		{
+			full = true;
+			continue;
+		}
+		i = db - payments_shared->databases;
+		seen[i] = true;
+		namestrcpy(&database_names[i], entry->name);
+	}
+	for (int i = 0; i < payments_shared->ndatabases; i++)
+	{
+		PaymentsDatabase *db = &payments_shared->databases[i];
+
+		if (OidIsValid(db->dboid) && !seen[i] &&
+			payments_find_slot(db->dboid) == NULL)
+		{
+			db->dboid = InvalidOid;
+			NameStr(database_names[i])[0] = '\0';
+		}
+	}
+	LWLockRelease(payments_shared->lock);
+
+	if (full)
+		ereport(LOG,
+				(errmsg("payments launcher cannot keep track of more than %d databases",
+						payments_shared->ndatabases),
+				 errdetail("The databases beyond that number get no payments worker."),
+				 errhint("Increase payments.max_databases.")));
+}
+
+/*
+ * When a database's due work began to wait: the oldest of an unanswered
+ * wake-up and a due time that has come; 0 if nothing is due.  Caller holds
+ * the lock.
+ */
+static TimestampTz
+due_since(PaymentsDatabase *db, TimestampTz now)
+{
+	TimestampTz due = (TimestampTz) pg_atomic_read_u64(&db->due_at);
+	TimestampTz since = 0;
+
+	if (due <= now)
+		since = due;
+	if (db->wake_requested && (since == 0 || db->wake_at < since))
+		since = db->wake_at;
+	return since;
+}
+
+typedef struct Candidate
+{
+	Oid			dboid;
+	TimestampTz since;
+} Candidate;
+
+static int
+candidate_cmp(const void *a, const void *b)
+{
+	const Candidate *ca = a;
+	const Candidate *cb = b;
+
+	if (ca->since != cb->since)
+		return ca->since < cb->since ? -1 : 1;
+	return 0;
+}
+
+/*
+ * Give free slots to the due databases without a worker, longest waiting
+ * first; if any must wait, ask as many idle workers with nothing due to
+ * leave.  Returns when the launcher should look again.
+ */
+static TimestampTz
+schedule_workers(void)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	TimestampTz next = TimestampTzPlusMilliseconds(now, payments_launcher_naptime * 1000L);
+	Candidate  *cand = palloc(sizeof(Candidate) * payments_shared->ndatabases);
+	int		   *to_start = palloc(sizeof(int) * payments_shared->nslots);
+	Latch	  **to_wake = palloc(sizeof(Latch *) * payments_shared->nslots);
+	int			ncand = 0;
+	int			nstart = 0;
+	int			nwake = 0;
+	int			c;
+
+	LWLockAcquire(payments_shared->lock, LW_EXCLUSIVE);
+	for (int i = 0; i < payments_shared->ndatabases; i++)
+	{
+		PaymentsDatabase *db = &payments_shared->databases[i];
+		TimestampTz since;
+		TimestampTz retry;
+
+		if (!OidIsValid(db->dboid) || db->no_extension)
+			continue;
+		if (db->paused_until > now)
+		{
+			next = Min(next, db->paused_until);
+			continue;
+		}
+		if (payments_find_slot(db->dboid) != NULL)
+			continue;			/* its worker sees its due time itself */
+		since = due_since(db, now);
+		if (since == 0)
+		{
+			next = Min(next, (TimestampTz) pg_atomic_read_u64(&db->due_at));
+			continue;
+		}
+		retry = TimestampTzPlusMilliseconds(db->last_start, RESTART_DELAY_MS);
+		if (db->last_start != 0 && retry > now)
+		{
+			next = Min(next, retry);
+			continue;
+		}
+		cand[ncand].dboid = db->dboid;
+		cand[ncand].since = since;
+		ncand++;
+	}
+	qsort(cand, ncand, sizeof(Candidate), candidate_cmp);
+
+	for (c = 0; c < ncand; c++)
+	{
+		int			freeslot = -1;
+		PaymentsWorkerSlot *slot;
+
+		for (int i = 0; i < payments_shared->nslots; i++)
 		{
 			if (payments_shared->slots[i].state == PW_FREE && handles[i] == NULL)
 			{
@@ -230,22 +398,52 @@ scan_databases(MemoryContext scancxt)
 				break;
 			}
 		}
-		LWLockRelease(payments_shared->lock);
-
-		if (!needed)
-			continue;
 		if (freeslot < 0)
-		{
-			if (!warned_full)
-				ereport(LOG,
-						(errmsg("payments launcher has no free worker slot for database \"%s\"",
-								db->name),
-						 errhint("Increase payments.max_workers.")));
-			warned_full = true;
-			continue;
-		}
-		start_worker(freeslot, db, roleoid);
+			break;
+		slot = &payments_shared->slots[freeslot];
+		memset(slot, 0, sizeof(PaymentsWorkerSlot));
+		slot->dboid = cand[c].dboid;
+		slot->state = PW_STARTING;
+		payments_find_database(cand[c].dboid)->last_start = now;
+		to_start[nstart++] = freeslot;
 	}
+
+	/*
+	 * The rest wait.  Idle workers with nothing due make room at once;
+	 * busy ones after their quantum (see worker.c).
+	 */
+	payments_shared->nwaiting = ncand - c;
+	for (int i = 0; i < payments_shared->nslots && nwake < ncand - c; i++)
+	{
+		PaymentsWorkerSlot *slot = &payments_shared->slots[i];
+		PaymentsDatabase *db;
+
+		if (slot->state != PW_IDLE || slot->leave_requested || slot->latch == NULL)
+			continue;
+		db = payments_find_database(slot->dboid);
+		if (db != NULL && due_since(db, now) != 0)
+			continue;
+		slot->leave_requested = true;
+		to_wake[nwake++] = slot->latch;
+	}
+	LWLockRelease(payments_shared->lock);
+
+	for (int i = 0; i < nwake; i++)
+		SetLatch(to_wake[i]);
+	if (nstart > 0)
+	{
+		Oid			roleoid = worker_role_oid();
+
+		for (int i = 0; i < nstart; i++)
+			start_worker(to_start[i], payments_shared->slots[to_start[i]].dboid, roleoid);
+	}
+	if (ncand > c || nstart > 0)
+		next = Min(next, TimestampTzPlusMilliseconds(now, RESTART_DELAY_MS));
+
+	pfree(cand);
+	pfree(to_start);
+	pfree(to_wake);
+	return next;
 }
 
 void
@@ -273,11 +471,28 @@ payments_launcher_main(Datum main_arg)
 	payments_shared->launcher_pid = MyProcPid;
 	payments_shared->launcher_latch = MyLatch;
 	payments_shared->rescan_requested = true;
+
+	/*
+	 * A slot claimed by a launcher that died before its worker took it will
+	 * never be taken: the worker checks the slot is still meant for it.
+	 */
+	for (int i = 0; i < payments_shared->nslots; i++)
+	{
+		PaymentsWorkerSlot *slot = &payments_shared->slots[i];
+
+		if (slot->state == PW_STARTING && slot->pid == 0)
+		{
+			slot->state = PW_FREE;
+			slot->dboid = InvalidOid;
+		}
+	}
 	LWLockRelease(payments_shared->lock);
 	before_shmem_exit(launcher_exit, (Datum) 0);
 
 	handles = MemoryContextAllocZero(TopMemoryContext,
 									 sizeof(BackgroundWorkerHandle *) * payments_shared->nslots);
+	database_names = MemoryContextAllocZero(TopMemoryContext,
+											sizeof(NameData) * payments_shared->ndatabases);
 	scancxt = AllocSetContextCreate(TopMemoryContext, "payments launcher scan",
 									ALLOCSET_DEFAULT_SIZES);
 	ereport(LOG, (errmsg("payments launcher started")));
@@ -285,8 +500,9 @@ payments_launcher_main(Datum main_arg)
 	for (;;)
 	{
 		TimestampTz now;
+		TimestampTz next;
 		bool		rescan;
-		int			reaped;
+		long		timeout;
 
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
@@ -295,33 +511,33 @@ payments_launcher_main(Datum main_arg)
 			ProcessConfigFile(PGC_SIGHUP);
 		}
 
-		reaped = reap_workers();
+		(void) reap_workers();
 
-		/*
-		 * A worker that exited on error asked for a rescan, maybe before
-		 * its slot could be reaped; a reaped slot repeats the request, at
-		 * most once a second so that a worker failing at start cannot spin.
-		 */
 		now = GetCurrentTimestamp();
 		LWLockAcquire(payments_shared->lock, LW_EXCLUSIVE);
 		rescan = payments_shared->rescan_requested ||
-			(reaped > 0 && TimestampDifferenceExceeds(last_scan, now, 1000)) ||
 			TimestampDifferenceExceeds(last_scan, now, payments_launcher_naptime * 1000);
 		payments_shared->rescan_requested = false;
 		LWLockRelease(payments_shared->lock);
 
+		next = TimestampTzPlusMilliseconds(now, payments_launcher_naptime * 1000L);
 		if (!payments_worker_enabled)
 			stop_all_workers();
-		else if (rescan)
+		else
 		{
-			pgstat_report_activity(STATE_RUNNING, "scanning databases");
-			scan_databases(scancxt);
-			last_scan = now;
-			pgstat_report_activity(STATE_IDLE, NULL);
+			if (rescan)
+			{
+				pgstat_report_activity(STATE_RUNNING, "scanning databases");
+				scan_databases(scancxt);
+				last_scan = now;
+				pgstat_report_activity(STATE_IDLE, NULL);
+			}
+			next = Min(next, schedule_workers());
 		}
 
+		timeout = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), next);
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 payments_launcher_naptime * 1000L, PG_WAIT_EXTENSION);
+						 Max(timeout, 1), PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
 	}
 }

@@ -17,6 +17,7 @@
 #include "fault.h"
 #include "idempotency.h"
 #include "reconciliation.h"
+#include "retention.h"
 #include "tcc.h"
 #include "worker.h"
 
@@ -41,6 +42,7 @@ _PG_init(void)
 	tcc_init();
 	fault_init();
 	check_init();
+	retention_init();
 	worker_init();
 
 	MarkGUCPrefixReserved("payments");

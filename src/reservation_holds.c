@@ -19,6 +19,7 @@
 #include "extension_catalog.h"
 #include "fault.h"
 #include "spi_util.h"
+#include "worker.h"
 
 #include "access/genam.h"
 #include "access/stratnum.h"
@@ -153,6 +154,7 @@ insert_hold(text *order_ref, text *sku, int64 qty, Datum ttl)
 	row->tts_values[HOLD_ATT_EXPIRES - 1] =
 		DirectFunctionCall2(timestamptz_pl_interval,
 							TimestampTzGetDatum(GetCurrentTimestamp()), ttl);
+	payments_worker_due_at_commit(DatumGetTimestampTz(row->tts_values[HOLD_ATT_EXPIRES - 1]));
 	row->tts_values[HOLD_ATT_CREATED - 1] =
 		TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
 	row->tts_isnull[HOLD_ATT_RESOLVED - 1] = true;

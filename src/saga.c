@@ -38,6 +38,7 @@
 #include "fault.h"
 #include "owner_rights.h"
 #include "spi_util.h"
+#include "worker.h"
 
 #include "catalog/pg_type.h"
 #include "miscadmin.h"
@@ -162,6 +163,7 @@ payments_saga_begin(PG_FUNCTION_ARGS)
 																   SAGA_TIMEOUT_MAX_USECS));
 
 		values[2] = TimestampTzGetDatum(GetCurrentTimestamp() + span->time);
+		payments_worker_due_at_commit(DatumGetTimestampTz(values[2]));
 	}
 
 	begin_saga_call(fcinfo, &saved);

@@ -1,15 +1,19 @@
 /*-------------------------------------------------------------------------
  *
  * worker.c
- *	  The per-database worker: the maintenance no client should have to run.
+ *	  A worker of the pool, connected to one database: the maintenance no
+ *	  client should have to run.
  *
  * Each round runs every task below, each in a transaction of its own, so a
  * failure in one (logged with its context, counted in worker_status) never
  * stops the others or the loop, and an immediate shutdown mid-round loses
  * or repeats nothing that committed.  A task whose batch came back full is
- * run again at once; otherwise the worker sleeps on its latch for
- * payments.worker_naptime, or until a committing transaction that queued
- * work wakes it.
+ * run again at once.  Otherwise the round ends by reading when the
+ * database's next known work is due (a hold's TTL, a compensation's retry,
+ * a callback's deadline, a saga's timeout, a check's next run), and the
+ * worker sleeps on its latch until then, at most payments.worker_naptime,
+ * or until a committing transaction wakes it.  When another database waits
+ * for a slot, the worker leaves instead (see worker.h).
  *
  * Before each round the worker checks that the database has the extension
  * in the library's own version.  After a package upgrade and before ALTER
@@ -24,10 +28,13 @@
 #include "worker.h"
 #include "compensation.h"
 #include "extension_catalog.h"
+#include "owner_rights.h"
+#include "spi_util.h"
 
 #include "access/htup_details.h"
 #include "access/xact.h"
 #include "catalog/dependency.h"
+#include "catalog/pg_class.h"
 #include "catalog/pg_language.h"
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
@@ -83,10 +90,19 @@ static const WorkerTask worker_tasks[] = {
 	{"purge tcc fence", "purge_tcc_fence", true},
 	{"abort timed-out sagas", "abort_timed_out_sagas", true},
 	{"queue due checks", "queue_due_checks", true},
+	{"purge retention", "purge_retention", true},
 };
+
+/*
+ * How soon a round runs again when work that was already due when it began
+ * is due still: work the worker does not do itself (an external handler's
+ * item) or could not take (a row locked by an application).
+ */
+#define WORKER_RETRY_MS 1000
 
 static int	my_slotno = -1;
 static PaymentsWorkerSlot *my_slot = NULL;
+static PaymentsDatabase *my_db = NULL;
 static const WorkerTask *current_task = NULL;
 
 /* The installed version is not the library's, and the log has said so */
@@ -107,22 +123,14 @@ worker_exit(int code, Datum arg)
 	{
 		my_slot->pid = 0;
 		my_slot->latch = NULL;
+		my_slot->state = PW_FREE;
+		my_slot->dboid = InvalidOid;
 	}
 	if (code != 0)
 		launcher_latch = payments_request_rescan();
 	LWLockRelease(payments_shared->lock);
 	if (launcher_latch != NULL)
 		SetLatch(launcher_latch);
-}
-
-static void
-set_state(PaymentsWorkerState state)
-{
-	LWLockAcquire(payments_shared->lock, LW_EXCLUSIVE);
-	my_slot->state = state;
-	if (state == PW_IDLE)
-		my_slot->last_run = GetCurrentTimestamp();
-	LWLockRelease(payments_shared->lock);
 }
 
 static void
@@ -143,7 +151,7 @@ worker_leave(bool extension_gone)
 	if (extension_gone)
 	{
 		LWLockAcquire(payments_shared->lock, LW_EXCLUSIVE);
-		payments_exclude_database(MyDatabaseId, 0);
+		my_db->no_extension = true;
 		LWLockRelease(payments_shared->lock);
 	}
 	if (extension_gone)
@@ -246,8 +254,8 @@ run_task(const WorkerTask *task, MemoryContext loopcxt)
 		AbortOutOfAnyTransaction();
 
 		LWLockAcquire(payments_shared->lock, LW_EXCLUSIVE);
-		my_slot->items_failed++;
-		snprintf(my_slot->last_error, PAYMENTS_WORKER_ERROR_LEN, "%s: %s",
+		my_db->items_failed++;
+		snprintf(my_db->last_error, PAYMENTS_WORKER_ERROR_LEN, "%s: %s",
 				 task->name, edata->message);
 		LWLockRelease(payments_shared->lock);
 		FreeErrorData(edata);
@@ -263,7 +271,7 @@ run_task(const WorkerTask *task, MemoryContext loopcxt)
 	if (n > 0)
 	{
 		LWLockAcquire(payments_shared->lock, LW_EXCLUSIVE);
-		my_slot->items_done += n;
+		my_db->items_done += n;
 		LWLockRelease(payments_shared->lock);
 	}
 	return n;
@@ -311,11 +319,197 @@ set_application_name(void)
 	SetConfigOption("application_name", appname, PGC_USERSET, PGC_S_SESSION);
 }
 
+/*
+ * When this database's next known work is due: the earliest of a held
+ * hold's TTL, a compensation's next attempt (of a handler the worker runs),
+ * a callback's deadline, a running saga's timeout and a check's next run,
+ * each read from the partial index that keeps it; 0 if there is none.
+ */
+static TimestampTz
+read_next_due(void)
+{
+	static SPIPlanPtr plan = NULL;
+	TimestampTz result = 0;
+	bool		isnull;
+	Datum		value;
+	HeapTuple	tup;
+	Oid			owner;
+	PaymentsSavedUser saved;
+
+	/*
+	 * Read as the tables' owner: payments.worker_role needs EXECUTE on the
+	 * tasks, not SELECT on every table.
+	 */
+	tup = SearchSysCache1(RELOID,
+						  ObjectIdGetDatum(payments_relation(PAYMENTS_REL_RESERVATIONS)));
+	if (!HeapTupleIsValid(tup))
+		return 0;
+	owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
+	ReleaseSysCache(tup);
+
+	payments_begin_as_owner(owner, true, &saved);
+	SPI_connect();
+	payments_prepare(&plan,
+					 "SELECT LEAST("
+					 " (SELECT min(r.expires_at) FROM @extschema@.reservations r"
+					 "   WHERE r.state = 'held'),"
+					 " (SELECT c.next_attempt_at FROM @extschema@.compensations c"
+					 "   WHERE c.finished_at IS NULL AND c.status = 'pending'"
+					 "    AND c.handler <> ALL (ARRAY(SELECT e.handler FROM @extschema@.external_handlers e))"
+					 "   ORDER BY c.next_attempt_at LIMIT 1),"
+					 " (SELECT min(x.deadline) FROM @extschema@.expected_callbacks x"
+					 "   WHERE x.met_at IS NULL AND x.compensation_id IS NULL AND x.query_error IS NULL),"
+					 " (SELECT min(g.timeout_at) FROM @extschema@.saga_state g"
+					 "   WHERE g.status = 'running'),"
+					 " (SELECT min(k.next_run_at) FROM @extschema@.checks k))",
+					 0, NULL);
+	payments_execute(plan, NULL, NULL, SPI_OK_SELECT, 1);
+	value = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	if (!isnull)
+		result = DatumGetTimestampTz(value);
+	SPI_finish();
+	payments_end_as_owner(&saved);
+	return result;
+}
+
+/*
+ * The due time the next round should have, given the round that began at
+ * round_start: the next known work, at most worker_naptime ahead.  Work
+ * that was due before the round began and is due still is retried in
+ * WORKER_RETRY_MS, not at once, so that it cannot keep the worker busy.
+ */
+static TimestampTz
+next_round_due(TimestampTz round_start, MemoryContext loopcxt)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	TimestampTz latest = TimestampTzPlusMilliseconds(now, payments_worker_naptime);
+	volatile TimestampTz due = 0;
+
+	PG_TRY();
+	{
+		SetCurrentStatementStartTimestamp();
+		StartTransactionCommand();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		due = read_next_due();
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+	}
+	PG_CATCH();
+	{
+		HOLD_INTERRUPTS();
+		EmitErrorReport();
+		MemoryContextSwitchTo(loopcxt);
+		FlushErrorState();
+		AbortOutOfAnyTransaction();
+		RESUME_INTERRUPTS();
+		due = 0;
+	}
+	PG_END_TRY();
+
+	if (due == 0 || due > latest)
+		return latest;
+	if (due <= round_start)
+		return TimestampTzPlusMilliseconds(now, WORKER_RETRY_MS);
+	return due;
+}
+
+/* Lower the database's due time to the given one, if it is later. */
+static void
+lower_due(TimestampTz due)
+{
+	uint64		current = pg_atomic_read_u64(&my_db->due_at);
+
+	while ((TimestampTz) current > due &&
+		   !pg_atomic_compare_exchange_u64(&my_db->due_at, &current, (uint64) due))
+		;
+}
+
+/*
+ * Begin a round: record how long the due work waited, and take the
+ * database's wake-up and due time for this round.  Until the round ends,
+ * its due time is worker_naptime ahead; a transaction that commits work due
+ * earlier lowers it meanwhile.
+ */
+static void
+begin_round(TimestampTz now)
+{
+	TimestampTz due;
+	TimestampTz since = 0;
+
+	LWLockAcquire(payments_shared->lock, LW_EXCLUSIVE);
+	due = (TimestampTz) pg_atomic_read_u64(&my_db->due_at);
+	if (due <= now)
+		since = due;
+	if (my_db->wake_requested && (since == 0 || my_db->wake_at < since))
+		since = my_db->wake_at;
+	if (since != 0)
+	{
+		my_db->last_wait_us = now - since;
+		my_db->max_wait_us = Max(my_db->max_wait_us, my_db->last_wait_us);
+	}
+	my_db->wake_requested = false;
+	my_db->wake_at = 0;
+	my_db->unserved[0] = '\0';
+	my_slot->state = PW_RUNNING;
+	pg_atomic_write_u64(&my_db->due_at,
+						(uint64) TimestampTzPlusMilliseconds(now, payments_worker_naptime));
+	LWLockRelease(payments_shared->lock);
+}
+
+static void
+end_round(TimestampTz next_due)
+{
+	lower_due(next_due);
+	LWLockAcquire(payments_shared->lock, LW_EXCLUSIVE);
+	my_db->last_run = GetCurrentTimestamp();
+	my_db->rounds++;
+	my_slot->state = PW_IDLE;
+	LWLockRelease(payments_shared->lock);
+}
+
+/* One round: every task once, if the extension is ready.  True if more. */
+static bool
+run_round(MemoryContext loopcxt)
+{
+	TimestampTz start = GetCurrentTimestamp();
+	bool		more = false;
+	bool		ready;
+
+	begin_round(start);
+	ready = extension_ready();
+	if (ready)
+	{
+		for (int i = 0; i < lengthof(worker_tasks); i++)
+		{
+			if (run_task(&worker_tasks[i], loopcxt) >= WORKER_BATCH)
+				more = true;
+			MemoryContextReset(loopcxt);
+			CHECK_FOR_INTERRUPTS();
+		}
+	}
+	end_round(ready ? next_round_due(start, loopcxt)
+			  : TimestampTzPlusMilliseconds(GetCurrentTimestamp(), payments_worker_naptime));
+	MemoryContextReset(loopcxt);
+	return more;
+}
+
+/* Leave the slot to another database: exit code 0, nothing to restart. */
+static void
+worker_yield(void)
+{
+	ereport(DEBUG1,
+			(errmsg("payments worker for database %u leaves its slot to a waiting database",
+					MyDatabaseId)));
+	proc_exit(0);
+}
+
 void
 payments_worker_main(Datum main_arg)
 {
 	PaymentsWorkerArgs args;
 	MemoryContext loopcxt;
+	TimestampTz served_since;
+	bool		more = true;
 
 	memcpy(&args, MyBgworkerEntry->bgw_extra, sizeof(args));
 	my_slotno = DatumGetInt32(main_arg);
@@ -329,7 +523,9 @@ payments_worker_main(Datum main_arg)
 	LWLockAcquire(payments_shared->lock, LW_EXCLUSIVE);
 	if (my_slotno < 0 || my_slotno >= payments_shared->nslots ||
 		payments_shared->slots[my_slotno].dboid != args.dboid ||
-		payments_shared->slots[my_slotno].pid != 0)
+		payments_shared->slots[my_slotno].state != PW_STARTING ||
+		payments_shared->slots[my_slotno].pid != 0 ||
+		(my_db = payments_find_database(args.dboid)) == NULL)
 	{
 		LWLockRelease(payments_shared->lock);
 		ereport(LOG,
@@ -344,15 +540,21 @@ payments_worker_main(Datum main_arg)
 	my_slot->started_at = GetCurrentTimestamp();
 	LWLockRelease(payments_shared->lock);
 	before_shmem_exit(worker_exit, (Datum) 0);
+	served_since = GetCurrentTimestamp();
 
 	set_application_name();
 	compensation_worker_attach();
 	loopcxt = AllocSetContextCreate(TopMemoryContext, "payments worker loop",
 									ALLOCSET_DEFAULT_SIZES);
 
+	/* The first round runs at once: the launcher started us for due work. */
 	for (;;)
 	{
-		bool		more = false;
+		TimestampTz now;
+		TimestampTz due;
+		bool		leave;
+		bool		waiting;
+		bool		wake;
 
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
@@ -363,23 +565,33 @@ payments_worker_main(Datum main_arg)
 		if (!payments_worker_enabled)
 			worker_leave(false);
 
-		set_state(PW_RUNNING);
-		if (extension_ready())
+		now = GetCurrentTimestamp();
+		LWLockAcquire(payments_shared->lock, LW_SHARED);
+		leave = my_slot->leave_requested;
+		waiting = payments_shared->nwaiting > 0;
+		wake = my_db->wake_requested;
+		LWLockRelease(payments_shared->lock);
+		due = (TimestampTz) pg_atomic_read_u64(&my_db->due_at);
+
+		if (leave)
+			worker_yield();
+		if (more || wake || due <= now)
 		{
-			for (int i = 0; i < lengthof(worker_tasks); i++)
+			/* A busy database gives its slot up after its quantum. */
+			if (waiting && !TimestampDifferenceExceeds(served_since, now, WORKER_QUANTUM_MS))
+				waiting = false;
+			if (!waiting)
 			{
-				if (run_task(&worker_tasks[i], loopcxt) >= WORKER_BATCH)
-					more = true;
-				MemoryContextReset(loopcxt);
-				CHECK_FOR_INTERRUPTS();
+				more = run_round(loopcxt);
+				continue;
 			}
 		}
-		set_state(PW_IDLE);
+		if (waiting)
+			worker_yield();
 
-		if (more)
-			continue;
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 payments_worker_naptime, PG_WAIT_EXTENSION);
+						 Max(TimestampDifferenceMilliseconds(now, due), 1),
+						 PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
 	}
 }

@@ -44,8 +44,9 @@ PaymentsShared *payments_shared = NULL;
 
 bool		payments_worker_enabled = true;
 int			payments_launcher_naptime = 10;
-int			payments_worker_naptime = 1000;
-int			payments_max_workers = 8;
+int			payments_worker_naptime = 60000;
+int			payments_max_workers = 3;
+int			payments_max_databases = 1024;
 char	   *payments_worker_role = NULL;
 
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
@@ -55,6 +56,10 @@ static ProcessUtility_hook_type prev_ProcessUtility = NULL;
 /* Set during a transaction, acted on when it commits. */
 static bool wake_at_commit = false;
 static bool register_at_commit = false;
+static TimestampTz due_at_commit = 0;
+
+/* This backend's database's entry, once found */
+static int	my_database = -1;
 
 /*
  * Databases whose worker this transaction stopped for a utility command, in
@@ -73,10 +78,17 @@ static void release_paused_databases(void);
 #define STOP_WAIT_SECS			10
 
 static Size
+slots_size(void)
+{
+	return MAXALIGN(add_size(offsetof(PaymentsShared, slots),
+							 mul_size(payments_max_workers, sizeof(PaymentsWorkerSlot))));
+}
+
+static Size
 payments_shmem_size(void)
 {
-	return add_size(offsetof(PaymentsShared, slots),
-					mul_size(payments_max_workers, sizeof(PaymentsWorkerSlot)));
+	return add_size(slots_size(),
+					mul_size(payments_max_databases, sizeof(PaymentsDatabase)));
 }
 
 static void
@@ -103,6 +115,11 @@ payments_shmem_startup(void)
 		memset(payments_shared, 0, payments_shmem_size());
 		payments_shared->lock = &(GetNamedLWLockTranche("payments"))->lock;
 		payments_shared->nslots = payments_max_workers;
+		payments_shared->ndatabases = payments_max_databases;
+		payments_shared->databases = (PaymentsDatabase *)
+			((char *) payments_shared + slots_size());
+		for (int i = 0; i < payments_max_databases; i++)
+			pg_atomic_init_u64(&payments_shared->databases[i].due_at, 0);
 	}
 	LWLockRelease(AddinShmemInitLock);
 }
@@ -121,47 +138,50 @@ payments_find_slot(Oid dboid)
 	return NULL;
 }
 
-/*
- * Caller holds the lock exclusively.  until = 0 excludes the database until
- * payments_register_database_at_commit includes it again.  If the list is
- * full the database is simply probed again at the next scan.
- */
-void
-payments_exclude_database(Oid dboid, TimestampTz until)
+/* Caller holds the lock. */
+PaymentsDatabase *
+payments_find_database(Oid dboid)
 {
-	PaymentsExcludedDb *free_entry = NULL;
-
-	for (int i = 0; i < PAYMENTS_MAX_EXCLUDED; i++)
+	for (int i = 0; i < payments_shared->ndatabases; i++)
 	{
-		PaymentsExcludedDb *e = &payments_shared->excluded[i];
-
-		if (e->dboid == dboid)
-		{
-			e->until = until;
-			return;
-		}
-		if (e->dboid == InvalidOid && free_entry == NULL)
-			free_entry = e;
+		if (payments_shared->databases[i].dboid == dboid)
+			return &payments_shared->databases[i];
 	}
-	if (free_entry != NULL)
-	{
-		free_entry->dboid = dboid;
-		free_entry->until = until;
-	}
+	return NULL;
 }
 
-/* Caller holds the lock. */
-bool
-payments_database_excluded(Oid dboid, TimestampTz now)
+/*
+ * The entry of a database, made if there is none: due at once, so that a
+ * worker finds out what it needs.  NULL when payments.max_databases entries
+ * are taken.  Caller holds the lock exclusively.
+ */
+PaymentsDatabase *
+payments_add_database(Oid dboid)
 {
-	for (int i = 0; i < PAYMENTS_MAX_EXCLUDED; i++)
-	{
-		PaymentsExcludedDb *e = &payments_shared->excluded[i];
+	PaymentsDatabase *db = payments_find_database(dboid);
 
-		if (e->dboid == dboid)
-			return e->until == 0 || e->until > now;
-	}
-	return false;
+	if (db != NULL)
+		return db;
+	db = payments_find_database(InvalidOid);
+	if (db == NULL)
+		return NULL;
+	memset(((char *) db) + offsetof(PaymentsDatabase, no_extension), 0,
+		   offsetof(PaymentsDatabase, due_at) - offsetof(PaymentsDatabase, no_extension));
+	memset(((char *) db) + offsetof(PaymentsDatabase, last_run), 0,
+		   sizeof(PaymentsDatabase) - offsetof(PaymentsDatabase, last_run));
+	pg_atomic_write_u64(&db->due_at, (uint64) GetCurrentTimestamp());
+	db->dboid = dboid;
+	return db;
+}
+
+/*
+ * Whether the launcher leaves a database alone: it has no extension, or a
+ * utility command needs it free of connections.  Caller holds the lock.
+ */
+bool
+payments_database_excluded(PaymentsDatabase *db, TimestampTz now)
+{
+	return db->no_extension || db->paused_until > now;
 }
 
 /*
@@ -176,24 +196,28 @@ payments_request_rescan(void)
 	return payments_shared->launcher_latch;
 }
 
-static void
-include_database(Oid dboid)
-{
-	for (int i = 0; i < PAYMENTS_MAX_EXCLUDED; i++)
-	{
-		if (payments_shared->excluded[i].dboid == dboid)
-			payments_shared->excluded[i].dboid = InvalidOid;
-	}
-}
-
 /*
  * Wake this database's worker when the current transaction commits, so that
- * work it queued starts within milliseconds rather than at the next poll.
+ * work it queued starts within milliseconds rather than at the next poll;
+ * if no worker is connected to the database, the launcher gives it one.
  */
 void
 payments_wake_worker_at_commit(void)
 {
 	wake_at_commit = true;
+}
+
+/*
+ * Tell this database's worker, when the current transaction commits, that
+ * work it made becomes due at the given time (a hold's TTL, a callback's
+ * deadline), in case that is earlier than the worker's next round.  Only
+ * an earlier time costs more than one atomic read at commit.
+ */
+void
+payments_worker_due_at_commit(TimestampTz due)
+{
+	if (due_at_commit == 0 || due < due_at_commit)
+		due_at_commit = due;
 }
 
 /* Ask the launcher to start a worker here once CREATE EXTENSION commits. */
@@ -203,32 +227,106 @@ payments_register_database_at_commit(void)
 	register_at_commit = true;
 }
 
+/*
+ * This backend's database's entry, or NULL if the launcher has not listed
+ * the database yet (then the launcher's scan, which the caller asks for,
+ * finds it due).  Templates never get one.
+ */
+static PaymentsDatabase *
+my_database_entry(void)
+{
+	PaymentsDatabase *db;
+
+	if (my_database >= 0 &&
+		payments_shared->databases[my_database].dboid == MyDatabaseId)
+		return &payments_shared->databases[my_database];
+
+	LWLockAcquire(payments_shared->lock, LW_SHARED);
+	db = payments_find_database(MyDatabaseId);
+	LWLockRelease(payments_shared->lock);
+	if (db != NULL)
+		my_database = db - payments_shared->databases;
+	return db;
+}
+
+/*
+ * The latch to set so that this database's due work is seen: its worker's,
+ * or the launcher's when no worker is connected to it.
+ */
+static Latch *
+latch_to_wake(void)
+{
+	PaymentsWorkerSlot *slot;
+	Latch	   *latch;
+
+	LWLockAcquire(payments_shared->lock, LW_SHARED);
+	slot = payments_find_slot(MyDatabaseId);
+	latch = (slot != NULL && slot->latch != NULL) ? slot->latch
+		: payments_shared->launcher_latch;
+	LWLockRelease(payments_shared->lock);
+	return latch;
+}
+
+/* Lower the database's due time to the given one; true if it was later. */
+static bool
+lower_due_at(PaymentsDatabase *db, TimestampTz due)
+{
+	uint64		current = pg_atomic_read_u64(&db->due_at);
+
+	while ((TimestampTz) current > due)
+	{
+		if (pg_atomic_compare_exchange_u64(&db->due_at, &current, (uint64) due))
+			return true;
+	}
+	return false;
+}
+
+static void
+at_commit(void)
+{
+	PaymentsDatabase *db = my_database_entry();
+	Latch	   *latch = NULL;
+
+	if (db == NULL)
+	{
+		if (!wake_at_commit && !register_at_commit)
+			return;
+		LWLockAcquire(payments_shared->lock, LW_EXCLUSIVE);
+		latch = payments_request_rescan();
+		LWLockRelease(payments_shared->lock);
+		if (latch != NULL)
+			SetLatch(latch);
+		return;
+	}
+	if (wake_at_commit || register_at_commit)
+	{
+		LWLockAcquire(payments_shared->lock, LW_EXCLUSIVE);
+		if (db->dboid == MyDatabaseId)
+		{
+			if (register_at_commit)
+			{
+				db->no_extension = false;
+				payments_shared->rescan_requested = true;
+			}
+			if (!db->wake_requested)
+				db->wake_at = GetCurrentTimestamp();
+			db->wake_requested = true;
+		}
+		LWLockRelease(payments_shared->lock);
+		latch = latch_to_wake();
+	}
+	else if (due_at_commit != 0 && lower_due_at(db, due_at_commit))
+		latch = latch_to_wake();
+	if (latch != NULL)
+		SetLatch(latch);
+}
+
 static void
 payments_xact_callback(XactEvent event, void *arg)
 {
 	if (event == XACT_EVENT_COMMIT && payments_shared != NULL &&
-		(wake_at_commit || register_at_commit))
-	{
-		PaymentsWorkerSlot *slot;
-		Latch	   *latch = NULL;
-		Latch	   *launcher_latch = NULL;
-
-		LWLockAcquire(payments_shared->lock, LW_EXCLUSIVE);
-		if (register_at_commit)
-		{
-			include_database(MyDatabaseId);
-			launcher_latch = payments_request_rescan();
-		}
-		slot = payments_find_slot(MyDatabaseId);
-		if (slot != NULL)
-			latch = slot->latch;
-		LWLockRelease(payments_shared->lock);
-
-		if (latch != NULL)
-			SetLatch(latch);
-		if (launcher_latch != NULL)
-			SetLatch(launcher_latch);
-	}
+		(wake_at_commit || register_at_commit || due_at_commit != 0))
+		at_commit();
 
 	/*
 	 * A prepared transaction keeps the database locked; its workers wait for
@@ -246,6 +344,7 @@ payments_xact_callback(XactEvent event, void *arg)
 			paused_databases = NIL;
 			wake_at_commit = false;
 			register_at_commit = false;
+			due_at_commit = 0;
 			break;
 		default:
 			break;
@@ -423,16 +522,10 @@ release_paused_databases(void)
 	LWLockAcquire(payments_shared->lock, LW_EXCLUSIVE);
 	foreach(lc, paused_databases)
 	{
-		Oid			dboid = lfirst_oid(lc);
+		PaymentsDatabase *db = payments_find_database(lfirst_oid(lc));
 
-		for (int i = 0; i < PAYMENTS_MAX_EXCLUDED; i++)
-		{
-			PaymentsExcludedDb *e = &payments_shared->excluded[i];
-
-			/* until = 0: a worker has since found no extension there */
-			if (e->dboid == dboid && e->until != 0)
-				e->dboid = InvalidOid;
-		}
+		if (db != NULL)
+			db->paused_until = 0;
 	}
 	launcher_latch = payments_request_rescan();
 	LWLockRelease(payments_shared->lock);
@@ -451,21 +544,19 @@ pause_database_worker(Oid dboid)
 {
 	TimestampTz deadline;
 	MemoryContext oldcxt;
+	PaymentsDatabase *db;
 
 	LWLockAcquire(payments_shared->lock, LW_EXCLUSIVE);
+	db = payments_add_database(dboid);
 	/* A database left alone for want of the extension has no worker. */
-	for (int i = 0; i < PAYMENTS_MAX_EXCLUDED; i++)
+	if (db != NULL && db->no_extension)
 	{
-		if (payments_shared->excluded[i].dboid == dboid &&
-			payments_shared->excluded[i].until == 0)
-		{
-			LWLockRelease(payments_shared->lock);
-			return;
-		}
+		LWLockRelease(payments_shared->lock);
+		return;
 	}
-	payments_exclude_database(dboid,
-							  TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-														  PAUSE_FOR_UTILITY_SECS * 1000));
+	if (db != NULL)
+		db->paused_until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													   PAUSE_FOR_UTILITY_SECS * 1000);
 	LWLockRelease(payments_shared->lock);
 
 	oldcxt = MemoryContextSwitchTo(TopTransactionContext);
@@ -590,10 +681,10 @@ worker_init(void)
 							NULL, NULL, NULL);
 
 	DefineCustomIntVariable("payments.worker_naptime",
-							gettext_noop("How long a worker sleeps between rounds when nothing wakes it."),
-							NULL,
+							gettext_noop("The longest time between two rounds of a database's worker."),
+							gettext_noop("Work with a known due time, and work a committed transaction queued, is done when due, without waiting for this."),
 							&payments_worker_naptime,
-							1000,
+							60000,
 							10,
 							3600 * 1000,
 							PGC_SIGHUP,
@@ -620,12 +711,23 @@ worker_init(void)
 		return;
 
 	DefineCustomIntVariable("payments.max_workers",
-							gettext_noop("How many databases can have a payments worker."),
+							gettext_noop("How many payments workers may run at once, each serving one database at a time."),
 							gettext_noop("Each worker also takes one of max_worker_processes."),
 							&payments_max_workers,
-							8,
+							3,
 							1,
 							1024,
+							PGC_POSTMASTER,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("payments.max_databases",
+							gettext_noop("How many databases the payments launcher can keep track of."),
+							gettext_noop("A database beyond this number gets no worker, and its worker_status() says why."),
+							&payments_max_databases,
+							1024,
+							1,
+							1000000,
 							PGC_POSTMASTER,
 							0,
 							NULL, NULL, NULL);

@@ -14,7 +14,9 @@ CREATE TABLE payments.stock (
     CONSTRAINT stock_sku_check CHECK (octet_length(sku) BETWEEN 1 AND 255),
     CONSTRAINT stock_slots_check CHECK (slots BETWEEN 1 AND 1024),
     -- every unit received, less those written off: on hand plus sold
-    received    bigint      NOT NULL DEFAULT 0
+    received    bigint      NOT NULL DEFAULT 0,
+    -- units sold by confirmed holds that retention has since purged
+    sold_purged bigint      NOT NULL DEFAULT 0
 );
 
 COMMENT ON TABLE payments.stock IS

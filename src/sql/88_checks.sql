@@ -23,8 +23,9 @@ BEGIN
     RETURN QUERY
     SELECT 'stock_ledger', 'error', 'stock ' || s.sku,
            format('The SKU received %s units, but %s available, %s held and %s sold make %s. Find the write that bypassed the extension, then correct the stock with payments.stock_adjust.',
-                  s.received, coalesce(a.units, 0), coalesce(h.held, 0), coalesce(h.sold, 0),
-                  coalesce(a.units, 0) + coalesce(h.held, 0) + coalesce(h.sold, 0))
+                  s.received, coalesce(a.units, 0), coalesce(h.held, 0),
+                  coalesce(h.sold, 0) + s.sold_purged,
+                  coalesce(a.units, 0) + coalesce(h.held, 0) + coalesce(h.sold, 0) + s.sold_purged)
       FROM payments.stock s
       LEFT JOIN (SELECT sl.sku, sum(sl.available) AS units
                    FROM payments.stock_slots sl GROUP BY sl.sku) a ON a.sku = s.sku
@@ -32,7 +33,8 @@ BEGIN
                         sum(r.qty) FILTER (WHERE r.state = 'confirmed') AS sold
                    FROM payments.reservations r
                   WHERE r.state IN ('held', 'confirmed') GROUP BY r.sku) h ON h.sku = s.sku
-     WHERE s.received <> coalesce(a.units, 0) + coalesce(h.held, 0) + coalesce(h.sold, 0);
+     WHERE s.received <> coalesce(a.units, 0) + coalesce(h.held, 0) + coalesce(h.sold, 0)
+                         + s.sold_purged;
 
     RETURN QUERY
     SELECT 'stock_slots', 'error', 'stock ' || s.sku,

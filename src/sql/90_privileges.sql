@@ -159,3 +159,7 @@ GRANT SELECT ON payments.fault_points TO payments_operator;
 GRANT EXECUTE ON FUNCTION payments.fault_point_states() TO payments_operator;
 GRANT EXECUTE ON FUNCTION payments.check() TO payments_operator;
 GRANT SELECT ON payments.checks, payments.check_results, payments.check_status TO payments_operator;
+-- What an operator graphs (postgres_exporter connects as a member).
+GRANT SELECT ON payments.stats TO payments_operator;
+GRANT EXECUTE ON FUNCTION payments.worker_status(), payments.retention_of(text)
+    TO payments_operator;

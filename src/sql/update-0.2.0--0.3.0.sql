@@ -20,6 +20,11 @@ UPDATE @extschema@.stock s
                              WHERE r.sku = s.sku AND r.state IN ('held', 'confirmed')), 0);
 ALTER TABLE @extschema@.stock ALTER COLUMN received SET DEFAULT 0,
     ALTER COLUMN received SET NOT NULL;
+-- The units of confirmed holds that retention purged: still sold.
+ALTER TABLE @extschema@.stock ADD COLUMN sold_purged bigint;
+UPDATE @extschema@.stock SET sold_purged = 0;
+ALTER TABLE @extschema@.stock ALTER COLUMN sold_purged SET DEFAULT 0,
+    ALTER COLUMN sold_purged SET NOT NULL;
 COMMENT ON TABLE @extschema@.stock IS
     'One row per SKU: how many slot rows its unreserved stock is split across, and how many units it received in all';
 
@@ -56,3 +61,9 @@ CREATE FUNCTION @extschema@.enqueue_compensation(
 
 COMMENT ON FUNCTION @extschema@.enqueue_compensation(regprocedure, jsonb, text, integer, timestamptz, bigint) IS
     'Queue handler(payload) to run as the calling role, retried until it succeeds, and only once the item after names has succeeded or been cancelled; returns its id';
+
+-- worker_status() gains the pool's columns (next_run, waiting_since,
+-- last_wait, max_wait, unserved_reason): src/sql/40_worker.sql, which the
+-- update runs after this file, makes it and its view again.
+DROP VIEW @extschema@.worker_activity;
+DROP FUNCTION @extschema@.worker_status();

@@ -26,6 +26,7 @@ shared_preload_libraries = 'payments'
 restart_after_crash = on
 payments.launcher_naptime = 1s
 payments.worker_naptime = 100ms
+payments.max_workers = 8
 };
 }
 
