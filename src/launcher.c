@@ -306,7 +306,7 @@ scan_databases(MemoryContext scancxt)
 static TimestampTz
 due_since(PaymentsDatabase *db, TimestampTz now)
 {
-	TimestampTz due = (TimestampTz) pg_atomic_read_u64(&db->due_at);
+	TimestampTz due = payments_database_due(db);
 	TimestampTz since = 0;
 
 	if (due <= now)
@@ -370,7 +370,7 @@ schedule_workers(void)
 		since = due_since(db, now);
 		if (since == 0)
 		{
-			next = Min(next, (TimestampTz) pg_atomic_read_u64(&db->due_at));
+			next = Min(next, payments_database_due(db));
 			continue;
 		}
 		retry = TimestampTzPlusMilliseconds(db->last_start, RESTART_DELAY_MS);

@@ -437,7 +437,7 @@ begin_round(TimestampTz now)
 	TimestampTz since = 0;
 
 	LWLockAcquire(payments_shared->lock, LW_EXCLUSIVE);
-	due = (TimestampTz) pg_atomic_read_u64(&my_db->due_at);
+	due = payments_database_due(my_db);
 	if (due <= now)
 		since = due;
 	if (my_db->wake_requested && (since == 0 || my_db->wake_at < since))
@@ -570,8 +570,8 @@ payments_worker_main(Datum main_arg)
 		leave = my_slot->leave_requested;
 		waiting = payments_shared->nwaiting > 0;
 		wake = my_db->wake_requested;
+		due = payments_database_due(my_db);
 		LWLockRelease(payments_shared->lock);
-		due = (TimestampTz) pg_atomic_read_u64(&my_db->due_at);
 
 		if (leave)
 			worker_yield();

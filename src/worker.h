@@ -138,6 +138,7 @@ extern PaymentsWorkerSlot *payments_find_slot(Oid dboid);
 extern PaymentsDatabase *payments_find_database(Oid dboid);
 extern PaymentsDatabase *payments_add_database(Oid dboid);
 extern bool payments_database_excluded(PaymentsDatabase *db, TimestampTz now);
+extern TimestampTz payments_database_due(PaymentsDatabase *db);
 extern Latch *payments_request_rescan(void);
 extern void payments_wake_worker_at_commit(void);
 extern void payments_worker_due_at_commit(TimestampTz due);

@@ -175,6 +175,21 @@ payments_add_database(Oid dboid)
 }
 
 /*
+ * When a database's next round is due: its due time, or worker_naptime
+ * after its last round if that is sooner (the setting may have been
+ * lowered since the due time was set).
+ */
+TimestampTz
+payments_database_due(PaymentsDatabase *db)
+{
+	TimestampTz due = (TimestampTz) pg_atomic_read_u64(&db->due_at);
+
+	if (db->last_run != 0)
+		due = Min(due, TimestampTzPlusMilliseconds(db->last_run, payments_worker_naptime));
+	return due;
+}
+
+/*
  * Whether the launcher leaves a database alone: it has no extension, or a
  * utility command needs it free of connections.  Caller holds the lock.
  */

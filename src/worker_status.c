@@ -100,7 +100,7 @@ payments_worker_status(PG_FUNCTION_ARGS)
 			memcpy(((char *) &db) + offsetof(PaymentsDatabase, last_run),
 				   ((char *) d) + offsetof(PaymentsDatabase, last_run),
 				   sizeof(PaymentsDatabase) - offsetof(PaymentsDatabase, last_run));
-			due = (TimestampTz) pg_atomic_read_u64(&d->due_at);
+			due = payments_database_due(d);
 			have_db = true;
 		}
 		else if (payments_find_database(InvalidOid) == NULL)

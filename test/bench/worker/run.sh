@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Worker wake-up latency: from the COMMIT of queued work to the moment the
-# worker starts on it, over 1,000 items, beside payments.worker_naptime.
+# worker starts on it, over 1,000 items, beside payments.worker_naptime;
+# then the same spread over 20 databases served by the pool of
+# payments.max_workers workers, and the CPU the whole server uses while
+# those 21 databases have nothing due, with the workers on and off.
 #
 # An item is an expired idempotency key committed together with
 # payments.notify_worker(); the worker's purge deletes it.  A bench-only
@@ -57,4 +60,64 @@ SELECT current_setting('payments.worker_naptime') AS worker_naptime,
        round(max(ms)::numeric, 2) AS max_ms
   FROM (SELECT extract(epoch FROM started_at - queued_at) * 1000 AS ms FROM latency) AS l;
 SQL
+
+# --- 20 databases ---
+
+DBS=${BENCH_WORKER_DATABASES:-20}
+IDLE_SECONDS=${BENCH_IDLE_SECONDS:-60}
+psql -X -q -c "DELETE FROM latency"
+for i in $(seq "$DBS"); do
+	psql -X -q -d postgres -c "DROP DATABASE IF EXISTS ${PGDATABASE}_$i WITH (FORCE)" \
+		-c "CREATE DATABASE ${PGDATABASE}_$i TEMPLATE $PGDATABASE"
+done
+# Each database gets its share of the items, all at once.
+for i in $(seq "$DBS"); do
+	pgbench -n -c 1 -R "$((RATE / DBS + 1))" -t "$((ITEMS / DBS))" \
+		-f /tmp/payments-bench-latency.sql "${PGDATABASE}_$i" >/dev/null &
+done
+wait
+for i in $(seq "$DBS"); do
+	for _ in $(seq 100); do
+		[ "$(psql -X -A -t -d "${PGDATABASE}_$i" -c "SELECT count(*) FROM payments.idempotency_keys WHERE scope = 'latency'")" = 0 ] && break
+		sleep 0.1
+	done
+	psql -X -A -t -d "${PGDATABASE}_$i" -c \
+		"SELECT extract(epoch FROM started_at - queued_at) * 1000 FROM latency"
+done | sort -g | awk -v dbs="$DBS" -v w="$(psql -X -A -t -c 'SHOW payments.max_workers')" '
+	{ v[NR] = $1 }
+	END { p50 = v[int((NR - 1) * 0.5) + 1]; p99 = v[int((NR - 1) * 0.99) + 1]
+	      printf "%d databases, %d workers: %d items, wake-up p50 %.2f ms, p99 %.2f ms, max %.2f ms\n",
+	             dbs, w, NR, p50, p99, v[NR] }'
 rm -f /tmp/payments-bench-latency.sql
+
+# CPU of every process of the server (the postmaster, its children, and
+# the children it reaped, through cutime/cstime) over IDLE_SECONDS.
+server_ticks() {
+	local pm pid total=0 f
+	pm=$(head -1 "$(psql -X -A -t -c 'SHOW data_directory')/postmaster.pid")
+	read -r -a f <"/proc/$pm/stat"
+	total=$((f[13] + f[14] + f[15] + f[16]))
+	for pid in $(pgrep -P "$pm"); do
+		read -r -a f <"/proc/$pid/stat" 2>/dev/null || continue
+		total=$((total + f[13] + f[14]))
+	done
+	echo "$total"
+}
+idle_cpu() {
+	local t0 t1
+	sleep 5
+	t0=$(server_ticks)
+	sleep "$IDLE_SECONDS"
+	t1=$(server_ticks)
+	awk -v d="$((t1 - t0))" -v hz="$(getconf CLK_TCK)" -v s="$IDLE_SECONDS" \
+		'BEGIN { printf "%.2f", 100 * d / hz / s }'
+}
+on=$(idle_cpu)
+psql -X -q -c "ALTER SYSTEM SET payments.worker_enabled = off" -c "SELECT pg_reload_conf()" >/dev/null
+off=$(idle_cpu)
+psql -X -q -c "ALTER SYSTEM RESET payments.worker_enabled" -c "SELECT pg_reload_conf()" >/dev/null
+echo "idle server, $((DBS + 1)) databases with the extension, nothing due, ${IDLE_SECONDS}s:" \
+	"${on}% of a core with the workers, ${off}% without (worker_naptime $(psql -X -A -t -c 'SHOW payments.worker_naptime'))"
+for i in $(seq "$DBS"); do
+	psql -X -q -d postgres -c "DROP DATABASE ${PGDATABASE}_$i WITH (FORCE)"
+done
