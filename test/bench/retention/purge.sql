@@ -1,0 +1,1 @@
+SELECT payments.purge_retention(1000);
