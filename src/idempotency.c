@@ -880,28 +880,32 @@ payments_idempotency_abandon(PG_FUNCTION_ARGS)
 Datum
 payments_purge_idempotency_keys(PG_FUNCTION_ARGS)
 {
-	static const Oid argtypes[] = {INT4OID};
-	Datum		values[1];
+	static const Oid argtypes[] = {INT4OID, TIMESTAMPTZOID};
+	Datum		values[2];
 	uint64		n;
 
 	values[0] = Int32GetDatum(payments_arg_int_range(fcinfo, 0, "max_rows",
 													 1, PG_INT32_MAX));
 	payments_check_not_in_recovery();
 
+	/*
+	 * The time is a parameter, not clock_timestamp(), so that it bounds the
+	 * index scan on expires_at instead of filtering every key.
+	 */
+	values[1] = TimestampTzGetDatum(GetCurrentTimestamp());
+
 	SPI_connect();
 	payments_prepare(&purge_plan,
 					 "DELETE FROM @extschema@.idempotency_keys k"
 					 " WHERE k.ctid = ANY (ARRAY("
 					 "  SELECT ctid FROM @extschema@.idempotency_keys"
-					 "  WHERE expires_at <= clock_timestamp()"
-					 "   AND (lease_expires_at IS NULL"
-					 "    OR lease_expires_at <= clock_timestamp())"
+					 "  WHERE expires_at <= $2"
+					 "   AND (lease_expires_at IS NULL OR lease_expires_at <= $2)"
 					 "  ORDER BY expires_at LIMIT $1"
 					 "  FOR UPDATE SKIP LOCKED))"
-					 " AND k.expires_at <= clock_timestamp()"
-					 " AND (k.lease_expires_at IS NULL"
-					 "  OR k.lease_expires_at <= clock_timestamp())",
-					 1, argtypes);
+					 " AND k.expires_at <= $2"
+					 " AND (k.lease_expires_at IS NULL OR k.lease_expires_at <= $2)",
+					 2, argtypes);
 	n = payments_execute(purge_plan, values, NULL, SPI_OK_DELETE, 0);
 	SPI_finish();
 	PG_RETURN_INT32((int32) n);

@@ -46,8 +46,8 @@ static BackgroundWorkerHandle **handles;
 static NameData *database_names;
 
 /*
- * How soon a database's worker is started again after the last one, so that
- * a worker that cannot start (a role that cannot log in, say) cannot spin.
+ * How soon a database's worker is started again after one that could not
+ * start (a role that cannot log in, say), so that it cannot spin.
  */
 #define RESTART_DELAY_MS	1000
 
@@ -181,6 +181,8 @@ start_worker(int slotno, Oid dboid, Oid roleoid)
 	payments_shared->slots[slotno].state = PW_FREE;
 	payments_shared->slots[slotno].dboid = InvalidOid;
 	db = payments_find_database(dboid);
+	if (db != NULL)
+		db->start_failed = true;
 	if (db != NULL && db->unserved[0] == '\0')
 	{
 		strlcpy(db->unserved,
@@ -220,6 +222,8 @@ reap_workers(void)
 		{
 			PaymentsDatabase *db = payments_find_database(slot->dboid);
 
+			if (db != NULL)
+				db->start_failed = true;
 			if (db != NULL)
 				strlcpy(db->unserved,
 						"its worker exited before it could begin: see the server log",
@@ -374,7 +378,7 @@ schedule_workers(void)
 			continue;
 		}
 		retry = TimestampTzPlusMilliseconds(db->last_start, RESTART_DELAY_MS);
-		if (db->last_start != 0 && retry > now)
+		if (db->start_failed && retry > now)
 		{
 			next = Min(next, retry);
 			continue;

@@ -558,8 +558,9 @@ payments_order_release(text *order_ref)
 int
 payments_holds_expire(int32 max_rows)
 {
-	static const Oid argtypes[] = {INT4OID};
-	Datum		values[1] = {Int32GetDatum(max_rows)};
+	static const Oid argtypes[] = {INT4OID, TIMESTAMPTZOID};
+	Datum		values[2] = {Int32GetDatum(max_rows),
+	TimestampTzGetDatum(GetCurrentTimestamp())};
 	uint64		n;
 	HoldRow    *rows;
 	Datum	   *ids;
@@ -568,10 +569,10 @@ payments_holds_expire(int32 max_rows)
 	SPI_connect();
 	payments_prepare(&due_plan,
 					 "SELECT id, sku, qty FROM @extschema@.reservations"
-					 " WHERE state = 'held' AND expires_at <= pg_catalog.clock_timestamp()"
+					 " WHERE state = 'held' AND expires_at <= $2"
 					 " ORDER BY expires_at LIMIT $1"
 					 " FOR UPDATE SKIP LOCKED",
-					 1, argtypes);
+					 2, argtypes);
 	n = payments_execute(due_plan, values, NULL, SPI_OK_SELECT, 0);
 	if (n == 0)
 	{

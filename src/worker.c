@@ -322,8 +322,12 @@ set_application_name(void)
 /*
  * When this database's next known work is due: the earliest of a held
  * hold's TTL, a compensation's next attempt (of a handler the worker runs),
- * a callback's deadline, a running saga's timeout and a check's next run,
- * each read from the partial index that keeps it; 0 if there is none.
+ * a callback's deadline, a running saga's timeout, a check's next run, and
+ * when the oldest idempotency key, resolved hold, finished compensation,
+ * cleared check result and callback event can be purged; each read from
+ * the index that keeps it in order; 0 if there is none.  What has no due
+ * time of its own (sagas', TCC branches' and history's purges) waits for
+ * worker_naptime.
  */
 static TimestampTz
 read_next_due(void)
@@ -361,7 +365,20 @@ read_next_due(void)
 					 "   WHERE x.met_at IS NULL AND x.compensation_id IS NULL AND x.query_error IS NULL),"
 					 " (SELECT min(g.timeout_at) FROM @extschema@.saga_state g"
 					 "   WHERE g.status = 'running'),"
-					 " (SELECT min(k.next_run_at) FROM @extschema@.checks k))",
+					 " (SELECT min(k.next_run_at) FROM @extschema@.checks k),"
+					 " (SELECT GREATEST(i.expires_at, i.lease_expires_at)"
+					 "   FROM @extschema@.idempotency_keys i ORDER BY i.expires_at LIMIT 1),"
+					 " (SELECT r.resolved_at FROM @extschema@.reservations r"
+					 "   WHERE r.state <> 'held' ORDER BY r.resolved_at LIMIT 1)"
+					 "  + NULLIF(pg_catalog.current_setting('payments.reservation_retention')::interval, '0'),"
+					 " (SELECT c.finished_at FROM @extschema@.compensations c"
+					 "   WHERE c.finished_at IS NOT NULL AND c.status IN ('succeeded', 'cancelled')"
+					 "   ORDER BY c.finished_at LIMIT 1)"
+					 "  + NULLIF(pg_catalog.current_setting('payments.compensation_retention')::interval, '0'),"
+					 " (SELECT min(v.cleared_at) FROM @extschema@.check_results v WHERE v.cleared_at IS NOT NULL)"
+					 "  + NULLIF(pg_catalog.current_setting('payments.check_retention')::interval, '0'),"
+					 " (SELECT min(e.first_delivered_at) FROM @extschema@.callbacks e)"
+					 "  + NULLIF(pg_catalog.current_setting('payments.callback_retention')::interval, '0'))",
 					 0, NULL);
 	payments_execute(plan, NULL, NULL, SPI_OK_SELECT, 1);
 	value = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
@@ -450,6 +467,7 @@ begin_round(TimestampTz now)
 	my_db->wake_requested = false;
 	my_db->wake_at = 0;
 	my_db->unserved[0] = '\0';
+	my_db->start_failed = false;
 	my_slot->state = PW_RUNNING;
 	pg_atomic_write_u64(&my_db->due_at,
 						(uint64) TimestampTzPlusMilliseconds(now, payments_worker_naptime));

@@ -92,6 +92,7 @@ typedef struct PaymentsDatabase
 	pg_atomic_uint64 due_at;	/* when its next known work is due */
 	TimestampTz last_run;		/* end of its last round */
 	TimestampTz last_start;		/* when the launcher last started a worker */
+	bool		start_failed;	/* and that worker never began */
 	int64		last_wait_us;	/* how long its last due work waited */
 	int64		max_wait_us;
 	int64		rounds;

@@ -44,7 +44,7 @@ PaymentsShared *payments_shared = NULL;
 
 bool		payments_worker_enabled = true;
 int			payments_launcher_naptime = 10;
-int			payments_worker_naptime = 60000;
+int			payments_worker_naptime = 600000;
 int			payments_max_workers = 3;
 int			payments_max_databases = 1024;
 char	   *payments_worker_role = NULL;
@@ -699,7 +699,7 @@ worker_init(void)
 							gettext_noop("The longest time between two rounds of a database's worker."),
 							gettext_noop("Work with a known due time, and work a committed transaction queued, is done when due, without waiting for this."),
 							&payments_worker_naptime,
-							60000,
+							600000,
 							10,
 							3600 * 1000,
 							PGC_SIGHUP,

@@ -70,10 +70,13 @@ for i in $(seq "$DBS"); do
 	psql -X -q -d postgres -c "DROP DATABASE IF EXISTS ${PGDATABASE}_$i WITH (FORCE)" \
 		-c "CREATE DATABASE ${PGDATABASE}_$i TEMPLATE $PGDATABASE"
 done
-# Each database gets its share of the items, all at once.
+# Each database gets its share of the items, all at once, at
+# MULTI_RATE items per second in all (1 per database and second by
+# default: tenants that each queue a little).
+MULTI_RATE=${BENCH_LATENCY_MULTI_RATE:-$DBS}
 for i in $(seq "$DBS"); do
-	pgbench -n -c 1 -R "$((RATE / DBS + 1))" -t "$((ITEMS / DBS))" \
-		-f /tmp/payments-bench-latency.sql "${PGDATABASE}_$i" >/dev/null &
+	pgbench -n -c 1 -R "$(awk -v r="$MULTI_RATE" -v d="$DBS" 'BEGIN { print r / d }')" \
+		-t "$((ITEMS / DBS))" -f /tmp/payments-bench-latency.sql "${PGDATABASE}_$i" >/dev/null &
 done
 wait
 for i in $(seq "$DBS"); do
@@ -83,11 +86,11 @@ for i in $(seq "$DBS"); do
 	done
 	psql -X -A -t -d "${PGDATABASE}_$i" -c \
 		"SELECT extract(epoch FROM started_at - queued_at) * 1000 FROM latency"
-done | sort -g | awk -v dbs="$DBS" -v w="$(psql -X -A -t -c 'SHOW payments.max_workers')" '
+done | sort -g | awk -v dbs="$DBS" -v rate="$MULTI_RATE" -v w="$(psql -X -A -t -c 'SHOW payments.max_workers')" '
 	{ v[NR] = $1 }
 	END { p50 = v[int((NR - 1) * 0.5) + 1]; p99 = v[int((NR - 1) * 0.99) + 1]
-	      printf "%d databases, %d workers: %d items, wake-up p50 %.2f ms, p99 %.2f ms, max %.2f ms\n",
-	             dbs, w, NR, p50, p99, v[NR] }'
+	      printf "%d databases, %d workers, %s items/s in all: %d items, wake-up p50 %.2f ms, p99 %.2f ms, max %.2f ms\n",
+	             dbs, w, rate, NR, p50, p99, v[NR] }'
 rm -f /tmp/payments-bench-latency.sql
 
 # CPU of every process of the server (the postmaster, its children, and
