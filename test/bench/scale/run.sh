@@ -34,6 +34,8 @@
 set -euo pipefail
 
 ROWS=${PAYMENTS_SCALE_ROWS:-10000000}
+# The parts to run, for a run again of some of them.
+PARTS=${PAYMENTS_SCALE_PARTS:-idempotency reservation state_guard compensation}
 SECS=${BENCH_SECONDS:-10}
 ROUNDS=${BENCH_ROUNDS:-2}
 PSQL=(psql -X -q -A -t -v ON_ERROR_STOP=1)
@@ -145,6 +147,9 @@ spread() {
 		      printf "%.2f %.2f %.2f", r[1], m, r[NR] }'
 }
 
+# want PART: whether PAYMENTS_SCALE_PARTS names it
+want() { [[ " $PARTS " == *" $1 "* ]]; }
+
 lines=()
 # run_case LABEL CLIENTS MEASURE EXT_ARGS BASE_ARGS: MEASURE DB ARGS...
 # CLIENTS, run ROUNDS times on each side and database
@@ -176,17 +181,20 @@ run_case() {
 	lines+=("$line")
 }
 
-# seq_reads DB TABLE...: sequential scans and the rows they read on the big
-# tables since the load, a scan of history on a hot path shows here
+# seq_reads DB TABLE...: the scans of the big tables since the load and the
+# rows they read: a scan of history on a hot path, or in the worker, shows
+# here (idx_tup_fetch far above the rows the runs wrote)
 seq_reads() {
 	local db=$1
 	shift
 	say "scans in $db since the load: $("${PSQL[@]}" -d "$db" -F ' ' -R '; ' -c "
-		SELECT relid::regclass, 'seq_scan', seq_scan, 'seq_tup_read', seq_tup_read, 'idx_scan', idx_scan
+		SELECT relid::regclass, 'seq_scan', seq_scan, 'seq_tup_read', seq_tup_read,
+		       'idx_scan', idx_scan, 'idx_tup_fetch', idx_tup_fetch, 'n_tup_ins', n_tup_ins
 		  FROM pg_stat_user_tables WHERE relid = ANY ('{$(IFS=,; echo "$*")}'::regclass[])")"
 }
 
 # --- idempotency: completed keys in the bench's own scope ---
+if want idempotency; then
 say "idempotency: $ROWS completed keys"
 fresh_dbs "$BENCH/idempotency/setup.sql"
 for db in "$EMPTY" "$BIG"; do
@@ -222,8 +230,10 @@ consistent "$BIG"
 run_case "idempotency begin+complete" 1 pgbench_tps "$BENCH/idempotency/begin_complete.sql" "$BENCH/idempotency/baseline_upsert.sql"
 run_case "idempotency begin+complete" 16 pgbench_tps "$BENCH/idempotency/begin_complete.sql" "$BENCH/idempotency/baseline_upsert.sql"
 seq_reads "$BIG" payments.idempotency_keys baseline_keys
+fi
 
 # --- reservation: resolved holds over a year ---
+if want reservation; then
 say "reservation: $ROWS resolved reservations"
 fresh_dbs "$BENCH/reservation/setup.sql"
 load "$BIG" <<'SQL'
@@ -244,7 +254,7 @@ INSERT INTO payments.reservations (order_ref, sku, qty, state, expires_at, creat
 SELECT 'o' || (1 + floor(random() * 1000000000))::bigint,
        CASE WHEN n % 10 = 0 THEN 'hot'
             WHEN n % 10 < 5 THEN 'sku-' || (n / 10 % 1000 + 1)
-            ELSE 'old-' || (n * 7919 % 50000 + 1) END,
+            ELSE 'old-' || (n::bigint * 7919 % 50000 + 1) END,
        1 + n % 3,
        CASE WHEN n % 100 < 90 THEN 'confirmed' WHEN n % 100 < 97 THEN 'released' ELSE 'expired' END,
        t + interval '15 minutes', t,
@@ -268,8 +278,10 @@ consistent "$BIG"
 run_case "reserve+confirm hot SKU" 16 pgbench_tps "$BENCH/reservation/hot.sql" "$BENCH/reservation/baseline_hot.sql"
 run_case "reserve+confirm 1000 SKUs" 16 pgbench_tps "$BENCH/reservation/spread.sql" "$BENCH/reservation/baseline_spread.sql"
 seq_reads "$BIG" payments.reservations payments.stock payments.stock_slots baseline_holds baseline_stock
+fi
 
 # --- state guard: the history of orders archived since ---
+if want state_guard; then
 say "state guard: $ROWS history rows"
 fresh_dbs "$BENCH/state_guard/setup.sql"
 load "$BIG" <<'SQL'
@@ -295,8 +307,10 @@ SQL
 consistent "$BIG"
 run_case "guarded UPDATE" 16 pgbench_tps "$BENCH/state_guard/update_guard.sql" "$BENCH/state_guard/update_plpgsql.sql"
 seq_reads "$BIG" payments.state_history plpgsql_history orders_guard orders_plpgsql
+fi
 
 # --- compensations: a year of succeeded ones ---
+if want compensation; then
 say "compensation: $ROWS succeeded compensations"
 fresh_dbs "$BENCH/scale/compensation_setup.sql"
 load "$BIG" <<'SQL'
@@ -326,6 +340,7 @@ done
 run_case "compensation enqueue+drain" 16 drain_rate "payments.compensations $BENCH/scale/enqueue.sql" \
 	"baseline_queue $BENCH/scale/baseline_enqueue.sql"
 seq_reads "$BIG" payments.compensations baseline_queue
+fi
 
 echo
 printf '%-26s %3s %8s %8s %5s %4s %4s %4s | %8s %8s %5s %4s %4s %4s | %5s %5s\n' \
