@@ -118,7 +118,7 @@ start_cluster() {
 			port = $port
 			listen_addresses = ''
 			unix_socket_directories = '$dir'
-			max_connections = 200
+			max_connections = 300
 		CONF
 	fi
 	as_user pg_ctl -D "$dir/data" -l "$dir/server.log" -w stop -m fast >/dev/null 2>&1 || true
