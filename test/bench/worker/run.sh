@@ -101,7 +101,7 @@ server_ticks() {
 	read -r -a f <"/proc/$pm/stat"
 	total=$((f[13] + f[14] + f[15] + f[16]))
 	for pid in $(pgrep -P "$pm"); do
-		read -r -a f <"/proc/$pid/stat" 2>/dev/null || continue
+		read -r -a f 2>/dev/null <"/proc/$pid/stat" || continue
 		total=$((total + f[13] + f[14]))
 	done
 	echo "$total"
