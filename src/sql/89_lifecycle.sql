@@ -153,3 +153,15 @@ CREATE VIEW @extschema@.stats AS
 
 COMMENT ON VIEW @extschema@.stats IS
     'One row per capability: rows kept, active, failed (needing someone), age of the oldest active, purge backlog, lag';
+
+-- Autovacuum on the tables that take a row per call: the default scale
+-- factor (20%) lets ten million rows gather two million dead ones before a
+-- vacuum, and an insert-only history table never gets its visibility map
+-- set.  An operator's own ALTER TABLE ... SET overrides these.
+ALTER TABLE @extschema@.idempotency_keys SET (autovacuum_vacuum_scale_factor = 0.01,
+                                               autovacuum_vacuum_insert_scale_factor = 0.01);
+ALTER TABLE @extschema@.reservations SET (autovacuum_vacuum_scale_factor = 0.01,
+                                           autovacuum_vacuum_insert_scale_factor = 0.01);
+ALTER TABLE @extschema@.compensations SET (autovacuum_vacuum_scale_factor = 0.01,
+                                            autovacuum_vacuum_insert_scale_factor = 0.01);
+ALTER TABLE @extschema@.state_history SET (autovacuum_vacuum_insert_scale_factor = 0.01);
