@@ -532,7 +532,9 @@ payments_retry_compensation(PG_FUNCTION_ARGS)
 					 "  attempts = 0, finished_at = NULL, updated_at = clock_timestamp(),"
 					 "  next_attempt_at = CASE WHEN t.due THEN clock_timestamp()"
 					 "   ELSE 'infinity' END"
-					 " FROM (SELECT c2.after IS NULL OR EXISTS (SELECT FROM @extschema@.compensations p"
+					 " FROM (SELECT c2.after IS NULL"
+					 "   OR NOT EXISTS (SELECT FROM @extschema@.compensations p WHERE p.id = c2.after)"
+					 "   OR EXISTS (SELECT FROM @extschema@.compensations p"
 					 "   WHERE p.id = c2.after AND " SETTLED_SQL("p", "NULL::bigint") ") AS due"
 					 "  FROM @extschema@.compensations c2 WHERE c2.id = $1) t"
 					 " WHERE c.id = $1 AND c.status = 'dead'",

@@ -825,6 +825,9 @@ run_due(int max_items)
 		payload_bytes += toast_raw_datum_size(item->payload);
 		if (nrun > 0 && payload_bytes > BATCH_MAX_PAYLOAD_BYTES)
 			break;
+		/* Another database waits and this worker's quantum is over. */
+		if (nrun > 0 && payments_worker_should_yield())
+			break;
 
 		CHECK_FOR_INTERRUPTS();
 		MemoryContextSwitchTo(itemcxt);

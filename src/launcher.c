@@ -42,6 +42,23 @@ typedef struct DatabaseEntry
 /* Launcher-local: the handle of the worker in each slot. */
 static BackgroundWorkerHandle **handles;
 
+/*
+ * Launcher-local: the slot generation each handle's worker was started
+ * for, and when.  A slot whose generation has moved on belongs to another
+ * process, which frees it itself.
+ */
+static uint64 *handle_generations;
+static TimestampTz *handle_started;
+
+/*
+ * How long a worker may take to connect and take its slot.  One that waits
+ * longer (on a lock a utility command holds on its database, say) is
+ * stopped so that it does not hold a slot of the pool meanwhile.
+ */
+#define WORKER_START_TIMEOUT_MS	10000
+/* The longest back-off between failed starts of one database's worker */
+#define RESTART_DELAY_MAX_MS	60000
+
 /* Launcher-local: the name of each entry's database, from the last scan */
 static NameData *database_names;
 
@@ -146,7 +163,7 @@ static void
 start_worker(int slotno, Oid dboid, Oid roleoid)
 {
 	BackgroundWorker bgw;
-	PaymentsWorkerArgs args = {dboid, roleoid};
+	PaymentsWorkerArgs args = {dboid, roleoid, handle_generations[slotno]};
 	PaymentsDatabase *db;
 	int			entry;
 	const char *name = NULL;
@@ -179,10 +196,14 @@ start_worker(int slotno, Oid dboid, Oid roleoid)
 	handles[slotno] = NULL;
 	LWLockAcquire(payments_shared->lock, LW_EXCLUSIVE);
 	payments_shared->slots[slotno].state = PW_FREE;
+	payments_shared->slots[slotno].generation++;
 	payments_shared->slots[slotno].dboid = InvalidOid;
 	db = payments_find_database(dboid);
 	if (db != NULL)
+	{
 		db->start_failed = true;
+		db->start_failures++;
+	}
 	if (db != NULL && db->unserved[0] == '\0')
 	{
 		strlcpy(db->unserved,
@@ -206,33 +227,64 @@ static int
 reap_workers(void)
 {
 	int			reaped = 0;
+	TimestampTz now = GetCurrentTimestamp();
 
 	for (int i = 0; i < payments_shared->nslots; i++)
 	{
 		PaymentsWorkerSlot *slot = &payments_shared->slots[i];
 		pid_t		pid;
 
-		if (handles[i] == NULL ||
-			GetBackgroundWorkerPid(handles[i], &pid) != BGWH_STOPPED)
+		if (handles[i] == NULL)
 			continue;
+		if (GetBackgroundWorkerPid(handles[i], &pid) != BGWH_STOPPED)
+		{
+			bool		stuck;
+
+			LWLockAcquire(payments_shared->lock, LW_SHARED);
+			stuck = slot->state == PW_STARTING &&
+				slot->generation == handle_generations[i] &&
+				TimestampDifferenceExceeds(handle_started[i], now,
+										   WORKER_START_TIMEOUT_MS);
+			LWLockRelease(payments_shared->lock);
+			if (stuck)
+				TerminateBackgroundWorker(handles[i]);
+			continue;
+		}
 		pfree(handles[i]);
 		handles[i] = NULL;
 		LWLockAcquire(payments_shared->lock, LW_EXCLUSIVE);
-		if (slot->state == PW_STARTING)
-		{
-			PaymentsDatabase *db = payments_find_database(slot->dboid);
 
-			if (db != NULL)
-				db->start_failed = true;
-			if (db != NULL)
-				strlcpy(db->unserved,
-						"its worker exited before it could begin: see the server log",
-						PAYMENTS_WORKER_ERROR_LEN);
+		/*
+		 * Only a slot still reserved for this handle's worker is ours to
+		 * free: a worker that took it frees it on exit, and one started
+		 * by an earlier launcher may hold it now.
+		 */
+		if (slot->generation == handle_generations[i] && slot->state != PW_FREE)
+		{
+			if (slot->state == PW_STARTING)
+			{
+				PaymentsDatabase *db = payments_find_database(slot->dboid);
+
+				if (db != NULL)
+				{
+					db->start_failed = true;
+					db->start_failures++;
+					/* the back-off counts from the failure */
+					db->last_start = now;
+					strlcpy(db->unserved,
+							TimestampDifferenceExceeds(handle_started[i], now,
+													   WORKER_START_TIMEOUT_MS)
+							? "its worker could not connect in time (a lock on the database?): see the server log"
+							: "its worker exited before it could begin: see the server log",
+							PAYMENTS_WORKER_ERROR_LEN);
+				}
+			}
+			slot->state = PW_FREE;
+			slot->dboid = InvalidOid;
+			slot->pid = 0;
+			slot->latch = NULL;
+			slot->generation++;
 		}
-		slot->state = PW_FREE;
-		slot->dboid = InvalidOid;
-		slot->pid = 0;
-		slot->latch = NULL;
 		LWLockRelease(payments_shared->lock);
 		reaped++;
 	}
@@ -377,7 +429,9 @@ schedule_workers(void)
 			next = Min(next, payments_database_due(db));
 			continue;
 		}
-		retry = TimestampTzPlusMilliseconds(db->last_start, RESTART_DELAY_MS);
+		retry = TimestampTzPlusMilliseconds(db->last_start,
+											Min(RESTART_DELAY_MAX_MS,
+												RESTART_DELAY_MS << Min(db->start_failures, 6)));
 		if (db->start_failed && retry > now)
 		{
 			next = Min(next, retry);
@@ -405,7 +459,14 @@ schedule_workers(void)
 		if (freeslot < 0)
 			break;
 		slot = &payments_shared->slots[freeslot];
-		memset(slot, 0, sizeof(PaymentsWorkerSlot));
+		{
+			uint64		generation = slot->generation + 1;
+
+			memset(slot, 0, sizeof(PaymentsWorkerSlot));
+			slot->generation = generation;
+		}
+		handle_generations[freeslot] = slot->generation;
+		handle_started[freeslot] = now;
 		slot->dboid = cand[c].dboid;
 		slot->state = PW_STARTING;
 		payments_find_database(cand[c].dboid)->last_start = now;
@@ -477,8 +538,10 @@ payments_launcher_main(Datum main_arg)
 	payments_shared->rescan_requested = true;
 
 	/*
-	 * A slot claimed by a launcher that died before its worker took it will
-	 * never be taken: the worker checks the slot is still meant for it.
+	 * A slot claimed by a launcher that died before its worker took it is
+	 * freed, and its generation moves on, so that the worker, if it still
+	 * comes (it may be waiting for a lock on its database), finds the slot
+	 * no longer meant for it and exits.
 	 */
 	for (int i = 0; i < payments_shared->nslots; i++)
 	{
@@ -488,6 +551,7 @@ payments_launcher_main(Datum main_arg)
 		{
 			slot->state = PW_FREE;
 			slot->dboid = InvalidOid;
+			slot->generation++;
 		}
 	}
 	LWLockRelease(payments_shared->lock);
@@ -495,6 +559,10 @@ payments_launcher_main(Datum main_arg)
 
 	handles = MemoryContextAllocZero(TopMemoryContext,
 									 sizeof(BackgroundWorkerHandle *) * payments_shared->nslots);
+	handle_generations = MemoryContextAllocZero(TopMemoryContext,
+												sizeof(uint64) * payments_shared->nslots);
+	handle_started = MemoryContextAllocZero(TopMemoryContext,
+											sizeof(TimestampTz) * payments_shared->nslots);
 	database_names = MemoryContextAllocZero(TopMemoryContext,
 											sizeof(NameData) * payments_shared->ndatabases);
 	scancxt = AllocSetContextCreate(TopMemoryContext, "payments launcher scan",

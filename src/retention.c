@@ -79,6 +79,10 @@ static RetentionPurge purges[] = {
 		"   WHERE finished_at IS NOT NULL"
 		"    AND finished_at < pg_catalog.now() - $2 * interval '1 second'"
 		"    AND status IN ('succeeded', 'cancelled')"
+		/* a link that an unfinished or dead one still waits for stays */
+		"    AND NOT EXISTS (SELECT FROM @extschema@.compensations n"
+		"     WHERE n.after = compensations.id"
+		"      AND n.status NOT IN ('succeeded', 'cancelled'))"
 		"   ORDER BY finished_at LIMIT $1 FOR UPDATE SKIP LOCKED))"
 		"  AND status IN ('succeeded', 'cancelled') RETURNING id),"
 		" attempts AS (DELETE FROM @extschema@.compensation_attempts a"

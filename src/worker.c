@@ -105,6 +105,9 @@ static PaymentsWorkerSlot *my_slot = NULL;
 static PaymentsDatabase *my_db = NULL;
 static const WorkerTask *current_task = NULL;
 
+/* When this worker took its slot: its quantum counts from here. */
+static TimestampTz served_since = 0;
+
 /* The installed version is not the library's, and the log has said so */
 static bool other_version_logged = false;
 
@@ -373,6 +376,8 @@ read_next_due(void)
 					 "  + NULLIF(pg_catalog.current_setting('payments.reservation_retention')::interval, '0'),"
 					 " (SELECT c.finished_at FROM @extschema@.compensations c"
 					 "   WHERE c.finished_at IS NOT NULL AND c.status IN ('succeeded', 'cancelled')"
+					 "    AND NOT EXISTS (SELECT FROM @extschema@.compensations n"
+					 "     WHERE n.after = c.id AND n.status NOT IN ('succeeded', 'cancelled'))"
 					 "   ORDER BY c.finished_at LIMIT 1)"
 					 "  + NULLIF(pg_catalog.current_setting('payments.compensation_retention')::interval, '0'),"
 					 " (SELECT min(v.cleared_at) FROM @extschema@.check_results v WHERE v.cleared_at IS NOT NULL)"
@@ -404,11 +409,18 @@ next_round_due(TimestampTz round_start, MemoryContext loopcxt)
 
 	PG_TRY();
 	{
+		int			nestlevel;
+
 		SetCurrentStatementStartTimestamp();
 		StartTransactionCommand();
+		nestlevel = NewGUCNestLevel();
+		(void) set_config_option("lock_timeout", WORKER_LOCK_TIMEOUT,
+								 PGC_SUSET, PGC_S_SESSION,
+								 GUC_ACTION_SAVE, true, 0, false);
 		PushActiveSnapshot(GetTransactionSnapshot());
 		due = read_next_due();
 		PopActiveSnapshot();
+		AtEOXact_GUC(true, nestlevel);
 		CommitTransactionCommand();
 	}
 	PG_CATCH();
@@ -419,7 +431,7 @@ next_round_due(TimestampTz round_start, MemoryContext loopcxt)
 		FlushErrorState();
 		AbortOutOfAnyTransaction();
 		RESUME_INTERRUPTS();
-		due = 0;
+		return TimestampTzPlusMilliseconds(now, WORKER_RETRY_MS);
 	}
 	PG_END_TRY();
 
@@ -468,6 +480,7 @@ begin_round(TimestampTz now)
 	my_db->wake_at = 0;
 	my_db->unserved[0] = '\0';
 	my_db->start_failed = false;
+	my_db->start_failures = 0;
 	my_slot->state = PW_RUNNING;
 	pg_atomic_write_u64(&my_db->due_at,
 						(uint64) TimestampTzPlusMilliseconds(now, payments_worker_naptime));
@@ -483,6 +496,26 @@ end_round(TimestampTz next_due)
 	my_db->rounds++;
 	my_slot->state = PW_IDLE;
 	LWLockRelease(payments_shared->lock);
+}
+
+/*
+ * Whether this worker should give its slot up now: another database waits
+ * and this one has had its quantum.  Read without the lock: a stale answer
+ * only moves the yield by one item.  Long tasks (run_compensations) ask
+ * between items, run_round between tasks, so that no round, however much
+ * work a database has, keeps the slot past the quantum by more than one
+ * item's handler_timeout.
+ */
+bool
+payments_worker_should_yield(void)
+{
+	if (my_slot == NULL || payments_shared == NULL)
+		return false;
+	if (my_slot->leave_requested)
+		return true;
+	return payments_shared->nwaiting > 0 &&
+		TimestampDifferenceExceeds(served_since, GetCurrentTimestamp(),
+								   WORKER_QUANTUM_MS);
 }
 
 /* One round: every task once, if the extension is ready.  True if more. */
@@ -503,6 +536,12 @@ run_round(MemoryContext loopcxt)
 				more = true;
 			MemoryContextReset(loopcxt);
 			CHECK_FOR_INTERRUPTS();
+			/* The rest of the round is the next worker's: stay due. */
+			if (payments_worker_should_yield() && i + 1 < lengthof(worker_tasks))
+			{
+				end_round(GetCurrentTimestamp());
+				return true;
+			}
 		}
 	}
 	end_round(ready ? next_round_due(start, loopcxt)
@@ -511,10 +550,15 @@ run_round(MemoryContext loopcxt)
 	return more;
 }
 
-/* Leave the slot to another database: exit code 0, nothing to restart. */
+/*
+ * Leave the slot to another database: exit code 0, nothing to restart.
+ * Work left over (a full batch, a round cut short) keeps the database due.
+ */
 static void
-worker_yield(void)
+worker_yield(bool work_left)
 {
+	if (work_left)
+		lower_due(GetCurrentTimestamp());
 	ereport(DEBUG1,
 			(errmsg("payments worker for database %u leaves its slot to a waiting database",
 					MyDatabaseId)));
@@ -526,7 +570,6 @@ payments_worker_main(Datum main_arg)
 {
 	PaymentsWorkerArgs args;
 	MemoryContext loopcxt;
-	TimestampTz served_since;
 	bool		more = true;
 
 	memcpy(&args, MyBgworkerEntry->bgw_extra, sizeof(args));
@@ -543,6 +586,7 @@ payments_worker_main(Datum main_arg)
 		payments_shared->slots[my_slotno].dboid != args.dboid ||
 		payments_shared->slots[my_slotno].state != PW_STARTING ||
 		payments_shared->slots[my_slotno].pid != 0 ||
+		payments_shared->slots[my_slotno].generation != args.generation ||
 		(my_db = payments_find_database(args.dboid)) == NULL)
 	{
 		LWLockRelease(payments_shared->lock);
@@ -592,7 +636,7 @@ payments_worker_main(Datum main_arg)
 		LWLockRelease(payments_shared->lock);
 
 		if (leave)
-			worker_yield();
+			worker_yield(more || wake || due <= now);
 		if (more || wake || due <= now)
 		{
 			/* A busy database gives its slot up after its quantum. */
@@ -605,7 +649,7 @@ payments_worker_main(Datum main_arg)
 			}
 		}
 		if (waiting)
-			worker_yield();
+			worker_yield(more || wake || due <= now);
 
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 Max(TimestampDifferenceMilliseconds(now, due), 1),

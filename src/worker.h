@@ -74,6 +74,7 @@ typedef struct PaymentsWorkerSlot
 	PaymentsWorkerState state;
 	TimestampTz started_at;
 	bool		leave_requested;	/* the launcher needs the slot back */
+	uint64		generation;		/* bumped by the launcher at each reservation */
 } PaymentsWorkerSlot;
 
 /*
@@ -93,6 +94,7 @@ typedef struct PaymentsDatabase
 	TimestampTz last_run;		/* end of its last round */
 	TimestampTz last_start;		/* when the launcher last started a worker */
 	bool		start_failed;	/* and that worker never began */
+	int			start_failures; /* in a row; the retry backs off */
 	int64		last_wait_us;	/* how long its last due work waited */
 	int64		max_wait_us;
 	int64		rounds;
@@ -120,6 +122,7 @@ typedef struct PaymentsWorkerArgs
 {
 	Oid			dboid;
 	Oid			roleoid;		/* InvalidOid: the bootstrap superuser */
+	uint64		generation;		/* the slot reservation this worker is for */
 } PaymentsWorkerArgs;
 
 /* NULL unless the library was preloaded */
@@ -144,6 +147,9 @@ extern Latch *payments_request_rescan(void);
 extern void payments_wake_worker_at_commit(void);
 extern void payments_worker_due_at_commit(TimestampTz due);
 extern void payments_register_database_at_commit(void);
+
+/* worker.c: true in a worker whose quantum is over while a database waits */
+extern bool payments_worker_should_yield(void);
 
 /* launcher.c, worker.c: entry points named in bgw_function_name */
 extern PGDLLEXPORT void payments_launcher_main(Datum main_arg);

@@ -73,18 +73,18 @@ CREATE VIEW @extschema@.stats AS
            extract(epoch FROM pg_catalog.now()
                    - min(r.created_at) FILTER (WHERE r.state = 'held'))::double precision,
            count(*) FILTER (WHERE r.state <> 'held'
-                              AND @extschema@.retention_of('payments.reservation_retention') > '0'
+                              AND (SELECT @extschema@.retention_of('payments.reservation_retention')) > '0'
                               AND r.resolved_at < pg_catalog.now()
-                                  - @extschema@.retention_of('payments.reservation_retention')),
+                                  - (SELECT @extschema@.retention_of('payments.reservation_retention'))),
            extract(epoch FROM pg_catalog.now()
                    - min(r.expires_at) FILTER (WHERE r.state = 'held'
                                                  AND r.expires_at < pg_catalog.now()))::double precision
       FROM @extschema@.reservations r
     UNION ALL
     SELECT 'state_guard', count(*), NULL, NULL, NULL,
-           count(*) FILTER (WHERE @extschema@.retention_of('payments.history_retention') > '0'
+           count(*) FILTER (WHERE (SELECT @extschema@.retention_of('payments.history_retention')) > '0'
                               AND h.changed_at < pg_catalog.now()
-                                  - @extschema@.retention_of('payments.history_retention')),
+                                  - (SELECT @extschema@.retention_of('payments.history_retention'))),
            NULL
       FROM @extschema@.state_history h
     UNION ALL
@@ -94,9 +94,9 @@ CREATE VIEW @extschema@.stats AS
            extract(epoch FROM pg_catalog.now()
                    - min(c.created_at) FILTER (WHERE c.finished_at IS NULL))::double precision,
            count(*) FILTER (WHERE c.status IN ('succeeded', 'cancelled')
-                              AND @extschema@.retention_of('payments.compensation_retention') > '0'
+                              AND (SELECT @extschema@.retention_of('payments.compensation_retention')) > '0'
                               AND c.finished_at < pg_catalog.now()
-                                  - @extschema@.retention_of('payments.compensation_retention')),
+                                  - (SELECT @extschema@.retention_of('payments.compensation_retention'))),
            extract(epoch FROM pg_catalog.now()
                    - min(c.next_attempt_at) FILTER (WHERE c.status = 'pending'
                                                       AND c.next_attempt_at < pg_catalog.now()))::double precision
@@ -124,9 +124,9 @@ CREATE VIEW @extschema@.stats AS
            extract(epoch FROM pg_catalog.now()
                    - min(g.created_at) FILTER (WHERE g.status = 'running'))::double precision,
            count(*) FILTER (WHERE g.status <> 'running'
-                              AND @extschema@.retention_of('payments.saga_retention') > '0'
+                              AND (SELECT @extschema@.retention_of('payments.saga_retention')) > '0'
                               AND g.finished_at < pg_catalog.now()
-                                  - @extschema@.retention_of('payments.saga_retention')),
+                                  - (SELECT @extschema@.retention_of('payments.saga_retention'))),
            NULL
       FROM @extschema@.saga_state g
     UNION ALL
@@ -136,9 +136,9 @@ CREATE VIEW @extschema@.stats AS
            extract(epoch FROM pg_catalog.now()
                    - min(v.first_seen) FILTER (WHERE v.cleared_at IS NULL))::double precision,
            count(*) FILTER (WHERE v.cleared_at IS NOT NULL
-                              AND @extschema@.retention_of('payments.check_retention') > '0'
+                              AND (SELECT @extschema@.retention_of('payments.check_retention')) > '0'
                               AND v.cleared_at < pg_catalog.now()
-                                  - @extschema@.retention_of('payments.check_retention')),
+                                  - (SELECT @extschema@.retention_of('payments.check_retention'))),
            NULL
       FROM @extschema@.check_results v
     UNION ALL
