@@ -29,8 +29,28 @@ BEGIN
     END LOOP;
 END
 $$;
-INSERT INTO baseline_keys (scope, key, request_hash, state, response, response_code, expires_at)
-SELECT 'replay', 'r' || i, sha256(convert_to(jsonb_build_object('order', i, 'amount', 4990)::text, 'UTF8')),
-       'completed', jsonb_build_object('charge', i), 201, now() + interval '1 day'
-  FROM generate_series(1, 100000) AS i;
+-- The baseline's keys go through the same history as the extension's: each
+-- one inserted as started and then updated to completed, as
+-- baseline_upsert.sql does, in batches of 1,000 a transaction.  Inserted as
+-- completed in one go they would fill each page with twice as many rows as
+-- the begin -> complete history leaves (a HOT update, then the pruned old
+-- version's space), and a replay would read a table half the size of the
+-- extension's.
+DO $$
+BEGIN
+    FOR b IN 0..99 LOOP
+        FOR i IN b * 1000 + 1 .. b * 1000 + 1000 LOOP
+            INSERT INTO baseline_keys (scope, key, request_hash, expires_at)
+            VALUES ('replay', 'r' || i,
+                    sha256(convert_to(jsonb_build_object('order', i, 'amount', 4990)::text, 'UTF8')),
+                    now() + interval '1 day')
+            ON CONFLICT DO NOTHING;
+            UPDATE baseline_keys SET state = 'completed', response = jsonb_build_object('charge', i),
+                   response_code = 201
+             WHERE scope = 'replay' AND key = 'r' || i;
+        END LOOP;
+        COMMIT;
+    END LOOP;
+END
+$$;
 VACUUM ANALYZE;

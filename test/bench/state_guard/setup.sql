@@ -56,4 +56,19 @@ END
 $$;
 CREATE TRIGGER guard BEFORE UPDATE OF status ON orders_plpgsql
     FOR EACH ROW EXECUTE FUNCTION plpgsql_guard('bench');
+
+-- The ceiling of vs-no-trigger: the same history row written by the
+-- no-trigger UPDATE's own statement (update_history.sql), into a table of
+-- payments.state_history's columns and primary key.
+CREATE TABLE ceiling_history (
+    id bigserial PRIMARY KEY,
+    tbl regclass NOT NULL,
+    col text NOT NULL,
+    row_key text NOT NULL,
+    from_state text,
+    to_state text NOT NULL,
+    changed_at timestamptz NOT NULL DEFAULT now(),
+    txid xid8 NOT NULL DEFAULT pg_current_xact_id(),
+    changed_by text NOT NULL
+);
 VACUUM ANALYZE;
