@@ -12,6 +12,10 @@
  * backend accepts invalidations at the start of every transaction, so no
  * transaction starts with an OID that was dropped before it.
  *
+ * Each of them refuses to answer while Citus manages one of the tables
+ * (citus_tables.c): every entry point asks here before it reads or writes
+ * anything of the extension, so none of them reaches a Citus shell table.
+ *
  * The installed version must be the library's own: the library's SQL
  * names the tables and columns of its version, and an older schema left in
  * place after a package upgrade is reported with a hint to update it.  A
@@ -30,6 +34,8 @@
 #include "postgres.h"
 
 #include "extension_catalog.h"
+
+#include "citus_tables.h"
 
 #include "access/genam.h"
 #include "access/htup_details.h"
@@ -222,6 +228,7 @@ schema_lookup(void)
 Oid
 payments_schema_oid(void)
 {
+	payments_refuse_citus_extension();
 	if (!schema_valid)
 		schema_lookup();
 	return schema_oid;
@@ -231,6 +238,7 @@ payments_schema_oid(void)
 const char *
 payments_schema_quoted(void)
 {
+	payments_refuse_citus_extension();
 	if (!schema_valid)
 		schema_lookup();
 	return schema_quoted;
@@ -244,6 +252,7 @@ payments_schema_quoted(void)
 uint64
 payments_schema_generation(void)
 {
+	payments_refuse_citus_extension();
 	if (!schema_valid)
 		schema_lookup();
 	return schema_generation;
@@ -279,6 +288,7 @@ payments_relation(PaymentsRelation which)
 uint64
 payments_relations_generation(void)
 {
+	payments_refuse_citus_extension();
 	return relations_generation;
 }
 

@@ -25,6 +25,7 @@
 #include "args.h"
 #include "owner_rights.h"
 #include "extension_catalog.h"
+#include "citus_tables.h"
 #include "spi_util.h"
 
 #include "access/table.h"
@@ -276,6 +277,7 @@ payments_guard_state(PG_FUNCTION_ARGS)
 				 errdetail("A row that an UPDATE moves to another partition can be checked only if every partition is guarded alike."),
 				 errhint("Guard the partitioned table \"%s\" instead: its guard applies to every partition.",
 						 get_rel_name(llast_oid(get_partition_ancestors(relid))))));
+	payments_refuse_citus_guarded(rel);
 	attnum = guarded_column(rel, col);
 	state_guard_check_column(rel, attnum, &typoutput, &bpchar);
 	(void) state_guard_primary_key(rel, pk);

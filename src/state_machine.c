@@ -35,6 +35,7 @@
 #include "postgres.h"
 
 #include "payments.h"
+#include "citus_tables.h"
 #include "extension_catalog.h"
 #include "owner_rights.h"
 #include "spi_util.h"
@@ -720,6 +721,7 @@ state_guard_entry(TriggerData *td)
 				 errmsg("the state guard cannot check partition \"%s\"",
 						RelationGetRelationName(rel)),
 				 errdetail("The state guard supports partitions stored in heap tables only.")));
+	payments_refuse_citus_guarded(rel);
 	g->valid = true;
 	return g;
 }

@@ -28,6 +28,7 @@
 #include "worker.h"
 #include "compensation.h"
 #include "extension_catalog.h"
+#include "citus_tables.h"
 #include "owner_rights.h"
 #include "spi_util.h"
 
@@ -111,6 +112,9 @@ static TimestampTz served_since = 0;
 /* The installed version is not the library's, and the log has said so */
 static bool other_version_logged = false;
 
+/* Why the previous worker left this database alone, if it did */
+static char previous_unserved[PAYMENTS_WORKER_ERROR_LEN];
+
 /*
  * A worker that did not leave on purpose (code 0) asks the launcher to
  * start it again at once rather than at its next scan: its database still
@@ -134,6 +138,32 @@ worker_exit(int code, Datum arg)
 	LWLockRelease(payments_shared->lock);
 	if (launcher_latch != NULL)
 		SetLatch(launcher_latch);
+}
+
+/*
+ * Leave the database alone while Citus manages one of the extension's
+ * tables (citus_tables.c): every task would fail on them.  worker_status()
+ * says why through the database's unserved reason, and the launcher starts
+ * a worker again when the database is next due (worker_naptime, set at the
+ * start of the round), which finds out whether it still holds.
+ */
+static void
+worker_leave_citus(const char *tables)
+{
+	char		reason[PAYMENTS_WORKER_ERROR_LEN];
+
+	snprintf(reason, sizeof(reason),
+			 "Citus manages tables of the extension: %s", tables);
+	LWLockAcquire(payments_shared->lock, LW_EXCLUSIVE);
+	strlcpy(my_db->unserved, reason, PAYMENTS_WORKER_ERROR_LEN);
+	LWLockRelease(payments_shared->lock);
+	ereport(strcmp(previous_unserved, reason) == 0 ? DEBUG1 : LOG,
+			(errmsg("payments worker for database %u leaves it alone because Citus manages tables of the extension",
+					MyDatabaseId),
+			 errdetail("Citus manages %s.", tables),
+			 errhint("Return them to local tables as the section \"Scaling out with Citus\" of the extension's README shows.")));
+	AbortCurrentTransaction();
+	proc_exit(0);
 }
 
 static void
@@ -281,15 +311,45 @@ run_task(const WorkerTask *task, MemoryContext loopcxt)
 }
 
 /*
+ * Whether a prepared transaction of this database is pending: it may have
+ * created the extension (worker_shmem.c registers the database at PREPARE),
+ * so the worker waits for it to be committed or rolled back.
+ */
+static bool
+prepared_transactions_here(void)
+{
+	bool		result;
+	bool		isnull;
+
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute("SELECT EXISTS (SELECT FROM pg_catalog.pg_prepared_xacts"
+					" WHERE database OPERATOR(pg_catalog.=) pg_catalog.current_database())",
+					true, 1) != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "could not read pg_prepared_xacts");
+	result = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
+										SPI_tuptable->tupdesc, 1, &isnull));
+	SPI_finish();
+	PopActiveSnapshot();
+	return result;
+}
+
+/*
  * Whether this round's tasks can run: the extension is installed in the
- * library's version.  If it is gone, leave; if it has another version, log
- * that once (until it is the library's again) and skip the round.
+ * library's version.  If it is gone, leave, unless a prepared transaction
+ * may still create it (a CREATE EXTENSION that Citus runs on its workers is
+ * prepared first); if it has another version, log
+ * that once (until it is the library's again) and skip the round; if Citus
+ * manages its tables, leave until worker_naptime.
  */
 static bool
 extension_ready(void)
 {
 	PaymentsInstallState state;
 	char	   *version;
+	char	   *citus_tables = NULL;
+	bool		prepared = false;
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
@@ -299,9 +359,20 @@ extension_ready(void)
 		payments_report_other_version(LOG, version);
 		other_version_logged = true;
 	}
+	if (state == PAYMENTS_NOT_INSTALLED)
+	{
+		prepared = prepared_transactions_here();
+		/* it may have been committed since the first look */
+		InvalidateCatalogSnapshot();
+		if (!prepared)
+			state = payments_install_state(&version);
+	}
+	if (state == PAYMENTS_INSTALLED &&
+		payments_citus_manages_extension(&citus_tables))
+		worker_leave_citus(citus_tables);
 	CommitTransactionCommand();
 
-	if (state == PAYMENTS_NOT_INSTALLED)
+	if (state == PAYMENTS_NOT_INSTALLED && !prepared)
 		worker_leave(true);
 	if (state == PAYMENTS_INSTALLED)
 		other_version_logged = false;
@@ -478,6 +549,7 @@ begin_round(TimestampTz now)
 	}
 	my_db->wake_requested = false;
 	my_db->wake_at = 0;
+	strlcpy(previous_unserved, my_db->unserved, PAYMENTS_WORKER_ERROR_LEN);
 	my_db->unserved[0] = '\0';
 	my_db->start_failed = false;
 	my_db->start_failures = 0;

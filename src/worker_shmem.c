@@ -16,6 +16,7 @@
 #include "postgres.h"
 
 #include "worker.h"
+#include "citus_tables.h"
 #include "compensation.h"
 
 #include <signal.h>
@@ -344,6 +345,21 @@ payments_xact_callback(XactEvent event, void *arg)
 		at_commit();
 
 	/*
+	 * A CREATE EXTENSION that is prepared (as Citus does on its workers)
+	 * registers the database now: COMMIT PREPARED runs in another session,
+	 * and a worker that comes too early waits for the prepared transaction
+	 * instead of leaving (worker.c).  Wake-ups and due times are still
+	 * dropped: a round before the commit would find nothing.
+	 */
+	if (event == XACT_EVENT_PREPARE && payments_shared != NULL &&
+		register_at_commit)
+	{
+		wake_at_commit = false;
+		due_at_commit = 0;
+		at_commit();
+	}
+
+	/*
 	 * A prepared transaction keeps the database locked; its workers wait for
 	 * the pause to run out.
 	 */
@@ -626,7 +642,14 @@ payments_ProcessUtility(PlannedStmt *pstmt, const char *queryString,
 		case T_DropStmt:
 			/* a worker whose extension is gone exits at its next round */
 			if (((DropStmt *) parsetree)->removeType == OBJECT_EXTENSION)
+			{
+				ListCell   *lc;
+
+				foreach(lc, ((DropStmt *) parsetree)->objects)
+					if (strcmp(strVal(lfirst(lc)), "payments") == 0)
+						payments_refuse_citus_drop();
 				payments_wake_worker_at_commit();
+			}
 			break;
 		case T_DropdbStmt:
 			target = dropdb_target((DropdbStmt *) parsetree, isTopLevel);

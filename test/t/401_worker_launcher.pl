@@ -1,6 +1,7 @@
 # The background worker: one per database with the extension, started and
-# stopped with it, doing the maintenance no client runs, woken at commit,
-# surviving kill -9 and immediate shutdowns.
+# stopped with it (also by a prepared CREATE EXTENSION), doing the
+# maintenance no client runs, woken at commit, surviving kill -9 and
+# immediate shutdowns.
 use strict;
 use warnings;
 
@@ -9,7 +10,7 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use PaymentsNode;
 
-my $node = payments_node('main');
+my $node = payments_node('main', conf => "max_prepared_transactions = 5\n");
 
 # The workers running, as "database=application name" in database order.
 my $workers =
@@ -168,10 +169,27 @@ $node->poll_query_until('db1',
 	"SELECT count(*) < 200000 FROM payments.idempotency_keys WHERE key LIKE 'e%'", 't')
   or die 'purge did not start';
 $node->stop('immediate');
+my $log_from = -s $node->logfile;
 $node->start;
 ok($node->poll_query_until('db1', "SELECT count(*) FROM payments.idempotency_keys WHERE key LIKE 'e%'", '0'),
 	'after an immediate shutdown mid-purge, the worker finishes the work');
 is(key_count('db1', 'live'), '1000', 'and purges no key whose TTL has not run out');
+
+# --- a CREATE EXTENSION that is prepared, as Citus does on its workers ---
+
+# The launcher looked at the postgres database after the restart and left
+# it alone; COMMIT PREPARED runs in another session than the CREATE.
+my $pg_oid = $node->safe_psql('postgres',
+	"SELECT oid FROM pg_database WHERE datname = 'postgres'");
+$node->wait_for_log(
+	qr/payments worker for database $pg_oid exiting because the extension is not installed/,
+	$log_from);
+$node->safe_psql('postgres',
+	"BEGIN; CREATE EXTENSION payments; PREPARE TRANSACTION 'create_payments'");
+$node->safe_psql('postgres', "COMMIT PREPARED 'create_payments'");
+expired_keys('postgres', 'p', 10);
+ok($node->poll_query_until('postgres', "SELECT count(*) FROM payments.idempotency_keys", '0'),
+	'a CREATE EXTENSION committed by COMMIT PREPARED gets its database a worker');
 
 $node->stop;
 done_testing();

@@ -1,0 +1,353 @@
+/*-------------------------------------------------------------------------
+ *
+ * citus_tables.c
+ *	  Which of the extension's tables Citus manages, cached per backend,
+ *	  and the error that refuses to use them.
+ *
+ * Citus records every table it manages (distributed, reference, or added
+ * to its metadata as a local table) in pg_catalog.pg_dist_partition, on the
+ * coordinator and on every node it syncs its metadata to.  The local
+ * relation of such a table is a shell: its rows are in shards, so a direct
+ * heap read or write, or a plan the extension made for a plain table,
+ * would miss them.  This version of the extension does not support that
+ * topology; it says so instead of being silently wrong.
+ *
+ * The answer is kept until it may change: Citus's trigger on
+ * pg_dist_partition sends a relcache invalidation of the table it adds or
+ * removes, so a relcache callback that knows the extension's tables (its
+ * members in pg_depend) drops the answer when one of them is invalidated,
+ * and a syscache callback on schemas drops it when the extension is
+ * created or dropped.  Without Citus there is no pg_dist_partition and the
+ * answer is "none".
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "citus_tables.h"
+
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "catalog/dependency.h"
+#include "catalog/indexing.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_class.h"
+#include "catalog/pg_depend.h"
+#include "catalog/pg_extension.h"
+#include "catalog/pg_namespace.h"
+#include "catalog/pg_type.h"
+#include "commands/extension.h"
+#include "fmgr.h"
+#include "lib/stringinfo.h"
+#include "nodes/makefuncs.h"
+#include "parser/parse_func.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/syscache.h"
+
+/* The answer, valid until an invalidation says otherwise */
+static bool cache_valid = false;
+static bool callbacks_registered = false;
+
+/* The extension's tables, sorted (TopMemoryContext) */
+static Oid *members = NULL;
+static int	nmembers = 0;
+
+/* Those Citus manages, for the error's detail; NULL if none */
+static char *managed = NULL;
+
+static bool
+is_member(Oid relid)
+{
+	return members != NULL &&
+		bsearch(&relid, members, nmembers, sizeof(Oid), oid_cmp) != NULL;
+}
+
+static void
+relcache_invalidate(Datum arg, Oid relid)
+{
+	if (relid == InvalidOid || is_member(relid))
+		cache_valid = false;
+}
+
+static void
+schema_invalidate(Datum arg, int cacheid, uint32 hashvalue)
+{
+	cache_valid = false;
+}
+
+/* The extension's ordinary and partitioned tables, palloc'd and sorted. */
+static Oid *
+extension_tables(Oid ext, int *n)
+{
+	Relation	dep;
+	ScanKeyData keys[2];
+	SysScanDesc scan;
+	HeapTuple	tup;
+	int			cap = 64;
+	Oid		   *result = palloc(sizeof(Oid) * cap);
+
+	*n = 0;
+	dep = table_open(DependRelationId, AccessShareLock);
+	ScanKeyInit(&keys[0], Anum_pg_depend_refclassid, BTEqualStrategyNumber,
+				F_OIDEQ, ObjectIdGetDatum(ExtensionRelationId));
+	ScanKeyInit(&keys[1], Anum_pg_depend_refobjid, BTEqualStrategyNumber,
+				F_OIDEQ, ObjectIdGetDatum(ext));
+	scan = systable_beginscan(dep, DependReferenceIndexId, true, NULL, 2, keys);
+	while (HeapTupleIsValid(tup = systable_getnext(scan)))
+	{
+		Form_pg_depend d = (Form_pg_depend) GETSTRUCT(tup);
+		char		relkind;
+
+		if (d->classid != RelationRelationId || d->objsubid != 0 ||
+			d->deptype != DEPENDENCY_EXTENSION)
+			continue;
+		relkind = get_rel_relkind(d->objid);
+		if (relkind != RELKIND_RELATION && relkind != RELKIND_PARTITIONED_TABLE)
+			continue;
+		if (*n == cap)
+		{
+			cap *= 2;
+			result = repalloc(result, sizeof(Oid) * cap);
+		}
+		result[(*n)++] = d->objid;
+	}
+	systable_endscan(scan);
+	table_close(dep, AccessShareLock);
+	qsort(result, *n, sizeof(Oid), oid_cmp);
+	return result;
+}
+
+/* What Citus's metadata says a managed table is, for the error's detail */
+static const char *
+citus_kind(char partmethod, char repmodel, int32 colocationid)
+{
+	if (partmethod == 'h' || partmethod == 'r' || partmethod == 'a')
+		return "distributed";
+	if (repmodel == 't')
+		return "reference";
+	if (colocationid != 0)
+		return "single-shard distributed";
+	return "added to the Citus metadata";
+}
+
+/*
+ * The rows of pg_dist_partition for relations in *oids (sorted, n of them),
+ * as "schema.table (kind)" separated by commas into buf; the first one is
+ * put into *first.  Returns how many.  Each column is found by name so
+ * that a Citus version that adds columns is still read right.
+ */
+static int
+read_dist_partition(Oid distrel, const Oid *oids, int n, StringInfo buf,
+					char **first)
+{
+	Relation	rel;
+	SysScanDesc scan;
+	HeapTuple	tup;
+	AttrNumber	att_relid = get_attnum(distrel, "logicalrelid");
+	AttrNumber	att_method = get_attnum(distrel, "partmethod");
+	AttrNumber	att_repmodel = get_attnum(distrel, "repmodel");
+	AttrNumber	att_coloc = get_attnum(distrel, "colocationid");
+	int			found = 0;
+
+	*first = NULL;
+	if (att_relid == InvalidAttrNumber)
+		elog(ERROR, "pg_dist_partition has no column logicalrelid");
+
+	rel = table_open(distrel, AccessShareLock);
+	scan = systable_beginscan(rel, InvalidOid, false, NULL, 0, NULL);
+	while (HeapTupleIsValid(tup = systable_getnext(scan)))
+	{
+		TupleDesc	desc = RelationGetDescr(rel);
+		bool		isnull;
+		Datum		d = heap_getattr(tup, att_relid, desc, &isnull);
+		Oid			relid = isnull ? InvalidOid : DatumGetObjectId(d);
+		char		method = 0;
+		char		repmodel = 0;
+		int32		coloc = 0;
+		char	   *name;
+
+		if (!OidIsValid(relid) ||
+			bsearch(&relid, oids, n, sizeof(Oid), oid_cmp) == NULL)
+			continue;
+		if (att_method != InvalidAttrNumber &&
+			(d = heap_getattr(tup, att_method, desc, &isnull), !isnull))
+			method = DatumGetChar(d);
+		if (att_repmodel != InvalidAttrNumber &&
+			(d = heap_getattr(tup, att_repmodel, desc, &isnull), !isnull))
+			repmodel = DatumGetChar(d);
+		if (att_coloc != InvalidAttrNumber &&
+			(d = heap_getattr(tup, att_coloc, desc, &isnull), !isnull))
+			coloc = DatumGetInt32(d);
+
+		name = quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
+										  get_rel_name(relid));
+		if (*first == NULL)
+			*first = name;
+		appendStringInfo(buf, "%s%s (%s)", found > 0 ? ", " : "", name,
+						 citus_kind(method, repmodel, coloc));
+		found++;
+	}
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return found;
+}
+
+/* Find out afresh which of the extension's tables Citus manages. */
+static void
+cache_fill(void)
+{
+	Oid			ext;
+	Oid			distrel;
+	Oid		   *oids = NULL;
+	int			n = 0;
+	StringInfoData buf;
+	char	   *first = NULL;
+	MemoryContext old;
+
+	if (!callbacks_registered)
+	{
+		CacheRegisterRelcacheCallback(relcache_invalidate, (Datum) 0);
+		CacheRegisterSyscacheCallback(NAMESPACEOID, schema_invalidate, (Datum) 0);
+		callbacks_registered = true;
+	}
+
+	/* An invalidation that arrives while we read starts the read again. */
+	do
+	{
+		cache_valid = true;
+		first = NULL;
+		ext = get_extension_oid("payments", true);
+		distrel = get_relname_relid("pg_dist_partition", PG_CATALOG_NAMESPACE);
+		n = 0;
+		oids = OidIsValid(ext) ? extension_tables(ext, &n) : NULL;
+
+		/* the callback matches against the new list from now on */
+		old = MemoryContextSwitchTo(TopMemoryContext);
+		if (members != NULL)
+			pfree(members);
+		members = n > 0 ? palloc(sizeof(Oid) * n) : NULL;
+		if (n > 0)
+			memcpy(members, oids, sizeof(Oid) * n);
+		nmembers = n;
+		MemoryContextSwitchTo(old);
+
+		initStringInfo(&buf);
+		if (OidIsValid(distrel) && n > 0)
+			(void) read_dist_partition(distrel, oids, n, &buf, &first);
+	} while (!cache_valid);
+
+	if (managed != NULL)
+		pfree(managed);
+	managed = first ? MemoryContextStrdup(TopMemoryContext, buf.data) : NULL;
+}
+
+/*
+ * Whether Citus manages one of the extension's tables; if so and tables is
+ * not NULL, *tables names them (palloc'd).  Raises no error of its own:
+ * the worker asks before it does anything.  Needs a transaction.
+ */
+bool
+payments_citus_manages_extension(char **tables)
+{
+	if (!cache_valid)
+		cache_fill();
+	if (tables != NULL)
+		*tables = managed ? pstrdup(managed) : NULL;
+	return managed != NULL;
+}
+
+/*
+ * Refuse to go on if Citus manages one of the extension's tables.  Called
+ * by every accessor of the extension's schema and relations, so by every
+ * entry point before it reads or writes anything of the extension.
+ */
+void
+payments_refuse_citus_extension(void)
+{
+	if (likely(cache_valid) && managed == NULL)
+		return;
+	if (!payments_citus_manages_extension(NULL))
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+			 errmsg("extension \"payments\" does not support tables managed by Citus"),
+			 errdetail("Citus manages %s; the extension reads and writes its tables on this node only, so it would miss the rows Citus keeps in shards.",
+					   managed),
+			 errhint("Return them to local tables on the coordinator as the section \"Scaling out with Citus\" of the extension's README shows: Citus's undistribute_table refuses tables that belong to an extension.")));
+}
+
+/*
+ * Refuse DROP EXTENSION payments while Citus manages one of its tables:
+ * Citus keeps the shards of a table that belongs to an extension when the
+ * extension is dropped, so they would stay behind on every node.
+ */
+void
+payments_refuse_citus_drop(void)
+{
+	if (!payments_citus_manages_extension(NULL))
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+			 errmsg("cannot drop extension \"payments\" while Citus manages its tables"),
+			 errdetail("Citus manages %s; their shards would stay behind on the nodes that hold them.",
+					   managed),
+			 errhint("Return them to local tables on the coordinator first, as the section \"Scaling out with Citus\" of the extension's README shows.")));
+}
+
+/*
+ * The OID of pg_catalog.relation_is_a_known_shard(regclass), Citus's test
+ * of whether a relation is one of its shards; InvalidOid without Citus.
+ */
+static Oid
+known_shard_function(void)
+{
+	Oid			argtypes[1] = {REGCLASSOID};
+
+	return LookupFuncName(list_make2(makeString("pg_catalog"),
+									 makeString("relation_is_a_known_shard")),
+						  1, argtypes, true);
+}
+
+/*
+ * Refuse to guard a table that Citus manages, or a shard of one: the
+ * guard writes the history into the extension's own table on this node,
+ * where Citus does not see it next to the row's shard.  Meant for a caller
+ * that caches its answer per relation: Citus invalidates the relation's
+ * relcache entry when it adds it to its metadata or removes it.
+ */
+void
+payments_refuse_citus_guarded(Relation rel)
+{
+	Oid			relid = RelationGetRelid(rel);
+	Oid			distrel = get_relname_relid("pg_dist_partition", PG_CATALOG_NAMESPACE);
+	Oid			fn;
+	StringInfoData buf;
+	char	   *first;
+
+	if (!OidIsValid(distrel))
+		return;
+	initStringInfo(&buf);
+	if (read_dist_partition(distrel, &relid, 1, &buf, &first) > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("the state guard does not support table %s, which Citus manages",
+						first),
+				 errdetail("The guard writes each change into payments.state_history on this node, where Citus does not see it next to the row's shard."),
+				 errhint("Keep guarded tables local, or return this one to a local table with SELECT undistribute_table('%s').",
+						 first)));
+
+	fn = known_shard_function();
+	if (OidIsValid(fn) && DatumGetBool(OidFunctionCall1(fn, ObjectIdGetDatum(relid))))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("the state guard does not support relation \"%s\", which is a Citus shard",
+						RelationGetRelationName(rel)),
+				 errdetail("The guard writes each change into payments.state_history on this node, where Citus does not see it next to the row's shard."),
+				 errhint("Keep guarded tables local: return the table this shard belongs to to a local table with undistribute_table on the coordinator.")));
+}
