@@ -12,7 +12,7 @@
  * would miss them.  This version of the extension does not support that
  * topology; it says so instead of being silently wrong.
  *
- * The answer is kept until it may change: Citus's trigger on
+ * The answer "none" is kept until it may change: Citus's trigger on
  * pg_dist_partition sends a relcache invalidation of the table it adds or
  * removes, so a relcache callback that knows the extension's tables (its
  * members in pg_depend) drops the answer when one of them is invalidated,
@@ -245,6 +245,15 @@ cache_fill(void)
 	if (managed != NULL)
 		pfree(managed);
 	managed = first ? MemoryContextStrdup(TopMemoryContext, buf.data) : NULL;
+
+	/*
+	 * Only "none" is kept.  While Citus manages a table every call is
+	 * refused anyway, so each reads the answer again: a table returned to
+	 * a local one is seen at once by every session, whichever invalidations
+	 * the way back sent.
+	 */
+	if (managed != NULL)
+		cache_valid = false;
 }
 
 /*
@@ -270,7 +279,7 @@ payments_citus_manages_extension(char **tables)
 void
 payments_refuse_citus_extension(void)
 {
-	if (likely(cache_valid) && managed == NULL)
+	if (likely(cache_valid))
 		return;
 	if (!payments_citus_manages_extension(NULL))
 		return;

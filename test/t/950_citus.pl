@@ -112,6 +112,12 @@ $coord->safe_psql('postgres', $work);
 $coord->poll_query_until('postgres', 'SELECT count(*) FROM public.done', '1')
   or die 'the worker did not run the compensation before Citus';
 
+# A session that used the extension before Citus took its table: what it
+# cached (the answer, relation OIDs, plans) must not outlive the change.
+my $app = $coord->background_psql('postgres', on_error_stop => 0);
+$app->query_safe(q{SELECT payments.idempotency_begin('s', 'k-before', '{}')});
+$app->query_safe(q{SELECT payments.stock_set('C', 3)});
+
 $coord->append_conf('postgresql.conf', 'log_min_messages = debug1');
 $coord->reload;
 my $log_from = -s $coord->logfile;
@@ -132,9 +138,18 @@ for my $sql (
 }
 is($coord->safe_psql('postgres',
 		q{SELECT string_agg(sku || ':' || held, ',' ORDER BY sku) FROM payments.stock_levels}),
-	'A:1', 'the refused calls held nothing');
+	'A:1,C:0', 'the refused calls held nothing');
 is($coord->safe_psql('postgres', 'SELECT count(*) FROM payments.compensations'),
 	'1', 'the refused enqueue queued nothing');
+
+for my $sql (q{SELECT payments.idempotency_begin('s', 'k-after', '{}')},
+	q{SELECT payments.stock_set('C', 4)})
+{
+	$app->{stderr} = '';
+	$app->query($sql);
+	like($app->{stderr}, qr/extension "payments" does not support tables managed by Citus/,
+		"refused in a session that used the extension before: $sql");
+}
 
 ok( $coord->poll_query_until('postgres',
 		q{SELECT state || ': ' || unserved_reason FROM payments.worker_status()},
@@ -185,13 +200,18 @@ $coord->safe_psql('postgres', q{
 	    'payments.idempotency_keys'::regclass, 'payments', 'idempotency_keys');
 	SELECT master_remove_partition_metadata(
 	    'payments.idempotency_keys'::regclass, 'payments', 'idempotency_keys');
+	DELETE FROM payments.idempotency_keys;
 	INSERT INTO payments.idempotency_keys OVERRIDING SYSTEM VALUE SELECT * FROM keep;
 	COMMIT;
 });
 is($coord->safe_psql('postgres', q{
 		SELECT (payments.idempotency_begin('s', 'k1', '{}')).outcome;
 		SELECT count(*) FROM payments.idempotency_keys}),
-	"started\n2", 'calls work again once the table is local, and its rows are kept');
+	"started\n3", 'calls work again once the table is local, and its rows are kept');
+$app->{stderr} = '';
+is($app->query_safe(q{SELECT (payments.idempotency_begin('s', 'k-after', '{}')).outcome}),
+	'started', 'and in the session that used it before Citus took the table');
+$app->quit;
 $coord->safe_psql('postgres',
 	q{SELECT payments.enqueue_compensation('public.ok(jsonb)', '{"n": 2}')});
 ok($coord->poll_query_until('postgres', 'SELECT count(*) FROM public.done', '2'),
