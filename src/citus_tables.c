@@ -54,6 +54,9 @@
 static bool cache_valid = false;
 static bool callbacks_registered = false;
 
+/* Counts invalidations, so that a read they overtook is not kept */
+static uint64 invalidations = 0;
+
 /* The extension's tables, sorted (TopMemoryContext) */
 static Oid *members = NULL;
 static int	nmembers = 0;
@@ -72,13 +75,17 @@ static void
 relcache_invalidate(Datum arg, Oid relid)
 {
 	if (relid == InvalidOid || is_member(relid))
+	{
 		cache_valid = false;
+		invalidations++;
+	}
 }
 
 static void
 schema_invalidate(Datum arg, int cacheid, uint32 hashvalue)
 {
 	cache_valid = false;
+	invalidations++;
 }
 
 /* The extension's ordinary and partitioned tables, palloc'd and sorted. */
@@ -208,6 +215,7 @@ cache_fill(void)
 	int			n = 0;
 	StringInfoData buf;
 	char	   *first = NULL;
+	uint64		start;
 	MemoryContext old;
 
 	if (!callbacks_registered)
@@ -217,10 +225,15 @@ cache_fill(void)
 		callbacks_registered = true;
 	}
 
-	/* An invalidation that arrives while we read starts the read again. */
+	/*
+	 * An invalidation that arrives while we read starts the read again.  The
+	 * answer is marked valid only once a read has ended: an error in the
+	 * middle of one (a cancel, a lock timeout) leaves it to be read again.
+	 */
+	cache_valid = false;
 	do
 	{
-		cache_valid = true;
+		start = invalidations;
 		first = NULL;
 		ext = get_extension_oid("payments", true);
 		distrel = get_relname_relid("pg_dist_partition", PG_CATALOG_NAMESPACE);
@@ -231,20 +244,25 @@ cache_fill(void)
 		old = MemoryContextSwitchTo(TopMemoryContext);
 		if (members != NULL)
 			pfree(members);
-		members = n > 0 ? palloc(sizeof(Oid) * n) : NULL;
+		members = NULL;
+		nmembers = 0;
 		if (n > 0)
+		{
+			members = palloc(sizeof(Oid) * n);
 			memcpy(members, oids, sizeof(Oid) * n);
-		nmembers = n;
+			nmembers = n;
+		}
 		MemoryContextSwitchTo(old);
 
 		initStringInfo(&buf);
 		if (OidIsValid(distrel) && n > 0)
 			(void) read_dist_partition(distrel, oids, n, &buf, &first);
-	} while (!cache_valid);
+	} while (invalidations != start);
 
 	if (managed != NULL)
 		pfree(managed);
 	managed = first ? MemoryContextStrdup(TopMemoryContext, buf.data) : NULL;
+	cache_valid = true;
 
 	/*
 	 * Only "none" is kept.  While Citus manages a table every call is
