@@ -19,6 +19,7 @@ OBJS = \
 	src/payments.o \
 	src/owner_rights.o \
 	src/extension_catalog.o \
+	src/citus_shards.o \
 	src/citus_tables.o \
 	src/fingerprint.o \
 	src/args.o \
@@ -75,6 +76,7 @@ SQL_FRAGMENTS = \
 	src/sql/70_reconciliation.sql \
 	src/sql/80_tcc.sql \
 	src/sql/85_sagas.sql \
+	src/sql/86_citus.sql \
 	src/sql/87_faults.sql \
 	src/sql/88_checks.sql \
 	src/sql/89_lifecycle.sql \
@@ -95,6 +97,7 @@ UPDATE_FRAGMENTS = \
 	src/sql/70_reconciliation.sql \
 	src/sql/80_tcc.sql \
 	src/sql/85_sagas.sql \
+	src/sql/86_citus.sql \
 	src/sql/87_faults.sql \
 	src/sql/88_checks.sql \
 	src/sql/89_lifecycle.sql \
@@ -116,6 +119,7 @@ REGRESS = \
 	idempotency_ttl \
 	idempotency_scopes \
 	reservation \
+	distribute \
 	state_guard \
 	compensation \
 	compensation_errors \

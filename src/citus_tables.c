@@ -9,10 +9,15 @@
  * coordinator and on every node it syncs its metadata to.  The local
  * relation of such a table is a shell: its rows are in shards, so a direct
  * heap read or write, or a plan the extension made for a plain table,
- * would miss them.  This version of the extension does not support that
- * topology; it says so instead of being silently wrong.
+ * would miss them.  One layout is supported, the one payments.distribute()
+ * makes (doc/citus.md): the reservation and idempotency tables distributed
+ * by their key in one co-location group, the scope restrictions a
+ * reference table, and every other table local.  Calls then use the shards
+ * this node holds (citus_shards.c).  Any other layout is refused with a
+ * clear error rather than read or written through a shell.
  *
- * The answer "none" is kept until it may change: Citus's trigger on
+ * The answers "none" and "the supported layout" are kept until they may
+ * change: Citus's trigger on
  * pg_dist_partition sends a relcache invalidation of the table it adds or
  * removes, so a relcache callback that knows the extension's tables (its
  * members in pg_depend) drops the answer when one of them is invalidated,
@@ -63,6 +68,29 @@ static int	nmembers = 0;
 
 /* Those Citus manages, for the error's detail; NULL if none */
 static char *managed = NULL;
+
+/* What that adds up to, and the co-location group of the supported layout */
+static PaymentsCitusLayout layout = PAYMENTS_CITUS_NONE;
+static int32 layout_colocation = 0;
+
+/*
+ * The supported layout, table by table: distributed by hash of column
+ * (attribute number) in one co-location group, or a reference table
+ * (column 0).
+ */
+typedef struct LayoutTable
+{
+	const char *name;
+	AttrNumber	column;
+} LayoutTable;
+
+static const LayoutTable layout_tables[] = {
+	{"stock", 1},				/* sku */
+	{"stock_slots", 1},			/* sku */
+	{"reservations", 3},		/* sku */
+	{"idempotency_keys", 2},	/* key */
+	{"idempotency_scopes", 0},
+};
 
 static bool
 is_member(Oid relid)
@@ -149,9 +177,47 @@ citus_kind(char partmethod, char repmodel, int32 colocationid)
  * put into *first.  Returns how many.  Each column is found by name so
  * that a Citus version that adds columns is still read right.
  */
+/*
+ * The column a hash-distributed table is distributed by, from
+ * pg_dist_partition.partkey (a Var's node string); 0 if none.
+ */
+static AttrNumber
+partkey_column(const char *partkey)
+{
+	const char *p = partkey ? strstr(partkey, ":varattno ") : NULL;
+
+	return p ? (AttrNumber) atoi(p + strlen(":varattno ")) : 0;
+}
+
+/*
+ * Whether one managed table fits the supported layout; *colocation is the
+ * group of the first distributed one, which every other must share.
+ */
+static bool
+fits_layout(Oid relid, char method, char repmodel, int32 coloc,
+			const char *partkey, int32 *colocation, int *matched)
+{
+	const char *name = get_rel_name(relid);
+
+	for (int i = 0; i < lengthof(layout_tables); i++)
+	{
+		if (name == NULL || strcmp(name, layout_tables[i].name) != 0)
+			continue;
+		if (layout_tables[i].column == 0)
+			return method == 'n' && repmodel == 't' && ++(*matched);
+		if (method != 'h' || partkey_column(partkey) != layout_tables[i].column)
+			return false;
+		if (*colocation == 0)
+			*colocation = coloc;
+		return coloc == *colocation && ++(*matched);
+	}
+	return false;
+}
+
 static int
 read_dist_partition(Oid distrel, const Oid *oids, int n, StringInfo buf,
-					char **first)
+					char **first, PaymentsCitusLayout *result,
+					int32 *result_colocation)
 {
 	Relation	rel;
 	SysScanDesc scan;
@@ -160,7 +226,11 @@ read_dist_partition(Oid distrel, const Oid *oids, int n, StringInfo buf,
 	AttrNumber	att_method = get_attnum(distrel, "partmethod");
 	AttrNumber	att_repmodel = get_attnum(distrel, "repmodel");
 	AttrNumber	att_coloc = get_attnum(distrel, "colocationid");
+	AttrNumber	att_partkey = get_attnum(distrel, "partkey");
 	int			found = 0;
+	int			matched = 0;
+	bool		fits = true;
+	int32		colocation = 0;
 
 	*first = NULL;
 	if (att_relid == InvalidAttrNumber)
@@ -177,6 +247,7 @@ read_dist_partition(Oid distrel, const Oid *oids, int n, StringInfo buf,
 		char		method = 0;
 		char		repmodel = 0;
 		int32		coloc = 0;
+		char	   *partkey = NULL;
 		char	   *name;
 
 		if (!OidIsValid(relid) ||
@@ -191,6 +262,12 @@ read_dist_partition(Oid distrel, const Oid *oids, int n, StringInfo buf,
 		if (att_coloc != InvalidAttrNumber &&
 			(d = heap_getattr(tup, att_coloc, desc, &isnull), !isnull))
 			coloc = DatumGetInt32(d);
+		if (att_partkey != InvalidAttrNumber &&
+			(d = heap_getattr(tup, att_partkey, desc, &isnull), !isnull))
+			partkey = TextDatumGetCString(d);
+		if (!fits_layout(relid, method, repmodel, coloc, partkey, &colocation,
+						 &matched))
+			fits = false;
 
 		name = quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
 										  get_rel_name(relid));
@@ -202,6 +279,17 @@ read_dist_partition(Oid distrel, const Oid *oids, int n, StringInfo buf,
 	}
 	systable_endscan(scan);
 	table_close(rel, AccessShareLock);
+
+	if (result != NULL)
+	{
+		if (found == 0)
+			*result = PAYMENTS_CITUS_NONE;
+		else if (fits && matched == lengthof(layout_tables))
+			*result = PAYMENTS_CITUS_DISTRIBUTED;
+		else
+			*result = PAYMENTS_CITUS_UNSUPPORTED;
+		*result_colocation = colocation;
+	}
 	return found;
 }
 
@@ -255,8 +343,11 @@ cache_fill(void)
 		MemoryContextSwitchTo(old);
 
 		initStringInfo(&buf);
+		layout = PAYMENTS_CITUS_NONE;
+		layout_colocation = 0;
 		if (OidIsValid(distrel) && n > 0)
-			(void) read_dist_partition(distrel, oids, n, &buf, &first);
+			(void) read_dist_partition(distrel, oids, n, &buf, &first,
+									   &layout, &layout_colocation);
 	} while (invalidations != start);
 
 	if (managed != NULL)
@@ -265,18 +356,44 @@ cache_fill(void)
 	cache_valid = true;
 
 	/*
-	 * Only "none" is kept.  While Citus manages a table every call is
-	 * refused anyway, so each reads the answer again: a table returned to
-	 * a local one is seen at once by every session, whichever invalidations
-	 * the way back sent.
+	 * An unsupported layout is not kept.  Every call is refused anyway, so
+	 * each reads the answer again: a table returned to a local one is seen
+	 * at once by every session, whichever invalidations the way back sent.
 	 */
-	if (managed != NULL)
+	if (layout == PAYMENTS_CITUS_UNSUPPORTED)
 		cache_valid = false;
 }
 
 /*
- * Whether Citus manages one of the extension's tables; if so and tables is
- * not NULL, *tables names them (palloc'd).  Raises no error of its own:
+ * Whether Citus manages the extension's tables, and if so whether in the
+ * layout payments.distribute() makes; *colocation (if not NULL) is then
+ * the co-location group of its distributed tables.  Needs a transaction.
+ */
+PaymentsCitusLayout
+payments_citus_layout(int32 *colocation)
+{
+	if (!cache_valid)
+		cache_fill();
+	if (colocation != NULL)
+		*colocation = layout_colocation;
+	return layout;
+}
+
+/*
+ * A number that changes whenever Citus's metadata of one of the
+ * extension's tables may have changed (a shard moved, split or dropped):
+ * what was derived from it (citus_shards.c) is then read again.
+ */
+uint64
+payments_citus_generation(void)
+{
+	return invalidations;
+}
+
+/*
+ * Whether Citus manages one of the extension's tables in a layout the
+ * extension does not support; if so and tables is not NULL, *tables names
+ * them (palloc'd).  Raises no error of its own:
  * the worker asks before it does anything.  Needs a transaction.
  */
 bool
@@ -286,7 +403,7 @@ payments_citus_manages_extension(char **tables)
 		cache_fill();
 	if (tables != NULL)
 		*tables = managed ? pstrdup(managed) : NULL;
-	return managed != NULL;
+	return layout == PAYMENTS_CITUS_UNSUPPORTED;
 }
 
 /*
@@ -299,14 +416,14 @@ payments_refuse_citus_extension(void)
 {
 	if (likely(cache_valid))
 		return;
-	if (!payments_citus_manages_extension(NULL))
+	if (payments_citus_layout(NULL) != PAYMENTS_CITUS_UNSUPPORTED)
 		return;
 	ereport(ERROR,
 			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 			 errmsg("extension \"payments\" does not support tables managed by Citus"),
-			 errdetail("Citus manages %s; the extension reads and writes its tables on this node only, so it would miss the rows Citus keeps in shards.",
+			 errdetail("Citus manages %s; the extension supports only the layout payments.distribute() makes, and would otherwise miss the rows Citus keeps in shards.",
 					   managed),
-			 errhint("Return them to local tables on the coordinator as the section \"Scaling out with Citus\" of the extension's README shows: Citus's undistribute_table refuses tables that belong to an extension.")));
+			 errhint("Return them to local tables on the coordinator as the section \"Scaling out with Citus\" of the extension's README shows, then run SELECT payments.distribute().")));
 }
 
 /*
@@ -317,7 +434,7 @@ payments_refuse_citus_extension(void)
 void
 payments_refuse_citus_drop(void)
 {
-	if (!payments_citus_manages_extension(NULL))
+	if (payments_citus_layout(NULL) == PAYMENTS_CITUS_NONE)
 		return;
 	ereport(ERROR,
 			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
@@ -360,7 +477,7 @@ payments_refuse_citus_guarded(Relation rel)
 	if (!OidIsValid(distrel))
 		return;
 	initStringInfo(&buf);
-	if (read_dist_partition(distrel, &relid, 1, &buf, &first) > 0)
+	if (read_dist_partition(distrel, &relid, 1, &buf, &first, NULL, NULL) > 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("the state guard does not support table %s, which Citus manages",

@@ -17,6 +17,16 @@
 
 #include "utils/relcache.h"
 
+/* How Citus manages the extension's tables */
+typedef enum PaymentsCitusLayout
+{
+	PAYMENTS_CITUS_NONE,		/* not at all: every table is local */
+	PAYMENTS_CITUS_DISTRIBUTED, /* as payments.distribute() lays them out */
+	PAYMENTS_CITUS_UNSUPPORTED	/* any other way: every call is refused */
+} PaymentsCitusLayout;
+
+extern PaymentsCitusLayout payments_citus_layout(int32 *colocation);
+extern uint64 payments_citus_generation(void);
 extern bool payments_citus_manages_extension(char **tables);
 extern void payments_refuse_citus_extension(void);
 extern void payments_refuse_citus_guarded(Relation rel);

@@ -35,6 +35,7 @@
 
 #include "extension_catalog.h"
 
+#include "citus_shards.h"
 #include "citus_tables.h"
 
 #include "access/genam.h"
@@ -258,7 +259,11 @@ payments_schema_generation(void)
 	return schema_generation;
 }
 
-/* The OID of one of the extension's relations (table, index or sequence). */
+/*
+ * The OID of one of the extension's relations (table, index or sequence);
+ * while the tables are distributed, of its shard for the key the call
+ * entered (citus_shards.c).
+ */
 Oid
 payments_relation(PaymentsRelation which)
 {
@@ -266,6 +271,9 @@ payments_relation(PaymentsRelation which)
 	Oid			relid;
 
 	Assert(which >= 0 && which < PAYMENTS_NUM_RELATIONS);
+	relid = payments_shard_relation(which, relation_names[which]);
+	if (OidIsValid(relid))
+		return relid;
 	if (OidIsValid(relation_oids[which]))
 		return relation_oids[which];
 

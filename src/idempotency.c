@@ -58,6 +58,7 @@
 #include "payments.h"
 #include "fault.h"
 #include "args.h"
+#include "citus_shards.h"
 #include "extension_catalog.h"
 #include "fingerprint.h"
 #include "key_lock.h"
@@ -225,6 +226,7 @@ static const Oid key_column_types[KEY_NCOLUMNS] = {
 
 static AttrNumber key_columns[KEY_NCOLUMNS];
 static uint64 key_columns_generation = 0;	/* 0: not checked yet */
+static Oid	key_columns_relid = InvalidOid;	/* a shard has columns of its own */
 
 /*
  * The scope restrictions, as payments.idempotency_scopes last held them:
@@ -292,11 +294,13 @@ lookup_key(text *scope, text *key, const unsigned char *fingerprint,
 					 AccessShareLock);
 	index = index_open(payments_relation(PAYMENTS_REL_IDEMPOTENCY_KEYS_PKEY),
 					   AccessShareLock);
-	if (generation != key_columns_generation)
+	if (generation != key_columns_generation ||
+		RelationGetRelid(rel) != key_columns_relid)
 	{
 		payments_check_columns(rel, key_column_names, key_column_types,
 							   KEY_NCOLUMNS, key_columns);
 		key_columns_generation = generation;
+		key_columns_relid = RelationGetRelid(rel);
 	}
 	CommandCounterIncrement();
 	snapshot = RegisterSnapshot(GetTransactionSnapshot());
@@ -635,13 +639,12 @@ check_scope_key(FunctionCallInfo fcinfo, text **scope, text **key)
 }
 
 /*
- * payments.idempotency_begin(scope, key, request, ttl)
+ * payments.idempotency_begin(scope, key, request, ttl), once the key is
+ * entered (citus_shards.c)
  */
-Datum
-payments_idempotency_begin(PG_FUNCTION_ARGS)
+static Datum
+idempotency_begin(FunctionCallInfo fcinfo, text *scope, text *key)
 {
-	text	   *scope;
-	text	   *key;
 	Datum		ttl;
 	unsigned char fingerprint[PAYMENTS_FINGERPRINT_LEN];
 	bytea	   *hash;
@@ -650,7 +653,6 @@ payments_idempotency_begin(PG_FUNCTION_ARGS)
 	MemoryContext callcxt = CurrentMemoryContext;
 	PaymentsSavedUser saved;
 
-	check_scope_key(fcinfo, &scope, &key);
 	payments_arg_not_null(fcinfo, 2, "request");
 	ttl = payments_arg_interval(fcinfo, 3, "idempotency key TTL", IDEMPOTENCY_TTL_MAX_USECS);
 	payments_check_not_in_recovery();
@@ -729,6 +731,24 @@ payments_idempotency_begin(PG_FUNCTION_ARGS)
 								 strcmp(outcome, "started") == 0 ? NULL : &row));
 }
 
+/*
+ * payments.idempotency_begin(scope, key, request, ttl)
+ */
+Datum
+payments_idempotency_begin(PG_FUNCTION_ARGS)
+{
+	text	   *scope;
+	text	   *key;
+	PaymentsShardContext shard;
+	Datum		result;
+
+	check_scope_key(fcinfo, &scope, &key);
+	shard = payments_shard_enter(key, "idempotency key");
+	result = idempotency_begin(fcinfo, scope, key);
+	payments_shard_leave(shard);
+	return result;
+}
+
 /* The changes a started key can undergo */
 typedef enum KeyChange
 {
@@ -777,7 +797,9 @@ change_started_key(FunctionCallInfo fcinfo, text *scope, text *key,
 				   int nargs, const Oid *argtypes, Datum *values, int expected)
 {
 	PaymentsSavedUser saved;
+	PaymentsShardContext shard;
 
+	shard = payments_shard_enter(key, "idempotency key");
 	lock_key(scope, key);
 	payments_begin_as_owner(payments_function_owner(fcinfo->flinfo->fn_oid),
 							true, &saved);
@@ -789,6 +811,7 @@ change_started_key(FunctionCallInfo fcinfo, text *scope, text *key,
 		report_not_started(scope, key, change);
 	SPI_finish();
 	payments_end_as_owner(&saved);
+	payments_shard_leave(shard);
 }
 
 /*
@@ -869,31 +892,15 @@ payments_idempotency_abandon(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
-/*
- * payments.purge_idempotency_keys(max_rows)
- *
- * Deletes up to max_rows expired keys, oldest first; a started key whose
- * lease still runs is not expired, whatever its TTL.  Rows locked by a
- * transaction that is reusing an expired key are skipped, not waited for,
- * so a purge never blocks a request.
- */
-Datum
-payments_purge_idempotency_keys(PG_FUNCTION_ARGS)
+static int32
+purge_keys(int32 max_rows, void *arg)
 {
 	static const Oid argtypes[] = {INT4OID, TIMESTAMPTZOID};
 	Datum		values[2];
 	uint64		n;
 
-	values[0] = Int32GetDatum(payments_arg_int_range(fcinfo, 0, "max_rows",
-													 1, PG_INT32_MAX));
-	payments_check_not_in_recovery();
-
-	/*
-	 * The time is a parameter, not clock_timestamp(), so that it bounds the
-	 * index scan on expires_at instead of filtering every key.
-	 */
-	values[1] = TimestampTzGetDatum(GetCurrentTimestamp());
-
+	values[0] = Int32GetDatum(max_rows);
+	values[1] = TimestampTzGetDatum(*(TimestampTz *) arg);
 	SPI_connect();
 	payments_prepare(&purge_plan,
 					 "DELETE FROM @extschema@.idempotency_keys k"
@@ -908,7 +915,33 @@ payments_purge_idempotency_keys(PG_FUNCTION_ARGS)
 					 2, argtypes);
 	n = payments_execute(purge_plan, values, NULL, SPI_OK_DELETE, 0);
 	SPI_finish();
-	PG_RETURN_INT32((int32) n);
+	return (int32) n;
+}
+
+/*
+ * payments.purge_idempotency_keys(max_rows)
+ *
+ * Deletes up to max_rows expired keys, oldest first; a started key whose
+ * lease still runs is not expired, whatever its TTL.  Rows locked by a
+ * transaction that is reusing an expired key are skipped, not waited for,
+ * so a purge never blocks a request.  While the tables are distributed, of
+ * the shards this node holds.
+ */
+Datum
+payments_purge_idempotency_keys(PG_FUNCTION_ARGS)
+{
+	int32		max_rows = payments_arg_int_range(fcinfo, 0, "max_rows",
+												  1, PG_INT32_MAX);
+	TimestampTz now;
+
+	payments_check_not_in_recovery();
+
+	/*
+	 * The time is a parameter, not clock_timestamp(), so that it bounds the
+	 * index scan on expires_at instead of filtering every key.
+	 */
+	now = GetCurrentTimestamp();
+	PG_RETURN_INT32(payments_shard_batches(max_rows, purge_keys, &now));
 }
 
 /*

@@ -98,6 +98,7 @@
 
 #include "payments.h"
 #include "args.h"
+#include "citus_shards.h"
 #include "owner_rights.h"
 #include "spi_util.h"
 
@@ -167,6 +168,7 @@ payments_stock_set(PG_FUNCTION_ARGS)
 	text	   *sku;
 	int64		on_hand;
 	int32		slots = -1;
+	PaymentsShardContext shard;
 
 	sku = arg_sku(fcinfo, 0);
 	on_hand = payments_arg_int64_range(fcinfo, 1, "on_hand", 0,
@@ -176,9 +178,11 @@ payments_stock_set(PG_FUNCTION_ARGS)
 									   RESERVATION_SLOTS_MAX);
 	payments_check_not_in_recovery();
 
+	shard = payments_shard_enter(sku, "SKU");
 	SPI_connect();
 	payments_stock_set_units(sku, on_hand, slots);
 	SPI_finish();
+	payments_shard_leave(shard);
 	PG_RETURN_VOID();
 }
 
@@ -194,6 +198,7 @@ payments_stock_adjust(PG_FUNCTION_ARGS)
 	text	   *sku;
 	int64		delta;
 	int64		on_hand;
+	PaymentsShardContext shard;
 
 	sku = arg_sku(fcinfo, 0);
 	delta = payments_arg_int64_range(fcinfo, 1, "delta",
@@ -205,9 +210,11 @@ payments_stock_adjust(PG_FUNCTION_ARGS)
 				 errmsg("delta must not be zero")));
 	payments_check_not_in_recovery();
 
+	shard = payments_shard_enter(sku, "SKU");
 	SPI_connect();
 	on_hand = payments_stock_adjust_units(sku, delta);
 	SPI_finish();
+	payments_shard_leave(shard);
 	PG_RETURN_INT64(on_hand);
 }
 
@@ -221,6 +228,8 @@ payments_reserve(PG_FUNCTION_ARGS)
 	text	   *sku;
 	int64		qty;
 	Datum		ttl;
+	PaymentsShardContext shard;
+	int64		id;
 
 	order_ref = arg_order_ref(fcinfo, 0);
 	sku = arg_sku(fcinfo, 1);
@@ -229,8 +238,11 @@ payments_reserve(PG_FUNCTION_ARGS)
 	ttl = arg_ttl(fcinfo, 3);
 	payments_check_not_in_recovery();
 
-	PG_RETURN_INT64(payments_hold_reserve(fcinfo->flinfo->fn_oid, order_ref,
-										  sku, qty, ttl));
+	shard = payments_shard_enter(sku, "SKU");
+	id = payments_hold_reserve(fcinfo->flinfo->fn_oid, order_ref, sku, qty,
+							   ttl);
+	payments_shard_leave(shard);
+	PG_RETURN_INT64(id);
 }
 
 /*
@@ -320,6 +332,8 @@ payments_reserve_items(PG_FUNCTION_ARGS)
 	payments_arg_not_null(fcinfo, 1, "items");
 	items = PG_GETARG_JSONB_P(1);
 	ttl = arg_ttl(fcinfo, 2);
+	payments_shard_refuse("payments.reserve(text, jsonb, interval)",
+						  "Reserve each SKU with payments.reserve(order_ref, sku, qty, ttl) in one transaction: each call runs on the node of its SKU, and the transaction commits on all of them or none.");
 
 	if (!JB_ROOT_IS_ARRAY(items) || JB_ROOT_IS_SCALAR(items))
 		ereport(ERROR,
@@ -363,23 +377,44 @@ payments_reserve_items(PG_FUNCTION_ARGS)
 }
 
 /*
- * payments.confirm_reservation(id)
+ * The SKU a confirm or release by id names (argument 1 of the two-argument
+ * form), NULL for the one-argument form, which the distributed tables
+ * refuse: only the SKU tells which node holds the hold.
+ */
+static text *
+arg_hold_sku(FunctionCallInfo fcinfo, const char *function)
+{
+	if (PG_NARGS() > 1)
+		return arg_sku(fcinfo, 1);
+	payments_shard_refuse(function,
+						  "Name the hold's SKU too: SELECT payments.confirm_reservation(id, sku) or payments.release_reservation(id, sku).");
+	return NULL;
+}
+
+/*
+ * payments.confirm_reservation(id [, sku])
  *
  * true: the hold is now a sale.  false: it was confirmed before.  A hold
  * that was released, expired, or is past its TTL cannot be confirmed
- * (PM102).
+ * (PM102).  With a SKU, a hold of another SKU is unknown.
  */
 Datum
 payments_confirm_reservation(PG_FUNCTION_ARGS)
 {
 	int64		id = arg_reservation_id(fcinfo, 0);
+	text	   *sku = arg_hold_sku(fcinfo, "payments.confirm_reservation(bigint)");
+	PaymentsShardContext shard;
+	bool		result;
 
 	payments_check_not_in_recovery();
-	PG_RETURN_BOOL(payments_hold_confirm(id));
+	shard = payments_shard_enter(sku, "SKU");
+	result = payments_hold_confirm(id, sku);
+	payments_shard_leave(shard);
+	PG_RETURN_BOOL(result);
 }
 
 /*
- * payments.release_reservation(id)
+ * payments.release_reservation(id [, sku])
  *
  * true: the stock is back.  false: it was released or expired before.  A
  * confirmed hold cannot be released (PM104).
@@ -388,9 +423,15 @@ Datum
 payments_release_reservation(PG_FUNCTION_ARGS)
 {
 	int64		id = arg_reservation_id(fcinfo, 0);
+	text	   *sku = arg_hold_sku(fcinfo, "payments.release_reservation(bigint)");
+	PaymentsShardContext shard;
+	bool		result;
 
 	payments_check_not_in_recovery();
-	PG_RETURN_BOOL(payments_hold_release(id));
+	shard = payments_shard_enter(sku, "SKU");
+	result = payments_hold_release(id, sku);
+	payments_shard_leave(shard);
+	PG_RETURN_BOOL(result);
 }
 
 /*
@@ -404,6 +445,8 @@ payments_confirm_order(PG_FUNCTION_ARGS)
 {
 	text	   *order_ref = arg_order_ref(fcinfo, 0);
 
+	payments_shard_refuse("payments.confirm_order(text)",
+						  "Confirm each hold with payments.confirm_reservation(id, sku).");
 	payments_check_not_in_recovery();
 	PG_RETURN_INT32(payments_order_confirm(order_ref));
 }
@@ -419,15 +462,24 @@ payments_release_order(PG_FUNCTION_ARGS)
 {
 	text	   *order_ref = arg_order_ref(fcinfo, 0);
 
+	payments_shard_refuse("payments.release_order(text)",
+						  "Release each hold with payments.release_reservation(id, sku).");
 	payments_check_not_in_recovery();
 	PG_RETURN_INT32(payments_order_release(order_ref));
+}
+
+static int32
+expire_batch(int32 max_rows, void *arg)
+{
+	return payments_holds_expire(max_rows);
 }
 
 /*
  * payments.expire_reservations(max_rows)
  *
  * Gives back the stock of up to max_rows holds past their TTL and returns
- * how many it expired, without ever waiting for a lock.
+ * how many it expired, without ever waiting for a lock.  While the tables
+ * are distributed, of the shards this node holds.
  */
 Datum
 payments_expire_reservations(PG_FUNCTION_ARGS)
@@ -436,5 +488,5 @@ payments_expire_reservations(PG_FUNCTION_ARGS)
 												  1, PG_INT32_MAX);
 
 	payments_check_not_in_recovery();
-	PG_RETURN_INT32(payments_holds_expire(max_rows));
+	PG_RETURN_INT32(payments_shard_batches(max_rows, expire_batch, NULL));
 }

@@ -67,8 +67,8 @@ reservation_compare_sku(const text *a, const text *b)
 /* reservation_holds.c */
 extern int64 payments_hold_reserve(Oid fn_oid, text *order_ref, text *sku,
 								   int64 qty, Datum ttl);
-extern bool payments_hold_confirm(int64 id);
-extern bool payments_hold_release(int64 id);
+extern bool payments_hold_confirm(int64 id, text *sku);
+extern bool payments_hold_release(int64 id, text *sku);
 extern int	payments_order_confirm(text *order_ref);
 extern int	payments_order_release(text *order_ref);
 extern int	payments_holds_expire(int32 max_rows);

@@ -16,6 +16,7 @@
 #include "postgres.h"
 
 #include "reservation.h"
+#include "citus_shards.h"
 #include "extension_catalog.h"
 #include "fault.h"
 #include "spi_util.h"
@@ -144,7 +145,8 @@ insert_hold(text *order_ref, text *sku, int64 qty, Datum ttl)
 	reservation_call_begin(&call, RESERVATION_TABLE_RESERVATIONS, CMD_INSERT,
 						   NULL, 0);
 	row = payments_direct_slot(&call.dw);
-	id = nextval_internal(payments_relation(PAYMENTS_REL_RESERVATIONS_ID_SEQ), false);
+	id = payments_shard_unique_id(nextval_internal(payments_relation(PAYMENTS_REL_RESERVATIONS_ID_SEQ),
+												   false));
 	memset(row->tts_isnull, false, sizeof(bool) * HOLDS_NATTS);
 	row->tts_values[HOLD_ATT_ID - 1] = Int64GetDatum(id);
 	row->tts_values[HOLD_ATT_ORDER_REF - 1] = PointerGetDatum(order_ref);
@@ -201,26 +203,46 @@ hold_state(TupleTableSlot *row)
  * HOLD_NONE.  Two confirms of one hold are serialized by its row lock.
  */
 static HoldState
-confirm_hold(int64 id)
+confirm_hold(int64 id, text *sku)
 {
 	static const AttrNumber written[] = {HOLD_ATT_STATE, HOLD_ATT_RESOLVED};
 	RowCall		call;
 	TupleTableSlot *row;
-	ScanKeyData key;
+	ScanKeyData keys[2];
+	int			nkeys = 0;
 	IndexScanDesc scan;
 	bool		found;
+	bool		isnull;
 	HoldState	state = HOLD_NONE;
 
 	reservation_call_begin(&call, RESERVATION_TABLE_RESERVATIONS, CMD_UPDATE,
 						   written, lengthof(written));
 	row = payments_direct_table_slot(&call.dw);
 
-	ScanKeyInit(&key, HOLD_ATT_ID, BTEqualStrategyNumber, F_INT8EQ,
+	/*
+	 * The key's columns are numbered as in the index: (id), or (sku, id)
+	 * once distributed (reservation_tables.c checked which).
+	 */
+	if (IndexRelationGetNumberOfKeyAttributes(call.pkey) == 2)
+	{
+		if (sku == NULL)
+			elog(ERROR, "a hold of a distributed table needs its SKU");
+		ScanKeyInit(&keys[nkeys++], 1, BTEqualStrategyNumber, F_TEXTEQ,
+					PointerGetDatum(sku));
+	}
+	ScanKeyInit(&keys[nkeys], nkeys + 1, BTEqualStrategyNumber, F_INT8EQ,
 				Int64GetDatum(id));
-	scan = index_beginscan(call.rel, call.pkey, call.snapshot, 1, 0);
-	index_rescan(scan, &key, 1, NULL, 0);
+	nkeys++;
+	scan = index_beginscan(call.rel, call.pkey, call.snapshot, nkeys, 0);
+	index_rescan(scan, keys, nkeys, NULL, 0);
 	found = index_getnext_slot(scan, ForwardScanDirection, row);
 	index_endscan(scan);
+
+	/* a hold of another SKU is not the one the caller named */
+	if (found && sku != NULL &&
+		reservation_compare_sku(DatumGetTextPP(slot_getattr(row, HOLD_ATT_SKU, &isnull)),
+								sku) != 0)
+		found = false;
 
 	/*
 	 * Only a live hold can still be confirmed, so only it is locked:
@@ -256,9 +278,9 @@ confirm_hold(int64 id)
  * cannot be confirmed (PM102).
  */
 bool
-payments_hold_confirm(int64 id)
+payments_hold_confirm(int64 id, text *sku)
 {
-	switch (confirm_hold(id))
+	switch (confirm_hold(id, sku))
 	{
 		case HOLD_HELD:
 			return true;
@@ -283,19 +305,21 @@ payments_hold_confirm(int64 id)
  * HOLD_LAPSED for a hold past its TTL.  The caller is connected to SPI.
  */
 static HoldState
-lookup_state(int64 id)
+lookup_state(int64 id, text *sku)
 {
-	static const Oid argtypes[] = {INT8OID};
-	Datum		values[1] = {Int64GetDatum(id)};
+	static const Oid argtypes[] = {INT8OID, TEXTOID};
+	Datum		values[2] = {Int64GetDatum(id), PointerGetDatum(sku)};
+	const char	nulls[2] = {' ', sku ? ' ' : 'n'};
 	HeapTuple	tup;
 	bool		isnull;
 	HoldState	state;
 
 	payments_prepare(&lookup_plan,
 					 "SELECT state, expires_at <= pg_catalog.clock_timestamp()"
-					 " FROM @extschema@.reservations WHERE id = $1",
-					 1, argtypes);
-	if (payments_execute(lookup_plan, values, NULL, SPI_OK_SELECT, 0) == 0)
+					 " FROM @extschema@.reservations"
+					 " WHERE id = $1 AND ($2 IS NULL OR sku = $2)",
+					 2, argtypes);
+	if (payments_execute(lookup_plan, values, nulls, SPI_OK_SELECT, 0) == 0)
 		report_unknown_reservation(id);
 	tup = SPI_tuptable->vals[0];
 	state = hold_state_of(DatumGetTextPP(SPI_getbinval(tup, SPI_tuptable->tupdesc,
@@ -312,25 +336,25 @@ lookup_state(int64 id)
  * (PM104).  A hold past its TTL that nothing has expired yet is released.
  */
 bool
-payments_hold_release(int64 id)
+payments_hold_release(int64 id, text *sku)
 {
-	static const Oid argtypes[] = {INT8OID};
-	Datum		values[1];
+	static const Oid argtypes[] = {INT8OID, TEXTOID};
+	Datum		values[2] = {Int64GetDatum(id), PointerGetDatum(sku)};
+	const char	nulls[2] = {' ', sku ? ' ' : 'n'};
 	bool		result;
 
 	SPI_connect();
 	payments_prepare(&release_one_plan,
 					 "UPDATE @extschema@.reservations"
 					 " SET state = 'released', resolved_at = pg_catalog.clock_timestamp()"
-					 " WHERE id = $1 AND state = 'held'"
+					 " WHERE id = $1 AND ($2 IS NULL OR sku = $2) AND state = 'held'"
 					 " RETURNING sku, qty",
-					 1, argtypes);
-	values[0] = Int64GetDatum(id);
+					 2, argtypes);
 	for (;;)
 	{
 		HoldState	state;
 
-		if (payments_execute(release_one_plan, values, NULL,
+		if (payments_execute(release_one_plan, values, nulls,
 							 SPI_OK_UPDATE_RETURNING, 0) == 1)
 		{
 			bool		isnull;
@@ -348,7 +372,7 @@ payments_hold_release(int64 id)
 		 * The UPDATE found no held row.  A hold committed after its
 		 * snapshot still reads as held here, so it is tried again.
 		 */
-		state = lookup_state(id);
+		state = lookup_state(id, sku);
 		if (state == HOLD_CONFIRMED)
 			report_confirmed(id);
 		if (state == HOLD_RELEASED || state == HOLD_EXPIRED)
@@ -489,7 +513,7 @@ payments_order_confirm(text *order_ref)
 	/* every row is locked, so a hold can only have run past its TTL since */
 	for (int i = 0; i < nheld; i++)
 	{
-		HoldState	found = confirm_hold(ids[i]);
+		HoldState	found = confirm_hold(ids[i], NULL);
 
 		if (found == HOLD_LAPSED)
 			report_order_expired(order_ref, ids[i]);

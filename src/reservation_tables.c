@@ -31,6 +31,7 @@
 #include "postgres.h"
 
 #include "reservation.h"
+#include "citus_shards.h"
 #include "extension_catalog.h"
 #include "spi_util.h"
 
@@ -43,6 +44,8 @@
 
 static const char *const slots_names[SLOTS_NATTS] = {"sku", "slot", "available"};
 static const Oid slots_types[SLOTS_NATTS] = {TEXTOID, INT4OID, INT8OID};
+
+static const AttrNumber sharded_hold_key[2] = {HOLD_ATT_SKU, HOLD_ATT_ID};
 
 static const char *const holds_names[HOLDS_NATTS] = {
 	"id", "order_ref", "sku", "qty", "state", "expires_at", "created_at",
@@ -83,8 +86,13 @@ reservation_call_begin(RowCall *call, ReservationTable table, CmdType cmd,
 	for (int i = 0; i < call->dw.rri->ri_NumIndices; i++)
 		if (call->dw.rri->ri_IndexRelationDescs[i]->rd_index->indisprimary)
 			call->pkey = call->dw.rri->ri_IndexRelationDescs[i];
-	/* (sku, slot) and (id) */
-	payments_check_key_index(call->rel, call->pkey, NULL, slots ? 2 : 1);
+	/* (sku, slot) and (id), or (sku, id) once distributed by sku */
+	if (slots)
+		payments_check_key_index(call->rel, call->pkey, NULL, 2);
+	else if (payments_shards_distributed())
+		payments_check_key_index(call->rel, call->pkey, sharded_hold_key, 2);
+	else
+		payments_check_key_index(call->rel, call->pkey, NULL, 1);
 }
 
 void

@@ -27,6 +27,7 @@
 
 #include "retention.h"
 #include "args.h"
+#include "citus_shards.h"
 #include "spi_util.h"
 
 #include <limits.h>
@@ -58,12 +59,13 @@ typedef struct RetentionPurge
 {
 	const char *what;
 	int		   *retention;
+	bool		sharded;		/* its tables are distributed by payments.distribute() */
 	const char *sql;
 	SPIPlanPtr	plan;
 } RetentionPurge;
 
 static RetentionPurge purges[] = {
-	{"reservations", &reservation_retention,
+	{"reservations", &reservation_retention, true,
 		"WITH gone AS (DELETE FROM @extschema@.reservations WHERE id = ANY (ARRAY("
 		"  SELECT id FROM @extschema@.reservations"
 		"   WHERE state <> 'held' AND resolved_at < pg_catalog.now() - $2 * interval '1 second'"
@@ -73,7 +75,7 @@ static RetentionPurge purges[] = {
 		"  FROM (SELECT sku, sum(qty) AS qty FROM gone WHERE state = 'confirmed'"
 		"        GROUP BY sku) g WHERE s.sku = g.sku)"
 		" SELECT count(*) FROM gone", NULL},
-	{"compensations", &compensation_retention,
+	{"compensations", &compensation_retention, false,
 		"WITH gone AS (DELETE FROM @extschema@.compensations WHERE id = ANY (ARRAY("
 		"  SELECT id FROM @extschema@.compensations"
 		"   WHERE finished_at IS NOT NULL"
@@ -88,7 +90,7 @@ static RetentionPurge purges[] = {
 		" attempts AS (DELETE FROM @extschema@.compensation_attempts a"
 		"  USING gone WHERE a.compensation_id = gone.id)"
 		" SELECT count(*) FROM gone", NULL},
-	{"sagas", &saga_retention,
+	{"sagas", &saga_retention, false,
 		"WITH doomed AS (SELECT g.owner, g.saga_id FROM @extschema@.saga_state g"
 		"   WHERE g.status <> 'running'"
 		"    AND g.finished_at < pg_catalog.now() - $2 * interval '1 second'"
@@ -102,7 +104,7 @@ static RetentionPurge purges[] = {
 		" gone AS (DELETE FROM @extschema@.saga_state g USING doomed d"
 		"  WHERE g.owner = d.owner AND g.saga_id = d.saga_id RETURNING 1)"
 		" SELECT count(*) FROM gone", NULL},
-	{"check_results", &check_retention,
+	{"check_results", &check_retention, false,
 		"WITH gone AS (DELETE FROM @extschema@.check_results WHERE id = ANY (ARRAY("
 		"  SELECT id FROM @extschema@.check_results"
 		"   WHERE cleared_at IS NOT NULL"
@@ -115,7 +117,7 @@ static RetentionPurge purges[] = {
 	 * by id: the statement reads no more than max_rows of them, even when
 	 * none is old enough.
 	 */
-	{"state_history", &history_retention,
+	{"state_history", &history_retention, false,
 		"WITH gone AS (DELETE FROM @extschema@.state_history WHERE id = ANY (ARRAY("
 		"  SELECT h.id FROM (SELECT id, changed_at FROM @extschema@.state_history"
 		"    ORDER BY id LIMIT $1) h"
@@ -157,21 +159,49 @@ retention_init(void)
 					 &history_retention, 0);
 }
 
-/* One batch of one purge; 0 if its retention is 0 (keep for ever). */
-static int64
-purge_one(RetentionPurge *purge, int32 max_rows)
+/* One batch of one purge, on one shard of its tables if they are distributed */
+typedef struct PurgeBatch
 {
+	RetentionPurge *purge;
+	int32		max_rows;
+	int64		largest;
+} PurgeBatch;
+
+static void
+purge_batch(void *arg)
+{
+	PurgeBatch *batch = (PurgeBatch *) arg;
+	RetentionPurge *purge = batch->purge;
 	Datum		values[2];
 	bool		isnull;
+	int64		n;
 
-	if (*purge->retention <= 0)
-		return 0;
-	values[0] = Int32GetDatum(max_rows);
+	values[0] = Int32GetDatum(batch->max_rows);
 	values[1] = Int32GetDatum(*purge->retention);
 	payments_prepare(&purge->plan, purge->sql, 2, (Oid[]) {INT4OID, INT4OID});
 	payments_execute(purge->plan, values, NULL, SPI_OK_SELECT, 0);
-	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-									   SPI_tuptable->tupdesc, 1, &isnull));
+	n = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+									SPI_tuptable->tupdesc, 1, &isnull));
+	batch->largest = Max(batch->largest, n);
+}
+
+/*
+ * One batch of one purge (one per shard this node holds, if its tables are
+ * distributed); the largest batch, 0 if its retention is 0 (keep for
+ * ever).
+ */
+static int64
+purge_one(RetentionPurge *purge, int32 max_rows)
+{
+	PurgeBatch	batch = {purge, max_rows, 0};
+
+	if (*purge->retention <= 0)
+		return 0;
+	if (purge->sharded)
+		payments_shard_foreach_local(purge_batch, &batch);
+	else
+		purge_batch(&batch);
+	return batch.largest;
 }
 
 /*

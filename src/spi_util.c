@@ -16,8 +16,11 @@
 
 #include "spi_util.h"
 
+#include "citus_shards.h"
 #include "extension_catalog.h"
 #include "access/xact.h"
+#include "utils/builtins.h"
+#include "utils/hsearch.h"
 #include "lib/stringinfo.h"
 #include "utils/memutils.h"
 #include "utils/resowner.h"
@@ -33,6 +36,26 @@ static SPIPlanPtr **kept_caches = NULL;
 static int	nkept = 0;
 static int	kept_capacity = 0;
 static uint64 kept_generation = 0;
+static bool kept_distributed = false;
+
+/*
+ * While the tables are distributed, a query that names one of them is
+ * prepared once per shard of the key entered (citus_shards.c), and kept
+ * here rather than in the caller's cache.
+ */
+typedef struct ShardPlanKey
+{
+	SPIPlanPtr *cache;
+	int64		shard;
+} ShardPlanKey;
+
+typedef struct ShardPlan
+{
+	ShardPlanKey key;
+	SPIPlanPtr	plan;
+} ShardPlan;
+
+static HTAB *shard_plans = NULL;
 
 static void
 remember_cache(SPIPlanPtr *cache)
@@ -54,9 +77,11 @@ remember_cache(SPIPlanPtr *cache)
  * The query text with every "@extschema@" replaced by the extension's
  * schema, quoted: queries never find the extension's tables through a
  * schema name that someone else could have given to a schema of theirs.
+ * While the tables are distributed, a distributed table becomes its shard
+ * for the key entered (*sharded is then set).
  */
 static char *
-with_schema(const char *sql)
+with_schema_sharded(const char *sql, bool *sharded)
 {
 	const char *marker = "@extschema@";
 	const char *schema = payments_schema_quoted();
@@ -64,15 +89,60 @@ with_schema(const char *sql)
 	const char *p = sql;
 	const char *hit;
 
+	*sharded = false;
 	initStringInfo(&buf);
 	while ((hit = strstr(p, marker)) != NULL)
 	{
+		const char *name = hit + strlen(marker) + 1;
+		int			len = 0;
+		char	   *shard = NULL;
+
 		appendBinaryStringInfo(&buf, p, hit - p);
 		appendStringInfoString(&buf, schema);
 		p = hit + strlen(marker);
+		if (*p != '.')
+			continue;
+		while ((name[len] >= 'a' && name[len] <= 'z') || name[len] == '_')
+			len++;
+		shard = payments_shard_table_name(name, len);
+		if (shard != NULL)
+		{
+			appendStringInfo(&buf, ".%s", quote_identifier(shard));
+			p = name + len;
+			*sharded = true;
+		}
 	}
 	appendStringInfoString(&buf, p);
 	return buf.data;
+}
+
+static char *
+with_schema(const char *sql)
+{
+	bool		sharded;
+
+	return with_schema_sharded(sql, &sharded);
+}
+
+static SPIPlanPtr
+prepare_kept(const char *text, int nargs, const Oid *argtypes)
+{
+	SPIPlanPtr	plan;
+
+	/*
+	 * Always the generic plan: every query here is a key lookup whose best
+	 * plan does not depend on the values, and the plan cache would
+	 * otherwise plan some of them afresh on every call when it guesses a
+	 * custom plan to be cheaper.
+	 */
+	plan = SPI_prepare_cursor(text, nargs, (Oid *) argtypes,
+							  CURSOR_OPT_GENERIC_PLAN);
+	if (plan == NULL)
+		elog(ERROR, "could not prepare query \"%s\": %s",
+			 text, SPI_result_code_string(SPI_result));
+	if (SPI_keepplan(plan) != 0)
+		elog(ERROR, "could not keep prepared query \"%s\"", text);
+	return plan;
 }
 
 SPIPlanPtr
@@ -81,36 +151,73 @@ payments_prepare(SPIPlanPtr *cache, const char *sql, int nargs,
 {
 	SPIPlanPtr	plan;
 	uint64		generation = payments_schema_generation();
+	bool		distributed = payments_shards_distributed();
+	ShardPlanKey key;
+	ShardPlan  *entry = NULL;
+	bool		found;
+	bool		sharded;
 	char	   *text;
 
-	if (generation != kept_generation)
+	if (generation != kept_generation || distributed != kept_distributed)
 	{
 		for (int i = 0; i < nkept; i++)
 			*kept_caches[i] = NULL;
 		nkept = 0;
+		if (shard_plans != NULL)
+			hash_destroy(shard_plans);
+		shard_plans = NULL;
 		kept_generation = generation;
+		kept_distributed = distributed;
 	}
-	if (*cache != NULL)
-		return *cache;
+	if (!distributed)
+	{
+		if (*cache != NULL)
+			return *cache;
+		text = with_schema_sharded(sql, &sharded);
+		plan = prepare_kept(text, nargs, argtypes);
+		pfree(text);
+		remember_cache(cache);
+		*cache = plan;
+		return plan;
+	}
 
 	/*
-	 * Always the generic plan: every query here is a key lookup whose best
-	 * plan does not depend on the values, and the plan cache would
-	 * otherwise plan some of them afresh on every call when it guesses a
-	 * custom plan to be cheaper.
+	 * Distributed: the plan is found under (cache, 0) if its query names no
+	 * distributed table, else under (cache, shard of the key entered).  The
+	 * caller's cache holds the one last returned, which callers read.
 	 */
-	text = with_schema(sql);
-	plan = SPI_prepare_cursor(text, nargs, (Oid *) argtypes,
-							  CURSOR_OPT_GENERIC_PLAN);
-	if (plan == NULL)
-		elog(ERROR, "could not prepare query \"%s\": %s",
-			 text, SPI_result_code_string(SPI_result));
-	if (SPI_keepplan(plan) != 0)
-		elog(ERROR, "could not keep prepared query \"%s\"", text);
-	pfree(text);
-	remember_cache(cache);
-	*cache = plan;
-	return plan;
+	if (shard_plans == NULL)
+	{
+		HASHCTL		ctl;
+
+		ctl.keysize = sizeof(ShardPlanKey);
+		ctl.entrysize = sizeof(ShardPlan);
+		ctl.hcxt = TopMemoryContext;
+		shard_plans = hash_create("payments shard plans", 256, &ctl,
+								  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	}
+	memset(&key, 0, sizeof(key));
+	key.cache = cache;
+	entry = hash_search(shard_plans, &key, HASH_FIND, NULL);
+	if (entry == NULL)
+	{
+		key.shard = payments_shard_current();
+		entry = hash_search(shard_plans, &key, HASH_FIND, NULL);
+	}
+	if (entry == NULL)
+	{
+		text = with_schema_sharded(sql, &sharded);
+		plan = prepare_kept(text, nargs, argtypes);
+		pfree(text);
+		if (!sharded)
+			key.shard = 0;
+		entry = hash_search(shard_plans, &key, HASH_ENTER, &found);
+		entry->plan = plan;
+	}
+	if (*cache == NULL)
+		remember_cache(cache);
+	*cache = entry->plan;
+	return entry->plan;
 }
 
 /*

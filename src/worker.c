@@ -28,6 +28,7 @@
 #include "worker.h"
 #include "compensation.h"
 #include "extension_catalog.h"
+#include "citus_shards.h"
 #include "citus_tables.h"
 #include "owner_rights.h"
 #include "spi_util.h"
@@ -403,23 +404,65 @@ set_application_name(void)
  * time of its own (sagas', TCC branches' and history's purges) waits for
  * worker_naptime.
  */
+static SPIPlanPtr next_due_plan = NULL;
+static SPIPlanPtr next_due_shard_plan = NULL;
+
+/* The earlier of two due times, 0 meaning none */
+static TimestampTz
+earlier_due(TimestampTz a, TimestampTz b)
+{
+	if (a == 0)
+		return b;
+	if (b == 0)
+		return a;
+	return Min(a, b);
+}
+
+/* Run a due time's query (no arguments, one row) and lower *due to it */
+static void
+lower_due_by(SPIPlanPtr plan, TimestampTz *due)
+{
+	bool		isnull;
+	Datum		value;
+
+	payments_execute(plan, NULL, NULL, SPI_OK_SELECT, 1);
+	value = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	if (!isnull)
+		*due = earlier_due(*due, DatumGetTimestampTz(value));
+}
+
+/* The due times kept in the reservation and idempotency tables, of one shard */
+static void
+read_next_due_shard(void *arg)
+{
+	payments_prepare(&next_due_shard_plan,
+					 "SELECT LEAST("
+					 " (SELECT min(r.expires_at) FROM @extschema@.reservations r"
+					 "   WHERE r.state = 'held'),"
+					 " (SELECT GREATEST(i.expires_at, i.lease_expires_at)"
+					 "   FROM @extschema@.idempotency_keys i ORDER BY i.expires_at LIMIT 1),"
+					 " (SELECT r.resolved_at FROM @extschema@.reservations r"
+					 "   WHERE r.state <> 'held' ORDER BY r.resolved_at LIMIT 1)"
+					 "  + NULLIF(pg_catalog.current_setting('payments.reservation_retention')::interval, '0'))",
+					 0, NULL);
+	lower_due_by(next_due_shard_plan, (TimestampTz *) arg);
+}
+
 static TimestampTz
 read_next_due(void)
 {
-	static SPIPlanPtr plan = NULL;
 	TimestampTz result = 0;
-	bool		isnull;
-	Datum		value;
 	HeapTuple	tup;
 	Oid			owner;
 	PaymentsSavedUser saved;
 
 	/*
 	 * Read as the tables' owner: payments.worker_role needs EXECUTE on the
-	 * tasks, not SELECT on every table.
+	 * tasks, not SELECT on every table.  The sequence is never distributed,
+	 * and has its table's owner.
 	 */
 	tup = SearchSysCache1(RELOID,
-						  ObjectIdGetDatum(payments_relation(PAYMENTS_REL_RESERVATIONS)));
+						  ObjectIdGetDatum(payments_relation(PAYMENTS_REL_RESERVATIONS_ID_SEQ)));
 	if (!HeapTupleIsValid(tup))
 		return 0;
 	owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
@@ -427,10 +470,8 @@ read_next_due(void)
 
 	payments_begin_as_owner(owner, true, &saved);
 	SPI_connect();
-	payments_prepare(&plan,
+	payments_prepare(&next_due_plan,
 					 "SELECT LEAST("
-					 " (SELECT min(r.expires_at) FROM @extschema@.reservations r"
-					 "   WHERE r.state = 'held'),"
 					 " (SELECT c.next_attempt_at FROM @extschema@.compensations c"
 					 "   WHERE c.finished_at IS NULL AND c.status = 'pending'"
 					 "    AND c.handler <> ALL (ARRAY(SELECT e.handler FROM @extschema@.external_handlers e))"
@@ -440,11 +481,6 @@ read_next_due(void)
 					 " (SELECT min(g.timeout_at) FROM @extschema@.saga_state g"
 					 "   WHERE g.status = 'running'),"
 					 " (SELECT min(k.next_run_at) FROM @extschema@.checks k),"
-					 " (SELECT GREATEST(i.expires_at, i.lease_expires_at)"
-					 "   FROM @extschema@.idempotency_keys i ORDER BY i.expires_at LIMIT 1),"
-					 " (SELECT r.resolved_at FROM @extschema@.reservations r"
-					 "   WHERE r.state <> 'held' ORDER BY r.resolved_at LIMIT 1)"
-					 "  + NULLIF(pg_catalog.current_setting('payments.reservation_retention')::interval, '0'),"
 					 " (SELECT c.finished_at FROM @extschema@.compensations c"
 					 "   WHERE c.finished_at IS NOT NULL AND c.status IN ('succeeded', 'cancelled')"
 					 "    AND NOT EXISTS (SELECT FROM @extschema@.compensations n"
@@ -456,10 +492,8 @@ read_next_due(void)
 					 " (SELECT min(e.first_delivered_at) FROM @extschema@.callbacks e)"
 					 "  + NULLIF(pg_catalog.current_setting('payments.callback_retention')::interval, '0'))",
 					 0, NULL);
-	payments_execute(plan, NULL, NULL, SPI_OK_SELECT, 1);
-	value = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	if (!isnull)
-		result = DatumGetTimestampTz(value);
+	lower_due_by(next_due_plan, &result);
+	payments_shard_foreach_local(read_next_due_shard, &result);
 	SPI_finish();
 	payments_end_as_owner(&saved);
 	return result;

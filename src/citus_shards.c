@@ -1,0 +1,623 @@
+/*-------------------------------------------------------------------------
+ *
+ * citus_shards.c
+ *	  In the layout payments.distribute() makes: which shards a key
+ *	  belongs to, whether this node holds them, and the key a call is
+ *	  working on.
+ *
+ * Every call that reads or writes a distributed table of the extension
+ * works on one key, a SKU or an idempotency key, and payments.distribute()
+ * makes each such function a distributed function that Citus sends to the
+ * node holding the key's shard.  There the call enters its key, and from
+ * then on the extension's relations (payments_relation) and the tables
+ * its plans name (spi_util.c) are that key's shards on this node: plain
+ * tables, read and written exactly as the local tables are without Citus.
+ * A key whose shards are on another node is refused, never reached
+ * through a shell.
+ *
+ * The shards' hash ranges and placements come from Citus's metadata
+ * (pg_dist_shard, pg_dist_placement, pg_dist_local_group), read once and
+ * kept until Citus invalidates one of the extension's tables
+ * (citus_tables.c).  A key is hashed as Citus hashes it: with its type's
+ * hash function, in the column's collation ("C").
+ *
+ * The key entered is forgotten when the call leaves it, and when the
+ * transaction, or the subtransaction it was entered in, aborts.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "citus_shards.h"
+#include "citus_tables.h"
+
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_collation.h"
+#include "catalog/pg_namespace.h"
+#include "catalog/pg_type.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/typcache.h"
+
+/* The distributed tables, all in one co-location group */
+typedef enum ShardTable
+{
+	SHARD_STOCK,
+	SHARD_STOCK_SLOTS,
+	SHARD_RESERVATIONS,
+	SHARD_IDEMPOTENCY_KEYS,
+	SHARD_NUM_TABLES
+} ShardTable;
+
+static const char *const shard_table_names[SHARD_NUM_TABLES] = {
+	"stock", "stock_slots", "reservations", "idempotency_keys"
+};
+
+/* One hash range of the co-location group: a shard of each table */
+typedef struct ShardRange
+{
+	int32		min;
+	int32		max;
+	bool		local;			/* placed on this node */
+	int64		shardid[SHARD_NUM_TABLES];
+	Oid			relids[PAYMENTS_NUM_RELATIONS]; /* resolved when first used */
+} ShardRange;
+
+/* The ranges in hash order (TopMemoryContext), valid for map_generation */
+static ShardRange *ranges = NULL;
+static int	nranges = 0;
+static bool map_valid = false;
+static uint64 map_generation = 0;
+
+/* This node's Citus group, which numbers the holds it inserts */
+static int32 map_group = 0;
+
+/* The reference table of scope restrictions: its shard, if on this node */
+static int64 scopes_shardid = 0;
+static bool scopes_local = false;
+static Oid	scopes_relid = InvalidOid;
+
+/* The range of the key entered, -1 for none, and where it was entered */
+static int	current_range = -1;
+static SubTransactionId current_subid = InvalidSubTransactionId;
+static bool callbacks_registered = false;
+
+static void
+shard_xact_callback(XactEvent event, void *arg)
+{
+	current_range = -1;
+}
+
+static void
+shard_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+					   SubTransactionId parentSubid, void *arg)
+{
+	if (event == SUBXACT_EVENT_ABORT_SUB && current_range >= 0 &&
+		current_subid >= mySubid)
+		current_range = -1;
+}
+
+/* Whether the extension's tables are in the layout payments.distribute() makes. */
+bool
+payments_shards_distributed(void)
+{
+	return payments_citus_layout(NULL) == PAYMENTS_CITUS_DISTRIBUTED;
+}
+
+static ShardTable
+shard_table_of(const char *name)
+{
+	for (int t = 0; t < SHARD_NUM_TABLES; t++)
+		if (strcmp(name, shard_table_names[t]) == 0)
+			return (ShardTable) t;
+	return SHARD_NUM_TABLES;
+}
+
+/* Column attname of a Citus catalog, which must have it. */
+static AttrNumber
+catalog_column(Oid rel, const char *attname)
+{
+	AttrNumber	att = get_attnum(rel, attname);
+
+	if (att == InvalidAttrNumber)
+		elog(ERROR, "Citus catalog \"%s\" has no column \"%s\"",
+			 get_rel_name(rel), attname);
+	return att;
+}
+
+static Oid
+citus_catalog(const char *name)
+{
+	Oid			relid = get_relname_relid(name, PG_CATALOG_NAMESPACE);
+
+	if (!OidIsValid(relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("Citus catalog \"pg_catalog.%s\" does not exist", name)));
+	return relid;
+}
+
+/* This node's group id, from pg_dist_local_group */
+static int32
+local_group(void)
+{
+	Oid			relid = citus_catalog("pg_dist_local_group");
+	AttrNumber	att = catalog_column(relid, "groupid");
+	Relation	rel = table_open(relid, AccessShareLock);
+	SysScanDesc scan = systable_beginscan(rel, InvalidOid, false, NULL, 0, NULL);
+	HeapTuple	tup = systable_getnext(scan);
+	int32		group = -1;
+	bool		isnull;
+
+	if (HeapTupleIsValid(tup))
+	{
+		Datum		d = heap_getattr(tup, att, RelationGetDescr(rel), &isnull);
+
+		if (!isnull)
+			group = DatumGetInt32(d);
+	}
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return group;
+}
+
+/* Whether pg_dist_placement places shardid on group */
+static bool
+placed_on(int64 shardid, int32 group)
+{
+	Oid			relid = citus_catalog("pg_dist_placement");
+	AttrNumber	att_shard = catalog_column(relid, "shardid");
+	AttrNumber	att_group = catalog_column(relid, "groupid");
+	Relation	rel = table_open(relid, AccessShareLock);
+	SysScanDesc scan = systable_beginscan(rel, InvalidOid, false, NULL, 0, NULL);
+	HeapTuple	tup;
+	bool		found = false;
+
+	while (!found && HeapTupleIsValid(tup = systable_getnext(scan)))
+	{
+		bool		null1;
+		bool		null2;
+		Datum		s = heap_getattr(tup, att_shard, RelationGetDescr(rel), &null1);
+		Datum		g = heap_getattr(tup, att_group, RelationGetDescr(rel), &null2);
+
+		found = !null1 && !null2 && DatumGetInt64(s) == shardid &&
+			DatumGetInt32(g) == group;
+	}
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return found;
+}
+
+static int
+shard_range_cmp(const void *a, const void *b)
+{
+	int32		x = ((const ShardRange *) a)->min;
+	int32		y = ((const ShardRange *) b)->min;
+
+	return (x > y) - (x < y);
+}
+
+static void
+report_inconsistent(void)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("Citus's shards of the extension's distributed tables do not match"),
+			 errdetail("The tables payments.distribute() distributes must have the same hash ranges, one shard of each per range."),
+			 errhint("Distribute them again with payments.distribute().")));
+}
+
+/* The shards' ranges and placements, read afresh from Citus's metadata. */
+static void
+map_load(void)
+{
+	Oid			schema = payments_schema_oid();
+	Oid			shells[SHARD_NUM_TABLES];
+	Oid			scopes_shell = get_relname_relid("idempotency_scopes", schema);
+	Oid			relid = citus_catalog("pg_dist_shard");
+	AttrNumber	att_rel = catalog_column(relid, "logicalrelid");
+	AttrNumber	att_shard = catalog_column(relid, "shardid");
+	AttrNumber	att_min = catalog_column(relid, "shardminvalue");
+	AttrNumber	att_max = catalog_column(relid, "shardmaxvalue");
+	Relation	rel;
+	SysScanDesc scan;
+	HeapTuple	tup;
+	ShardRange *found;
+	int			nfound = 0;
+	int			cap = 64;
+	int			per_table[SHARD_NUM_TABLES] = {0};
+	int32		group;
+	uint64		generation;
+
+	do
+	{
+		generation = payments_citus_generation();
+		for (int t = 0; t < SHARD_NUM_TABLES; t++)
+			shells[t] = get_relname_relid(shard_table_names[t], schema);
+		group = local_group();
+		found = palloc0(sizeof(ShardRange) * cap);
+		nfound = 0;
+		memset(per_table, 0, sizeof(per_table));
+		scopes_shardid = 0;
+
+		rel = table_open(relid, AccessShareLock);
+		scan = systable_beginscan(rel, InvalidOid, false, NULL, 0, NULL);
+		while (HeapTupleIsValid(tup = systable_getnext(scan)))
+		{
+			TupleDesc	desc = RelationGetDescr(rel);
+			bool		isnull;
+			Oid			logical = DatumGetObjectId(heap_getattr(tup, att_rel, desc, &isnull));
+			int64		shardid = DatumGetInt64(heap_getattr(tup, att_shard, desc, &isnull));
+			Datum		dmin;
+			Datum		dmax;
+			bool		minnull;
+			bool		maxnull;
+			int			t;
+
+			if (logical == scopes_shell && OidIsValid(scopes_shell))
+			{
+				scopes_shardid = shardid;
+				continue;
+			}
+			for (t = 0; t < SHARD_NUM_TABLES; t++)
+				if (logical == shells[t])
+					break;
+			if (t == SHARD_NUM_TABLES)
+				continue;
+			dmin = heap_getattr(tup, att_min, desc, &minnull);
+			dmax = heap_getattr(tup, att_max, desc, &maxnull);
+			if (minnull || maxnull)
+				report_inconsistent();
+			if (nfound == cap)
+			{
+				cap *= 2;
+				found = repalloc(found, sizeof(ShardRange) * cap);
+			}
+			memset(&found[nfound], 0, sizeof(ShardRange));
+			found[nfound].min = pg_strtoint32(TextDatumGetCString(dmin));
+			found[nfound].max = pg_strtoint32(TextDatumGetCString(dmax));
+			/* which table, for now, in shardid[0]; sorted out below */
+			found[nfound].shardid[0] = shardid;
+			found[nfound].relids[0] = (Oid) t;
+			per_table[t]++;
+			nfound++;
+		}
+		systable_endscan(scan);
+		table_close(rel, AccessShareLock);
+	} while (generation != payments_citus_generation());
+
+	for (int t = 1; t < SHARD_NUM_TABLES; t++)
+		if (per_table[t] != per_table[0])
+			report_inconsistent();
+	if (per_table[0] == 0 || scopes_shardid == 0)
+		report_inconsistent();
+
+	/* One range per distinct min, with the shard of each table in it */
+	qsort(found, nfound, sizeof(ShardRange), shard_range_cmp);
+	if (ranges != NULL)
+		pfree(ranges);
+	ranges = MemoryContextAllocZero(TopMemoryContext,
+									sizeof(ShardRange) * per_table[0]);
+	nranges = 0;
+	for (int i = 0; i < nfound; i++)
+	{
+		ShardTable	t = (ShardTable) found[i].relids[0];
+		ShardRange *r;
+
+		if (nranges == 0 || ranges[nranges - 1].min != found[i].min)
+		{
+			if (nranges == per_table[0])
+				report_inconsistent();
+			r = &ranges[nranges++];
+			r->min = found[i].min;
+			r->max = found[i].max;
+		}
+		r = &ranges[nranges - 1];
+		if (r->max != found[i].max || r->shardid[t] != 0)
+			report_inconsistent();
+		r->shardid[t] = found[i].shardid[0];
+	}
+	for (int i = 0; i < nranges; i++)
+	{
+		for (int t = 0; t < SHARD_NUM_TABLES; t++)
+			if (ranges[i].shardid[t] == 0)
+				report_inconsistent();
+		ranges[i].local = placed_on(ranges[i].shardid[SHARD_STOCK], group);
+	}
+	scopes_local = placed_on(scopes_shardid, group);
+	map_group = group;
+	scopes_relid = InvalidOid;
+	pfree(found);
+
+	map_generation = generation;
+	map_valid = true;
+}
+
+static void
+map_check(void)
+{
+	if (!callbacks_registered)
+	{
+		RegisterXactCallback(shard_xact_callback, NULL);
+		RegisterSubXactCallback(shard_subxact_callback, NULL);
+		callbacks_registered = true;
+	}
+	if (!map_valid || map_generation != payments_citus_generation())
+	{
+		map_valid = false;
+		current_range = -1;
+		map_load();
+	}
+}
+
+/* The range a key hashes into, as Citus finds a row's shard */
+static int
+key_range(text *key)
+{
+	TypeCacheEntry *tc = lookup_type_cache(TEXTOID, TYPECACHE_HASH_PROC_FINFO);
+	int32		hash;
+	int			lo = 0;
+	int			hi = nranges - 1;
+
+	hash = DatumGetInt32(FunctionCall1Coll(&tc->hash_proc_finfo, C_COLLATION_OID,
+										   PointerGetDatum(key)));
+	while (lo <= hi)
+	{
+		int			mid = lo + (hi - lo) / 2;
+
+		if (hash < ranges[mid].min)
+			hi = mid - 1;
+		else if (hash > ranges[mid].max)
+			lo = mid + 1;
+		else
+			return mid;
+	}
+	report_inconsistent();
+	return -1;					/* keep the compiler quiet */
+}
+
+/*
+ * Enter the key a call works on (kind says what it is, for the error):
+ * from here on the distributed tables are its shards on this node, until
+ * payments_shard_leave with what this returned.  Refuses a key whose
+ * shards are on another node.  Does nothing for a NULL key or unless the
+ * tables are distributed.
+ */
+PaymentsShardContext
+payments_shard_enter(text *key, const char *kind)
+{
+	PaymentsShardContext previous = current_range;
+	int			range;
+
+	if (key == NULL || !payments_shards_distributed())
+		return previous;
+	map_check();
+	range = key_range(key);
+	if (!ranges[range].local)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("the shard of %s \"%s\" is not on this node",
+						kind, text_to_cstring(key)),
+				 errdetail("The extension's tables are distributed: a call for one key runs on the node that holds its shard."),
+				 errhint("Call the function as a statement of its own, SELECT payments.function(...), so that Citus sends it to that node.")));
+	current_range = range;
+	current_subid = GetCurrentSubTransactionId();
+	return previous;
+}
+
+void
+payments_shard_leave(PaymentsShardContext previous)
+{
+	current_range = previous;
+}
+
+/*
+ * The shard of the key entered, as one number for the whole co-location
+ * group (its stock shard's id), 0 if none: plans are kept per shard.
+ */
+int64
+payments_shard_current(void)
+{
+	return current_range >= 0 ? ranges[current_range].shardid[SHARD_STOCK] : 0;
+}
+
+/*
+ * Refuse a call that works on no single key while the tables are
+ * distributed: function names it, hint says what to call instead.
+ */
+void
+payments_shard_refuse(const char *function, const char *hint)
+{
+	if (!payments_shards_distributed())
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+			 errmsg("%s is not supported while the extension's tables are distributed",
+					function),
+			 errdetail("payments.distribute() distributed the extension's reservation and idempotency tables; only calls for one key run on them."),
+			 errhint("%s", hint)));
+}
+
+static void
+report_no_key(const char *relname)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+			 errmsg("this call cannot read or write the distributed table payments.%s",
+					relname),
+			 errdetail("payments.distribute() distributed the extension's reservation and idempotency tables; only calls for one key run on them."),
+			 errhint("The section \"Scaling out with Citus\" of the extension's README lists the calls that do.")));
+}
+
+/*
+ * The relation to use for one of the extension's relations (relname, as
+ * named in its schema): its shard on this node for the key entered if it
+ * is a distributed table or an index of one, the local placement of the
+ * reference table, InvalidOid for the extension's own local relation.
+ */
+Oid
+payments_shard_relation(PaymentsRelation which, const char *relname)
+{
+	ShardTable	t;
+	ShardRange *r;
+	char	   *name;
+
+	if (!payments_shards_distributed())
+		return InvalidOid;
+	map_check();
+
+	switch (which)
+	{
+		case PAYMENTS_REL_IDEMPOTENCY_KEYS:
+		case PAYMENTS_REL_IDEMPOTENCY_KEYS_PKEY:
+			t = SHARD_IDEMPOTENCY_KEYS;
+			break;
+		case PAYMENTS_REL_STOCK_SLOTS:
+			t = SHARD_STOCK_SLOTS;
+			break;
+		case PAYMENTS_REL_RESERVATIONS:
+			t = SHARD_RESERVATIONS;
+			break;
+		case PAYMENTS_REL_IDEMPOTENCY_SCOPES:
+			if (!scopes_local)
+				ereport(ERROR,
+						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+						 errmsg("this node has no placement of the reference table payments.idempotency_scopes"),
+						 errhint("Run SELECT replicate_reference_tables() on the coordinator.")));
+			if (!OidIsValid(scopes_relid))
+			{
+				name = psprintf("%s_" INT64_FORMAT, relname, scopes_shardid);
+				scopes_relid = get_relname_relid(name, payments_schema_oid());
+				if (!OidIsValid(scopes_relid))
+					report_inconsistent();
+			}
+			return scopes_relid;
+		default:
+			return InvalidOid;
+	}
+
+	if (current_range < 0)
+		report_no_key(shard_table_names[t]);
+	r = &ranges[current_range];
+	if (!OidIsValid(r->relids[which]))
+	{
+		name = psprintf("%s_" INT64_FORMAT, relname, r->shardid[t]);
+		r->relids[which] = get_relname_relid(name, payments_schema_oid());
+		if (!OidIsValid(r->relids[which]))
+			report_inconsistent();
+	}
+	return r->relids[which];
+}
+
+/*
+ * For a table named in a query's text (relname, len bytes, after the
+ * schema): the name of its shard for the key entered if it is distributed
+ * (palloc'd), NULL otherwise.  The reference table keeps its name: Citus
+ * writes every placement of it.
+ */
+char *
+payments_shard_table_name(const char *relname, int len)
+{
+	char	   *name = pnstrdup(relname, len);
+	ShardTable	t = shard_table_of(name);
+
+	if (t == SHARD_NUM_TABLES || !payments_shards_distributed())
+		return NULL;
+	map_check();
+	if (current_range < 0)
+		report_no_key(name);
+	return psprintf("%s_" INT64_FORMAT, name, ranges[current_range].shardid[t]);
+}
+
+/*
+ * The id of a new hold from its sequence's next value: each node has a
+ * sequence of its own, so while the tables are distributed the node's
+ * Citus group is put in the top bits (as Citus does for the sequences it
+ * creates), and ids stay unique across nodes without coordination.
+ */
+int64
+payments_shard_unique_id(int64 next)
+{
+	if (!payments_shards_distributed())
+		return next;
+	map_check();
+	if (next <= 0 || next >= (INT64CONST(1) << 48) || map_group < 0 ||
+		map_group >= (1 << 14))
+		ereport(ERROR,
+				(errcode(ERRCODE_SEQUENCE_GENERATOR_LIMIT_EXCEEDED),
+				 errmsg("reservation id %lld does not fit in the range of Citus group %d",
+						(long long) next, map_group)));
+	return ((int64) map_group << 48) | next;
+}
+
+/*
+ * Run fn(arg) once for each range whose shards are on this node, with its
+ * key entered: the worker's maintenance of the shards this node holds.
+ * Without the distributed layout, once, as it is.
+ */
+void
+payments_shard_foreach_local(void (*fn) (void *arg), void *arg)
+{
+	PaymentsShardContext previous = current_range;
+
+	if (!payments_shards_distributed())
+	{
+		fn(arg);
+		return;
+	}
+	map_check();
+	for (int i = 0; i < nranges; i++)
+	{
+		if (!ranges[i].local)
+			continue;
+		current_range = i;
+		current_subid = GetCurrentSubTransactionId();
+		fn(arg);
+		/* fn may have read the metadata again */
+		map_check();
+	}
+	current_range = previous;
+}
+
+/* What is left of a budget of rows spread over the shards, and what was done */
+typedef struct ShardBatches
+{
+	int32		(*batch) (int32 max_rows, void *arg);
+	void	   *arg;
+	int32		left;
+	int32		done;
+} ShardBatches;
+
+static void
+shard_batch(void *arg)
+{
+	ShardBatches *b = (ShardBatches *) arg;
+	int32		n;
+
+	if (b->left <= 0)
+		return;
+	n = b->batch(b->left, b->arg);
+	b->left -= n;
+	b->done += n;
+}
+
+/*
+ * A maintenance call of up to max_rows rows: batch(rows left, arg) on each
+ * shard this node holds while rows are left (once, without the
+ * distributed layout); returns how many rows the batches handled.
+ */
+int32
+payments_shard_batches(int32 max_rows, int32 (*batch) (int32 max_rows, void *arg),
+					   void *arg)
+{
+	ShardBatches b = {batch, arg, max_rows, 0};
+
+	payments_shard_foreach_local(shard_batch, &b);
+	return b.done;
+}

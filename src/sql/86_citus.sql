@@ -1,0 +1,109 @@
+-- Scale-out on Citus: the layout payments.distribute() makes, and the calls
+-- by key that run on it.  See src/citus_shards.c, doc/citus.md and the
+-- README, "Scaling out with Citus".
+
+-- Confirm or release a hold named by its id and its SKU: the SKU tells
+-- Citus which node holds it once the tables are distributed.  Without
+-- Citus they are the one-argument forms, refusing a hold of another SKU.
+CREATE FUNCTION @extschema@.confirm_reservation(id bigint, sku text)
+    RETURNS boolean
+    AS 'MODULE_PATHNAME', 'payments_confirm_reservation'
+    LANGUAGE C VOLATILE;
+
+COMMENT ON FUNCTION @extschema@.confirm_reservation(bigint, text) IS
+    'Turn a hold of the SKU into a sale; false if it was already confirmed';
+
+CREATE FUNCTION @extschema@.release_reservation(id bigint, sku text)
+    RETURNS boolean
+    AS 'MODULE_PATHNAME', 'payments_release_reservation'
+    LANGUAGE C VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp;
+
+COMMENT ON FUNCTION @extschema@.release_reservation(bigint, text) IS
+    'Give the stock of a hold of the SKU back; false if it was already released or expired';
+
+-- Distribute the reservation and idempotency tables by their key, in one
+-- co-location group, and make every call by key a distributed function
+-- that Citus sends to the node holding the key's shard, also inside a
+-- transaction (force_delegation).  Every other table stays local to the
+-- node it is on.  Run once, on the coordinator, by a superuser; the rows
+-- already in the tables move to the shards.
+CREATE FUNCTION @extschema@.distribute(shard_count integer DEFAULT NULL)
+    RETURNS void
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    shards integer;
+    fn text;
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'citus') THEN
+        RAISE EXCEPTION 'extension "citus" is not installed in this database'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Run CREATE EXTENSION citus and add the worker nodes first.';
+    END IF;
+    IF NOT pg_catalog.citus_is_coordinator() THEN
+        RAISE EXCEPTION 'payments.distribute() must run on the Citus coordinator'
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    IF EXISTS (SELECT FROM pg_catalog.pg_dist_partition
+                WHERE logicalrelid = '@extschema@.stock'::regclass) THEN
+        RAISE EXCEPTION 'the tables of extension "payments" are already distributed'
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    shards := coalesce(shard_count, pg_catalog.current_setting('citus.shard_count')::integer);
+    IF shards < 1 OR shards > 64000 THEN
+        RAISE EXCEPTION 'shard_count must be between 1 and 64000'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+
+    -- Citus keeps a unique key unique per shard only: it must hold the
+    -- distribution column.  Holds are still found by id alone (an index).
+    ALTER TABLE @extschema@.reservations DROP CONSTRAINT reservations_pkey,
+        ADD CONSTRAINT reservations_pkey PRIMARY KEY (sku, id);
+    CREATE INDEX reservations_id_idx ON @extschema@.reservations (id);
+
+    PERFORM pg_catalog.create_distributed_table('@extschema@.stock', 'sku',
+                                                shard_count => shards);
+    PERFORM pg_catalog.create_distributed_table('@extschema@.stock_slots', 'sku',
+                                                colocate_with => '@extschema@.stock');
+    PERFORM pg_catalog.create_distributed_table('@extschema@.reservations', 'sku',
+                                                colocate_with => '@extschema@.stock');
+    PERFORM pg_catalog.create_distributed_table('@extschema@.idempotency_keys', 'key',
+                                                colocate_with => '@extschema@.stock');
+
+    -- The restrictions are read on every node; their trigger tells each
+    -- node's sessions when a placement changes.
+    PERFORM pg_catalog.set_config('citus.enable_unsafe_triggers', 'on', true);
+    PERFORM pg_catalog.create_reference_table('@extschema@.idempotency_scopes');
+
+    -- The rows were copied to the shards; none stays behind in a shell.
+    PERFORM pg_catalog.truncate_local_data_after_distributing_table(t)
+       FROM unnest(ARRAY['@extschema@.stock', '@extschema@.stock_slots',
+                         '@extschema@.reservations', '@extschema@.idempotency_keys',
+                         '@extschema@.idempotency_scopes']::regclass[]) AS t;
+
+    FOREACH fn IN ARRAY ARRAY[
+        'stock_set(text, bigint, integer)', 'stock_adjust(text, bigint)',
+        'reserve(text, text, bigint, interval)',
+        'confirm_reservation(bigint, text)', 'release_reservation(bigint, text)']
+    LOOP
+        PERFORM pg_catalog.create_distributed_function(
+            ('@extschema@.' || fn)::regprocedure, 'sku',
+            colocate_with => '@extschema@.stock', force_delegation => true);
+    END LOOP;
+    FOREACH fn IN ARRAY ARRAY[
+        'idempotency_begin(text, text, jsonb, interval)',
+        'idempotency_checkpoint(text, text, text)',
+        'idempotency_complete(text, text, jsonb, integer)',
+        'idempotency_abandon(text, text)']
+    LOOP
+        PERFORM pg_catalog.create_distributed_function(
+            ('@extschema@.' || fn)::regprocedure, 'key',
+            colocate_with => '@extschema@.stock', force_delegation => true);
+    END LOOP;
+END
+$$;
+
+COMMENT ON FUNCTION @extschema@.distribute(integer) IS
+    'Distribute the reservation and idempotency tables by key on Citus, and send each call by key to the node of its shard';
