@@ -1,0 +1,258 @@
+# Citus (issue 20, second stage): payments.distribute() on a coordinator
+# and two workers.  The reservation and idempotency tables are distributed
+# by key; each call by key runs on the node that holds the key's shards,
+# whichever node the client is connected to.  Replayed there: no oversell
+# under concurrent reserves of one SKU from clients on every node, one
+# effect per idempotency key, hold ids unique across nodes, the rows that
+# were there before kept, expiry by each node's worker on its own shards,
+# and the calls that span keys refused.
+#
+# Runs only where Citus is installed (.ci/run builds it from
+# ../shared/vendor).
+use strict;
+use warnings;
+
+use IPC::Run;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use PaymentsNode;
+
+my $probe = PostgreSQL::Test::Cluster->new('probe');
+plan skip_all => 'Citus is not installed'
+  unless -e $probe->config_data('--pkglibdir') . '/citus.so';
+
+my $conf = qq{
+shared_preload_libraries = 'citus,payments'
+max_worker_processes = 32
+max_prepared_transactions = 100
+payments.worker_naptime = 200ms
+};
+my $coord = payments_node('coordinator', conf => $conf);
+my @workers = map { payments_node("worker$_", conf => $conf) } 1 .. 2;
+my @nodes = ($coord, @workers);
+
+$_->safe_psql('postgres', 'CREATE EXTENSION citus') for @nodes;
+$coord->safe_psql('postgres',
+	"SELECT citus_set_coordinator_host('" . $coord->host . "', " . $coord->port . ')');
+$coord->safe_psql('postgres',
+	"SELECT citus_add_node('" . $_->host . "', " . $_->port . ')')
+  for @workers;
+
+# Rows from before the tables were distributed: a hold and a completed key
+$coord->safe_psql('postgres', q{
+	CREATE EXTENSION payments;
+	SELECT payments.stock_set('before', 10);
+	SELECT payments.idempotency_begin('s', 'k-before', '{"a": 1}');
+	SELECT payments.idempotency_complete('s', 'k-before', '{"paid": true}', 200);
+	CREATE ROLE app LOGIN;
+	GRANT payments_app TO app;
+});
+my $before_id = $coord->safe_psql('postgres',
+	q{SELECT payments.reserve('order-before', 'before', 4)});
+
+# psql_error(node, sql): the SQLSTATE and message of the error sql raises
+sub psql_error
+{
+	my ($node, $sql) = @_;
+	my ($ret, $out, $err) = $node->psql('postgres',
+		"\\set VERBOSITY verbose\n$sql", on_error_stop => 1);
+	return $ret == 0 ? 'no error' : $err;
+}
+
+like(psql_error($workers[0], 'SELECT payments.distribute()'),
+	qr/payments\.distribute\(\) must run on the Citus coordinator/,
+	'distribute() refuses to run on a worker');
+like(psql_error($coord, 'SET ROLE app; SELECT payments.distribute()'),
+	qr/42501: permission denied for function distribute/,
+	'an application role may not distribute');
+
+$coord->safe_psql('postgres', 'SELECT payments.distribute(8)');
+like(psql_error($coord, 'SELECT payments.distribute(8)'),
+	qr/55000: the tables of extension "payments" are already distributed/,
+	'distribute() refuses to run twice');
+
+is($coord->safe_psql('postgres', q{
+	SELECT string_agg(logicalrelid::text || ':' || partmethod::text, ',' ORDER BY logicalrelid::text)
+	  FROM pg_dist_partition}),
+	'payments.idempotency_keys:h,payments.idempotency_scopes:n,payments.reservations:h,'
+	  . 'payments.stock:h,payments.stock_slots:h',
+	'the reservation and idempotency tables are distributed, the scopes a reference table');
+is($coord->safe_psql('postgres', q{
+	SELECT count(DISTINCT colocationid) FROM pg_dist_partition WHERE partmethod = 'h'}),
+	'1', 'the distributed tables are co-located');
+is($coord->safe_psql('postgres', q{
+	SELECT count(*) FROM pg_dist_shard s JOIN pg_dist_placement p USING (shardid)
+	 WHERE s.logicalrelid = 'payments.stock'::regclass
+	 GROUP BY p.groupid ORDER BY 1 LIMIT 1}),
+	'4', 'each worker holds shards of its own');
+
+# --- the rows from before ---
+
+is($coord->safe_psql('postgres',
+		"SELECT payments.confirm_reservation($before_id, 'before')"),
+	't', 'a hold from before distribute() is confirmed by id and SKU');
+is($coord->safe_psql('postgres',
+		q{SELECT outcome || ' ' || response FROM payments.idempotency_begin('s', 'k-before', '{"a": 1}')}),
+	'replayed {"paid": true}', 'a key completed before distribute() replays');
+is($coord->safe_psql('postgres', q{
+	SELECT sum(pg_relation_size(logicalrelid)) FROM pg_dist_partition}),
+	'0', 'no row stays behind in the shells on the coordinator');
+
+# --- every SKU is served on the node of its shard ---
+
+my @skus = map { "sku-$_" } 1 .. 40;
+$coord->safe_psql('postgres', join '',
+	map { "SELECT payments.stock_set('$_', 5);\n" } @skus);
+my $i = 0;
+for my $sku (@skus)
+{
+	my $node = $nodes[ $i++ % 3 ];
+	$node->safe_psql('postgres', "SELECT payments.reserve('spread', '$sku', 2)");
+}
+is($coord->safe_psql('postgres', q{
+	SELECT count(*) || ' ' || sum(held) || ' ' || sum(available)
+	  FROM payments.stock_levels WHERE sku LIKE 'sku-%'}),
+	'40 80 120', 'a reserve of each of 40 SKUs, from any node, held on its shard');
+# A query by SKU reads only the shard Citus assigns the SKU: a hold
+# written anywhere else would be missed.
+my $found = 0;
+$found += $coord->safe_psql('postgres',
+	"SELECT count(*) FROM payments.reservations WHERE sku = '$_'")
+  for @skus;
+is($found, 40, 'every hold is in the shard Citus assigns its SKU');
+
+# --- no oversell: one SKU, clients on every node at once ---
+
+$coord->safe_psql('postgres', q{SELECT payments.stock_set('hot', 100, slots => 4)});
+my $attempts = 60;
+my $script = join '', map { "SELECT payments.reserve('hot-$_', 'hot', 1);\n" } 1 .. $attempts;
+# run_on_all(sql): run sql in one psql per node, all at once; its
+# standard output and error, per node
+sub run_on_all
+{
+	my ($sql) = @_;
+	my (@runs, @ins, @outs, @errs);
+	for my $n (0 .. $#nodes)
+	{
+		# IPC::Run consumes its input: each run gets a copy of its own
+		($ins[$n], $outs[$n], $errs[$n]) = ($sql, '', '');
+		push @runs,
+		  IPC::Run::start(
+			[ 'psql', '-X', '-At', '-v', 'ON_ERROR_STOP=0', '-d',
+			  $nodes[$n]->connstr('postgres') ],
+			'<', \$ins[$n], '>', \$outs[$n], '2>', \$errs[$n]);
+	}
+	$_->finish for @runs;
+	return (\@outs, \@errs);
+}
+
+my ($outs, $errs) = run_on_all($script);
+my @outs = @$outs;
+my @errs = @$errs;
+my $held = 0;
+my $short = 0;
+for my $n (0 .. $#nodes)
+{
+	$held += () = $outs[$n] =~ /^\d+$/mg;
+	$short += () = $errs[$n] =~ /not enough stock|insufficient/g;
+}
+is($held, 100, '180 concurrent reserves of 100 units from three nodes hold exactly 100');
+is($held + $short, 3 * $attempts, 'every other reserve was refused for want of stock')
+  or diag join "\n", @errs;
+is($coord->safe_psql('postgres', q{
+	SELECT on_hand || ' ' || held || ' ' || available FROM payments.stock_levels WHERE sku = 'hot'}),
+	'100 100 0', 'the hot SKU is sold out, never oversold');
+is($coord->safe_psql('postgres', q{
+	SELECT count(*) = count(DISTINCT id) FROM payments.reservations}),
+	't', 'hold ids are unique across the nodes that inserted them');
+
+# --- one effect per idempotency key, from three nodes at once ---
+
+($outs, $errs) = run_on_all(
+	q{SELECT outcome FROM payments.idempotency_begin('pay', 'once', '{"amount": 5}');});
+my $started = () = join('', @$outs) =~ /^started$/mg;
+my $in_use = () = join('', @$errs) =~ /is in use by another flow/g;
+is($started, 1, 'one of three concurrent begins of one key starts it');
+is($in_use, 2, 'the others are told the key is in use');
+$workers[1]->safe_psql('postgres',
+	q{SELECT payments.idempotency_complete('pay', 'once', '{"charged": 5}', 201)});
+for my $node (@nodes)
+{
+	is($node->safe_psql('postgres',
+			q{SELECT outcome || ' ' || response_code FROM payments.idempotency_begin('pay', 'once', '{"amount": 5}')}),
+		'replayed 201', 'a retry through ' . $node->name . ' replays the one response');
+}
+like(psql_error($workers[0],
+		q{SELECT payments.idempotency_begin('pay', 'once', '{"amount": 6}')}),
+	qr/PM001/, 'the key reused for another request is refused on any node');
+
+# --- scope restrictions hold on every node ---
+
+$coord->safe_psql('postgres',
+	q{SELECT payments.restrict_scope('vault', ARRAY['postgres']::regrole[])});
+for my $node (@nodes)
+{
+	like(psql_error($node,
+			q{SET ROLE app; SELECT payments.idempotency_begin('vault', 'k', '{}')}),
+		qr/42501: permission denied for idempotency scope "vault"/,
+		'a restricted scope is refused to other roles through ' . $node->name);
+}
+
+# --- calls that span keys say what to call instead ---
+
+for my $case (
+	[ 'SELECT payments.confirm_reservation(1)', qr/0A000: payments\.confirm_reservation\(bigint\) is not supported while the extension's tables are distributed.*HINT:  Name the hold's SKU too/s ],
+	[ q{SELECT payments.confirm_order('spread')}, qr/0A000: payments\.confirm_order\(text\) is not supported/ ],
+	[ q{SELECT payments.release_order('spread')}, qr/0A000: payments\.release_order\(text\) is not supported/ ],
+	[ q{SELECT payments.reserve('x', '[{"sku": "hot", "qty": 1}]'::jsonb)}, qr/0A000: payments\.reserve\(text, jsonb, interval\) is not supported/ ],
+	[ q{SELECT payments.reserve('x', 'sku-1', 1), payments.reserve('x', 'sku-2', 1)}, qr/0A000: the shard of SKU "sku-\d" is not on this node/ ])
+{
+	like(psql_error($coord, $case->[0]), $case->[1], "refused: $case->[0]");
+}
+is($coord->safe_psql('postgres', q{SELECT count(*) FROM payments.reservations WHERE order_ref = 'x'}),
+	'0', 'the refused calls held nothing');
+
+# --- a transaction over SKUs on both workers commits on both or neither ---
+
+my ($a_sku, $b_sku) = split /\|/, $coord->safe_psql('postgres', q{
+	SELECT min(sku) FILTER (WHERE g = 1), min(sku) FILTER (WHERE g = 2)
+	  FROM (SELECT s.sku, p.groupid AS g FROM payments.stock s
+	          JOIN pg_dist_placement p
+	            ON p.shardid = get_shard_id_for_distribution_column('payments.stock', s.sku)
+	         WHERE s.sku LIKE 'sku-%') x});
+$coord->psql('postgres', qq{
+	BEGIN;
+	SELECT payments.reserve('both', '$a_sku', 1);
+	SELECT payments.reserve('both', '$b_sku', 1);
+	ROLLBACK;});
+is($coord->safe_psql('postgres', q{SELECT count(*) FROM payments.reservations WHERE order_ref = 'both'}),
+	'0', 'a rolled-back transaction over two workers held nothing on either');
+$coord->safe_psql('postgres', qq{
+	BEGIN;
+	SELECT payments.reserve('both', '$a_sku', 1);
+	SELECT payments.reserve('both', '$b_sku', 1);
+	COMMIT;});
+is($coord->safe_psql('postgres', q{SELECT count(*) FROM payments.reservations WHERE order_ref = 'both'}),
+	'2', 'a committed one holds on both');
+
+# --- expiry: each node's worker on its own shards ---
+
+$coord->safe_psql('postgres', join '',
+	map { "SELECT payments.reserve('brief', '$_', 1, '1 second');\n" } @skus[ 0 .. 9 ]);
+ok( $coord->poll_query_until('postgres', q{
+		SELECT count(*) FILTER (WHERE state = 'expired') = 10
+		   AND count(*) FILTER (WHERE state = 'held') = 0
+		  FROM payments.reservations WHERE order_ref = 'brief'}),
+	'the workers of the nodes expire lapsed holds on their shards');
+is($coord->safe_psql('postgres', q{
+	SELECT sum(held) || ' ' || sum(available) FROM payments.stock_levels WHERE sku LIKE 'sku-%'}),
+	'82 118', 'and their stock is back');
+for my $node (@nodes)
+{
+	is($node->safe_psql('postgres',
+			q{SELECT count(*) FROM payments.worker_status() WHERE state = 'unserved'}),
+		'0', 'the worker serves the database on ' . $node->name);
+}
+
+done_testing();
