@@ -35,6 +35,7 @@
 #include "access/htup_details.h"
 #include "access/table.h"
 #include "catalog/dependency.h"
+#include "miscadmin.h"
 #include "catalog/indexing.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
@@ -43,10 +44,12 @@
 #include "catalog/pg_namespace.h"
 #include "catalog/pg_type.h"
 #include "commands/extension.h"
+#include "executor/spi.h"
 #include "fmgr.h"
 #include "lib/stringinfo.h"
 #include "nodes/makefuncs.h"
 #include "parser/parse_func.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/inval.h"
@@ -211,6 +214,16 @@ fits_layout(Oid relid, char method, char repmodel, int32 coloc,
 			*colocation = coloc;
 		return coloc == *colocation && ++(*matched);
 	}
+	return false;
+}
+
+/* Whether a table of the extension is one payments.distribute() distributes */
+static bool
+layout_member(const char *name)
+{
+	for (int i = 0; i < lengthof(layout_tables); i++)
+		if (strcmp(name, layout_tables[i].name) == 0)
+			return true;
 	return false;
 }
 
@@ -427,21 +440,72 @@ payments_refuse_citus_extension(void)
 }
 
 /*
- * Refuse DROP EXTENSION payments while Citus manages one of its tables:
- * Citus keeps the shards of a table that belongs to an extension when the
- * extension is dropped, so they would stay behind on every node.
+ * Before DROP EXTENSION payments: Citus keeps the shards of a table that
+ * belongs to an extension when the extension is dropped, so they would
+ * stay behind on every node.  In the layout payments.distribute() makes,
+ * remove each table from Citus first, as Citus does when a table is
+ * dropped (its drop trigger: metadata on the workers, the shards, the
+ * metadata here), in the dropping transaction; the tables are then local
+ * and go with the extension, on every node.  Any other layout is refused:
+ * it was not made by the extension, and the user may want its rows.
  */
 void
-payments_refuse_citus_drop(void)
+payments_citus_before_drop(void)
 {
-	if (payments_citus_layout(NULL) == PAYMENTS_CITUS_NONE)
+	static const char *const steps[] = {
+		"SELECT pg_catalog.master_remove_distributed_table_metadata_from_workers($1, $2, $3)",
+		"SELECT pg_catalog.citus_drop_all_shards($1, $2, $3)",
+		"SELECT pg_catalog.master_remove_partition_metadata($1, $2, $3)",
+	};
+	Oid			argtypes[3] = {REGCLASSOID, TEXTOID, TEXTOID};
+	Oid		   *tables;
+	int			ntables;
+
+	switch (payments_citus_layout(NULL))
+	{
+		case PAYMENTS_CITUS_NONE:
+			return;
+		case PAYMENTS_CITUS_UNSUPPORTED:
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("cannot drop extension \"payments\" while Citus manages its tables"),
+					 errdetail("Citus manages %s; their shards would stay behind on the nodes that hold them.",
+							   managed),
+					 errhint("Return them to local tables on the coordinator first, as the section \"Scaling out with Citus\" of the extension's README shows.")));
+			break;
+		case PAYMENTS_CITUS_DISTRIBUTED:
+			break;
+	}
+
+	/* only the owner may drop it: leave the refusal to DROP EXTENSION */
+	if (!pg_extension_ownercheck(get_extension_oid("payments", false), GetUserId()))
 		return;
-	ereport(ERROR,
-			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-			 errmsg("cannot drop extension \"payments\" while Citus manages its tables"),
-			 errdetail("Citus manages %s; their shards would stay behind on the nodes that hold them.",
-					   managed),
-			 errhint("Return them to local tables on the coordinator first, as the section \"Scaling out with Citus\" of the extension's README shows.")));
+
+	/* the list changes as the tables leave Citus: work on a copy */
+	ntables = nmembers;
+	tables = palloc(sizeof(Oid) * ntables);
+	memcpy(tables, members, sizeof(Oid) * ntables);
+
+	SPI_connect();
+	for (int i = 0; i < ntables; i++)
+	{
+		const char *name = get_rel_name(tables[i]);
+
+		if (name == NULL || !layout_member(name))
+			continue;
+		for (int j = 0; j < lengthof(steps); j++)
+		{
+			Datum		values[3];
+
+			values[0] = ObjectIdGetDatum(tables[i]);
+			values[1] = CStringGetTextDatum(get_namespace_name(get_rel_namespace(tables[i])));
+			values[2] = CStringGetTextDatum(name);
+			if (SPI_execute_with_args(steps[j], 3, argtypes, values, NULL,
+									  false, 0) != SPI_OK_SELECT)
+				elog(ERROR, "could not remove table \"%s\" from Citus", name);
+		}
+	}
+	SPI_finish();
 }
 
 /*

@@ -30,6 +30,6 @@ extern uint64 payments_citus_generation(void);
 extern bool payments_citus_manages_extension(char **tables);
 extern void payments_refuse_citus_extension(void);
 extern void payments_refuse_citus_guarded(Relation rel);
-extern void payments_refuse_citus_drop(void);
+extern void payments_citus_before_drop(void);
 
 #endif							/* PAYMENTS_CITUS_TABLES_H */

@@ -647,7 +647,7 @@ payments_ProcessUtility(PlannedStmt *pstmt, const char *queryString,
 
 				foreach(lc, ((DropStmt *) parsetree)->objects)
 					if (strcmp(strVal(lfirst(lc)), "payments") == 0)
-						payments_refuse_citus_drop();
+						payments_citus_before_drop();
 				payments_wake_worker_at_commit();
 			}
 			break;

@@ -5,7 +5,7 @@
 # under concurrent reserves of one SKU from clients on every node, one
 # effect per idempotency key, hold ids unique across nodes, the rows that
 # were there before kept, expiry by each node's worker on its own shards,
-# and the calls that span keys refused.
+# the calls that span keys refused, and DROP EXTENSION leaving no shard.
 #
 # Runs only where Citus is installed (.ci/run builds it from
 # ../shared/vendor).
@@ -253,6 +253,24 @@ for my $node (@nodes)
 	is($node->safe_psql('postgres',
 			q{SELECT count(*) FROM payments.worker_status() WHERE state = 'unserved'}),
 		'0', 'the worker serves the database on ' . $node->name);
+}
+
+# --- DROP EXTENSION leaves no shard behind ---
+
+like(psql_error($coord, 'SET ROLE app; DROP EXTENSION payments'),
+	qr/must be owner of extension payments/, 'only the owner may drop the extension');
+is($coord->safe_psql('postgres', 'SELECT count(*) FROM pg_dist_partition'),
+	'5', 'and a refused DROP removed nothing from Citus');
+$coord->safe_psql('postgres', 'DROP EXTENSION payments');
+is($coord->safe_psql('postgres',
+		'SELECT (SELECT count(*) FROM pg_dist_partition) + (SELECT count(*) FROM pg_dist_shard)'),
+	'0', 'DROP EXTENSION removed the tables and their shards from Citus');
+for my $node (@nodes)
+{
+	is($node->safe_psql('postgres', q{
+		SELECT count(*) FROM pg_class
+		 WHERE relname ~ '^(stock|stock_slots|reservations|idempotency_keys|idempotency_scopes)(_\d+)?$'}),
+		'0', 'no table or shard of the extension is left on ' . $node->name);
 }
 
 done_testing();
