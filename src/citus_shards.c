@@ -78,10 +78,20 @@ static uint64 map_generation = 0;
 /* This node's Citus group, which numbers the holds it inserts */
 static int32 map_group = 0;
 
-/* The reference table of scope restrictions: its shard, if on this node */
-static int64 scopes_shardid = 0;
-static bool scopes_local = false;
-static Oid	scopes_relid = InvalidOid;
+/* The reference tables: read from their placement on this node */
+typedef struct ReferenceTable
+{
+	const char *name;
+	PaymentsRelation which;
+	int64		shardid;
+	bool		local;			/* placed on this node */
+	Oid			relid;			/* resolved when first used */
+} ReferenceTable;
+
+static ReferenceTable references[] = {
+	{"idempotency_scopes", PAYMENTS_REL_IDEMPOTENCY_SCOPES},
+	{"state_machine_definitions", PAYMENTS_REL_STATE_MACHINE_DEFINITIONS},
+};
 
 /* The range of the key entered, -1 for none, and where it was entered */
 static int	current_range = -1;
@@ -129,6 +139,12 @@ catalog_column(Oid rel, const char *attname)
 		elog(ERROR, "Citus catalog \"%s\" has no column \"%s\"",
 			 get_rel_name(rel), attname);
 	return att;
+}
+
+static Oid
+citus_catalog_or_invalid(const char *name)
+{
+	return get_relname_relid(name, PG_CATALOG_NAMESPACE);
 }
 
 static Oid
@@ -219,7 +235,7 @@ map_load(void)
 {
 	Oid			schema = payments_schema_oid();
 	Oid			shells[SHARD_NUM_TABLES];
-	Oid			scopes_shell = get_relname_relid("idempotency_scopes", schema);
+	Oid			ref_shells[lengthof(references)];
 	Oid			relid = citus_catalog("pg_dist_shard");
 	AttrNumber	att_rel = catalog_column(relid, "logicalrelid");
 	AttrNumber	att_shard = catalog_column(relid, "shardid");
@@ -240,11 +256,15 @@ map_load(void)
 		generation = payments_citus_generation();
 		for (int t = 0; t < SHARD_NUM_TABLES; t++)
 			shells[t] = get_relname_relid(shard_table_names[t], schema);
+		for (int r = 0; r < lengthof(references); r++)
+		{
+			ref_shells[r] = get_relname_relid(references[r].name, schema);
+			references[r].shardid = 0;
+		}
 		group = local_group();
 		found = palloc0(sizeof(ShardRange) * cap);
 		nfound = 0;
 		memset(per_table, 0, sizeof(per_table));
-		scopes_shardid = 0;
 
 		rel = table_open(relid, AccessShareLock);
 		scan = systable_beginscan(rel, InvalidOid, false, NULL, 0, NULL);
@@ -259,12 +279,16 @@ map_load(void)
 			bool		minnull;
 			bool		maxnull;
 			int			t;
+			bool		reference = false;
 
-			if (logical == scopes_shell && OidIsValid(scopes_shell))
-			{
-				scopes_shardid = shardid;
+			for (int r = 0; r < lengthof(references); r++)
+				if (logical == ref_shells[r] && OidIsValid(logical))
+				{
+					references[r].shardid = shardid;
+					reference = true;
+				}
+			if (reference)
 				continue;
-			}
 			for (t = 0; t < SHARD_NUM_TABLES; t++)
 				if (logical == shells[t])
 					break;
@@ -295,8 +319,11 @@ map_load(void)
 	for (int t = 1; t < SHARD_NUM_TABLES; t++)
 		if (per_table[t] != per_table[0])
 			report_inconsistent();
-	if (per_table[0] == 0 || scopes_shardid == 0)
+	if (per_table[0] == 0)
 		report_inconsistent();
+	for (int r = 0; r < lengthof(references); r++)
+		if (references[r].shardid == 0)
+			report_inconsistent();
 
 	/* One range per distinct min, with the shard of each table in it */
 	qsort(found, nfound, sizeof(ShardRange), shard_range_cmp);
@@ -330,9 +357,12 @@ map_load(void)
 				report_inconsistent();
 		ranges[i].local = placed_on(ranges[i].shardid[SHARD_STOCK], group);
 	}
-	scopes_local = placed_on(scopes_shardid, group);
+	for (int r = 0; r < lengthof(references); r++)
+	{
+		references[r].local = placed_on(references[r].shardid, group);
+		references[r].relid = InvalidOid;
+	}
 	map_group = group;
-	scopes_relid = InvalidOid;
 	pfree(found);
 
 	map_generation = generation;
@@ -455,6 +485,33 @@ report_no_key(const char *relname)
 			 errhint("The section \"Scaling out with Citus\" of the extension's README lists the calls that do.")));
 }
 
+/* The placement on this node of one of the reference tables */
+static Oid
+reference_relation(PaymentsRelation which)
+{
+	ReferenceTable *ref = NULL;
+
+	for (int r = 0; r < lengthof(references); r++)
+		if (references[r].which == which)
+			ref = &references[r];
+	Assert(ref != NULL);
+	if (!ref->local)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("this node has no placement of the reference table payments.%s",
+						ref->name),
+				 errhint("Run SELECT replicate_reference_tables() on the coordinator.")));
+	if (!OidIsValid(ref->relid))
+	{
+		ref->relid = get_relname_relid(psprintf("%s_" INT64_FORMAT, ref->name,
+												ref->shardid),
+									   payments_schema_oid());
+		if (!OidIsValid(ref->relid))
+			report_inconsistent();
+	}
+	return ref->relid;
+}
+
 /*
  * The relation to use for one of the extension's relations (relname, as
  * named in its schema): its shard on this node for the key entered if it
@@ -485,19 +542,8 @@ payments_shard_relation(PaymentsRelation which, const char *relname)
 			t = SHARD_RESERVATIONS;
 			break;
 		case PAYMENTS_REL_IDEMPOTENCY_SCOPES:
-			if (!scopes_local)
-				ereport(ERROR,
-						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-						 errmsg("this node has no placement of the reference table payments.idempotency_scopes"),
-						 errhint("Run SELECT replicate_reference_tables() on the coordinator.")));
-			if (!OidIsValid(scopes_relid))
-			{
-				name = psprintf("%s_" INT64_FORMAT, relname, scopes_shardid);
-				scopes_relid = get_relname_relid(name, payments_schema_oid());
-				if (!OidIsValid(scopes_relid))
-					report_inconsistent();
-			}
-			return scopes_relid;
+		case PAYMENTS_REL_STATE_MACHINE_DEFINITIONS:
+			return reference_relation(which);
 		default:
 			return InvalidOid;
 	}
@@ -518,16 +564,21 @@ payments_shard_relation(PaymentsRelation which, const char *relname)
 /*
  * For a table named in a query's text (relname, len bytes, after the
  * schema): the name of its shard for the key entered if it is distributed
- * (palloc'd), NULL otherwise.  The reference table keeps its name: Citus
- * writes every placement of it.
+ * (palloc'd), NULL otherwise.  A reference table keeps its name, so that
+ * Citus plans the query and writes every placement; *citus is then set.
  */
 char *
-payments_shard_table_name(const char *relname, int len)
+payments_shard_table_name(const char *relname, int len, bool *citus)
 {
 	char	   *name = pnstrdup(relname, len);
 	ShardTable	t = shard_table_of(name);
 
-	if (t == SHARD_NUM_TABLES || !payments_shards_distributed())
+	if (!payments_shards_distributed())
+		return NULL;
+	for (int r = 0; r < lengthof(references); r++)
+		if (strcmp(name, references[r].name) == 0)
+			*citus = true;
+	if (t == SHARD_NUM_TABLES)
 		return NULL;
 	map_check();
 	if (current_range < 0)
@@ -536,8 +587,9 @@ payments_shard_table_name(const char *relname, int len)
 }
 
 /*
- * The id of a new hold from its sequence's next value: each node has a
- * sequence of its own, so while the tables are distributed the node's
+ * The id of a new row (a hold, a history entry) from its sequence's next
+ * value: each node has a sequence of its own, so while the tables are
+ * distributed the node's
  * Citus group is put in the top bits (as Citus does for the sequences it
  * creates), and ids stay unique across nodes without coordination.
  */
@@ -551,7 +603,7 @@ payments_shard_unique_id(int64 next)
 		map_group >= (1 << 14))
 		ereport(ERROR,
 				(errcode(ERRCODE_SEQUENCE_GENERATOR_LIMIT_EXCEEDED),
-				 errmsg("reservation id %lld does not fit in the range of Citus group %d",
+				 errmsg("id %lld does not fit in the range of Citus group %d",
 						(long long) next, map_group)));
 	return ((int64) map_group << 48) | next;
 }
@@ -620,4 +672,57 @@ payments_shard_batches(int32 max_rows, int32 (*batch) (int32 max_rows, void *arg
 
 	payments_shard_foreach_local(shard_batch, &b);
 	return b.done;
+}
+
+/*
+ * The distributed table relid is a shard of, while the extension's tables
+ * are distributed; InvalidOid for any other relation.  A shard is named
+ * <table>_<shard id>, in its table's schema.
+ */
+Oid
+payments_shard_logical_relid(Oid relid)
+{
+	const char *name = get_rel_name(relid);
+	const char *suffix;
+	Oid			relation = citus_catalog_or_invalid("pg_dist_shard");
+	Oid			logical = InvalidOid;
+	int64		shardid;
+	char	   *end;
+	Relation	rel;
+	SysScanDesc scan;
+	HeapTuple	tup;
+
+	if (name == NULL || !OidIsValid(relation) || !payments_shards_distributed() ||
+		(suffix = strrchr(name, '_')) == NULL || suffix[1] == '\0')
+		return InvalidOid;
+	errno = 0;
+	shardid = strtoi64(suffix + 1, &end, 10);
+	if (*end != '\0' || errno != 0 || shardid <= 0)
+		return InvalidOid;
+
+	rel = table_open(relation, AccessShareLock);
+	scan = systable_beginscan(rel, InvalidOid, false, NULL, 0, NULL);
+	while (HeapTupleIsValid(tup = systable_getnext(scan)))
+	{
+		bool		isnull;
+		Datum		d = heap_getattr(tup, catalog_column(relation, "shardid"),
+									 RelationGetDescr(rel), &isnull);
+
+		if (isnull || DatumGetInt64(d) != shardid)
+			continue;
+		d = heap_getattr(tup, catalog_column(relation, "logicalrelid"),
+						 RelationGetDescr(rel), &isnull);
+		if (!isnull)
+			logical = DatumGetObjectId(d);
+		break;
+	}
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+
+	/* the name must be the shard's own, in its table's schema */
+	if (!OidIsValid(logical) ||
+		get_rel_namespace(logical) != get_rel_namespace(relid) ||
+		strcmp(psprintf("%s_" INT64_FORMAT, get_rel_name(logical), shardid), name) != 0)
+		return InvalidOid;
+	return logical;
 }

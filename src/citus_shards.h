@@ -23,9 +23,11 @@ extern PaymentsShardContext payments_shard_enter(text *key, const char *kind);
 extern void payments_shard_leave(PaymentsShardContext previous);
 extern void payments_shard_refuse(const char *function, const char *hint);
 extern Oid	payments_shard_relation(PaymentsRelation which, const char *relname);
-extern char *payments_shard_table_name(const char *relname, int len);
+extern char *payments_shard_table_name(const char *relname, int len,
+									   bool *citus);
 extern int64 payments_shard_current(void);
 extern int64 payments_shard_unique_id(int64 next);
+extern Oid	payments_shard_logical_relid(Oid relid);
 extern void payments_shard_foreach_local(void (*fn) (void *arg), void *arg);
 extern int32 payments_shard_batches(int32 max_rows,
 									int32 (*batch) (int32 max_rows, void *arg),

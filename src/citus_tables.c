@@ -93,6 +93,7 @@ static const LayoutTable layout_tables[] = {
 	{"reservations", 3},		/* sku */
 	{"idempotency_keys", 2},	/* key */
 	{"idempotency_scopes", 0},
+	{"state_machine_definitions", 0},
 };
 
 static bool
@@ -523,11 +524,12 @@ known_shard_function(void)
 }
 
 /*
- * Refuse to guard a table that Citus manages, or a shard of one: the
- * guard writes the history into the extension's own table on this node,
- * where Citus does not see it next to the row's shard.  Meant for a caller
- * that caches its answer per relation: Citus invalidates the relation's
- * relcache entry when it adds it to its metadata or removes it.
+ * Refuse to guard a table that Citus manages, or a shard of one, unless
+ * the extension's tables are in the layout payments.distribute() makes:
+ * otherwise the guard on a shard would read the machines of its node,
+ * defined on the coordinator only.  Meant for a caller that caches its
+ * answer per relation: Citus invalidates the relation's relcache entry
+ * when it adds it to its metadata or removes it.
  */
 void
 payments_refuse_citus_guarded(Relation rel)
@@ -538,7 +540,13 @@ payments_refuse_citus_guarded(Relation rel)
 	StringInfoData buf;
 	char	   *first;
 
-	if (!OidIsValid(distrel))
+	/*
+	 * In the layout payments.distribute() makes, the machines are a
+	 * reference table and each node keeps the history of the shards it
+	 * holds (state_machine.c).
+	 */
+	if (!OidIsValid(distrel) ||
+		payments_citus_layout(NULL) == PAYMENTS_CITUS_DISTRIBUTED)
 		return;
 	initStringInfo(&buf);
 	if (read_dist_partition(distrel, &relid, 1, &buf, &first, NULL, NULL) > 0)
@@ -546,8 +554,8 @@ payments_refuse_citus_guarded(Relation rel)
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("the state guard does not support table %s, which Citus manages",
 						first),
-				 errdetail("The guard writes each change into payments.state_history on this node, where Citus does not see it next to the row's shard."),
-				 errhint("Keep guarded tables local, or return this one to a local table with SELECT undistribute_table('%s').",
+				 errdetail("The guard runs on the node of each shard, where the state machines defined on the coordinator are missing until payments.distribute() makes them a reference table."),
+				 errhint("Run SELECT payments.distribute() first, or keep guarded tables local: SELECT undistribute_table('%s').",
 						 first)));
 
 	fn = known_shard_function();
@@ -556,6 +564,6 @@ payments_refuse_citus_guarded(Relation rel)
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("the state guard does not support relation \"%s\", which is a Citus shard",
 						RelationGetRelationName(rel)),
-				 errdetail("The guard writes each change into payments.state_history on this node, where Citus does not see it next to the row's shard."),
-				 errhint("Keep guarded tables local: return the table this shard belongs to to a local table with undistribute_table on the coordinator.")));
+				 errdetail("The guard runs on the node of each shard, where the state machines defined on the coordinator are missing until payments.distribute() makes them a reference table."),
+				 errhint("Run SELECT payments.distribute() first, or keep guarded tables local.")));
 }

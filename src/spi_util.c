@@ -78,10 +78,11 @@ remember_cache(SPIPlanPtr *cache)
  * schema, quoted: queries never find the extension's tables through a
  * schema name that someone else could have given to a schema of theirs.
  * While the tables are distributed, a distributed table becomes its shard
- * for the key entered (*sharded is then set).
+ * for the key entered (*sharded is then set); *citus is set if a table
+ * Citus plans (a reference table) stays.
  */
 static char *
-with_schema_sharded(const char *sql, bool *sharded)
+with_schema_sharded(const char *sql, bool *sharded, bool *citus)
 {
 	const char *marker = "@extschema@";
 	const char *schema = payments_schema_quoted();
@@ -90,6 +91,7 @@ with_schema_sharded(const char *sql, bool *sharded)
 	const char *hit;
 
 	*sharded = false;
+	*citus = false;
 	initStringInfo(&buf);
 	while ((hit = strstr(p, marker)) != NULL)
 	{
@@ -104,7 +106,7 @@ with_schema_sharded(const char *sql, bool *sharded)
 			continue;
 		while ((name[len] >= 'a' && name[len] <= 'z') || name[len] == '_')
 			len++;
-		shard = payments_shard_table_name(name, len);
+		shard = payments_shard_table_name(name, len, citus);
 		if (shard != NULL)
 		{
 			appendStringInfo(&buf, ".%s", quote_identifier(shard));
@@ -120,12 +122,13 @@ static char *
 with_schema(const char *sql)
 {
 	bool		sharded;
+	bool		citus;
 
-	return with_schema_sharded(sql, &sharded);
+	return with_schema_sharded(sql, &sharded, &citus);
 }
 
 static SPIPlanPtr
-prepare_kept(const char *text, int nargs, const Oid *argtypes)
+prepare_kept(const char *text, int nargs, const Oid *argtypes, bool citus)
 {
 	SPIPlanPtr	plan;
 
@@ -133,10 +136,12 @@ prepare_kept(const char *text, int nargs, const Oid *argtypes)
 	 * Always the generic plan: every query here is a key lookup whose best
 	 * plan does not depend on the values, and the plan cache would
 	 * otherwise plan some of them afresh on every call when it guesses a
-	 * custom plan to be cheaper.
+	 * custom plan to be cheaper.  But not for a query Citus plans: it
+	 * routes a query by its values, and crashes on some generic plans
+	 * (README, "Scaling out with Citus").
 	 */
 	plan = SPI_prepare_cursor(text, nargs, (Oid *) argtypes,
-							  CURSOR_OPT_GENERIC_PLAN);
+							  citus ? 0 : CURSOR_OPT_GENERIC_PLAN);
 	if (plan == NULL)
 		elog(ERROR, "could not prepare query \"%s\": %s",
 			 text, SPI_result_code_string(SPI_result));
@@ -156,6 +161,7 @@ payments_prepare(SPIPlanPtr *cache, const char *sql, int nargs,
 	ShardPlan  *entry = NULL;
 	bool		found;
 	bool		sharded;
+	bool		citus;
 	char	   *text;
 
 	if (generation != kept_generation || distributed != kept_distributed)
@@ -173,8 +179,8 @@ payments_prepare(SPIPlanPtr *cache, const char *sql, int nargs,
 	{
 		if (*cache != NULL)
 			return *cache;
-		text = with_schema_sharded(sql, &sharded);
-		plan = prepare_kept(text, nargs, argtypes);
+		text = with_schema_sharded(sql, &sharded, &citus);
+		plan = prepare_kept(text, nargs, argtypes, citus);
 		pfree(text);
 		remember_cache(cache);
 		*cache = plan;
@@ -206,8 +212,8 @@ payments_prepare(SPIPlanPtr *cache, const char *sql, int nargs,
 	}
 	if (entry == NULL)
 	{
-		text = with_schema_sharded(sql, &sharded);
-		plan = prepare_kept(text, nargs, argtypes);
+		text = with_schema_sharded(sql, &sharded, &citus);
+		plan = prepare_kept(text, nargs, argtypes, citus);
 		pfree(text);
 		if (!sharded)
 			key.shard = 0;

@@ -48,6 +48,7 @@
 
 #include "payments.h"
 #include "direct_write.h"
+#include "citus_shards.h"
 #include "extension_catalog.h"
 #include "owner_rights.h"
 
@@ -221,7 +222,10 @@ check_move(GuardEntry *g, Relation rel, HeapTuple newtuple,
 {
 	TupleDesc	desc = RelationGetDescr(rel);
 	const char *col = NameStr(TupleDescAttr(desc, g->attnum - 1)->attname);
-	const char *relname = RelationGetRelationName(rel);
+	/* a Citus shard is named by its distributed table (state_machine.c) */
+	const char *relname = (g->root_relid != RelationGetRelid(rel) &&
+						   !rel->rd_rel->relispartition) ?
+		get_rel_name(g->root_relid) : RelationGetRelationName(rel);
 	Machine    *m = state_guard_machine(g, rel);
 	int			ti = to == NULL ? -1 : state_machine_find(m, to);
 	int			fi;
@@ -351,7 +355,7 @@ record_move(GuardEntry *g, Relation rel, HeapTuple newtuple,
 	values = slot->tts_values;
 	nulls = slot->tts_isnull;
 	memset(nulls, false, sizeof(bool) * HISTORY_NATTS);
-	values[0] = Int64GetDatum(nextval_internal(history_seq, false));
+	values[0] = Int64GetDatum(payments_shard_unique_id(nextval_internal(history_seq, false)));
 	values[1] = ObjectIdGetDatum(g->root_relid);
 	values[2] = CStringGetTextDatum(NameStr(TupleDescAttr(desc, g->attnum - 1)->attname));
 	values[3] = key;

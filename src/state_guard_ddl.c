@@ -38,6 +38,7 @@
 #include "parser/parse_func.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
@@ -120,7 +121,7 @@ payments_define_state_machine(PG_FUNCTION_ARGS)
 					 " ON CONFLICT (name) DO UPDATE"
 					 " SET transitions = excluded.transitions,"
 					 "  initial = excluded.initial,"
-					 "  defined_at = now(), defined_by = excluded.defined_by"
+					 "  defined_at = excluded.defined_at, defined_by = excluded.defined_by"
 					 " WHERE state_machine_definitions.defined_by = $4",
 					 5, argtypes);
 	if (payments_execute(upsert_plan, values, nulls, SPI_OK_INSERT, 0) != 1)
@@ -245,6 +246,7 @@ payments_guard_state(PG_FUNCTION_ARGS)
 	AttrNumber	pk[INDEX_MAX_KEYS];
 	char	   *current = NULL;
 	char	   *tbl;
+	int			nestlevel;
 
 	payments_arg_not_null(fcinfo, 0, "table");
 	payments_arg_not_null(fcinfo, 1, "column");
@@ -306,6 +308,16 @@ payments_guard_state(PG_FUNCTION_ARGS)
 	 */
 	tbl = qualified_name(rel);
 	SPI_connect();
+
+	/*
+	 * Citus creates a distributed table's triggers on its shards only when
+	 * told to: the guard then runs on the node of each row (doc/citus.md).
+	 */
+	nestlevel = NewGUCNestLevel();
+	if (payments_citus_layout(NULL) == PAYMENTS_CITUS_DISTRIBUTED)
+		(void) set_config_option("citus.enable_unsafe_triggers", "on",
+								 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE,
+								 true, 0, false);
 	execute_ddl(psprintf("CREATE TRIGGER payments_state_guard_%d"
 						 " AFTER INSERT OR UPDATE OF %s%s ON %s"
 						 " FOR EACH ROW EXECUTE FUNCTION %s.state_guard(%s)",
@@ -314,6 +326,7 @@ payments_guard_state(PG_FUNCTION_ARGS)
 						 " OR DELETE" : "",
 						 tbl, payments_schema_quoted(),
 						 quote_literal_cstr(machine)));
+	AtEOXact_GUC(true, nestlevel);
 	SPI_finish();
 	table_close(rel, NoLock);
 	PG_RETURN_VOID();

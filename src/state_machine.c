@@ -35,6 +35,7 @@
 #include "postgres.h"
 
 #include "payments.h"
+#include "citus_shards.h"
 #include "citus_tables.h"
 #include "extension_catalog.h"
 #include "owner_rights.h"
@@ -648,6 +649,7 @@ state_guard_entry(TriggerData *td)
 	Oid			typoutput;
 	StringInfoData names;
 	MemoryContext old;
+	Oid			logical;
 
 	g = hash_search(guard_hash, &tg->tgoid, HASH_ENTER, &found);
 	if (found && g->valid)
@@ -696,6 +698,11 @@ state_guard_entry(TriggerData *td)
 	 * as a partition later.
 	 */
 	guard_root(tg, rel, &g->root_tgoid, &g->root_relid);
+
+	/* the history of a Citus shard names its distributed table */
+	logical = payments_shard_logical_relid(g->root_relid);
+	if (OidIsValid(logical))
+		g->root_relid = logical;
 	if (get_rel_relispartition(g->root_relid))
 	{
 		List	   *ancestors = get_partition_ancestors(g->root_relid);

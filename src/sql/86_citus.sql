@@ -23,10 +23,11 @@ COMMENT ON FUNCTION @extschema@.release_reservation(bigint, text) IS
     'Give the stock of a hold of the SKU back; false if it was already released or expired';
 
 -- Distribute the reservation and idempotency tables by their key, in one
--- co-location group, and make every call by key a distributed function
+-- co-location group, make the scope restrictions and the state machines
+-- reference tables, and make every call by key a distributed function
 -- that Citus sends to the node holding the key's shard, also inside a
 -- transaction (force_delegation).  Every other table stays local to the
--- node it is on.  Run once, on the coordinator, by a superuser; the rows
+-- node it is on (a guarded table's history: on the node of its row).  Run once, on the coordinator, by a superuser; the rows
 -- already in the tables move to the shards.
 CREATE FUNCTION @extschema@.distribute(shard_count integer DEFAULT NULL)
     RETURNS void
@@ -72,16 +73,23 @@ BEGIN
     PERFORM pg_catalog.create_distributed_table('@extschema@.idempotency_keys', 'key',
                                                 colocate_with => '@extschema@.stock');
 
-    -- The restrictions are read on every node; their trigger tells each
-    -- node's sessions when a placement changes.
+    -- The scope restrictions and the state machines are read on every
+    -- node; a statement trigger on each placement tells that node's
+    -- sessions to read them again (the scopes' trigger function only
+    -- invalidates the relation it fires on).
     PERFORM pg_catalog.set_config('citus.enable_unsafe_triggers', 'on', true);
+    CREATE TRIGGER state_machine_definitions_changed
+        AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON @extschema@.state_machine_definitions
+        FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.idempotency_scopes_changed();
     PERFORM pg_catalog.create_reference_table('@extschema@.idempotency_scopes');
+    PERFORM pg_catalog.create_reference_table('@extschema@.state_machine_definitions');
 
     -- The rows were copied to the shards; none stays behind in a shell.
     PERFORM pg_catalog.truncate_local_data_after_distributing_table(t)
        FROM unnest(ARRAY['@extschema@.stock', '@extschema@.stock_slots',
                          '@extschema@.reservations', '@extschema@.idempotency_keys',
-                         '@extschema@.idempotency_scopes']::regclass[]) AS t;
+                         '@extschema@.idempotency_scopes',
+                         '@extschema@.state_machine_definitions']::regclass[]) AS t;
 
     FOREACH fn IN ARRAY ARRAY[
         'stock_set(text, bigint, integer)', 'stock_adjust(text, bigint)',

@@ -5,7 +5,9 @@
 # under concurrent reserves of one SKU from clients on every node, one
 # effect per idempotency key, hold ids unique across nodes, the rows that
 # were there before kept, expiry by each node's worker on its own shards,
-# the calls that span keys refused, and DROP EXTENSION leaving no shard.
+# the calls that span keys refused, the state guard on a distributed table
+# (refusals and history on the node of each row, machines redefined on the
+# coordinator read anew everywhere), and DROP EXTENSION leaving no shard.
 #
 # Runs only where Citus is installed (.ci/run builds it from
 # ../shared/vendor).
@@ -76,8 +78,8 @@ is($coord->safe_psql('postgres', q{
 	SELECT string_agg(logicalrelid::text || ':' || partmethod::text, ',' ORDER BY logicalrelid::text)
 	  FROM pg_dist_partition}),
 	'payments.idempotency_keys:h,payments.idempotency_scopes:n,payments.reservations:h,'
-	  . 'payments.stock:h,payments.stock_slots:h',
-	'the reservation and idempotency tables are distributed, the scopes a reference table');
+	  . 'payments.state_machine_definitions:n,payments.stock:h,payments.stock_slots:h',
+	'the reservation and idempotency tables are distributed, scopes and machines are reference tables');
 is($coord->safe_psql('postgres', q{
 	SELECT count(DISTINCT colocationid) FROM pg_dist_partition WHERE partmethod = 'h'}),
 	'1', 'the distributed tables are co-located');
@@ -255,13 +257,77 @@ for my $node (@nodes)
 		'0', 'the worker serves the database on ' . $node->name);
 }
 
+# --- the state guard on a distributed table ---
+
+# A machine defined before distribute() is read on every node; the guard
+# runs on the node of each row, whose history stays next to the row's
+# shard and names the distributed table.
+$coord->safe_psql('postgres', q{
+	SELECT payments.define_state_machine('order',
+	    '{"new": ["paid", "cancelled"], "paid": ["refunded"], "cancelled": [], "refunded": []}',
+	    ARRAY['new']);
+	CREATE TABLE orders (id bigint PRIMARY KEY, status text NOT NULL);
+	SELECT create_distributed_table('orders', 'id', colocate_with => 'none');
+	SELECT payments.guard_state('orders', 'status', 'order');
+	INSERT INTO orders SELECT i, 'new' FROM generate_series(1, 20) AS i;
+	UPDATE orders SET status = 'paid' WHERE id <= 10;
+	UPDATE orders SET status = 'cancelled' WHERE id > 10;
+});
+for my $case (
+	[ q{UPDATE orders SET status = 'paid' WHERE id = 11},
+	  qr/PM201: invalid transition from "cancelled" to "paid" for column "status" of relation "orders"/ ],
+	[ q{UPDATE orders SET status = 'new' WHERE id = 1},
+	  qr/PM201: invalid transition from "paid" to "new"/ ],
+	[ q{INSERT INTO orders VALUES (99, 'paid')},
+	  qr/PM201: invalid initial state "paid"/ ])
+{
+	like(psql_error($coord, $case->[0]), $case->[1],
+		"the guard refuses on the row's node: $case->[0]");
+}
+is($coord->safe_psql('postgres',
+		q{SELECT string_agg(status || ':' || n, ',' ORDER BY status) FROM (SELECT status, count(*) AS n FROM orders GROUP BY 1) x}),
+	'cancelled:10,paid:10', 'the refused writes changed no row');
+
+my $moves = $coord->safe_psql('postgres', q{
+	SELECT sum(n) FROM run_command_on_all_nodes(
+	  $$SELECT count(*) FROM payments.state_history WHERE from_state IS NOT NULL$$) AS r,
+	  LATERAL (SELECT r.result::int AS n) x});
+is($moves, '20', 'the history has each of the 20 moves once, over the nodes');
+is($coord->safe_psql('postgres', q{
+	SELECT string_agg(DISTINCT r.result, ',') FROM run_command_on_all_nodes(
+	  $$SELECT coalesce(string_agg(DISTINCT tbl::text, ','), 'none') FROM payments.state_history$$) AS r
+	 WHERE r.result <> 'none'}),
+	'orders', 'and names the distributed table, not its shards');
+my $misplaced = 0;
+for my $n (1 .. 2)
+{
+	# every history row on a worker is about a row whose shard that worker holds
+	$misplaced += $workers[ $n - 1 ]->safe_psql('postgres', qq{
+		SELECT count(*) FROM payments.state_history h
+		 WHERE NOT EXISTS (SELECT FROM pg_dist_placement p
+		    JOIN pg_dist_local_group l ON l.groupid = p.groupid
+		   WHERE p.shardid = get_shard_id_for_distribution_column('orders', h.row_key::bigint))});
+}
+is($misplaced, 0, 'each history row is on the node of its row');
+
+# A machine redefined on the coordinator is read anew on every node, also
+# by the worker sessions Citus keeps open.
+$coord->safe_psql('postgres', q{
+	SELECT payments.define_state_machine('order',
+	    '{"new": ["paid", "cancelled"], "paid": ["refunded"], "cancelled": ["new"], "refunded": []}',
+	    ARRAY['new']);
+	UPDATE orders SET status = 'new' WHERE id = 11;
+});
+is($coord->safe_psql('postgres', 'SELECT status FROM orders WHERE id = 11'),
+	'new', 'a move the redefined machine allows is taken on the row\'s node');
+
 # --- DROP EXTENSION leaves no shard behind ---
 
 like(psql_error($coord, 'SET ROLE app; DROP EXTENSION payments'),
 	qr/must be owner of extension payments/, 'only the owner may drop the extension');
 is($coord->safe_psql('postgres', 'SELECT count(*) FROM pg_dist_partition'),
-	'5', 'and a refused DROP removed nothing from Citus');
-$coord->safe_psql('postgres', 'DROP EXTENSION payments');
+	'7', 'and a refused DROP removed nothing from Citus');
+$coord->safe_psql('postgres', 'DROP TABLE orders; DROP EXTENSION payments');
 is($coord->safe_psql('postgres',
 		'SELECT (SELECT count(*) FROM pg_dist_partition) + (SELECT count(*) FROM pg_dist_shard)'),
 	'0', 'DROP EXTENSION removed the tables and their shards from Citus');
