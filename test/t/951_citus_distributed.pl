@@ -7,7 +7,9 @@
 # were there before kept, expiry by each node's worker on its own shards,
 # the calls that span keys refused, the state guard on a distributed table
 # (refusals and history on the node of each row, machines redefined on the
-# coordinator read anew everywhere), and DROP EXTENSION leaving no shard.
+# coordinator read anew everywhere), compensations whose handlers write
+# distributed tables run exactly once across a kill -9 of the worker, and
+# DROP EXTENSION leaving no shard.
 #
 # Runs only where Citus is installed (.ci/run builds it from
 # ../shared/vendor).
@@ -321,13 +323,56 @@ $coord->safe_psql('postgres', q{
 is($coord->safe_psql('postgres', 'SELECT status FROM orders WHERE id = 11'),
 	'new', 'a move the redefined machine allows is taken on the row\'s node');
 
+# --- compensations with effects on distributed tables, across a crash ---
+
+# The queue stays on the coordinator, whose worker runs it; a handler's
+# writes to a distributed table commit with its item (two-phase commit on
+# the workers) or not at all.  Ten items around one that sleeps on its
+# first attempt, all taken by one call of the worker, which is killed
+# while the five before the sleeper have run, uncommitted.
+$coord->safe_psql('postgres', q{
+	CREATE TABLE effects (n text PRIMARY KEY, times int NOT NULL);
+	SELECT create_distributed_table('effects', 'n');
+	CREATE FUNCTION effect(p jsonb) RETURNS void LANGUAGE plpgsql AS $$
+	BEGIN
+	    IF p->>'n' = 'sleeper'
+	       AND (SELECT attempts FROM payments.compensations WHERE payload = p) = 1 THEN
+	        PERFORM pg_sleep(600);
+	    END IF;
+	    EXECUTE format('INSERT INTO public.effects VALUES (%L, 1)'
+	                   ' ON CONFLICT (n) DO UPDATE SET times = effects.times + 1', p->>'n');
+	END $$;
+	BEGIN;
+	SELECT payments.enqueue_compensation('effect(jsonb)', jsonb_build_object('n', 'e' || i))
+	  FROM generate_series(1, 5) AS i;
+	SELECT payments.enqueue_compensation('effect(jsonb)', '{"n": "sleeper"}');
+	SELECT payments.enqueue_compensation('effect(jsonb)', jsonb_build_object('n', 'e' || i))
+	  FROM generate_series(6, 10) AS i;
+	COMMIT;
+});
+$coord->poll_query_until('postgres',
+	"SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'payments worker' AND wait_event = 'PgSleep'",
+	'1')
+  or die 'the sleeping handler did not start';
+is($coord->safe_psql('postgres', 'SELECT count(*) FROM effects'), '0',
+	'mid-batch, no effect on the workers is visible');
+my $pid = $coord->safe_psql('postgres', 'SELECT pid FROM payments.worker_status()');
+kill 'KILL', $pid or die "could not kill worker $pid";
+ok( $coord->poll_query_until('postgres',
+		q{SELECT count(*) FROM payments.compensations WHERE status = 'succeeded'
+		   AND payload->>'n' ~ '^(e[0-9]+|sleeper)$'}, '11'),
+	'after kill -9 of the coordinator\'s worker and the restart, every item succeeded');
+is($coord->safe_psql('postgres',
+		q{SELECT count(*) || ' ' || sum(times) FROM effects}),
+	'11 11', 'and each effect reached its worker exactly once');
+
 # --- DROP EXTENSION leaves no shard behind ---
 
 like(psql_error($coord, 'SET ROLE app; DROP EXTENSION payments'),
 	qr/must be owner of extension payments/, 'only the owner may drop the extension');
 is($coord->safe_psql('postgres', 'SELECT count(*) FROM pg_dist_partition'),
-	'7', 'and a refused DROP removed nothing from Citus');
-$coord->safe_psql('postgres', 'DROP TABLE orders; DROP EXTENSION payments');
+	'8', 'and a refused DROP removed nothing from Citus');
+$coord->safe_psql('postgres', 'DROP TABLE orders, effects; DROP EXTENSION payments');
 is($coord->safe_psql('postgres',
 		'SELECT (SELECT count(*) FROM pg_dist_partition) + (SELECT count(*) FROM pg_dist_shard)'),
 	'0', 'DROP EXTENSION removed the tables and their shards from Citus');
