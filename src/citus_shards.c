@@ -40,6 +40,7 @@
 #include "catalog/pg_namespace.h"
 #include "catalog/pg_type.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
@@ -183,9 +184,18 @@ local_group(void)
 	return group;
 }
 
-/* Whether pg_dist_placement places shardid on group */
-static bool
-placed_on(int64 shardid, int32 group)
+static int
+int64_cmp(const void *a, const void *b)
+{
+	int64		x = *(const int64 *) a;
+	int64		y = *(const int64 *) b;
+
+	return (x > y) - (x < y);
+}
+
+/* The shards placed on group (pg_dist_placement), sorted; *n of them */
+static int64 *
+shards_placed_on(int32 group, int *n)
 {
 	Oid			relid = citus_catalog("pg_dist_placement");
 	AttrNumber	att_shard = catalog_column(relid, "shardid");
@@ -193,30 +203,50 @@ placed_on(int64 shardid, int32 group)
 	Relation	rel = table_open(relid, AccessShareLock);
 	SysScanDesc scan = systable_beginscan(rel, InvalidOid, false, NULL, 0, NULL);
 	HeapTuple	tup;
-	bool		found = false;
+	int			cap = 64;
+	int64	   *result = palloc(sizeof(int64) * cap);
 
-	while (!found && HeapTupleIsValid(tup = systable_getnext(scan)))
+	*n = 0;
+	while (HeapTupleIsValid(tup = systable_getnext(scan)))
 	{
 		bool		null1;
 		bool		null2;
 		Datum		s = heap_getattr(tup, att_shard, RelationGetDescr(rel), &null1);
 		Datum		g = heap_getattr(tup, att_group, RelationGetDescr(rel), &null2);
 
-		found = !null1 && !null2 && DatumGetInt64(s) == shardid &&
-			DatumGetInt32(g) == group;
+		if (null1 || null2 || DatumGetInt32(g) != group)
+			continue;
+		if (*n == cap)
+		{
+			cap *= 2;
+			result = repalloc(result, sizeof(int64) * cap);
+		}
+		result[(*n)++] = DatumGetInt64(s);
 	}
 	systable_endscan(scan);
 	table_close(rel, AccessShareLock);
-	return found;
+	qsort(result, *n, sizeof(int64), int64_cmp);
+	return result;
 }
 
-static int
-shard_range_cmp(const void *a, const void *b)
+/* One row of pg_dist_shard of a distributed table of the layout */
+typedef struct ShardRow
 {
-	int32		x = ((const ShardRange *) a)->min;
-	int32		y = ((const ShardRange *) b)->min;
+	int32		min;
+	int32		max;
+	int64		shardid;
+	ShardTable	table;
+} ShardRow;
 
-	return (x > y) - (x < y);
+static int
+shard_row_cmp(const void *a, const void *b)
+{
+	const ShardRow *x = (const ShardRow *) a;
+	const ShardRow *y = (const ShardRow *) b;
+
+	if (x->min != y->min)
+		return (x->min > y->min) - (x->min < y->min);
+	return (x->table > y->table) - (x->table < y->table);
 }
 
 static void
@@ -244,13 +274,15 @@ map_load(void)
 	Relation	rel;
 	SysScanDesc scan;
 	HeapTuple	tup;
-	ShardRange *found;
-	int			nfound = 0;
+	ShardRow   *rows;
+	int			nrows;
 	int			cap = 64;
-	int			per_table[SHARD_NUM_TABLES] = {0};
+	int64	   *local;
+	int			nlocal;
 	int32		group;
 	uint64		generation;
 
+	/* an invalidation while we read means the metadata changed: again */
 	do
 	{
 		generation = payments_citus_generation();
@@ -262,9 +294,9 @@ map_load(void)
 			references[r].shardid = 0;
 		}
 		group = local_group();
-		found = palloc0(sizeof(ShardRange) * cap);
-		nfound = 0;
-		memset(per_table, 0, sizeof(per_table));
+		local = shards_placed_on(group, &nlocal);
+		rows = palloc(sizeof(ShardRow) * cap);
+		nrows = 0;
 
 		rel = table_open(relid, AccessShareLock);
 		scan = systable_beginscan(rel, InvalidOid, false, NULL, 0, NULL);
@@ -279,16 +311,12 @@ map_load(void)
 			bool		minnull;
 			bool		maxnull;
 			int			t;
-			bool		reference = false;
 
-			for (int r = 0; r < lengthof(references); r++)
-				if (logical == ref_shells[r] && OidIsValid(logical))
-				{
-					references[r].shardid = shardid;
-					reference = true;
-				}
-			if (reference)
+			if (!OidIsValid(logical))
 				continue;
+			for (int r = 0; r < lengthof(references); r++)
+				if (logical == ref_shells[r])
+					references[r].shardid = shardid;
 			for (t = 0; t < SHARD_NUM_TABLES; t++)
 				if (logical == shells[t])
 					break;
@@ -298,72 +326,60 @@ map_load(void)
 			dmax = heap_getattr(tup, att_max, desc, &maxnull);
 			if (minnull || maxnull)
 				report_inconsistent();
-			if (nfound == cap)
+			if (nrows == cap)
 			{
 				cap *= 2;
-				found = repalloc(found, sizeof(ShardRange) * cap);
+				rows = repalloc(rows, sizeof(ShardRow) * cap);
 			}
-			memset(&found[nfound], 0, sizeof(ShardRange));
-			found[nfound].min = pg_strtoint32(TextDatumGetCString(dmin));
-			found[nfound].max = pg_strtoint32(TextDatumGetCString(dmax));
-			/* which table, for now, in shardid[0]; sorted out below */
-			found[nfound].shardid[0] = shardid;
-			found[nfound].relids[0] = (Oid) t;
-			per_table[t]++;
-			nfound++;
+			rows[nrows].min = pg_strtoint32(TextDatumGetCString(dmin));
+			rows[nrows].max = pg_strtoint32(TextDatumGetCString(dmax));
+			rows[nrows].shardid = shardid;
+			rows[nrows].table = (ShardTable) t;
+			nrows++;
 		}
 		systable_endscan(scan);
 		table_close(rel, AccessShareLock);
 	} while (generation != payments_citus_generation());
 
-	for (int t = 1; t < SHARD_NUM_TABLES; t++)
-		if (per_table[t] != per_table[0])
-			report_inconsistent();
-	if (per_table[0] == 0)
+	/*
+	 * Sorted by range and table, the rows must be one per table for each
+	 * range: co-located tables have the same ranges.
+	 */
+	qsort(rows, nrows, sizeof(ShardRow), shard_row_cmp);
+	if (nrows == 0 || nrows % SHARD_NUM_TABLES != 0)
 		report_inconsistent();
-	for (int r = 0; r < lengthof(references); r++)
-		if (references[r].shardid == 0)
-			report_inconsistent();
-
-	/* One range per distinct min, with the shard of each table in it */
-	qsort(found, nfound, sizeof(ShardRange), shard_range_cmp);
 	if (ranges != NULL)
 		pfree(ranges);
-	ranges = MemoryContextAllocZero(TopMemoryContext,
-									sizeof(ShardRange) * per_table[0]);
-	nranges = 0;
-	for (int i = 0; i < nfound; i++)
-	{
-		ShardTable	t = (ShardTable) found[i].relids[0];
-		ShardRange *r;
-
-		if (nranges == 0 || ranges[nranges - 1].min != found[i].min)
-		{
-			if (nranges == per_table[0])
-				report_inconsistent();
-			r = &ranges[nranges++];
-			r->min = found[i].min;
-			r->max = found[i].max;
-		}
-		r = &ranges[nranges - 1];
-		if (r->max != found[i].max || r->shardid[t] != 0)
-			report_inconsistent();
-		r->shardid[t] = found[i].shardid[0];
-	}
+	nranges = nrows / SHARD_NUM_TABLES;
+	ranges = MemoryContextAllocZero(TopMemoryContext, sizeof(ShardRange) * nranges);
 	for (int i = 0; i < nranges; i++)
 	{
+		ShardRange *r = &ranges[i];
+
+		r->min = rows[i * SHARD_NUM_TABLES].min;
+		r->max = rows[i * SHARD_NUM_TABLES].max;
 		for (int t = 0; t < SHARD_NUM_TABLES; t++)
-			if (ranges[i].shardid[t] == 0)
+		{
+			ShardRow   *row = &rows[i * SHARD_NUM_TABLES + t];
+
+			if (row->table != (ShardTable) t || row->min != r->min || row->max != r->max)
 				report_inconsistent();
-		ranges[i].local = placed_on(ranges[i].shardid[SHARD_STOCK], group);
+			r->shardid[t] = row->shardid;
+		}
+		r->local = bsearch(&r->shardid[SHARD_STOCK], local, nlocal,
+						   sizeof(int64), int64_cmp) != NULL;
 	}
 	for (int r = 0; r < lengthof(references); r++)
 	{
-		references[r].local = placed_on(references[r].shardid, group);
+		if (references[r].shardid == 0)
+			report_inconsistent();
+		references[r].local = bsearch(&references[r].shardid, local, nlocal,
+									  sizeof(int64), int64_cmp) != NULL;
 		references[r].relid = InvalidOid;
 	}
 	map_group = group;
-	pfree(found);
+	pfree(rows);
+	pfree(local);
 
 	map_generation = generation;
 	map_valid = true;
@@ -688,6 +704,9 @@ payments_shard_logical_relid(Oid relid)
 	Oid			logical = InvalidOid;
 	int64		shardid;
 	char	   *end;
+	Oid			index;
+	AttrNumber	att_shard;
+	ScanKeyData key;
 	Relation	rel;
 	SysScanDesc scan;
 	HeapTuple	tup;
@@ -700,13 +719,18 @@ payments_shard_logical_relid(Oid relid)
 	if (*end != '\0' || errno != 0 || shardid <= 0)
 		return InvalidOid;
 
+	/* by Citus's index on pg_dist_shard (shardid), if it has one */
+	index = get_relname_relid("pg_dist_shard_shardid_index", PG_CATALOG_NAMESPACE);
+	att_shard = catalog_column(relation, "shardid");
+	ScanKeyInit(&key, att_shard, BTEqualStrategyNumber, F_INT8EQ,
+				Int64GetDatum(shardid));
 	rel = table_open(relation, AccessShareLock);
-	scan = systable_beginscan(rel, InvalidOid, false, NULL, 0, NULL);
+	scan = systable_beginscan(rel, index, OidIsValid(index), NULL,
+							  OidIsValid(index) ? 1 : 0, &key);
 	while (HeapTupleIsValid(tup = systable_getnext(scan)))
 	{
 		bool		isnull;
-		Datum		d = heap_getattr(tup, catalog_column(relation, "shardid"),
-									 RelationGetDescr(rel), &isnull);
+		Datum		d = heap_getattr(tup, att_shard, RelationGetDescr(rel), &isnull);
 
 		if (isnull || DatumGetInt64(d) != shardid)
 			continue;
