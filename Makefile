@@ -31,6 +31,7 @@ OBJS = \
 	src/reservation_holds.o \
 	src/reservation_slots.o \
 	src/reservation_tables.o \
+	src/reservation_citus.o \
 	src/state_machine.o \
 	src/state_guard.o \
 	src/state_guard_ddl.o \

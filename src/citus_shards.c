@@ -473,23 +473,6 @@ payments_shard_current(void)
 	return current_range >= 0 ? ranges[current_range].shardid[SHARD_STOCK] : 0;
 }
 
-/*
- * Refuse a call that works on no single key while the tables are
- * distributed: function names it, hint says what to call instead.
- */
-void
-payments_shard_refuse(const char *function, const char *hint)
-{
-	if (!payments_shards_distributed())
-		return;
-	ereport(ERROR,
-			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-			 errmsg("%s is not supported while the extension's tables are distributed",
-					function),
-			 errdetail("payments.distribute() distributed the extension's reservation and idempotency tables; only calls for one key run on them."),
-			 errhint("%s", hint)));
-}
-
 static void
 report_no_key(const char *relname)
 {
@@ -497,8 +480,8 @@ report_no_key(const char *relname)
 			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 			 errmsg("this call cannot read or write the distributed table payments.%s",
 					relname),
-			 errdetail("payments.distribute() distributed the extension's reservation and idempotency tables; only calls for one key run on them."),
-			 errhint("The section \"Scaling out with Citus\" of the extension's README lists the calls that do.")));
+			 errdetail("payments.distribute() distributed the extension's reservation and idempotency tables; only calls for one key, on the node of its shard, read and write them directly."),
+			 errhint("The section \"Scaling out with Citus\" of the extension's README lists the calls.")));
 }
 
 /* The placement on this node of one of the reference tables */

@@ -21,7 +21,6 @@ typedef int PaymentsShardContext;
 extern bool payments_shards_distributed(void);
 extern PaymentsShardContext payments_shard_enter(text *key, const char *kind);
 extern void payments_shard_leave(PaymentsShardContext previous);
-extern void payments_shard_refuse(const char *function, const char *hint);
 extern Oid	payments_shard_relation(PaymentsRelation which, const char *relname);
 extern char *payments_shard_table_name(const char *relname, int len,
 									   bool *citus);

@@ -327,13 +327,12 @@ payments_reserve_items(PG_FUNCTION_ARGS)
 	int			nitems;
 	ReserveItem *sorted;
 	Datum	   *ids;
+	bool		distributed;
 
 	order_ref = arg_order_ref(fcinfo, 0);
 	payments_arg_not_null(fcinfo, 1, "items");
 	items = PG_GETARG_JSONB_P(1);
 	ttl = arg_ttl(fcinfo, 2);
-	payments_shard_refuse("payments.reserve(text, jsonb, interval)",
-						  "Reserve each SKU with payments.reserve(order_ref, sku, qty, ttl) in one transaction: each call runs on the node of its SKU, and the transaction commits on all of them or none.");
 
 	if (!JB_ROOT_IS_ARRAY(items) || JB_ROOT_IS_SCALAR(items))
 		ereport(ERROR,
@@ -366,29 +365,25 @@ payments_reserve_items(PG_FUNCTION_ARGS)
 	payments_check_not_in_recovery();
 
 	ids = palloc(sizeof(Datum) * nitems);
+	distributed = payments_shards_distributed();
 	for (int i = 0; i < nitems; i++)
-		ids[sorted[i].index] =
-			Int64GetDatum(payments_hold_reserve(fcinfo->flinfo->fn_oid,
-												order_ref, sorted[i].sku,
-												sorted[i].qty, ttl));
+		ids[sorted[i].index] = Int64GetDatum(distributed ?
+											 payments_hold_reserve_citus(fcinfo->flinfo->fn_oid,
+																		 order_ref, sorted[i].sku,
+																		 sorted[i].qty, ttl) :
+											 payments_hold_reserve(fcinfo->flinfo->fn_oid,
+																   order_ref, sorted[i].sku,
+																   sorted[i].qty, ttl));
 
 	PG_RETURN_ARRAYTYPE_P(construct_array(ids, nitems, INT8OID, sizeof(int64),
 										  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 }
 
-/*
- * The SKU a confirm or release by id names (argument 1 of the two-argument
- * form), NULL for the one-argument form, which the distributed tables
- * refuse: only the SKU tells which node holds the hold.
- */
+/* The SKU a confirm or release by id names, NULL for the one-argument form */
 static text *
-arg_hold_sku(FunctionCallInfo fcinfo, const char *function)
+arg_hold_sku(FunctionCallInfo fcinfo)
 {
-	if (PG_NARGS() > 1)
-		return arg_sku(fcinfo, 1);
-	payments_shard_refuse(function,
-						  "Name the hold's SKU too: SELECT payments.confirm_reservation(id, sku) or payments.release_reservation(id, sku).");
-	return NULL;
+	return PG_NARGS() > 1 ? arg_sku(fcinfo, 1) : NULL;
 }
 
 /*
@@ -396,17 +391,21 @@ arg_hold_sku(FunctionCallInfo fcinfo, const char *function)
  *
  * true: the hold is now a sale.  false: it was confirmed before.  A hold
  * that was released, expired, or is past its TTL cannot be confirmed
- * (PM102).  With a SKU, a hold of another SKU is unknown.
+ * (PM102).  With a SKU, a hold of another SKU is unknown.  Distributed,
+ * the two-argument form runs on the SKU's node; the other finds the hold
+ * over every shard first (reservation_citus.c).
  */
 Datum
 payments_confirm_reservation(PG_FUNCTION_ARGS)
 {
 	int64		id = arg_reservation_id(fcinfo, 0);
-	text	   *sku = arg_hold_sku(fcinfo, "payments.confirm_reservation(bigint)");
+	text	   *sku = arg_hold_sku(fcinfo);
 	PaymentsShardContext shard;
 	bool		result;
 
 	payments_check_not_in_recovery();
+	if (sku == NULL && payments_shards_distributed())
+		PG_RETURN_BOOL(payments_hold_resolve_citus(fcinfo->flinfo->fn_oid, id, true));
 	shard = payments_shard_enter(sku, "SKU");
 	result = payments_hold_confirm(id, sku);
 	payments_shard_leave(shard);
@@ -423,11 +422,13 @@ Datum
 payments_release_reservation(PG_FUNCTION_ARGS)
 {
 	int64		id = arg_reservation_id(fcinfo, 0);
-	text	   *sku = arg_hold_sku(fcinfo, "payments.release_reservation(bigint)");
+	text	   *sku = arg_hold_sku(fcinfo);
 	PaymentsShardContext shard;
 	bool		result;
 
 	payments_check_not_in_recovery();
+	if (sku == NULL && payments_shards_distributed())
+		PG_RETURN_BOOL(payments_hold_resolve_citus(fcinfo->flinfo->fn_oid, id, false));
 	shard = payments_shard_enter(sku, "SKU");
 	result = payments_hold_release(id, sku);
 	payments_shard_leave(shard);
@@ -445,9 +446,9 @@ payments_confirm_order(PG_FUNCTION_ARGS)
 {
 	text	   *order_ref = arg_order_ref(fcinfo, 0);
 
-	payments_shard_refuse("payments.confirm_order(text)",
-						  "Confirm each hold with payments.confirm_reservation(id, sku).");
 	payments_check_not_in_recovery();
+	if (payments_shards_distributed())
+		PG_RETURN_INT32(payments_order_confirm_citus(order_ref));
 	PG_RETURN_INT32(payments_order_confirm(order_ref));
 }
 
@@ -462,9 +463,9 @@ payments_release_order(PG_FUNCTION_ARGS)
 {
 	text	   *order_ref = arg_order_ref(fcinfo, 0);
 
-	payments_shard_refuse("payments.release_order(text)",
-						  "Release each hold with payments.release_reservation(id, sku).");
 	payments_check_not_in_recovery();
+	if (payments_shards_distributed())
+		PG_RETURN_INT32(payments_order_release_citus(order_ref));
 	PG_RETURN_INT32(payments_order_release(order_ref));
 }
 

@@ -74,12 +74,24 @@ extern int	payments_order_release(text *order_ref);
 extern int	payments_holds_expire(int32 max_rows);
 extern int64 payments_holds_reclaim_lapsed(text *sku);
 extern int64 payments_holds_held_units(text *sku);
+extern void payments_report_unknown_reservation(int64 id);
+extern void payments_report_order_unknown(text *order_ref);
+extern void payments_report_order_released(text *order_ref);
+extern void payments_report_order_confirmed(text *order_ref, int64 id);
 
 /* reservation_slots.c */
 extern void payments_slots_take(Oid fn_oid, text *sku, int64 qty);
 extern bool payments_slots_put_back(text *sku, int64 qty, bool wait);
 extern void payments_stock_set_units(text *sku, int64 on_hand, int32 slots);
 extern int64 payments_stock_adjust_units(text *sku, int64 delta);
+extern void payments_report_unknown_sku(text *sku);
+
+/* reservation_citus.c: the calls over several SKUs or by id, distributed */
+extern int	payments_order_confirm_citus(text *order_ref);
+extern int	payments_order_release_citus(text *order_ref);
+extern int64 payments_hold_reserve_citus(Oid fn_oid, text *order_ref, text *sku,
+										 int64 qty, Datum ttl);
+extern bool payments_hold_resolve_citus(Oid fn_oid, int64 id, bool confirm);
 
 /* reservation_tables.c: one row of a reservation table, without SQL */
 typedef enum ReservationTable

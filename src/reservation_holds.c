@@ -82,8 +82,8 @@ hold_state_datum(HoldState state)
 	return CStringGetTextDatum(hold_state_names[state]);
 }
 
-static void
-report_unknown_reservation(int64 id)
+void
+payments_report_unknown_reservation(int64 id)
 {
 	ereport(ERROR,
 			(errcode(ERRCODE_PM_RESERVATION_NOT_FOUND),
@@ -129,6 +129,34 @@ report_order_expired(text *order_ref, int64 id)
 			 errdetail("The TTL of reservation %lld ran out; its stock no longer belongs to the order.",
 					   (long long) id),
 			 errhint("Release the order and reserve it again.")));
+}
+
+void
+payments_report_order_unknown(text *order_ref)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_PM_RESERVATION_NOT_FOUND),
+			 errmsg("order \"%s\" has no reservations", text_to_cstring(order_ref))));
+}
+
+void
+payments_report_order_released(text *order_ref)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_PM_RESERVATION_EXPIRED),
+			 errmsg("order \"%s\" was released", text_to_cstring(order_ref)),
+			 errdetail("All its reservations have been released; their stock has been given back."),
+			 errhint("Reserve the stock again.")));
+}
+
+void
+payments_report_order_confirmed(text *order_ref, int64 id)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_PM_RESERVATION_STATE_CONFLICT),
+			 errmsg("cannot release order \"%s\"", text_to_cstring(order_ref)),
+			 errdetail("Reservation %lld has been confirmed; its stock is sold.",
+					   (long long) id)));
 }
 
 /*
@@ -294,7 +322,7 @@ payments_hold_confirm(int64 id, text *sku)
 			report_expired(id);
 			break;
 		case HOLD_NONE:
-			report_unknown_reservation(id);
+			payments_report_unknown_reservation(id);
 			break;
 	}
 	return false;				/* keep the compiler quiet */
@@ -320,7 +348,7 @@ lookup_state(int64 id, text *sku)
 					 " WHERE id = $1 AND ($2 IS NULL OR sku = $2)",
 					 2, argtypes);
 	if (payments_execute(lookup_plan, values, nulls, SPI_OK_SELECT, 0) == 0)
-		report_unknown_reservation(id);
+		payments_report_unknown_reservation(id);
 	tup = SPI_tuptable->vals[0];
 	state = hold_state_of(DatumGetTextPP(SPI_getbinval(tup, SPI_tuptable->tupdesc,
 													   1, &isnull)));
@@ -437,9 +465,7 @@ lock_order(text *order_ref, HoldRow **rows)
 					 1, argtypes);
 	n = payments_execute(lock_order_plan, values, NULL, SPI_OK_SELECT, 0);
 	if (n == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_PM_RESERVATION_NOT_FOUND),
-				 errmsg("order \"%s\" has no reservations", text_to_cstring(order_ref))));
+		payments_report_order_unknown(order_ref);
 
 	r = palloc(sizeof(HoldRow) * n);
 	for (uint64 i = 0; i < n; i++)
@@ -504,11 +530,7 @@ payments_order_confirm(text *order_ref)
 			any_confirmed = true;
 	}
 	if (nheld == 0 && !any_confirmed)
-		ereport(ERROR,
-				(errcode(ERRCODE_PM_RESERVATION_EXPIRED),
-				 errmsg("order \"%s\" was released", text_to_cstring(order_ref)),
-				 errdetail("All its reservations have been released; their stock has been given back."),
-				 errhint("Reserve the stock again.")));
+		payments_report_order_released(order_ref);
 
 	/* every row is locked, so a hold can only have run past its TTL since */
 	for (int i = 0; i < nheld; i++)
@@ -542,11 +564,7 @@ payments_order_release(text *order_ref)
 	n = lock_order(order_ref, &rows);
 	for (int i = 0; i < n; i++)
 		if (rows[i].state == HOLD_CONFIRMED)
-			ereport(ERROR,
-					(errcode(ERRCODE_PM_RESERVATION_STATE_CONFLICT),
-					 errmsg("cannot release order \"%s\"", text_to_cstring(order_ref)),
-					 errdetail("Reservation %lld has been confirmed; its stock is sold.",
-							   (long long) rows[i].id)));
+			payments_report_order_confirmed(order_ref, rows[i].id);
 
 	/* give the stock back SKU by SKU, in the one lock order */
 	qsort(rows, n, sizeof(HoldRow), compare_rows_by_sku);

@@ -50,8 +50,8 @@ static char last_sku[RESERVATION_SKU_MAX_BYTES];
 static int	last_sku_len = -1;
 static int32 last_slot;
 
-static void
-report_unknown_sku(text *sku)
+void
+payments_report_unknown_sku(text *sku)
 {
 	ereport(ERROR,
 			(errcode(ERRCODE_PM_RESERVATION_NOT_FOUND),
@@ -304,7 +304,7 @@ lock_stock(text *sku)
 					 "SELECT slots FROM @extschema@.stock WHERE sku = $1 FOR UPDATE",
 					 1, argtypes);
 	if (payments_execute(lock_stock_plan, values, NULL, SPI_OK_SELECT, 0) == 0)
-		report_unknown_sku(sku);
+		payments_report_unknown_sku(sku);
 	return DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0],
 									   SPI_tuptable->tupdesc, 1, &isnull));
 }

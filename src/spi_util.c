@@ -82,7 +82,7 @@ remember_cache(SPIPlanPtr *cache)
  * Citus plans (a reference table) stays.
  */
 static char *
-with_schema_sharded(const char *sql, bool *sharded, bool *citus)
+with_schema_sharded(const char *sql, bool shards, bool *sharded, bool *citus)
 {
 	const char *marker = "@extschema@";
 	const char *schema = payments_schema_quoted();
@@ -102,7 +102,7 @@ with_schema_sharded(const char *sql, bool *sharded, bool *citus)
 		appendBinaryStringInfo(&buf, p, hit - p);
 		appendStringInfoString(&buf, schema);
 		p = hit + strlen(marker);
-		if (*p != '.')
+		if (*p != '.' || !shards)
 			continue;
 		while ((name[len] >= 'a' && name[len] <= 'z') || name[len] == '_')
 			len++;
@@ -124,7 +124,7 @@ with_schema(const char *sql)
 	bool		sharded;
 	bool		citus;
 
-	return with_schema_sharded(sql, &sharded, &citus);
+	return with_schema_sharded(sql, true, &sharded, &citus);
 }
 
 static SPIPlanPtr
@@ -179,7 +179,7 @@ payments_prepare(SPIPlanPtr *cache, const char *sql, int nargs,
 	{
 		if (*cache != NULL)
 			return *cache;
-		text = with_schema_sharded(sql, &sharded, &citus);
+		text = with_schema_sharded(sql, true, &sharded, &citus);
 		plan = prepare_kept(text, nargs, argtypes, citus);
 		pfree(text);
 		remember_cache(cache);
@@ -212,7 +212,7 @@ payments_prepare(SPIPlanPtr *cache, const char *sql, int nargs,
 	}
 	if (entry == NULL)
 	{
-		text = with_schema_sharded(sql, &sharded, &citus);
+		text = with_schema_sharded(sql, true, &sharded, &citus);
 		plan = prepare_kept(text, nargs, argtypes, citus);
 		pfree(text);
 		if (!sharded)
@@ -250,11 +250,10 @@ payments_execute(SPIPlanPtr plan, Datum *values, const char *nulls,
  * meet (a statement of a thousand lines or of millions), and for those
  * that read an ephemeral relation registered with the connection.
  */
-uint64
-payments_execute_once(const char *sql, int nargs, const Oid *argtypes,
-					  Datum *values, const char *nulls, int expected)
+static uint64
+execute_with_args(char *text, int nargs, const Oid *argtypes, Datum *values,
+				  const char *nulls, int expected)
 {
-	char	   *text = with_schema(sql);
 	int			rc;
 
 	rc = SPI_execute_with_args(text, nargs, (Oid *) argtypes, values, nulls,
@@ -264,6 +263,31 @@ payments_execute_once(const char *sql, int nargs, const Oid *argtypes,
 			 SPI_result_code_string(rc), SPI_result_code_string(expected));
 	pfree(text);
 	return SPI_processed;
+}
+
+uint64
+payments_execute_once(const char *sql, int nargs, const Oid *argtypes,
+					  Datum *values, const char *nulls, int expected)
+{
+	return execute_with_args(with_schema(sql), nargs, argtypes, values, nulls,
+							 expected);
+}
+
+/*
+ * Run sql once through Citus, with @extschema@ replaced but no table
+ * turned into its shard, and a plan made for these values (which Citus
+ * routes by): for a call that works on several keys while the tables are
+ * distributed (reservation_citus.c).
+ */
+uint64
+payments_execute_citus(const char *sql, int nargs, const Oid *argtypes,
+					   Datum *values, const char *nulls, int expected)
+{
+	bool		sharded;
+	bool		citus;
+
+	return execute_with_args(with_schema_sharded(sql, false, &sharded, &citus),
+							 nargs, argtypes, values, nulls, expected);
 }
 
 /*

@@ -18,6 +18,9 @@ extern uint64 payments_execute(SPIPlanPtr plan, Datum *values,
 extern uint64 payments_execute_once(const char *sql, int nargs,
 									const Oid *argtypes, Datum *values,
 									const char *nulls, int expected);
+extern uint64 payments_execute_citus(const char *sql, int nargs,
+									 const Oid *argtypes, Datum *values,
+									 const char *nulls, int expected);
 extern Portal payments_cursor_open_once(const char *sql, int nargs,
 										const Oid *argtypes, Datum *values);
 extern uint64 payments_execute_latest(const char *sql, int nargs,

@@ -203,19 +203,14 @@ for my $node (@nodes)
 		'a restricted scope is refused to other roles through ' . $node->name);
 }
 
-# --- calls that span keys say what to call instead ---
+# --- two calls in one statement are not sent on: refused, never wrong ---
 
-for my $case (
-	[ 'SELECT payments.confirm_reservation(1)', qr/0A000: payments\.confirm_reservation\(bigint\) is not supported while the extension's tables are distributed.*HINT:  Name the hold's SKU too/s ],
-	[ q{SELECT payments.confirm_order('spread')}, qr/0A000: payments\.confirm_order\(text\) is not supported/ ],
-	[ q{SELECT payments.release_order('spread')}, qr/0A000: payments\.release_order\(text\) is not supported/ ],
-	[ q{SELECT payments.reserve('x', '[{"sku": "hot", "qty": 1}]'::jsonb)}, qr/0A000: payments\.reserve\(text, jsonb, interval\) is not supported/ ],
-	[ q{SELECT payments.reserve('x', 'sku-1', 1), payments.reserve('x', 'sku-2', 1)}, qr/0A000: the shard of SKU "sku-\d" is not on this node/ ])
-{
-	like(psql_error($coord, $case->[0]), $case->[1], "refused: $case->[0]");
-}
+like(psql_error($coord,
+		q{SELECT payments.reserve('x', 'sku-1', 1), payments.reserve('x', 'sku-2', 1)}),
+	qr/0A000: the shard of SKU "sku-\d" is not on this node/,
+	'a call Citus does not send on is refused on the coordinator');
 is($coord->safe_psql('postgres', q{SELECT count(*) FROM payments.reservations WHERE order_ref = 'x'}),
-	'0', 'the refused calls held nothing');
+	'0', 'and held nothing');
 
 # --- a transaction over SKUs on both workers commits on both or neither ---
 
@@ -240,8 +235,54 @@ $coord->safe_psql('postgres', qq{
 is($coord->safe_psql('postgres', q{SELECT count(*) FROM payments.reservations WHERE order_ref = 'both'}),
 	'2', 'a committed one holds on both');
 
+# --- calls over several SKUs, and by id alone ---
+
+$coord->safe_psql('postgres', "SELECT payments.stock_adjust('$_', 20)") for ($a_sku, $b_sku);
+my $items = qq{[{"sku": "$a_sku", "qty": 2}, {"sku": "$b_sku", "qty": 1}]};
+my $ids = $coord->safe_psql('postgres', "SELECT payments.reserve('multi', '$items')");
+like($ids, qr/^\{\d+,\d+\}$/, 'a reserve of items on two workers returns both ids');
+is($coord->safe_psql('postgres', q{
+	SELECT string_agg(sku || ':' || qty, ',' ORDER BY qty DESC) FROM payments.reservations
+	 WHERE order_ref = 'multi' AND state = 'held'}),
+	"$a_sku:2,$b_sku:1", 'and holds each item on its SKU');
+like(psql_error($coord,
+		qq{SELECT payments.reserve('multi-bad', '[{"sku": "$a_sku", "qty": 1}, {"sku": "no-such-sku", "qty": 1}]')}),
+	qr/SKU "no-such-sku" does not exist/, 'an unknown SKU among the items fails the reserve');
+is($coord->safe_psql('postgres', q{SELECT count(*) FROM payments.reservations WHERE order_ref = 'multi-bad'}),
+	'0', 'and none of its items is held, on any node');
+is($coord->safe_psql('postgres', q{SELECT payments.confirm_order('multi')}),
+	'2', 'confirm_order confirms the holds of an order on two workers');
+is($coord->safe_psql('postgres', q{SELECT payments.confirm_order('multi')}),
+	'0', 'and again, nothing more');
+like(psql_error($coord, q{SELECT payments.release_order('multi')}),
+	qr/PM104: cannot release order "multi"/, 'release_order refuses a confirmed order');
+$coord->safe_psql('postgres', "SELECT payments.reserve('gone', '$items')");
+is($coord->safe_psql('postgres', q{SELECT payments.release_order('gone')}),
+	'2', 'release_order releases the holds of an order on two workers');
+is($coord->safe_psql('postgres', q{
+	SELECT count(*) FROM payments.reservations WHERE order_ref = 'gone' AND state = 'released'}),
+	'2', 'both are released');
+like(psql_error($coord, q{SELECT payments.confirm_order('nobody')}),
+	qr/PM105: order "nobody" has no reservations/, 'an unknown order is refused');
+
+my $one = $coord->safe_psql('postgres', "SELECT payments.reserve('by-id', '$b_sku', 1)");
+my $two = $coord->safe_psql('postgres', "SELECT payments.reserve('by-id', '$a_sku', 1)");
+is($coord->safe_psql('postgres', "SELECT payments.confirm_reservation($one)"),
+	't', 'confirm_reservation(id) finds the hold on its worker');
+is($coord->safe_psql('postgres', "SELECT payments.release_reservation($two)"),
+	't', 'release_reservation(id) too');
+is($coord->safe_psql('postgres', q{
+	SELECT string_agg(state, ',' ORDER BY state) FROM payments.reservations WHERE order_ref = 'by-id'}),
+	'confirmed,released', 'each hold changed once');
+like(psql_error($coord, 'SELECT payments.confirm_reservation(12345)'),
+	qr/PM105: reservation 12345 does not exist/, 'an unknown id is refused');
+like(psql_error($coord, "SELECT payments.confirm_reservation($one, '$b_sku-other')"),
+	qr/does not exist/, 'a hold named with another SKU is unknown');
+
 # --- expiry: each node's worker on its own shards ---
 
+my $levels = q{SELECT sum(held) || ' ' || sum(available) FROM payments.stock_levels WHERE sku LIKE 'sku-%'};
+my $before_brief = $coord->safe_psql('postgres', $levels);
 $coord->safe_psql('postgres', join '',
 	map { "SELECT payments.reserve('brief', '$_', 1, '1 second');\n" } @skus[ 0 .. 9 ]);
 ok( $coord->poll_query_until('postgres', q{
@@ -249,9 +290,7 @@ ok( $coord->poll_query_until('postgres', q{
 		   AND count(*) FILTER (WHERE state = 'held') = 0
 		  FROM payments.reservations WHERE order_ref = 'brief'}),
 	'the workers of the nodes expire lapsed holds on their shards');
-is($coord->safe_psql('postgres', q{
-	SELECT sum(held) || ' ' || sum(available) FROM payments.stock_levels WHERE sku LIKE 'sku-%'}),
-	'82 118', 'and their stock is back');
+is($coord->safe_psql('postgres', $levels), $before_brief, 'and their stock is back');
 for my $node (@nodes)
 {
 	is($node->safe_psql('postgres',
