@@ -76,7 +76,7 @@ static int	nranges = 0;
 static bool map_valid = false;
 static uint64 map_generation = 0;
 
-/* This node's Citus group, which numbers the holds it inserts */
+/* This node's Citus group, which numbers the rows it inserts */
 static int32 map_group = 0;
 
 /* The reference tables: read from their placement on this node */

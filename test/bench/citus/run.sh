@@ -53,13 +53,23 @@ SELECT payments.distribute(32);
 SQL
 
 SETUP="SELECT payments.stock_set('hot', 1000000000000, slots => 64);"
-psql -X -q -v ON_ERROR_STOP=1 -c "CREATE EXTENSION payments" -c "$SETUP" >/dev/null
+SPREAD="SELECT payments.stock_set('sku-' || i, 1000000000) FROM generate_series(1, 1000) AS i;"
+psql -X -q -v ON_ERROR_STOP=1 -c "CREATE EXTENSION payments" -c "$SETUP" -c "$SPREAD" >/dev/null
+# On the cluster, each SKU's stock_set is a call of its own, sent to its node.
 psql -X -q -v ON_ERROR_STOP=1 "${coord[@]}" -c "$SETUP" >/dev/null
+for i in $(seq 1000); do echo "SELECT payments.stock_set('sku-$i', 1000000000);"; done |
+	psql -X -q -v ON_ERROR_STOP=1 "${coord[@]}" >/dev/null
 
 cat >"$DIR/hot.sql" <<'SQL'
 \set o random(1, 1000000000)
 SELECT payments.reserve('o' || :o, 'hot', 1) AS id \gset
 SELECT payments.confirm_reservation(:id, 'hot');
+SQL
+cat >"$DIR/spread.sql" <<'SQL'
+\set o random(1, 1000000000)
+\set s random(1, 1000)
+SELECT payments.reserve('o' || :o, 'sku-' || :s, 1) AS id \gset
+SELECT payments.confirm_reservation(:id, 'sku-' || :s);
 SQL
 cat >"$DIR/keys.sql" <<'SQL'
 \set k random(1, 9223372036854775807)
@@ -76,7 +86,7 @@ tps() {
 }
 
 printf '%-34s %8s %12s %12s %7s  %s\n' case clients single cluster ratio "rounds (cluster/single)"
-for w in hot keys; do
+for w in hot spread keys; do
 	for clients in 1 "$CLIENTS"; do
 		best_single=0 best_cluster=0 rounds=""
 		for _ in $(seq "$BENCH_ROUNDS"); do
@@ -86,14 +96,18 @@ for w in hot keys; do
 			best_cluster=$(awk -v a="$best_cluster" -v b="$c" 'BEGIN { print (b > a ? b : a) }')
 			rounds="$rounds $(awk -v c="$c" -v s="$s" 'BEGIN { printf "%.2f", c / s }')"
 		done
-		label=$([ "$w" = hot ] && echo "hot SKU reserve + confirm" || echo "idempotency begin + complete")
+		case $w in
+		hot) label="hot SKU reserve + confirm" ;;
+		spread) label="1,000 SKUs reserve + confirm" ;;
+		keys) label="idempotency begin + complete" ;;
+		esac
 		printf '%-34s %8s %12.0f %12.0f %7.2f %s\n' "$label" "$clients" "$best_single" \
 			"$best_cluster" "$(awk -v c="$best_cluster" -v s="$best_single" 'BEGIN { print c / s }')" \
 			"$rounds"
 	done
 done
-psql -X -q -A -t "${coord[@]}" -c "SELECT 'holds per worker: ' || string_agg(n::text, ', ' ORDER BY g)
+psql -X -q -A -t "${coord[@]}" -c "SELECT 'holds of the 1,000 SKUs per worker: ' || string_agg(n::text, ', ' ORDER BY g)
   FROM (SELECT p.groupid AS g, count(*) AS n FROM payments.reservations r
           JOIN pg_dist_placement p
             ON p.shardid = get_shard_id_for_distribution_column('payments.reservations', r.sku)
-         GROUP BY 1) x"
+         WHERE r.sku LIKE 'sku-%' GROUP BY 1) x"
