@@ -6,7 +6,8 @@
  *	  working on.
  *
  * Every call that reads or writes a distributed table of the extension
- * works on one key, a SKU or an idempotency key, and payments.distribute()
+ * works on one key, a SKU, an idempotency key or a TCC transaction's gid,
+ * and payments.distribute()
  * makes each such function a distributed function that Citus sends to the
  * node holding the key's shard.  There the call enters its key, and from
  * then on the extension's relations (payments_relation) and the tables
@@ -53,11 +54,12 @@ typedef enum ShardTable
 	SHARD_STOCK_SLOTS,
 	SHARD_RESERVATIONS,
 	SHARD_IDEMPOTENCY_KEYS,
+	SHARD_TCC_FENCE,
 	SHARD_NUM_TABLES
 } ShardTable;
 
 static const char *const shard_table_names[SHARD_NUM_TABLES] = {
-	"stock", "stock_slots", "reservations", "idempotency_keys"
+	"stock", "stock_slots", "reservations", "idempotency_keys", "tcc_fence"
 };
 
 /* One hash range of the co-location group: a shard of each table */
@@ -539,6 +541,10 @@ payments_shard_relation(PaymentsRelation which, const char *relname)
 			break;
 		case PAYMENTS_REL_RESERVATIONS:
 			t = SHARD_RESERVATIONS;
+			break;
+		case PAYMENTS_REL_TCC_FENCE:
+		case PAYMENTS_REL_TCC_FENCE_PKEY:
+			t = SHARD_TCC_FENCE;
 			break;
 		case PAYMENTS_REL_IDEMPOTENCY_SCOPES:
 		case PAYMENTS_REL_STATE_MACHINE_DEFINITIONS:

@@ -10,9 +10,10 @@
  * relation of such a table is a shell: its rows are in shards, so a direct
  * heap read or write, or a plan the extension made for a plain table,
  * would miss them.  One layout is supported, the one payments.distribute()
- * makes (doc/citus.md): the reservation and idempotency tables distributed
- * by their key in one co-location group, the scope restrictions a
- * reference table, and every other table local.  Calls then use the shards
+ * makes (doc/citus.md): the reservation, idempotency and TCC tables
+ * distributed by their key in one co-location group, the scope
+ * restrictions and state machines reference tables, and every other table
+ * local.  Calls then use the shards
  * this node holds (citus_shards.c).  Any other layout is refused with a
  * clear error rather than read or written through a shell.
  *
@@ -92,6 +93,7 @@ static const LayoutTable layout_tables[] = {
 	{"stock_slots", 1},			/* sku */
 	{"reservations", 3},		/* sku */
 	{"idempotency_keys", 2},	/* key */
+	{"tcc_fence", 2},			/* gid */
 	{"idempotency_scopes", 0},
 	{"state_machine_definitions", 0},
 };

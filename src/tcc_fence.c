@@ -57,6 +57,7 @@
 #include "payments.h"
 #include "args.h"
 #include "direct_write.h"
+#include "citus_shards.h"
 #include "extension_catalog.h"
 #include "fault.h"
 #include "spi_util.h"
@@ -123,6 +124,7 @@ typedef struct FenceCall
 	Snapshot	snapshot;
 	TupleTableSlot *row;
 	char	   *state;			/* NULL: no row */
+	PaymentsShardContext shard; /* what payments_shard_enter returned */
 } FenceCall;
 
 static int	tcc_fence_retention = 7 * 24 * 3600;
@@ -224,6 +226,7 @@ fence_open(FunctionCallInfo fcinfo, FenceCall *call)
 	call->gid = payments_arg_text(fcinfo, 0, "gid", TCC_ID_MAX_BYTES);
 	call->branch_id = payments_arg_text(fcinfo, 1, "branch_id", TCC_ID_MAX_BYTES);
 	payments_check_not_in_recovery();
+	call->shard = payments_shard_enter(call->gid, "TCC transaction");
 
 	call->rel = table_open(payments_relation(PAYMENTS_REL_TCC_FENCE),
 						   RowExclusiveLock);
@@ -291,6 +294,7 @@ fence_close(FenceCall *call)
 	}
 	index_close(call->pkey, NoLock);
 	table_close(call->rel, NoLock);
+	payments_shard_leave(call->shard);
 }
 
 /*
@@ -524,15 +528,14 @@ payments_tcc_cancel(PG_FUNCTION_ARGS)
  * time (the BRIN index on created_at, never later than updated_at, finds
  * the candidates); rows that a call holds are skipped, never waited for,
  * and a branch still tried stays (payments.tcc_branches shows it stuck).
+ * While the tables are distributed, of the shards this node holds.
  */
-Datum
-payments_purge_tcc_fence(PG_FUNCTION_ARGS)
+static int32
+purge_fence(int32 max_rows, void *arg)
 {
-	int32		max_rows = payments_arg_int_range(fcinfo, 0, "max_rows", 1, 1000000);
 	Datum		values[2];
 	uint64		n;
 
-	payments_check_not_in_recovery();
 	values[0] = Int32GetDatum(max_rows);
 	values[1] = Int32GetDatum(tcc_fence_retention);
 	SPI_connect();
@@ -545,5 +548,14 @@ payments_purge_tcc_fence(PG_FUNCTION_ARGS)
 					 2, (Oid[]) {INT4OID, INT4OID});
 	n = payments_execute(purge_plan, values, NULL, SPI_OK_DELETE, 0);
 	SPI_finish();
-	PG_RETURN_INT32((int32) n);
+	return (int32) n;
+}
+
+Datum
+payments_purge_tcc_fence(PG_FUNCTION_ARGS)
+{
+	int32		max_rows = payments_arg_int_range(fcinfo, 0, "max_rows", 1, 1000000);
+
+	payments_check_not_in_recovery();
+	PG_RETURN_INT32(payments_shard_batches(max_rows, purge_fence, NULL));
 }

@@ -22,7 +22,7 @@ CREATE FUNCTION @extschema@.release_reservation(id bigint, sku text)
 COMMENT ON FUNCTION @extschema@.release_reservation(bigint, text) IS
     'Give the stock of a hold of the SKU back; false if it was already released or expired';
 
--- Distribute the reservation and idempotency tables by their key, in one
+-- Distribute the reservation, idempotency and TCC tables by their key, in one
 -- co-location group, make the scope restrictions and the state machines
 -- reference tables, and make every call by key a distributed function
 -- that Citus sends to the node holding the key's shard, also inside a
@@ -72,6 +72,8 @@ BEGIN
                                                 colocate_with => '@extschema@.stock');
     PERFORM pg_catalog.create_distributed_table('@extschema@.idempotency_keys', 'key',
                                                 colocate_with => '@extschema@.stock');
+    PERFORM pg_catalog.create_distributed_table('@extschema@.tcc_fence', 'gid',
+                                                colocate_with => '@extschema@.stock');
 
     -- The scope restrictions and the state machines are read on every
     -- node; a statement trigger on each placement tells that node's
@@ -88,7 +90,7 @@ BEGIN
     PERFORM pg_catalog.truncate_local_data_after_distributing_table(t)
        FROM unnest(ARRAY['@extschema@.stock', '@extschema@.stock_slots',
                          '@extschema@.reservations', '@extschema@.idempotency_keys',
-                         '@extschema@.idempotency_scopes',
+                         '@extschema@.tcc_fence', '@extschema@.idempotency_scopes',
                          '@extschema@.state_machine_definitions']::regclass[]) AS t;
 
     FOREACH fn IN ARRAY ARRAY[
@@ -108,6 +110,13 @@ BEGIN
     LOOP
         PERFORM pg_catalog.create_distributed_function(
             ('@extschema@.' || fn)::regprocedure, 'key',
+            colocate_with => '@extschema@.stock', force_delegation => true);
+    END LOOP;
+    FOREACH fn IN ARRAY ARRAY[
+        'tcc_try(text, text, text)', 'tcc_confirm(text, text)', 'tcc_cancel(text, text)']
+    LOOP
+        PERFORM pg_catalog.create_distributed_function(
+            ('@extschema@.' || fn)::regprocedure, 'gid',
             colocate_with => '@extschema@.stock', force_delegation => true);
     END LOOP;
 END

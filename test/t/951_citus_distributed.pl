@@ -80,7 +80,8 @@ is($coord->safe_psql('postgres', q{
 	SELECT string_agg(logicalrelid::text || ':' || partmethod::text, ',' ORDER BY logicalrelid::text)
 	  FROM pg_dist_partition}),
 	'payments.idempotency_keys:h,payments.idempotency_scopes:n,payments.reservations:h,'
-	  . 'payments.state_machine_definitions:n,payments.stock:h,payments.stock_slots:h',
+	  . 'payments.state_machine_definitions:n,payments.stock:h,payments.stock_slots:h,'
+	  . 'payments.tcc_fence:h',
 	'the reservation and idempotency tables are distributed, scopes and machines are reference tables');
 is($coord->safe_psql('postgres', q{
 	SELECT count(DISTINCT colocationid) FROM pg_dist_partition WHERE partmethod = 'h'}),
@@ -190,6 +191,23 @@ for my $node (@nodes)
 like(psql_error($workers[0],
 		q{SELECT payments.idempotency_begin('pay', 'once', '{"amount": 6}')}),
 	qr/PM001/, 'the key reused for another request is refused on any node');
+
+# --- TCC branches, by gid, from any node ---
+
+is(join(',', map { $_->safe_psql('postgres', q{SELECT payments.tcc_try('g-1', 'b-1')}) } @nodes),
+	'proceed,duplicate,duplicate', 'one Try of a branch proceeds, from whichever node, the others are duplicates');
+is($workers[0]->safe_psql('postgres', q{SELECT payments.tcc_confirm('g-1', 'b-1')}),
+	'proceed', 'its Confirm proceeds');
+like(psql_error($workers[1], q{SELECT payments.tcc_cancel('g-1', 'b-1')}),
+	qr/TCC branch "b-1" of transaction "g-1" was confirmed/,
+	'a Cancel after it is refused on another node');
+is($coord->safe_psql('postgres', q{SELECT payments.tcc_cancel('g-2', 'b-1')}),
+	'empty', 'a Cancel before any Try is an empty rollback');
+is($workers[1]->safe_psql('postgres', q{SELECT payments.tcc_try('g-2', 'b-1')}),
+	'suspended', 'and the late Try is suspended, on any node');
+is($coord->safe_psql('postgres', q{
+	SELECT string_agg(gid || ':' || state, ',' ORDER BY gid) FROM payments.tcc_branches}),
+	'g-1:confirmed,g-2:suspended', 'tcc_branches shows both, over every shard');
 
 # --- scope restrictions hold on every node ---
 
@@ -410,7 +428,7 @@ is($coord->safe_psql('postgres',
 like(psql_error($coord, 'SET ROLE app; DROP EXTENSION payments'),
 	qr/must be owner of extension payments/, 'only the owner may drop the extension');
 is($coord->safe_psql('postgres', 'SELECT count(*) FROM pg_dist_partition'),
-	'8', 'and a refused DROP removed nothing from Citus');
+	'9', 'and a refused DROP removed nothing from Citus');
 $coord->safe_psql('postgres', 'DROP TABLE orders, effects; DROP EXTENSION payments');
 is($coord->safe_psql('postgres',
 		'SELECT (SELECT count(*) FROM pg_dist_partition) + (SELECT count(*) FROM pg_dist_shard)'),
@@ -419,7 +437,7 @@ for my $node (@nodes)
 {
 	is($node->safe_psql('postgres', q{
 		SELECT count(*) FROM pg_class
-		 WHERE relname ~ '^(stock|stock_slots|reservations|idempotency_keys|idempotency_scopes)(_\d+)?$'}),
+		 WHERE relname ~ '^(stock|stock_slots|reservations|idempotency_keys|idempotency_scopes|state_machine_definitions|tcc_fence)(_\d+)?$'}),
 		'0', 'no table or shard of the extension is left on ' . $node->name);
 }
 
