@@ -28,15 +28,17 @@ SELECT sku, on_hand, held, available FROM payments.stock_levels ORDER BY sku;
 -- as they were
 \set VERBOSITY verbose
 SELECT payments.distribute();
+SELECT payments.undistribute();
 \set VERBOSITY default
 SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint
  WHERE conrelid = 'payments.reservations'::regclass AND contype = 'p';
 
--- Only a superuser may distribute
+-- Only a superuser may distribute or undistribute
 CREATE ROLE distribute_app;
 GRANT payments_app TO distribute_app;
 SET ROLE distribute_app;
 SELECT payments.distribute();
+SELECT payments.undistribute();
 RESET ROLE;
 DROP ROLE distribute_app;
 DROP EXTENSION payments;

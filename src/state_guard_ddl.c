@@ -218,6 +218,23 @@ qualified_name(Relation rel)
 									  RelationGetRelationName(rel));
 }
 
+/*
+ * Citus creates and drops a distributed table's triggers on its shards
+ * only when told to: the guard then runs on the node of each row
+ * (doc/citus.md).  Returns the GUC nest level to end with AtEOXact_GUC.
+ */
+static int
+citus_triggers_begin(void)
+{
+	int			nestlevel = NewGUCNestLevel();
+
+	if (payments_citus_layout(NULL) == PAYMENTS_CITUS_DISTRIBUTED)
+		(void) set_config_option("citus.enable_unsafe_triggers", "on",
+								 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE,
+								 true, 0, false);
+	return nestlevel;
+}
+
 static void
 execute_ddl(const char *sql)
 {
@@ -309,15 +326,7 @@ payments_guard_state(PG_FUNCTION_ARGS)
 	tbl = qualified_name(rel);
 	SPI_connect();
 
-	/*
-	 * Citus creates a distributed table's triggers on its shards only when
-	 * told to: the guard then runs on the node of each row (doc/citus.md).
-	 */
-	nestlevel = NewGUCNestLevel();
-	if (payments_citus_layout(NULL) == PAYMENTS_CITUS_DISTRIBUTED)
-		(void) set_config_option("citus.enable_unsafe_triggers", "on",
-								 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE,
-								 true, 0, false);
+	nestlevel = citus_triggers_begin();
 	execute_ddl(psprintf("CREATE TRIGGER payments_state_guard_%d"
 						 " AFTER INSERT OR UPDATE OF %s%s ON %s"
 						 " FOR EACH ROW EXECUTE FUNCTION %s.state_guard(%s)",
@@ -347,6 +356,7 @@ payments_unguard_state(PG_FUNCTION_ARGS)
 	List	   *names;
 	ListCell   *lc;
 	char	   *tbl;
+	int			nestlevel;
 
 	payments_arg_not_null(fcinfo, 0, "table");
 	payments_arg_not_null(fcinfo, 1, "column");
@@ -371,9 +381,11 @@ payments_unguard_state(PG_FUNCTION_ARGS)
 
 	tbl = qualified_name(rel);
 	SPI_connect();
+	nestlevel = citus_triggers_begin();
 	foreach(lc, names)
 		execute_ddl(psprintf("DROP TRIGGER %s ON %s",
 							 quote_identifier(lfirst(lc)), tbl));
+	AtEOXact_GUC(true, nestlevel);
 	SPI_finish();
 	table_close(rel, NoLock);
 	PG_RETURN_VOID();

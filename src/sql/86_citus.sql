@@ -124,3 +124,87 @@ $$;
 
 COMMENT ON FUNCTION @extschema@.distribute(integer) IS
     'Distribute the reservation and idempotency tables by key on Citus, and send each call by key to the node of its shard';
+
+-- The way back: every table of the layout returns to a local table on the
+-- coordinator with its rows (copied through it), and the calls by key to
+-- plain functions.  Refused while a guard watches a distributed table:
+-- the guard on its shards needs the machines on every node.
+CREATE FUNCTION @extschema@.undistribute()
+    RETURNS void
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    t regclass;
+    fn regprocedure;
+    guarded text;
+BEGIN
+    -- (two tests: without Citus there is no pg_dist_partition to name)
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'citus') THEN
+        RAISE EXCEPTION 'the tables of extension "payments" are not distributed'
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_dist_partition
+                    WHERE logicalrelid = '@extschema@.stock'::regclass) THEN
+        RAISE EXCEPTION 'the tables of extension "payments" are not distributed'
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    IF NOT pg_catalog.citus_is_coordinator() THEN
+        RAISE EXCEPTION 'payments.undistribute() must run on the Citus coordinator'
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    SELECT string_agg(DISTINCT tg.tgrelid::regclass::text, ', ') INTO guarded
+      FROM pg_catalog.pg_trigger tg
+      JOIN pg_catalog.pg_dist_partition p ON p.logicalrelid = tg.tgrelid
+     WHERE tg.tgfoid = '@extschema@.state_guard()'::regprocedure;
+    IF guarded IS NOT NULL THEN
+        RAISE EXCEPTION 'cannot undistribute the tables of extension "payments" while it guards distributed tables'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = format('The state guard watches %s.', guarded),
+                  HINT = 'Remove those guards with payments.unguard_state first.';
+    END IF;
+
+    -- No call is sent to a worker any more.
+    FOR fn IN SELECT o.objid::regprocedure FROM pg_catalog.pg_dist_object o
+               JOIN pg_catalog.pg_depend d
+                 ON d.classid = o.classid AND d.objid = o.objid AND d.deptype = 'e'
+              WHERE o.classid = 'pg_catalog.pg_proc'::regclass
+                AND d.refclassid = 'pg_catalog.pg_extension'::regclass
+                AND d.refobjid = (SELECT oid FROM pg_catalog.pg_extension
+                                   WHERE extname = 'payments')
+    LOOP
+        PERFORM pg_catalog.citus_unmark_object_distributed(
+            'pg_catalog.pg_proc'::regclass, fn, 0, false);
+        PERFORM pg_catalog.run_command_on_workers(format(
+            'SELECT pg_catalog.citus_unmark_object_distributed(%L::regclass, %L::regprocedure, 0, false)',
+            'pg_catalog.pg_proc', fn::text));
+    END LOOP;
+
+    -- Each table as Citus's own drop does it, the rows kept (Citus's
+    -- undistribute_table refuses a table that belongs to an extension).
+    FOR t IN SELECT unnest(ARRAY['@extschema@.stock', '@extschema@.stock_slots',
+                                 '@extschema@.reservations', '@extschema@.idempotency_keys',
+                                 '@extschema@.tcc_fence', '@extschema@.idempotency_scopes',
+                                 '@extschema@.state_machine_definitions']::regclass[])
+    LOOP
+        EXECUTE format('CREATE TEMP TABLE payments_undistribute ON COMMIT DROP AS TABLE %s', t);
+        PERFORM pg_catalog.master_remove_distributed_table_metadata_from_workers(
+            t, '@extschema@', (SELECT relname FROM pg_catalog.pg_class WHERE oid = t));
+        PERFORM pg_catalog.citus_drop_all_shards(
+            t, '@extschema@', (SELECT relname FROM pg_catalog.pg_class WHERE oid = t));
+        PERFORM pg_catalog.master_remove_partition_metadata(
+            t, '@extschema@', (SELECT relname FROM pg_catalog.pg_class WHERE oid = t));
+        EXECUTE format('DELETE FROM %s', t);
+        EXECUTE format('INSERT INTO %s OVERRIDING SYSTEM VALUE TABLE payments_undistribute', t);
+        DROP TABLE payments_undistribute;
+    END LOOP;
+
+    DROP TRIGGER state_machine_definitions_changed ON @extschema@.state_machine_definitions;
+    DROP INDEX @extschema@.reservations_id_idx;
+    ALTER TABLE @extschema@.reservations DROP CONSTRAINT reservations_pkey,
+        ADD CONSTRAINT reservations_pkey PRIMARY KEY (id);
+END
+$$;
+
+COMMENT ON FUNCTION @extschema@.undistribute() IS
+    'Return the tables payments.distribute() distributed to local tables on the coordinator, rows kept';

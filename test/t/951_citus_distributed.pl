@@ -423,6 +423,45 @@ is($coord->safe_psql('postgres',
 		q{SELECT count(*) || ' ' || sum(times) FROM effects}),
 	'11 11', 'and each effect reached its worker exactly once');
 
+# --- the way back, and forth again ---
+
+like(psql_error($coord, 'SELECT payments.undistribute()'),
+	qr/55000: cannot undistribute the tables of extension "payments" while it guards distributed tables.*DETAIL:  The state guard watches public\.orders/s,
+	'undistribute() refuses while a guard watches a distributed table');
+my $counts = q{
+	SELECT (SELECT count(*) FROM payments.stock) || ' ' || (SELECT count(*) FROM payments.reservations)
+	    || ' ' || (SELECT count(*) FROM payments.idempotency_keys) || ' ' || (SELECT count(*) FROM payments.tcc_fence)
+	    || ' ' || (SELECT count(*) FROM payments.idempotency_scopes)
+	    || ' ' || (SELECT count(*) FROM payments.state_machine_definitions)
+	    || ' ' || (SELECT sum(available) FROM payments.stock_slots)};
+$coord->safe_psql('postgres', q{SELECT payments.unguard_state('orders', 'status')});
+is(psql_error($coord, q{UPDATE orders SET status = 'anything' WHERE id = 12}), 'no error',
+	'unguard_state removed the guard from every shard');
+my $before_back = $coord->safe_psql('postgres', $counts);
+$coord->safe_psql('postgres', 'SELECT payments.undistribute()');
+is($coord->safe_psql('postgres', $counts), $before_back,
+	'undistribute() keeps every row of every table');
+is($coord->safe_psql('postgres', q{
+	SELECT count(*) FROM pg_dist_partition WHERE logicalrelid::text LIKE 'payments.%'}),
+	'0', 'and Citus manages none of them any more');
+for my $node (@nodes)
+{
+	is($node->safe_psql('postgres', q{
+		SELECT count(*) FROM pg_dist_object WHERE classid = 'pg_proc'::regclass
+		   AND objid::regprocedure::text LIKE 'payments.%'}),
+		'0', 'no function of the extension is distributed on ' . $node->name);
+}
+my $local_id = $coord->safe_psql('postgres', "SELECT payments.reserve('back', '$a_sku', 1)");
+is($coord->safe_psql('postgres', "SELECT payments.confirm_reservation($local_id)"),
+	't', 'a reserve and a confirm run on the coordinator\'s local tables');
+is($coord->safe_psql('postgres', q{SELECT count(*) = count(DISTINCT id) FROM payments.reservations}),
+	't', 'and its hold ids never meet those the workers gave');
+$coord->safe_psql('postgres', 'SELECT payments.distribute(8)');
+like($workers[0]->safe_psql('postgres', "SELECT payments.reserve('forth', '$b_sku', 1)"),
+	qr/^\d+$/, 'after distribute() again, calls by key are sent to their nodes again');
+is($coord->safe_psql('postgres', q{SELECT count(*) FROM payments.reservations WHERE order_ref IN ('back', 'forth')}),
+	'2', 'and read over the shards');
+
 # --- DROP EXTENSION leaves no shard behind ---
 
 like(psql_error($coord, 'SET ROLE app; DROP EXTENSION payments'),
