@@ -394,16 +394,6 @@ set_application_name(void)
 	SetConfigOption("application_name", appname, PGC_USERSET, PGC_S_SESSION);
 }
 
-/*
- * When this database's next known work is due: the earliest of a held
- * hold's TTL, a compensation's next attempt (of a handler the worker runs),
- * a callback's deadline, a running saga's timeout, a check's next run, and
- * when the oldest idempotency key, resolved hold, finished compensation,
- * cleared check result and callback event can be purged; each read from
- * the index that keeps it in order; 0 if there is none.  What has no due
- * time of its own (sagas', TCC branches' and history's purges) waits for
- * worker_naptime.
- */
 static SPIPlanPtr next_due_plan = NULL;
 static SPIPlanPtr next_due_shard_plan = NULL;
 
@@ -448,6 +438,16 @@ read_next_due_shard(void *arg)
 	lower_due_by(next_due_shard_plan, (TimestampTz *) arg);
 }
 
+/*
+ * When this database's next known work is due: the earliest of a held
+ * hold's TTL, a compensation's next attempt (of a handler the worker runs),
+ * a callback's deadline, a running saga's timeout, a check's next run, and
+ * when the oldest idempotency key, resolved hold, finished compensation,
+ * cleared check result and callback event can be purged; each read from
+ * the index that keeps it in order; 0 if there is none.  What has no due
+ * time of its own (sagas', TCC branches' and history's purges) waits for
+ * worker_naptime.
+ */
 static TimestampTz
 read_next_due(void)
 {
