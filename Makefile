@@ -19,6 +19,7 @@ OBJS = \
 	src/payments.o \
 	src/owner_rights.o \
 	src/extension_catalog.o \
+	src/citus_delegation.o \
 	src/citus_shards.o \
 	src/citus_tables.o \
 	src/fingerprint.o \

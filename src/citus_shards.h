@@ -27,6 +27,9 @@ extern char *payments_shard_table_name(const char *relname, int len,
 extern int64 payments_shard_current(void);
 extern int64 payments_shard_unique_id(int64 next);
 extern Oid	payments_shard_logical_relid(Oid relid);
+
+/* citus_delegation.c */
+extern void payments_citus_delegation_init(void);
 extern void payments_shard_foreach_local(void (*fn) (void *arg), void *arg);
 extern int32 payments_shard_batches(int32 max_rows,
 									int32 (*batch) (int32 max_rows, void *arg),

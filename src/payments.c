@@ -12,6 +12,7 @@
 #include "postgres.h"
 
 #include "callback.h"
+#include "citus_shards.h"
 #include "check.h"
 #include "compensation.h"
 #include "fault.h"
@@ -44,6 +45,7 @@ _PG_init(void)
 	check_init();
 	retention_init();
 	worker_init();
+	payments_citus_delegation_init();
 
 	MarkGUCPrefixReserved("payments");
 }

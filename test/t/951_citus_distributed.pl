@@ -221,6 +221,28 @@ for my $node (@nodes)
 		'a restricted scope is refused to other roles through ' . $node->name);
 }
 
+# --- a NULL key: the function's own error, not Citus's crash ---
+
+# Citus 13 hashes a delegated call's key without looking for NULL and the
+# backend crashes, which restarts every session of the node; a session
+# open across the calls shows that none did.
+my $witness = $coord->background_psql('postgres');
+$witness->query_safe('SELECT 1');
+for my $case (
+	[ q{SELECT payments.reserve('o', NULL, 1)}, 'SKU' ],
+	[ q{SELECT payments.reserve(order_ref => 'o', sku => NULL, qty => 1)}, 'SKU' ],
+	[ q{SELECT payments.confirm_reservation(1, NULL::text || NULL)}, 'SKU' ],
+	[ q{SELECT payments.stock_adjust(NULL, 1)}, 'SKU' ],
+	[ q{SELECT * FROM payments.idempotency_begin('s', NULL, '{}')}, 'idempotency key' ],
+	[ q{SELECT payments.tcc_try(NULL, 'b')}, 'gid' ],
+	[ q{PREPARE p(text) AS SELECT payments.release_reservation(1, $1); EXECUTE p(NULL)}, 'SKU' ])
+{
+	like(psql_error($coord, $case->[0]), qr/22004: $case->[1] must not be null/,
+		"a NULL key is refused: $case->[0]");
+}
+is($witness->query_safe('SELECT 2'), '2', 'and no backend crashed');
+$witness->quit;
+
 # --- two calls in one statement are not sent on: refused, never wrong ---
 
 like(psql_error($coord,
