@@ -319,6 +319,38 @@ like(psql_error($coord, 'SELECT payments.confirm_reservation(12345)'),
 like(psql_error($coord, "SELECT payments.confirm_reservation($one, '$b_sku-other')"),
 	qr/does not exist/, 'a hold named with another SKU is unknown');
 
+# Orders over both workers, each confirmed by one session and released by
+# another at the same time: every order ends all confirmed or all
+# released, never split across the nodes.
+$coord->safe_psql('postgres', "SELECT payments.stock_adjust('$_', 200)") for ($a_sku, $b_sku);
+$coord->safe_psql('postgres', join '',
+	map { "SELECT payments.reserve('race-$_', '$items');\n" } 1 .. 20);
+my ($confirms, $releases) = ('', '');
+for my $n (1 .. 20)
+{
+	$confirms .= "SELECT payments.confirm_order('race-$n');\n";
+	$releases .= "SELECT payments.release_order('race-$n');\n";
+}
+my @racers;
+my @race_out = ('', '');
+my @race_err = ('', '');
+push @racers,
+  IPC::Run::start([ 'psql', '-X', '-At', '-v', 'ON_ERROR_STOP=0', '-d', $coord->connstr('postgres') ],
+	'<', \$confirms, '>', \$race_out[0], '2>', \$race_err[0]);
+push @racers,
+  IPC::Run::start([ 'psql', '-X', '-At', '-v', 'ON_ERROR_STOP=0', '-d', $coord->connstr('postgres') ],
+	'<', \$releases, '>', \$race_out[1], '2>', \$race_err[1]);
+$_->finish for @racers;
+is($coord->safe_psql('postgres', q{
+	SELECT count(*) FROM (SELECT order_ref FROM payments.reservations
+	  WHERE order_ref LIKE 'race-%' GROUP BY order_ref HAVING count(DISTINCT state) <> 1) x}),
+	'0', 'racing confirm_order and release_order leave no order split between states');
+is($coord->safe_psql('postgres', q{
+	SELECT count(*) FROM payments.reservations WHERE order_ref LIKE 'race-%' AND state = 'held'}),
+	'0', 'and every order was settled one way');
+unlike(join('', @race_err), qr/deadlock|XX000|terminat/, 'without a deadlock or an internal error')
+  or diag join "\n", @race_err;
+
 # --- expiry: each node's worker on its own shards ---
 
 my $levels = q{SELECT sum(held) || ' ' || sum(available) FROM payments.stock_levels WHERE sku LIKE 'sku-%'};
