@@ -40,6 +40,9 @@
 #include "catalog/pg_collation.h"
 #include "catalog/pg_namespace.h"
 #include "catalog/pg_type.h"
+#include "miscadmin.h"
+#include "storage/lock.h"
+#include "utils/inval.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/lsyscache.h"
@@ -62,6 +65,13 @@ static const char *const shard_table_names[SHARD_NUM_TABLES] = {
 	"stock", "stock_slots", "reservations", "idempotency_keys", "tcc_fence"
 };
 
+/*
+ * The advisory lock class of Citus's lock on the metadata of co-located
+ * shards (its resource_lock.h): its executor takes it in share mode on the
+ * shards it writes, a shard move or split exclusively.
+ */
+#define CITUS_COLOCATED_SHARDS_METADATA 8
+
 /* One hash range of the co-location group: a shard of each table */
 typedef struct ShardRange
 {
@@ -80,6 +90,9 @@ static uint64 map_generation = 0;
 
 /* This node's Citus group, which numbers the rows it inserts */
 static int32 map_group = 0;
+
+/* The co-location group of the distributed tables */
+static int32 map_colocation = 0;
 
 /* The reference tables: read from their placement on this node */
 typedef struct ReferenceTable
@@ -380,6 +393,7 @@ map_load(void)
 		references[r].relid = InvalidOid;
 	}
 	map_group = group;
+	(void) payments_citus_layout(&map_colocation);
 	pfree(rows);
 	pfree(local);
 
@@ -402,6 +416,29 @@ map_check(void)
 		current_range = -1;
 		map_load();
 	}
+}
+
+/*
+ * Take, until the end of the transaction, the lock Citus's executor takes
+ * before it writes a shard, on the range's shards: a shard move or split
+ * takes it exclusively while it copies them, so a write here either lands
+ * before the copy or waits for the move, and is then judged on the new
+ * placements.  Returns false if the map changed meanwhile (it is read
+ * again), and the caller finds the key's range again.
+ */
+static bool
+lock_range(int range)
+{
+	LOCKTAG		tag;
+
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) range,
+						 (uint32) map_colocation, CITUS_COLOCATED_SHARDS_METADATA);
+	(void) LockAcquire(&tag, ShareLock, false, false);
+	AcceptInvalidationMessages();
+	if (map_valid && map_generation == payments_citus_generation())
+		return true;
+	map_check();
+	return false;
 }
 
 /* The range a key hashes into, as Citus finds a row's shard */
@@ -447,6 +484,8 @@ payments_shard_enter(text *key, const char *kind)
 		return previous;
 	map_check();
 	range = key_range(key);
+	while (!lock_range(range))
+		range = key_range(key);
 	if (!ranges[range].local)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
@@ -631,6 +670,14 @@ payments_shard_foreach_local(void (*fn) (void *arg), void *arg)
 	map_check();
 	for (int i = 0; i < nranges; i++)
 	{
+		if (!ranges[i].local)
+			continue;
+		if (!lock_range(i))
+		{
+			/* the map changed while we waited: start over on the new one */
+			i = -1;
+			continue;
+		}
 		if (!ranges[i].local)
 			continue;
 		current_range = i;

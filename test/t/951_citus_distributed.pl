@@ -36,6 +36,12 @@ my $coord = payments_node('coordinator', conf => $conf);
 my @workers = map { payments_node("worker$_", conf => $conf) } 1 .. 2;
 my @nodes = ($coord, @workers);
 
+# A node reaches itself through its socket directory (a shard move does)
+for my $node (@nodes)
+{
+	$node->append_conf('postgresql.conf', "citus.local_hostname = '" . $node->host . "'");
+	$node->reload;
+}
 $_->safe_psql('postgres', 'CREATE EXTENSION citus') for @nodes;
 $coord->safe_psql('postgres',
 	"SELECT citus_set_coordinator_host('" . $coord->host . "', " . $coord->port . ')');
@@ -350,6 +356,46 @@ is($coord->safe_psql('postgres', q{
 	'0', 'and every order was settled one way');
 unlike(join('', @race_err), qr/deadlock|XX000|terminat/, 'without a deadlock or an internal error')
   or diag join "\n", @race_err;
+
+# --- a shard move while reserves run: no committed hold is lost ---
+
+# A move copies the SKU's co-located shards to the other worker with
+# writes blocked; a reserve on the old placement either commits before
+# the copy or waits for the move and is refused (0A000), never written to
+# a shard that is then dropped.
+$coord->safe_psql('postgres', q{SELECT payments.stock_set('mover', 1000000, slots => 4)});
+my $mover = $coord->safe_psql('postgres',
+	q{SELECT get_shard_id_for_distribution_column('payments.stock', 'mover')});
+my ($from_host, $from_port, $to_host, $to_port) = split /\|/, $coord->safe_psql('postgres', qq{
+	SELECT s.nodename, s.nodeport, t.nodename, t.nodeport
+	  FROM pg_dist_placement p JOIN pg_dist_node s ON s.groupid = p.groupid,
+	       pg_dist_node t
+	 WHERE p.shardid = $mover AND t.groupid NOT IN (0, p.groupid) AND t.isactive});
+# (from a file: IPC::Run feeds standard input only while it is pumped)
+my $moves_file = $PostgreSQL::Test::Utils::tmp_check . '/moving.sql';
+append_to_file($moves_file,
+	join '', map { "SELECT payments.reserve('moving', 'mover', 1);\n" } 1 .. 4000);
+my ($move_out, $move_err) = ('', '');
+my $mover_run = IPC::Run::start(
+	[ 'psql', '-X', '-At', '-v', 'ON_ERROR_STOP=0', '-d', $coord->connstr('postgres'),
+	  '-f', $moves_file ],
+	'>', \$move_out, '2>', \$move_err);
+$coord->poll_query_until('postgres',
+	q{SELECT count(*) >= 200 FROM payments.reservations WHERE order_ref = 'moving'})
+  or die 'the reserves did not start';
+$coord->safe_psql('postgres', qq{
+	SELECT citus_move_shard_placement($mover, '$from_host', $from_port, '$to_host', $to_port,
+	                                  shard_transfer_mode => 'block_writes')});
+$mover_run->finish;
+my $committed = () = $move_out =~ /^\d+$/mg;
+is($coord->safe_psql('postgres', q{SELECT count(*) FROM payments.reservations WHERE order_ref = 'moving'}),
+	$committed, "each of the $committed reserves that returned an id during the move kept its hold");
+is($coord->safe_psql('postgres', q{SELECT on_hand - available FROM payments.stock_levels WHERE sku = 'mover'}),
+	$committed, 'and the stock it took: the ledger still balances');
+unlike($move_err, qr/XX000|terminat|could not/, 'the reserves the move held back failed cleanly, if any')
+  or diag $move_err;
+like($coord->safe_psql('postgres', q{SELECT payments.reserve('moved', 'mover', 1)}),
+	qr/^\d+$/, 'after the move, the SKU is served on its new node');
 
 # --- expiry: each node's worker on its own shards ---
 
