@@ -463,6 +463,7 @@ payments_citus_before_drop(void)
 	Oid			argtypes[3] = {REGCLASSOID, TEXTOID, TEXTOID};
 	Oid		   *tables;
 	int			ntables;
+	bool		isnull;
 
 	switch (payments_citus_layout(NULL))
 	{
@@ -490,6 +491,14 @@ payments_citus_before_drop(void)
 	memcpy(tables, members, sizeof(Oid) * ntables);
 
 	SPI_connect();
+	if (SPI_execute("SELECT pg_catalog.citus_is_coordinator()", true, 1) != SPI_OK_SELECT ||
+		SPI_processed != 1 ||
+		!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
+									&isnull)))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("cannot drop extension \"payments\" on a Citus worker while its tables are distributed"),
+				 errhint("Drop it on the coordinator, which drops the shards on every node.")));
 	for (int i = 0; i < ntables; i++)
 	{
 		const char *name = get_rel_name(tables[i]);

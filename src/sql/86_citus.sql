@@ -37,6 +37,7 @@ CREATE FUNCTION @extschema@.distribute(shard_count integer DEFAULT NULL)
 DECLARE
     shards integer;
     fn text;
+    busy text;
 BEGIN
     IF NOT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'citus') THEN
         RAISE EXCEPTION 'extension "citus" is not installed in this database'
@@ -51,6 +52,21 @@ BEGIN
                 WHERE logicalrelid = '@extschema@.stock'::regclass) THEN
         RAISE EXCEPTION 'the tables of extension "payments" are already distributed'
             USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    -- Only the coordinator's rows move to the shards: rows a worker kept in
+    -- its own tables would be lost.
+    SELECT string_agg(r.nodename || ':' || r.nodeport, ', ') INTO busy
+      FROM pg_catalog.run_command_on_workers($q$SELECT
+               (SELECT count(*) FROM @extschema@.stock) + (SELECT count(*) FROM @extschema@.stock_slots)
+             + (SELECT count(*) FROM @extschema@.reservations) + (SELECT count(*) FROM @extschema@.idempotency_keys)
+             + (SELECT count(*) FROM @extschema@.tcc_fence) + (SELECT count(*) FROM @extschema@.idempotency_scopes)
+             + (SELECT count(*) FROM @extschema@.state_machine_definitions)$q$) AS r
+     WHERE NOT r.success OR r.result <> '0';
+    IF busy IS NOT NULL THEN
+        RAISE EXCEPTION 'worker nodes hold rows of the tables payments.distribute() distributes'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = format('Rows are on %s (or the node could not be asked); only the coordinator''s rows move to the shards.', busy),
+                  HINT = 'Move those rows to the coordinator, or delete them, then distribute.';
     END IF;
     shards := coalesce(shard_count, pg_catalog.current_setting('citus.shard_count')::integer);
     IF shards < 1 OR shards > 64000 THEN

@@ -77,6 +77,13 @@ like(psql_error($coord, 'SET ROLE app; SELECT payments.distribute()'),
 	qr/42501: permission denied for function distribute/,
 	'an application role may not distribute');
 
+# A worker's own rows would not move to the shards: refused while any
+$workers[1]->safe_psql('postgres', q{SELECT payments.stock_set('worker-only', 3)});
+like(psql_error($coord, 'SELECT payments.distribute(8)'),
+	qr/55000: worker nodes hold rows of the tables payments\.distribute\(\) distributes.*DETAIL:  Rows are on [^ ]+:\d+ /s,
+	'distribute() refuses while a worker holds rows in its own tables');
+$workers[1]->safe_psql('postgres', q{DELETE FROM payments.stock_slots; DELETE FROM payments.stock});
+
 $coord->safe_psql('postgres', 'SELECT payments.distribute(8)');
 like(psql_error($coord, 'SELECT payments.distribute(8)'),
 	qr/55000: the tables of extension "payments" are already distributed/,
@@ -564,6 +571,9 @@ is($coord->safe_psql('postgres', q{SELECT count(*) FROM payments.reservations WH
 
 # --- DROP EXTENSION leaves no shard behind ---
 
+like(psql_error($workers[0], 'DROP EXTENSION payments'),
+	qr/55000: cannot drop extension "payments" on a Citus worker while its tables are distributed/,
+	'DROP EXTENSION on a worker is refused with the extension\'s own message');
 like(psql_error($coord, 'SET ROLE app; DROP EXTENSION payments'),
 	qr/must be owner of extension payments/, 'only the owner may drop the extension');
 is($coord->safe_psql('postgres', 'SELECT count(*) FROM pg_dist_partition'),
