@@ -27,9 +27,11 @@ SELECT sku, on_hand, held, available FROM payments.stock_levels ORDER BY sku;
 -- Without Citus there is nothing to distribute to, and the tables are left
 -- as they were
 \set VERBOSITY verbose
+\set SHOW_CONTEXT never
 SELECT payments.distribute();
 SELECT payments.undistribute();
 \set VERBOSITY default
+\set SHOW_CONTEXT errors
 SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint
  WHERE conrelid = 'payments.reservations'::regclass AND contype = 'p';
 
