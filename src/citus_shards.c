@@ -109,24 +109,29 @@ static ReferenceTable references[] = {
 	{"state_machine_definitions", PAYMENTS_REL_STATE_MACHINE_DEFINITIONS},
 };
 
-/* The range of the key entered, -1 for none, and where it was entered */
-static int	current_range = -1;
+/*
+ * The hash of the key entered, and where it was entered; a hash rather
+ * than a range, so that it outlives a reload of the map in the middle of
+ * a call (a relcache reset, say).  NO_KEY when none.
+ */
+#define NO_KEY INT64CONST(-1)
+static int64 current_key = NO_KEY;
 static SubTransactionId current_subid = InvalidSubTransactionId;
 static bool callbacks_registered = false;
 
 static void
 shard_xact_callback(XactEvent event, void *arg)
 {
-	current_range = -1;
+	current_key = NO_KEY;
 }
 
 static void
 shard_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 					   SubTransactionId parentSubid, void *arg)
 {
-	if (event == SUBXACT_EVENT_ABORT_SUB && current_range >= 0 &&
+	if (event == SUBXACT_EVENT_ABORT_SUB && current_key != NO_KEY &&
 		current_subid >= mySubid)
-		current_range = -1;
+		current_key = NO_KEY;
 }
 
 /* Whether the extension's tables are in the layout payments.distribute() makes. */
@@ -413,7 +418,6 @@ map_check(void)
 	if (!map_valid || map_generation != payments_citus_generation())
 	{
 		map_valid = false;
-		current_range = -1;
 		map_load();
 	}
 }
@@ -441,17 +445,23 @@ lock_range(int range)
 	return false;
 }
 
-/* The range a key hashes into, as Citus finds a row's shard */
-static int
-key_range(text *key)
+/* A key's hash, as Citus hashes a row's distribution column */
+static int32
+key_hash(text *key)
 {
 	TypeCacheEntry *tc = lookup_type_cache(TEXTOID, TYPECACHE_HASH_PROC_FINFO);
-	int32		hash;
+
+	return DatumGetInt32(FunctionCall1Coll(&tc->hash_proc_finfo, C_COLLATION_OID,
+										   PointerGetDatum(key)));
+}
+
+/* The range a hash falls into, in the current map */
+static int
+range_of_hash(int32 hash)
+{
 	int			lo = 0;
 	int			hi = nranges - 1;
 
-	hash = DatumGetInt32(FunctionCall1Coll(&tc->hash_proc_finfo, C_COLLATION_OID,
-										   PointerGetDatum(key)));
 	while (lo <= hi)
 	{
 		int			mid = lo + (hi - lo) / 2;
@@ -477,15 +487,17 @@ key_range(text *key)
 PaymentsShardContext
 payments_shard_enter(text *key, const char *kind)
 {
-	PaymentsShardContext previous = current_range;
+	PaymentsShardContext previous = current_key;
+	int32		hash;
 	int			range;
 
 	if (key == NULL || !payments_shards_distributed())
 		return previous;
 	map_check();
-	range = key_range(key);
+	hash = key_hash(key);
+	range = range_of_hash(hash);
 	while (!lock_range(range))
-		range = key_range(key);
+		range = range_of_hash(hash);
 	if (!ranges[range].local)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
@@ -493,7 +505,7 @@ payments_shard_enter(text *key, const char *kind)
 						kind, text_to_cstring(key)),
 				 errdetail("The extension's tables are distributed: a call for one key runs on the node that holds its shard."),
 				 errhint("Call the function as a statement of its own, SELECT payments.function(...), so that Citus sends it to that node.")));
-	current_range = range;
+	current_key = hash;
 	current_subid = GetCurrentSubTransactionId();
 	return previous;
 }
@@ -501,7 +513,17 @@ payments_shard_enter(text *key, const char *kind)
 void
 payments_shard_leave(PaymentsShardContext previous)
 {
-	current_range = previous;
+	current_key = previous;
+}
+
+/* The range of the key entered in the current map, -1 if none */
+static int
+current_range(void)
+{
+	if (current_key == NO_KEY)
+		return -1;
+	map_check();
+	return range_of_hash((int32) current_key);
 }
 
 /*
@@ -511,7 +533,9 @@ payments_shard_leave(PaymentsShardContext previous)
 int64
 payments_shard_current(void)
 {
-	return current_range >= 0 ? ranges[current_range].shardid[SHARD_STOCK] : 0;
+	int			range = current_range();
+
+	return range >= 0 ? ranges[range].shardid[SHARD_STOCK] : 0;
 }
 
 static void
@@ -564,6 +588,7 @@ payments_shard_relation(PaymentsRelation which, const char *relname)
 	ShardTable	t;
 	ShardRange *r;
 	char	   *name;
+	int			range;
 
 	if (!payments_shards_distributed())
 		return InvalidOid;
@@ -592,9 +617,10 @@ payments_shard_relation(PaymentsRelation which, const char *relname)
 			return InvalidOid;
 	}
 
-	if (current_range < 0)
+	range = current_range();
+	if (range < 0)
 		report_no_key(shard_table_names[t]);
-	r = &ranges[current_range];
+	r = &ranges[range];
 	if (!OidIsValid(r->relids[which]))
 	{
 		name = psprintf("%s_" INT64_FORMAT, relname, r->shardid[t]);
@@ -616,6 +642,7 @@ payments_shard_table_name(const char *relname, int len, bool *citus)
 {
 	char	   *name = pnstrdup(relname, len);
 	ShardTable	t = shard_table_of(name);
+	int			range;
 
 	if (!payments_shards_distributed())
 		return NULL;
@@ -624,10 +651,10 @@ payments_shard_table_name(const char *relname, int len, bool *citus)
 			*citus = true;
 	if (t == SHARD_NUM_TABLES)
 		return NULL;
-	map_check();
-	if (current_range < 0)
+	range = current_range();
+	if (range < 0)
 		report_no_key(name);
-	return psprintf("%s_" INT64_FORMAT, name, ranges[current_range].shardid[t]);
+	return psprintf("%s_" INT64_FORMAT, name, ranges[range].shardid[t]);
 }
 
 /*
@@ -660,7 +687,7 @@ payments_shard_unique_id(int64 next)
 void
 payments_shard_foreach_local(void (*fn) (void *arg), void *arg)
 {
-	PaymentsShardContext previous = current_range;
+	PaymentsShardContext previous = current_key;
 
 	if (!payments_shards_distributed())
 	{
@@ -680,13 +707,13 @@ payments_shard_foreach_local(void (*fn) (void *arg), void *arg)
 		}
 		if (!ranges[i].local)
 			continue;
-		current_range = i;
+		current_key = ranges[i].min;
 		current_subid = GetCurrentSubTransactionId();
 		fn(arg);
 		/* fn may have read the metadata again */
 		map_check();
 	}
-	current_range = previous;
+	current_key = previous;
 }
 
 /* What is left of a budget of rows spread over the shards, and what was done */

@@ -16,7 +16,7 @@
 #include "extension_catalog.h"
 
 /* What payments_shard_enter returns, for payments_shard_leave */
-typedef int PaymentsShardContext;
+typedef int64 PaymentsShardContext;
 
 extern bool payments_shards_distributed(void);
 extern PaymentsShardContext payments_shard_enter(text *key, const char *kind);
