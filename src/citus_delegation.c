@@ -11,8 +11,12 @@
  * SELECT payments.reserve('o', NULL, 1).  This hook runs before Citus's
  * planner (the extension is loaded after Citus) and raises the error the
  * function itself raises for a NULL argument, for the statements Citus
- * would delegate: SELECT fn(...) and SELECT ... FROM fn(...), the key a
- * constant, an expression that folds to one, or a bound parameter.
+ * would delegate.  Citus decides on the query as the standard planner left
+ * it (subqueries pulled up, SQL functions inlined, bound parameters and
+ * constants folded), so the hook plans a copy of a statement that reads
+ * no table (any other Citus never delegates) and looks at it as Citus
+ * does: SELECT fn(...) or SELECT ... FROM fn(...), no WHERE, the key a
+ * NULL constant.
  *
  *-------------------------------------------------------------------------
  */
@@ -22,8 +26,8 @@
 #include "extension_catalog.h"
 
 #include "nodes/nodeFuncs.h"
-#include "optimizer/optimizer.h"
 #include "optimizer/planner.h"
+#include "parser/parsetree.h"
 #include "utils/lsyscache.h"
 
 /* The calls by key payments.distribute() distributes, and their key */
@@ -52,65 +56,23 @@ static const KeyedCall keyed_calls[] = {
 
 static planner_hook_type prev_planner_hook = NULL;
 
-/* Whether arg, as Citus would see it once planned, is a NULL constant */
-static bool
-is_null_key(Node *arg, ParamListInfo params)
-{
-	arg = strip_implicit_coercions(arg);
-	if (IsA(arg, Param) && ((Param *) arg)->paramkind == PARAM_EXTERN &&
-		params != NULL)
-	{
-		Param	   *param = (Param *) arg;
-		ParamExternData workspace;
-		ParamExternData *value = NULL;
-
-		if (param->paramid > 0 && param->paramid <= params->numParams)
-			value = params->paramFetch != NULL ?
-				params->paramFetch(params, param->paramid, false, &workspace) :
-				&params->params[param->paramid - 1];
-		return value != NULL && value->isnull;
-	}
-	if (!IsA(arg, Const))
-		arg = strip_implicit_coercions(eval_const_expressions(NULL, copyObject(arg)));
-	return IsA(arg, Const) && ((Const *) arg)->constisnull;
-}
-
 /*
- * The argument of call in position argno (0-based) once the planner has
- * put named arguments in their places; NULL if the call leaves it to its
- * default.
+ * The argument of call in position argno (0-based); NULL if the call
+ * leaves it to its default.  (Once planned, arguments are in position.)
  */
 static Node *
 call_argument(FuncExpr *call, int argno)
 {
-	ListCell   *lc;
-	int			i = 0;
-
-	foreach(lc, call->args)
-	{
-		Node	   *arg = lfirst(lc);
-
-		if (IsA(arg, NamedArgExpr))
-		{
-			if (((NamedArgExpr *) arg)->argnumber == argno)
-				return (Node *) ((NamedArgExpr *) arg)->arg;
-		}
-		else if (i == argno)
-			return arg;
-		i++;
-	}
-	return NULL;
+	return argno < list_length(call->args) ? list_nth(call->args, argno) : NULL;
 }
 
-/* Refuse call if it is one of the calls by key with a NULL key */
+/* Refuse call if it is one of the calls by key and its key is NULL */
 static void
-check_call(FuncExpr *call, ParamListInfo params)
+check_call(FuncExpr *call)
 {
 	char	   *name;
 
-	/* the layout first: it is cached, and "none" without Citus */
-	if (!payments_shards_distributed() ||
-		get_func_namespace(call->funcid) != payments_schema_oid())
+	if (get_func_namespace(call->funcid) != payments_schema_oid())
 		return;
 	name = get_func_name(call->funcid);
 	for (int i = 0; i < lengthof(keyed_calls); i++)
@@ -121,45 +83,99 @@ check_call(FuncExpr *call, ParamListInfo params)
 		if (strcmp(name, k->name) != 0 || get_func_nargs(call->funcid) != k->nargs)
 			continue;
 		key = call_argument(call, k->keyarg);
-		if (key != NULL && is_null_key(key, params))
+		if (key != NULL)
+			key = strip_implicit_coercions(key);
+		if (key != NULL && IsA(key, Const) && ((Const *) key)->constisnull)
 			ereport(ERROR,
 					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 					 errmsg("%s must not be null", k->what)));
 	}
 }
 
-/* The function a statement Citus might delegate calls, or NULL */
+/*
+ * The function a planned query calls in the shape Citus delegates, as its
+ * TryToDelegateFunctionCall finds it: a SELECT without WHERE whose FROM is
+ * empty or one function, calling one function in its only target or in
+ * its FROM; NULL for any other query.
+ */
 static FuncExpr *
 delegable_call(Query *query)
 {
-	if (query->commandType != CMD_SELECT || query->hasSubLinks)
+	FromExpr   *jointree = query->jointree;
+	FuncExpr   *target = NULL;
+	FuncExpr   *from = NULL;
+
+	if (query->commandType != CMD_SELECT || jointree == NULL ||
+		jointree->quals != NULL || list_length(jointree->fromlist) > 1)
 		return NULL;
-	if (query->rtable == NIL && list_length(query->targetList) == 1 &&
-		IsA(((TargetEntry *) linitial(query->targetList))->expr, FuncExpr))
-		return (FuncExpr *) ((TargetEntry *) linitial(query->targetList))->expr;
-	if (list_length(query->rtable) == 1)
+	if (jointree->fromlist != NIL)
 	{
-		RangeTblEntry *rte = linitial_node(RangeTblEntry, query->rtable);
+		RangeTblRef *ref = linitial(jointree->fromlist);
+		RangeTblEntry *rte;
 
-		if (rte->rtekind == RTE_FUNCTION && list_length(rte->functions) == 1)
-		{
-			Node	   *expr = ((RangeTblFunction *) linitial(rte->functions))->funcexpr;
-
-			if (IsA(expr, FuncExpr))
-				return (FuncExpr *) expr;
-		}
+		if (!IsA(ref, RangeTblRef))
+			return NULL;
+		rte = rt_fetch(ref->rtindex, query->rtable);
+		if (rte->rtekind == RTE_FUNCTION && list_length(rte->functions) == 1 &&
+			IsA(((RangeTblFunction *) linitial(rte->functions))->funcexpr, FuncExpr))
+			from = (FuncExpr *) ((RangeTblFunction *) linitial(rte->functions))->funcexpr;
+		else if (rte->rtekind != RTE_RESULT)
+			return NULL;
 	}
-	return NULL;
+	if (list_length(query->targetList) == 1 &&
+		IsA(((TargetEntry *) linitial(query->targetList))->expr, FuncExpr))
+		target = (FuncExpr *) ((TargetEntry *) linitial(query->targetList))->expr;
+	if (target != NULL && from != NULL)
+		return NULL;
+	return target != NULL ? target : from;
+}
+
+/* Whether query, or a query within it, reads a table */
+static bool
+reads_table(Query *query)
+{
+	ListCell   *lc;
+
+	if (query->hasSubLinks)
+		return true;			/* Citus delegates no call with a subquery */
+	foreach(lc, query->rtable)
+	{
+		RangeTblEntry *rte = lfirst_node(RangeTblEntry, lc);
+
+		if (rte->rtekind == RTE_RELATION ||
+			(rte->rtekind == RTE_SUBQUERY && reads_table(rte->subquery)))
+			return true;
+	}
+	foreach(lc, query->cteList)
+	{
+		CommonTableExpr *cte = lfirst_node(CommonTableExpr, lc);
+
+		if (IsA(cte->ctequery, Query) && reads_table((Query *) cte->ctequery))
+			return true;
+	}
+	return false;
 }
 
 static PlannedStmt *
 payments_planner(Query *parse, const char *query_string, int cursorOptions,
 				 ParamListInfo boundParams)
 {
-	FuncExpr   *call = delegable_call(parse);
+	/*
+	 * Only a SELECT that reads no table can become a delegated call, and
+	 * only in the layout payments.distribute() makes (cached; "none"
+	 * without Citus).  Planning it twice costs little: it has no table.
+	 */
+	if (parse->commandType == CMD_SELECT && parse->utilityStmt == NULL &&
+		!reads_table(parse) && payments_shards_distributed())
+	{
+		Query	   *copy = copyObject(parse);
+		FuncExpr   *call;
 
-	if (call != NULL)
-		check_call(call, boundParams);
+		(void) standard_planner(copy, query_string, cursorOptions, boundParams);
+		call = delegable_call(copy);
+		if (call != NULL)
+			check_call(call);
+	}
 	if (prev_planner_hook)
 		return prev_planner_hook(parse, query_string, cursorOptions, boundParams);
 	return standard_planner(parse, query_string, cursorOptions, boundParams);

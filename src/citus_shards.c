@@ -114,7 +114,7 @@ static ReferenceTable references[] = {
  * than a range, so that it outlives a reload of the map in the middle of
  * a call (a relcache reset, say).  NO_KEY when none.
  */
-#define NO_KEY INT64CONST(-1)
+#define NO_KEY PG_INT64_MIN		/* outside the range of a 32-bit hash */
 static int64 current_key = NO_KEY;
 static SubTransactionId current_subid = InvalidSubTransactionId;
 static bool callbacks_registered = false;
@@ -370,6 +370,7 @@ map_load(void)
 		report_inconsistent();
 	if (ranges != NULL)
 		pfree(ranges);
+	ranges = NULL;
 	nranges = nrows / SHARD_NUM_TABLES;
 	ranges = MemoryContextAllocZero(TopMemoryContext, sizeof(ShardRange) * nranges);
 	for (int i = 0; i < nranges; i++)

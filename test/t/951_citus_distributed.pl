@@ -248,11 +248,19 @@ for my $case (
 	[ q{SELECT payments.stock_adjust(NULL, 1)}, 'SKU' ],
 	[ q{SELECT * FROM payments.idempotency_begin('s', NULL, '{}')}, 'idempotency key' ],
 	[ q{SELECT payments.tcc_try(NULL, 'b')}, 'gid' ],
-	[ q{PREPARE p(text) AS SELECT payments.release_reservation(1, $1); EXECUTE p(NULL)}, 'SKU' ])
+	[ q{PREPARE p(text) AS SELECT payments.release_reservation(1, $1); EXECUTE p(NULL)}, 'SKU' ],
+	[ q{PREPARE p(text) AS SELECT payments.reserve('o', upper($1), 1); EXECUTE p(NULL)}, 'SKU' ],
+	[ q{SELECT payments.reserve('o', s, 1) FROM (SELECT NULL::text AS s) x}, 'SKU' ],
+	[ q{WITH c AS (SELECT NULL::text AS s) SELECT payments.reserve('o', s, 1) FROM c}, 'SKU' ],
+	[ q{SELECT payments.reserve('o', v.s, 1) FROM (VALUES (NULL::text)) v(s)}, 'SKU' ],
+	[ q{CREATE FUNCTION pg_temp.w(text) RETURNS bigint LANGUAGE sql
+	    AS $$ SELECT payments.reserve('o', $1, 1) $$; SELECT pg_temp.w(NULL)}, 'SKU' ])
 {
 	like(psql_error($coord, $case->[0]), qr/22004: $case->[1] must not be null/,
 		"a NULL key is refused: $case->[0]");
 }
+is($coord->safe_psql('postgres', q{SELECT count(*) FROM (SELECT payments.reserve('o', NULL, 1) WHERE false) x}),
+	'0', 'a call that never runs is not refused');
 is($witness->query_safe('SELECT 2'), '2', 'and no backend crashed');
 $witness->quit;
 
