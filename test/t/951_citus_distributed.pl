@@ -140,6 +140,12 @@ $found += $coord->safe_psql('postgres',
   for @skus;
 is($found, 40, 'every hold is in the shard Citus assigns its SKU');
 
+# A key that hashes to -1 is a key like any other
+is($coord->safe_psql('postgres', q{SELECT hashtext('K1FRpdba')}), '-1', 'the key K1FRpdba hashes to -1');
+$coord->safe_psql('postgres', q{SELECT payments.stock_set('K1FRpdba', 5)});
+like($coord->safe_psql('postgres', q{SELECT payments.reserve('minus-one', 'K1FRpdba', 2)}),
+	qr/^\d+$/, 'and is reserved on its shard');
+
 # --- no oversell: one SKU, clients on every node at once ---
 
 $coord->safe_psql('postgres', q{SELECT payments.stock_set('hot', 100, slots => 4)});
