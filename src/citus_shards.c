@@ -7,9 +7,8 @@
  *
  * Every call that reads or writes a distributed table of the extension
  * works on one key, a SKU, an idempotency key or a TCC transaction's gid,
- * and payments.distribute()
- * makes each such function a distributed function that Citus sends to the
- * node holding the key's shard.  There the call enters its key, and from
+ * and payments.distribute() makes each such function a distributed
+ * function that Citus sends to the node holding the key's shard.  There the call enters its key, and from
  * then on the extension's relations (payments_relation) and the tables
  * its plans name (spi_util.c) are that key's shards on this node: plain
  * tables, read and written exactly as the local tables are without Citus.
@@ -42,9 +41,9 @@
 #include "catalog/pg_type.h"
 #include "miscadmin.h"
 #include "storage/lock.h"
-#include "utils/inval.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
+#include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
@@ -160,12 +159,6 @@ catalog_column(Oid rel, const char *attname)
 		elog(ERROR, "Citus catalog \"%s\" has no column \"%s\"",
 			 get_rel_name(rel), attname);
 	return att;
-}
-
-static Oid
-citus_catalog_or_invalid(const char *name)
-{
-	return get_relname_relid(name, PG_CATALOG_NAMESPACE);
 }
 
 static Oid
@@ -560,6 +553,7 @@ reference_relation(PaymentsRelation which)
 		if (references[r].which == which)
 			ref = &references[r];
 	Assert(ref != NULL);
+	map_check();
 	if (!ref->local)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -593,7 +587,6 @@ payments_shard_relation(PaymentsRelation which, const char *relname)
 
 	if (!payments_shards_distributed())
 		return InvalidOid;
-	map_check();
 
 	switch (which)
 	{
@@ -661,9 +654,9 @@ payments_shard_table_name(const char *relname, int len, bool *citus)
 /*
  * The id of a new row (a hold, a history entry) from its sequence's next
  * value: each node has a sequence of its own, so while the tables are
- * distributed the node's
- * Citus group is put in the top bits (as Citus does for the sequences it
- * creates), and ids stay unique across nodes without coordination.
+ * distributed the node's Citus group is put in the top bits (as Citus does
+ * for the sequences it creates), and ids stay unique across nodes without
+ * coordination.
  */
 int64
 payments_shard_unique_id(int64 next)
@@ -762,9 +755,9 @@ payments_shard_batches(int32 max_rows, int32 (*batch) (int32 max_rows, void *arg
 Oid
 payments_shard_logical_relid(Oid relid)
 {
-	const char *name = get_rel_name(relid);
+	const char *name;
 	const char *suffix;
-	Oid			relation = citus_catalog_or_invalid("pg_dist_shard");
+	Oid			relation;
 	Oid			logical = InvalidOid;
 	int64		shardid;
 	char	   *end;
@@ -775,7 +768,12 @@ payments_shard_logical_relid(Oid relid)
 	SysScanDesc scan;
 	HeapTuple	tup;
 
-	if (name == NULL || !OidIsValid(relation) || !payments_shards_distributed() ||
+	/* the layout first: it is cached, and "none" without Citus */
+	if (!payments_shards_distributed())
+		return InvalidOid;
+	name = get_rel_name(relid);
+	relation = get_relname_relid("pg_dist_shard", PG_CATALOG_NAMESPACE);
+	if (name == NULL || !OidIsValid(relation) ||
 		(suffix = strrchr(name, '_')) == NULL || suffix[1] == '\0')
 		return InvalidOid;
 	errno = 0;

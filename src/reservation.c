@@ -379,11 +379,26 @@ payments_reserve_items(PG_FUNCTION_ARGS)
 										  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 }
 
-/* The SKU a confirm or release by id names, NULL for the one-argument form */
-static text *
-arg_hold_sku(FunctionCallInfo fcinfo)
+/*
+ * Confirm (or release) the hold id, of the SKU in argument 1 if the call
+ * names one.  Distributed, the two-argument form runs on the SKU's node;
+ * the other finds the hold over every shard first (reservation_citus.c).
+ */
+static bool
+resolve_hold(FunctionCallInfo fcinfo, bool confirm)
 {
-	return PG_NARGS() > 1 ? arg_sku(fcinfo, 1) : NULL;
+	int64		id = arg_reservation_id(fcinfo, 0);
+	text	   *sku = PG_NARGS() > 1 ? arg_sku(fcinfo, 1) : NULL;
+	PaymentsShardContext shard;
+	bool		result;
+
+	payments_check_not_in_recovery();
+	if (sku == NULL && payments_shards_distributed())
+		return payments_hold_resolve_citus(fcinfo->flinfo->fn_oid, id, confirm);
+	shard = payments_shard_enter(sku, "SKU");
+	result = confirm ? payments_hold_confirm(id, sku) : payments_hold_release(id, sku);
+	payments_shard_leave(shard);
+	return result;
 }
 
 /*
@@ -391,25 +406,12 @@ arg_hold_sku(FunctionCallInfo fcinfo)
  *
  * true: the hold is now a sale.  false: it was confirmed before.  A hold
  * that was released, expired, or is past its TTL cannot be confirmed
- * (PM102).  With a SKU, a hold of another SKU is unknown.  Distributed,
- * the two-argument form runs on the SKU's node; the other finds the hold
- * over every shard first (reservation_citus.c).
+ * (PM102).  With a SKU, a hold of another SKU is unknown.
  */
 Datum
 payments_confirm_reservation(PG_FUNCTION_ARGS)
 {
-	int64		id = arg_reservation_id(fcinfo, 0);
-	text	   *sku = arg_hold_sku(fcinfo);
-	PaymentsShardContext shard;
-	bool		result;
-
-	payments_check_not_in_recovery();
-	if (sku == NULL && payments_shards_distributed())
-		PG_RETURN_BOOL(payments_hold_resolve_citus(fcinfo->flinfo->fn_oid, id, true));
-	shard = payments_shard_enter(sku, "SKU");
-	result = payments_hold_confirm(id, sku);
-	payments_shard_leave(shard);
-	PG_RETURN_BOOL(result);
+	PG_RETURN_BOOL(resolve_hold(fcinfo, true));
 }
 
 /*
@@ -421,18 +423,7 @@ payments_confirm_reservation(PG_FUNCTION_ARGS)
 Datum
 payments_release_reservation(PG_FUNCTION_ARGS)
 {
-	int64		id = arg_reservation_id(fcinfo, 0);
-	text	   *sku = arg_hold_sku(fcinfo);
-	PaymentsShardContext shard;
-	bool		result;
-
-	payments_check_not_in_recovery();
-	if (sku == NULL && payments_shards_distributed())
-		PG_RETURN_BOOL(payments_hold_resolve_citus(fcinfo->flinfo->fn_oid, id, false));
-	shard = payments_shard_enter(sku, "SKU");
-	result = payments_hold_release(id, sku);
-	payments_shard_leave(shard);
-	PG_RETURN_BOOL(result);
+	PG_RETURN_BOOL(resolve_hold(fcinfo, false));
 }
 
 /*

@@ -37,6 +37,7 @@ CREATE FUNCTION @extschema@.distribute(shard_count integer DEFAULT NULL)
 DECLARE
     shards integer;
     fn text;
+    key text;
     busy text;
 BEGIN
     IF NOT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'citus') THEN
@@ -109,37 +110,26 @@ BEGIN
                          '@extschema@.tcc_fence', '@extschema@.idempotency_scopes',
                          '@extschema@.state_machine_definitions']::regclass[]) AS t;
 
-    FOREACH fn IN ARRAY ARRAY[
-        'stock_set(text, bigint, integer)', 'stock_adjust(text, bigint)',
-        'reserve(text, text, bigint, interval)',
-        'confirm_reservation(bigint, text)', 'release_reservation(bigint, text)']
+    FOR fn, key IN VALUES
+        ('stock_set(text, bigint, integer)', 'sku'), ('stock_adjust(text, bigint)', 'sku'),
+        ('reserve(text, text, bigint, interval)', 'sku'),
+        ('confirm_reservation(bigint, text)', 'sku'), ('release_reservation(bigint, text)', 'sku'),
+        ('idempotency_begin(text, text, jsonb, interval)', 'key'),
+        ('idempotency_checkpoint(text, text, text)', 'key'),
+        ('idempotency_complete(text, text, jsonb, integer)', 'key'),
+        ('idempotency_abandon(text, text)', 'key'),
+        ('tcc_try(text, text, text)', 'gid'), ('tcc_confirm(text, text)', 'gid'),
+        ('tcc_cancel(text, text)', 'gid')
     LOOP
         PERFORM pg_catalog.create_distributed_function(
-            ('@extschema@.' || fn)::regprocedure, 'sku',
-            colocate_with => '@extschema@.stock', force_delegation => true);
-    END LOOP;
-    FOREACH fn IN ARRAY ARRAY[
-        'idempotency_begin(text, text, jsonb, interval)',
-        'idempotency_checkpoint(text, text, text)',
-        'idempotency_complete(text, text, jsonb, integer)',
-        'idempotency_abandon(text, text)']
-    LOOP
-        PERFORM pg_catalog.create_distributed_function(
-            ('@extschema@.' || fn)::regprocedure, 'key',
-            colocate_with => '@extschema@.stock', force_delegation => true);
-    END LOOP;
-    FOREACH fn IN ARRAY ARRAY[
-        'tcc_try(text, text, text)', 'tcc_confirm(text, text)', 'tcc_cancel(text, text)']
-    LOOP
-        PERFORM pg_catalog.create_distributed_function(
-            ('@extschema@.' || fn)::regprocedure, 'gid',
+            ('@extschema@.' || fn)::regprocedure, key,
             colocate_with => '@extschema@.stock', force_delegation => true);
     END LOOP;
 END
 $$;
 
 COMMENT ON FUNCTION @extschema@.distribute(integer) IS
-    'Distribute the reservation and idempotency tables by key on Citus, and send each call by key to the node of its shard';
+    'Distribute the reservation, idempotency and TCC tables by key on Citus, and send each call by key to the node of its shard';
 
 -- The way back: every table of the layout returns to a local table on the
 -- coordinator with its rows (copied through it), and the calls by key to

@@ -21,21 +21,10 @@ my $probe = PostgreSQL::Test::Cluster->new('probe');
 plan skip_all => 'Citus is not installed'
   unless -e $probe->config_data('--pkglibdir') . '/citus.so';
 
-my $conf = qq{
-shared_preload_libraries = 'citus,payments'
-max_worker_processes = 32
+my ($coord, @workers) = citus_cluster(conf => qq{
 payments.worker_naptime = 200ms
-};
-my $coord = payments_node('coordinator', conf => $conf);
-my @workers = map { payments_node("worker$_", conf => $conf) } 1 .. 2;
+});
 my @nodes = ($coord, @workers);
-
-$_->safe_psql('postgres', 'CREATE EXTENSION citus') for @nodes;
-$coord->safe_psql('postgres',
-	"SELECT citus_set_coordinator_host('" . $coord->host . "', " . $coord->port . ')');
-$coord->safe_psql('postgres',
-	"SELECT citus_add_node('" . $_->host . "', " . $_->port . ')')
-  for @workers;
 $coord->safe_psql('postgres', q{
 	CREATE EXTENSION payments;
 	CREATE TABLE done (n int);

@@ -26,28 +26,11 @@ my $probe = PostgreSQL::Test::Cluster->new('probe');
 plan skip_all => 'Citus is not installed'
   unless -e $probe->config_data('--pkglibdir') . '/citus.so';
 
-my $conf = qq{
-shared_preload_libraries = 'citus,payments'
-max_worker_processes = 32
+my ($coord, @workers) = citus_cluster(conf => qq{
 max_prepared_transactions = 100
 payments.worker_naptime = 200ms
-};
-my $coord = payments_node('coordinator', conf => $conf);
-my @workers = map { payments_node("worker$_", conf => $conf) } 1 .. 2;
+});
 my @nodes = ($coord, @workers);
-
-# A node reaches itself through its socket directory (a shard move does)
-for my $node (@nodes)
-{
-	$node->append_conf('postgresql.conf', "citus.local_hostname = '" . $node->host . "'");
-	$node->reload;
-}
-$_->safe_psql('postgres', 'CREATE EXTENSION citus') for @nodes;
-$coord->safe_psql('postgres',
-	"SELECT citus_set_coordinator_host('" . $coord->host . "', " . $coord->port . ')');
-$coord->safe_psql('postgres',
-	"SELECT citus_add_node('" . $_->host . "', " . $_->port . ')')
-  for @workers;
 
 # Rows from before the tables were distributed: a hold and a completed key
 $coord->safe_psql('postgres', q{
@@ -151,6 +134,17 @@ like($coord->safe_psql('postgres', q{SELECT payments.reserve('minus-one', 'K1FRp
 $coord->safe_psql('postgres', q{SELECT payments.stock_set('hot', 100, slots => 4)});
 my $attempts = 60;
 my $script = join '', map { "SELECT payments.reserve('hot-$_', 'hot', 1);\n" } 1 .. $attempts;
+# start_psql(node, input, \$out, \$err): a psql session on the node, which
+# goes on past errors, started on input (a reference to a string, which
+# IPC::Run consumes and feeds only while the run is pumped or finished)
+sub start_psql
+{
+	my ($node, $input, $out, $err) = @_;
+	return IPC::Run::start(
+		[ 'psql', '-X', '-At', '-v', 'ON_ERROR_STOP=0', '-d', $node->connstr('postgres') ],
+		'<', $input, '>', $out, '2>', $err);
+}
+
 # run_on_all(sql): run sql in one psql per node, all at once; its
 # standard output and error, per node
 sub run_on_all
@@ -159,13 +153,9 @@ sub run_on_all
 	my (@runs, @ins, @outs, @errs);
 	for my $n (0 .. $#nodes)
 	{
-		# IPC::Run consumes its input: each run gets a copy of its own
+		# each run gets a copy of its own
 		($ins[$n], $outs[$n], $errs[$n]) = ($sql, '', '');
-		push @runs,
-		  IPC::Run::start(
-			[ 'psql', '-X', '-At', '-v', 'ON_ERROR_STOP=0', '-d',
-			  $nodes[$n]->connstr('postgres') ],
-			'<', \$ins[$n], '>', \$outs[$n], '2>', \$errs[$n]);
+		push @runs, start_psql($nodes[$n], \$ins[$n], \$outs[$n], \$errs[$n]);
 	}
 	$_->finish for @runs;
 	return (\@outs, \@errs);
@@ -361,12 +351,8 @@ for my $n (1 .. 20)
 my @racers;
 my @race_out = ('', '');
 my @race_err = ('', '');
-push @racers,
-  IPC::Run::start([ 'psql', '-X', '-At', '-v', 'ON_ERROR_STOP=0', '-d', $coord->connstr('postgres') ],
-	'<', \$confirms, '>', \$race_out[0], '2>', \$race_err[0]);
-push @racers,
-  IPC::Run::start([ 'psql', '-X', '-At', '-v', 'ON_ERROR_STOP=0', '-d', $coord->connstr('postgres') ],
-	'<', \$releases, '>', \$race_out[1], '2>', \$race_err[1]);
+push @racers, start_psql($coord, \$confirms, \$race_out[0], \$race_err[0]);
+push @racers, start_psql($coord, \$releases, \$race_out[1], \$race_err[1]);
 $_->finish for @racers;
 is($coord->safe_psql('postgres', q{
 	SELECT count(*) FROM (SELECT order_ref FROM payments.reservations
@@ -392,15 +378,13 @@ my ($from_host, $from_port, $to_host, $to_port) = split /\|/, $coord->safe_psql(
 	  FROM pg_dist_placement p JOIN pg_dist_node s ON s.groupid = p.groupid,
 	       pg_dist_node t
 	 WHERE p.shardid = $mover AND t.groupid NOT IN (0, p.groupid) AND t.isactive});
-# (from a file: IPC::Run feeds standard input only while it is pumped)
+# (from a file, which psql reads while the test polls: standard input is
+# fed only while the run is pumped)
 my $moves_file = $PostgreSQL::Test::Utils::tmp_check . '/moving.sql';
 append_to_file($moves_file,
 	join '', map { "SELECT payments.reserve('moving', 'mover', 1);\n" } 1 .. 4000);
 my ($move_out, $move_err) = ('', '');
-my $mover_run = IPC::Run::start(
-	[ 'psql', '-X', '-At', '-v', 'ON_ERROR_STOP=0', '-d', $coord->connstr('postgres'),
-	  '-f', $moves_file ],
-	'>', \$move_out, '2>', \$move_err);
+my $mover_run = start_psql($coord, $moves_file, \$move_out, \$move_err);
 $coord->poll_query_until('postgres',
 	q{SELECT count(*) >= 200 FROM payments.reservations WHERE order_ref = 'moving'})
   or die 'the reserves did not start';

@@ -15,7 +15,8 @@ use Exporter 'import';
 use PostgreSQL::Test::Cluster;
 
 our @EXPORT =
-  qw(payments_node payments_standby worker_conf worker_pid wait_for_worker stubborn_handler);
+  qw(payments_node payments_standby worker_conf worker_pid wait_for_worker stubborn_handler
+  citus_cluster);
 
 # The settings every worker test starts from, for nodes made another way
 # (a standby gets them from its primary's backup).
@@ -52,6 +53,36 @@ sub payments_node
 	$node->append_conf('postgresql.conf', $conf . ($opts{conf} // ''));
 	$node->start;
 	return $node;
+}
+
+# A Citus cluster on this machine: a coordinator and two workers, Citus
+# and the extension preloaded with conf's settings (after the worker's),
+# the workers added to the coordinator's metadata.  Each node reaches
+# itself through its socket directory (a shard move does).  Returns the
+# coordinator and the workers.
+sub citus_cluster
+{
+	my (%opts) = @_;
+	my $conf = qq{
+shared_preload_libraries = 'citus,payments'
+max_worker_processes = 32
+} . ($opts{conf} // '');
+	my $coord = payments_node('coordinator', conf => $conf);
+	my @workers = map { payments_node("worker$_", conf => $conf) } 1 .. 2;
+
+	for my $node ($coord, @workers)
+	{
+		$node->append_conf('postgresql.conf',
+			"citus.local_hostname = '" . $node->host . "'");
+		$node->reload;
+		$node->safe_psql('postgres', 'CREATE EXTENSION citus');
+	}
+	$coord->safe_psql('postgres',
+		"SELECT citus_set_coordinator_host('" . $coord->host . "', " . $coord->port . ')');
+	$coord->safe_psql('postgres',
+		"SELECT citus_add_node('" . $_->host . "', " . $_->port . ')')
+	  for @workers;
+	return ($coord, @workers);
 }
 
 # A started streaming standby of the primary, made from a fresh backup, with
