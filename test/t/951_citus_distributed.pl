@@ -56,6 +56,11 @@ sub psql_error
 like(psql_error($workers[0], 'SELECT payments.distribute()'),
 	qr/payments\.distribute\(\) must run on the Citus coordinator/,
 	'distribute() refuses to run on a worker');
+like(psql_error($coord, 'SELECT payments.distribute(0)'),
+	qr/22023: shard_count must be between 1 and 64000/, 'distribute() refuses a shard count of 0');
+like(psql_error($coord, 'SELECT payments.undistribute()'),
+	qr/55000: the tables of extension "payments" are not distributed/,
+	'undistribute() refuses tables that are not distributed');
 like(psql_error($coord, 'SET ROLE app; SELECT payments.distribute()'),
 	qr/42501: permission denied for function distribute/,
 	'an application role may not distribute');
