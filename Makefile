@@ -44,6 +44,7 @@ OBJS = \
 	src/compensation_rights.o \
 	src/compensation_external.o \
 	src/compensation_run.o \
+	src/compensation_citus.o \
 	src/callback_keys.o \
 	src/callback_signature.o \
 	src/callback_verify.o \

@@ -459,6 +459,20 @@ RESET ROLE;
 SELECT dedup_key, payload->>'by' AS by, enqueued_by FROM payments.compensations
  WHERE dedup_key IN ('order-3/refund', 'order-4/refund') ORDER BY dedup_key;
 
+-- compensation_status shows an item's status to the role that queued it,
+-- its members and operators, and NULL to anyone else, as for an unknown id.
+SET ROLE regress_comp_alice;
+SELECT payments.compensation_status(:alice_item) IS NOT NULL AS alice_sees_hers;
+SET ROLE regress_comp_bob;
+SELECT payments.compensation_status(:alice_item) AS bob_sees_alices;
+SELECT payments.compensation_status(-1) AS unknown;
+SET ROLE regress_comp_operator;
+SELECT payments.compensation_status(:alice_item) IS NOT NULL AS operator_sees_it;
+SET ROLE regress_comp_nobody;
+SELECT payments.compensation_status(-1);
+\echo :LAST_ERROR_SQLSTATE
+RESET ROLE;
+
 DROP SCHEMA comp_shared CASCADE;
 DROP SCHEMA comp_private CASCADE;
 DROP FUNCTION queue_state();

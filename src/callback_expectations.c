@@ -46,7 +46,6 @@ static int	callback_retention = 35 * 24 * 3600;
 
 static SPIPlanPtr expect_plan;
 static SPIPlanPtr meet_plan;
-static SPIPlanPtr cancel_query_plan;
 static SPIPlanPtr due_plan;
 static SPIPlanPtr queried_plan;
 static SPIPlanPtr purge_events_plan;
@@ -102,15 +101,8 @@ callback_expectations_meet(const char *provider, const char *payment_ref,
 
 		if (isnull)
 			continue;
-		payments_prepare(&cancel_query_plan,
-						 "UPDATE @extschema@.compensations"
-						 " SET status = 'cancelled', finished_at = clock_timestamp(),"
-						 "  lease_expires_at = NULL, claim_token = NULL,"
-						 "  updated_at = clock_timestamp()"
-						 " WHERE id = (SELECT id FROM @extschema@.compensations"
-						 "  WHERE id = $1 AND status = 'pending' FOR UPDATE SKIP LOCKED)",
-						 1, (Oid[]) {INT8OID});
-		payments_execute(cancel_query_plan, &item, NULL, SPI_OK_UPDATE, 0);
+		(void) compensation_change(COMPENSATION_CANCEL_PENDING, DatumGetInt64(item),
+								   0, NULL, InvalidOid, tables_owner);
 	}
 	payments_end_as_owner(&saved);
 }
@@ -329,9 +321,8 @@ payments_purge_callbacks(PG_FUNCTION_ARGS)
 						 " SELECT e.id FROM @extschema@.expected_callbacks e"
 						 " WHERE e.created_at < now() - $2 * interval '1 second'"
 						 "   AND (e.met_at IS NOT NULL OR e.query_error IS NOT NULL"
-						 "        OR NOT EXISTS (SELECT FROM @extschema@.compensations c"
-						 "                       WHERE c.id = e.compensation_id"
-						 "                         AND c.status IN ('pending', 'running')))"
+						 "        OR coalesce(@extschema@.compensation_status(e.compensation_id), '')"
+						 "           NOT IN ('pending', 'running'))"
 						 "   AND (e.compensation_id IS NOT NULL OR e.met_at IS NOT NULL"
 						 "        OR e.query_error IS NOT NULL)"
 						 " LIMIT $1 FOR UPDATE SKIP LOCKED))",

@@ -64,8 +64,8 @@ PG_FUNCTION_INFO_V1(payments_queue_due_checks);
 
 /* Whether the heal queued for the result r has run its course */
 #define HEAL_SETTLED_SQL \
-	"EXISTS (SELECT FROM @extschema@.compensations c WHERE c.id = r.heal_id" \
-	" AND c.status IN ('succeeded', 'dead', 'cancelled'))"
+	"coalesce(@extschema@.compensation_status(r.heal_id)" \
+	" IN ('succeeded', 'dead', 'cancelled'), false)"
 
 /* The most violations one run records; the rest wait for the next runs */
 #define CHECK_MAX_VIOLATIONS	1000

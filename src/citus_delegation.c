@@ -26,6 +26,8 @@
 #include "extension_catalog.h"
 
 #include "nodes/nodeFuncs.h"
+#include "optimizer/paths.h"
+#include "optimizer/plancat.h"
 #include "optimizer/planner.h"
 #include "parser/parsetree.h"
 #include "utils/lsyscache.h"
@@ -156,6 +158,44 @@ reads_table(Query *query)
 	return false;
 }
 
+/*
+ * Plan a copy of a query with PostgreSQL's planner alone, to see its
+ * shape: the path hooks of other extensions stay out of it.  Citus's
+ * expect the planning context its own planner sets up, and crash the
+ * backend without it (its local executor plans the tasks it runs on the
+ * coordinator through the planner hook, joins of intermediate results
+ * among them).
+ */
+static void
+plan_without_hooks(Query *copy, const char *query_string, int cursorOptions,
+				   ParamListInfo boundParams)
+{
+	set_rel_pathlist_hook_type save_rel = set_rel_pathlist_hook;
+	set_join_pathlist_hook_type save_join = set_join_pathlist_hook;
+	get_relation_info_hook_type save_info = get_relation_info_hook;
+	create_upper_paths_hook_type save_upper = create_upper_paths_hook;
+	join_search_hook_type save_search = join_search_hook;
+
+	set_rel_pathlist_hook = NULL;
+	set_join_pathlist_hook = NULL;
+	get_relation_info_hook = NULL;
+	create_upper_paths_hook = NULL;
+	join_search_hook = NULL;
+	PG_TRY();
+	{
+		(void) standard_planner(copy, query_string, cursorOptions, boundParams);
+	}
+	PG_FINALLY();
+	{
+		set_rel_pathlist_hook = save_rel;
+		set_join_pathlist_hook = save_join;
+		get_relation_info_hook = save_info;
+		create_upper_paths_hook = save_upper;
+		join_search_hook = save_search;
+	}
+	PG_END_TRY();
+}
+
 static PlannedStmt *
 payments_planner(Query *parse, const char *query_string, int cursorOptions,
 				 ParamListInfo boundParams)
@@ -171,7 +211,7 @@ payments_planner(Query *parse, const char *query_string, int cursorOptions,
 		Query	   *copy = copyObject(parse);
 		FuncExpr   *call;
 
-		(void) standard_planner(copy, query_string, cursorOptions, boundParams);
+		plan_without_hooks(copy, query_string, cursorOptions, boundParams);
 		call = delegable_call(copy);
 		if (call != NULL)
 			check_call(call);

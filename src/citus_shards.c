@@ -57,11 +57,14 @@ typedef enum ShardTable
 	SHARD_RESERVATIONS,
 	SHARD_IDEMPOTENCY_KEYS,
 	SHARD_TCC_FENCE,
+	SHARD_COMPENSATIONS,
+	SHARD_COMPENSATION_ATTEMPTS,
 	SHARD_NUM_TABLES
 } ShardTable;
 
 static const char *const shard_table_names[SHARD_NUM_TABLES] = {
-	"stock", "stock_slots", "reservations", "idempotency_keys", "tcc_fence"
+	"stock", "stock_slots", "reservations", "idempotency_keys", "tcc_fence",
+	"compensations", "compensation_attempts"
 };
 
 /*
@@ -77,6 +80,7 @@ typedef struct ShardRange
 	int32		min;
 	int32		max;
 	bool		local;			/* placed on this node */
+	char		probe[24];		/* a key in the range, found when first asked */
 	int64		shardid[SHARD_NUM_TABLES];
 	Oid			relids[PAYMENTS_NUM_RELATIONS]; /* resolved when first used */
 } ShardRange;
@@ -93,19 +97,25 @@ static int32 map_group = 0;
 /* The co-location group of the distributed tables */
 static int32 map_colocation = 0;
 
-/* The reference tables: read from their placement on this node */
+/*
+ * The reference tables: read from their placement on this node by the C
+ * code (which), and in a query on a shard by the query if on_shard;
+ * otherwise a query names the table itself and Citus plans it.
+ */
 typedef struct ReferenceTable
 {
 	const char *name;
-	PaymentsRelation which;
+	PaymentsRelation which;		/* PAYMENTS_NUM_RELATIONS: none */
+	bool		on_shard;
 	int64		shardid;
 	bool		local;			/* placed on this node */
 	Oid			relid;			/* resolved when first used */
 } ReferenceTable;
 
 static ReferenceTable references[] = {
-	{"idempotency_scopes", PAYMENTS_REL_IDEMPOTENCY_SCOPES},
-	{"state_machine_definitions", PAYMENTS_REL_STATE_MACHINE_DEFINITIONS},
+	{"idempotency_scopes", PAYMENTS_REL_IDEMPOTENCY_SCOPES, false},
+	{"state_machine_definitions", PAYMENTS_REL_STATE_MACHINE_DEFINITIONS, false},
+	{"external_handlers", PAYMENTS_NUM_RELATIONS, true},
 };
 
 /*
@@ -113,7 +123,7 @@ static ReferenceTable references[] = {
  * than a range, so that it outlives a reload of the map in the middle of
  * a call (a relcache reset, say).  NO_KEY when none.
  */
-#define NO_KEY PG_INT64_MIN		/* outside the range of a 32-bit hash */
+#define NO_KEY PAYMENTS_SHARD_NO_KEY
 static int64 current_key = NO_KEY;
 static SubTransactionId current_subid = InvalidSubTransactionId;
 static bool callbacks_registered = false;
@@ -510,6 +520,95 @@ payments_shard_leave(PaymentsShardContext previous)
 	current_key = previous;
 }
 
+/*
+ * Leave the key entered, if any, until payments_shard_leave with what this
+ * returns: for code of others (a compensation handler) run in the middle
+ * of a call on a shard.
+ */
+PaymentsShardContext
+payments_shard_clear(void)
+{
+	PaymentsShardContext previous = current_key;
+
+	current_key = NO_KEY;
+	return previous;
+}
+
+/*
+ * Whether the shards of key are on this node: always without the
+ * distributed layout.
+ */
+bool
+payments_shard_local(text *key)
+{
+	if (!payments_shards_distributed())
+		return true;
+	map_check();
+	return ranges[range_of_hash(key_hash(key))].local;
+}
+
+/*
+ * The key entered, as its hash (PAYMENTS_SHARD_NO_KEY if none), to enter
+ * it again later with payments_shard_enter_hash.
+ */
+int64
+payments_shard_key(void)
+{
+	return current_key;
+}
+
+/*
+ * Enter a key by its hash, as payments_shard_enter does; false, entering
+ * nothing, if its shards are not on this node (any more).
+ */
+bool
+payments_shard_enter_hash(int64 hash, PaymentsShardContext *previous)
+{
+	int			range;
+
+	*previous = current_key;
+	if (hash == PAYMENTS_SHARD_NO_KEY || !payments_shards_distributed())
+		return true;
+	map_check();
+	range = range_of_hash((int32) hash);
+	while (!lock_range(range))
+		range = range_of_hash((int32) hash);
+	if (!ranges[range].local)
+		return false;
+	current_key = hash;
+	current_subid = GetCurrentSubTransactionId();
+	return true;
+}
+
+/*
+ * Run fn(probe, local, arg) once for each range of the distributed layout,
+ * in hash order: probe is a key of the range (so that Citus routes a query
+ * naming it there), local whether its shards are on this node.
+ */
+void
+payments_shard_foreach(void (*fn) (text *probe, bool local, void *arg), void *arg)
+{
+	map_check();
+	for (int i = 0; i < nranges; i++)
+	{
+		ShardRange *r = &ranges[i];
+
+		/* decimal numbers hash evenly: one in the range comes soon */
+		for (uint32 n = 0; r->probe[0] == '\0'; n++)
+		{
+			char		candidate[24];
+
+			snprintf(candidate, sizeof(candidate), "%u", n);
+			if (range_of_hash(key_hash(cstring_to_text(candidate))) == i)
+				strlcpy(r->probe, candidate, sizeof(r->probe));
+		}
+		fn(cstring_to_text(r->probe), r->local, arg);
+		map_check();
+		if (i >= nranges)
+			break;
+	}
+}
+
 /* The range of the key entered in the current map, -1 if none */
 static int
 current_range(void)
@@ -539,8 +638,18 @@ report_no_key(const char *relname)
 			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 			 errmsg("this call cannot read or write the distributed table payments.%s",
 					relname),
-			 errdetail("payments.distribute() distributed the extension's reservation and idempotency tables; only calls for one key, on the node of its shard, read and write them directly."),
+			 errdetail("payments.distribute() distributed the extension's tables by key; only calls for one key, on the node of its shard, read and write them directly."),
 			 errhint("The section \"Scaling out with Citus\" of the extension's README lists the calls.")));
+}
+
+static void
+report_no_placement(const ReferenceTable *ref)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("this node has no placement of the reference table payments.%s",
+					ref->name),
+			 errhint("Run SELECT replicate_reference_tables() on the coordinator.")));
 }
 
 /* The placement on this node of one of the reference tables */
@@ -555,11 +664,7 @@ reference_relation(PaymentsRelation which)
 	Assert(ref != NULL);
 	map_check();
 	if (!ref->local)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("this node has no placement of the reference table payments.%s",
-						ref->name),
-				 errhint("Run SELECT replicate_reference_tables() on the coordinator.")));
+		report_no_placement(ref);
 	if (!OidIsValid(ref->relid))
 	{
 		ref->relid = get_relname_relid(psprintf("%s_" INT64_FORMAT, ref->name,
@@ -641,8 +746,18 @@ payments_shard_table_name(const char *relname, int len, bool *citus)
 	if (!payments_shards_distributed())
 		return NULL;
 	for (int r = 0; r < lengthof(references); r++)
-		if (strcmp(name, references[r].name) == 0)
-			*citus = true;
+	{
+		if (strcmp(name, references[r].name) != 0)
+			continue;
+		if (references[r].on_shard && current_range() >= 0)
+		{
+			map_check();
+			if (!references[r].local)
+				report_no_placement(&references[r]);
+			return psprintf("%s_" INT64_FORMAT, name, references[r].shardid);
+		}
+		*citus = true;
+	}
 	if (t == SHARD_NUM_TABLES)
 		return NULL;
 	range = current_range();
@@ -671,6 +786,18 @@ payments_shard_unique_id(int64 next)
 				 errmsg("id %lld does not fit in the range of Citus group %d",
 						(long long) next, map_group)));
 	return ((int64) map_group << 48) | next;
+}
+
+/*
+ * What payments_shard_unique_id adds to a sequence's value, for an id made
+ * in SQL: 0 without the distributed layout.
+ */
+int64
+payments_shard_id_base(void)
+{
+	if (!payments_shards_distributed())
+		return 0;
+	return payments_shard_unique_id(1) - 1;
 }
 
 /*

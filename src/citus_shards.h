@@ -18,14 +18,24 @@
 /* What payments_shard_enter returns, for payments_shard_leave */
 typedef int64 PaymentsShardContext;
 
+/* payments_shard_key() when no key is entered: no 32-bit hash */
+#define PAYMENTS_SHARD_NO_KEY PG_INT64_MIN
+
 extern bool payments_shards_distributed(void);
 extern PaymentsShardContext payments_shard_enter(text *key, const char *kind);
 extern void payments_shard_leave(PaymentsShardContext previous);
+extern PaymentsShardContext payments_shard_clear(void);
+extern bool payments_shard_local(text *key);
+extern int64 payments_shard_key(void);
+extern bool payments_shard_enter_hash(int64 hash, PaymentsShardContext *previous);
+extern void payments_shard_foreach(void (*fn) (text *probe, bool local, void *arg),
+								   void *arg);
 extern Oid	payments_shard_relation(PaymentsRelation which, const char *relname);
 extern char *payments_shard_table_name(const char *relname, int len,
 									   bool *citus);
 extern int64 payments_shard_current(void);
 extern int64 payments_shard_unique_id(int64 next);
+extern int64 payments_shard_id_base(void);
 extern Oid	payments_shard_logical_relid(Oid relid);
 
 /* citus_delegation.c */

@@ -78,24 +78,26 @@ static PaymentsCitusLayout layout = PAYMENTS_CITUS_NONE;
 static int32 layout_colocation = 0;
 
 /*
- * The supported layout, table by table: distributed by hash of column
- * (attribute number) in one co-location group, or a reference table
- * (column 0).
+ * The supported layout, table by table: distributed by hash of a column
+ * in one co-location group, or a reference table (column NULL).
  */
 typedef struct LayoutTable
 {
 	const char *name;
-	AttrNumber	column;
+	const char *column;
 } LayoutTable;
 
 static const LayoutTable layout_tables[] = {
-	{"stock", 1},				/* sku */
-	{"stock_slots", 1},			/* sku */
-	{"reservations", 3},		/* sku */
-	{"idempotency_keys", 2},	/* key */
-	{"tcc_fence", 2},			/* gid */
-	{"idempotency_scopes", 0},
-	{"state_machine_definitions", 0},
+	{"stock", "sku"},
+	{"stock_slots", "sku"},
+	{"reservations", "sku"},
+	{"idempotency_keys", "key"},
+	{"tcc_fence", "gid"},
+	{"compensations", "flow"},
+	{"compensation_attempts", "flow"},
+	{"idempotency_scopes", NULL},
+	{"state_machine_definitions", NULL},
+	{"external_handlers", NULL},
 };
 
 static bool
@@ -209,9 +211,10 @@ fits_layout(Oid relid, char method, char repmodel, int32 coloc,
 	{
 		if (name == NULL || strcmp(name, layout_tables[i].name) != 0)
 			continue;
-		if (layout_tables[i].column == 0)
+		if (layout_tables[i].column == NULL)
 			return method == 'n' && repmodel == 't' && ++(*matched);
-		if (method != 'h' || partkey_column(partkey) != layout_tables[i].column)
+		if (method != 'h' ||
+			partkey_column(partkey) != get_attnum(relid, layout_tables[i].column))
 			return false;
 		if (*colocation == 0)
 			*colocation = coloc;

@@ -39,6 +39,7 @@
 #include "compensation.h"
 #include "payments.h"
 #include "args.h"
+#include "citus_shards.h"
 #include "owner_rights.h"
 #include "spi_util.h"
 #include "worker.h"
@@ -47,6 +48,7 @@
 #include "access/htup_details.h"
 #include "catalog/pg_type.h"
 #include "miscadmin.h"
+#include "commands/sequence.h"
 #include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -57,6 +59,7 @@
 PG_FUNCTION_INFO_V1(payments_enqueue_compensation);
 PG_FUNCTION_INFO_V1(payments_retry_compensation);
 PG_FUNCTION_INFO_V1(payments_cancel_compensation);
+PG_FUNCTION_INFO_V1(payments_compensation_status);
 
 #define DEDUP_KEY_MAX_BYTES		255
 
@@ -96,6 +99,9 @@ static SPIPlanPtr sweep_plan;
 static SPIPlanPtr dead_insert_plan;
 static SPIPlanPtr release_plan;
 static SPIPlanPtr pass_place_plan;
+static SPIPlanPtr cancel_pending_plan;
+static SPIPlanPtr accept_plan;
+static SPIPlanPtr status_of_plan;
 
 void
 compensation_init(void)
@@ -161,9 +167,9 @@ compensation_record_failure(int64 id, const char *error, const char *sqlstate,
 							int64 token, bool external)
 {
 	static const Oid argtypes[] = {INT8OID, TEXTOID, INT4OID, INT4OID, TEXTOID,
-	INT8OID, BOOLOID};
-	Datum		values[7];
-	char		nulls[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	INT8OID, BOOLOID, INT8OID};
+	Datum		values[8];
+	char		nulls[8] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
 
 	payments_prepare(&fail_plan,
 					 "WITH failed AS ("
@@ -171,11 +177,12 @@ compensation_record_failure(int64 id, const char *error, const char *sqlstate,
 					 " WHERE c.id = $1 AND c.claim_token = $6 AND CASE WHEN $7"
 					 "  THEN c.status = 'running' AND " IS_EXTERNAL_SQL("c")
 					 "  ELSE c.status = 'succeeded' END"
-					 " RETURNING c.id, c.attempts)"
+					 " RETURNING c.id, c.attempts, c.flow)"
 					 " INSERT INTO @extschema@.compensation_attempts"
-					 "  (compensation_id, attempt, failed_at, error, sqlstate)"
-					 " SELECT id, attempts, clock_timestamp(), $2, $5 FROM failed",
-					 7, argtypes);
+					 "  (id, compensation_id, attempt, failed_at, error, sqlstate, flow)"
+					 " SELECT $8 + nextval('@extschema@.compensation_attempts_id_seq'),"
+					 "  id, attempts, clock_timestamp(), $2, $5, flow FROM failed",
+					 8, argtypes);
 	values[0] = Int64GetDatum(id);
 	values[1] = CStringGetTextDatum(error);
 	values[2] = Int32GetDatum(backoff_base);
@@ -186,6 +193,7 @@ compensation_record_failure(int64 id, const char *error, const char *sqlstate,
 		nulls[4] = 'n';
 	values[5] = Int64GetDatum(token);
 	values[6] = BoolGetDatum(external);
+	values[7] = Int64GetDatum(payments_shard_id_base());
 	return payments_execute(fail_plan, values, nulls, SPI_OK_INSERT, 0) == 1;
 }
 
@@ -198,9 +206,10 @@ compensation_record_failure(int64 id, const char *error, const char *sqlstate,
 int
 compensation_expire_leases(const char *handler, int max_items)
 {
-	static const Oid argtypes[] = {TEXTOID, INT4OID, INT4OID, INT4OID, TIMESTAMPTZOID};
-	Datum		values[5];
-	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
+	static const Oid argtypes[] = {TEXTOID, INT4OID, INT4OID, INT4OID, TIMESTAMPTZOID,
+	INT8OID};
+	Datum		values[6];
+	char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
 
 	/*
 	 * Running items were due when claimed, so the due index finds them; $5,
@@ -219,12 +228,13 @@ compensation_expire_leases(const char *handler, int max_items)
 					 "  ORDER BY next_attempt_at LIMIT $2"
 					 "  FOR UPDATE SKIP LOCKED))"
 					 "  AND status = 'running' AND lease_expires_at <= $5"
-					 " RETURNING id, attempts, last_error)"
+					 " RETURNING id, attempts, last_error, flow)"
 					 " INSERT INTO @extschema@.compensation_attempts"
-					 "  (compensation_id, attempt, failed_at, error, sqlstate)"
-					 " SELECT id, attempts, clock_timestamp(), last_error, "
-					 "'" COMPENSATION_LEASE_EXPIRED_SQLSTATE "' FROM expired",
-					 5, argtypes);
+					 "  (id, compensation_id, attempt, failed_at, error, sqlstate, flow)"
+					 " SELECT $6 + nextval('@extschema@.compensation_attempts_id_seq'),"
+					 "  id, attempts, clock_timestamp(), last_error, "
+					 "'" COMPENSATION_LEASE_EXPIRED_SQLSTATE "', flow FROM expired",
+					 6, argtypes);
 	if (handler != NULL)
 		values[0] = CStringGetTextDatum(handler);
 	else
@@ -233,6 +243,7 @@ compensation_expire_leases(const char *handler, int max_items)
 	values[2] = Int32GetDatum(backoff_base);
 	values[3] = Int32GetDatum(backoff_max);
 	values[4] = TimestampTzGetDatum(GetCurrentTimestamp());
+	values[5] = Int64GetDatum(payments_shard_id_base());
 	return (int) payments_execute(expire_plan, values, nulls, SPI_OK_INSERT, 0);
 }
 
@@ -360,20 +371,21 @@ compensation_check_payload(Datum payload)
 	" OR (" alias ".status = 'cancelled' AND " alias ".next_attempt_at <> 'infinity'))"
 
 /*
- * Whether the item an item comes after has settled.  No lock is taken: an
- * item queued while it settles may be left waiting, and the sweep
- * releases it.  PM301 if it does not exist.  The caller is connected to
- * SPI.
+ * Whether the item an item comes after has settled, and its flow, which
+ * the new item joins (palloc'd in the caller's context).  No lock is
+ * taken: an item queued while it settles may be left waiting, and the
+ * sweep releases it.  PM301 if it does not exist.  The caller is connected
+ * to SPI.
  */
 static bool
-after_settled(int64 after)
+after_settled(int64 after, text **flow)
 {
 	Datum		values[2];
 	char		nulls[2] = {' ', ' '};
 	bool		isnull;
 
 	payments_prepare(&after_settled_plan,
-					 "SELECT " SETTLED_SQL("c", "$2::bigint")
+					 "SELECT " SETTLED_SQL("c", "$2::bigint") ", c.flow"
 					 " FROM @extschema@.compensations c WHERE c.id = $1",
 					 2, (Oid[]) {INT8OID, INT8OID});
 	values[0] = Int64GetDatum(after);
@@ -384,8 +396,33 @@ after_settled(int64 after)
 		ereport(ERROR,
 				(errcode(ERRCODE_PM_COMPENSATION_NOT_FOUND),
 				 errmsg("compensation %lld does not exist", (long long) after)));
+	*flow = (text *) SPI_datumTransfer(SPI_getbinval(SPI_tuptable->vals[0],
+													 SPI_tuptable->tupdesc, 2, &isnull),
+									   false, -1);
 	return DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
 									  SPI_tuptable->tupdesc, 1, &isnull));
+}
+
+/*
+ * The id of a new item, from the queue's sequence (unique across nodes
+ * once distributed, see citus_shards.c), and its flow: the flow of the
+ * item it comes after (after_flow, NULL if none), else its dedup key, else
+ * its id.  The caller acts as the tables' owner.
+ */
+int64
+compensation_new_item(text *after_flow, text *dedup_key, text **flow)
+{
+	int64		id;
+
+	id = payments_shard_unique_id(nextval_internal(payments_relation(PAYMENTS_REL_COMPENSATIONS_ID_SEQ),
+												   false));
+	if (after_flow != NULL)
+		*flow = after_flow;
+	else if (dedup_key != NULL)
+		*flow = dedup_key;
+	else
+		*flow = cstring_to_text(psprintf(INT64_FORMAT, id));
+	return id;
 }
 
 /*
@@ -403,15 +440,10 @@ compensation_enqueue(Oid handler, Datum payload, text *dedup_key,
 					 int32 max_attempts, TimestampTz run_at, int64 after,
 					 Oid caller, Oid tables_owner)
 {
-	static const Oid argtypes[] = {TEXTOID, JSONBOID, TEXTOID, INT4OID,
-	TIMESTAMPTZOID, OIDOID, OIDOID, INT8OID};
 	Oid			owner;
-	Datum		values[8];
-	char		nulls[8] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', 'n'};
-	Datum		dedup_values[2];
-	PaymentsSavedUser saved;
-	int64		id = 0;
-	bool		isnull;
+	text	   *flow;
+	int64		id;
+	PaymentsShardContext previous;
 
 	compensation_check_payload(payload);
 	if (max_attempts == 0)
@@ -419,6 +451,44 @@ compensation_enqueue(Oid handler, Datum payload, text *dedup_key,
 	payments_check_not_in_recovery();
 
 	/* Before the dedup lookup: a key is only looked up by its handler's users. */
+	owner = compensation_check_handler(handler, caller);
+	if (!payments_shards_distributed())
+		return compensation_enqueue_here(handler, payload, dedup_key, max_attempts,
+										 run_at, after, caller, tables_owner,
+										 0, NULL);
+
+	id = compensation_route(after, dedup_key, tables_owner, &flow);
+	if (!payments_shard_local(flow))
+		return compensation_enqueue_routed(flow, id, compensation_handler_name(handler),
+										   owner, payload, dedup_key, max_attempts,
+										   run_at, after, caller, tables_owner, NULL);
+	previous = payments_shard_enter(flow, "compensation flow");
+	id = compensation_enqueue_here(handler, payload, dedup_key, max_attempts,
+								   run_at, after, caller, tables_owner, id, flow);
+	payments_shard_leave(previous);
+	return id;
+}
+
+/*
+ * compensation_enqueue on this node (on the shard of the flow entered
+ * once the queue is distributed), with the item's id and flow if the
+ * caller chose them (id 0 otherwise).
+ */
+int64
+compensation_enqueue_here(Oid handler, Datum payload, text *dedup_key,
+						  int32 max_attempts, TimestampTz run_at, int64 after,
+						  Oid caller, Oid tables_owner, int64 id, text *flow)
+{
+	static const Oid argtypes[] = {TEXTOID, JSONBOID, TEXTOID, INT4OID,
+	TIMESTAMPTZOID, OIDOID, OIDOID, INT8OID, INT8OID, TEXTOID};
+	Oid			owner;
+	Datum		values[10];
+	char		nulls[10] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', 'n', ' ', ' '};
+	text	   *after_flow = NULL;
+	Datum		dedup_values[2];
+	PaymentsSavedUser saved;
+	bool		isnull;
+
 	owner = compensation_check_handler(handler, caller);
 
 	values[0] = CStringGetTextDatum(compensation_handler_name(handler));
@@ -441,20 +511,29 @@ compensation_enqueue(Oid handler, Datum payload, text *dedup_key,
 		compensation_check_item_rights(after, caller, false);
 		values[7] = Int64GetDatum(after);
 		nulls[7] = ' ';
-		if (!after_settled(after))
+		if (!after_settled(after, &after_flow))
 			values[4] = TimestampTzGetDatum(DT_NOEND);
 	}
+	if (id == 0)
+		id = compensation_new_item(after_flow, dedup_key, &flow);
+	values[8] = Int64GetDatum(id);
+	values[9] = PointerGetDatum(flow);
+	id = 0;
 
-	/* A waiting item, whose next attempt is at infinity, is never due. */
+	/*
+	 * A waiting item, whose next attempt is at infinity, is never due.  The
+	 * only conflict an insert can meet is on the dedup key: its id is new.
+	 */
 	payments_prepare(&insert_plan,
 					 "INSERT INTO @extschema@.compensations"
 					 " (handler, payload, dedup_key, max_attempts, next_attempt_at,"
-					 "  enqueued_by, handler_owner, after, status)"
+					 "  enqueued_by, handler_owner, after, status, id, flow)"
 					 " VALUES ($1, $2, $3, $4, $5, $6::regrole, $7::regrole, $8,"
-					 "  CASE WHEN $5 = 'infinity' THEN 'waiting' ELSE 'pending' END)"
-					 " ON CONFLICT (handler, dedup_key) WHERE dedup_key IS NOT NULL DO NOTHING"
+					 "  CASE WHEN $5 = 'infinity' THEN 'waiting' ELSE 'pending' END,"
+					 "  $9, $10)"
+					 " ON CONFLICT DO NOTHING"
 					 " RETURNING id",
-					 8, argtypes);
+					 10, argtypes);
 	payments_prepare(&dedup_plan,
 					 "SELECT id, enqueued_by::oid FROM @extschema@.compensations"
 					 " WHERE handler = $1 AND dedup_key = $2",
@@ -515,13 +594,22 @@ Datum
 payments_retry_compensation(PG_FUNCTION_ARGS)
 {
 	int64		id = compensation_arg_id(fcinfo);
+
+	payments_check_not_in_recovery();
+	compensation_change(COMPENSATION_RETRY, id, 0, NULL, GetUserId(),
+						payments_function_owner(fcinfo->flinfo->fn_oid));
+	PG_RETURN_VOID();
+}
+
+/* retry_compensation on the node of the item's flow */
+void
+compensation_retry_here(int64 id, Oid caller, Oid tables_owner)
+{
 	Datum		values[1];
 	PaymentsSavedUser saved;
 
-	payments_check_not_in_recovery();
 	values[0] = Int64GetDatum(id);
-
-	compensation_begin_item_change(fcinfo, id, false, &saved);
+	compensation_begin_item_change(caller, tables_owner, id, false, &saved);
 	/*
 	 * A link of a chain that was queued dead (see compensation_enqueue_dead)
 	 * waits for its turn if it has not come yet.
@@ -553,7 +641,6 @@ payments_retry_compensation(PG_FUNCTION_ARGS)
 	}
 	payments_wake_worker_at_commit();
 	compensation_end_item_change(&saved);
-	PG_RETURN_VOID();
 }
 
 /*
@@ -634,13 +721,39 @@ compensation_enqueue_dead(const char *handler, Oid handler_owner, Datum payload,
 						  int64 after, Oid caller, Oid tables_owner,
 						  const char *error)
 {
-	static const Oid argtypes[] = {TEXTOID, JSONBOID, INT4OID, OIDOID, OIDOID,
-	INT8OID, TEXTOID, BOOLOID};
-	Datum		values[8];
-	char		nulls[8] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
-	PaymentsSavedUser saved;
-	bool		isnull;
+	text	   *flow;
 	int64		id;
+	PaymentsShardContext previous;
+
+	if (!payments_shards_distributed())
+		return compensation_enqueue_dead_here(handler, handler_owner, payload,
+											  after, caller, tables_owner, error,
+											  0, NULL);
+	id = compensation_route(after, NULL, tables_owner, &flow);
+	if (!payments_shard_local(flow))
+		return compensation_enqueue_routed(flow, id, handler, handler_owner,
+										   payload, NULL, default_max_attempts,
+										   0, after, caller, tables_owner, error);
+	previous = payments_shard_enter(flow, "compensation flow");
+	id = compensation_enqueue_dead_here(handler, handler_owner, payload, after,
+										caller, tables_owner, error, id, flow);
+	payments_shard_leave(previous);
+	return id;
+}
+
+/* compensation_enqueue_dead on this node, as compensation_enqueue_here */
+int64
+compensation_enqueue_dead_here(const char *handler, Oid handler_owner,
+							   Datum payload, int64 after, Oid caller,
+							   Oid tables_owner, const char *error, int64 id,
+							   text *flow)
+{
+	static const Oid argtypes[] = {TEXTOID, JSONBOID, INT4OID, OIDOID, OIDOID,
+	INT8OID, TEXTOID, BOOLOID, INT8OID, TEXTOID};
+	Datum		values[10];
+	char		nulls[10] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	PaymentsSavedUser saved;
+	text	   *after_flow = NULL;
 
 	values[0] = CStringGetTextDatum(handler);
 	values[1] = payload;
@@ -653,19 +766,21 @@ compensation_enqueue_dead(const char *handler, Oid handler_owner, Datum payload,
 
 	payments_begin_as_owner(tables_owner, true, &saved);
 	SPI_connect();
-	values[7] = BoolGetDatum(after == 0 || after_settled(after));
+	values[7] = BoolGetDatum(after == 0 || after_settled(after, &after_flow));
+	if (id == 0)
+		id = compensation_new_item(after_flow, NULL, &flow);
+	values[8] = Int64GetDatum(id);
+	values[9] = PointerGetDatum(flow);
 	payments_prepare(&dead_insert_plan,
 					 "INSERT INTO @extschema@.compensations"
 					 " (handler, payload, max_attempts, next_attempt_at, enqueued_by,"
-					 "  handler_owner, after, status, finished_at, last_error)"
+					 "  handler_owner, after, status, finished_at, last_error, id, flow)"
 					 " VALUES ($1, $2, $3,"
 					 "  CASE WHEN $8 THEN clock_timestamp() ELSE 'infinity' END,"
-					 "  $4::regrole, $5::regrole, $6, 'dead', clock_timestamp(), $7)"
-					 " RETURNING id",
-					 8, argtypes);
-	payments_execute(dead_insert_plan, values, nulls, SPI_OK_INSERT_RETURNING, 0);
-	id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
-									 1, &isnull));
+					 "  $4::regrole, $5::regrole, $6, 'dead', clock_timestamp(), $7,"
+					 "  $9, $10)",
+					 10, argtypes);
+	payments_execute(dead_insert_plan, values, nulls, SPI_OK_INSERT, 0);
 	SPI_finish();
 	payments_end_as_owner(&saved);
 	return id;
@@ -696,14 +811,23 @@ Datum
 payments_cancel_compensation(PG_FUNCTION_ARGS)
 {
 	int64		id = compensation_arg_id(fcinfo);
+
+	payments_check_not_in_recovery();
+	compensation_change(COMPENSATION_CANCEL, id, 0, NULL, GetUserId(),
+						payments_function_owner(fcinfo->flinfo->fn_oid));
+	PG_RETURN_VOID();
+}
+
+/* cancel_compensation on the node of the item's flow */
+void
+compensation_cancel_here(int64 id, Oid caller, Oid tables_owner)
+{
 	Datum		values[2];
 	PaymentsSavedUser saved;
 	bool		isnull;
 
-	payments_check_not_in_recovery();
 	values[0] = Int64GetDatum(id);
-
-	compensation_begin_item_change(fcinfo, id, false, &saved);
+	compensation_begin_item_change(caller, tables_owner, id, false, &saved);
 	payments_prepare(&cancel_plan,
 					 "UPDATE @extschema@.compensations"
 					 " SET status = 'cancelled', finished_at = clock_timestamp(),"
@@ -745,5 +869,101 @@ payments_cancel_compensation(PG_FUNCTION_ARGS)
 					 errdetail("Its status is \"%s\".", status)));
 	}
 	compensation_end_item_change(&saved);
-	PG_RETURN_VOID();
+}
+
+/*
+ * The changes other components make to an item they queued, as the
+ * tables' owner, on the node of its flow: a met callback cancels its query
+ * if it is still pending (one that runs is skipped, not waited for), and
+ * an accepted difference cancels its heal if it is dead.  Returns the
+ * item's status afterwards, NULL if there is no such item (or, for the
+ * first, if it was not pending).
+ */
+char *
+compensation_settle_here(CompensationChange change, int64 id, Oid tables_owner)
+{
+	Datum		values[1] = {Int64GetDatum(id)};
+	PaymentsSavedUser saved;
+	char	   *status;
+
+	payments_begin_as_owner(tables_owner, true, &saved);
+	SPI_connect();
+	if (change == COMPENSATION_CANCEL_PENDING)
+	{
+		payments_prepare(&cancel_pending_plan,
+						 "UPDATE @extschema@.compensations"
+						 " SET status = 'cancelled', finished_at = clock_timestamp(),"
+						 "  lease_expires_at = NULL, claim_token = NULL,"
+						 "  updated_at = clock_timestamp()"
+						 " WHERE id = (SELECT id FROM @extschema@.compensations"
+						 "  WHERE id = $1 AND status = 'pending' FOR UPDATE SKIP LOCKED)"
+						 " RETURNING status",
+						 1, (Oid[]) {INT8OID});
+		payments_execute(cancel_pending_plan, values, NULL,
+						 SPI_OK_UPDATE_RETURNING, 0);
+	}
+	else
+	{
+		Assert(change == COMPENSATION_ACCEPT);
+		payments_prepare(&accept_plan,
+						 "UPDATE @extschema@.compensations"
+						 " SET status = CASE WHEN status = 'dead' THEN 'cancelled' ELSE status END,"
+						 "  finished_at = CASE WHEN status = 'dead' THEN pg_catalog.clock_timestamp()"
+						 "                ELSE finished_at END"
+						 " WHERE id = $1 RETURNING status",
+						 1, (Oid[]) {INT8OID});
+		payments_execute(accept_plan, values, NULL, SPI_OK_UPDATE_RETURNING, 0);
+	}
+	status = payments_spi_first_text(1);
+	SPI_finish();
+	payments_end_as_owner(&saved);
+	return status;
+}
+
+/*
+ * payments.compensation_status(id): the status of item id, read over every
+ * shard once the queue is distributed; NULL if there is none, or if the
+ * caller may not see it (it is no member of the role that queued it, nor
+ * of payments_operator).  The views of the other components read their
+ * items through it, and so do their purges and checks.
+ */
+Datum
+payments_compensation_status(PG_FUNCTION_ARGS)
+{
+	Oid			caller = GetUserId();
+	Datum		values[1] = {PG_GETARG_DATUM(0)};
+	PaymentsSavedUser saved;
+	char	   *status = NULL;
+	uint64		n;
+
+	payments_begin_as_owner(payments_function_owner(fcinfo->flinfo->fn_oid),
+							true, &saved);
+	SPI_connect();
+	if (payments_shards_distributed())
+		n = payments_execute_citus("SELECT status, enqueued_by::oid"
+								   " FROM @extschema@.compensations WHERE id = $1",
+								   1, (Oid[]) {INT8OID}, values, NULL, SPI_OK_SELECT);
+	else
+	{
+		payments_prepare(&status_of_plan,
+						 "SELECT status, enqueued_by::oid"
+						 " FROM @extschema@.compensations WHERE id = $1",
+						 1, (Oid[]) {INT8OID});
+		n = payments_execute(status_of_plan, values, NULL, SPI_OK_SELECT, 0);
+	}
+	if (n > 0)
+	{
+		bool		isnull;
+		Oid			enqueued_by = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0],
+																 SPI_tuptable->tupdesc,
+																 2, &isnull));
+
+		if (has_privs_of_role(caller, enqueued_by) || payments_is_operator(caller))
+			status = payments_spi_first_text(1);
+	}
+	SPI_finish();
+	payments_end_as_owner(&saved);
+	if (status == NULL)
+		PG_RETURN_NULL();
+	PG_RETURN_TEXT_P(cstring_to_text(status));
 }

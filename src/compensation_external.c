@@ -42,7 +42,6 @@ PG_FUNCTION_INFO_V1(payments_fail_compensation);
 
 static SPIPlanPtr register_plan;
 static SPIPlanPtr unregister_plan;
-static SPIPlanPtr running_plan;
 static SPIPlanPtr is_external_plan;
 static SPIPlanPtr claim_plan;
 static SPIPlanPtr complete_plan;
@@ -154,13 +153,13 @@ payments_unregister_external_handler(PG_FUNCTION_ARGS)
 	payments_prepare(&unregister_plan,
 					 "DELETE FROM @extschema@.external_handlers WHERE handler = $1",
 					 1, (Oid[]) {TEXTOID});
-	payments_prepare(&running_plan,
-					 "SELECT count(*) FROM @extschema@.compensations"
-					 " WHERE finished_at IS NULL AND status = 'running' AND handler = $1",
-					 1, (Oid[]) {TEXTOID});
 	if (payments_execute(unregister_plan, values, NULL, SPI_OK_DELETE, 0) == 1)
 	{
-		payments_execute(running_plan, values, NULL, SPI_OK_SELECT, 0);
+		/* over every shard once the queue is distributed */
+		payments_execute_citus("SELECT count(*) FROM @extschema@.compensations"
+							   " WHERE finished_at IS NULL AND status = 'running'"
+							   " AND handler = $1",
+							   1, (Oid[]) {TEXTOID}, values, NULL, SPI_OK_SELECT);
 		running = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
 											  SPI_tuptable->tupdesc, 1, &isnull));
 		if (running > 0)
@@ -193,30 +192,51 @@ payments_unregister_external_handler(PG_FUNCTION_ARGS)
 Datum
 payments_claim_compensations(PG_FUNCTION_ARGS)
 {
-	static const Oid argtypes[] = {TEXTOID, INT4OID, INTERVALOID, INT8OID,
-	TIMESTAMPTZOID, OIDOID};
 	Oid			caller = GetUserId();
 	Oid			handler = compensation_arg_handler(fcinfo, 0);
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	int32		max_items;
+	Datum		lease;
+
+	max_items = payments_arg_int_range(fcinfo, 1, "max_items", 1,
+									   COMPENSATION_MAX_ITEMS_LIMIT);
+	lease = payments_arg_interval(fcinfo, 2, "lease", LEASE_MAX_USECS);
+	payments_check_not_in_recovery();
+	(void) compensation_check_handler(handler, caller);
+
+	InitMaterializedSRF(fcinfo, 0);
+	compensation_claim(rsinfo->setResult, compensation_handler_name(handler),
+					   max_items, lease, caller,
+					   payments_function_owner(fcinfo->flinfo->fn_oid));
+	return (Datum) 0;
+}
+
+/*
+ * The claim of claim_compensations on this node (on the shard of the flow
+ * entered once the queue is distributed): up to max_items items of the
+ * handler (its name), each given to emit(tuple, its descriptor, arg) in due
+ * order, all with the claim token.  Returns how many.
+ */
+int
+compensation_claim_here(const char *handler, int32 max_items, Datum lease,
+						int64 token, Oid caller, Oid tables_owner,
+						void (*emit) (HeapTuple tup, TupleDesc desc, void *arg),
+						void *arg)
+{
+	static const Oid argtypes[] = {TEXTOID, INT4OID, INTERVALOID, INT8OID,
+	TIMESTAMPTZOID, OIDOID};
 	Datum		values[6];
-	char	   *name;
 	PaymentsSavedUser saved;
 	uint64		n;
 
-	values[1] = Int32GetDatum(payments_arg_int_range(fcinfo, 1, "max_items", 1,
-													 COMPENSATION_MAX_ITEMS_LIMIT));
-	values[2] = payments_arg_interval(fcinfo, 2, "lease", LEASE_MAX_USECS);
-	payments_check_not_in_recovery();
-	(void) compensation_check_handler(handler, caller);
-	name = compensation_handler_name(handler);
-	values[0] = CStringGetTextDatum(name);
-	values[3] = Int64GetDatum((int64) pg_prng_uint64(&pg_global_prng_state));
+	values[0] = CStringGetTextDatum(handler);
+	values[1] = Int32GetDatum(max_items);
+	values[2] = lease;
+	values[3] = Int64GetDatum(token);
 	values[4] = TimestampTzGetDatum(GetCurrentTimestamp());
 	values[5] = ObjectIdGetDatum(caller);
 
-	InitMaterializedSRF(fcinfo, 0);
-	payments_begin_as_owner(payments_function_owner(fcinfo->flinfo->fn_oid),
-							false, &saved);
+	payments_begin_as_owner(tables_owner, false, &saved);
 	SPI_connect();
 
 	payments_prepare(&is_external_plan,
@@ -227,11 +247,12 @@ payments_claim_compensations(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_PM_COMPENSATION_NOT_EXTERNAL),
 				 errmsg("compensation handler %s is not registered for external executors",
-						format_procedure(handler)),
+						format_procedure(DatumGetObjectId(DirectFunctionCall1(regprocedurein,
+																			  CStringGetDatum(handler))))),
 				 errdetail("Its compensations are run by the payments worker."),
 				 errhint("Call payments.register_external_handler first.")));
 
-	(void) compensation_expire_leases(name, DatumGetInt32(values[1]));
+	(void) compensation_expire_leases(handler, max_items);
 
 	payments_prepare(&claim_plan,
 					 "WITH claimed AS ("
@@ -251,11 +272,11 @@ payments_claim_compensations(PG_FUNCTION_ARGS)
 					 6, argtypes);
 	n = payments_execute(claim_plan, values, NULL, SPI_OK_SELECT, 0);
 	for (uint64 i = 0; i < n; i++)
-		tuplestore_puttuple(rsinfo->setResult, SPI_tuptable->vals[i]);
+		emit(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, arg);
 
 	SPI_finish();
 	payments_end_as_owner(&saved);
-	return (Datum) 0;
+	return (int) n;
 }
 
 /*
@@ -268,15 +289,25 @@ Datum
 payments_complete_compensation_0_2(PG_FUNCTION_ARGS)
 {
 	int64		id = compensation_arg_id(fcinfo);
-	Datum		values[2];
-	PaymentsSavedUser saved;
 
 	payments_arg_not_null(fcinfo, 1, "claim token");
 	payments_check_not_in_recovery();
-	values[0] = Int64GetDatum(id);
-	values[1] = PG_GETARG_DATUM(1);
+	compensation_change(COMPENSATION_COMPLETE, id, PG_GETARG_INT64(1), NULL,
+						GetUserId(), payments_function_owner(fcinfo->flinfo->fn_oid));
+	PG_RETURN_VOID();
+}
 
-	compensation_begin_item_change(fcinfo, id, true, &saved);
+/* complete_compensation on the node of the item's flow */
+void
+compensation_complete_here(int64 id, int64 token, Oid caller, Oid tables_owner)
+{
+	Datum		values[2];
+	PaymentsSavedUser saved;
+
+	values[0] = Int64GetDatum(id);
+	values[1] = Int64GetDatum(token);
+
+	compensation_begin_item_change(caller, tables_owner, id, true, &saved);
 	payments_prepare(&complete_plan,
 					 "UPDATE @extschema@.compensations c"
 					 " SET status = 'succeeded', finished_at = clock_timestamp(),"
@@ -289,7 +320,6 @@ payments_complete_compensation_0_2(PG_FUNCTION_ARGS)
 		report_claim_conflict(id, true);
 	compensation_release_next(compensation_ids_array(&id, 1));
 	compensation_end_item_change(&saved);
-	PG_RETURN_VOID();
 }
 
 /*
@@ -303,18 +333,27 @@ payments_fail_compensation_0_2(PG_FUNCTION_ARGS)
 	int64		id = compensation_arg_id(fcinfo);
 	int64		token;
 	text	   *error;
-	PaymentsSavedUser saved;
 
 	payments_arg_not_null(fcinfo, 1, "claim token");
 	token = PG_GETARG_INT64(1);
 	error = payments_arg_text(fcinfo, 2, "error", COMPENSATION_ERROR_MAX_BYTES);
 	payments_check_not_in_recovery();
+	compensation_change(COMPENSATION_FAIL, id, token, error, GetUserId(),
+						payments_function_owner(fcinfo->flinfo->fn_oid));
+	PG_RETURN_VOID();
+}
 
-	compensation_begin_item_change(fcinfo, id, true, &saved);
+/* fail_compensation on the node of the item's flow */
+void
+compensation_fail_here(int64 id, int64 token, text *error, Oid caller,
+					   Oid tables_owner)
+{
+	PaymentsSavedUser saved;
+
+	compensation_begin_item_change(caller, tables_owner, id, true, &saved);
 	if (!compensation_record_failure(id, text_to_cstring(error), NULL, token, true))
 		report_claim_conflict(id, false);
 	compensation_end_item_change(&saved);
-	PG_RETURN_VOID();
 }
 
 /*

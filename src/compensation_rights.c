@@ -186,19 +186,16 @@ compensation_check_item_rights(int64 id, Oid caller, bool executor)
 }
 
 /*
- * Start a change of item id by the caller of fcinfo's function: act as the
- * function's owner, connect to SPI and check the caller's rights on the
- * item (check_item_rights; executor for a completion or failure report).
+ * Start a change of item id by caller: act as the tables' owner, connect
+ * to SPI and check the caller's rights on the item (check_item_rights;
+ * executor for a completion or failure report).
  * compensation_end_item_change undoes the first two.
  */
 void
-compensation_begin_item_change(FunctionCallInfo fcinfo, int64 id,
+compensation_begin_item_change(Oid caller, Oid tables_owner, int64 id,
 							   bool executor, PaymentsSavedUser *saved)
 {
-	Oid			caller = GetUserId();
-
-	payments_begin_as_owner(payments_function_owner(fcinfo->flinfo->fn_oid),
-							false, saved);
+	payments_begin_as_owner(tables_owner, false, saved);
 	SPI_connect();
 	compensation_check_item_rights(id, caller, executor);
 }

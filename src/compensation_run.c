@@ -63,6 +63,7 @@
 
 #include "compensation.h"
 #include "args.h"
+#include "citus_shards.h"
 #include "fault.h"
 #include "owner_rights.h"
 #include "spi_util.h"
@@ -131,6 +132,7 @@ typedef struct RunningMarker
 	int64		id;
 	int32		attempts;		/* the item's attempts before this one */
 	int32		reason;			/* RunningReason */
+	int64		shard_key;		/* the key of its shard, once distributed */
 } RunningMarker;
 
 /*
@@ -239,6 +241,7 @@ marker_set(int64 id, int32 attempts)
 	marker.running.id = id;
 	marker.running.attempts = attempts;
 	marker.running.reason = RUNNING_INTERRUPTED;
+	marker.running.shard_key = payments_shard_key();
 	marker_write();
 	if (marker_write_failed && !warned)
 	{
@@ -377,8 +380,19 @@ settle_interrupted(RunningMarker *m)
 	Datum		values[3];
 	int64		token = (int64) pg_prng_uint64(&pg_global_prng_state);
 	bool		timed_out = m->reason == RUNNING_TIMED_OUT;
+	PaymentsShardContext previous;
+	bool		settled;
 	char	   *error;
 
+	/* A shard that left this node took the item with it. */
+	if (!payments_shard_enter_hash(m->shard_key, &previous))
+	{
+		ereport(LOG,
+				(errmsg("compensation %lld was interrupted but its attempt cannot be recorded",
+						(long long) m->id),
+				 errdetail("Its shard is no longer on this node.")));
+		return true;
+	}
 	payments_prepare(&settle_plan,
 					 "UPDATE @extschema@.compensations"
 					 " SET status = 'succeeded', attempts = attempts + 1,"
@@ -398,7 +412,9 @@ settle_interrupted(RunningMarker *m)
 	if (payments_execute(settle_plan, values, NULL, SPI_OK_UPDATE, 0) == 0)
 	{
 		/* Still as the handler's start left it, so locked: try later. */
-		return payments_execute(unsettled_plan, values, NULL, SPI_OK_SELECT, 0) == 0;
+		settled = payments_execute(unsettled_plan, values, NULL, SPI_OK_SELECT, 0) == 0;
+		payments_shard_leave(previous);
+		return settled;
 	}
 
 	if (timed_out)
@@ -414,6 +430,7 @@ settle_interrupted(RunningMarker *m)
 									 token, false))
 		elog(ERROR, "compensation %lld changed under its lock",
 			 (long long) m->id);
+	payments_shard_leave(previous);
 	return true;
 }
 
@@ -789,7 +806,8 @@ run_due(int max_items)
 	values[2] = TimestampTzGetDatum(GetCurrentTimestamp());
 	nitems = (int) payments_execute(mark_plan, values, NULL,
 									SPI_OK_UPDATE_RETURNING, 0);
-	last_batch_full = nitems == max_items;
+	if (nitems == max_items)
+		last_batch_full = true;
 	if (nitems == 0)
 		return 0;
 
@@ -839,8 +857,13 @@ run_due(int max_items)
 		 */
 		do
 		{
+			PaymentsShardContext shard;
+
+			/* The handler's calls find their own shards. */
 			marker_set(item->id, item->attempts - 1);
+			shard = payments_shard_clear();
 			edata = run_handler(item, &cache, callcxt);
+			payments_shard_leave(shard);
 			marker_clear();
 			reset_session_state();
 		} while (edata == NULL && PAYMENTS_FAULT(FAULT_WORKER_AFTER_HANDLER));
@@ -892,6 +915,25 @@ run_due(int max_items)
 	return nrun;
 }
 
+/* Steps 1 to 3 of the file header on one shard (the whole queue without Citus) */
+static int32
+expire_batch(int32 max_items, void *arg)
+{
+	return compensation_expire_leases(NULL, max_items);
+}
+
+static int32
+release_batch(int32 max_items, void *arg)
+{
+	return compensation_release_stranded(max_items);
+}
+
+static int32
+run_batch(int32 max_items, void *arg)
+{
+	return run_due(max_items);
+}
+
 /*
  * payments.run_compensations(max_items): see the file header.  Returns how
  * many items it finished: run (either way) or given back after their lease
@@ -916,11 +958,12 @@ payments_run_compensations(PG_FUNCTION_ARGS)
 	if (!last_batch_full ||
 		TimestampDifferenceExceeds(last_lease_check, now, LEASE_CHECK_INTERVAL_MS))
 	{
-		done += compensation_expire_leases(NULL, max_items);
-		(void) compensation_release_stranded(max_items);
+		done += payments_shard_batches(max_items, expire_batch, NULL);
+		(void) payments_shard_batches(max_items, release_batch, NULL);
 		last_lease_check = now;
 	}
-	done += run_due(max_items);
+	last_batch_full = false;
+	done += payments_shard_batches(max_items, run_batch, NULL);
 	SPI_finish();
 
 	PG_RETURN_INT32(done);

@@ -69,6 +69,7 @@ static const char *const relation_names[PAYMENTS_NUM_RELATIONS] = {
 	[PAYMENTS_REL_STATE_HISTORY_ID_SEQ] = "state_history_id_seq",
 	[PAYMENTS_REL_TCC_FENCE] = "tcc_fence",
 	[PAYMENTS_REL_TCC_FENCE_PKEY] = "tcc_fence_pkey",
+	[PAYMENTS_REL_COMPENSATIONS_ID_SEQ] = "compensations_id_seq",
 };
 
 static Oid	schema_oid = InvalidOid;

@@ -54,7 +54,6 @@ static SPIPlanPtr item_plan;
 static SPIPlanPtr accept_plan;
 static SPIPlanPtr decided_plan;
 static SPIPlanPtr reaccept_plan;
-static SPIPlanPtr heal_status_plan;
 
 /*
  * Queue the heal of each difference of run_id that has a policy and was
@@ -269,15 +268,8 @@ payments_accept_difference(PG_FUNCTION_ARGS)
 		status = NULL;
 		if (!isnull)
 		{
-			payments_prepare(&heal_status_plan,
-							 "UPDATE @extschema@.compensations"
-							 " SET status = CASE WHEN status = 'dead' THEN 'cancelled' ELSE status END,"
-							 "  finished_at = CASE WHEN status = 'dead' THEN pg_catalog.clock_timestamp()"
-							 "                ELSE finished_at END"
-							 " WHERE id = $1 RETURNING status",
-							 1, (Oid[]) {INT8OID});
-			if (payments_execute(heal_status_plan, &heal, NULL, SPI_OK_UPDATE_RETURNING, 0) == 1)
-				status = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+			status = compensation_change(COMPENSATION_ACCEPT, DatumGetInt64(heal),
+										 0, NULL, InvalidOid, payments_function_owner(fcinfo->flinfo->fn_oid));
 		}
 		if (DatumGetBool(SPI_getbinval(tup, desc, 1, &isnull)))
 		{

@@ -75,15 +75,15 @@ static RetentionPurge purges[] = {
 		"  FROM (SELECT sku, sum(qty) AS qty FROM gone WHERE state = 'confirmed'"
 		"        GROUP BY sku) g WHERE s.sku = g.sku)"
 		" SELECT count(*) FROM gone", NULL},
-	{"compensations", &compensation_retention, false,
+	{"compensations", &compensation_retention, true,
 		"WITH gone AS (DELETE FROM @extschema@.compensations WHERE id = ANY (ARRAY("
-		"  SELECT id FROM @extschema@.compensations"
-		"   WHERE finished_at IS NOT NULL"
-		"    AND finished_at < pg_catalog.now() - $2 * interval '1 second'"
-		"    AND status IN ('succeeded', 'cancelled')"
+		"  SELECT c.id FROM @extschema@.compensations c"
+		"   WHERE c.finished_at IS NOT NULL"
+		"    AND c.finished_at < pg_catalog.now() - $2 * interval '1 second'"
+		"    AND c.status IN ('succeeded', 'cancelled')"
 		/* a link that an unfinished or dead one still waits for stays */
 		"    AND NOT EXISTS (SELECT FROM @extschema@.compensations n"
-		"     WHERE n.after = compensations.id"
+		"     WHERE n.after = c.id"
 		"      AND n.status NOT IN ('succeeded', 'cancelled'))"
 		"   ORDER BY finished_at LIMIT $1 FOR UPDATE SKIP LOCKED))"
 		"  AND status IN ('succeeded', 'cancelled') RETURNING id),"
@@ -95,9 +95,9 @@ static RetentionPurge purges[] = {
 		"   WHERE g.status <> 'running'"
 		"    AND g.finished_at < pg_catalog.now() - $2 * interval '1 second'"
 		"    AND NOT EXISTS (SELECT FROM @extschema@.saga_steps s"
-		"     JOIN @extschema@.compensations c ON c.id = s.compensation_id"
 		"     WHERE s.owner = g.owner AND s.saga_id = g.saga_id"
-		"      AND c.status NOT IN ('succeeded', 'cancelled'))"
+		"      AND @extschema@.compensation_status(s.compensation_id)"
+		"       NOT IN ('succeeded', 'cancelled'))"
 		"   ORDER BY g.finished_at LIMIT $1 FOR UPDATE SKIP LOCKED),"
 		" steps AS (DELETE FROM @extschema@.saga_steps s USING doomed d"
 		"  WHERE s.owner = d.owner AND s.saga_id = d.saga_id),"

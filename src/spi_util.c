@@ -291,6 +291,24 @@ payments_execute_citus(const char *sql, int nargs, const Oid *argtypes,
 }
 
 /*
+ * The given column of the first row of the last result as text, in the
+ * context the caller had before SPI_connect, NULL if there is no row or the
+ * value is NULL.
+ */
+char *
+payments_spi_first_text(int column)
+{
+	char	   *value;
+
+	if (SPI_processed == 0 || SPI_tuptable == NULL)
+		return NULL;
+	value = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, column);
+	if (value == NULL)
+		return NULL;
+	return strcpy(SPI_palloc(strlen(value) + 1), value);
+}
+
+/*
  * The same, with a snapshot taken now rather than the transaction's: for
  * a count made after a lock wait, which under REPEATABLE READ would
  * otherwise miss what the lock holder committed (as the foreign key

@@ -433,7 +433,17 @@ read_next_due_shard(void *arg)
 					 "   FROM @extschema@.idempotency_keys i ORDER BY i.expires_at LIMIT 1),"
 					 " (SELECT r.resolved_at FROM @extschema@.reservations r"
 					 "   WHERE r.state <> 'held' ORDER BY r.resolved_at LIMIT 1)"
-					 "  + NULLIF(pg_catalog.current_setting('payments.reservation_retention')::interval, '0'))",
+					 "  + NULLIF(pg_catalog.current_setting('payments.reservation_retention')::interval, '0'),"
+					 " (SELECT c.next_attempt_at FROM @extschema@.compensations c"
+					 "   WHERE c.finished_at IS NULL AND c.status = 'pending'"
+					 "    AND c.handler <> ALL (ARRAY(SELECT e.handler FROM @extschema@.external_handlers e))"
+					 "   ORDER BY c.next_attempt_at LIMIT 1),"
+					 " (SELECT c.finished_at FROM @extschema@.compensations c"
+					 "   WHERE c.finished_at IS NOT NULL AND c.status IN ('succeeded', 'cancelled')"
+					 "    AND NOT EXISTS (SELECT FROM @extschema@.compensations n"
+					 "     WHERE n.after = c.id AND n.status NOT IN ('succeeded', 'cancelled'))"
+					 "   ORDER BY c.finished_at LIMIT 1)"
+					 "  + NULLIF(pg_catalog.current_setting('payments.compensation_retention')::interval, '0'))",
 					 0, NULL);
 	lower_due_by(next_due_shard_plan, (TimestampTz *) arg);
 }
@@ -472,21 +482,11 @@ read_next_due(void)
 	SPI_connect();
 	payments_prepare(&next_due_plan,
 					 "SELECT LEAST("
-					 " (SELECT c.next_attempt_at FROM @extschema@.compensations c"
-					 "   WHERE c.finished_at IS NULL AND c.status = 'pending'"
-					 "    AND c.handler <> ALL (ARRAY(SELECT e.handler FROM @extschema@.external_handlers e))"
-					 "   ORDER BY c.next_attempt_at LIMIT 1),"
 					 " (SELECT min(x.deadline) FROM @extschema@.expected_callbacks x"
 					 "   WHERE x.met_at IS NULL AND x.compensation_id IS NULL AND x.query_error IS NULL),"
 					 " (SELECT min(g.timeout_at) FROM @extschema@.saga_state g"
 					 "   WHERE g.status = 'running'),"
 					 " (SELECT min(k.next_run_at) FROM @extschema@.checks k),"
-					 " (SELECT c.finished_at FROM @extschema@.compensations c"
-					 "   WHERE c.finished_at IS NOT NULL AND c.status IN ('succeeded', 'cancelled')"
-					 "    AND NOT EXISTS (SELECT FROM @extschema@.compensations n"
-					 "     WHERE n.after = c.id AND n.status NOT IN ('succeeded', 'cancelled'))"
-					 "   ORDER BY c.finished_at LIMIT 1)"
-					 "  + NULLIF(pg_catalog.current_setting('payments.compensation_retention')::interval, '0'),"
 					 " (SELECT min(v.cleared_at) FROM @extschema@.check_results v WHERE v.cleared_at IS NOT NULL)"
 					 "  + NULLIF(pg_catalog.current_setting('payments.check_retention')::interval, '0'),"
 					 " (SELECT min(e.first_delivered_at) FROM @extschema@.callbacks e)"

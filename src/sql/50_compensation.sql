@@ -31,8 +31,14 @@ CREATE TABLE payments.compensations (
     lease_expires_at timestamptz,           -- while running: when the claim lapses
     claim_token      bigint,                -- the claim that holds (or ran) it
     claimed_by       regrole,               -- the role of the last external claim
-    after            bigint                 -- runs only once this item has settled
+    after            bigint,                -- runs only once this item has settled
+    flow             text COLLATE "C" NOT NULL  -- see below
 ) WITH (fillfactor = 50);   -- room for the claim's HOT update, see below
+
+-- flow keeps a chain together: an item's flow is the flow of the item it
+-- comes after, else its dedup key, else its id.  payments.distribute()
+-- distributes the queue by it, so that a chain, and every item of one
+-- handler and dedup key, lives on one shard (src/sql/86_citus.sql).
 
 COMMENT ON TABLE payments.compensations IS
     'One row per queued compensation: its handler, payload, status and retry schedule';
@@ -65,7 +71,8 @@ CREATE TABLE payments.compensation_attempts (
     attempt          integer     NOT NULL,
     failed_at        timestamptz NOT NULL DEFAULT now(),
     error            text        NOT NULL,
-    sqlstate         text
+    sqlstate         text,
+    flow             text COLLATE "C" NOT NULL  -- its compensation's flow
 );
 
 COMMENT ON TABLE payments.compensation_attempts IS
@@ -121,6 +128,19 @@ CREATE FUNCTION payments.enqueue_compensation(
 
 COMMENT ON FUNCTION payments.enqueue_compensation(regprocedure, jsonb, text, integer, timestamptz, bigint) IS
     'Queue handler(payload) to run as the calling role, retried until it succeeds, and only once the item after names has succeeded or been cancelled; returns its id';
+
+-- The status of an item the caller may see (queued by a role it is a member
+-- of, or any for payments_operator), NULL otherwise: what the views, purges
+-- and checks of the other components read about the items they queued,
+-- over every shard once the queue is distributed.
+CREATE FUNCTION payments.compensation_status(id bigint)
+    RETURNS text
+    AS 'MODULE_PATHNAME', 'payments_compensation_status'
+    LANGUAGE C STABLE STRICT
+    SET search_path = pg_catalog, pg_temp;
+
+COMMENT ON FUNCTION payments.compensation_status(bigint) IS
+    'The status of a compensation, NULL if there is none or the caller may not see it';
 
 CREATE FUNCTION payments.retry_compensation(id bigint)
     RETURNS void

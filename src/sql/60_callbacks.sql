@@ -154,7 +154,7 @@ CREATE VIEW payments.callback_expectations WITH (security_barrier) AS
            e.query_handler, e.expected_by, e.created_at, e.met_at, e.met_by,
            e.compensation_id, e.queried_at, e.query_error
       FROM payments.expected_callbacks e
-      LEFT JOIN payments.compensations c ON c.id = e.compensation_id
+     CROSS JOIN LATERAL (SELECT payments.compensation_status(e.compensation_id) AS status) c
      WHERE pg_catalog.pg_has_role(e.expected_by, 'USAGE')
         OR pg_catalog.pg_has_role('payments_operator', 'USAGE');
 

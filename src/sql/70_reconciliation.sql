@@ -307,7 +307,7 @@ CREATE VIEW payments.reconciliation_open WITH (security_barrier) AS
       LEFT JOIN payments.reconciliation_heals h
              ON h.reconciliation_id = i.reconciliation_id AND h.class = i.class
             AND h.reference = i.heal_reference AND h.external_id = i.heal_external_id
-      LEFT JOIN payments.compensations c ON c.id = h.compensation_id
+     CROSS JOIN LATERAL (SELECT payments.compensation_status(h.compensation_id) AS status) c
      WHERE r.superseded_by IS NULL
        AND i.class <> 'matched'
        AND NOT (i.waiting AND p.state IS DISTINCT FROM 'waiting')

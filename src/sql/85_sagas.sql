@@ -71,7 +71,8 @@ CREATE VIEW payments.sagas WITH (security_barrier) AS
                   count(*) FILTER (WHERE c.status NOT IN ('succeeded', 'cancelled'))
                       AS unsettled
              FROM payments.saga_steps st
-             JOIN payments.compensations c ON c.id = st.compensation_id
+            CROSS JOIN LATERAL
+                  (SELECT payments.compensation_status(st.compensation_id) AS status) c
             WHERE st.owner = s.owner AND st.saga_id = s.saga_id
              AND s.status = 'aborted') u ON true
      WHERE pg_catalog.pg_has_role(s.owner, 'USAGE')

@@ -22,6 +22,43 @@ CREATE FUNCTION @extschema@.release_reservation(id bigint, sku text)
 COMMENT ON FUNCTION @extschema@.release_reservation(bigint, text) IS
     'Give the stock of a hold of the SKU back; false if it was already released or expired';
 
+-- A call on the compensation queue made on a node without the shard of the
+-- item's flow runs on that shard's node through these, routed by Citus
+-- (src/compensation_citus.c).  They act for the role they name, so only
+-- the extension's owner calls them: no role is granted EXECUTE
+-- (src/sql/90_privileges.sql), and they check their caller.
+CREATE FUNCTION @extschema@.enqueue_compensation_on_shard(
+        flow text, id bigint, handler text, handler_owner regrole, payload jsonb,
+        dedup_key text, max_attempts integer, run_at timestamptz, after bigint,
+        enqueued_by regrole, dead_error text, items bigint)
+    RETURNS bigint
+    AS 'MODULE_PATHNAME', 'payments_enqueue_compensation_on_shard'
+    LANGUAGE C VOLATILE
+    SET search_path = pg_catalog, pg_temp;
+
+CREATE FUNCTION @extschema@.change_compensation_on_shard(
+        change text, flow text, id bigint, claim_token bigint, error text,
+        caller regrole, items bigint)
+    RETURNS text
+    AS 'MODULE_PATHNAME', 'payments_change_compensation_on_shard'
+    LANGUAGE C VOLATILE
+    SET search_path = pg_catalog, pg_temp;
+
+CREATE FUNCTION @extschema@.claim_compensations_on_shard(
+        flow text, handler text, max_items integer, lease interval,
+        claim_token bigint, caller regrole, items bigint)
+    RETURNS jsonb
+    AS 'MODULE_PATHNAME', 'payments_claim_compensations_on_shard'
+    LANGUAGE C VOLATILE
+    SET search_path = pg_catalog, pg_temp;
+
+COMMENT ON FUNCTION @extschema@.enqueue_compensation_on_shard(text, bigint, text, regrole, jsonb, text, integer, timestamptz, bigint, regrole, text, bigint) IS
+    'Internal: queue a compensation on the node of its flow''s shard for the role named';
+COMMENT ON FUNCTION @extschema@.change_compensation_on_shard(text, text, bigint, bigint, text, regrole, bigint) IS
+    'Internal: change a compensation on the node of its flow''s shard for the role named (retry, cancel, complete, fail) or the extension (cancel pending, accept)';
+COMMENT ON FUNCTION @extschema@.claim_compensations_on_shard(text, text, integer, interval, bigint, regrole, bigint) IS
+    'Internal: claim compensations of an external handler on one shard for the role named';
+
 -- Distribute the reservation, idempotency and TCC tables by their key, in one
 -- co-location group, make the scope restrictions and the state machines
 -- reference tables, and make every call by key a distributed function
@@ -61,7 +98,10 @@ BEGIN
                (SELECT count(*) FROM @extschema@.stock) + (SELECT count(*) FROM @extschema@.stock_slots)
              + (SELECT count(*) FROM @extschema@.reservations) + (SELECT count(*) FROM @extschema@.idempotency_keys)
              + (SELECT count(*) FROM @extschema@.tcc_fence) + (SELECT count(*) FROM @extschema@.idempotency_scopes)
-             + (SELECT count(*) FROM @extschema@.state_machine_definitions)$q$) AS r
+             + (SELECT count(*) FROM @extschema@.state_machine_definitions)
+             + (SELECT count(*) FROM @extschema@.compensations)
+             + (SELECT count(*) FROM @extschema@.compensation_attempts)
+             + (SELECT count(*) FROM @extschema@.external_handlers)$q$) AS r
      WHERE NOT r.success OR r.result <> '0';
     IF busy IS NOT NULL THEN
         RAISE EXCEPTION 'worker nodes hold rows of the tables payments.distribute() distributes'
@@ -80,6 +120,17 @@ BEGIN
     ALTER TABLE @extschema@.reservations DROP CONSTRAINT reservations_pkey,
         ADD CONSTRAINT reservations_pkey PRIMARY KEY (sku, id);
     CREATE INDEX reservations_id_idx ON @extschema@.reservations (id);
+    -- A compensation goes with its flow (src/sql/50_compensation.sql): a
+    -- dedup key is its unchained item's flow, so the key stays unique
+    -- across shards with the flow in its index.
+    ALTER TABLE @extschema@.compensations DROP CONSTRAINT compensations_pkey,
+        ADD CONSTRAINT compensations_pkey PRIMARY KEY (flow, id);
+    CREATE INDEX compensations_id_idx ON @extschema@.compensations (id);
+    DROP INDEX @extschema@.compensations_dedup_key_idx;
+    CREATE UNIQUE INDEX compensations_dedup_key_idx
+        ON @extschema@.compensations (handler, dedup_key, flow) WHERE dedup_key IS NOT NULL;
+    ALTER TABLE @extschema@.compensation_attempts DROP CONSTRAINT compensation_attempts_pkey,
+        ADD CONSTRAINT compensation_attempts_pkey PRIMARY KEY (flow, id);
 
     PERFORM pg_catalog.create_distributed_table('@extschema@.stock', 'sku',
                                                 shard_count => shards);
@@ -90,6 +141,10 @@ BEGIN
     PERFORM pg_catalog.create_distributed_table('@extschema@.idempotency_keys', 'key',
                                                 colocate_with => '@extschema@.stock');
     PERFORM pg_catalog.create_distributed_table('@extschema@.tcc_fence', 'gid',
+                                                colocate_with => '@extschema@.stock');
+    PERFORM pg_catalog.create_distributed_table('@extschema@.compensations', 'flow',
+                                                colocate_with => '@extschema@.stock');
+    PERFORM pg_catalog.create_distributed_table('@extschema@.compensation_attempts', 'flow',
                                                 colocate_with => '@extschema@.stock');
 
     -- The scope restrictions and the state machines are read on every
@@ -102,13 +157,16 @@ BEGIN
         FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.idempotency_scopes_changed();
     PERFORM pg_catalog.create_reference_table('@extschema@.idempotency_scopes');
     PERFORM pg_catalog.create_reference_table('@extschema@.state_machine_definitions');
+    PERFORM pg_catalog.create_reference_table('@extschema@.external_handlers');
 
     -- The rows were copied to the shards; none stays behind in a shell.
     PERFORM pg_catalog.truncate_local_data_after_distributing_table(t)
        FROM unnest(ARRAY['@extschema@.stock', '@extschema@.stock_slots',
                          '@extschema@.reservations', '@extschema@.idempotency_keys',
-                         '@extschema@.tcc_fence', '@extschema@.idempotency_scopes',
-                         '@extschema@.state_machine_definitions']::regclass[]) AS t;
+                         '@extschema@.tcc_fence', '@extschema@.compensations',
+                         '@extschema@.compensation_attempts', '@extschema@.idempotency_scopes',
+                         '@extschema@.state_machine_definitions',
+                         '@extschema@.external_handlers']::regclass[]) AS t;
 
     FOR fn, key IN VALUES
         ('stock_set(text, bigint, integer)', 'sku'), ('stock_adjust(text, bigint)', 'sku'),
@@ -190,8 +248,11 @@ BEGIN
     -- undistribute_table refuses a table that belongs to an extension).
     FOR t IN SELECT unnest(ARRAY['@extschema@.stock', '@extschema@.stock_slots',
                                  '@extschema@.reservations', '@extschema@.idempotency_keys',
-                                 '@extschema@.tcc_fence', '@extschema@.idempotency_scopes',
-                                 '@extschema@.state_machine_definitions']::regclass[])
+                                 '@extschema@.tcc_fence', '@extschema@.compensations',
+                                 '@extschema@.compensation_attempts',
+                                 '@extschema@.idempotency_scopes',
+                                 '@extschema@.state_machine_definitions',
+                                 '@extschema@.external_handlers']::regclass[])
     LOOP
         EXECUTE format('CREATE TEMP TABLE payments_undistribute ON COMMIT DROP AS TABLE %s', t);
         PERFORM pg_catalog.master_remove_distributed_table_metadata_from_workers(
@@ -209,6 +270,14 @@ BEGIN
     DROP INDEX @extschema@.reservations_id_idx;
     ALTER TABLE @extschema@.reservations DROP CONSTRAINT reservations_pkey,
         ADD CONSTRAINT reservations_pkey PRIMARY KEY (id);
+    DROP INDEX @extschema@.compensations_id_idx;
+    ALTER TABLE @extschema@.compensations DROP CONSTRAINT compensations_pkey,
+        ADD CONSTRAINT compensations_pkey PRIMARY KEY (id);
+    DROP INDEX @extschema@.compensations_dedup_key_idx;
+    CREATE UNIQUE INDEX compensations_dedup_key_idx
+        ON @extschema@.compensations (handler, dedup_key) WHERE dedup_key IS NOT NULL;
+    ALTER TABLE @extschema@.compensation_attempts DROP CONSTRAINT compensation_attempts_pkey,
+        ADD CONSTRAINT compensation_attempts_pkey PRIMARY KEY (id);
 END
 $$;
 

@@ -163,8 +163,8 @@ BEGIN
      WHERE (s.status = 'running' AND s.timeout_at < now())
         OR (s.status = 'aborted' AND EXISTS (
               SELECT FROM payments.saga_steps st
-                JOIN payments.compensations c ON c.id = st.compensation_id
-               WHERE st.owner = s.owner AND st.saga_id = s.saga_id AND c.status = 'dead'));
+               WHERE st.owner = s.owner AND st.saga_id = s.saga_id
+                 AND payments.compensation_status(st.compensation_id) = 'dead'));
 END
 $check$;
 

@@ -107,7 +107,8 @@ GRANT EXECUTE ON FUNCTION
     payments.saga_abort(text, text),
     payments.define_check(text, text, regprocedure, interval),
     payments.drop_check(text),
-    payments.run_check(jsonb)
+    payments.run_check(jsonb),
+    payments.compensation_status(bigint)
     TO payments_app;
 -- Statement lines are loaded by COPY: INSERT, and nothing else, on the
 -- table; its trigger checks that each line goes to an open statement of
@@ -128,7 +129,8 @@ GRANT EXECUTE ON FUNCTION
     payments.retry_compensation(bigint),
     payments.cancel_compensation(bigint),
     payments.complete_compensation(bigint, bigint),
-    payments.fail_compensation(bigint, bigint, text)
+    payments.fail_compensation(bigint, bigint, text),
+    payments.compensation_status(bigint)
     TO payments_operator;
 GRANT SELECT ON payments.compensations, payments.compensation_attempts,
     payments.external_handlers, payments.compensation_stats TO payments_operator;

@@ -34,6 +34,26 @@ ALTER TABLE @extschema@.compensations ADD COLUMN after bigint;
 CREATE INDEX compensations_after_idx
     ON @extschema@.compensations (after) WHERE after IS NOT NULL;
 
+-- The flow of an item keeps its chain on one shard once distributed: no
+-- item of 0.2.0 comes after another, so it is its dedup key or its id.
+ALTER TABLE @extschema@.compensations ADD COLUMN flow text COLLATE "C";
+UPDATE @extschema@.compensations SET flow = coalesce(dedup_key, id::text);
+ALTER TABLE @extschema@.compensations ALTER COLUMN flow SET NOT NULL;
+ALTER TABLE @extschema@.compensation_attempts ADD COLUMN flow text COLLATE "C";
+UPDATE @extschema@.compensation_attempts a
+   SET flow = coalesce((SELECT c.flow FROM @extschema@.compensations c
+                         WHERE c.id = a.compensation_id), a.compensation_id::text);
+ALTER TABLE @extschema@.compensation_attempts ALTER COLUMN flow SET NOT NULL;
+
+CREATE FUNCTION @extschema@.compensation_status(id bigint)
+    RETURNS text
+    AS 'MODULE_PATHNAME', 'payments_compensation_status'
+    LANGUAGE C STABLE STRICT
+    SET search_path = pg_catalog, pg_temp;
+
+COMMENT ON FUNCTION @extschema@.compensation_status(bigint) IS
+    'The status of a compensation, NULL if there is none or the caller may not see it';
+
 CREATE OR REPLACE VIEW @extschema@.compensation_stats AS
     SELECT handler,
            count(*) FILTER (WHERE status = 'pending')   AS pending,

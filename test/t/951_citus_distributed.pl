@@ -7,9 +7,11 @@
 # were there before kept, expiry by each node's worker on its own shards,
 # the calls that span keys refused, the state guard on a distributed table
 # (refusals and history on the node of each row, machines redefined on the
-# coordinator read anew everywhere), compensations whose handlers write
-# distributed tables run exactly once across a kill -9 of the worker, and
-# DROP EXTENSION leaving no shard.
+# coordinator read anew everywhere), the compensation queue distributed by
+# flow (items queued anywhere run by the worker of their shard's node,
+# chains on one shard, calls by id, dedup keys, external claims over every
+# shard, a saga's undo, exactly once across a kill -9 of a worker node's
+# worker), and DROP EXTENSION leaving no shard.
 #
 # Runs only where Citus is installed (.ci/run builds it from
 # ../shared/vendor).
@@ -80,10 +82,11 @@ like(psql_error($coord, 'SELECT payments.distribute(8)'),
 is($coord->safe_psql('postgres', q{
 	SELECT string_agg(logicalrelid::text || ':' || partmethod::text, ',' ORDER BY logicalrelid::text)
 	  FROM pg_dist_partition}),
-	'payments.idempotency_keys:h,payments.idempotency_scopes:n,payments.reservations:h,'
+	'payments.compensation_attempts:h,payments.compensations:h,payments.external_handlers:n,'
+	  . 'payments.idempotency_keys:h,payments.idempotency_scopes:n,payments.reservations:h,'
 	  . 'payments.state_machine_definitions:n,payments.stock:h,payments.stock_slots:h,'
 	  . 'payments.tcc_fence:h',
-	'the reservation and idempotency tables are distributed, scopes and machines are reference tables');
+	'the tables are distributed by key; scopes, machines and external handlers are reference tables');
 is($coord->safe_psql('postgres', q{
 	SELECT count(DISTINCT colocationid) FROM pg_dist_partition WHERE partmethod = 'h'}),
 	'1', 'the distributed tables are co-located');
@@ -490,25 +493,174 @@ $coord->safe_psql('postgres', q{
 is($coord->safe_psql('postgres', 'SELECT status FROM orders WHERE id = 11'),
 	'new', 'a move the redefined machine allows is taken on the row\'s node');
 
-# --- compensations with effects on distributed tables, across a crash ---
+# --- the compensation queue, distributed by flow ---
 
-# The queue stays on the coordinator, whose worker runs it; a handler's
-# writes to a distributed table commit with its item (two-phase commit on
-# the workers) or not at all.  Ten items around one that sleeps on its
-# first attempt, all taken by one call of the worker, which is killed
-# while the five before the sleeper have run, uncommitted.
+# Items queued on the coordinator go to the shards of their flows, on both
+# workers, and each node's worker runs the items of its own shards; a
+# handler's writes to a distributed table commit with its item.
+$_->safe_psql('postgres', 'CREATE SEQUENCE IF NOT EXISTS public.sleeps') for @nodes;
+# where each node's log stands: the queue's work must log no error of a
+# worker task from here on
+my %log_from = map { $_->name => -s $_->logfile } @nodes;
 $coord->safe_psql('postgres', q{
-	CREATE TABLE effects (n text PRIMARY KEY, times int NOT NULL);
+	CREATE TABLE effects (n text PRIMARY KEY, times int NOT NULL, port text);
 	SELECT create_distributed_table('effects', 'n');
 	CREATE FUNCTION effect(p jsonb) RETURNS void LANGUAGE plpgsql AS $$
 	BEGIN
-	    IF p->>'n' = 'sleeper'
-	       AND (SELECT attempts FROM payments.compensations WHERE payload = p) = 1 THEN
+	    -- a sequence counts the sleeper's attempts on its node across a crash
+	    IF p->>'n' = 'sleeper' AND nextval('public.sleeps') = 1 THEN
 	        PERFORM pg_sleep(600);
 	    END IF;
-	    EXECUTE format('INSERT INTO public.effects VALUES (%L, 1)'
+	    IF p ? 'fail' THEN
+	        RAISE EXCEPTION 'failing on purpose';
+	    END IF;
+	    EXECUTE format('INSERT INTO public.effects VALUES (%L, 1, current_setting(''port''))'
 	                   ' ON CONFLICT (n) DO UPDATE SET times = effects.times + 1', p->>'n');
 	END $$;
+	GRANT EXECUTE ON FUNCTION effect(jsonb) TO app;
+	GRANT ALL ON effects TO app;
+	SELECT payments.enqueue_compensation('effect(jsonb)', jsonb_build_object('n', 'q' || i))
+	  FROM generate_series(1, 20) AS i;
+});
+ok( $coord->poll_query_until('postgres',
+		q{SELECT count(*) FROM payments.compensations WHERE status = 'succeeded'
+		   AND payload->>'n' LIKE 'q%'}, '20'),
+	'twenty items queued on the coordinator all succeed');
+is($coord->safe_psql('postgres', q{
+	SELECT count(*) || ' ' || sum(times) || ' ' || count(DISTINCT port)
+	  FROM effects WHERE n LIKE 'q%'}),
+	'20 20 2', 'each once, run by the workers of both worker nodes');
+# flow_port(flow): the port of the node that holds the shard of a flow
+sub flow_port
+{
+	my ($flow) = @_;
+	return $coord->safe_psql('postgres', qq{
+		SELECT n.nodeport FROM pg_dist_placement p JOIN pg_dist_node n USING (groupid)
+		 WHERE p.shardid = get_shard_id_for_distribution_column('payments.compensations', '$flow')});
+}
+my %ran_on = split /[|\n]/, $coord->safe_psql('postgres',
+	q{SELECT n, port FROM effects WHERE n LIKE 'q%'});
+my @misplaced = grep { flow_port($_->[1]) ne $ran_on{ $_->[0] } }
+  map { [ split /\|/ ] } split /\n/, $coord->safe_psql('postgres',
+	q{SELECT payload->>'n', flow FROM payments.compensations WHERE payload->>'n' LIKE 'q%'});
+is(scalar(@misplaced), 0, 'each item ran on the node that holds the shard of its flow');
+is($coord->safe_psql('postgres', q{
+	SELECT count(*) = count(DISTINCT id) FROM payments.compensations}),
+	't', 'compensation ids are unique across the nodes');
+
+# A chain stays on the shard of its first item and runs in order; a
+# failed item is retried and a chain cancelled by id from any node.
+my $first = $workers[0]->safe_psql('postgres', q{
+	SELECT payments.enqueue_compensation('effect(jsonb)', '{"n": "c1", "fail": true}',
+	                                     max_attempts => 1)});
+my $second = $workers[1]->safe_psql('postgres', qq{
+	SELECT payments.enqueue_compensation('effect(jsonb)', '{"n": "c2"}', after => $first)});
+ok( $coord->poll_query_until('postgres',
+		"SELECT status FROM payments.compensations WHERE id = $first", 'dead'),
+	'the first link of a chain fails for good');
+is($coord->safe_psql('postgres', qq{
+	SELECT string_agg(DISTINCT flow, ',') || ' ' || string_agg(status, ',' ORDER BY id)
+	  FROM payments.compensations WHERE id IN ($first, $second)}),
+	"$first dead,waiting", 'the second link is on the same flow, waiting for it');
+is($coord->safe_psql('postgres', qq{
+	SELECT attempt || ' ' || error || ' ' || flow FROM payments.compensation_attempts
+	 WHERE compensation_id = $first}),
+	"1 failing on purpose $first", 'the failed attempt is recorded next to its item');
+like(psql_error($coord, qq{SET ROLE app; SELECT payments.retry_compensation($first)}),
+	qr/42501: permission denied for compensation $first/,
+	'another role may not retry it, whichever node holds it');
+like(psql_error($coord, qq{SELECT payments.retry_compensation($second)}),
+	qr/PM302: cannot retry compensation $second/,
+	'a waiting item is refused a retry on its node with the usual error');
+$coord->safe_psql('postgres', qq{SELECT payments.cancel_compensation($first)});
+ok( $coord->poll_query_until('postgres',
+		"SELECT status FROM payments.compensations WHERE id = $second", 'succeeded'),
+	'cancelled from the coordinator, the first link lets the second run');
+like(psql_error($coord, q{SELECT payments.cancel_compensation(987654321)}),
+	qr/PM301: compensation 987654321 does not exist/,
+	'an unknown id is refused as without Citus');
+like(psql_error($coord, qq{
+	SELECT payments.enqueue_compensation('effect(jsonb)', '{"n": "x"}', 'dk', after => $second)}),
+	qr/0A000: a compensation queued after another cannot have a dedup key while the queue is distributed/,
+	'a dedup key on a later link is refused: it could not stay unique');
+
+# One dedup key queued from three nodes at once: one item
+($outs, $errs) = run_on_all(q{
+	SELECT payments.enqueue_compensation('effect(jsonb)', '{"n": "dedup"}', 'the-key');});
+my @ids = map { /^(\d+)$/mg } @$outs;
+is(scalar(@ids) . ' ' . scalar(keys %{ { map { $_ => 1 } @ids } }), '3 1',
+	'three concurrent enqueues of one dedup key from three nodes return one id')
+  or diag join "\n", @$errs;
+is($coord->safe_psql('postgres', q{
+	SELECT count(*) FROM payments.compensations WHERE dedup_key = 'the-key'}),
+	'1', 'and queue one item');
+
+# The routed calls act for the role they name: no role but the owner may
+# call them.
+like(psql_error($coord, q{SET ROLE app;
+	SELECT payments.enqueue_compensation_on_shard('1', 1, 'public.effect(jsonb)', 'postgres',
+	       '{}', NULL, 1, now(), 0, 'postgres', NULL, 0)}),
+	qr/42501: permission denied for function enqueue_compensation_on_shard/,
+	'an application role cannot queue an item in another role\'s name');
+like(psql_error($workers[0], q{SET ROLE app;
+	SELECT payments.change_compensation_on_shard('cancel', '1', 1, 0, NULL, 'postgres', 0)}),
+	qr/42501: permission denied for function change_compensation_on_shard/,
+	'nor change one on a worker');
+
+# External executors claim over every shard from the coordinator and
+# complete or fail each item on its node.
+$coord->safe_psql('postgres', q{
+	CREATE FUNCTION outside(p jsonb) RETURNS void LANGUAGE sql AS '';
+	SELECT payments.register_external_handler('outside(jsonb)');
+	SELECT payments.enqueue_compensation('outside(jsonb)', jsonb_build_object('n', i))
+	  FROM generate_series(1, 12) AS i;
+});
+my $claimed = $coord->safe_psql('postgres', q{
+	SELECT string_agg(id || ':' || claim_token, ' ')
+	  FROM payments.claim_compensations('outside(jsonb)', 8, '1 hour')});
+my @claims = map { [ split /:/ ] } split / /, $claimed;
+is(scalar(@claims), 8, 'one claim of 8 from the coordinator takes 8 items');
+is(scalar(keys %{ { map { $_->[1] => 1 } @claims } }), 1, 'all with one claim token');
+my %claimed_on = map { flow_port($_) => 1 } split /\n/, $coord->safe_psql('postgres',
+	q{SELECT flow FROM payments.compensations WHERE status = 'running'});
+is(scalar(keys %claimed_on), 2, 'from the shards of both workers');
+$coord->safe_psql('postgres',
+	"SELECT payments.complete_compensation($_->[0], $_->[1])") for @claims[0 .. 6];
+$workers[1]->safe_psql('postgres',
+	"SELECT payments.fail_compensation($claims[7][0], $claims[7][1], 'gateway down')");
+is($coord->safe_psql('postgres', q{
+	SELECT string_agg(status || '=' || n, ',' ORDER BY status) FROM (
+	  SELECT status, count(*) AS n FROM payments.compensations
+	   WHERE handler = 'public.outside(pg_catalog.jsonb)' GROUP BY status) s}),
+	'pending=5,succeeded=7', 'seven completed, one failed back to pending');
+like(psql_error($coord, "SELECT payments.complete_compensation($claims[0][0], $claims[0][1])"),
+	qr/PM302: cannot complete compensation $claims[0][0]/,
+	'a second completion with the same token is refused');
+
+# A saga's undo, queued on the coordinator, is one chain on one shard
+# and runs in reverse.
+$coord->safe_psql('postgres', q{
+	SELECT payments.saga_begin('trip');
+	SELECT payments.saga_step('trip', 'step-' || i, 'public.effect(jsonb)',
+	                          jsonb_build_object('n', 'undo-' || i)) FROM generate_series(1, 3) AS i;
+	SELECT payments.saga_abort('trip', 'the hotel is full');
+});
+ok( $coord->poll_query_until('postgres',
+		q{SELECT count(*) FROM effects WHERE n LIKE 'undo-%'}, '3'),
+	'an aborted saga\'s three undos run');
+is($coord->safe_psql('postgres', q{
+	SELECT count(DISTINCT flow) || ' ' || string_agg(payload->>'n', ',' ORDER BY finished_at)
+	  FROM payments.compensations WHERE payload->>'n' LIKE 'undo-%'}),
+	'1 undo-3,undo-2,undo-1', 'on one flow, last step first');
+is($coord->safe_psql('postgres', q{
+	SELECT status || ' ' || steps_undone FROM payments.sagas WHERE saga_id = 'trip'}),
+	'aborted 3', 'the sagas view reads its undo over the shards');
+is($coord->safe_psql('postgres', q{SELECT count(*) FROM payments.check()}),
+	'0', 'payments.check() reads the distributed queue and finds nothing wrong');
+
+# Kill -9 of a worker node's worker while a handler runs: its attempt is
+# charged once its process is back, and every item runs exactly once.
+$coord->safe_psql('postgres', q{
 	BEGIN;
 	SELECT payments.enqueue_compensation('effect(jsonb)', jsonb_build_object('n', 'e' || i))
 	  FROM generate_series(1, 5) AS i;
@@ -517,21 +669,33 @@ $coord->safe_psql('postgres', q{
 	  FROM generate_series(6, 10) AS i;
 	COMMIT;
 });
-$coord->poll_query_until('postgres',
+my $sleeper_port = flow_port($coord->safe_psql('postgres',
+	q{SELECT flow FROM payments.compensations WHERE payload->>'n' = 'sleeper'}));
+my ($sleeper_node) = grep { $_->port == $sleeper_port } @workers;
+$sleeper_node->poll_query_until('postgres',
 	"SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'payments worker' AND wait_event = 'PgSleep'",
 	'1')
   or die 'the sleeping handler did not start';
-is($coord->safe_psql('postgres', 'SELECT count(*) FROM effects'), '0',
-	'mid-batch, no effect on the workers is visible');
-my $pid = $coord->safe_psql('postgres', 'SELECT pid FROM payments.worker_status()');
+my $pid = $sleeper_node->safe_psql('postgres', 'SELECT pid FROM payments.worker_status()');
 kill 'KILL', $pid or die "could not kill worker $pid";
 ok( $coord->poll_query_until('postgres',
 		q{SELECT count(*) FROM payments.compensations WHERE status = 'succeeded'
 		   AND payload->>'n' ~ '^(e[0-9]+|sleeper)$'}, '11'),
-	'after kill -9 of the coordinator\'s worker and the restart, every item succeeded');
+	'after kill -9 of the worker on the sleeper\'s node and the restart, every item succeeded');
 is($coord->safe_psql('postgres',
-		q{SELECT count(*) || ' ' || sum(times) FROM effects}),
-	'11 11', 'and each effect reached its worker exactly once');
+		q{SELECT count(*) || ' ' || sum(times) FROM effects WHERE n ~ '^(e[0-9]+|sleeper)$'}),
+	'11 11', 'and each effect reached its table exactly once');
+is($coord->safe_psql('postgres', q{
+	SELECT c.attempts || ' ' || a.sqlstate FROM payments.compensations c
+	  JOIN payments.compensation_attempts a ON a.compensation_id = c.id AND a.flow = c.flow
+	 WHERE c.payload->>'n' = 'sleeper'}),
+	'2 PM304', 'the attempt the kill cut short was charged on the node of its shard');
+for my $node (@nodes)
+{
+	unlike(slurp_file($node->logfile, $log_from{ $node->name }),
+		qr/ERROR: [^\n]*\n(?:[^\n]*\n){0,3}?[^\n]*CONTEXT:  payments worker task/,
+		'no task of the worker of ' . $node->name . ' failed meanwhile');
+}
 
 # --- the way back, and forth again ---
 
@@ -543,6 +707,9 @@ my $counts = q{
 	    || ' ' || (SELECT count(*) FROM payments.idempotency_keys) || ' ' || (SELECT count(*) FROM payments.tcc_fence)
 	    || ' ' || (SELECT count(*) FROM payments.idempotency_scopes)
 	    || ' ' || (SELECT count(*) FROM payments.state_machine_definitions)
+	    || ' ' || (SELECT count(*) FROM payments.compensations)
+	    || ' ' || (SELECT count(*) FROM payments.compensation_attempts)
+	    || ' ' || (SELECT count(*) FROM payments.external_handlers)
 	    || ' ' || (SELECT sum(available) FROM payments.stock_slots)};
 $coord->safe_psql('postgres', q{SELECT payments.unguard_state('orders', 'status')});
 is(psql_error($coord, q{UPDATE orders SET status = 'anything' WHERE id = 12}), 'no error',
@@ -580,7 +747,7 @@ like(psql_error($workers[0], 'DROP EXTENSION payments'),
 like(psql_error($coord, 'SET ROLE app; DROP EXTENSION payments'),
 	qr/must be owner of extension payments/, 'only the owner may drop the extension');
 is($coord->safe_psql('postgres', 'SELECT count(*) FROM pg_dist_partition'),
-	'9', 'and a refused DROP removed nothing from Citus');
+	'12', 'and a refused DROP removed nothing from Citus');
 $coord->safe_psql('postgres', 'DROP TABLE orders, effects; DROP EXTENSION payments');
 is($coord->safe_psql('postgres',
 		'SELECT (SELECT count(*) FROM pg_dist_partition) + (SELECT count(*) FROM pg_dist_shard)'),
@@ -589,7 +756,7 @@ for my $node (@nodes)
 {
 	is($node->safe_psql('postgres', q{
 		SELECT count(*) FROM pg_class
-		 WHERE relname ~ '^(stock|stock_slots|reservations|idempotency_keys|idempotency_scopes|state_machine_definitions|tcc_fence)(_\d+)?$'}),
+		 WHERE relname ~ '^(stock|stock_slots|reservations|idempotency_keys|idempotency_scopes|state_machine_definitions|tcc_fence|compensations|compensation_attempts|external_handlers)(_\d+)?$'}),
 		'0', 'no table or shard of the extension is left on ' . $node->name);
 }
 

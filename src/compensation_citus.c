@@ -1,0 +1,462 @@
+/*-------------------------------------------------------------------------
+ *
+ * compensation_citus.c
+ *	  Where a call on the compensation queue runs once payments.distribute()
+ *	  has distributed the queue by flow: on the node of the flow's shard.
+ *
+ * An item's flow (src/sql/50_compensation.sql) keeps its chain, and the
+ * items of one dedup key, on one shard, so every statement of
+ * compensation.c, which reads an item together with the items before and
+ * after it, runs there on the shard as on a plain local table
+ * (citus_shards.c).  A call made on a node without that shard (the
+ * coordinator holds none) is sent to it as a query that Citus routes by
+ * the flow:
+ *
+ *	  SELECT payments.<call>_on_shard(..., count(*))
+ *		FROM payments.compensations WHERE flow = $1
+ *
+ * The count makes it one row whether or not the flow has an item yet, and
+ * Citus sends a query on one shard as a whole, call included.  What the
+ * call does there commits with the caller's transaction (two-phase commit
+ * if the transaction wrote on more than one node).
+ *
+ * The *_on_shard functions act for the role named in their arguments, so
+ * only the extension's owner may call them: EXECUTE is revoked from
+ * PUBLIC, they check their caller again, and this file runs them as that
+ * owner.  The role's rights are checked where the call runs, as they are
+ * without Citus.
+ *
+ * Claims (claim_compensations) go to every shard in turn, up to the
+ * number asked for: items are claimed in due order within a shard.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "compensation.h"
+#include "citus_shards.h"
+#include "payments.h"
+#include "owner_rights.h"
+#include "spi_util.h"
+
+#include "access/htup_details.h"
+#include "catalog/pg_type.h"
+#include "common/pg_prng.h"
+#include "executor/spi.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "utils/acl.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/regproc.h"
+#include "utils/timestamp.h"
+
+PG_FUNCTION_INFO_V1(payments_enqueue_compensation_on_shard);
+PG_FUNCTION_INFO_V1(payments_change_compensation_on_shard);
+PG_FUNCTION_INFO_V1(payments_claim_compensations_on_shard);
+
+static const char *const change_names[] = {
+	[COMPENSATION_RETRY] = "retry",
+	[COMPENSATION_CANCEL] = "cancel",
+	[COMPENSATION_COMPLETE] = "complete",
+	[COMPENSATION_FAIL] = "fail",
+	[COMPENSATION_CANCEL_PENDING] = "cancel pending",
+	[COMPENSATION_ACCEPT] = "accept",
+};
+
+/*
+ * The flow of item id, read over every shard (an index on each), as the
+ * tables' owner; NULL if there is no such item.
+ */
+text *
+compensation_flow_of(int64 id, Oid tables_owner)
+{
+	static const Oid argtypes[] = {INT8OID};
+	Datum		values[1] = {Int64GetDatum(id)};
+	PaymentsSavedUser saved;
+	text	   *flow = NULL;
+	bool		isnull;
+
+	payments_begin_as_owner(tables_owner, true, &saved);
+	SPI_connect();
+	if (payments_execute_citus("SELECT flow FROM @extschema@.compensations WHERE id = $1",
+							   1, argtypes, values, NULL, SPI_OK_SELECT) > 0)
+		flow = (text *) SPI_datumTransfer(SPI_getbinval(SPI_tuptable->vals[0],
+														SPI_tuptable->tupdesc,
+														1, &isnull),
+										  false, -1);
+	SPI_finish();
+	payments_end_as_owner(&saved);
+	return flow;
+}
+
+/*
+ * The id and flow (*flow) of an item to queue, distributed: its flow is the
+ * flow of the item it comes after, else its dedup key, else its id.  An
+ * unknown after gets a flow of its own, and the call on that flow's node
+ * refuses it as it would any unknown item.  A dedup key stays unique only
+ * within its flow, so an item that comes after another cannot have one.
+ */
+int64
+compensation_route(int64 after, text *dedup_key, Oid tables_owner, text **flow)
+{
+	text	   *after_flow = NULL;
+	PaymentsSavedUser saved;
+	int64		id;
+
+	if (after != 0 && dedup_key != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("a compensation queued after another cannot have a dedup key while the queue is distributed"),
+				 errdetail("payments.distribute() keeps a chain on the shard of its first item, and a dedup key unique on the shard it names."),
+				 errhint("Queue the first item of the chain with the dedup key.")));
+	if (after != 0)
+	{
+		after_flow = compensation_flow_of(after, tables_owner);
+		if (after_flow == NULL)
+			after_flow = cstring_to_text(psprintf(INT64_FORMAT, after));
+	}
+	payments_begin_as_owner(tables_owner, true, &saved);
+	id = compensation_new_item(after_flow, dedup_key, flow);
+	payments_end_as_owner(&saved);
+	return id;
+}
+
+/*
+ * Refuse a caller of an *_on_shard function that is not the extension's
+ * owner, and null arguments among the first nargs; returns the owner.
+ */
+static Oid
+check_routed_call(FunctionCallInfo fcinfo, int nargs)
+{
+	Oid			owner = payments_function_owner(fcinfo->flinfo->fn_oid);
+
+	if (!has_privs_of_role(GetUserId(), owner))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied for function %s",
+						get_func_name(fcinfo->flinfo->fn_oid)),
+				 errdetail("Only the owner of extension \"payments\" calls it, to run a call on the node of a compensation's shard.")));
+	for (int i = 0; i < nargs; i++)
+		if (PG_ARGISNULL(i))
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("argument %d of %s cannot be null", i + 1,
+							get_func_name(fcinfo->flinfo->fn_oid))));
+	return owner;
+}
+
+/*
+ * Queue an item on the node of its flow's shard: what compensation_enqueue
+ * or compensation_enqueue_dead (dead_error not NULL) does there.
+ */
+int64
+compensation_enqueue_routed(text *flow, int64 id, const char *handler,
+							Oid handler_owner, Datum payload, text *dedup_key,
+							int32 max_attempts, TimestampTz run_at, int64 after,
+							Oid caller, Oid tables_owner, const char *dead_error)
+{
+	static const Oid argtypes[] = {TEXTOID, INT8OID, TEXTOID, OIDOID, JSONBOID,
+		TEXTOID, INT4OID, TIMESTAMPTZOID, INT8OID, OIDOID, TEXTOID};
+	Datum		values[11];
+	char		nulls[11] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	PaymentsSavedUser saved;
+	bool		isnull;
+
+	values[0] = PointerGetDatum(flow);
+	values[1] = Int64GetDatum(id);
+	values[2] = CStringGetTextDatum(handler);
+	values[3] = ObjectIdGetDatum(handler_owner);
+	values[4] = payload;
+	values[5] = PointerGetDatum(dedup_key);
+	nulls[5] = dedup_key == NULL ? 'n' : ' ';
+	values[6] = Int32GetDatum(max_attempts);
+	values[7] = TimestampTzGetDatum(run_at);
+	values[8] = Int64GetDatum(after);
+	values[9] = ObjectIdGetDatum(caller);
+	if (dead_error != NULL)
+		values[10] = CStringGetTextDatum(dead_error);
+	else
+		nulls[10] = 'n';
+
+	payments_begin_as_owner(tables_owner, true, &saved);
+	SPI_connect();
+	payments_execute_citus("SELECT @extschema@.enqueue_compensation_on_shard("
+						   " $1, $2, $3, $4::regrole, $5, $6, $7, $8, $9, $10::regrole, $11,"
+						   " count(*))"
+						   " FROM @extschema@.compensations WHERE flow = $1",
+						   11, argtypes, values, nulls, SPI_OK_SELECT);
+	id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+									 1, &isnull));
+	SPI_finish();
+	payments_end_as_owner(&saved);
+	return id;
+}
+
+/*
+ * payments.enqueue_compensation_on_shard(flow, id, handler, handler_owner,
+ * payload, dedup_key, max_attempts, run_at, after, enqueued_by,
+ * dead_error, items): see compensation_enqueue_routed.
+ */
+Datum
+payments_enqueue_compensation_on_shard(PG_FUNCTION_ARGS)
+{
+	Oid			tables_owner = check_routed_call(fcinfo, 5);
+	text	   *flow = PG_GETARG_TEXT_PP(0);
+	int64		id = PG_GETARG_INT64(1);
+	char	   *handler = text_to_cstring(PG_GETARG_TEXT_PP(2));
+	Oid			handler_owner = PG_GETARG_OID(3);
+	Datum		payload = PG_GETARG_DATUM(4);
+	text	   *dedup_key = PG_ARGISNULL(5) ? NULL : PG_GETARG_TEXT_PP(5);
+	int32		max_attempts = PG_GETARG_INT32(6);
+	TimestampTz run_at = PG_GETARG_TIMESTAMPTZ(7);
+	int64		after = PG_GETARG_INT64(8);
+	Oid			caller = PG_GETARG_OID(9);
+	PaymentsShardContext previous;
+
+	previous = payments_shard_enter(flow, "compensation flow");
+	if (!PG_ARGISNULL(10))
+		id = compensation_enqueue_dead_here(handler, handler_owner, payload,
+											after, caller, tables_owner,
+											text_to_cstring(PG_GETARG_TEXT_PP(10)),
+											id, flow);
+	else
+		id = compensation_enqueue_here(compensation_resolve_handler(handler,
+																	handler_owner),
+									   payload, dedup_key, max_attempts, run_at,
+									   after, caller, tables_owner, id, flow);
+	payments_shard_leave(previous);
+	PG_RETURN_INT64(id);
+}
+
+/*
+ * A change of one item on this node (on the shard entered, if any); the
+ * item's status for the changes that return one, NULL otherwise.
+ */
+static char *
+change_here(CompensationChange change, int64 id, int64 token, text *error,
+			Oid caller, Oid tables_owner)
+{
+	switch (change)
+	{
+		case COMPENSATION_RETRY:
+			compensation_retry_here(id, caller, tables_owner);
+			break;
+		case COMPENSATION_CANCEL:
+			compensation_cancel_here(id, caller, tables_owner);
+			break;
+		case COMPENSATION_COMPLETE:
+			compensation_complete_here(id, token, caller, tables_owner);
+			break;
+		case COMPENSATION_FAIL:
+			compensation_fail_here(id, token, error, caller, tables_owner);
+			break;
+		case COMPENSATION_CANCEL_PENDING:
+		case COMPENSATION_ACCEPT:
+			return compensation_settle_here(change, id, tables_owner);
+	}
+	return NULL;
+}
+
+/*
+ * Change item id for caller (see CompensationChange), on the node of its
+ * flow once the queue is distributed; returns what change_here returns.
+ * An item that does not exist is refused by the node its id would be on,
+ * with the error it gets without Citus.
+ */
+char *
+compensation_change(CompensationChange change, int64 id, int64 token,
+					text *error, Oid caller, Oid tables_owner)
+{
+	static const Oid argtypes[] = {TEXTOID, TEXTOID, INT8OID, INT8OID, TEXTOID, OIDOID};
+	Datum		values[6];
+	char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
+	PaymentsSavedUser saved;
+	PaymentsShardContext previous;
+	text	   *flow;
+	char	   *status;
+
+	if (!payments_shards_distributed())
+		return change_here(change, id, token, error, caller, tables_owner);
+	flow = compensation_flow_of(id, tables_owner);
+	if (flow == NULL)
+		flow = cstring_to_text(psprintf(INT64_FORMAT, id));
+	if (payments_shard_local(flow))
+	{
+		previous = payments_shard_enter(flow, "compensation flow");
+		status = change_here(change, id, token, error, caller, tables_owner);
+		payments_shard_leave(previous);
+		return status;
+	}
+
+	values[0] = CStringGetTextDatum(change_names[change]);
+	values[1] = PointerGetDatum(flow);
+	values[2] = Int64GetDatum(id);
+	values[3] = Int64GetDatum(token);
+	values[4] = PointerGetDatum(error);
+	nulls[4] = error == NULL ? 'n' : ' ';
+	values[5] = ObjectIdGetDatum(caller);
+	payments_begin_as_owner(tables_owner, true, &saved);
+	SPI_connect();
+	payments_execute_citus("SELECT @extschema@.change_compensation_on_shard("
+						   " $1, $2, $3, $4, $5, $6::regrole, count(*))"
+						   " FROM @extschema@.compensations WHERE flow = $2",
+						   6, argtypes, values, nulls, SPI_OK_SELECT);
+	status = payments_spi_first_text(1);
+	SPI_finish();
+	payments_end_as_owner(&saved);
+	return status;
+}
+
+/*
+ * payments.change_compensation_on_shard(change, flow, id, claim_token,
+ * error, caller, items): see compensation_change.  Returns the status that
+ * change_here returns, or NULL.
+ */
+Datum
+payments_change_compensation_on_shard(PG_FUNCTION_ARGS)
+{
+	Oid			tables_owner = check_routed_call(fcinfo, 4);
+	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	text	   *flow = PG_GETARG_TEXT_PP(1);
+	int			change = -1;
+	PaymentsShardContext previous;
+	char	   *status;
+
+	for (int i = 0; i < lengthof(change_names); i++)
+		if (strcmp(name, change_names[i]) == 0)
+			change = i;
+	if (change < 0 || PG_ARGISNULL(5))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid change of a compensation: \"%s\"", name)));
+	previous = payments_shard_enter(flow, "compensation flow");
+	status = change_here((CompensationChange) change, PG_GETARG_INT64(2),
+						 PG_GETARG_INT64(3),
+						 PG_ARGISNULL(4) ? NULL : PG_GETARG_TEXT_PP(4),
+						 PG_GETARG_OID(5), tables_owner);
+	payments_shard_leave(previous);
+	if (status == NULL)
+		PG_RETURN_NULL();
+	PG_RETURN_TEXT_P(cstring_to_text(status));
+}
+
+/* What is left of a claim over the shards */
+typedef struct ClaimState
+{
+	Tuplestorestate *result;
+	const char *handler;
+	int32		left;
+	Datum		lease;
+	int64		token;
+	Oid			caller;
+	Oid			tables_owner;
+} ClaimState;
+
+static void
+put_claimed(HeapTuple tup, TupleDesc desc, void *arg)
+{
+	tuplestore_puttuple((Tuplestorestate *) arg, tup);
+}
+
+/* The claim on one shard: here if it is on this node, else on its node */
+static void
+claim_shard(text *probe, bool local, void *arg)
+{
+	static const Oid argtypes[] = {TEXTOID, TEXTOID, INT4OID, INTERVALOID,
+	INT8OID, OIDOID};
+	ClaimState *c = (ClaimState *) arg;
+	Datum		values[6];
+	PaymentsSavedUser saved;
+	uint64		n;
+
+	if (c->left <= 0)
+		return;
+	if (local)
+	{
+		PaymentsShardContext previous = payments_shard_enter(probe, "compensation flow");
+
+		c->left -= compensation_claim_here(c->handler, c->left, c->lease,
+										   c->token, c->caller, c->tables_owner,
+										   put_claimed, c->result);
+		payments_shard_leave(previous);
+		return;
+	}
+
+	values[0] = PointerGetDatum(probe);
+	values[1] = CStringGetTextDatum(c->handler);
+	values[2] = Int32GetDatum(c->left);
+	values[3] = c->lease;
+	values[4] = Int64GetDatum(c->token);
+	values[5] = ObjectIdGetDatum(c->caller);
+	payments_begin_as_owner(c->tables_owner, true, &saved);
+	SPI_connect();
+	n = payments_execute_citus("SELECT r.* FROM pg_catalog.jsonb_populate_recordset("
+							   " NULL::@extschema@.compensations,"
+							   " (SELECT @extschema@.claim_compensations_on_shard("
+							   "   $1, $2, $3, $4, $5, $6::regrole, count(*))"
+							   "  FROM @extschema@.compensations WHERE flow = $1)) r",
+							   6, argtypes, values, NULL, SPI_OK_SELECT);
+	for (uint64 i = 0; i < n; i++)
+		tuplestore_puttuple(c->result, SPI_tuptable->vals[i]);
+	c->left -= (int32) n;
+	SPI_finish();
+	payments_end_as_owner(&saved);
+}
+
+/*
+ * claim_compensations: up to max_items due items of the handler (its
+ * name) for caller, into result, all with one new claim token; once the
+ * queue is distributed, shard by shard until max_items are claimed.
+ */
+void
+compensation_claim(Tuplestorestate *result, const char *handler,
+				   int32 max_items, Datum lease, Oid caller, Oid tables_owner)
+{
+	ClaimState	c = {result, handler, max_items, lease,
+	(int64) pg_prng_uint64(&pg_global_prng_state), caller, tables_owner};
+
+	if (!payments_shards_distributed())
+	{
+		(void) compensation_claim_here(handler, max_items, lease, c.token,
+									   caller, tables_owner, put_claimed, result);
+		return;
+	}
+	payments_shard_foreach(claim_shard, &c);
+}
+
+/* Append a claimed row to a JSON array being built */
+static void
+put_claimed_json(HeapTuple tup, TupleDesc desc, void *arg)
+{
+	StringInfo	buf = (StringInfo) arg;
+	Datum		row = heap_copy_tuple_as_datum(tup, BlessTupleDesc(desc));
+
+	appendStringInfoString(buf, buf->len > 1 ? "," : "");
+	appendStringInfoString(buf, TextDatumGetCString(DirectFunctionCall1(row_to_json,
+																		row)));
+}
+
+/*
+ * payments.claim_compensations_on_shard(flow, handler, max_items, lease,
+ * claim_token, caller, items): the claim on the flow's shard, as a jsonb
+ * array of the rows claimed.
+ */
+Datum
+payments_claim_compensations_on_shard(PG_FUNCTION_ARGS)
+{
+	Oid			tables_owner = check_routed_call(fcinfo, 6);
+	PaymentsShardContext previous;
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendStringInfoChar(&buf, '[');
+	previous = payments_shard_enter(PG_GETARG_TEXT_PP(0), "compensation flow");
+	(void) compensation_claim_here(text_to_cstring(PG_GETARG_TEXT_PP(1)),
+								   PG_GETARG_INT32(2), PG_GETARG_DATUM(3),
+								   PG_GETARG_INT64(4), PG_GETARG_OID(5),
+								   tables_owner, put_claimed_json, &buf);
+	payments_shard_leave(previous);
+	appendStringInfoChar(&buf, ']');
+	PG_RETURN_DATUM(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
+}
