@@ -40,6 +40,7 @@
 #include "catalog/pg_namespace.h"
 #include "catalog/pg_type.h"
 #include "miscadmin.h"
+#include "storage/lmgr.h"
 #include "storage/lock.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
@@ -482,6 +483,33 @@ range_of_hash(int32 hash)
 }
 
 /*
+ * Tell Citus to commit the current transaction's writes on other nodes by
+ * two-phase commit.  Citus counts writes on more than one node for that,
+ * and a shard written directly here, or a local table, is a write it does
+ * not see: with one remote write it would commit that node first, in one
+ * phase, and this node after, so that a commit failing here (a
+ * serialization failure, say) would leave the remote write.  Citus's own
+ * local execution does the same (Use2PCForCoordinatedTransaction only sets
+ * a flag for the transaction).  Call only with the distributed layout.
+ */
+void
+payments_citus_use_2pc(void)
+{
+	static void (*use_2pc) (void) = NULL;
+	static bool looked_up = false;
+
+	if (!looked_up)
+	{
+		use_2pc = (void (*) (void)) load_external_function("citus",
+														   "Use2PCForCoordinatedTransaction",
+														   false, NULL);
+		looked_up = true;
+	}
+	if (use_2pc != NULL)
+		use_2pc();
+}
+
+/*
  * Enter the key a call works on (kind says what it is, for the error):
  * from here on the distributed tables are its shards on this node, until
  * payments_shard_leave with what this returned.  Refuses a key whose
@@ -511,6 +539,7 @@ payments_shard_enter(text *key, const char *kind)
 				 errhint("Call the function as a statement of its own, SELECT payments.function(...), so that Citus sends it to that node.")));
 	current_key = hash;
 	current_subid = GetCurrentSubTransactionId();
+	payments_citus_use_2pc();
 	return previous;
 }
 
@@ -559,7 +588,9 @@ payments_shard_key(void)
 
 /*
  * Enter a key by its hash, as payments_shard_enter does; false, entering
- * nothing, if its shards are not on this node (any more).
+ * nothing, if its shards are not on this node (any more), or if there is
+ * no key (PAYMENTS_SHARD_NO_KEY, taken before the tables were
+ * distributed).  Without the distributed layout there is nothing to enter.
  */
 bool
 payments_shard_enter_hash(int64 hash, PaymentsShardContext *previous)
@@ -567,8 +598,10 @@ payments_shard_enter_hash(int64 hash, PaymentsShardContext *previous)
 	int			range;
 
 	*previous = current_key;
-	if (hash == PAYMENTS_SHARD_NO_KEY || !payments_shards_distributed())
+	if (!payments_shards_distributed())
 		return true;
+	if (hash == PAYMENTS_SHARD_NO_KEY)
+		return false;
 	map_check();
 	range = range_of_hash((int32) hash);
 	while (!lock_range(range))
@@ -577,20 +610,24 @@ payments_shard_enter_hash(int64 hash, PaymentsShardContext *previous)
 		return false;
 	current_key = hash;
 	current_subid = GetCurrentSubTransactionId();
+	payments_citus_use_2pc();
 	return true;
 }
 
 /*
  * Run fn(probe, local, arg) once for each range of the distributed layout,
- * in hash order: probe is a key of the range (so that Citus routes a query
- * naming it there), local whether its shards are on this node.
+ * in hash order from the range start (modulo their number) on: probe is a
+ * key of the range (so that Citus routes a call by it there), local
+ * whether its shards are on this node.
  */
 void
-payments_shard_foreach(void (*fn) (text *probe, bool local, void *arg), void *arg)
+payments_shard_foreach(void (*fn) (text *probe, bool local, void *arg), void *arg,
+					   uint32 start)
 {
 	map_check();
-	for (int i = 0; i < nranges; i++)
+	for (int k = 0; k < nranges; k++)
 	{
+		int			i = (int) ((start + (uint32) k) % (uint32) nranges);
 		ShardRange *r = &ranges[i];
 
 		/* decimal numbers hash evenly: one in the range comes soon */
@@ -604,8 +641,6 @@ payments_shard_foreach(void (*fn) (text *probe, bool local, void *arg), void *ar
 		}
 		fn(cstring_to_text(r->probe), r->local, arg);
 		map_check();
-		if (i >= nranges)
-			break;
 	}
 }
 
@@ -801,8 +836,33 @@ payments_shard_id_base(void)
 }
 
 /*
+ * Lock the shards of a range for writing if that can be done without
+ * waiting: false if any of them is locked against it (by DDL such as
+ * payments.undistribute() dropping them), or is gone.  The worker's round
+ * holds the locks of the ranges it did until it commits; waiting here
+ * could close a cycle with a command that locks the same shards in
+ * another order.
+ */
+static bool
+lock_range_shards(int range)
+{
+	for (int t = 0; t < SHARD_NUM_TABLES; t++)
+	{
+		char	   *name = psprintf("%s_" INT64_FORMAT, shard_table_names[t],
+									ranges[range].shardid[t]);
+		Oid			relid = get_relname_relid(name, payments_schema_oid());
+
+		pfree(name);
+		if (!OidIsValid(relid) || !ConditionalLockRelationOid(relid, RowExclusiveLock))
+			return false;
+	}
+	return true;
+}
+
+/*
  * Run fn(arg) once for each range whose shards are on this node, with its
- * key entered: the worker's maintenance of the shards this node holds.
+ * key entered: the worker's maintenance of the shards this node holds.  A
+ * range whose shards another command has locked is left for the next call.
  * Without the distributed layout, once, as it is.
  */
 void
@@ -826,10 +886,11 @@ payments_shard_foreach_local(void (*fn) (void *arg), void *arg)
 			i = -1;
 			continue;
 		}
-		if (!ranges[i].local)
+		if (!ranges[i].local || !lock_range_shards(i))
 			continue;
 		current_key = ranges[i].min;
 		current_subid = GetCurrentSubTransactionId();
+		payments_citus_use_2pc();
 		fn(arg);
 		/* fn may have read the metadata again */
 		map_check();

@@ -22,6 +22,7 @@ typedef int64 PaymentsShardContext;
 #define PAYMENTS_SHARD_NO_KEY PG_INT64_MIN
 
 extern bool payments_shards_distributed(void);
+extern void payments_citus_use_2pc(void);
 extern PaymentsShardContext payments_shard_enter(text *key, const char *kind);
 extern void payments_shard_leave(PaymentsShardContext previous);
 extern PaymentsShardContext payments_shard_clear(void);
@@ -29,7 +30,7 @@ extern bool payments_shard_local(text *key);
 extern int64 payments_shard_key(void);
 extern bool payments_shard_enter_hash(int64 hash, PaymentsShardContext *previous);
 extern void payments_shard_foreach(void (*fn) (text *probe, bool local, void *arg),
-								   void *arg);
+								   void *arg, uint32 start);
 extern Oid	payments_shard_relation(PaymentsRelation which, const char *relname);
 extern char *payments_shard_table_name(const char *relname, int len,
 									   bool *citus);

@@ -457,7 +457,7 @@ compensation_enqueue(Oid handler, Datum payload, text *dedup_key,
 										 run_at, after, caller, tables_owner,
 										 0, NULL);
 
-	id = compensation_route(after, dedup_key, tables_owner, &flow);
+	id = compensation_route(after, dedup_key, caller, tables_owner, &flow);
 	if (!payments_shard_local(flow))
 		return compensation_enqueue_routed(flow, id, compensation_handler_name(handler),
 										   owner, payload, dedup_key, max_attempts,
@@ -729,7 +729,7 @@ compensation_enqueue_dead(const char *handler, Oid handler_owner, Datum payload,
 		return compensation_enqueue_dead_here(handler, handler_owner, payload,
 											  after, caller, tables_owner, error,
 											  0, NULL);
-	id = compensation_route(after, NULL, tables_owner, &flow);
+	id = compensation_route(after, NULL, caller, tables_owner, &flow);
 	if (!payments_shard_local(flow))
 		return compensation_enqueue_routed(flow, id, handler, handler_owner,
 										   payload, NULL, default_max_attempts,

@@ -97,15 +97,16 @@ extern int	compensation_claim_here(const char *handler, int32 max_items,
 extern char *compensation_change(CompensationChange change, int64 id,
 								 int64 token, text *error, Oid caller,
 								 Oid tables_owner);
-extern int64 compensation_route(int64 after, text *dedup_key, Oid tables_owner,
-								text **flow);
+extern int64 compensation_route(int64 after, text *dedup_key, Oid caller,
+								Oid tables_owner, text **flow);
 extern int64 compensation_enqueue_routed(text *flow, int64 id, const char *handler,
 										 Oid handler_owner, Datum payload,
 										 text *dedup_key, int32 max_attempts,
 										 TimestampTz run_at, int64 after,
 										 Oid caller, Oid tables_owner,
 										 const char *dead_error);
-extern text *compensation_flow_of(int64 id, Oid tables_owner);
+extern text *compensation_flow_of(int64 id, Oid caller, bool executor,
+								  Oid tables_owner);
 extern void compensation_claim(Tuplestorestate *result, const char *handler,
 							   int32 max_items, Datum lease, Oid caller,
 							   Oid tables_owner);
@@ -115,6 +116,9 @@ extern Oid	compensation_check_handler(Oid handler, Oid role);
 extern char *compensation_handler_name(Oid handler);
 extern Oid	compensation_resolve_handler(const char *name, Oid recorded_owner);
 extern void compensation_check_item_rights(int64 id, Oid caller, bool executor);
+extern void compensation_judge_item_rights(int64 id, Oid caller, bool executor,
+										   bool found, Oid enqueued_by,
+										   Oid claimed_by);
 extern void compensation_begin_item_change(Oid caller, Oid tables_owner,
 										   int64 id, bool executor,
 										   PaymentsSavedUser *saved);

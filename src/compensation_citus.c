@@ -9,16 +9,14 @@
  * compensation.c, which reads an item together with the items before and
  * after it, runs there on the shard as on a plain local table
  * (citus_shards.c).  A call made on a node without that shard (the
- * coordinator holds none) is sent to it as a query that Citus routes by
- * the flow:
- *
- *	  SELECT payments.<call>_on_shard(..., count(*))
- *		FROM payments.compensations WHERE flow = $1
- *
- * The count makes it one row whether or not the flow has an item yet, and
- * Citus sends a query on one shard as a whole, call included.  What the
- * call does there commits with the caller's transaction (two-phase commit
- * if the transaction wrote on more than one node).
+ * coordinator holds none) calls a function *_on_shard, which
+ * payments.distribute() made a distributed function by the flow, with
+ * every argument a constant (payments_execute_delegated): Citus sends the
+ * call to the node of the flow's shard inside the caller's transaction,
+ * as a write that commits or aborts with it (two-phase commit if the
+ * transaction wrote on more than one node).  A query on the table with
+ * the call in its target list would be routed there too, but Citus takes
+ * it for a read and, outside a transaction block, commits it on its own.
  *
  * The *_on_shard functions act for the role named in their arguments, so
  * only the extension's owner may call them: EXECUTE is revoked from
@@ -26,8 +24,9 @@
  * owner.  The role's rights are checked where the call runs, as they are
  * without Citus.
  *
- * Claims (claim_compensations) go to every shard in turn, up to the
- * number asked for: items are claimed in due order within a shard.
+ * Claims (claim_compensations) go to every shard in turn, from one chosen
+ * at random, up to the number asked for: items are claimed in due order
+ * within a shard.
  *
  *-------------------------------------------------------------------------
  */
@@ -65,40 +64,63 @@ static const char *const change_names[] = {
 };
 
 /*
- * The flow of item id, read over every shard (an index on each), as the
- * tables' owner; NULL if there is no such item.
+ * The flow of item id, read over every shard (an index on each) as the
+ * tables' owner, once caller's rights on the item are judged here as the
+ * item's node would judge them (compensation_judge_item_rights; executor
+ * for a completion or failure report): a call that would be refused is
+ * refused before it is sent anywhere, so where an id would be sent tells
+ * nothing about it.  caller InvalidOid is the extension itself, which may
+ * change any item; it gets NULL for an id that does not exist.  The roles
+ * are read by name: each node has OIDs of its own for them.
  */
 text *
-compensation_flow_of(int64 id, Oid tables_owner)
+compensation_flow_of(int64 id, Oid caller, bool executor, Oid tables_owner)
 {
 	static const Oid argtypes[] = {INT8OID};
 	Datum		values[1] = {Int64GetDatum(id)};
 	PaymentsSavedUser saved;
 	text	   *flow = NULL;
-	bool		isnull;
+	Oid			enqueued_by = InvalidOid;
+	Oid			claimed_by = InvalidOid;
+	bool		found;
 
 	payments_begin_as_owner(tables_owner, true, &saved);
 	SPI_connect();
-	if (payments_execute_citus("SELECT flow FROM @extschema@.compensations WHERE id = $1",
-							   1, argtypes, values, NULL, SPI_OK_SELECT) > 0)
-		flow = (text *) SPI_datumTransfer(SPI_getbinval(SPI_tuptable->vals[0],
-														SPI_tuptable->tupdesc,
-														1, &isnull),
+	found = payments_execute_citus("SELECT flow, enqueued_by::text, claimed_by::text"
+								   " FROM @extschema@.compensations WHERE id = $1",
+								   1, argtypes, values, NULL, SPI_OK_SELECT) > 0;
+	if (found)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[0];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		char	   *name;
+		bool		isnull;
+
+		flow = (text *) SPI_datumTransfer(SPI_getbinval(tup, desc, 1, &isnull),
 										  false, -1);
+		if ((name = SPI_getvalue(tup, desc, 2)) != NULL)
+			enqueued_by = get_role_oid(name, true);
+		if ((name = SPI_getvalue(tup, desc, 3)) != NULL)
+			claimed_by = get_role_oid(name, true);
+	}
 	SPI_finish();
 	payments_end_as_owner(&saved);
+	if (OidIsValid(caller))
+		compensation_judge_item_rights(id, caller, executor, found, enqueued_by,
+									   claimed_by);
 	return flow;
 }
 
 /*
- * The id and flow (*flow) of an item to queue, distributed: its flow is the
- * flow of the item it comes after, else its dedup key, else its id.  An
- * unknown after gets a flow of its own, and the call on that flow's node
- * refuses it as it would any unknown item.  A dedup key stays unique only
- * within its flow, so an item that comes after another cannot have one.
+ * The id and flow (*flow) of an item caller queues, distributed: its flow
+ * is the flow of the item it comes after (which caller must be allowed to
+ * queue after), else its dedup key, else its id.  A dedup key stays unique
+ * only within its flow, so an item that comes after another cannot have
+ * one.
  */
 int64
-compensation_route(int64 after, text *dedup_key, Oid tables_owner, text **flow)
+compensation_route(int64 after, text *dedup_key, Oid caller, Oid tables_owner,
+				   text **flow)
 {
 	text	   *after_flow = NULL;
 	PaymentsSavedUser saved;
@@ -111,11 +133,7 @@ compensation_route(int64 after, text *dedup_key, Oid tables_owner, text **flow)
 				 errdetail("payments.distribute() keeps a chain on the shard of its first item, and a dedup key unique on the shard it names."),
 				 errhint("Queue the first item of the chain with the dedup key.")));
 	if (after != 0)
-	{
-		after_flow = compensation_flow_of(after, tables_owner);
-		if (after_flow == NULL)
-			after_flow = cstring_to_text(psprintf(INT64_FORMAT, after));
-	}
+		after_flow = compensation_flow_of(after, caller, false, tables_owner);
 	payments_begin_as_owner(tables_owner, true, &saved);
 	id = compensation_new_item(after_flow, dedup_key, flow);
 	payments_end_as_owner(&saved);
@@ -156,8 +174,8 @@ compensation_enqueue_routed(text *flow, int64 id, const char *handler,
 							int32 max_attempts, TimestampTz run_at, int64 after,
 							Oid caller, Oid tables_owner, const char *dead_error)
 {
-	static const Oid argtypes[] = {TEXTOID, INT8OID, TEXTOID, OIDOID, JSONBOID,
-		TEXTOID, INT4OID, TIMESTAMPTZOID, INT8OID, OIDOID, TEXTOID};
+	static const Oid argtypes[] = {TEXTOID, INT8OID, TEXTOID, REGROLEOID, JSONBOID,
+		TEXTOID, INT4OID, TIMESTAMPTZOID, INT8OID, REGROLEOID, TEXTOID};
 	Datum		values[11];
 	char		nulls[11] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
 	PaymentsSavedUser saved;
@@ -181,11 +199,8 @@ compensation_enqueue_routed(text *flow, int64 id, const char *handler,
 
 	payments_begin_as_owner(tables_owner, true, &saved);
 	SPI_connect();
-	payments_execute_citus("SELECT @extschema@.enqueue_compensation_on_shard("
-						   " $1, $2, $3, $4::regrole, $5, $6, $7, $8, $9, $10::regrole, $11,"
-						   " count(*))"
-						   " FROM @extschema@.compensations WHERE flow = $1",
-						   11, argtypes, values, nulls, SPI_OK_SELECT);
+	payments_execute_delegated("enqueue_compensation_on_shard", 11, argtypes,
+							   values, nulls);
 	id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
 									 1, &isnull));
 	SPI_finish();
@@ -196,7 +211,7 @@ compensation_enqueue_routed(text *flow, int64 id, const char *handler,
 /*
  * payments.enqueue_compensation_on_shard(flow, id, handler, handler_owner,
  * payload, dedup_key, max_attempts, run_at, after, enqueued_by,
- * dead_error, items): see compensation_enqueue_routed.
+ * dead_error): see compensation_enqueue_routed.
  */
 Datum
 payments_enqueue_compensation_on_shard(PG_FUNCTION_ARGS)
@@ -261,14 +276,14 @@ change_here(CompensationChange change, int64 id, int64 token, text *error,
 /*
  * Change item id for caller (see CompensationChange), on the node of its
  * flow once the queue is distributed; returns what change_here returns.
- * An item that does not exist is refused by the node its id would be on,
- * with the error it gets without Citus.
+ * A caller without rights on the item, or an id that does not exist, gets
+ * the error it gets without Citus (see compensation_flow_of).
  */
 char *
 compensation_change(CompensationChange change, int64 id, int64 token,
 					text *error, Oid caller, Oid tables_owner)
 {
-	static const Oid argtypes[] = {TEXTOID, TEXTOID, INT8OID, INT8OID, TEXTOID, OIDOID};
+	static const Oid argtypes[] = {TEXTOID, TEXTOID, INT8OID, INT8OID, TEXTOID, REGROLEOID};
 	Datum		values[6];
 	char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
 	PaymentsSavedUser saved;
@@ -278,9 +293,11 @@ compensation_change(CompensationChange change, int64 id, int64 token,
 
 	if (!payments_shards_distributed())
 		return change_here(change, id, token, error, caller, tables_owner);
-	flow = compensation_flow_of(id, tables_owner);
+	flow = compensation_flow_of(id, caller,
+								change == COMPENSATION_COMPLETE || change == COMPENSATION_FAIL,
+								tables_owner);
 	if (flow == NULL)
-		flow = cstring_to_text(psprintf(INT64_FORMAT, id));
+		return NULL;			/* the extension's change of an item now gone */
 	if (payments_shard_local(flow))
 	{
 		previous = payments_shard_enter(flow, "compensation flow");
@@ -298,10 +315,8 @@ compensation_change(CompensationChange change, int64 id, int64 token,
 	values[5] = ObjectIdGetDatum(caller);
 	payments_begin_as_owner(tables_owner, true, &saved);
 	SPI_connect();
-	payments_execute_citus("SELECT @extschema@.change_compensation_on_shard("
-						   " $1, $2, $3, $4, $5, $6::regrole, count(*))"
-						   " FROM @extschema@.compensations WHERE flow = $2",
-						   6, argtypes, values, nulls, SPI_OK_SELECT);
+	payments_execute_delegated("change_compensation_on_shard", 6, argtypes,
+							   values, nulls);
 	status = payments_spi_first_text(1);
 	SPI_finish();
 	payments_end_as_owner(&saved);
@@ -310,7 +325,7 @@ compensation_change(CompensationChange change, int64 id, int64 token,
 
 /*
  * payments.change_compensation_on_shard(change, flow, id, claim_token,
- * error, caller, items): see compensation_change.  Returns the status that
+ * error, caller): see compensation_change.  Returns the status that
  * change_here returns, or NULL.
  */
 Datum
@@ -364,10 +379,11 @@ static void
 claim_shard(text *probe, bool local, void *arg)
 {
 	static const Oid argtypes[] = {TEXTOID, TEXTOID, INT4OID, INTERVALOID,
-	INT8OID, OIDOID};
+	INT8OID, REGROLEOID};
 	ClaimState *c = (ClaimState *) arg;
 	Datum		values[6];
 	PaymentsSavedUser saved;
+	bool		isnull;
 	uint64		n;
 
 	if (c->left <= 0)
@@ -391,12 +407,13 @@ claim_shard(text *probe, bool local, void *arg)
 	values[5] = ObjectIdGetDatum(c->caller);
 	payments_begin_as_owner(c->tables_owner, true, &saved);
 	SPI_connect();
+	payments_execute_delegated("claim_compensations_on_shard", 6, argtypes,
+							   values, NULL);
+	values[0] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
+							  &isnull);
 	n = payments_execute_citus("SELECT r.* FROM pg_catalog.jsonb_populate_recordset("
-							   " NULL::@extschema@.compensations,"
-							   " (SELECT @extschema@.claim_compensations_on_shard("
-							   "   $1, $2, $3, $4, $5, $6::regrole, count(*))"
-							   "  FROM @extschema@.compensations WHERE flow = $1)) r",
-							   6, argtypes, values, NULL, SPI_OK_SELECT);
+							   " NULL::@extschema@.compensations, $1) r",
+							   1, (Oid[]) {JSONBOID}, values, NULL, SPI_OK_SELECT);
 	for (uint64 i = 0; i < n; i++)
 		tuplestore_puttuple(c->result, SPI_tuptable->vals[i]);
 	c->left -= (int32) n;
@@ -422,7 +439,8 @@ compensation_claim(Tuplestorestate *result, const char *handler,
 									   caller, tables_owner, put_claimed, result);
 		return;
 	}
-	payments_shard_foreach(claim_shard, &c);
+	/* from a shard chosen at random, so that no shard's backlog starves the others */
+	payments_shard_foreach(claim_shard, &c, pg_prng_uint32(&pg_global_prng_state));
 }
 
 /* Append a claimed row to a JSON array being built */
@@ -439,8 +457,8 @@ put_claimed_json(HeapTuple tup, TupleDesc desc, void *arg)
 
 /*
  * payments.claim_compensations_on_shard(flow, handler, max_items, lease,
- * claim_token, caller, items): the claim on the flow's shard, as a jsonb
- * array of the rows claimed.
+ * claim_token, caller): the claim on the flow's shard, as a jsonb array of
+ * the rows claimed.
  */
 Datum
 payments_claim_compensations_on_shard(PG_FUNCTION_ARGS)

@@ -147,22 +147,42 @@ compensation_check_item_rights(int64 id, Oid caller, bool executor)
 {
 	Datum		values[1];
 	bool		isnull;
+	Oid			enqueued_by = InvalidOid;
+	Oid			claimed_by = InvalidOid;
+	bool		found;
 
 	payments_prepare(&rights_plan,
 					 "SELECT enqueued_by::oid, claimed_by::oid"
 					 " FROM @extschema@.compensations WHERE id = $1",
 					 1, (Oid[]) {INT8OID});
 	values[0] = Int64GetDatum(id);
-	if (payments_execute(rights_plan, values, NULL, SPI_OK_SELECT, 0) == 1)
+	found = payments_execute(rights_plan, values, NULL, SPI_OK_SELECT, 0) == 1;
+	if (found)
 	{
 		HeapTuple	tup = SPI_tuptable->vals[0];
 		TupleDesc	desc = SPI_tuptable->tupdesc;
-		Oid			enqueued_by = DatumGetObjectId(SPI_getbinval(tup, desc, 1, &isnull));
-		Oid			claimed_by = DatumGetObjectId(SPI_getbinval(tup, desc, 2, &isnull));
 
+		enqueued_by = DatumGetObjectId(SPI_getbinval(tup, desc, 1, &isnull));
+		claimed_by = DatumGetObjectId(SPI_getbinval(tup, desc, 2, &isnull));
 		if (isnull)
 			claimed_by = InvalidOid;
-		if (has_privs_of_role(caller, enqueued_by) ||
+	}
+	compensation_judge_item_rights(id, caller, executor, found, enqueued_by,
+								   claimed_by);
+}
+
+/*
+ * The judgement of compensation_check_item_rights on what was read about
+ * item id: whether it exists, the role that queued it and the role that
+ * claimed it last (InvalidOid if none, or unknown here).
+ */
+void
+compensation_judge_item_rights(int64 id, Oid caller, bool executor, bool found,
+							   Oid enqueued_by, Oid claimed_by)
+{
+	if (found)
+	{
+		if ((OidIsValid(enqueued_by) && has_privs_of_role(caller, enqueued_by)) ||
 			(executor && OidIsValid(claimed_by) && has_privs_of_role(caller, claimed_by)) ||
 			payments_is_operator(caller))
 			return;

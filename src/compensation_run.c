@@ -340,6 +340,34 @@ handler_kill_exit(int code, Datum arg)
 }
 
 /*
+ * The marker file as version 0.2.0 wrote it, without the shard key: the
+ * queue was not distributed then.  Anything else is no marker.
+ */
+static void
+read_marker_0_2(void)
+{
+	struct
+	{
+		int64		id;
+		int32		attempts;
+		int32		reason;
+	}			old[1 + MAX_UNSETTLED];
+
+	memset(&marker, 0, sizeof(marker));
+	if (pread(marker_fd, old, sizeof(old), 0) != sizeof(old))
+		return;
+	for (int i = 0; i <= MAX_UNSETTLED; i++)
+	{
+		RunningMarker *m = i == 0 ? &marker.running : &marker.unsettled[i - 1];
+
+		m->id = old[i].id;
+		m->attempts = old[i].attempts;
+		m->reason = old[i].reason;
+		m->shard_key = PAYMENTS_SHARD_NO_KEY;
+	}
+}
+
+/*
  * Called once by the worker at start: from now on run_compensations keeps
  * the marker of this database's worker, and first settles the ones a
  * previous worker process left.
@@ -361,7 +389,7 @@ compensation_worker_attach(void)
 				(errcode_for_file_access(),
 				 errmsg("could not open file \"%s\": %m", path)));
 	if (pread(marker_fd, &marker, sizeof(marker), 0) != sizeof(marker))
-		memset(&marker, 0, sizeof(marker));
+		read_marker_0_2();
 	tracking = true;
 	interrupted_to_unsettled();
 }
@@ -384,13 +412,16 @@ settle_interrupted(RunningMarker *m)
 	bool		settled;
 	char	   *error;
 
-	/* A shard that left this node took the item with it. */
+	/*
+	 * A shard that left this node took the item with it, and an item run
+	 * before the queue was distributed is in a shard that is not known.
+	 */
 	if (!payments_shard_enter_hash(m->shard_key, &previous))
 	{
 		ereport(LOG,
 				(errmsg("compensation %lld was interrupted but its attempt cannot be recorded",
 						(long long) m->id),
-				 errdetail("Its shard is no longer on this node.")));
+				 errdetail("Its shard is not on this node, or the queue was distributed since.")));
 		return true;
 	}
 	payments_prepare(&settle_plan,

@@ -7,16 +7,15 @@
  *	  without a SKU.
  *
  * Each of them works SKU by SKU, in byte order (the one lock order), and
- * sends each SKU's part to the node holding its shard as a query that
- * names the SKU: Citus routes a SELECT on a distributed table filtered by
- * its distribution column to that shard, function calls included, and
- * there the single-SKU function runs on the shard as it would when called
- * on its own (citus_shards.c).  The parts commit together with the
- * caller's transaction, on every node it reached or on none (two-phase
- * commit).  Holds are found by order_ref or by id with one query over
- * every shard (an index on each), which calls the single-SKU function on
- * the shard that has the hold.
- *
+ * calls the single-SKU function as Citus delegates a distributed function
+ * (payments_execute_delegated): Citus sends the call to the node holding
+ * the SKU's shard, where it runs on the shard as it would when called on
+ * its own (citus_shards.c), as a write of the caller's transaction.  The
+ * parts commit together with it, on every node it reached or on none
+ * (two-phase commit), and a statement that fails after them leaves none.
+ * Holds are found by order_ref or by id with one query over every shard
+ * (an index on each).
+
  * The single-SKU functions check and lock each hold, so a hold that
  * changes between the read of the order and its own call is judged by
  * what it is then: an order is still confirmed or released as a whole,
@@ -79,6 +78,25 @@ order_skus(text *order_ref, int *n)
 }
 
 /*
+ * Confirm (or release) one hold on the node of its SKU: the two-argument
+ * function, called as Citus delegates a distributed function, so that it
+ * commits or aborts with the caller's transaction.  Returns its result.
+ * The caller is connected to SPI.
+ */
+static bool
+resolve_hold(Datum id, Datum sku, bool confirm)
+{
+	static const Oid argtypes[] = {INT8OID, TEXTOID};
+	Datum		values[2] = {id, sku};
+	bool		isnull;
+
+	payments_execute_delegated(confirm ? "confirm_reservation" : "release_reservation",
+							   2, argtypes, values, NULL);
+	return DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+									  1, &isnull));
+}
+
+/*
  * Confirm (or release) every held hold of the order, SKU by SKU, each on
  * its SKU's node by the two-argument function; returns how many it
  * confirmed (released) now.  The caller is connected to SPI.
@@ -92,26 +110,23 @@ resolve_order(text *order_ref, const OrderSku *skus, int n, bool confirm)
 	for (int i = 0; i < n; i++)
 	{
 		Datum		values[2] = {PointerGetDatum(skus[i].sku), PointerGetDatum(order_ref)};
+		SPITupleTable *holds;
 		uint64		rows;
 
 		if (skus[i].held == 0)
 			continue;
-		rows = payments_execute_citus(confirm ?
-									  "SELECT @extschema@.confirm_reservation(id, sku)"
-									  " FROM @extschema@.reservations"
-									  " WHERE sku = $1 AND order_ref = $2 AND state = 'held'"
-									  " ORDER BY id" :
-									  "SELECT @extschema@.release_reservation(id, sku)"
-									  " FROM @extschema@.reservations"
+		rows = payments_execute_citus("SELECT id, sku FROM @extschema@.reservations"
 									  " WHERE sku = $1 AND order_ref = $2 AND state = 'held'"
 									  " ORDER BY id",
 									  2, argtypes, values, NULL, SPI_OK_SELECT);
+		holds = SPI_tuptable;
 		for (uint64 j = 0; j < rows; j++)
 		{
 			bool		isnull;
 
-			if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[j],
-										   SPI_tuptable->tupdesc, 1, &isnull)))
+			if (resolve_hold(SPI_getbinval(holds->vals[j], holds->tupdesc, 1, &isnull),
+							 SPI_getbinval(holds->vals[j], holds->tupdesc, 2, &isnull),
+							 confirm))
 				done++;
 		}
 	}
@@ -167,8 +182,8 @@ payments_order_release_citus(text *order_ref)
 
 /*
  * One item of reserve with items, distributed: reserve on the SKU's node,
- * routed by the SKU's stock row, which only the owner of the function
- * called (fn_oid) may read.  reserve checks no privilege of its caller
+ * called as the owner of the function called (fn_oid), who may read the
+ * tables Citus reads to route it.  reserve checks no privilege of its caller
  * (reservation.c), so running it as that owner changes nothing it does.
  * Returns the hold's id.
  */
@@ -185,10 +200,7 @@ payments_hold_reserve_citus(Oid fn_oid, text *order_ref, text *sku, int64 qty,
 
 	payments_begin_as_owner(payments_function_owner(fn_oid), true, &saved);
 	SPI_connect();
-	if (payments_execute_citus("SELECT @extschema@.reserve($1, s.sku, $3, $4)"
-							   " FROM @extschema@.stock s WHERE s.sku = $2",
-							   4, argtypes, values, NULL, SPI_OK_SELECT) == 0)
-		payments_report_unknown_sku(sku);
+	payments_execute_delegated("reserve", 4, argtypes, values, NULL);
 	id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
 									 1, &isnull));
 	SPI_finish();
@@ -214,15 +226,14 @@ payments_hold_resolve_citus(Oid fn_oid, int64 id, bool confirm)
 
 	payments_begin_as_owner(payments_function_owner(fn_oid), true, &saved);
 	SPI_connect();
-	if (payments_execute_citus(confirm ?
-							   "SELECT @extschema@.confirm_reservation(id, sku)"
-							   " FROM @extschema@.reservations WHERE id = $1" :
-							   "SELECT @extschema@.release_reservation(id, sku)"
-							   " FROM @extschema@.reservations WHERE id = $1",
+	if (payments_execute_citus("SELECT id, sku FROM @extschema@.reservations WHERE id = $1",
 							   1, argtypes, values, NULL, SPI_OK_SELECT) == 0)
 		payments_report_unknown_reservation(id);
-	result = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
-										SPI_tuptable->tupdesc, 1, &isnull));
+	result = resolve_hold(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+										1, &isnull),
+						  SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+										2, &isnull),
+						  confirm);
 	SPI_finish();
 	payments_end_as_owner(&saved);
 	return result;

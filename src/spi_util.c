@@ -21,6 +21,7 @@
 #include "access/xact.h"
 #include "lib/stringinfo.h"
 #include "utils/builtins.h"
+#include "utils/lsyscache.h"
 #include "utils/hsearch.h"
 #include "utils/memutils.h"
 #include "utils/resowner.h"
@@ -288,6 +289,57 @@ payments_execute_citus(const char *sql, int nargs, const Oid *argtypes,
 
 	return execute_with_args(with_schema_sharded(sql, false, &sharded, &citus),
 							 nargs, argtypes, values, nulls, expected);
+}
+
+/*
+ * Call the extension's function fn with these arguments as Citus's
+ * delegation of a distributed function call: SELECT * FROM fn(...), each
+ * argument a constant, so that Citus sends the call to the node of its
+ * distribution argument's shard, inside the caller's transaction, as a
+ * write that commits with it (two-phase commit when the transaction wrote
+ * on more than one node).  A query on a table that merely calls fn would
+ * be a read to Citus, committed on its own outside a transaction block.
+ * Two-phase commit is asked for, since the caller's transaction may have
+ * written here too (payments_citus_use_2pc).  If Citus does not delegate,
+ * fn runs here and refuses a key whose shard is elsewhere.  Returns
+ * SPI_processed.
+ */
+uint64
+payments_execute_delegated(const char *fn, int nargs, const Oid *argtypes,
+						   Datum *values, const char *nulls)
+{
+	StringInfoData sql;
+	int			rc;
+
+	initStringInfo(&sql);
+	appendStringInfo(&sql, "SELECT * FROM %s.%s(", payments_schema_quoted(),
+					 quote_identifier(fn));
+	for (int i = 0; i < nargs; i++)
+	{
+		Oid			typoutput;
+		bool		varlena;
+
+		if (i > 0)
+			appendStringInfoString(&sql, ", ");
+		if (nulls != NULL && nulls[i] == 'n')
+			appendStringInfoString(&sql, "NULL");
+		else
+		{
+			getTypeOutputInfo(argtypes[i], &typoutput, &varlena);
+			appendStringInfoString(&sql,
+								   quote_literal_cstr(OidOutputFunctionCall(typoutput,
+																			values[i])));
+		}
+		appendStringInfo(&sql, "::%s", format_type_be_qualified(argtypes[i]));
+	}
+	appendStringInfoChar(&sql, ')');
+	payments_citus_use_2pc();
+	rc = SPI_execute(sql.data, false, 0);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute returned %s for \"%s\"",
+			 SPI_result_code_string(rc), sql.data);
+	pfree(sql.data);
+	return SPI_processed;
 }
 
 /*

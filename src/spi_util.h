@@ -18,6 +18,9 @@ extern uint64 payments_execute(SPIPlanPtr plan, Datum *values,
 extern uint64 payments_execute_once(const char *sql, int nargs,
 									const Oid *argtypes, Datum *values,
 									const char *nulls, int expected);
+extern uint64 payments_execute_delegated(const char *fn, int nargs,
+										 const Oid *argtypes, Datum *values,
+										 const char *nulls);
 extern char *payments_spi_first_text(int column);
 extern uint64 payments_execute_citus(const char *sql, int nargs,
 									 const Oid *argtypes, Datum *values,

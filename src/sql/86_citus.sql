@@ -23,14 +23,15 @@ COMMENT ON FUNCTION @extschema@.release_reservation(bigint, text) IS
     'Give the stock of a hold of the SKU back; false if it was already released or expired';
 
 -- A call on the compensation queue made on a node without the shard of the
--- item's flow runs on that shard's node through these, routed by Citus
--- (src/compensation_citus.c).  They act for the role they name, so only
--- the extension's owner calls them: no role is granted EXECUTE
--- (src/sql/90_privileges.sql), and they check their caller.
+-- item's flow runs on that shard's node through these, which distribute()
+-- makes distributed functions by the flow (src/compensation_citus.c).  They
+-- act for the role they name, so only the extension's owner calls them: no
+-- role is granted EXECUTE (src/sql/90_privileges.sql), and they check their
+-- caller.
 CREATE FUNCTION @extschema@.enqueue_compensation_on_shard(
         flow text, id bigint, handler text, handler_owner regrole, payload jsonb,
         dedup_key text, max_attempts integer, run_at timestamptz, after bigint,
-        enqueued_by regrole, dead_error text, items bigint)
+        enqueued_by regrole, dead_error text)
     RETURNS bigint
     AS 'MODULE_PATHNAME', 'payments_enqueue_compensation_on_shard'
     LANGUAGE C VOLATILE
@@ -38,7 +39,7 @@ CREATE FUNCTION @extschema@.enqueue_compensation_on_shard(
 
 CREATE FUNCTION @extschema@.change_compensation_on_shard(
         change text, flow text, id bigint, claim_token bigint, error text,
-        caller regrole, items bigint)
+        caller regrole)
     RETURNS text
     AS 'MODULE_PATHNAME', 'payments_change_compensation_on_shard'
     LANGUAGE C VOLATILE
@@ -46,17 +47,17 @@ CREATE FUNCTION @extschema@.change_compensation_on_shard(
 
 CREATE FUNCTION @extschema@.claim_compensations_on_shard(
         flow text, handler text, max_items integer, lease interval,
-        claim_token bigint, caller regrole, items bigint)
+        claim_token bigint, caller regrole)
     RETURNS jsonb
     AS 'MODULE_PATHNAME', 'payments_claim_compensations_on_shard'
     LANGUAGE C VOLATILE
     SET search_path = pg_catalog, pg_temp;
 
-COMMENT ON FUNCTION @extschema@.enqueue_compensation_on_shard(text, bigint, text, regrole, jsonb, text, integer, timestamptz, bigint, regrole, text, bigint) IS
+COMMENT ON FUNCTION @extschema@.enqueue_compensation_on_shard(text, bigint, text, regrole, jsonb, text, integer, timestamptz, bigint, regrole, text) IS
     'Internal: queue a compensation on the node of its flow''s shard for the role named';
-COMMENT ON FUNCTION @extschema@.change_compensation_on_shard(text, text, bigint, bigint, text, regrole, bigint) IS
+COMMENT ON FUNCTION @extschema@.change_compensation_on_shard(text, text, bigint, bigint, text, regrole) IS
     'Internal: change a compensation on the node of its flow''s shard for the role named (retry, cancel, complete, fail) or the extension (cancel pending, accept)';
-COMMENT ON FUNCTION @extschema@.claim_compensations_on_shard(text, text, integer, interval, bigint, regrole, bigint) IS
+COMMENT ON FUNCTION @extschema@.claim_compensations_on_shard(text, text, integer, interval, bigint, regrole) IS
     'Internal: claim compensations of an external handler on one shard for the role named';
 
 -- Distribute the reservation, idempotency and TCC tables by their key, in one
@@ -76,6 +77,8 @@ DECLARE
     fn text;
     key text;
     busy text;
+    whens text;
+    col record;
 BEGIN
     IF NOT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'citus') THEN
         RAISE EXCEPTION 'extension "citus" is not installed in this database'
@@ -109,6 +112,29 @@ BEGIN
                   DETAIL = format('Rows are on %s (or the node could not be asked); only the coordinator''s rows move to the shards.', busy),
                   HINT = 'Move those rows to the coordinator, or delete them, then distribute.';
     END IF;
+    -- A dedup key is unique across shards because it is its item's flow;
+    -- an item queued after another has the other's flow.
+    IF EXISTS (SELECT FROM @extschema@.compensations
+                WHERE dedup_key IS NOT NULL AND after IS NOT NULL) THEN
+        RAISE EXCEPTION 'compensations queued after another have a dedup key'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'Once distributed, a dedup key stays unique only on the shard of its first item.',
+                  HINT = 'Let those compensations finish, or cancel them, then distribute.';
+    END IF;
+    -- Citus copies the rows to the shards in binary, so a role column would
+    -- keep the coordinator's OID of a role, which is another role, or none,
+    -- on a worker: each role the rows name is written again by its name
+    -- below, which Citus sends as text.
+    SELECT pg_catalog.string_agg(pg_catalog.format('WHEN %%1$s::oid = %s THEN %L::regrole',
+                                                   r.oid, r.rolname), ' ')
+      INTO whens
+      FROM pg_catalog.pg_roles r
+     WHERE r.oid IN (SELECT enqueued_by FROM @extschema@.compensations
+                     UNION SELECT handler_owner FROM @extschema@.compensations
+                     UNION SELECT claimed_by FROM @extschema@.compensations
+                     UNION SELECT owner FROM @extschema@.tcc_fence
+                     UNION SELECT registered_by FROM @extschema@.external_handlers
+                     UNION SELECT pg_catalog.unnest(roles) FROM @extschema@.idempotency_scopes);
     shards := coalesce(shard_count, pg_catalog.current_setting('citus.shard_count')::integer);
     IF shards < 1 OR shards > 64000 THEN
         RAISE EXCEPTION 'shard_count must be between 1 and 64000'
@@ -159,6 +185,24 @@ BEGIN
     PERFORM pg_catalog.create_reference_table('@extschema@.state_machine_definitions');
     PERFORM pg_catalog.create_reference_table('@extschema@.external_handlers');
 
+    IF whens IS NOT NULL THEN
+        FOR col IN VALUES ('@extschema@.compensations'::regclass, 'enqueued_by'),
+                          ('@extschema@.compensations', 'handler_owner'),
+                          ('@extschema@.compensations', 'claimed_by'),
+                          ('@extschema@.tcc_fence', 'owner'),
+                          ('@extschema@.external_handlers', 'registered_by')
+        LOOP
+            EXECUTE pg_catalog.format('UPDATE %s SET %I = CASE %s ELSE %I END WHERE %I IS NOT NULL',
+                                      col.column1, col.column2,
+                                      pg_catalog.format(whens, pg_catalog.quote_ident(col.column2)),
+                                      col.column2, col.column2);
+        END LOOP;
+        EXECUTE pg_catalog.format('UPDATE @extschema@.idempotency_scopes SET roles = ARRAY('
+                                  'SELECT CASE %s ELSE x.r END FROM pg_catalog.unnest(roles)'
+                                  ' WITH ORDINALITY AS x(r, i) ORDER BY x.i)',
+                                  pg_catalog.format(whens, 'x.r'));
+    END IF;
+
     -- The rows were copied to the shards; none stays behind in a shell.
     PERFORM pg_catalog.truncate_local_data_after_distributing_table(t)
        FROM unnest(ARRAY['@extschema@.stock', '@extschema@.stock_slots',
@@ -177,7 +221,10 @@ BEGIN
         ('idempotency_complete(text, text, jsonb, integer)', 'key'),
         ('idempotency_abandon(text, text)', 'key'),
         ('tcc_try(text, text, text)', 'gid'), ('tcc_confirm(text, text)', 'gid'),
-        ('tcc_cancel(text, text)', 'gid')
+        ('tcc_cancel(text, text)', 'gid'),
+        ('enqueue_compensation_on_shard(text, bigint, text, regrole, jsonb, text, integer, timestamptz, bigint, regrole, text)', 'flow'),
+        ('change_compensation_on_shard(text, text, bigint, bigint, text, regrole)', 'flow'),
+        ('claim_compensations_on_shard(text, text, integer, interval, bigint, regrole)', 'flow')
     LOOP
         PERFORM pg_catalog.create_distributed_function(
             ('@extschema@.' || fn)::regprocedure, key,
@@ -227,6 +274,10 @@ BEGIN
                   DETAIL = format('The state guard watches %s.', guarded),
                   HINT = 'Remove those guards with payments.unguard_state first.';
     END IF;
+
+    -- The rows come back as text, so that a role column names the role the
+    -- worker's OID stood for (see distribute()).
+    PERFORM pg_catalog.set_config('citus.enable_binary_protocol', 'off', true);
 
     -- No call is sent to a worker any more.
     FOR fn IN SELECT o.objid::regprocedure FROM pg_catalog.pg_dist_object o

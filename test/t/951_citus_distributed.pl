@@ -42,6 +42,20 @@ $coord->safe_psql('postgres', q{
 	SELECT payments.idempotency_complete('s', 'k-before', '{"paid": true}', 200);
 	CREATE ROLE app LOGIN;
 	GRANT payments_app TO app;
+	CREATE ROLE app2 LOGIN;
+	GRANT payments_app TO app2;
+	-- rows that name roles: their OIDs differ from node to node
+	SELECT payments.restrict_scope('app-only', ARRAY['app']::regrole[]);
+	CREATE FUNCTION public.as_app(p jsonb) RETURNS void LANGUAGE plpgsql AS $$
+	BEGIN
+	    IF current_user <> 'app' THEN
+	        RAISE EXCEPTION 'run as %', current_user;
+	    END IF;
+	END $$;
+	SET ROLE app;
+	SELECT payments.enqueue_compensation('public.as_app(jsonb)', '{"n": "before"}',
+	                                     run_at => now() + interval '1 day');
+	SELECT payments.tcc_try('g-before', 'b1', '{}');
 });
 my $before_id = $coord->safe_psql('postgres',
 	q{SELECT payments.reserve('order-before', 'before', 4)});
@@ -107,6 +121,28 @@ is($coord->safe_psql('postgres',
 is($coord->safe_psql('postgres', q{
 	SELECT sum(pg_relation_size(logicalrelid)) FROM pg_dist_partition}),
 	'0', 'no row stays behind in the shells on the coordinator');
+
+# Rows that name roles keep naming them on the node of their shard.
+$coord->safe_psql('postgres', q{
+	UPDATE payments.compensations SET next_attempt_at = now() WHERE payload->>'n' = 'before'});
+ok( $coord->poll_query_until('postgres', q{
+		SELECT status FROM payments.compensations WHERE payload->>'n' = 'before'}, 'succeeded'),
+	'an item queued by an application role before distribute() runs as that role on its worker');
+is($coord->safe_psql('postgres', q{
+	SET citus.enable_binary_protocol = off;
+	SELECT (SELECT owner::text FROM payments.tcc_fence WHERE gid = 'g-before') || ' '
+	    || (SELECT roles::text FROM payments.idempotency_scopes WHERE scope = 'app-only')}),
+	'app {app}', 'a TCC branch and a scope restriction from before name their role on every node');
+for my $node (@workers)
+{
+	like($node->safe_psql('postgres', qq{
+		SET ROLE app; SELECT outcome FROM payments.idempotency_begin('app-only', 'k-${\ $node->name}', '{}')}),
+		qr/^started$/, 'the restricted scope admits its role on ' . $node->name);
+	like(psql_error($node, q{
+		SET ROLE app2; SELECT payments.idempotency_begin('app-only', 'k-x', '{}')}),
+		qr/42501: permission denied for idempotency scope "app-only"/,
+		'and refuses another role there');
+}
 
 # --- every SKU is served on the node of its shard ---
 
@@ -223,7 +259,8 @@ is($coord->safe_psql('postgres', q{SELECT payments.tcc_cancel('g-2', 'b-1')}),
 is($workers[1]->safe_psql('postgres', q{SELECT payments.tcc_try('g-2', 'b-1')}),
 	'suspended', 'and the late Try is suspended, on any node');
 is($coord->safe_psql('postgres', q{
-	SELECT string_agg(gid || ':' || state, ',' ORDER BY gid) FROM payments.tcc_branches}),
+	SELECT string_agg(gid || ':' || state, ',' ORDER BY gid) FROM payments.tcc_branches
+	 WHERE gid IN ('g-1', 'g-2')}),
 	'g-1:confirmed,g-2:suspended', 'tcc_branches shows both, over every shard');
 
 # --- scope restrictions hold on every node ---
@@ -315,6 +352,20 @@ like(psql_error($coord,
 	qr/SKU "no-such-sku" does not exist/, 'an unknown SKU among the items fails the reserve');
 is($coord->safe_psql('postgres', q{SELECT count(*) FROM payments.reservations WHERE order_ref = 'multi-bad'}),
 	'0', 'and none of its items is held, on any node');
+like(psql_error($coord, qq{
+	SELECT payments.reserve('failed-' || g, '$items') FROM generate_series(1, 2) AS g
+	 WHERE 1 / (g - 2) IS NOT NULL}),
+	qr/22012: division by zero/, 'a statement that reserves items on two workers and then fails');
+$ids = $coord->safe_psql('postgres', "SELECT payments.reserve('multi-ok', '$items')");
+like(psql_error($coord, qq{
+	SELECT payments.confirm_order('multi-ok') FROM generate_series(1, 2) AS g
+	 WHERE 1 / (g - 2) IS NOT NULL}),
+	qr/22012: division by zero/, 'and one that confirms an order on two workers and then fails');
+is($coord->safe_psql('postgres', q{
+	SELECT count(*) FILTER (WHERE order_ref LIKE 'failed-%') || ' '
+	    || count(*) FILTER (WHERE order_ref = 'multi-ok' AND state = 'held')
+	  FROM payments.reservations}),
+	'0 2', 'leave no hold and no confirmation behind on either worker');
 is($coord->safe_psql('postgres', q{SELECT payments.confirm_order('multi')}),
 	'2', 'confirm_order confirms the holds of an order on two workers');
 is($coord->safe_psql('postgres', q{SELECT payments.confirm_order('multi')}),
@@ -498,7 +549,6 @@ is($coord->safe_psql('postgres', 'SELECT status FROM orders WHERE id = 11'),
 # Items queued on the coordinator go to the shards of their flows, on both
 # workers, and each node's worker runs the items of its own shards; a
 # handler's writes to a distributed table commit with its item.
-$_->safe_psql('postgres', 'CREATE SEQUENCE IF NOT EXISTS public.sleeps') for @nodes;
 # where each node's log stands: the queue's work must log no error of a
 # worker task from here on
 my %log_from = map { $_->name => -s $_->logfile } @nodes;
@@ -506,10 +556,20 @@ $coord->safe_psql('postgres', q{
 	CREATE TABLE effects (n text PRIMARY KEY, times int NOT NULL, port text);
 	SELECT create_distributed_table('effects', 'n');
 	CREATE FUNCTION effect(p jsonb) RETURNS void LANGUAGE plpgsql AS $$
+	DECLARE
+	    marker text;
 	BEGIN
-	    -- a sequence counts the sleeper's attempts on its node across a crash
-	    IF p->>'n' = 'sleeper' AND nextval('public.sleeps') = 1 THEN
-	        PERFORM pg_sleep(600);
+	    -- a file, which outlives a crash of its node, marks the sleeper's
+	    -- first attempt (a superuser's item)
+	    IF p->>'n' = 'sleeper' THEN
+	        marker := current_setting('data_directory') || '/sleeper.marker';
+	        IF pg_stat_file(marker, true) IS NULL THEN
+	            EXECUTE format('COPY (SELECT 1) TO %L', marker);
+	            PERFORM pg_sleep(600);
+	        END IF;
+	    END IF;
+	    IF p ? 'by' AND p->>'by' <> current_user THEN
+	        RAISE EXCEPTION 'run as %, queued by %', current_user, p->>'by';
 	    END IF;
 	    IF p ? 'fail' THEN
 	        RAISE EXCEPTION 'failing on purpose';
@@ -584,6 +644,23 @@ like(psql_error($coord, qq{
 	qr/0A000: a compensation queued after another cannot have a dedup key while the queue is distributed/,
 	'a dedup key on a later link is refused: it could not stay unique');
 
+# The item is queued in the caller's transaction on the worker: a
+# statement or a transaction that fails leaves none behind.
+like(psql_error($coord, q{
+	SELECT payments.enqueue_compensation('effect(jsonb)', jsonb_build_object('n', 'gone-' || g))
+	  FROM generate_series(1, 2) AS g WHERE 1 / (g - 2) IS NOT NULL}),
+	qr/22012: division by zero/, 'a statement that queues an item and then fails');
+like(psql_error($coord, q{
+	BEGIN;
+	SELECT payments.enqueue_compensation('effect(jsonb)', '{"n": "gone-3"}');
+	SELECT payments.enqueue_compensation('effect(jsonb)', '{"n": "gone-4"}');
+	SELECT 1 / (random() * 0)::int;
+	COMMIT;}),
+	qr/22012: division by zero/, 'a transaction that queues items and then fails');
+is($coord->safe_psql('postgres', q{
+	SELECT count(*) FROM payments.compensations WHERE payload->>'n' LIKE 'gone-%'}),
+	'0', 'leave no item on any worker');
+
 # One dedup key queued from three nodes at once: one item
 ($outs, $errs) = run_on_all(q{
 	SELECT payments.enqueue_compensation('effect(jsonb)', '{"n": "dedup"}', 'the-key');});
@@ -595,15 +672,85 @@ is($coord->safe_psql('postgres', q{
 	SELECT count(*) FROM payments.compensations WHERE dedup_key = 'the-key'}),
 	'1', 'and queue one item');
 
+# A serialization failure at the COMMIT of a transaction on a worker that
+# queued an item on the other worker: the item goes with the transaction
+# (two-phase commit; in one phase the other worker would have committed it
+# first).  Two serializable transactions on worker1 write skew a local
+# table; the first also queues an item whose dedup key is on worker2.
+$workers[0]->safe_psql('postgres', 'CREATE TABLE skew (k int)');
+my ($skew_key) = grep { flow_port($_) == $workers[1]->port } map { "skew-$_" } 1 .. 200;
+my $s1 = $workers[0]->background_psql('postgres', on_error_stop => 0);
+my $s2 = $workers[0]->background_psql('postgres', on_error_stop => 0);
+$s1->query_safe('BEGIN ISOLATION LEVEL SERIALIZABLE; SELECT count(*) FROM skew');
+$s2->query_safe('BEGIN ISOLATION LEVEL SERIALIZABLE; SELECT count(*) FROM skew');
+$s1->query_safe(qq{INSERT INTO skew VALUES (1);
+	SELECT payments.enqueue_compensation('public.effect(jsonb)', '{"n": "skewed"}', '$skew_key')});
+$s2->query_safe('INSERT INTO skew VALUES (2); COMMIT');
+$s1->query('COMMIT');
+like($s1->{stderr}, qr/could not serialize access/,
+	'the transaction that queued the item fails at COMMIT');
+$s1->quit;
+$s2->quit;
+is($coord->safe_psql('postgres',
+		"SELECT count(*) FROM payments.compensations WHERE dedup_key = '$skew_key'"),
+	'0', 'and its item is not kept on the other worker');
+
+# A role has an OID of its own on each node: an application role's items,
+# queued on the coordinator, run as that role on the workers, with its own
+# handlers too, and it reads and changes them from the coordinator; another
+# application role cannot, an operator can.
+$coord->safe_psql('postgres', q{
+	CREATE ROLE ops LOGIN;
+	GRANT payments_operator TO ops;
+	CREATE SCHEMA app_s AUTHORIZATION app;
+	SET ROLE app;
+	CREATE FUNCTION app_s.own(p jsonb) RETURNS void LANGUAGE sql
+	    AS $$ INSERT INTO public.effects VALUES (p->>'n', 1, current_user) $$;
+});
+$coord->safe_psql('postgres', q{
+	SET ROLE app;
+	SELECT payments.enqueue_compensation('public.effect(jsonb)',
+	                                     jsonb_build_object('n', 'as-app-' || i, 'by', 'app'))
+	  FROM generate_series(1, 6) AS i;
+	SELECT payments.enqueue_compensation('app_s.own(jsonb)', jsonb_build_object('n', 'own-' || i))
+	  FROM generate_series(1, 2) AS i;
+});
+ok( $coord->poll_query_until('postgres', q{
+		SELECT count(*) FROM payments.compensations
+		 WHERE (payload->>'n' LIKE 'as-app-%' OR payload->>'n' LIKE 'own-%') AND status = 'succeeded'},
+		'8'),
+	'an application role\'s items queued on the coordinator succeed on the workers');
+is($coord->safe_psql('postgres', q{
+	SELECT count(*) || ' ' || string_agg(DISTINCT port, ',') FROM effects WHERE n LIKE 'own-%'}),
+	'2 app', 'its own handler ran as that role');
+my $app_item = $coord->safe_psql('postgres', q{
+	SET ROLE app;
+	SELECT payments.enqueue_compensation('public.effect(jsonb)', '{"n": "later", "by": "app"}',
+	                                     run_at => now() + interval '1 day')});
+is(join(',', map { $coord->safe_psql('postgres',
+		"SET ROLE $_; SELECT coalesce(payments.compensation_status($app_item), 'none')") }
+		qw(app app2 ops)),
+	'pending,none,pending', 'compensation_status shows the item to its role and an operator only');
+like(psql_error($coord, "SET ROLE app2; SELECT payments.cancel_compensation($app_item)"),
+	qr/42501: permission denied for compensation $app_item/,
+	'another application role may not cancel it from the coordinator');
+like(psql_error($coord, "SET ROLE app2; SELECT payments.cancel_compensation(-7)"),
+	qr/42501: permission denied for compensation -7/, 'nor learn whether an id exists');
+like(psql_error($coord, "SET ROLE ops; SELECT payments.cancel_compensation(-7)"),
+	qr/PM301: compensation -7 does not exist/, 'which an operator is told');
+$coord->safe_psql('postgres', "SET ROLE ops; SELECT payments.cancel_compensation($app_item)");
+is($coord->safe_psql('postgres', "SELECT status FROM payments.compensations WHERE id = $app_item"),
+	'cancelled', 'an operator cancels it from the coordinator');
+
 # The routed calls act for the role they name: no role but the owner may
 # call them.
 like(psql_error($coord, q{SET ROLE app;
 	SELECT payments.enqueue_compensation_on_shard('1', 1, 'public.effect(jsonb)', 'postgres',
-	       '{}', NULL, 1, now(), 0, 'postgres', NULL, 0)}),
+	       '{}', NULL, 1, now(), 0, 'postgres', NULL)}),
 	qr/42501: permission denied for function enqueue_compensation_on_shard/,
 	'an application role cannot queue an item in another role\'s name');
 like(psql_error($workers[0], q{SET ROLE app;
-	SELECT payments.change_compensation_on_shard('cancel', '1', 1, 0, NULL, 'postgres', 0)}),
+	SELECT payments.change_compensation_on_shard('cancel', '1', 1, 0, NULL, 'postgres')}),
 	qr/42501: permission denied for function change_compensation_on_shard/,
 	'nor change one on a worker');
 
@@ -655,6 +802,19 @@ is($coord->safe_psql('postgres', q{
 is($coord->safe_psql('postgres', q{
 	SELECT status || ' ' || steps_undone FROM payments.sagas WHERE saga_id = 'trip'}),
 	'aborted 3', 'the sagas view reads its undo over the shards');
+$coord->safe_psql('postgres', q{
+	SET ROLE app;
+	SELECT payments.saga_begin('app-trip');
+	SELECT payments.saga_step('app-trip', 'hold', 'public.effect(jsonb)', '{"n": "app-undo"}');
+	SELECT payments.saga_abort('app-trip', 'the guest cancelled');
+});
+ok( $coord->poll_query_until('postgres',
+		q{SELECT count(*) FROM effects WHERE n = 'app-undo'}, '1'),
+	'an application role\'s saga undo runs');
+is($coord->safe_psql('postgres', q{
+	SET ROLE app;
+	SELECT string_agg(saga_id || ' ' || status || ' ' || steps_undone, ',') FROM payments.sagas}),
+	'app-trip aborted 1', 'and the role reads its own saga, and only it, in the sagas view');
 is($coord->safe_psql('postgres', q{SELECT count(*) FROM payments.check()}),
 	'0', 'payments.check() reads the distributed queue and finds nothing wrong');
 
