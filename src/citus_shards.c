@@ -435,6 +435,21 @@ map_check(void)
  * placements.  Returns false if the map changed meanwhile (it is read
  * again), and the caller finds the key's range again.
  */
+/*
+ * Whether the worker may take that lock now, without waiting: a move or a
+ * split holds it exclusively, and may itself wait for an application's
+ * transaction, which the worker must never wait for.
+ */
+static bool
+lock_range_now(int range)
+{
+	LOCKTAG		tag;
+
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) range,
+						 (uint32) map_colocation, CITUS_COLOCATED_SHARDS_METADATA);
+	return LockAcquire(&tag, ShareLock, false, true) != LOCKACQUIRE_NOT_AVAIL;
+}
+
 static bool
 lock_range(int range)
 {
@@ -505,8 +520,13 @@ payments_citus_use_2pc(void)
 														   false, NULL);
 		looked_up = true;
 	}
-	if (use_2pc != NULL)
-		use_2pc();
+	if (use_2pc == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("this version of Citus does not let extension \"payments\" ask for two-phase commit"),
+				 errdetail("Its library has no function Use2PCForCoordinatedTransaction; without it a write on another node could commit without this one."),
+				 errhint("Use a version of Citus that payments supports (see the README), or payments.undistribute().")));
+	use_2pc();
 }
 
 /*
@@ -862,7 +882,8 @@ lock_range_shards(int range)
 /*
  * Run fn(arg) once for each range whose shards are on this node, with its
  * key entered: the worker's maintenance of the shards this node holds.  A
- * range whose shards another command has locked is left for the next call.
+ * range whose shards, or whose shard metadata (a move, a split), another
+ * command has locked is left for the next call: the worker never waits.
  * Without the distributed layout, once, as it is.
  */
 void
@@ -878,11 +899,13 @@ payments_shard_foreach_local(void (*fn) (void *arg), void *arg)
 	map_check();
 	for (int i = 0; i < nranges; i++)
 	{
-		if (!ranges[i].local)
+		if (!ranges[i].local || !lock_range_now(i))
 			continue;
-		if (!lock_range(i))
+		AcceptInvalidationMessages();
+		if (!map_valid || map_generation != payments_citus_generation())
 		{
-			/* the map changed while we waited: start over on the new one */
+			/* the map changed: start over on the new one */
+			map_check();
 			i = -1;
 			continue;
 		}

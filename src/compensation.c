@@ -247,6 +247,13 @@ compensation_expire_leases(const char *handler, int max_items)
 	return (int) payments_execute(expire_plan, values, nulls, SPI_OK_INSERT, 0);
 }
 
+/* payments.max_payload_size */
+int
+compensation_max_payload_size(void)
+{
+	return max_payload_size;
+}
+
 /* The argument of every function that takes a compensation id */
 int64
 compensation_arg_id(FunctionCallInfo fcinfo)
@@ -939,26 +946,26 @@ payments_compensation_status(PG_FUNCTION_ARGS)
 	payments_begin_as_owner(payments_function_owner(fcinfo->flinfo->fn_oid),
 							true, &saved);
 	SPI_connect();
+	/* the role by name: each node has OIDs of its own (doc/citus.md) */
 	if (payments_shards_distributed())
-		n = payments_execute_citus("SELECT status, enqueued_by::oid"
+		n = payments_execute_citus("SELECT status, pg_catalog.pg_get_userbyid(enqueued_by)"
 								   " FROM @extschema@.compensations WHERE id = $1",
 								   1, (Oid[]) {INT8OID}, values, NULL, SPI_OK_SELECT);
 	else
 	{
 		payments_prepare(&status_of_plan,
-						 "SELECT status, enqueued_by::oid"
+						 "SELECT status, pg_catalog.pg_get_userbyid(enqueued_by)"
 						 " FROM @extschema@.compensations WHERE id = $1",
 						 1, (Oid[]) {INT8OID});
 		n = payments_execute(status_of_plan, values, NULL, SPI_OK_SELECT, 0);
 	}
 	if (n > 0)
 	{
-		bool		isnull;
-		Oid			enqueued_by = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0],
-																 SPI_tuptable->tupdesc,
-																 2, &isnull));
+		char	   *name = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+		Oid			enqueued_by = name != NULL ? get_role_oid(name, true) : InvalidOid;
 
-		if (has_privs_of_role(caller, enqueued_by) || payments_is_operator(caller))
+		if ((OidIsValid(enqueued_by) && has_privs_of_role(caller, enqueued_by)) ||
+			payments_is_operator(caller))
 			status = payments_spi_first_text(1);
 	}
 	SPI_finish();

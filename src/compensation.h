@@ -55,6 +55,7 @@ extern bool compensation_record_failure(int64 id, const char *error,
 										bool external);
 extern int	compensation_expire_leases(const char *handler, int max_items);
 extern void compensation_check_payload(Datum payload);
+extern int	compensation_max_payload_size(void);
 extern int64 compensation_enqueue(Oid handler, Datum payload, text *dedup_key,
 								  int32 max_attempts, TimestampTz run_at,
 								  int64 after, Oid caller, Oid tables_owner);

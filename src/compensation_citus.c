@@ -26,7 +26,8 @@
  *
  * Claims (claim_compensations) go to every shard in turn, from one chosen
  * at random, up to the number asked for: items are claimed in due order
- * within a shard.
+ * within a shard, and a shard on another node hands back at most
+ * CLAIM_ROUTED_MAX_BYTES of payloads (by payments.max_payload_size).
  *
  *-------------------------------------------------------------------------
  */
@@ -51,6 +52,9 @@
 #include "utils/timestamp.h"
 
 PG_FUNCTION_INFO_V1(payments_enqueue_compensation_on_shard);
+
+/* The payloads one claim on another node's shard may hand back, at most */
+#define CLAIM_ROUTED_MAX_BYTES	(256 * 1024 * 1024)
 PG_FUNCTION_INFO_V1(payments_change_compensation_on_shard);
 PG_FUNCTION_INFO_V1(payments_claim_compensations_on_shard);
 
@@ -86,7 +90,8 @@ compensation_flow_of(int64 id, Oid caller, bool executor, Oid tables_owner)
 
 	payments_begin_as_owner(tables_owner, true, &saved);
 	SPI_connect();
-	found = payments_execute_citus("SELECT flow, enqueued_by::text, claimed_by::text"
+	found = payments_execute_citus("SELECT flow, pg_catalog.pg_get_userbyid(enqueued_by),"
+								   " pg_catalog.pg_get_userbyid(claimed_by)"
 								   " FROM @extschema@.compensations WHERE id = $1",
 								   1, argtypes, values, NULL, SPI_OK_SELECT) > 0;
 	if (found)
@@ -399,9 +404,11 @@ claim_shard(text *probe, bool local, void *arg)
 		return;
 	}
 
+	/* the rows come back as one jsonb value, which has to stay far below 1 GB */
 	values[0] = PointerGetDatum(probe);
 	values[1] = CStringGetTextDatum(c->handler);
-	values[2] = Int32GetDatum(c->left);
+	values[2] = Int32GetDatum(Min(c->left,
+								  Max(1, CLAIM_ROUTED_MAX_BYTES / compensation_max_payload_size())));
 	values[3] = c->lease;
 	values[4] = Int64GetDatum(c->token);
 	values[5] = ObjectIdGetDatum(c->caller);

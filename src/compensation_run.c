@@ -161,6 +161,14 @@ bool		compensation_handler_running = false;
 int64		compensation_batch_token = 0;
 
 static bool tracking = false;	/* this process is a worker */
+
+/*
+ * The role whose items this call runs, once the queue is distributed:
+ * Citus refuses a transaction that writes a placement as one role and
+ * then reads or writes it as another, so one call runs one role's items
+ * and leaves the others for the next call.
+ */
+static Oid	batch_role = InvalidOid;
 static Oid	run_fn_oid = InvalidOid;	/* run_compensations, once called */
 static int	marker_fd = -1;
 static MarkerFile marker;
@@ -877,6 +885,13 @@ run_due(int max_items)
 		/* Another database waits and this worker's quantum is over. */
 		if (nrun > 0 && payments_worker_should_yield())
 			break;
+		if (payments_shards_distributed())
+		{
+			if (!OidIsValid(batch_role))
+				batch_role = item->enqueued_by;
+			else if (item->enqueued_by != batch_role)
+				break;
+		}
 
 		CHECK_FOR_INTERRUPTS();
 		MemoryContextSwitchTo(itemcxt);
@@ -924,7 +939,7 @@ run_due(int max_items)
 	if (nsucceeded > 0)
 		compensation_release_next(compensation_ids_array(succeeded, nsucceeded));
 
-	/* What the byte budget left out goes back to the queue as it was. */
+	/* What this call leaves out (the byte budget, another role's items) goes back as it was. */
 	if (nrun < nitems)
 	{
 		int64	   *rest = palloc(sizeof(int64) * (nitems - nrun));
@@ -994,6 +1009,7 @@ payments_run_compensations(PG_FUNCTION_ARGS)
 		last_lease_check = now;
 	}
 	last_batch_full = false;
+	batch_role = InvalidOid;
 	done += payments_shard_batches(max_items, run_batch, NULL);
 	SPI_finish();
 

@@ -22,6 +22,7 @@
 #include "lib/stringinfo.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
+#include "utils/guc.h"
 #include "utils/hsearch.h"
 #include "utils/memutils.h"
 #include "utils/resowner.h"
@@ -310,7 +311,18 @@ payments_execute_delegated(const char *fn, int nargs, const Oid *argtypes,
 {
 	StringInfoData sql;
 	int			rc;
+	int			nestlevel;
 
+	/*
+	 * Citus sends the constants to the other node as this session writes
+	 * them, and the other node reads them in its own settings: write dates
+	 * and intervals in the forms every node reads alike.
+	 */
+	nestlevel = NewGUCNestLevel();
+	(void) set_config_option("datestyle", "ISO, YMD", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	(void) set_config_option("intervalstyle", "postgres", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
 	initStringInfo(&sql);
 	appendStringInfo(&sql, "SELECT * FROM %s.%s(", payments_schema_quoted(),
 					 quote_identifier(fn));
@@ -338,6 +350,7 @@ payments_execute_delegated(const char *fn, int nargs, const Oid *argtypes,
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "SPI_execute returned %s for \"%s\"",
 			 SPI_result_code_string(rc), sql.data);
+	AtEOXact_GUC(true, nestlevel);
 	pfree(sql.data);
 	return SPI_processed;
 }

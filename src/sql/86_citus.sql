@@ -79,6 +79,8 @@ DECLARE
     busy text;
     whens text;
     col record;
+    role_oids oid[];
+    role_names name[];
 BEGIN
     IF NOT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'citus') THEN
         RAISE EXCEPTION 'extension "citus" is not installed in this database'
@@ -123,11 +125,11 @@ BEGIN
     END IF;
     -- Citus copies the rows to the shards in binary, so a role column would
     -- keep the coordinator's OID of a role, which is another role, or none,
-    -- on a worker: each role the rows name is written again by its name
-    -- below, which Citus sends as text.
-    SELECT pg_catalog.string_agg(pg_catalog.format('WHEN %%1$s::oid = %s THEN %L::regrole',
-                                                   r.oid, r.rolname), ' ')
-      INTO whens
+    -- on a worker: each role the rows name is written again below by its
+    -- name, which Citus sends as text, and the OID of a role that is gone
+    -- becomes none.
+    SELECT pg_catalog.array_agg(r.oid), pg_catalog.array_agg(r.rolname)
+      INTO role_oids, role_names
       FROM pg_catalog.pg_roles r
      WHERE r.oid IN (SELECT enqueued_by FROM @extschema@.compensations
                      UNION SELECT handler_owner FROM @extschema@.compensations
@@ -185,23 +187,29 @@ BEGIN
     PERFORM pg_catalog.create_reference_table('@extschema@.state_machine_definitions');
     PERFORM pg_catalog.create_reference_table('@extschema@.external_handlers');
 
-    IF whens IS NOT NULL THEN
-        FOR col IN VALUES ('@extschema@.compensations'::regclass, 'enqueued_by'),
-                          ('@extschema@.compensations', 'handler_owner'),
-                          ('@extschema@.compensations', 'claimed_by'),
-                          ('@extschema@.tcc_fence', 'owner'),
-                          ('@extschema@.external_handlers', 'registered_by')
-        LOOP
-            EXECUTE pg_catalog.format('UPDATE %s SET %I = CASE %s ELSE %I END WHERE %I IS NOT NULL',
-                                      col.column1, col.column2,
-                                      pg_catalog.format(whens, pg_catalog.quote_ident(col.column2)),
-                                      col.column2, col.column2);
-        END LOOP;
-        EXECUTE pg_catalog.format('UPDATE @extschema@.idempotency_scopes SET roles = ARRAY('
-                                  'SELECT CASE %s ELSE x.r END FROM pg_catalog.unnest(roles)'
-                                  ' WITH ORDINALITY AS x(r, i) ORDER BY x.i)',
-                                  pg_catalog.format(whens, 'x.r'));
-    END IF;
+    FOR col IN VALUES ('@extschema@.compensations'::regclass, 'enqueued_by'),
+                      ('@extschema@.compensations', 'handler_owner'),
+                      ('@extschema@.compensations', 'claimed_by'),
+                      ('@extschema@.tcc_fence', 'owner'),
+                      ('@extschema@.external_handlers', 'registered_by'),
+                      ('@extschema@.idempotency_scopes', 'x.r')
+    LOOP
+        SELECT 'CASE WHEN false THEN NULL::regrole ' || coalesce(pg_catalog.string_agg(pg_catalog.format(
+                   'WHEN %s::oid = %s THEN %L::regrole',
+                   CASE WHEN col.column2 = 'x.r' THEN 'x.r' ELSE pg_catalog.quote_ident(col.column2) END,
+                   o.oid, pg_catalog.quote_ident(o.name)), ' '), '')
+               || ' ELSE ''-''::regrole END'
+          INTO whens
+          FROM ROWS FROM (pg_catalog.unnest(role_oids), pg_catalog.unnest(role_names)) AS o(oid, name);
+        IF col.column2 = 'x.r' THEN
+            EXECUTE 'UPDATE @extschema@.idempotency_scopes SET roles = ARRAY('
+                    'SELECT ' || whens || ' FROM pg_catalog.unnest(roles)'
+                    ' WITH ORDINALITY AS x(r, i) ORDER BY x.i)';
+        ELSE
+            EXECUTE pg_catalog.format('UPDATE %s SET %I = %s WHERE %I IS NOT NULL',
+                                      col.column1, col.column2, whens, col.column2);
+        END IF;
+    END LOOP;
 
     -- The rows were copied to the shards; none stays behind in a shell.
     PERFORM pg_catalog.truncate_local_data_after_distributing_table(t)

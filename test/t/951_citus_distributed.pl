@@ -34,6 +34,12 @@ payments.worker_naptime = 200ms
 });
 my @nodes = ($coord, @workers);
 
+# Each node gives a role an OID of its own: use up OIDs on the workers so
+# that no role gets the same one everywhere by chance.
+$workers[$_]->safe_psql('postgres',
+	'SELECT pg_catalog.lo_unlink(pg_catalog.lo_create(0)) FROM generate_series(1, ' . (50 * ($_ + 1)) . ')')
+  for 0 .. 1;
+
 # Rows from before the tables were distributed: a hold and a completed key
 $coord->safe_psql('postgres', q{
 	CREATE EXTENSION payments;
@@ -56,6 +62,22 @@ $coord->safe_psql('postgres', q{
 	SELECT payments.enqueue_compensation('public.as_app(jsonb)', '{"n": "before"}',
 	                                     run_at => now() + interval '1 day');
 	SELECT payments.tcc_try('g-before', 'b1', '{}');
+	RESET ROLE;
+	-- a role whose name needs quoting, and one that is gone
+	CREATE ROLE "Odd'%Role" LOGIN;
+	GRANT payments_app TO "Odd'%Role";
+	CREATE ROLE gone LOGIN;
+	GRANT payments_app TO gone;
+	GRANT EXECUTE ON FUNCTION public.as_app(jsonb) TO "Odd'%Role", gone;
+	SET ROLE "Odd'%Role";
+	SELECT payments.tcc_try('g-odd', 'b1', '{}');
+	SET ROLE gone;
+	SELECT payments.enqueue_compensation('public.as_app(jsonb)', '{"n": "gone"}',
+	                                     run_at => now() + interval '1 day');
+	RESET ROLE;
+	REVOKE ALL ON FUNCTION public.as_app(jsonb) FROM gone;
+	REVOKE payments_app FROM gone;
+	DROP ROLE gone;
 });
 my $before_id = $coord->safe_psql('postgres',
 	q{SELECT payments.reserve('order-before', 'before', 4)});
@@ -133,6 +155,11 @@ is($coord->safe_psql('postgres', q{
 	SELECT (SELECT owner::text FROM payments.tcc_fence WHERE gid = 'g-before') || ' '
 	    || (SELECT roles::text FROM payments.idempotency_scopes WHERE scope = 'app-only')}),
 	'app {app}', 'a TCC branch and a scope restriction from before name their role on every node');
+is($coord->safe_psql('postgres', q{
+	SET citus.enable_binary_protocol = off;
+	SELECT (SELECT owner::text FROM payments.tcc_fence WHERE gid = 'g-odd') || ' '
+	    || (SELECT enqueued_by::text FROM payments.compensations WHERE payload->>'n' = 'gone')}),
+	q{"Odd'%Role" -}, 'a role whose name needs quoting too; a role that is gone names none');
 for my $node (@workers)
 {
 	like($node->safe_psql('postgres', qq{
@@ -741,6 +768,43 @@ like(psql_error($coord, "SET ROLE ops; SELECT payments.cancel_compensation(-7)")
 $coord->safe_psql('postgres', "SET ROLE ops; SELECT payments.cancel_compensation($app_item)");
 is($coord->safe_psql('postgres', "SELECT status FROM payments.compensations WHERE id = $app_item"),
 	'cancelled', 'an operator cancels it from the coordinator');
+
+# Dates go to the other node in a form it reads alike.
+my $dated = $coord->safe_psql('postgres', q{
+	SET DateStyle = 'German';
+	SELECT payments.enqueue_compensation('public.effect(jsonb)', '{"n": "dated"}',
+	                                     run_at => '2027-01-02 10:00+00')});
+is($coord->safe_psql('postgres',
+		"SELECT next_attempt_at = '2027-01-02 10:00+00' FROM payments.compensations WHERE id = $dated"),
+	't', 'an item queued with DateStyle German is due when it said');
+$coord->safe_psql('postgres', "SELECT payments.cancel_compensation($dated)");
+
+# Items of two roles due at once: Citus refuses a transaction that writes a
+# placement as one role and then as another, so each call of the worker
+# runs one role's items.
+$coord->safe_psql('postgres', q{
+	GRANT EXECUTE ON FUNCTION public.effect(jsonb) TO app2;
+	GRANT ALL ON effects TO app2;
+	SET ROLE app;
+	SELECT payments.enqueue_compensation('public.effect(jsonb)',
+	                                     jsonb_build_object('n', 'mixed-app-' || i, 'by', 'app'),
+	                                     max_attempts => 1, run_at => now() + interval '1 day')
+	  FROM generate_series(1, 4) AS i;
+	SET ROLE app2;
+	SELECT payments.enqueue_compensation('public.effect(jsonb)',
+	                                     jsonb_build_object('n', 'mixed-app2-' || i, 'by', 'app2'),
+	                                     max_attempts => 1, run_at => now() + interval '1 day')
+	  FROM generate_series(1, 4) AS i;
+	RESET ROLE;
+	UPDATE payments.compensations SET next_attempt_at = now() WHERE payload->>'n' LIKE 'mixed-%';
+});
+ok( $coord->poll_query_until('postgres', q{
+		SELECT count(*) FROM payments.compensations
+		 WHERE payload->>'n' LIKE 'mixed-%' AND finished_at IS NOT NULL}, '8'),
+	'items of two roles due at once all finish');
+is($coord->safe_psql('postgres', q{
+	SELECT string_agg(DISTINCT status, ',') FROM payments.compensations WHERE payload->>'n' LIKE 'mixed-%'}),
+	'succeeded', 'each on its only attempt');
 
 # The routed calls act for the role they name: no role but the owner may
 # call them.
