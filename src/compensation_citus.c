@@ -48,15 +48,14 @@
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
-#include "utils/regproc.h"
 #include "utils/timestamp.h"
 
 PG_FUNCTION_INFO_V1(payments_enqueue_compensation_on_shard);
+PG_FUNCTION_INFO_V1(payments_change_compensation_on_shard);
+PG_FUNCTION_INFO_V1(payments_claim_compensations_on_shard);
 
 /* The payloads one claim on another node's shard may hand back, at most */
 #define CLAIM_ROUTED_MAX_BYTES	(256 * 1024 * 1024)
-PG_FUNCTION_INFO_V1(payments_change_compensation_on_shard);
-PG_FUNCTION_INFO_V1(payments_claim_compensations_on_shard);
 
 static const char *const change_names[] = {
 	[COMPENSATION_RETRY] = "retry",
