@@ -34,6 +34,7 @@
 #include "postgres.h"
 
 #include "callback.h"
+#include "extension_catalog.h"
 #include "compensation.h"
 #include "payments.h"
 #include "args.h"
@@ -218,7 +219,7 @@ target(Oid relid, const char *key_col, const char *state_col)
 		ctl.entrysize = sizeof(RoutedColumn);
 		targets = hash_create("payments callback targets", 16, &ctl,
 							  HASH_ELEM | HASH_BLOBS);
-		CacheRegisterRelcacheCallback(targets_relcache_callback, (Datum) 0);
+		payments_register_relcache_callback(targets_relcache_callback, (Datum) 0);
 	}
 	memset(&key, 0, sizeof(key));
 	key.userid = GetUserId();

@@ -31,6 +31,7 @@
 #include "postgres.h"
 
 #include "citus_tables.h"
+#include "extension_catalog.h"
 
 #include "access/genam.h"
 #include "access/htup_details.h"
@@ -327,7 +328,7 @@ cache_fill(void)
 
 	if (!callbacks_registered)
 	{
-		CacheRegisterRelcacheCallback(relcache_invalidate, (Datum) 0);
+		payments_register_relcache_callback(relcache_invalidate, (Datum) 0);
 		CacheRegisterSyscacheCallback(NAMESPACEOID, schema_invalidate, (Datum) 0);
 		callbacks_registered = true;
 	}

@@ -182,6 +182,44 @@ payments_report_other_version(int elevel, const char *version)
 			 errhint("Run ALTER EXTENSION payments UPDATE.")));
 }
 
+/*
+ * PostgreSQL keeps ten relcache callbacks per backend (MAX_RELCACHE_CALLBACKS),
+ * which every loaded library shares, and ends the session when an
+ * eleventh is registered; with Citus loaded too, the extension's five took
+ * the last ones.  So the extension registers one, which calls each of its
+ * components'.
+ */
+#define PAYMENTS_RELCACHE_CALLBACKS 8
+
+typedef struct RelcacheCallback
+{
+	RelcacheCallbackFunction fn;
+	Datum		arg;
+} RelcacheCallback;
+
+static RelcacheCallback relcache_callbacks[PAYMENTS_RELCACHE_CALLBACKS];
+static int	nrelcache_callbacks = 0;
+
+static void
+relcache_dispatch(Datum arg, Oid relid)
+{
+	for (int i = 0; i < nrelcache_callbacks; i++)
+		relcache_callbacks[i].fn(relcache_callbacks[i].arg, relid);
+}
+
+/* CacheRegisterRelcacheCallback for the extension's components */
+void
+payments_register_relcache_callback(RelcacheCallbackFunction fn, Datum arg)
+{
+	if (nrelcache_callbacks == 0)
+		CacheRegisterRelcacheCallback(relcache_dispatch, (Datum) 0);
+	if (nrelcache_callbacks >= PAYMENTS_RELCACHE_CALLBACKS)
+		elog(FATAL, "out of payments relcache callback slots");
+	relcache_callbacks[nrelcache_callbacks].fn = fn;
+	relcache_callbacks[nrelcache_callbacks].arg = arg;
+	nrelcache_callbacks++;
+}
+
 static void
 schema_lookup(void)
 {
@@ -193,7 +231,7 @@ schema_lookup(void)
 	if (!callbacks_registered)
 	{
 		CacheRegisterSyscacheCallback(NAMESPACEOID, schema_invalidate, (Datum) 0);
-		CacheRegisterRelcacheCallback(relations_invalidate, (Datum) 0);
+		payments_register_relcache_callback(relations_invalidate, (Datum) 0);
 		callbacks_registered = true;
 	}
 

@@ -14,6 +14,7 @@
 #ifndef EXTENSION_CATALOG_H
 #define EXTENSION_CATALOG_H
 
+#include "utils/inval.h"
 #include "utils/relcache.h"
 
 /* The extension's relations that C code opens, locks or reads directly */
@@ -45,6 +46,8 @@ typedef enum PaymentsInstallState
 extern PaymentsInstallState payments_install_state(char **version);
 extern void payments_report_other_version(int elevel, const char *version);
 
+extern void payments_register_relcache_callback(RelcacheCallbackFunction fn,
+											  Datum arg);
 extern Oid	payments_schema_oid(void);
 extern const char *payments_schema_quoted(void);
 extern uint64 payments_schema_generation(void);

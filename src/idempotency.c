@@ -513,7 +513,7 @@ load_scopes(void)
 
 	if (!scopes_callback_registered)
 	{
-		CacheRegisterRelcacheCallback(scopes_invalidate, (Datum) 0);
+		payments_register_relcache_callback(scopes_invalidate, (Datum) 0);
 		scopes_callback_registered = true;
 	}
 	scopes_valid = false;

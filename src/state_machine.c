@@ -403,7 +403,7 @@ cache_reset(void)
 		guard_cxt = AllocSetContextCreate(CacheMemoryContext,
 										  "payments state guard cache",
 										  ALLOCSET_DEFAULT_SIZES);
-		CacheRegisterRelcacheCallback(state_guard_relcache_callback,
+		payments_register_relcache_callback(state_guard_relcache_callback,
 									  (Datum) 0);
 	}
 	cache_stale = false;

@@ -813,6 +813,28 @@ is($coord->safe_psql('postgres', q{
 	SELECT string_agg(DISTINCT split_part(n, '-', 2) || '=' || who, ',') FROM ref_log}),
 	'app2=app2,app=app', 'each as its role');
 
+# A callback routed to a guarded table on the coordinator, in a session of
+# its own: the extension's relcache callbacks join Citus's (PostgreSQL
+# keeps ten per session), and a conflict queues its handler.
+$coord->safe_psql('postgres', q{
+	CREATE TABLE shop_orders (id text PRIMARY KEY, status text NOT NULL DEFAULT 'awaiting_payment');
+	SELECT payments.define_state_machine('shop_order',
+	    '{"awaiting_payment": ["paid", "cancelled"], "paid": ["refunded"]}');
+	SELECT payments.guard_state('shop_orders', 'status', 'shop_order');
+	SELECT payments.callback_route('psp', 'paid', 'shop_orders', 'id', 'status', 'paid',
+	                               on_conflict => 'public.log_ref(jsonb)');
+	INSERT INTO shop_orders VALUES ('R-5'), ('R-7');
+	UPDATE shop_orders SET status = 'cancelled' WHERE id = 'R-7';
+});
+is($coord->safe_psql('postgres', q{
+	SELECT payments.receive_callback('psp', 'e-5', 'R-5', 'paid', '{}')
+	    || ' ' || payments.receive_callback('psp', 'e-7', 'R-7', 'paid', '{}')}),
+	'applied conflict', 'a routed callback is applied, and one for a cancelled order conflicts');
+ok( $coord->poll_query_until('postgres', q{
+		SELECT status FROM payments.compensations WHERE handler = 'public.log_ref(pg_catalog.jsonb)'
+		   AND payload->>'payment_ref' = 'R-7'}, 'succeeded'),
+	'and the conflict\'s handler runs on the node of its shard');
+
 # The routed calls act for the role they name: no role but the owner may
 # call them.
 like(psql_error($coord, q{SET ROLE app;
@@ -981,7 +1003,7 @@ like(psql_error($coord, 'SET ROLE app; DROP EXTENSION payments'),
 	qr/must be owner of extension payments/, 'only the owner may drop the extension');
 is($coord->safe_psql('postgres', 'SELECT count(*) FROM pg_dist_partition'),
 	'13', 'and a refused DROP removed nothing from Citus');
-$coord->safe_psql('postgres', 'DROP TABLE orders, effects, ref_log; DROP EXTENSION payments');
+$coord->safe_psql('postgres', 'DROP TABLE orders, effects, ref_log, shop_orders; DROP EXTENSION payments');
 is($coord->safe_psql('postgres',
 		'SELECT (SELECT count(*) FROM pg_dist_partition) + (SELECT count(*) FROM pg_dist_shard)'),
 	'0', 'DROP EXTENSION removed the tables and their shards from Citus');
