@@ -21,6 +21,7 @@
 #include "postgres.h"
 
 #include "callback.h"
+#include "citus_shards.h"
 #include "compensation.h"
 #include "payments.h"
 #include "args.h"
@@ -128,6 +129,14 @@ payments_expect_callback(PG_FUNCTION_ARGS)
 	PaymentsSavedUser saved;
 	bool		isnull;
 	int64		id;
+
+	/* The query would be an item of the queue, run on another node. */
+	if (payments_shards_distributed())
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cannot expect a callback while the tables of extension \"payments\" are distributed"),
+				 errdetail("The query of an expected callback runs as an item of the compensation queue, on the node of the item's shard, away from the expectations of the node that recorded it."),
+				 errhint("See \"Scaling out with Citus\" in the extension's README.")));
 
 	payment_ref = payments_arg_text(fcinfo, 1, "payment_ref", CALLBACK_PAYMENT_REF_MAX_BYTES);
 	within = payments_arg_interval(fcinfo, 2, "within", EXPECT_MAX_USECS);
@@ -239,6 +248,9 @@ payments_chase_callbacks(PG_FUNCTION_ARGS)
 	uint64		n;
 
 	payments_check_not_in_recovery();
+	/* their queries would be items on other nodes (see expect_callback): none */
+	if (payments_shards_distributed())
+		PG_RETURN_INT32(0);
 	values[0] = Int32GetDatum(max_rows);
 
 	SPI_connect();

@@ -23,6 +23,7 @@
 #include "postgres.h"
 
 #include "check.h"
+#include "citus_shards.h"
 #include "payments.h"
 #include "args.h"
 #include "compensation.h"
@@ -130,6 +131,13 @@ payments_define_check(PG_FUNCTION_ARGS)
 	char		nulls[6] = {' ', ' ', ' ', 'n', 'n', ' '};
 	PaymentsSavedUser saved;
 
+	/* Its runs are items of the queue, which would run on another node. */
+	if (payments_shards_distributed())
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cannot define a check while the tables of extension \"payments\" are distributed"),
+				 errdetail("A check runs as an item of the compensation queue, on the node of the item's shard, and records its results in tables of the node that defined it."),
+				 errhint("See \"Scaling out with Citus\" in the extension's README.")));
 	every = payments_arg_interval(fcinfo, 3, "check interval", CHECK_EVERY_MAX_USECS);
 	if (DatumGetIntervalP(every)->time < CHECK_EVERY_MIN_USECS)
 		ereport(ERROR,

@@ -29,6 +29,7 @@
 #include "postgres.h"
 
 #include "check.h"
+#include "citus_shards.h"
 #include "payments.h"
 #include "args.h"
 #include "compensation.h"
@@ -421,6 +422,9 @@ payments_queue_due_checks(PG_FUNCTION_ARGS)
 	uint64		n;
 
 	payments_check_not_in_recovery();
+	/* their runs would be items on other nodes (see define_check): none */
+	if (payments_shards_distributed())
+		PG_RETURN_INT32(0);
 	values[0] = Int32GetDatum(max_checks);
 	SPI_connect();
 	payments_prepare(&due_plan,

@@ -835,6 +835,15 @@ ok( $coord->poll_query_until('postgres', q{
 		   AND payload->>'payment_ref' = 'R-7'}, 'succeeded'),
 	'and the conflict\'s handler runs on the node of its shard');
 
+# Checks and expected callbacks run as items of the queue that report to
+# tables of the node that defined them: refused while distributed.
+like(psql_error($coord, q{SELECT payments.define_check('c1', 'SELECT 1, ''x'' WHERE false')}),
+	qr/0A000: cannot define a check while the tables of extension "payments" are distributed/,
+	'define_check is refused while the queue is distributed');
+like(psql_error($coord, q{SELECT payments.expect_callback('psp', 'R-5', '1 hour', 'public.log_ref(jsonb)')}),
+	qr/0A000: cannot expect a callback while the tables of extension "payments" are distributed/,
+	'and so is expect_callback');
+
 # The routed calls act for the role they name: no role but the owner may
 # call them.
 like(psql_error($coord, q{SET ROLE app;
