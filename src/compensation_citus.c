@@ -169,6 +169,33 @@ check_routed_call(FunctionCallInfo fcinfo, int nargs)
 }
 
 /*
+ * Call fn(...) on the node of its flow's shard (payments_execute_delegated)
+ * as the tables' owner; its one result, in the caller's memory context,
+ * NULL if it is NULL.
+ */
+static Datum
+call_on_shard(const char *fn, int nargs, const Oid *argtypes, Datum *values,
+			  const char *nulls, Oid tables_owner, bool *isnull)
+{
+	PaymentsSavedUser saved;
+	Datum		result;
+
+	payments_begin_as_owner(tables_owner, true, &saved);
+	SPI_connect();
+	payments_execute_delegated(fn, nargs, argtypes, values, nulls);
+	result = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, isnull);
+	if (!*isnull)
+	{
+		Form_pg_attribute att = TupleDescAttr(SPI_tuptable->tupdesc, 0);
+
+		result = SPI_datumTransfer(result, att->attbyval, att->attlen);
+	}
+	SPI_finish();
+	payments_end_as_owner(&saved);
+	return result;
+}
+
+/*
  * Queue an item on the node of its flow's shard: what compensation_enqueue
  * or compensation_enqueue_dead (dead_error not NULL) does there.
  */
@@ -182,7 +209,6 @@ compensation_enqueue_routed(text *flow, int64 id, const char *handler,
 		TEXTOID, INT4OID, TIMESTAMPTZOID, INT8OID, REGROLEOID, TEXTOID};
 	Datum		values[11];
 	char		nulls[11] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
-	PaymentsSavedUser saved;
 	bool		isnull;
 
 	values[0] = PointerGetDatum(flow);
@@ -201,15 +227,8 @@ compensation_enqueue_routed(text *flow, int64 id, const char *handler,
 	else
 		nulls[10] = 'n';
 
-	payments_begin_as_owner(tables_owner, true, &saved);
-	SPI_connect();
-	payments_execute_delegated("enqueue_compensation_on_shard", 11, argtypes,
-							   values, nulls);
-	id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
-									 1, &isnull));
-	SPI_finish();
-	payments_end_as_owner(&saved);
-	return id;
+	return DatumGetInt64(call_on_shard("enqueue_compensation_on_shard", 11, argtypes,
+									   values, nulls, tables_owner, &isnull));
 }
 
 /*
@@ -290,10 +309,11 @@ compensation_change(CompensationChange change, int64 id, int64 token,
 	static const Oid argtypes[] = {TEXTOID, TEXTOID, INT8OID, INT8OID, TEXTOID, REGROLEOID};
 	Datum		values[6];
 	char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
-	PaymentsSavedUser saved;
 	PaymentsShardContext previous;
 	text	   *flow;
 	char	   *status;
+	Datum		result;
+	bool		isnull;
 
 	if (!payments_shards_distributed())
 		return change_here(change, id, token, error, caller, tables_owner);
@@ -317,14 +337,9 @@ compensation_change(CompensationChange change, int64 id, int64 token,
 	values[4] = PointerGetDatum(error);
 	nulls[4] = error == NULL ? 'n' : ' ';
 	values[5] = ObjectIdGetDatum(caller);
-	payments_begin_as_owner(tables_owner, true, &saved);
-	SPI_connect();
-	payments_execute_delegated("change_compensation_on_shard", 6, argtypes,
-							   values, nulls);
-	status = payments_spi_first_text(1);
-	SPI_finish();
-	payments_end_as_owner(&saved);
-	return status;
+	result = call_on_shard("change_compensation_on_shard", 6, argtypes, values,
+						   nulls, tables_owner, &isnull);
+	return isnull ? NULL : TextDatumGetCString(result);
 }
 
 /*
@@ -411,12 +426,10 @@ claim_shard(text *probe, bool local, void *arg)
 	values[3] = c->lease;
 	values[4] = Int64GetDatum(c->token);
 	values[5] = ObjectIdGetDatum(c->caller);
+	values[0] = call_on_shard("claim_compensations_on_shard", 6, argtypes, values,
+							  NULL, c->tables_owner, &isnull);
 	payments_begin_as_owner(c->tables_owner, true, &saved);
 	SPI_connect();
-	payments_execute_delegated("claim_compensations_on_shard", 6, argtypes,
-							   values, NULL);
-	values[0] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
-							  &isnull);
 	n = payments_execute_citus("SELECT r.* FROM pg_catalog.jsonb_populate_recordset("
 							   " NULL::@extschema@.compensations, $1) r",
 							   1, (Oid[]) {JSONBOID}, values, NULL, SPI_OK_SELECT);
