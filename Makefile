@@ -58,6 +58,9 @@ OBJS = \
 	src/reconciliation_heal.o \
 	src/tcc_fence.o \
 	src/saga.o \
+	src/outbox.o \
+	src/outbox_operator.o \
+	src/inbox.o \
 	src/fault.o \
 	src/check_define.o \
 	src/check_run.o \
@@ -78,6 +81,7 @@ SQL_FRAGMENTS = \
 	src/sql/60_callbacks.sql \
 	src/sql/70_reconciliation.sql \
 	src/sql/80_tcc.sql \
+	src/sql/82_outbox.sql \
 	src/sql/85_sagas.sql \
 	src/sql/86_citus.sql \
 	src/sql/87_faults.sql \
@@ -99,6 +103,7 @@ UPDATE_FRAGMENTS = \
 	src/sql/60_callbacks.sql \
 	src/sql/70_reconciliation.sql \
 	src/sql/80_tcc.sql \
+	src/sql/82_outbox.sql \
 	src/sql/85_sagas.sql \
 	src/sql/86_citus.sql \
 	src/sql/87_faults.sql \

@@ -63,16 +63,8 @@ PG_FUNCTION_INFO_V1(payments_compensation_status);
 
 #define DEDUP_KEY_MAX_BYTES		255
 
-/*
- * The next attempt of a failed item: full jitter over an exponential
- * backoff, uniform in [0, min(backoff_max, backoff_base * 2^(attempts-1))]
- * milliseconds; $3 and $4 are backoff_base and backoff_max.  The exponent
- * is capped so that the power cannot overflow.
- */
-#define BACKOFF_SQL \
-	"clock_timestamp() + random() * least($4::float8," \
-	" $3::float8 * power(2::float8, least(attempts - 1, 60)))" \
-	" * interval '1 millisecond'"
+/* The next attempt of a failed item; $3 and $4 are backoff_base and backoff_max */
+#define BACKOFF_SQL PAYMENTS_BACKOFF_SQL("$3", "$4")
 
 /* The new status, and the columns that go with it, of an item that failed */
 #define FAILED_SET_SQL \
@@ -86,6 +78,15 @@ static int	backoff_base = 1000;
 static int	backoff_max = 3600 * 1000;
 static int	default_max_attempts = 10;
 static int	max_payload_size = 1024 * 1024;
+
+/* The backoff settings and default attempts, for the outbox's retries */
+void
+compensation_retry_settings(int *base_ms, int *max_ms, int *max_attempts)
+{
+	*base_ms = backoff_base;
+	*max_ms = backoff_max;
+	*max_attempts = default_max_attempts;
+}
 
 static SPIPlanPtr insert_plan;
 static SPIPlanPtr dedup_plan;

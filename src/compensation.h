@@ -30,6 +30,18 @@
 /* SQLSTATE recorded for an attempt whose claim ran out (see payments.h) */
 #define COMPENSATION_LEASE_EXPIRED_SQLSTATE "PM304"
 
+/*
+ * The time of the next attempt after a failure: full jitter over an
+ * exponential backoff, uniform in [0, min(max, base * 2^(attempts-1))]
+ * milliseconds, where base and max name the statement's parameters holding
+ * payments.backoff_base and payments.backoff_max and attempts is the row's
+ * column.  The exponent is capped so that the power cannot overflow.
+ */
+#define PAYMENTS_BACKOFF_SQL(base, max) \
+	"clock_timestamp() + random() * least(" max "::float8," \
+	" " base "::float8 * power(2::float8, least(attempts - 1, 60)))" \
+	" * interval '1 millisecond'"
+
 /* Whether the item alias stands for has a handler of external executors */
 #define IS_EXTERNAL_SQL(alias) \
 	"EXISTS (SELECT FROM @extschema@.external_handlers e WHERE e.handler = " alias ".handler)"
@@ -47,6 +59,8 @@ typedef enum CompensationChange
 
 /* compensation.c */
 extern void compensation_init(void);
+extern void compensation_retry_settings(int *base_ms, int *max_ms,
+										int *max_attempts);
 extern int64 compensation_arg_id(FunctionCallInfo fcinfo);
 extern Oid	compensation_arg_handler(FunctionCallInfo fcinfo, int argno);
 extern char *compensation_item_state(int64 id, int64 *token, bool *external);

@@ -18,6 +18,7 @@
 #include "fault.h"
 #include "idempotency.h"
 #include "reconciliation.h"
+#include "outbox.h"
 #include "retention.h"
 #include "tcc.h"
 #include "worker.h"
@@ -41,6 +42,7 @@ _PG_init(void)
 	callback_failures_init();
 	statement_init();
 	tcc_init();
+	outbox_init();
 	fault_init();
 	check_init();
 	retention_init();

@@ -3,10 +3,12 @@
  * retention.c
  *	  Retention of the rows the extension's capabilities are done with:
  *	  resolved holds, finished compensations and their attempts, finished
- *	  sagas, cleared check results and, if asked for, state history.
+ *	  sagas, cleared check results, settled outbox messages, expired inbox
+ *	  ids and, if asked for, state history.
  *
  * Each table has a setting (payments.<what>_retention, in seconds; 0 keeps
- * the rows for ever) and one purge statement.  A statement removes at most
+ * the rows for ever), but for the inbox, whose rows carry their expiry,
+ * and one purge statement.  A statement removes at most
  * max_rows rows in its caller's transaction, read in the order of an index
  * that holds only rows that may go, and skips rows another transaction has
  * locked, so a purge never waits for a hot path and never removes a row
@@ -49,6 +51,7 @@ static int	compensation_retention = 30 * DAY_SECS;
 static int	saga_retention = 30 * DAY_SECS;
 static int	check_retention = 30 * DAY_SECS;
 static int	history_retention = 0;
+static int	outbox_retention = 7 * DAY_SECS;
 
 /*
  * One purge: the table it names in payments.purge()'s result, its setting,
@@ -58,7 +61,7 @@ static int	history_retention = 0;
 typedef struct RetentionPurge
 {
 	const char *what;
-	int		   *retention;
+	int		   *retention;		/* NULL: each row carries its expiry */
 	bool		sharded;		/* its tables are distributed by payments.distribute() */
 	const char *sql;
 	SPIPlanPtr	plan;
@@ -112,6 +115,22 @@ static RetentionPurge purges[] = {
 		"   ORDER BY cleared_at LIMIT $1 FOR UPDATE SKIP LOCKED)) RETURNING 1)"
 		" SELECT count(*) FROM gone", NULL},
 
+	{"outbox", &outbox_retention, false,
+		"WITH gone AS (DELETE FROM @extschema@.outbox WHERE id = ANY (ARRAY("
+		"  SELECT id FROM @extschema@.outbox"
+		"   WHERE settled_at IS NOT NULL"
+		"    AND settled_at < pg_catalog.now() - $2 * interval '1 second'"
+		"   ORDER BY settled_at LIMIT $1 FOR UPDATE SKIP LOCKED)) RETURNING 1)"
+		" SELECT count(*) FROM gone", NULL},
+	{"inbox", NULL, false,
+		"WITH gone AS (DELETE FROM @extschema@.inbox i"
+		"  USING (SELECT receiver, source, message_id FROM @extschema@.inbox"
+		"   WHERE expires_at < pg_catalog.now() - $2 * interval '1 second'"
+		"   ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED) d"
+		"  WHERE (i.receiver, i.source, i.message_id) = (d.receiver, d.source, d.message_id)"
+		"  RETURNING 1)"
+		" SELECT count(*) FROM gone", NULL},
+
 	/*
 	 * History is only ever appended to, so its oldest rows are the first
 	 * by id: the statement reads no more than max_rows of them, even when
@@ -153,6 +172,10 @@ retention_init(void)
 					 gettext_noop("How long cleared results of user checks are kept."),
 					 gettext_noop("0 keeps them for ever. Open results are never purged."),
 					 &check_retention, 30 * DAY_SECS);
+	define_retention("payments.outbox_retention",
+					 gettext_noop("How long acknowledged and skipped outbox messages are kept."),
+					 gettext_noop("0 keeps them for ever. Pending, in-flight and dead messages are never purged."),
+					 &outbox_retention, 7 * DAY_SECS);
 	define_retention("payments.history_retention",
 					 gettext_noop("How long the state guard's history is kept."),
 					 gettext_noop("0, the default, keeps it for ever: it is an audit trail."),
@@ -177,7 +200,7 @@ purge_batch(void *arg)
 	int64		n;
 
 	values[0] = Int32GetDatum(batch->max_rows);
-	values[1] = Int32GetDatum(*purge->retention);
+	values[1] = Int32GetDatum(purge->retention ? *purge->retention : 0);
 	payments_prepare(&purge->plan, purge->sql, 2, (Oid[]) {INT4OID, INT4OID});
 	payments_execute(purge->plan, values, NULL, SPI_OK_SELECT, 0);
 	n = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
@@ -195,7 +218,7 @@ purge_one(RetentionPurge *purge, int32 max_rows)
 {
 	PurgeBatch	batch = {purge, max_rows, 0};
 
-	if (*purge->retention <= 0)
+	if (purge->retention != NULL && *purge->retention <= 0)
 		return 0;
 	if (purge->sharded)
 		payments_shard_foreach_local(purge_batch, &batch);
@@ -257,7 +280,7 @@ payments_purge(PG_FUNCTION_ARGS)
 
 		values[0] = CStringGetTextDatum(purges[i].what);
 		values[1] = Int64GetDatum(total);
-		if (*purges[i].retention > 0)
+		if (purges[i].retention != NULL && *purges[i].retention > 0)
 		{
 			Interval   *kept = palloc0(sizeof(Interval));
 

@@ -14,6 +14,10 @@ CREATE INDEX saga_state_finished_idx
     ON @extschema@.saga_state (finished_at) WHERE status <> 'running';
 CREATE INDEX check_results_cleared_idx
     ON @extschema@.check_results (cleared_at) WHERE cleared_at IS NOT NULL;
+CREATE INDEX outbox_settled_idx
+    ON @extschema@.outbox (settled_at) WHERE settled_at IS NOT NULL;
+CREATE INDEX inbox_expires_idx
+    ON @extschema@.inbox (expires_at);
 
 CREATE FUNCTION @extschema@.purge_retention(max_rows integer DEFAULT 1000)
     RETURNS integer
@@ -142,6 +146,25 @@ CREATE VIEW @extschema@.stats AS
            NULL
       FROM @extschema@.check_results v
     UNION ALL
+    SELECT 'outbox', count(*),
+           count(*) FILTER (WHERE o.settled_at IS NULL AND o.status <> 'dead'),
+           count(*) FILTER (WHERE o.status = 'dead'),
+           extract(epoch FROM pg_catalog.now()
+                   - min(o.sent_at) FILTER (WHERE o.settled_at IS NULL))::double precision,
+           count(*) FILTER (WHERE o.settled_at IS NOT NULL
+                              AND (SELECT @extschema@.retention_of('payments.outbox_retention')) > '0'
+                              AND o.settled_at < pg_catalog.now()
+                                  - (SELECT @extschema@.retention_of('payments.outbox_retention'))),
+           extract(epoch FROM pg_catalog.now()
+                   - min(o.next_attempt_at) FILTER (WHERE o.status = 'pending'
+                                                      AND o.next_attempt_at < pg_catalog.now()))::double precision
+      FROM @extschema@.outbox o
+    UNION ALL
+    SELECT 'inbox', count(*), NULL, NULL, NULL,
+           count(*) FILTER (WHERE i.expires_at < pg_catalog.now()),
+           NULL
+      FROM @extschema@.inbox i
+    UNION ALL
     SELECT 'worker', w.items_done,
            CASE WHEN w.pid IS NULL THEN 0 ELSE 1 END,
            w.items_failed,
@@ -165,3 +188,7 @@ ALTER TABLE @extschema@.reservations SET (autovacuum_vacuum_scale_factor = 0.01,
 ALTER TABLE @extschema@.compensations SET (autovacuum_vacuum_scale_factor = 0.01,
                                             autovacuum_vacuum_insert_scale_factor = 0.01);
 ALTER TABLE @extschema@.state_history SET (autovacuum_vacuum_insert_scale_factor = 0.01);
+ALTER TABLE @extschema@.outbox SET (autovacuum_vacuum_scale_factor = 0.01,
+                                     autovacuum_vacuum_insert_scale_factor = 0.01);
+ALTER TABLE @extschema@.inbox SET (autovacuum_vacuum_scale_factor = 0.01,
+                                    autovacuum_vacuum_insert_scale_factor = 0.01);

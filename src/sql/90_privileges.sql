@@ -108,7 +108,12 @@ GRANT EXECUTE ON FUNCTION
     payments.define_check(text, text, regprocedure, interval),
     payments.drop_check(text),
     payments.run_check(jsonb),
-    payments.compensation_status(bigint)
+    payments.compensation_status(bigint),
+    payments.outbox_send(text, text, jsonb, jsonb),
+    payments.outbox_claim(text, integer, interval),
+    payments.outbox_ack(bigint, bigint),
+    payments.outbox_nack(bigint, bigint, text),
+    payments.inbox_receive(text, text, interval)
     TO payments_app;
 -- Statement lines are loaded by COPY: INSERT, and nothing else, on the
 -- table; its trigger checks that each line goes to an open statement of
@@ -121,6 +126,7 @@ GRANT SELECT ON payments.compensation_stats TO payments_app;
 GRANT SELECT ON payments.callback_stats, payments.callback_expectations TO payments_app;
 GRANT SELECT ON payments.reconciliation_summary, payments.reconciliation_open TO payments_app;
 GRANT SELECT ON payments.tcc_branches, payments.sagas, payments.check_status TO payments_app;
+GRANT SELECT ON payments.outbox_stats TO payments_app;
 
 -- The operator: the compensation queue, read and steered (the functions
 -- check who may change which item, see src/compensation.c).
@@ -136,6 +142,14 @@ GRANT SELECT ON payments.compensations, payments.compensation_attempts,
     payments.external_handlers, payments.compensation_stats TO payments_operator;
 -- The operator also decides which roles share an idempotency scope: an
 -- application that could would lock another out of its own scope.
+GRANT EXECUTE ON FUNCTION
+    payments.outbox_grant(text, regrole, text),
+    payments.outbox_revoke(text, regrole, text),
+    payments.outbox_retry(bigint),
+    payments.outbox_skip(bigint)
+    TO payments_operator;
+GRANT SELECT ON payments.outbox, payments.outbox_grants, payments.outbox_stats
+    TO payments_operator;
 GRANT EXECUTE ON FUNCTION
     payments.restrict_scope(text, regrole[]),
     payments.unrestrict_scope(text)

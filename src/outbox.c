@@ -1,0 +1,419 @@
+/*-------------------------------------------------------------------------
+ *
+ * outbox.c
+ *	  The transactional outbox: a message sent in the business transaction
+ *	  exists exactly when it commits; relays claim the messages of a topic
+ *	  in send order, deliver them, and acknowledge or fail each one with the
+ *	  token of their claim.
+ *
+ * Per-key order needs no pointer to each key's next message.  outbox_send
+ * holds a transaction-level lock on (topic, key) from before it draws the
+ * message's id until its transaction ends, so the ids of one key are drawn
+ * in commit order, and a snapshot that sees a message sees every earlier
+ * message of its key.  A claim takes a message only if no earlier message
+ * of its key is unsettled (pending, in flight or dead): at most one message
+ * of a key is in flight, and the messages of a key are acknowledged in the
+ * order they were sent, however many relays claim at once.  An
+ * acknowledgement needs no step that promotes the next message: the same
+ * rule makes it claimable.  See doc/outbox.md.
+ *
+ * Who may send and who may relay is granted per topic (outbox_operator.c).
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "outbox.h"
+#include "payments.h"
+#include "args.h"
+#include "compensation.h"
+#include "key_lock.h"
+#include "owner_rights.h"
+#include "spi_util.h"
+
+#include "access/detoast.h"
+#include "catalog/pg_type.h"
+#include "commands/async.h"
+#include "common/pg_prng.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/jsonb.h"
+#include "utils/timestamp.h"
+#include "utils/tuplestore.h"
+
+PG_FUNCTION_INFO_V1(payments_outbox_send);
+PG_FUNCTION_INFO_V1(payments_outbox_claim);
+PG_FUNCTION_INFO_V1(payments_outbox_ack);
+PG_FUNCTION_INFO_V1(payments_outbox_nack);
+
+#define OUTBOX_LEASE_MAX_USECS		(INT64CONST(7) * USECS_PER_DAY)
+#define OUTBOX_MAX_MESSAGES_LIMIT	100000
+#define OUTBOX_ERROR_MAX_BYTES		8192
+
+static int	max_payload_size = 1024 * 1024;
+static bool notify_relays = true;
+
+static SPIPlanPtr send_plan;
+static SPIPlanPtr claim_plan;
+static SPIPlanPtr may_relay_plan;
+static SPIPlanPtr ack_plan;
+static SPIPlanPtr nack_plan;
+static SPIPlanPtr state_plan;
+
+void
+outbox_init(void)
+{
+	DefineCustomIntVariable("payments.outbox_max_payload_size",
+							gettext_noop("The largest outbox message that can be sent."),
+							gettext_noop("Measured in bytes of the payload and the headers as stored, before compression."),
+							&max_payload_size,
+							1024 * 1024,
+							1,
+							0x3fffffff, /* MaxAllocSize: no value is larger */
+							PGC_SUSET,
+							GUC_UNIT_BYTE,
+							NULL, NULL, NULL);
+
+	DefineCustomBoolVariable("payments.outbox_notify",
+							 gettext_noop("Whether a transaction that sent outbox messages notifies the relays when it commits."),
+							 gettext_noop("The notification goes to the channel payments_outbox with the topic as payload. "
+										  "A transaction that notifies cannot be prepared for two-phase commit; "
+										  "turn this off there and let the relays poll."),
+							 &notify_relays,
+							 true,
+							 PGC_USERSET,
+							 0,
+							 NULL, NULL, NULL);
+}
+
+/* The id argument of ack, nack, retry and skip */
+int64
+outbox_arg_id(FunctionCallInfo fcinfo)
+{
+	payments_arg_not_null(fcinfo, 0, "message id");
+	return PG_GETARG_INT64(0);
+}
+
+/* The topic argument of send and claim, as a C string */
+static char *
+arg_topic(FunctionCallInfo fcinfo)
+{
+	return text_to_cstring(payments_arg_text(fcinfo, 0, "topic",
+											 OUTBOX_NAME_MAX_BYTES));
+}
+
+static void
+report_not_granted(const char *topic, const char *privilege)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 strcmp(privilege, "send") == 0 ?
+			 errmsg("permission denied to send to outbox topic \"%s\"", topic) :
+			 errmsg("permission denied to relay outbox topic \"%s\"", topic),
+			 errhint("An operator grants it with payments.outbox_grant(topic, role, '%s').",
+					 privilege)));
+}
+
+/*
+ * payments.outbox_send(topic, key, payload, headers): the message, in the
+ * caller's transaction.  Returns its id.
+ */
+Datum
+payments_outbox_send(PG_FUNCTION_ARGS)
+{
+	static const Oid argtypes[] = {TEXTOID, TEXTOID, JSONBOID, JSONBOID, INT4OID,
+	OIDOID, BOOLOID, TIMESTAMPTZOID};
+	char	   *topic = arg_topic(fcinfo);
+	text	   *key = payments_arg_text(fcinfo, 1, "key", OUTBOX_NAME_MAX_BYTES);
+	Oid			caller = GetUserId();
+	Datum		values[8];
+	char		nulls[8] = "        ";
+	Size		size;
+	int			backoff_base;
+	int			backoff_max;
+	int			max_attempts;
+	PaymentsSavedUser saved;
+	bool		isnull;
+	int64		id;
+
+	payments_arg_not_null(fcinfo, 2, "payload");
+	size = toast_raw_datum_size(PG_GETARG_DATUM(2));
+	if (!PG_ARGISNULL(3))
+	{
+		Jsonb	   *headers = PG_GETARG_JSONB_P(3);
+
+		if (!JB_ROOT_IS_OBJECT(headers) || JB_ROOT_IS_SCALAR(headers))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("outbox message headers must be a JSON object")));
+		size += toast_raw_datum_size(PG_GETARG_DATUM(3));
+	}
+	else
+		nulls[3] = 'n';
+	if (size > (Size) max_payload_size)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("outbox message is too large"),
+				 errdetail("Its payload and headers take %zu bytes; the limit, payments.outbox_max_payload_size, is %d bytes.",
+						   size, max_payload_size),
+				 errhint("Send a reference to data kept elsewhere.")));
+	payments_check_not_in_recovery();
+	compensation_retry_settings(&backoff_base, &backoff_max, &max_attempts);
+
+	values[0] = CStringGetTextDatum(topic);
+	values[1] = PointerGetDatum(key);
+	values[2] = PG_GETARG_DATUM(2);
+	values[3] = PG_ARGISNULL(3) ? (Datum) 0 : PG_GETARG_DATUM(3);
+	values[4] = Int32GetDatum(max_attempts);
+	values[5] = ObjectIdGetDatum(caller);
+	values[6] = BoolGetDatum(superuser_arg(caller));
+	values[7] = TimestampTzGetDatum(GetCurrentTimestamp());
+
+	/*
+	 * Before the id is drawn, and until the transaction ends: see the top of
+	 * this file.  A caller without the grant takes it only until its error.
+	 */
+	(void) payments_lock_key(topic, strlen(topic), VARDATA_ANY(key),
+							 VARSIZE_ANY_EXHDR(key), PAYMENTS_LOCKSPACE_OUTBOX,
+							 true);
+
+	payments_begin_as_owner(payments_function_owner(fcinfo->flinfo->fn_oid),
+							false, &saved);
+	SPI_connect();
+	payments_prepare(&send_plan,
+					 "INSERT INTO @extschema@.outbox (topic, key, payload, headers,"
+					 " max_attempts, next_attempt_at, sent_by, sent_at)"
+					 " SELECT $1, $2, $3, $4, $5, $8, $6::regrole, $8"
+					 " WHERE " OUTBOX_GRANTED_SQL("$1", "send", "$6", "$7")
+					 " RETURNING id",
+					 8, argtypes);
+	if (payments_execute(send_plan, values, nulls, SPI_OK_INSERT_RETURNING, 0) == 0)
+		report_not_granted(topic, "send");
+	id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+									 SPI_tuptable->tupdesc, 1, &isnull));
+	SPI_finish();
+	payments_end_as_owner(&saved);
+
+	/* queued, sent only if and when the transaction commits */
+	if (notify_relays)
+		Async_Notify(OUTBOX_CHANNEL, topic);
+	PG_RETURN_INT64(id);
+}
+
+/*
+ * payments.outbox_claim(topic, max_messages, lease)
+ *
+ * Up to max_messages messages of the topic, in send order, each the first
+ * unsettled message of its key: pending and due, or in flight under a claim
+ * whose lease has run out.  Each is counted as an attempt and held for the
+ * lease, with one new claim token for all.  A lapsed claim at its last
+ * attempt makes its message dead instead.  FOR UPDATE SKIP LOCKED lets
+ * concurrent claims take disjoint messages without waiting for each other;
+ * neither can take a later message of a key the other takes, since that
+ * one is unsettled for both.
+ */
+Datum
+payments_outbox_claim(PG_FUNCTION_ARGS)
+{
+	static const Oid argtypes[] = {TEXTOID, INT4OID, INTERVALOID, INT8OID,
+	OIDOID, BOOLOID, TIMESTAMPTZOID};
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	char	   *topic = arg_topic(fcinfo);
+	Oid			caller = GetUserId();
+	Datum		values[7];
+	PaymentsSavedUser saved;
+	uint64		n;
+
+	values[1] = Int32GetDatum(payments_arg_int_range(fcinfo, 1, "max_messages", 1,
+													 OUTBOX_MAX_MESSAGES_LIMIT));
+	values[2] = payments_arg_interval(fcinfo, 2, "lease", OUTBOX_LEASE_MAX_USECS);
+	payments_check_not_in_recovery();
+	values[0] = CStringGetTextDatum(topic);
+	values[3] = Int64GetDatum((int64) pg_prng_uint64(&pg_global_prng_state));
+	values[4] = ObjectIdGetDatum(caller);
+	values[5] = BoolGetDatum(superuser_arg(caller));
+	values[6] = TimestampTzGetDatum(GetCurrentTimestamp());
+
+	InitMaterializedSRF(fcinfo, 0);
+	payments_begin_as_owner(payments_function_owner(fcinfo->flinfo->fn_oid),
+							false, &saved);
+	SPI_connect();
+	payments_prepare(&may_relay_plan,
+					 "SELECT WHERE " OUTBOX_GRANTED_SQL("$1", "relay", "$2", "$3"),
+					 3, (Oid[]) {TEXTOID, OIDOID, BOOLOID});
+	if (payments_execute(may_relay_plan, (Datum[]) {values[0], values[4], values[5]},
+						 NULL, SPI_OK_SELECT, 0) == 0)
+		report_not_granted(topic, "relay");
+
+#define LAPSED "(o.status = 'in_flight' AND o.attempts >= o.max_attempts)"
+	payments_prepare(&claim_plan,
+					 "WITH claimed AS ("
+					 " UPDATE @extschema@.outbox o"
+					 " SET status = CASE WHEN " LAPSED " THEN 'dead' ELSE 'in_flight' END,"
+					 "  attempts = CASE WHEN " LAPSED " THEN o.attempts ELSE o.attempts + 1 END,"
+					 "  last_error = CASE WHEN o.status = 'in_flight'"
+					 "   THEN 'The lease of its claim ran out.' ELSE o.last_error END,"
+					 "  lease_expires_at = CASE WHEN " LAPSED " THEN NULL"
+					 "   ELSE clock_timestamp() + $3 END,"
+					 "  claim_token = CASE WHEN " LAPSED " THEN NULL ELSE $4 END,"
+					 "  claimed_by = CASE WHEN " LAPSED " THEN o.claimed_by"
+					 "   ELSE $5::regrole END"
+					 " WHERE o.id = ANY (ARRAY("
+					 "  SELECT m.id FROM @extschema@.outbox m"
+					 "  WHERE m.topic = $1 AND m.settled_at IS NULL"
+					 "   AND ((m.status = 'pending' AND m.next_attempt_at <= $7)"
+					 "    OR (m.status = 'in_flight' AND m.lease_expires_at < $7))"
+					 "   AND NOT EXISTS (SELECT FROM @extschema@.outbox e"
+					 "    WHERE e.topic = $1 AND e.key = m.key AND e.id < m.id"
+					 "     AND e.settled_at IS NULL)"
+					 "  ORDER BY m.id LIMIT $2"
+					 "  FOR UPDATE SKIP LOCKED))"
+					 "  AND o.settled_at IS NULL"
+					 "  AND (o.status = 'pending'"
+					 "   OR (o.status = 'in_flight' AND o.lease_expires_at < $7))"
+					 " RETURNING o.*)"
+					 " SELECT * FROM claimed WHERE status = 'in_flight' ORDER BY id",
+					 7, argtypes);
+#undef LAPSED
+	n = payments_execute(claim_plan, values, NULL, SPI_OK_SELECT, 0);
+	for (uint64 i = 0; i < n; i++)
+		tuplestore_puttuple(rsinfo->setResult, SPI_tuptable->vals[i]);
+	SPI_finish();
+	payments_end_as_owner(&saved);
+	return (Datum) 0;
+}
+
+/*
+ * An ack or nack that changed nothing: say why.  The message does not
+ * exist (PM801), the caller may not relay its topic (42501), or the token
+ * is not the claim that holds it (PM802): it was acknowledged, failed or
+ * skipped, or its lease ran out and another claim took it.  An ack of a
+ * message this claim has acknowledged already is no error.
+ */
+static void
+check_claim_conflict(int64 id, int64 token, Oid caller, bool acking)
+{
+	Datum		values[4] = {Int64GetDatum(id), ObjectIdGetDatum(caller),
+	BoolGetDatum(superuser_arg(caller)), Int64GetDatum(token)};
+	char	   *status;
+	bool		isnull;
+
+	payments_prepare(&state_plan,
+					 "SELECT o.status, o.topic, "
+					 OUTBOX_GRANTED_SQL("o.topic", "relay", "$2", "$3") ","
+					 " o.status = 'acked' AND o.claim_token = $4"
+					 " FROM @extschema@.outbox o WHERE o.id = $1",
+					 4, (Oid[]) {INT8OID, OIDOID, BOOLOID, INT8OID});
+	if (payments_execute(state_plan, values, NULL, SPI_OK_SELECT, 0) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_PM_OUTBOX_MESSAGE_NOT_FOUND),
+				 errmsg("outbox message %lld does not exist", (long long) id)));
+	if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+									3, &isnull)))
+		report_not_granted(payments_spi_first_text(2), "relay");
+	/* an ack sent again, whose answer the relay did not get */
+	if (acking && DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
+											 SPI_tuptable->tupdesc, 4, &isnull)))
+		return;
+	status = payments_spi_first_text(1);
+	ereport(ERROR,
+			(errcode(ERRCODE_PM_OUTBOX_CLAIM_CONFLICT),
+			 acking ?
+			 errmsg("cannot acknowledge outbox message %lld", (long long) id) :
+			 errmsg("cannot fail outbox message %lld", (long long) id),
+			 strcmp(status, "in_flight") == 0 ?
+			 errdetail("It is held by another claim.") :
+			 errdetail("Its status is \"%s\"; only a claimed message can be acknowledged or failed.",
+					   status),
+			 errhint("A claim whose lease ran out can be taken by another relay; choose a lease longer than a delivery.")));
+}
+
+/*
+ * payments.outbox_ack(id, claim_token): the relay delivered the message.
+ * Accepted while its claim holds it, even if the lease has just run out
+ * but no other claim has taken it yet, and again once it has (a relay that
+ * lost the answer sends its ack again).
+ */
+Datum
+payments_outbox_ack(PG_FUNCTION_ARGS)
+{
+	int64		id = outbox_arg_id(fcinfo);
+	Oid			caller = GetUserId();
+	Datum		values[4];
+	PaymentsSavedUser saved;
+
+	payments_arg_not_null(fcinfo, 1, "claim token");
+	payments_check_not_in_recovery();
+	values[0] = Int64GetDatum(id);
+	values[1] = PG_GETARG_DATUM(1);
+	values[2] = ObjectIdGetDatum(caller);
+	values[3] = BoolGetDatum(superuser_arg(caller));
+
+	payments_begin_as_owner(payments_function_owner(fcinfo->flinfo->fn_oid),
+							false, &saved);
+	SPI_connect();
+	payments_prepare(&ack_plan,
+					 "UPDATE @extschema@.outbox o"
+					 " SET status = 'acked', settled_at = clock_timestamp(),"
+					 "  lease_expires_at = NULL"
+					 " WHERE o.id = $1 AND o.claim_token = $2 AND o.status = 'in_flight'"
+					 "  AND " OUTBOX_GRANTED_SQL("o.topic", "relay", "$3", "$4"),
+					 4, (Oid[]) {INT8OID, INT8OID, OIDOID, BOOLOID});
+	if (payments_execute(ack_plan, values, NULL, SPI_OK_UPDATE, 0) == 0)
+		check_claim_conflict(id, DatumGetInt64(values[1]), caller, true);
+	SPI_finish();
+	payments_end_as_owner(&saved);
+	PG_RETURN_VOID();
+}
+
+/*
+ * payments.outbox_nack(id, claim_token, error): the relay could not deliver
+ * the message.  It is due again after the compensation queue's backoff
+ * (payments.backoff_base, payments.backoff_max), or dead if that was its
+ * last attempt; either way the later messages of its key wait for it.
+ */
+Datum
+payments_outbox_nack(PG_FUNCTION_ARGS)
+{
+	static const Oid argtypes[] = {INT8OID, INT8OID, INT4OID, INT4OID, TEXTOID,
+	OIDOID, BOOLOID};
+	int64		id = outbox_arg_id(fcinfo);
+	Oid			caller = GetUserId();
+	Datum		values[7];
+	int			backoff_base;
+	int			backoff_max;
+	int			max_attempts;
+	PaymentsSavedUser saved;
+
+	payments_arg_not_null(fcinfo, 1, "claim token");
+	values[4] = PointerGetDatum(payments_arg_text(fcinfo, 2, "error",
+												  OUTBOX_ERROR_MAX_BYTES));
+	payments_check_not_in_recovery();
+	compensation_retry_settings(&backoff_base, &backoff_max, &max_attempts);
+	values[0] = Int64GetDatum(id);
+	values[1] = PG_GETARG_DATUM(1);
+	values[2] = Int32GetDatum(backoff_base);
+	values[3] = Int32GetDatum(backoff_max);
+	values[5] = ObjectIdGetDatum(caller);
+	values[6] = BoolGetDatum(superuser_arg(caller));
+
+	payments_begin_as_owner(payments_function_owner(fcinfo->flinfo->fn_oid),
+							false, &saved);
+	SPI_connect();
+	payments_prepare(&nack_plan,
+					 "UPDATE @extschema@.outbox o"
+					 " SET status = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'pending' END,"
+					 "  next_attempt_at = CASE WHEN attempts >= max_attempts THEN next_attempt_at"
+					 "   ELSE " PAYMENTS_BACKOFF_SQL("$3", "$4") " END,"
+					 "  last_error = $5, lease_expires_at = NULL, claim_token = NULL"
+					 " WHERE o.id = $1 AND o.claim_token = $2 AND o.status = 'in_flight'"
+					 "  AND " OUTBOX_GRANTED_SQL("o.topic", "relay", "$6", "$7"),
+					 7, argtypes);
+	if (payments_execute(nack_plan, values, NULL, SPI_OK_UPDATE, 0) == 0)
+		check_claim_conflict(id, DatumGetInt64(values[1]), caller, false);
+	SPI_finish();
+	payments_end_as_owner(&saved);
+	PG_RETURN_VOID();
+}
