@@ -151,7 +151,9 @@ REGRESS = \
 	saga \
 	saga_attack \
 	fault \
-	check
+	check \
+	outbox \
+	outbox_errors
 REGRESS_OPTS = --no-locale --encoding=UTF8
 
 ISOLATION = \

@@ -312,7 +312,10 @@ check_claim_conflict(int64 id, int64 token, Oid caller, bool acking)
 				 errmsg("outbox message %lld does not exist", (long long) id)));
 	if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
 									3, &isnull)))
-		report_not_granted(payments_spi_first_text(2), "relay");
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied for outbox message %lld", (long long) id),
+				 errdetail("Only a role granted the relay privilege on the message's topic may acknowledge or fail it.")));
 	/* an ack sent again, whose answer the relay did not get */
 	if (acking && DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
 											 SPI_tuptable->tupdesc, 4, &isnull)))
