@@ -187,7 +187,10 @@ ISOLATION = \
 	tcc_fence_settled \
 	saga_race \
 	compensation_chain_race \
-	check_no_block
+	check_no_block \
+	outbox_key_order \
+	outbox_notify \
+	inbox_receive_race
 ISOLATION_OPTS = --inputdir=test/isolation --load-extension=$(EXTENSION) --no-locale --encoding=UTF8
 
 TAP_TESTS = 1
