@@ -136,9 +136,10 @@ SELECT * FROM payments.outbox_claim('orders', 1, '1 minute');
 \echo :LAST_ERROR_SQLSTATE
 
 SET ROLE regress_obe_relay;
--- acks and nacks: NULLs 22004; unknown ids PM801; a token that is not the
--- claim's PM802, also for a pending message; an empty or over-long error
--- 22023
+-- acks and nacks: NULLs 22004; unknown ids 42501, as a message of a topic
+-- the relay may not relay (so that ids tell it nothing; PM801 for
+-- operators); a token that is not the claim's PM802, also for a pending
+-- message; an empty or over-long error 22023
 SELECT payments.outbox_ack(NULL, :token);
 \echo :LAST_ERROR_SQLSTATE
 \set VERBOSITY sqlstate
@@ -157,6 +158,13 @@ SELECT replace(:'LAST_ERROR_MESSAGE', :'missing', '<id>') AS error;
 SELECT payments.outbox_nack(:missing, :token, 'e');
 SELECT replace(:'LAST_ERROR_MESSAGE', :'missing', '<id>') AS error;
 \set VERBOSITY default
+-- a superuser (an operator) is told the id is unknown: PM801
+RESET ROLE;
+\set VERBOSITY sqlstate
+SELECT payments.outbox_ack(:missing, :token);
+SELECT replace(:'LAST_ERROR_MESSAGE', :'missing', '<id>') AS error;
+\set VERBOSITY default
+SET ROLE regress_obe_relay;
 \set VERBOSITY sqlstate
 SELECT payments.outbox_ack(:m1, :token + 1);
 SELECT replace(:'LAST_ERROR_MESSAGE', :'m1', '<id>') AS error;
@@ -303,6 +311,47 @@ SET ROLE regress_obe_deploy;
 SELECT payments.outbox_send('orders', 'k3', '{"n": 3}') > :m2 AS deploy_sent;
 RESET ROLE;
 SELECT sent_by FROM payments.outbox WHERE key = 'k3';
+
+-- A caller's search_path never reaches the statements the functions run as
+-- the extension's owner: shop puts functions and operators of its own
+-- before pg_catalog, and each would make it a superuser if called.
+RESET ROLE;
+CREATE SCHEMA regress_obe_evil AUTHORIZATION regress_obe_shop;
+SET ROLE regress_obe_shop;
+CREATE FUNCTION regress_obe_evil.escalate() RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE NOTICE 'hijacked as %', current_user;
+    EXECUTE 'ALTER ROLE regress_obe_shop SUPERUSER';
+EXCEPTION WHEN insufficient_privilege THEN
+    NULL;
+END $$;
+CREATE FUNCTION regress_obe_evil.clock_timestamp() RETURNS timestamptz LANGUAGE plpgsql AS $$
+BEGIN PERFORM regress_obe_evil.escalate(); RETURN pg_catalog.clock_timestamp(); END $$;
+CREATE FUNCTION regress_obe_evil.random() RETURNS float8 LANGUAGE plpgsql AS $$
+BEGIN PERFORM regress_obe_evil.escalate(); RETURN 0.5; END $$;
+CREATE FUNCTION regress_obe_evil.text_eq(text, text) RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN PERFORM regress_obe_evil.escalate(); RETURN pg_catalog.texteq($1, $2); END $$;
+CREATE OPERATOR regress_obe_evil.= (LEFTARG = text, RIGHTARG = text, FUNCTION = regress_obe_evil.text_eq);
+CREATE FUNCTION regress_obe_evil.int8_lt(bigint, bigint) RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN PERFORM regress_obe_evil.escalate(); RETURN pg_catalog.int8lt($1, $2); END $$;
+CREATE OPERATOR regress_obe_evil.< (LEFTARG = bigint, RIGHTARG = bigint, FUNCTION = regress_obe_evil.int8_lt);
+RESET ROLE;
+SELECT payments.outbox_grant('orders', 'regress_obe_shop', 'relay');
+SET ROLE regress_obe_shop;
+SET search_path = regress_obe_evil, pg_catalog;
+SELECT payments.outbox_send('orders', 'k4', '{"n": 4}') > 0 AS sent;
+CREATE TEMP TABLE evil_claim AS
+    SELECT id, key, claim_token FROM payments.outbox_claim('orders', 10, '1 minute');
+SELECT count(*) AS claimed FROM evil_claim;
+SELECT payments.outbox_ack(id, claim_token) FROM evil_claim WHERE key OPERATOR(pg_catalog.=) 'k4';
+SELECT payments.outbox_nack(id, claim_token, 'e') FROM evil_claim WHERE key OPERATOR(pg_catalog.<>) 'k4';
+SELECT payments.inbox_receive('shop', 'm-evil') AS received;
+SELECT topic, pending, in_flight FROM payments.outbox_stats;
+DROP TABLE evil_claim;
+RESET search_path;
+RESET ROLE;
+SELECT rolsuper AS shop_is_superuser FROM pg_roles WHERE rolname = 'regress_obe_shop';
+DROP SCHEMA regress_obe_evil CASCADE;
 
 RESET ROLE;
 DROP FUNCTION outbox_state();

@@ -38,8 +38,8 @@
  * column.  The exponent is capped so that the power cannot overflow.
  */
 #define PAYMENTS_BACKOFF_SQL(base, max) \
-	"clock_timestamp() + random() * least(" max "::float8," \
-	" " base "::float8 * power(2::float8, least(attempts - 1, 60)))" \
+	"pg_catalog.clock_timestamp() + pg_catalog.random() * least(" max "::float8," \
+	" " base "::float8 * pg_catalog.power(2::float8, least(attempts - 1, 60)))" \
 	" * interval '1 millisecond'"
 
 /* Whether the item alias stands for has a handler of external executors */

@@ -57,11 +57,11 @@ payments_inbox_receive(PG_FUNCTION_ARGS)
 	payments_check_not_in_recovery();
 
 	payments_begin_as_owner(payments_function_owner(fcinfo->flinfo->fn_oid),
-							false, &saved);
+							true, &saved);
 	SPI_connect();
 	payments_prepare(&receive_plan,
 					 "INSERT INTO @extschema@.inbox (receiver, source, message_id, expires_at)"
-					 " VALUES ($1::regrole, $2, $3, clock_timestamp() + $4)"
+					 " VALUES ($1::regrole, $2, $3, pg_catalog.clock_timestamp() + $4)"
 					 " ON CONFLICT (receiver, source, message_id) DO NOTHING",
 					 4, argtypes);
 	n = payments_execute(receive_plan, values, NULL, SPI_OK_INSERT, 0);

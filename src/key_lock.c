@@ -2,22 +2,26 @@
  *
  * key_lock.c
  *	  A transaction-level lock on a pair of strings: an idempotency key in
- *	  its scope, a callback event of its provider.
+ *	  its scope, a callback event of its provider, an outbox key in its
+ *	  topic.
  *
  * The lock is a heavyweight advisory lock tag whose fields are the
- * database, a 64-bit hash of the two strings, and one of the lock spaces of
- * payments.h, which the SQL advisory lock functions never use.  It is held
- * until the transaction ends and released by the lock manager the moment
- * the transaction aborts or its backend dies, so nothing is kept in session
- * state.  Two pairs sharing a hash only make one wait for the other.
+ * database, 64 bits of the SHA-256 of the two strings, and one of the lock
+ * spaces of payments.h, which the SQL advisory lock functions never use.
+ * It is held until the transaction ends and released by the lock manager
+ * the moment the transaction aborts or its backend dies, so nothing is kept
+ * in session state.  Two pairs sharing those bits only make one wait for
+ * the other; a cryptographic hash keeps a caller from choosing a pair whose
+ * lock is another role's, which it could then hold in an open transaction.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
 #include "key_lock.h"
+#include "fingerprint.h"
 
-#include "common/hashfn.h"
+#include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "storage/lock.h"
 
@@ -32,11 +36,22 @@ payments_lock_key(const char *a, Size alen, const char *b, Size blen,
 				  uint16 space, bool wait)
 {
 	LOCKTAG		tag;
-	uint64		h;
+	StringInfoData pair;
+	uint32		alen32 = (uint32) alen;
+	unsigned char digest[PAYMENTS_FINGERPRINT_LEN];
+	uint32		hi;
+	uint32		lo;
 
-	h = hash_combine64(hash_bytes_extended((const unsigned char *) a, alen, 0),
-					   hash_bytes_extended((const unsigned char *) b, blen, 0));
-	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) (h >> 32), (uint32) h, space);
+	/* a's length first, so that ("ab", "c") and ("a", "bc") differ */
+	initStringInfo(&pair);
+	appendBinaryStringInfo(&pair, (const char *) &alen32, sizeof(alen32));
+	appendBinaryStringInfo(&pair, a, alen);
+	appendBinaryStringInfo(&pair, b, blen);
+	payments_sha256(pair.data, pair.len, digest);
+	pfree(pair.data);
+	memcpy(&hi, digest, sizeof(hi));
+	memcpy(&lo, digest + sizeof(hi), sizeof(lo));
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, hi, lo, space);
 
 	if (LockAcquire(&tag, ExclusiveLock, false, true) != LOCKACQUIRE_NOT_AVAIL)
 		return true;

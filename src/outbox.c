@@ -169,7 +169,6 @@ payments_outbox_send(PG_FUNCTION_ARGS)
 	values[4] = Int32GetDatum(max_attempts);
 	values[5] = ObjectIdGetDatum(caller);
 	values[6] = BoolGetDatum(superuser_arg(caller));
-	values[7] = TimestampTzGetDatum(GetCurrentTimestamp());
 
 	/*
 	 * Before the id is drawn, and until the transaction ends: see the top of
@@ -178,9 +177,10 @@ payments_outbox_send(PG_FUNCTION_ARGS)
 	(void) payments_lock_key(topic, strlen(topic), VARDATA_ANY(key),
 							 VARSIZE_ANY_EXHDR(key), PAYMENTS_LOCKSPACE_OUTBOX,
 							 true);
+	values[7] = TimestampTzGetDatum(GetCurrentTimestamp());
 
 	payments_begin_as_owner(payments_function_owner(fcinfo->flinfo->fn_oid),
-							false, &saved);
+							true, &saved);
 	SPI_connect();
 	payments_prepare(&send_plan,
 					 "INSERT INTO @extschema@.outbox (topic, key, payload, headers,"
@@ -238,7 +238,7 @@ payments_outbox_claim(PG_FUNCTION_ARGS)
 
 	InitMaterializedSRF(fcinfo, 0);
 	payments_begin_as_owner(payments_function_owner(fcinfo->flinfo->fn_oid),
-							false, &saved);
+							true, &saved);
 	SPI_connect();
 	payments_prepare(&may_relay_plan,
 					 "SELECT WHERE " OUTBOX_GRANTED_SQL("$1", "relay", "$2", "$3"),
@@ -256,7 +256,7 @@ payments_outbox_claim(PG_FUNCTION_ARGS)
 					 "  last_error = CASE WHEN o.status = 'in_flight'"
 					 "   THEN 'The lease of its claim ran out.' ELSE o.last_error END,"
 					 "  lease_expires_at = CASE WHEN " LAPSED " THEN NULL"
-					 "   ELSE clock_timestamp() + $3 END,"
+					 "   ELSE pg_catalog.clock_timestamp() + $3 END,"
 					 "  claim_token = CASE WHEN " LAPSED " THEN NULL ELSE $4 END,"
 					 "  claimed_by = CASE WHEN " LAPSED " THEN o.claimed_by"
 					 "   ELSE $5::regrole END"
@@ -287,7 +287,9 @@ payments_outbox_claim(PG_FUNCTION_ARGS)
 
 /*
  * An ack or nack that changed nothing: say why.  The message does not
- * exist (PM801), the caller may not relay its topic (42501), or the token
+ * exist (PM801, for operators; 42501 for others, as for a message of a
+ * topic they may not relay, so that ids tell them nothing), the caller may
+ * not relay its topic (42501), or the token
  * is not the claim that holds it (PM802): it was acknowledged, failed or
  * skipped, or its lease ran out and another claim took it.  An ack of a
  * message this claim has acknowledged already is no error.
@@ -299,6 +301,7 @@ check_claim_conflict(int64 id, int64 token, Oid caller, bool acking)
 	BoolGetDatum(superuser_arg(caller)), Int64GetDatum(token)};
 	char	   *status;
 	bool		isnull;
+	uint64		n;
 
 	payments_prepare(&state_plan,
 					 "SELECT o.status, o.topic, "
@@ -306,12 +309,14 @@ check_claim_conflict(int64 id, int64 token, Oid caller, bool acking)
 					 " o.status = 'acked' AND o.claim_token = $4"
 					 " FROM @extschema@.outbox o WHERE o.id = $1",
 					 4, (Oid[]) {INT8OID, OIDOID, BOOLOID, INT8OID});
-	if (payments_execute(state_plan, values, NULL, SPI_OK_SELECT, 0) == 0)
+	n = payments_execute(state_plan, values, NULL, SPI_OK_SELECT, 0);
+	if (n == 0 && payments_is_operator(caller))
 		ereport(ERROR,
 				(errcode(ERRCODE_PM_OUTBOX_MESSAGE_NOT_FOUND),
 				 errmsg("outbox message %lld does not exist", (long long) id)));
-	if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
-									3, &isnull)))
+	/* to others, an unknown id looks like a message of a topic they may not relay */
+	if (n == 0 || !DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
+											   SPI_tuptable->tupdesc, 3, &isnull)))
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("permission denied for outbox message %lld", (long long) id),
@@ -330,7 +335,8 @@ check_claim_conflict(int64 id, int64 token, Oid caller, bool acking)
 			 errdetail("It is held by another claim.") :
 			 errdetail("Its status is \"%s\"; only a claimed message can be acknowledged or failed.",
 					   status),
-			 errhint("A claim whose lease ran out can be taken by another relay; choose a lease longer than a delivery.")));
+			 strcmp(status, "in_flight") == 0 || strcmp(status, "pending") == 0 ?
+			 errhint("A claim whose lease ran out can be taken by another relay; choose a lease longer than a delivery.") : 0));
 }
 
 /*
@@ -355,11 +361,11 @@ payments_outbox_ack(PG_FUNCTION_ARGS)
 	values[3] = BoolGetDatum(superuser_arg(caller));
 
 	payments_begin_as_owner(payments_function_owner(fcinfo->flinfo->fn_oid),
-							false, &saved);
+							true, &saved);
 	SPI_connect();
 	payments_prepare(&ack_plan,
 					 "UPDATE @extschema@.outbox o"
-					 " SET status = 'acked', settled_at = clock_timestamp(),"
+					 " SET status = 'acked', settled_at = pg_catalog.clock_timestamp(),"
 					 "  lease_expires_at = NULL"
 					 " WHERE o.id = $1 AND o.claim_token = $2 AND o.status = 'in_flight'"
 					 "  AND " OUTBOX_GRANTED_SQL("o.topic", "relay", "$3", "$4"),
@@ -403,7 +409,7 @@ payments_outbox_nack(PG_FUNCTION_ARGS)
 	values[6] = BoolGetDatum(superuser_arg(caller));
 
 	payments_begin_as_owner(payments_function_owner(fcinfo->flinfo->fn_oid),
-							false, &saved);
+							true, &saved);
 	SPI_connect();
 	payments_prepare(&nack_plan,
 					 "UPDATE @extschema@.outbox o"

@@ -85,7 +85,7 @@ run_as_owner(FunctionCallInfo fcinfo, SPIPlanPtr *plan, const char *sql,
 	uint64		n;
 
 	payments_begin_as_owner(payments_function_owner(fcinfo->flinfo->fn_oid),
-							false, &saved);
+							true, &saved);
 	SPI_connect();
 	payments_prepare(plan, sql, nargs, argtypes);
 	n = payments_execute(*plan, values, NULL, expected, 0);
@@ -148,7 +148,7 @@ report_state_conflict(FunctionCallInfo fcinfo, int64 id, bool retrying)
 	char	   *status;
 
 	payments_begin_as_owner(payments_function_owner(fcinfo->flinfo->fn_oid),
-							false, &saved);
+							true, &saved);
 	SPI_connect();
 	payments_prepare(&status_plan,
 					 "SELECT status FROM @extschema@.outbox WHERE id = $1",
@@ -188,7 +188,7 @@ payments_outbox_retry(PG_FUNCTION_ARGS)
 	if (run_as_owner(fcinfo, &retry_plan,
 					 "UPDATE @extschema@.outbox"
 					 " SET status = 'pending', attempts = 0,"
-					 "  next_attempt_at = clock_timestamp()"
+					 "  next_attempt_at = pg_catalog.clock_timestamp()"
 					 " WHERE id = $1 AND status = 'dead'",
 					 1, (Oid[]) {INT8OID}, (Datum[]) {Int64GetDatum(id)},
 					 SPI_OK_UPDATE) == 0)
@@ -209,7 +209,7 @@ payments_outbox_skip(PG_FUNCTION_ARGS)
 	payments_check_not_in_recovery();
 	if (run_as_owner(fcinfo, &skip_plan,
 					 "UPDATE @extschema@.outbox"
-					 " SET status = 'skipped', settled_at = clock_timestamp()"
+					 " SET status = 'skipped', settled_at = pg_catalog.clock_timestamp()"
 					 " WHERE id = $1 AND status IN ('pending', 'dead')",
 					 1, (Oid[]) {INT8OID}, (Datum[]) {Int64GetDatum(id)},
 					 SPI_OK_UPDATE) == 0)
