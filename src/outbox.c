@@ -6,16 +6,24 @@
  *	  in send order, deliver them, and acknowledge or fail each one with the
  *	  token of their claim.
  *
- * Per-key order needs no pointer to each key's next message.  outbox_send
- * holds a transaction-level lock on (topic, key) from before it draws the
- * message's id until its transaction ends, so the ids of one key are drawn
- * in commit order, and a snapshot that sees a message sees every earlier
- * message of its key.  A claim takes a message only if no earlier message
- * of its key is unsettled (pending, in flight or dead): at most one message
- * of a key is in flight, and the messages of a key are acknowledged in the
- * order they were sent, however many relays claim at once.  An
- * acknowledgement needs no step that promotes the next message: the same
- * rule makes it claimable.  See doc/outbox.md.
+ * Per-key order rests on two rules.  outbox_send holds a transaction-level
+ * lock on (topic, key) from before it draws the message's id until its
+ * transaction ends, so the ids of one key are drawn in commit order, and a
+ * snapshot that sees a message sees every earlier message of its key.  And
+ * a claim takes only messages marked ready, which a message is when every
+ * earlier message of its key is settled (acknowledged or skipped): at most
+ * one message of a key is in flight, and the messages of a key are
+ * acknowledged in the order they were sent, however many relays claim at
+ * once.
+ *
+ * A message is marked ready when it is sent if no earlier message of its
+ * key is unsettled, and otherwise when the one before it is settled.  Both
+ * happen while holding the key's lock, so that no send of the key is in
+ * progress: a settle that cannot take the lock at once (a transaction is
+ * sending to the key) records the key in outbox_unready_keys instead, and
+ * the next claim of the topic marks the key's next message ready once it
+ * can take the lock.  A claim therefore reads only the first unsettled
+ * message of each key, however long a key's backlog.  See doc/outbox.md.
  *
  * Who may send and who may relay is granted per topic (outbox_operator.c).
  *
@@ -51,6 +59,7 @@ PG_FUNCTION_INFO_V1(payments_outbox_nack);
 #define OUTBOX_LEASE_MAX_USECS		(INT64CONST(7) * USECS_PER_DAY)
 #define OUTBOX_MAX_MESSAGES_LIMIT	100000
 #define OUTBOX_ERROR_MAX_BYTES		8192
+#define UNREADY_KEYS_PER_CLAIM		100
 
 static int	max_payload_size = 1024 * 1024;
 static bool notify_relays = true;
@@ -61,6 +70,12 @@ static SPIPlanPtr may_relay_plan;
 static SPIPlanPtr ack_plan;
 static SPIPlanPtr nack_plan;
 static SPIPlanPtr state_plan;
+static SPIPlanPtr make_ready_plan;
+static SPIPlanPtr unready_plan;
+static SPIPlanPtr unready_keys_plan;
+static SPIPlanPtr ready_key_plan;
+
+static void make_keys_ready(Datum topic, const char *topic_str);
 
 void
 outbox_init(void)
@@ -184,8 +199,10 @@ payments_outbox_send(PG_FUNCTION_ARGS)
 	SPI_connect();
 	payments_prepare(&send_plan,
 					 "INSERT INTO @extschema@.outbox (topic, key, payload, headers,"
-					 " max_attempts, next_attempt_at, sent_by, sent_at)"
-					 " SELECT $1, $2, $3, $4, $5, $8, $6::regrole, $8"
+					 " max_attempts, next_attempt_at, sent_by, sent_at, ready)"
+					 " SELECT $1, $2, $3, $4, $5, $8, $6::regrole, $8,"
+					 "  NOT EXISTS (SELECT FROM @extschema@.outbox e"
+					 "   WHERE e.topic = $1 AND e.key = $2 AND e.settled_at IS NULL)"
 					 " WHERE " OUTBOX_GRANTED_SQL("$1", "send", "$6", "$7")
 					 " RETURNING id",
 					 8, argtypes);
@@ -203,16 +220,107 @@ payments_outbox_send(PG_FUNCTION_ARGS)
 }
 
 /*
+ * Mark the first unsettled message of (topic, key) ready, if it is not.
+ * The caller holds the key's lock, so that no send of the key is in
+ * progress and the statement's snapshot sees every message of the key.
+ */
+static void
+make_ready(Datum topic, Datum key)
+{
+	Datum		values[2] = {topic, key};
+
+	payments_prepare(&make_ready_plan,
+					 "UPDATE @extschema@.outbox SET ready = true"
+					 " WHERE id = (SELECT min(e.id) FROM @extschema@.outbox e"
+					 "  WHERE e.topic = $1 AND e.key = $2 AND e.settled_at IS NULL)"
+					 "  AND NOT ready",
+					 2, (Oid[]) {TEXTOID, TEXTOID});
+	payments_execute(make_ready_plan, values, NULL, SPI_OK_UPDATE, 0);
+}
+
+/*
+ * The first message of a key was settled by the last statement, which
+ * returned the key's topic and key: make the next message ready, now if
+ * no transaction is sending to the key, else by the next claim (the key
+ * goes to outbox_unready_keys).  Never waits.  The caller is connected to
+ * SPI as the tables' owner.
+ */
+void
+outbox_first_settled(void)
+{
+	bool		isnull;
+	Datum		values[2];
+	text	   *topic;
+	text	   *key;
+
+	values[0] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	values[1] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
+	topic = DatumGetTextPP(values[0]);
+	key = DatumGetTextPP(values[1]);
+	if (payments_lock_key(VARDATA_ANY(topic), VARSIZE_ANY_EXHDR(topic),
+						  VARDATA_ANY(key), VARSIZE_ANY_EXHDR(key),
+						  PAYMENTS_LOCKSPACE_OUTBOX, false))
+	{
+		make_ready(values[0], values[1]);
+		return;
+	}
+	payments_prepare(&unready_plan,
+					 "INSERT INTO @extschema@.outbox_unready_keys (topic, key)"
+					 " VALUES ($1, $2) ON CONFLICT DO NOTHING",
+					 2, (Oid[]) {TEXTOID, TEXTOID});
+	payments_execute(unready_plan, values, NULL, SPI_OK_INSERT, 0);
+}
+
+/*
+ * Before a claim of the topic: the keys whose next message a settle could
+ * not mark ready, each now if no transaction is sending to it any more.
+ * At most UNREADY_KEYS_PER_CLAIM keys per claim; a key whose lock is taken
+ * waits for a later claim.
+ */
+static void
+make_keys_ready(Datum topic, const char *topic_str)
+{
+	uint64		n;
+	SPITupleTable *keys;
+
+	payments_prepare(&unready_keys_plan,
+					 "SELECT key FROM @extschema@.outbox_unready_keys"
+					 " WHERE topic = $1 LIMIT " CppAsString2(UNREADY_KEYS_PER_CLAIM)
+					 " FOR UPDATE SKIP LOCKED",
+					 1, (Oid[]) {TEXTOID});
+	n = payments_execute(unready_keys_plan, &topic, NULL, SPI_OK_SELECT, 0);
+	keys = SPI_tuptable;
+	for (uint64 i = 0; i < n; i++)
+	{
+		bool		isnull;
+		Datum		key = SPI_getbinval(keys->vals[i], keys->tupdesc, 1, &isnull);
+		text	   *k = DatumGetTextPP(key);
+
+		if (!payments_lock_key(topic_str, strlen(topic_str), VARDATA_ANY(k),
+							   VARSIZE_ANY_EXHDR(k), PAYMENTS_LOCKSPACE_OUTBOX,
+							   false))
+			continue;
+		make_ready(topic, key);
+		payments_prepare(&ready_key_plan,
+						 "DELETE FROM @extschema@.outbox_unready_keys"
+						 " WHERE topic = $1 AND key = $2",
+						 2, (Oid[]) {TEXTOID, TEXTOID});
+		payments_execute(ready_key_plan, (Datum[]) {topic, key}, NULL,
+						 SPI_OK_DELETE, 0);
+	}
+}
+
+/*
  * payments.outbox_claim(topic, max_messages, lease)
  *
  * Up to max_messages messages of the topic, in send order, each the first
- * unsettled message of its key: pending and due, or in flight under a claim
- * whose lease has run out.  Each is counted as an attempt and held for the
+ * unsettled message of its key (ready): pending and due, or in flight under
+ * a claim whose lease has run out.  Each is counted as an attempt and held for the
  * lease, with one new claim token for all.  A lapsed claim at its last
  * attempt makes its message dead instead.  FOR UPDATE SKIP LOCKED lets
  * concurrent claims take disjoint messages without waiting for each other;
  * neither can take a later message of a key the other takes, since that
- * one is unsettled for both.
+ * one is not ready.
  */
 Datum
 payments_outbox_claim(PG_FUNCTION_ARGS)
@@ -246,6 +354,7 @@ payments_outbox_claim(PG_FUNCTION_ARGS)
 	if (payments_execute(may_relay_plan, (Datum[]) {values[0], values[4], values[5]},
 						 NULL, SPI_OK_SELECT, 0) == 0)
 		report_not_granted(topic, "relay");
+	make_keys_ready(values[0], topic);
 
 #define LAPSED "(o.status = 'in_flight' AND o.attempts >= o.max_attempts)"
 	payments_prepare(&claim_plan,
@@ -262,15 +371,12 @@ payments_outbox_claim(PG_FUNCTION_ARGS)
 					 "   ELSE $5::regrole END"
 					 " WHERE o.id = ANY (ARRAY("
 					 "  SELECT m.id FROM @extschema@.outbox m"
-					 "  WHERE m.topic = $1 AND m.settled_at IS NULL"
+					 "  WHERE m.topic = $1 AND m.ready AND m.settled_at IS NULL"
 					 "   AND ((m.status = 'pending' AND m.next_attempt_at <= $7)"
 					 "    OR (m.status = 'in_flight' AND m.lease_expires_at < $7))"
-					 "   AND NOT EXISTS (SELECT FROM @extschema@.outbox e"
-					 "    WHERE e.topic = $1 AND e.key = m.key AND e.id < m.id"
-					 "     AND e.settled_at IS NULL)"
 					 "  ORDER BY m.id LIMIT $2"
 					 "  FOR UPDATE SKIP LOCKED))"
-					 "  AND o.settled_at IS NULL"
+					 "  AND o.ready AND o.settled_at IS NULL"
 					 "  AND (o.status = 'pending'"
 					 "   OR (o.status = 'in_flight' AND o.lease_expires_at < $7))"
 					 " RETURNING o.*)"
@@ -368,10 +474,13 @@ payments_outbox_ack(PG_FUNCTION_ARGS)
 					 " SET status = 'acked', settled_at = pg_catalog.clock_timestamp(),"
 					 "  lease_expires_at = NULL"
 					 " WHERE o.id = $1 AND o.claim_token = $2 AND o.status = 'in_flight'"
-					 "  AND " OUTBOX_GRANTED_SQL("o.topic", "relay", "$3", "$4"),
+					 "  AND " OUTBOX_GRANTED_SQL("o.topic", "relay", "$3", "$4")
+					 " RETURNING o.topic, o.key",
 					 4, (Oid[]) {INT8OID, INT8OID, OIDOID, BOOLOID});
-	if (payments_execute(ack_plan, values, NULL, SPI_OK_UPDATE, 0) == 0)
+	if (payments_execute(ack_plan, values, NULL, SPI_OK_UPDATE_RETURNING, 0) == 0)
 		check_claim_conflict(id, DatumGetInt64(values[1]), caller, true);
+	else
+		outbox_first_settled();
 	SPI_finish();
 	payments_end_as_owner(&saved);
 	PG_RETURN_VOID();

@@ -204,15 +204,30 @@ Datum
 payments_outbox_skip(PG_FUNCTION_ARGS)
 {
 	int64		id = outbox_arg_id(fcinfo);
+	PaymentsSavedUser saved;
+	uint64		n;
+	bool		isnull;
 
 	check_operator("skip outbox messages");
 	payments_check_not_in_recovery();
-	if (run_as_owner(fcinfo, &skip_plan,
+	payments_begin_as_owner(payments_function_owner(fcinfo->flinfo->fn_oid),
+							true, &saved);
+	SPI_connect();
+	payments_prepare(&skip_plan,
 					 "UPDATE @extschema@.outbox"
 					 " SET status = 'skipped', settled_at = pg_catalog.clock_timestamp()"
-					 " WHERE id = $1 AND status IN ('pending', 'dead')",
-					 1, (Oid[]) {INT8OID}, (Datum[]) {Int64GetDatum(id)},
-					 SPI_OK_UPDATE) == 0)
+					 " WHERE id = $1 AND status IN ('pending', 'dead')"
+					 " RETURNING topic, key, ready",
+					 1, (Oid[]) {INT8OID});
+	n = payments_execute(skip_plan, (Datum[]) {Int64GetDatum(id)}, NULL,
+						 SPI_OK_UPDATE_RETURNING, 0);
+	/* only the first unsettled message of its key has a next one to make ready */
+	if (n == 1 && DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
+											 SPI_tuptable->tupdesc, 3, &isnull)))
+		outbox_first_settled();
+	SPI_finish();
+	payments_end_as_owner(&saved);
+	if (n == 0)
 		report_state_conflict(fcinfo, id, false);
 	PG_RETURN_VOID();
 }

@@ -25,7 +25,8 @@ CREATE TABLE @extschema@.outbox (
     last_error       text,
     sent_by          regrole     NOT NULL,
     sent_at          timestamptz NOT NULL,
-    settled_at       timestamptz            -- set exactly when acked or skipped
+    settled_at       timestamptz,           -- set exactly when acked or skipped
+    ready            boolean     NOT NULL   -- the first unsettled message of its key
 ) WITH (fillfactor = 70);   -- room for the claim's HOT update
 
 COMMENT ON TABLE @extschema@.outbox IS
@@ -33,15 +34,32 @@ COMMENT ON TABLE @extschema@.outbox IS
 
 -- Both indexes hold only unsettled messages (pending, in flight or dead)
 -- and mention no column a claim or a nack changes, so those stay HOT
--- updates.  The first is the claims' scan in send order; the second
--- answers "is an earlier message of this key unsettled?".
-CREATE INDEX outbox_unsettled_idx
-    ON @extschema@.outbox (topic, id) WHERE settled_at IS NULL;
+-- updates.  The first holds the first unsettled message of each key, the
+-- only ones a claim may take, in send order; the second finds a key's
+-- unsettled messages (at a send, and to make the next one ready).
+CREATE INDEX outbox_ready_idx
+    ON @extschema@.outbox (topic, id) WHERE ready AND settled_at IS NULL;
 CREATE INDEX outbox_key_idx
     ON @extschema@.outbox (topic, key, id) WHERE settled_at IS NULL;
 
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.outbox', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.outbox_id_seq', '');
+
+-- Keys whose first unsettled message may not be marked ready yet: an ack
+-- (or a skip) that settled a key's first message while a transaction was
+-- sending to that key leaves the key here, and the next claim of the
+-- topic marks its next message ready once that transaction has ended
+-- (src/outbox.c).
+CREATE TABLE @extschema@.outbox_unready_keys (
+    topic       text COLLATE "C" NOT NULL,
+    key         text COLLATE "C" NOT NULL,
+    PRIMARY KEY (topic, key)
+);
+
+COMMENT ON TABLE @extschema@.outbox_unready_keys IS
+    'Keys of the outbox whose next message a claim must still mark ready';
+
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.outbox_unready_keys', '');
 
 -- Who may send to a topic, and who may relay it: granted per topic and
 -- role by an operator (payments.outbox_grant).  A member of a granted role
@@ -159,9 +177,7 @@ COMMENT ON FUNCTION @extschema@.inbox_receive(text, text, interval) IS
 -- message has waited.
 CREATE VIEW @extschema@.outbox_stats WITH (security_barrier) AS
     WITH unsettled AS (
-        SELECT o.topic, o.key, o.status, o.sent_at,
-               pg_catalog.row_number() OVER (PARTITION BY o.topic, o.key
-                                             ORDER BY o.id) AS place
+        SELECT o.topic, o.key, o.status, o.sent_at, o.ready
           FROM @extschema@.outbox o
          WHERE o.settled_at IS NULL
            AND (pg_catalog.pg_has_role('payments_operator', 'USAGE')
@@ -171,13 +187,13 @@ CREATE VIEW @extschema@.outbox_stats WITH (security_barrier) AS
     held AS (
         SELECT DISTINCT ON (u.topic) u.topic, u.key, pg_catalog.now() - u.sent_at AS held_for
           FROM unsettled u
-         WHERE u.place = 2
+         WHERE NOT u.ready
          ORDER BY u.topic, u.sent_at)
     SELECT u.topic,
            count(*) FILTER (WHERE u.status = 'pending') AS pending,
            count(*) FILTER (WHERE u.status = 'in_flight') AS in_flight,
            count(*) FILTER (WHERE u.status = 'dead') AS dead,
-           count(*) FILTER (WHERE u.place > 1) AS held_back,
+           count(*) FILTER (WHERE NOT u.ready) AS held_back,
            pg_catalog.now() - min(u.sent_at) AS oldest_age,
            h.key AS longest_held_key,
            h.held_for AS longest_held_for
