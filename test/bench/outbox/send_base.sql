@@ -1,0 +1,5 @@
+\set k random(1, 1000)
+\set amount random(100, 100000)
+INSERT INTO public.base_outbox (topic, key, payload)
+VALUES ('orders', 'k' || :k::integer,
+    jsonb_build_object('event', 'order.paid', 'order', :k::integer, 'amount', :amount::integer, 'currency', 'EUR'));
