@@ -40,6 +40,7 @@
 #include "spi_util.h"
 
 #include "access/detoast.h"
+#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "commands/async.h"
 #include "common/pg_prng.h"
@@ -139,12 +140,12 @@ Datum
 payments_outbox_send(PG_FUNCTION_ARGS)
 {
 	static const Oid argtypes[] = {TEXTOID, TEXTOID, JSONBOID, JSONBOID, INT4OID,
-	OIDOID, BOOLOID, TIMESTAMPTZOID};
+	OIDOID, BOOLOID, TIMESTAMPTZOID, BOOLOID};
 	char	   *topic = arg_topic(fcinfo);
 	text	   *key = payments_arg_text(fcinfo, 1, "key", OUTBOX_NAME_MAX_BYTES);
 	Oid			caller = GetUserId();
-	Datum		values[8];
-	char		nulls[8] = "        ";
+	Datum		values[9];
+	char		nulls[9] = "        n";
 	Size		size;
 	int			backoff_base;
 	int			backoff_max;
@@ -197,15 +198,33 @@ payments_outbox_send(PG_FUNCTION_ARGS)
 	payments_begin_as_owner(payments_function_owner(fcinfo->flinfo->fn_oid),
 							true, &saved);
 	SPI_connect();
+
+	/*
+	 * Under REPEATABLE READ the transaction's snapshot may be older than the
+	 * key's lock: whether an earlier message is unsettled is asked of a
+	 * snapshot taken now.
+	 */
+	if (IsolationUsesXactSnapshot())
+	{
+		bool		isnull_ready;
+
+		payments_execute_latest("SELECT NOT EXISTS (SELECT FROM @extschema@.outbox e"
+								" WHERE e.topic = $1 AND e.key = $2 AND e.settled_at IS NULL)",
+								2, (Oid[]) {TEXTOID, TEXTOID}, values, NULL,
+								SPI_OK_SELECT);
+		values[8] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
+								  &isnull_ready);
+		nulls[8] = ' ';
+	}
 	payments_prepare(&send_plan,
 					 "INSERT INTO @extschema@.outbox (topic, key, payload, headers,"
 					 " max_attempts, next_attempt_at, sent_by, sent_at, ready)"
 					 " SELECT $1, $2, $3, $4, $5, $8, $6::regrole, $8,"
-					 "  NOT EXISTS (SELECT FROM @extschema@.outbox e"
-					 "   WHERE e.topic = $1 AND e.key = $2 AND e.settled_at IS NULL)"
+					 "  coalesce($9, NOT EXISTS (SELECT FROM @extschema@.outbox e"
+					 "   WHERE e.topic = $1 AND e.key = $2 AND e.settled_at IS NULL))"
 					 " WHERE " OUTBOX_GRANTED_SQL("$1", "send", "$6", "$7")
 					 " RETURNING id",
-					 8, argtypes);
+					 9, argtypes);
 	if (payments_execute(send_plan, values, nulls, SPI_OK_INSERT_RETURNING, 0) == 0)
 		report_not_granted(topic, "send");
 	id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
@@ -224,29 +243,41 @@ payments_outbox_send(PG_FUNCTION_ARGS)
  * The caller holds the key's lock, so that no send of the key is in
  * progress and the statement's snapshot sees every message of the key.
  */
+#define MAKE_READY_SQL \
+	"UPDATE @extschema@.outbox SET ready = true" \
+	" WHERE id = (SELECT min(e.id) FROM @extschema@.outbox e" \
+	"  WHERE e.topic = $1 AND e.key = $2 AND e.settled_at IS NULL)" \
+	"  AND NOT ready AND settled_at IS NULL"
+
 static void
 make_ready(Datum topic, Datum key)
 {
 	Datum		values[2] = {topic, key};
 
-	payments_prepare(&make_ready_plan,
-					 "UPDATE @extschema@.outbox SET ready = true"
-					 " WHERE id = (SELECT min(e.id) FROM @extschema@.outbox e"
-					 "  WHERE e.topic = $1 AND e.key = $2 AND e.settled_at IS NULL)"
-					 "  AND NOT ready",
-					 2, (Oid[]) {TEXTOID, TEXTOID});
+	/*
+	 * Under REPEATABLE READ the transaction's snapshot may be older than the
+	 * key's lock and miss a message sent since.
+	 */
+	if (IsolationUsesXactSnapshot())
+	{
+		payments_execute_latest(MAKE_READY_SQL, 2, (Oid[]) {TEXTOID, TEXTOID},
+								values, NULL, SPI_OK_UPDATE);
+		return;
+	}
+	payments_prepare(&make_ready_plan, MAKE_READY_SQL, 2,
+					 (Oid[]) {TEXTOID, TEXTOID});
 	payments_execute(make_ready_plan, values, NULL, SPI_OK_UPDATE, 0);
 }
 
 /*
- * The first message of a key was settled by the last statement, which
- * returned the key's topic and key: make the next message ready, now if
- * no transaction is sending to the key, else by the next claim (the key
- * goes to outbox_unready_keys).  Never waits.  The caller is connected to
- * SPI as the tables' owner.
+ * A message was settled by the last statement, which returned its topic
+ * and key: make the key's first unsettled message ready, now if no other
+ * transaction holds the key's lock (a send, or another settle of the key),
+ * else by the next claim (the key goes to outbox_unready_keys).  Never
+ * waits.  The caller is connected to SPI as the tables' owner.
  */
 void
-outbox_first_settled(void)
+outbox_message_settled(void)
 {
 	bool		isnull;
 	Datum		values[2];
@@ -480,7 +511,7 @@ payments_outbox_ack(PG_FUNCTION_ARGS)
 	if (payments_execute(ack_plan, values, NULL, SPI_OK_UPDATE_RETURNING, 0) == 0)
 		check_claim_conflict(id, DatumGetInt64(values[1]), caller, true);
 	else
-		outbox_first_settled();
+		outbox_message_settled();
 	SPI_finish();
 	payments_end_as_owner(&saved);
 	PG_RETURN_VOID();

@@ -30,6 +30,6 @@
 
 extern void outbox_init(void);
 extern int64 outbox_arg_id(FunctionCallInfo fcinfo);
-extern void outbox_first_settled(void);
+extern void outbox_message_settled(void);
 
 #endif							/* PAYMENTS_OUTBOX_H */

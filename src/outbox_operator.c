@@ -206,7 +206,6 @@ payments_outbox_skip(PG_FUNCTION_ARGS)
 	int64		id = outbox_arg_id(fcinfo);
 	PaymentsSavedUser saved;
 	uint64		n;
-	bool		isnull;
 
 	check_operator("skip outbox messages");
 	payments_check_not_in_recovery();
@@ -217,14 +216,16 @@ payments_outbox_skip(PG_FUNCTION_ARGS)
 					 "UPDATE @extschema@.outbox"
 					 " SET status = 'skipped', settled_at = pg_catalog.clock_timestamp()"
 					 " WHERE id = $1 AND status IN ('pending', 'dead')"
-					 " RETURNING topic, key, ready",
+					 " RETURNING topic, key",
 					 1, (Oid[]) {INT8OID});
 	n = payments_execute(skip_plan, (Datum[]) {Int64GetDatum(id)}, NULL,
 						 SPI_OK_UPDATE_RETURNING, 0);
-	/* only the first unsettled message of its key has a next one to make ready */
-	if (n == 1 && DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
-											 SPI_tuptable->tupdesc, 3, &isnull)))
-		outbox_first_settled();
+	/*
+	 * Also for a message behind the first: an ack of the first may be making
+	 * this one ready right now, and must find the key's lock taken.
+	 */
+	if (n == 1)
+		outbox_message_settled();
 	SPI_finish();
 	payments_end_as_owner(&saved);
 	if (n == 0)
