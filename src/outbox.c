@@ -72,6 +72,7 @@ static SPIPlanPtr ack_plan;
 static SPIPlanPtr nack_plan;
 static SPIPlanPtr state_plan;
 static SPIPlanPtr make_ready_plan;
+static SPIPlanPtr ready_probe_plan;
 static SPIPlanPtr unready_plan;
 static SPIPlanPtr unready_keys_plan;
 static SPIPlanPtr ready_key_plan;
@@ -206,14 +207,13 @@ payments_outbox_send(PG_FUNCTION_ARGS)
 	 */
 	if (IsolationUsesXactSnapshot())
 	{
-		bool		isnull_ready;
-
-		payments_execute_latest("SELECT NOT EXISTS (SELECT FROM @extschema@.outbox e"
-								" WHERE e.topic = $1 AND e.key = $2 AND e.settled_at IS NULL)",
-								2, (Oid[]) {TEXTOID, TEXTOID}, values, NULL,
-								SPI_OK_SELECT);
+		payments_prepare(&ready_probe_plan,
+						 "SELECT NOT EXISTS (SELECT FROM @extschema@.outbox e"
+						 " WHERE e.topic = $1 AND e.key = $2 AND e.settled_at IS NULL)",
+						 2, (Oid[]) {TEXTOID, TEXTOID});
+		payments_execute_plan_latest(ready_probe_plan, values, NULL, SPI_OK_SELECT);
 		values[8] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
-								  &isnull_ready);
+								  &isnull);
 		nulls[8] = ' ';
 	}
 	payments_prepare(&send_plan,
@@ -241,40 +241,31 @@ payments_outbox_send(PG_FUNCTION_ARGS)
 /*
  * Mark the first unsettled message of (topic, key) ready, if it is not.
  * The caller holds the key's lock, so that no send of the key is in
- * progress and the statement's snapshot sees every message of the key.
+ * progress; the statement runs on a snapshot taken now, which under
+ * REPEATABLE READ the transaction's may not be, so that it sees every
+ * message of the key.
  */
-#define MAKE_READY_SQL \
-	"UPDATE @extschema@.outbox SET ready = true" \
-	" WHERE id = (SELECT min(e.id) FROM @extschema@.outbox e" \
-	"  WHERE e.topic = $1 AND e.key = $2 AND e.settled_at IS NULL)" \
-	"  AND NOT ready AND settled_at IS NULL"
-
 static void
 make_ready(Datum topic, Datum key)
 {
 	Datum		values[2] = {topic, key};
 
-	/*
-	 * Under REPEATABLE READ the transaction's snapshot may be older than the
-	 * key's lock and miss a message sent since.
-	 */
-	if (IsolationUsesXactSnapshot())
-	{
-		payments_execute_latest(MAKE_READY_SQL, 2, (Oid[]) {TEXTOID, TEXTOID},
-								values, NULL, SPI_OK_UPDATE);
-		return;
-	}
-	payments_prepare(&make_ready_plan, MAKE_READY_SQL, 2,
-					 (Oid[]) {TEXTOID, TEXTOID});
-	payments_execute(make_ready_plan, values, NULL, SPI_OK_UPDATE, 0);
+	payments_prepare(&make_ready_plan,
+					 "UPDATE @extschema@.outbox SET ready = true"
+					 " WHERE id = (SELECT min(e.id) FROM @extschema@.outbox e"
+					 "  WHERE e.topic = $1 AND e.key = $2 AND e.settled_at IS NULL)"
+					 "  AND NOT ready AND settled_at IS NULL",
+					 2, (Oid[]) {TEXTOID, TEXTOID});
+	payments_execute_plan_latest(make_ready_plan, values, NULL, SPI_OK_UPDATE);
 }
 
 /*
- * A message was settled by the last statement, which returned its topic
- * and key: make the key's first unsettled message ready, now if no other
- * transaction holds the key's lock (a send, or another settle of the key),
- * else by the next claim (the key goes to outbox_unready_keys).  Never
- * waits.  The caller is connected to SPI as the tables' owner.
+ * The first row of the last statement's result names a message just
+ * settled, by its topic and key in columns 1 and 2: make the key's first
+ * unsettled message ready, now if no other transaction holds the key's
+ * lock (a send, or another settle of the key), else by the next claim (the
+ * key goes to outbox_unready_keys).  Never waits.  The caller is connected
+ * to SPI as the tables' owner.
  */
 void
 outbox_message_settled(void)

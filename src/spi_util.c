@@ -385,19 +385,30 @@ payments_execute_latest(const char *sql, int nargs, const Oid *argtypes,
 {
 	char	   *text = with_schema(sql);
 	SPIPlanPtr	plan;
-	int			rc;
+	uint64		n;
 
 	plan = SPI_prepare(text, nargs, (Oid *) argtypes);
 	if (plan == NULL)
 		elog(ERROR, "could not prepare query \"%s\": %s",
 			 text, SPI_result_code_string(SPI_result));
+	n = payments_execute_plan_latest(plan, values, nulls, expected);
+	SPI_freeplan(plan);
+	pfree(text);
+	return n;
+}
+
+/* A kept plan executed as payments_execute_latest executes its query */
+uint64
+payments_execute_plan_latest(SPIPlanPtr plan, Datum *values, const char *nulls,
+							 int expected)
+{
+	int			rc;
+
 	rc = SPI_execute_snapshot(plan, values, nulls, GetLatestSnapshot(),
 							  InvalidSnapshot, false, false, 0);
 	if (rc != expected)
 		elog(ERROR, "SPI_execute_snapshot returned %s, expected %s",
 			 SPI_result_code_string(rc), SPI_result_code_string(expected));
-	SPI_freeplan(plan);
-	pfree(text);
 	return SPI_processed;
 }
 

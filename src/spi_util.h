@@ -30,6 +30,8 @@ extern Portal payments_cursor_open_once(const char *sql, int nargs,
 extern uint64 payments_execute_latest(const char *sql, int nargs,
 									  const Oid *argtypes, Datum *values,
 									  const char *nulls, int expected);
+extern uint64 payments_execute_plan_latest(SPIPlanPtr plan, Datum *values,
+										   const char *nulls, int expected);
 
 extern ErrorData *payments_run_in_subtransaction(void (*fn) (void *arg), void *arg);
 
