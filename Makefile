@@ -60,6 +60,7 @@ OBJS = \
 	src/saga.o \
 	src/outbox.o \
 	src/outbox_operator.o \
+	src/outbox_notify.o \
 	src/inbox.o \
 	src/fault.o \
 	src/check_define.o \

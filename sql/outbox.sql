@@ -230,6 +230,26 @@ SELECT count(*) AS visible_topics FROM payments.outbox_stats;
 DROP TABLE claim1, claim2, claim3, claim4, claim5;
 RESET ROLE;
 
+-- The worker's notification of the relays, run here by hand: one per
+-- topic with a message a claim would take now, none for a topic whose
+-- messages are all in flight or waiting for a retry.  The application
+-- roles cannot run it.
+SELECT payments.outbox_send('refunds', 'r-1', '{}') IS NOT NULL AS sent;
+SELECT payments.outbox_send('payouts', 'p-1', '{}') IS NOT NULL AS sent;
+SELECT count(payments.outbox_nack(id, claim_token, 'broker down')) AS failed
+  FROM payments.outbox_claim('payouts', 1, '1 minute');
+SELECT status, next_attempt_at > now() AS later FROM payments.outbox WHERE topic = 'payouts';
+SELECT payments.notify_outbox_relays() AS topics_notified;
+-- a retry that is due, and a lease that ran out, make their topics claimable
+UPDATE payments.outbox SET next_attempt_at = now() - interval '1 second' WHERE topic = 'payouts';
+UPDATE payments.outbox SET lease_expires_at = now() - interval '1 second' WHERE id = :paid9;
+SELECT payments.notify_outbox_relays() AS topics_notified;
+SELECT payments.notify_outbox_relays(2) AS topics_notified;
+SELECT payments.notify_outbox_relays(0);
+SET ROLE regress_ob_relay;
+SELECT payments.notify_outbox_relays();
+RESET ROLE;
+
 DROP EXTENSION payments;
 DROP ROLE regress_ob_shop, regress_ob_relay, regress_ob_operator,
     regress_ob_consumer, regress_ob_consumer2;

@@ -42,7 +42,6 @@
 #include "access/detoast.h"
 #include "access/xact.h"
 #include "catalog/pg_type.h"
-#include "commands/async.h"
 #include "common/pg_prng.h"
 #include "funcapi.h"
 #include "miscadmin.h"
@@ -63,7 +62,6 @@ PG_FUNCTION_INFO_V1(payments_outbox_nack);
 #define UNREADY_KEYS_PER_CLAIM		100
 
 static int	max_payload_size = 1024 * 1024;
-static bool notify_relays = true;
 
 static SPIPlanPtr send_plan;
 static SPIPlanPtr claim_plan;
@@ -92,17 +90,6 @@ outbox_init(void)
 							PGC_SUSET,
 							GUC_UNIT_BYTE,
 							NULL, NULL, NULL);
-
-	DefineCustomBoolVariable("payments.outbox_notify",
-							 gettext_noop("Whether a transaction that sent outbox messages notifies the relays when it commits."),
-							 gettext_noop("The notification goes to the channel payments_outbox with the topic as payload. "
-										  "A transaction that notifies cannot be prepared for two-phase commit; "
-										  "turn this off there and let the relays poll."),
-							 &notify_relays,
-							 true,
-							 PGC_USERSET,
-							 0,
-							 NULL, NULL, NULL);
 }
 
 /* The id argument of ack, nack, retry and skip */
@@ -232,9 +219,7 @@ payments_outbox_send(PG_FUNCTION_ARGS)
 	SPI_finish();
 	payments_end_as_owner(&saved);
 
-	/* queued, sent only if and when the transaction commits */
-	if (notify_relays)
-		Async_Notify(OUTBOX_CHANNEL, topic);
+	outbox_notify_at_commit(topic);
 	PG_RETURN_INT64(id);
 }
 

@@ -1,8 +1,8 @@
 /*-------------------------------------------------------------------------
  *
  * outbox.h
- *	  The transactional outbox (outbox.c, outbox_operator.c) and the inbox
- *	  (inbox.c).
+ *	  The transactional outbox (outbox.c, outbox_operator.c, outbox_notify.c)
+ *	  and the inbox (inbox.c).
  *
  *-------------------------------------------------------------------------
  */
@@ -31,5 +31,9 @@
 extern void outbox_init(void);
 extern int64 outbox_arg_id(FunctionCallInfo fcinfo);
 extern void outbox_message_settled(void);
+
+/* outbox_notify.c */
+extern void outbox_notify_init(void);
+extern void outbox_notify_at_commit(const char *topic);
 
 #endif							/* PAYMENTS_OUTBOX_H */

@@ -43,6 +43,7 @@ _PG_init(void)
 	statement_init();
 	tcc_init();
 	outbox_init();
+	outbox_notify_init();
 	fault_init();
 	check_init();
 	retention_init();

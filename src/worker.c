@@ -81,19 +81,33 @@ typedef struct WorkerTask
 	const char *name;
 	const char *function;
 	bool		lock_timeout;
+	bool		counts_items;	/* what it returns is added to items_done */
+	bool		async_commit;	/* its effects need not wait for a flush */
 } WorkerTask;
 
 static const WorkerTask worker_tasks[] = {
-	{"expire reservations", "expire_reservations", true},
-	{"purge idempotency keys", "purge_idempotency_keys", true},
-	{"run compensations", "run_compensations", false},
-	{"chase callbacks", "chase_callbacks", true},
-	{"purge callbacks", "purge_callbacks", true},
-	{"purge tcc fence", "purge_tcc_fence", true},
-	{"abort timed-out sagas", "abort_timed_out_sagas", true},
-	{"queue due checks", "queue_due_checks", true},
-	{"purge retention", "purge_retention", true},
+	{"expire reservations", "expire_reservations", true, true, false},
+	{"purge idempotency keys", "purge_idempotency_keys", true, true, false},
+	{"run compensations", "run_compensations", false, true, false},
+	{"chase callbacks", "chase_callbacks", true, true, false},
+	{"purge callbacks", "purge_callbacks", true, true, false},
+	{"purge tcc fence", "purge_tcc_fence", true, true, false},
+	{"abort timed-out sagas", "abort_timed_out_sagas", true, true, false},
+	{"queue due checks", "queue_due_checks", true, true, false},
+	{"purge retention", "purge_retention", true, true, false},
 };
+
+/*
+ * Notifying the outbox's relays (outbox_notify.c) runs whenever a commit
+ * has sent messages since it last ran: between rounds, and between the
+ * tasks of a round, which may be long.  Each round also runs it once, for
+ * commits whose wake-up no worker took (a prepared transaction's, one made
+ * while no worker was connected).  It returns how many topics it notified,
+ * which are not items.  A notification is a hint to be sent soon, not data
+ * to keep: its commit does not wait for the flush.
+ */
+static const WorkerTask notify_outbox_task =
+{"notify outbox relays", "notify_outbox_relays", true, false, true};
 
 /*
  * How soon a round runs again when work that was already due when it began
@@ -264,6 +278,10 @@ run_task(const WorkerTask *task, MemoryContext loopcxt)
 				(void) set_config_option("lock_timeout", WORKER_LOCK_TIMEOUT,
 										 PGC_SUSET, PGC_S_SESSION,
 										 GUC_ACTION_SAVE, true, 0, false);
+			if (task->async_commit)
+				(void) set_config_option("synchronous_commit", "off",
+										 PGC_SUSET, PGC_S_SESSION,
+										 GUC_ACTION_LOCAL, true, 0, false);
 			pgstat_report_activity(STATE_RUNNING, task->name);
 			n = DatumGetInt32(OidFunctionCall1(fn, Int32GetDatum(WORKER_BATCH)));
 			AtEOXact_GUC(true, nestlevel);
@@ -302,7 +320,7 @@ run_task(const WorkerTask *task, MemoryContext loopcxt)
 	error_context_stack = errcallback.previous;
 	current_task = NULL;
 
-	if (n > 0)
+	if (n > 0 && task->counts_items)
 	{
 		LWLockAcquire(payments_shared->lock, LW_EXCLUSIVE);
 		my_db->items_done += n;
@@ -624,6 +642,17 @@ payments_worker_should_yield(void)
 								   WORKER_QUANTUM_MS);
 }
 
+/* Notify the outbox's relays if a commit sent messages since last time. */
+static void
+notify_outbox_if_sent(MemoryContext loopcxt, bool always)
+{
+	if (pg_atomic_exchange_u32(&my_db->outbox_sent, 0) != 0 || always)
+	{
+		(void) run_task(&notify_outbox_task, loopcxt);
+		MemoryContextReset(loopcxt);
+	}
+}
+
 /* One round: every task once, if the extension is ready.  True if more. */
 static bool
 run_round(MemoryContext loopcxt)
@@ -636,11 +665,13 @@ run_round(MemoryContext loopcxt)
 	ready = extension_ready();
 	if (ready)
 	{
+		notify_outbox_if_sent(loopcxt, true);
 		for (int i = 0; i < lengthof(worker_tasks); i++)
 		{
 			if (run_task(&worker_tasks[i], loopcxt) >= WORKER_BATCH)
 				more = true;
 			MemoryContextReset(loopcxt);
+			notify_outbox_if_sent(loopcxt, false);
 			CHECK_FOR_INTERRUPTS();
 			/* The rest of the round is the next worker's: stay due. */
 			if (payments_worker_should_yield() && i + 1 < lengthof(worker_tasks))
@@ -732,6 +763,7 @@ payments_worker_main(Datum main_arg)
 		}
 		if (!payments_worker_enabled)
 			worker_leave(false);
+		notify_outbox_if_sent(loopcxt, false);
 
 		now = GetCurrentTimestamp();
 		LWLockAcquire(payments_shared->lock, LW_SHARED);

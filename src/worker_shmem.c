@@ -58,6 +58,7 @@ static ProcessUtility_hook_type prev_ProcessUtility = NULL;
 static bool wake_at_commit = false;
 static bool register_at_commit = false;
 static TimestampTz due_at_commit = 0;
+static bool outbox_sent_at_commit = false;
 
 /* This backend's database's entry, once found */
 static int	my_database = -1;
@@ -120,7 +121,10 @@ payments_shmem_startup(void)
 		payments_shared->databases = (PaymentsDatabase *)
 			((char *) payments_shared + slots_size());
 		for (int i = 0; i < payments_max_databases; i++)
+		{
 			pg_atomic_init_u64(&payments_shared->databases[i].due_at, 0);
+			pg_atomic_init_u32(&payments_shared->databases[i].outbox_sent, 0);
+		}
 	}
 	LWLockRelease(AddinShmemInitLock);
 }
@@ -171,6 +175,7 @@ payments_add_database(Oid dboid)
 	memset(((char *) db) + offsetof(PaymentsDatabase, last_run), 0,
 		   sizeof(PaymentsDatabase) - offsetof(PaymentsDatabase, last_run));
 	pg_atomic_write_u64(&db->due_at, (uint64) GetCurrentTimestamp());
+	pg_atomic_write_u32(&db->outbox_sent, 0);
 	db->dboid = dboid;
 	return db;
 }
@@ -236,6 +241,19 @@ payments_worker_due_at_commit(TimestampTz due)
 		due_at_commit = due;
 }
 
+/*
+ * Have this database's worker notify the outbox's relays once the current
+ * transaction commits (outbox_notify.c).  Only the first commit after the
+ * worker's last notification sets its latch; the worker's next
+ * notification covers every commit since, so that many sending commits
+ * cost the relays one notification and the senders no global lock.
+ */
+void
+payments_outbox_sent_at_commit(void)
+{
+	outbox_sent_at_commit = true;
+}
+
 /* Ask the launcher to start a worker here once CREATE EXTENSION commits. */
 void
 payments_register_database_at_commit(void)
@@ -265,6 +283,20 @@ my_database_entry(void)
 	return db;
 }
 
+/* The latch of this database's worker, or NULL if none is connected. */
+static Latch *
+worker_latch(void)
+{
+	PaymentsWorkerSlot *slot;
+	Latch	   *latch;
+
+	LWLockAcquire(payments_shared->lock, LW_SHARED);
+	slot = payments_find_slot(MyDatabaseId);
+	latch = slot != NULL ? slot->latch : NULL;
+	LWLockRelease(payments_shared->lock);
+	return latch;
+}
+
 /*
  * The latch to set so that this database's due work is seen: its worker's,
  * or the launcher's when no worker is connected to it.
@@ -272,15 +304,9 @@ my_database_entry(void)
 static Latch *
 latch_to_wake(void)
 {
-	PaymentsWorkerSlot *slot;
-	Latch	   *latch;
+	Latch	   *latch = worker_latch();
 
-	LWLockAcquire(payments_shared->lock, LW_SHARED);
-	slot = payments_find_slot(MyDatabaseId);
-	latch = (slot != NULL && slot->latch != NULL) ? slot->latch
-		: payments_shared->launcher_latch;
-	LWLockRelease(payments_shared->lock);
-	return latch;
+	return latch != NULL ? latch : payments_shared->launcher_latch;
 }
 
 /* Lower the database's due time to the given one; true if it was later. */
@@ -301,11 +327,12 @@ static void
 at_commit(void)
 {
 	PaymentsDatabase *db = my_database_entry();
+	bool		wake = wake_at_commit || register_at_commit;
 	Latch	   *latch = NULL;
 
 	if (db == NULL)
 	{
-		if (!wake_at_commit && !register_at_commit)
+		if (!wake && !outbox_sent_at_commit)
 			return;
 		LWLockAcquire(payments_shared->lock, LW_EXCLUSIVE);
 		latch = payments_request_rescan();
@@ -314,7 +341,18 @@ at_commit(void)
 			SetLatch(latch);
 		return;
 	}
-	if (wake_at_commit || register_at_commit)
+
+	/*
+	 * The worker notifies the relays without a round; with no worker
+	 * connected, the round of the one the launcher starts does.
+	 */
+	if (outbox_sent_at_commit && pg_atomic_exchange_u32(&db->outbox_sent, 1) == 0)
+	{
+		latch = worker_latch();
+		if (latch == NULL)
+			wake = true;
+	}
+	if (wake)
 	{
 		LWLockAcquire(payments_shared->lock, LW_EXCLUSIVE);
 		if (db->dboid == MyDatabaseId)
@@ -341,7 +379,8 @@ static void
 payments_xact_callback(XactEvent event, void *arg)
 {
 	if (event == XACT_EVENT_COMMIT && payments_shared != NULL &&
-		(wake_at_commit || register_at_commit || due_at_commit != 0))
+		(wake_at_commit || register_at_commit || due_at_commit != 0 ||
+		 outbox_sent_at_commit))
 		at_commit();
 
 	/*
@@ -356,6 +395,7 @@ payments_xact_callback(XactEvent event, void *arg)
 	{
 		wake_at_commit = false;
 		due_at_commit = 0;
+		outbox_sent_at_commit = false;
 		at_commit();
 	}
 
@@ -376,6 +416,7 @@ payments_xact_callback(XactEvent event, void *arg)
 			wake_at_commit = false;
 			register_at_commit = false;
 			due_at_commit = 0;
+			outbox_sent_at_commit = false;
 			break;
 		default:
 			break;

@@ -161,6 +161,15 @@ CREATE FUNCTION @extschema@.outbox_revoke(topic text, grantee regrole, privilege
 COMMENT ON FUNCTION @extschema@.outbox_revoke(text, regrole, text) IS
     'Take back a grant of payments.outbox_grant (operators)';
 
+CREATE FUNCTION @extschema@.notify_outbox_relays(max_topics integer DEFAULT 1000)
+    RETURNS integer
+    AS 'MODULE_PATHNAME', 'payments_notify_outbox_relays'
+    LANGUAGE C VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp;
+
+COMMENT ON FUNCTION @extschema@.notify_outbox_relays(integer) IS
+    'The worker''s task: notify the channel payments_outbox of each topic that has a message to claim, when the transaction commits; returns how many topics';
+
 CREATE FUNCTION @extschema@.inbox_receive(source text, message_id text,
                                            retain interval DEFAULT '7 days')
     RETURNS boolean

@@ -1,0 +1,115 @@
+/*-------------------------------------------------------------------------
+ *
+ * outbox_notify.c
+ *	  Waking the outbox's relays: a notification on the channel
+ *	  payments_outbox, with a topic as payload, once messages of the topic
+ *	  can be claimed.
+ *
+ * PostgreSQL lets one notifying transaction commit at a time (it holds a
+ * lock from the notification queue's write to the end of its commit), so
+ * senders that notified would wait for each other's commit flush.  A
+ * sending commit therefore only flags its database (worker_shmem.c); the
+ * worker then notifies each topic that has a claimable message, once for
+ * every commit since it last did, in a transaction of its own.  Without a
+ * worker (the library not preloaded, or payments.worker_enabled off) the
+ * sending transaction notifies at its commit, as NOTIFY would.
+ *
+ * A notification is a hint: any role may LISTEN on the channel or NOTIFY
+ * it, and one can arrive late (the worker is busy) or never (the worker
+ * is down), so relays also claim at an interval of their own.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "outbox.h"
+#include "payments.h"
+#include "args.h"
+#include "spi_util.h"
+#include "worker.h"
+
+#include "catalog/pg_type.h"
+#include "commands/async.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/timestamp.h"
+
+PG_FUNCTION_INFO_V1(payments_notify_outbox_relays);
+
+static bool notify_relays = true;
+
+static SPIPlanPtr claimable_topics_plan;
+
+void
+outbox_notify_init(void)
+{
+	DefineCustomBoolVariable("payments.outbox_notify",
+							 gettext_noop("Whether relays listening on the channel payments_outbox are notified once a transaction that sent outbox messages commits."),
+							 gettext_noop("The extension's worker notifies each topic once for many commits. "
+										  "Without a worker, the sending transaction notifies when it commits, "
+										  "and then cannot be prepared for two-phase commit."),
+							 &notify_relays,
+							 true,
+							 PGC_USERSET,
+							 0,
+							 NULL, NULL, NULL);
+}
+
+/*
+ * A message of the topic was sent in the current transaction: have the
+ * relays notified once it commits.
+ */
+void
+outbox_notify_at_commit(const char *topic)
+{
+	if (!notify_relays)
+		return;
+	if (payments_shared != NULL && payments_worker_enabled)
+		payments_outbox_sent_at_commit();
+	else
+		Async_Notify(OUTBOX_CHANNEL, topic);
+}
+
+/*
+ * payments.notify_outbox_relays(max_topics): the worker's notification of
+ * up to max_topics topics that have a message a claim would take now,
+ * sent when this transaction commits.  Returns how many.  The topics are
+ * read one index probe each, however many messages wait.
+ */
+Datum
+payments_notify_outbox_relays(PG_FUNCTION_ARGS)
+{
+	int32		max_topics = payments_arg_int_range(fcinfo, 0, "max_topics", 1, 1000000);
+	Datum		values[2];
+	uint64		n;
+
+	payments_check_not_in_recovery();
+	values[0] = Int32GetDatum(max_topics);
+	values[1] = TimestampTzGetDatum(GetCurrentTimestamp());
+	SPI_connect();
+#define CLAIMABLE \
+	"o.ready AND o.settled_at IS NULL" \
+	" AND ((o.status = 'pending' AND o.next_attempt_at <= $2)" \
+	"  OR (o.status = 'in_flight' AND o.lease_expires_at < $2))"
+	payments_prepare(&claimable_topics_plan,
+					 "WITH RECURSIVE t(topic) AS ("
+					 " SELECT min(o.topic) FROM @extschema@.outbox o WHERE " CLAIMABLE
+					 " UNION ALL"
+					 " SELECT (SELECT min(o.topic) FROM @extschema@.outbox o"
+					 "  WHERE o.topic > t.topic AND " CLAIMABLE ")"
+					 " FROM t WHERE t.topic IS NOT NULL)"
+					 " SELECT topic FROM t WHERE topic IS NOT NULL LIMIT $1",
+					 2, (Oid[]) {INT4OID, TIMESTAMPTZOID});
+#undef CLAIMABLE
+	n = payments_execute(claimable_topics_plan, values, NULL, SPI_OK_SELECT, 0);
+	for (uint64 i = 0; i < n; i++)
+	{
+		bool		isnull;
+		Datum		topic = SPI_getbinval(SPI_tuptable->vals[i],
+										  SPI_tuptable->tupdesc, 1, &isnull);
+
+		Async_Notify(OUTBOX_CHANNEL, TextDatumGetCString(topic));
+	}
+	SPI_finish();
+	PG_RETURN_INT32((int32) n);
+}

@@ -1,0 +1,102 @@
+# Who wakes the outbox's relays.
+#  - With a worker running, a relay listening on payments_outbox is notified
+#    of a sending commit by the worker, never by the sender: senders take no
+#    part in PostgreSQL's notification queue, so their commits do not wait
+#    for each other's.
+#  - A sending transaction can then be prepared for two-phase commit with
+#    payments.outbox_notify on, and its message is claimable once committed.
+#  - With payments.worker_enabled off, the sending transaction notifies at
+#    its commit instead.
+use strict;
+use warnings;
+
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(usleep);
+use PaymentsNode;
+
+my $node = payments_node('outbox_notify', conf => qq{
+max_prepared_transactions = 2
+});
+$node->safe_psql('postgres', q{
+CREATE EXTENSION payments;
+CREATE ROLE shop LOGIN IN ROLE payments_app;
+SELECT payments.outbox_grant('orders', 'shop', 'send');
+SELECT payments.outbox_grant('refunds', 'shop', 'send');
+SELECT payments.outbox_grant('payouts', 'shop', 'send');
+});
+my $worker = wait_for_worker($node, 'postgres');
+
+sub sql { return $node->safe_psql('postgres', $_[0]); }
+
+# Send a message of the topic as shop in a transaction of its own; returns
+# the PID of the sending backend.
+sub send_as_shop
+{
+	my ($topic, $key) = @_;
+	return sql("SET ROLE shop; SELECT pg_backend_pid()"
+		  . " FROM payments.outbox_send('$topic', '$key', '{}') AS id");
+}
+
+my $listener = $node->background_psql('postgres');
+$listener->query_safe('LISTEN payments_outbox');
+
+# The PIDs that notified the topic to the listener, once at least one has:
+# psql prints a notification after the statement during which it came.
+sub notifiers_of
+{
+	my ($topic) = @_;
+	my $deadline = time() + $PostgreSQL::Test::Utils::timeout_default;
+	my @pids;
+
+	while (!@pids && time() < $deadline)
+	{
+		my $out = $listener->query_safe('SELECT 1');
+		@pids = $out =~
+		  /Asynchronous notification "payments_outbox" with payload "\Q$topic\E" received from server process with PID (\d+)/g;
+		usleep(20_000) unless @pids;
+	}
+	return @pids;
+}
+
+# --- the worker notifies, the senders do not ---
+
+my @senders = map { send_as_shop('orders', "k$_") } 1 .. 5;
+my @notifiers = notifiers_of('orders');
+ok(@notifiers > 0, 'the listening relay is notified of the sending commits');
+is_deeply([ grep { $_ != $worker } @notifiers ], [],
+	'every notification comes from the worker');
+my %sender = map { $_ => 1 } @senders;
+is(scalar(grep { $sender{$_} } @notifiers), 0, 'no sender notified');
+
+# --- a sending transaction can be prepared ---
+
+my ($ret, $stdout, $stderr) = $node->psql('postgres', q{
+SET ROLE shop;
+BEGIN;
+SELECT payments.outbox_send('refunds', 'r1', '{}');
+PREPARE TRANSACTION 'send_refund';
+});
+is($ret, 0, 'a transaction that sent can be prepared with payments.outbox_notify on')
+  or diag $stderr;
+sql("COMMIT PREPARED 'send_refund'");
+is(sql("SELECT count(*) FROM payments.outbox_claim('refunds', 10, '1 minute')"),
+	'1', 'its message is claimable once committed');
+
+# --- without a worker, the sender notifies at its commit ---
+# (a topic no worker has seen, so that no notification of the worker's can
+# be taken for the sender's)
+
+$node->append_conf('postgresql.conf', 'payments.worker_enabled = off');
+$node->reload;
+$node->poll_query_until('postgres',
+	"SELECT NOT EXISTS (SELECT FROM pg_stat_activity WHERE backend_type = 'payments worker')")
+  or die 'the worker did not leave';
+my $sender = send_as_shop('payouts', 'p1');
+@notifiers = notifiers_of('payouts');
+is_deeply(\@notifiers, [$sender], 'without a worker the sending transaction notifies');
+
+$listener->quit;
+$node->stop;
+done_testing();
