@@ -33,6 +33,7 @@ extern int64 outbox_arg_id(FunctionCallInfo fcinfo);
 extern void outbox_message_settled(void);
 
 /* outbox_notify.c */
+extern int	outbox_notify_interval;
 extern void outbox_notify_init(void);
 extern void outbox_notify_at_commit(const char *topic);
 

@@ -10,7 +10,8 @@
  * senders that notified would wait for each other's commit flush.  A
  * sending commit therefore only flags its database (worker_shmem.c); the
  * worker then notifies each topic that has a claimable message, once for
- * every commit since it last did, in a transaction of its own.  Without a
+ * every commit since it last did, in a transaction of its own, and at most
+ * once every payments.outbox_notify_interval.  Without a
  * worker (the library not preloaded, or payments.worker_enabled off) the
  * sending transaction notifies at its commit, as NOTIFY would.
  *
@@ -37,6 +38,7 @@
 PG_FUNCTION_INFO_V1(payments_notify_outbox_relays);
 
 static bool notify_relays = true;
+int			outbox_notify_interval = 10;
 
 static SPIPlanPtr claimable_topics_plan;
 
@@ -53,6 +55,18 @@ outbox_notify_init(void)
 							 PGC_USERSET,
 							 0,
 							 NULL, NULL, NULL);
+
+	DefineCustomIntVariable("payments.outbox_notify_interval",
+							gettext_noop("The shortest time between two notifications of the outbox's relays by the worker."),
+							gettext_noop("Commits that come sooner are notified together when it has passed, "
+										 "so that relays under load claim many messages per wake-up."),
+							&outbox_notify_interval,
+							10,
+							0,
+							60000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
 }
 
 /*

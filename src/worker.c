@@ -28,6 +28,7 @@
 #include "worker.h"
 #include "compensation.h"
 #include "extension_catalog.h"
+#include "outbox.h"
 #include "citus_shards.h"
 #include "citus_tables.h"
 #include "owner_rights.h"
@@ -120,6 +121,9 @@ static int	my_slotno = -1;
 static PaymentsWorkerSlot *my_slot = NULL;
 static PaymentsDatabase *my_db = NULL;
 static const WorkerTask *current_task = NULL;
+
+/* When the worker last notified the outbox's relays */
+static TimestampTz last_outbox_notify = 0;
 
 /* When this worker took its slot: its quantum counts from here. */
 static TimestampTz served_since = 0;
@@ -642,15 +646,35 @@ payments_worker_should_yield(void)
 								   WORKER_QUANTUM_MS);
 }
 
-/* Notify the outbox's relays if a commit sent messages since last time. */
-static void
-notify_outbox_if_sent(MemoryContext loopcxt, bool always)
+/*
+ * When the outbox's relays may be notified again, if a commit sent messages
+ * since they last were; 0 if none did.  Until then, senders' commits do
+ * not set the latch again.
+ */
+static TimestampTz
+outbox_notify_due(void)
 {
-	if (pg_atomic_exchange_u32(&my_db->outbox_sent, 0) != 0 || always)
-	{
-		(void) run_task(&notify_outbox_task, loopcxt);
-		MemoryContextReset(loopcxt);
-	}
+	if (pg_atomic_read_u32(&my_db->outbox_sent) == 0)
+		return 0;
+	return TimestampTzPlusMilliseconds(last_outbox_notify, outbox_notify_interval);
+}
+
+/*
+ * Notify the outbox's relays if a commit sent messages since last time and
+ * payments.outbox_notify_interval has passed, or always.
+ */
+static void
+notify_outbox(MemoryContext loopcxt, bool always)
+{
+	TimestampTz due = outbox_notify_due();
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (!always && (due == 0 || due > now))
+		return;
+	(void) pg_atomic_exchange_u32(&my_db->outbox_sent, 0);
+	last_outbox_notify = now;
+	(void) run_task(&notify_outbox_task, loopcxt);
+	MemoryContextReset(loopcxt);
 }
 
 /* One round: every task once, if the extension is ready.  True if more. */
@@ -665,13 +689,13 @@ run_round(MemoryContext loopcxt)
 	ready = extension_ready();
 	if (ready)
 	{
-		notify_outbox_if_sent(loopcxt, true);
+		notify_outbox(loopcxt, true);
 		for (int i = 0; i < lengthof(worker_tasks); i++)
 		{
 			if (run_task(&worker_tasks[i], loopcxt) >= WORKER_BATCH)
 				more = true;
 			MemoryContextReset(loopcxt);
-			notify_outbox_if_sent(loopcxt, false);
+			notify_outbox(loopcxt, false);
 			CHECK_FOR_INTERRUPTS();
 			/* The rest of the round is the next worker's: stay due. */
 			if (payments_worker_should_yield() && i + 1 < lengthof(worker_tasks))
@@ -763,7 +787,7 @@ payments_worker_main(Datum main_arg)
 		}
 		if (!payments_worker_enabled)
 			worker_leave(false);
-		notify_outbox_if_sent(loopcxt, false);
+		notify_outbox(loopcxt, false);
 
 		now = GetCurrentTimestamp();
 		LWLockAcquire(payments_shared->lock, LW_SHARED);
@@ -790,7 +814,8 @@ payments_worker_main(Datum main_arg)
 			worker_yield(more || wake || due <= now);
 
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 Max(TimestampDifferenceMilliseconds(now, due), 1),
+						 Max(TimestampDifferenceMilliseconds(now,
+															 earlier_due(due, outbox_notify_due())), 1),
 						 PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
 	}
