@@ -58,6 +58,7 @@ OBJS = \
 	src/reconciliation_heal.o \
 	src/tcc_fence.o \
 	src/saga.o \
+	src/outbox_send.o \
 	src/outbox.o \
 	src/outbox_operator.o \
 	src/outbox_notify.o \
@@ -210,6 +211,10 @@ REGRESS_PREP = installcheck-server
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+# Without --enable-depend PGXS rebuilds an object only when its .c file
+# changes: a changed header (a shared struct) must rebuild every object.
+$(OBJS): $(wildcard $(srcdir)/src/*.h)
 
 # A VPATH build (pg_buildext builds in an empty build-<version> directory)
 # needs the directories the objects and the built install script go to.

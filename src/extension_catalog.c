@@ -70,6 +70,11 @@ static const char *const relation_names[PAYMENTS_NUM_RELATIONS] = {
 	[PAYMENTS_REL_TCC_FENCE] = "tcc_fence",
 	[PAYMENTS_REL_TCC_FENCE_PKEY] = "tcc_fence_pkey",
 	[PAYMENTS_REL_COMPENSATIONS_ID_SEQ] = "compensations_id_seq",
+	[PAYMENTS_REL_OUTBOX] = "outbox",
+	[PAYMENTS_REL_OUTBOX_ID_SEQ] = "outbox_id_seq",
+	[PAYMENTS_REL_OUTBOX_KEY_IDX] = "outbox_key_idx",
+	[PAYMENTS_REL_OUTBOX_GRANTS] = "outbox_grants",
+	[PAYMENTS_REL_OUTBOX_GRANTS_PKEY] = "outbox_grants_pkey",
 };
 
 static Oid	schema_oid = InvalidOid;
@@ -394,6 +399,27 @@ payments_check_columns(Relation rel, const char *const *names,
 }
 
 /*
+ * Whether the first nkeys columns of index are the columns attnums of rel
+ * (NULL: its first nkeys), text ones in the "C" collation.
+ */
+static bool
+index_leads_with(Relation rel, Relation index, const AttrNumber *attnums,
+				 int nkeys)
+{
+	for (int i = 0; i < nkeys; i++)
+	{
+		AttrNumber	attnum = attnums != NULL ? attnums[i] : i + 1;
+		Form_pg_attribute att = TupleDescAttr(RelationGetDescr(rel), attnum - 1);
+
+		if (index->rd_index->indkey.values[i] != attnum ||
+			(att->atttypid == TEXTOID &&
+			 index->rd_indcollation[i] != C_COLLATION_OID))
+			return false;
+	}
+	return true;
+}
+
+/*
  * A direct index scan builds its keys for the keys the extension creates:
  * a valid unique btree index, without predicate or expressions, on the
  * columns attnums of rel in that order (NULL: the first nkeys columns),
@@ -412,17 +438,9 @@ payments_check_key_index(Relation rel, Relation index, const AttrNumber *attnums
 					  index->rd_index->indimmediate &&
 					  IndexRelationGetNumberOfKeyAttributes(index) == nkeys &&
 					  RelationGetIndexPredicate(index) == NIL &&
-					  RelationGetIndexExpressions(index) == NIL);
+					  RelationGetIndexExpressions(index) == NIL &&
+					  index_leads_with(rel, index, attnums, nkeys));
 
-	for (int i = 0; ok && i < nkeys; i++)
-	{
-		AttrNumber	attnum = attnums != NULL ? attnums[i] : i + 1;
-		Form_pg_attribute att = TupleDescAttr(RelationGetDescr(rel), attnum - 1);
-
-		ok = index->rd_index->indkey.values[i] == attnum &&
-			(att->atttypid != TEXTOID ||
-			 index->rd_indcollation[i] == C_COLLATION_OID);
-	}
 	if (!ok)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -430,4 +448,29 @@ payments_check_key_index(Relation rel, Relation index, const AttrNumber *attnums
 						get_namespace_name(RelationGetNamespace(rel)),
 						RelationGetRelationName(rel)),
 				 errhint("Undo the change to the table, or reinstall the extension.")));
+}
+
+/*
+ * A direct index scan by the leading columns of an index that is not a
+ * key: a valid btree index, without expressions, whose first nkeys columns
+ * are attnums of rel, text ones in the "C" collation.  Rows found through
+ * it are checked by the caller, so a predicate does not matter here.
+ */
+void
+payments_check_index_prefix(Relation rel, Relation index,
+							const AttrNumber *attnums, int nkeys)
+{
+	bool		ok = (index->rd_rel->relam == BTREE_AM_OID &&
+					  index->rd_index->indisvalid &&
+					  IndexRelationGetNumberOfKeyAttributes(index) >= nkeys &&
+					  RelationGetIndexExpressions(index) == NIL &&
+					  index_leads_with(rel, index, attnums, nkeys));
+
+	if (!ok)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("index \"%s.%s\" is not the one the extension created",
+						get_namespace_name(RelationGetNamespace(index)),
+						RelationGetRelationName(index)),
+				 errhint("Undo the change to the index, or reinstall the extension.")));
 }

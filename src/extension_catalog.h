@@ -32,6 +32,11 @@ typedef enum PaymentsRelation
 	PAYMENTS_REL_TCC_FENCE,
 	PAYMENTS_REL_TCC_FENCE_PKEY,
 	PAYMENTS_REL_COMPENSATIONS_ID_SEQ,
+	PAYMENTS_REL_OUTBOX,
+	PAYMENTS_REL_OUTBOX_ID_SEQ,
+	PAYMENTS_REL_OUTBOX_KEY_IDX,
+	PAYMENTS_REL_OUTBOX_GRANTS,
+	PAYMENTS_REL_OUTBOX_GRANTS_PKEY,
 	PAYMENTS_NUM_RELATIONS
 } PaymentsRelation;
 
@@ -59,5 +64,7 @@ extern void payments_check_columns(Relation rel, const char *const *names,
 								   AttrNumber *attnums);
 extern void payments_check_key_index(Relation rel, Relation index,
 									 const AttrNumber *attnums, int nkeys);
+extern void payments_check_index_prefix(Relation rel, Relation index,
+										const AttrNumber *attnums, int nkeys);
 
 #endif							/* EXTENSION_CATALOG_H */

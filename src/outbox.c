@@ -51,7 +51,6 @@
 #include "utils/timestamp.h"
 #include "utils/tuplestore.h"
 
-PG_FUNCTION_INFO_V1(payments_outbox_send);
 PG_FUNCTION_INFO_V1(payments_outbox_claim);
 PG_FUNCTION_INFO_V1(payments_outbox_ack);
 PG_FUNCTION_INFO_V1(payments_outbox_nack);
@@ -61,36 +60,18 @@ PG_FUNCTION_INFO_V1(payments_outbox_nack);
 #define OUTBOX_ERROR_MAX_BYTES		8192
 #define UNREADY_KEYS_PER_CLAIM		100
 
-static int	max_payload_size = 1024 * 1024;
 
-static SPIPlanPtr send_plan;
 static SPIPlanPtr claim_plan;
 static SPIPlanPtr may_relay_plan;
 static SPIPlanPtr ack_plan;
 static SPIPlanPtr nack_plan;
 static SPIPlanPtr state_plan;
 static SPIPlanPtr make_ready_plan;
-static SPIPlanPtr ready_probe_plan;
 static SPIPlanPtr unready_plan;
 static SPIPlanPtr unready_keys_plan;
 static SPIPlanPtr ready_key_plan;
 
 static void make_keys_ready(Datum topic, const char *topic_str);
-
-void
-outbox_init(void)
-{
-	DefineCustomIntVariable("payments.outbox_max_payload_size",
-							gettext_noop("The largest outbox message that can be sent."),
-							gettext_noop("Measured in bytes of the payload and the headers as stored, before compression."),
-							&max_payload_size,
-							1024 * 1024,
-							1,
-							0x3fffffff, /* MaxAllocSize: no value is larger */
-							PGC_SUSET,
-							GUC_UNIT_BYTE,
-							NULL, NULL, NULL);
-}
 
 /* The id argument of ack, nack, retry and skip */
 int64
@@ -101,15 +82,15 @@ outbox_arg_id(FunctionCallInfo fcinfo)
 }
 
 /* The topic argument of send and claim, as a C string */
-static char *
-arg_topic(FunctionCallInfo fcinfo)
+char *
+outbox_arg_topic(FunctionCallInfo fcinfo)
 {
 	return text_to_cstring(payments_arg_text(fcinfo, 0, "topic",
 											 OUTBOX_NAME_MAX_BYTES));
 }
 
-static void
-report_not_granted(const char *topic, const char *privilege)
+void
+outbox_report_not_granted(const char *topic, const char *privilege)
 {
 	ereport(ERROR,
 			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
@@ -118,109 +99,6 @@ report_not_granted(const char *topic, const char *privilege)
 			 errmsg("permission denied to relay outbox topic \"%s\"", topic),
 			 errhint("An operator grants it with payments.outbox_grant(topic, role, '%s').",
 					 privilege)));
-}
-
-/*
- * payments.outbox_send(topic, key, payload, headers): the message, in the
- * caller's transaction.  Returns its id.
- */
-Datum
-payments_outbox_send(PG_FUNCTION_ARGS)
-{
-	static const Oid argtypes[] = {TEXTOID, TEXTOID, JSONBOID, JSONBOID, INT4OID,
-	OIDOID, BOOLOID, TIMESTAMPTZOID, BOOLOID};
-	char	   *topic = arg_topic(fcinfo);
-	text	   *key = payments_arg_text(fcinfo, 1, "key", OUTBOX_NAME_MAX_BYTES);
-	Oid			caller = GetUserId();
-	Datum		values[9];
-	char		nulls[9] = "        n";
-	Size		size;
-	int			backoff_base;
-	int			backoff_max;
-	int			max_attempts;
-	PaymentsSavedUser saved;
-	bool		isnull;
-	int64		id;
-
-	payments_arg_not_null(fcinfo, 2, "payload");
-	size = toast_raw_datum_size(PG_GETARG_DATUM(2));
-	if (!PG_ARGISNULL(3))
-	{
-		Jsonb	   *headers = PG_GETARG_JSONB_P(3);
-
-		if (!JB_ROOT_IS_OBJECT(headers) || JB_ROOT_IS_SCALAR(headers))
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("outbox message headers must be a JSON object")));
-		size += toast_raw_datum_size(PG_GETARG_DATUM(3));
-	}
-	else
-		nulls[3] = 'n';
-	if (size > (Size) max_payload_size)
-		ereport(ERROR,
-				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-				 errmsg("outbox message is too large"),
-				 errdetail("Its payload and headers take %zu bytes; the limit, payments.outbox_max_payload_size, is %d bytes.",
-						   size, max_payload_size),
-				 errhint("Send a reference to data kept elsewhere.")));
-	payments_check_not_in_recovery();
-	compensation_retry_settings(&backoff_base, &backoff_max, &max_attempts);
-
-	values[0] = CStringGetTextDatum(topic);
-	values[1] = PointerGetDatum(key);
-	values[2] = PG_GETARG_DATUM(2);
-	values[3] = PG_ARGISNULL(3) ? (Datum) 0 : PG_GETARG_DATUM(3);
-	values[4] = Int32GetDatum(max_attempts);
-	values[5] = ObjectIdGetDatum(caller);
-	values[6] = BoolGetDatum(superuser_arg(caller));
-
-	/*
-	 * Before the id is drawn, and until the transaction ends: see the top of
-	 * this file.  A caller without the grant takes it only until its error.
-	 */
-	(void) payments_lock_key(topic, strlen(topic), VARDATA_ANY(key),
-							 VARSIZE_ANY_EXHDR(key), PAYMENTS_LOCKSPACE_OUTBOX,
-							 true);
-	values[7] = TimestampTzGetDatum(GetCurrentTimestamp());
-
-	payments_begin_as_owner(payments_function_owner(fcinfo->flinfo->fn_oid),
-							true, &saved);
-	SPI_connect();
-
-	/*
-	 * Under REPEATABLE READ the transaction's snapshot may be older than the
-	 * key's lock: whether an earlier message is unsettled is asked of a
-	 * snapshot taken now.
-	 */
-	if (IsolationUsesXactSnapshot())
-	{
-		payments_prepare(&ready_probe_plan,
-						 "SELECT NOT EXISTS (SELECT FROM @extschema@.outbox e"
-						 " WHERE e.topic = $1 AND e.key = $2 AND e.settled_at IS NULL)",
-						 2, (Oid[]) {TEXTOID, TEXTOID});
-		payments_execute_plan_latest(ready_probe_plan, values, NULL, SPI_OK_SELECT);
-		values[8] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
-								  &isnull);
-		nulls[8] = ' ';
-	}
-	payments_prepare(&send_plan,
-					 "INSERT INTO @extschema@.outbox (topic, key, payload, headers,"
-					 " max_attempts, next_attempt_at, sent_by, sent_at, ready)"
-					 " SELECT $1, $2, $3, $4, $5, $8, $6::regrole, $8,"
-					 "  coalesce($9, NOT EXISTS (SELECT FROM @extschema@.outbox e"
-					 "   WHERE e.topic = $1 AND e.key = $2 AND e.settled_at IS NULL))"
-					 " WHERE " OUTBOX_GRANTED_SQL("$1", "send", "$6", "$7")
-					 " RETURNING id",
-					 9, argtypes);
-	if (payments_execute(send_plan, values, nulls, SPI_OK_INSERT_RETURNING, 0) == 0)
-		report_not_granted(topic, "send");
-	id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-									 SPI_tuptable->tupdesc, 1, &isnull));
-	SPI_finish();
-	payments_end_as_owner(&saved);
-
-	outbox_notify_at_commit(topic);
-	PG_RETURN_INT64(id);
 }
 
 /*
@@ -335,7 +213,7 @@ payments_outbox_claim(PG_FUNCTION_ARGS)
 	static const Oid argtypes[] = {TEXTOID, INT4OID, INTERVALOID, INT8OID,
 	OIDOID, BOOLOID, TIMESTAMPTZOID};
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	char	   *topic = arg_topic(fcinfo);
+	char	   *topic = outbox_arg_topic(fcinfo);
 	Oid			caller = GetUserId();
 	Datum		values[7];
 	PaymentsSavedUser saved;
@@ -360,7 +238,7 @@ payments_outbox_claim(PG_FUNCTION_ARGS)
 					 3, (Oid[]) {TEXTOID, OIDOID, BOOLOID});
 	if (payments_execute(may_relay_plan, (Datum[]) {values[0], values[4], values[5]},
 						 NULL, SPI_OK_SELECT, 0) == 0)
-		report_not_granted(topic, "relay");
+		outbox_report_not_granted(topic, "relay");
 	make_keys_ready(values[0], topic);
 
 #define LAPSED "(o.status = 'in_flight' AND o.attempts >= o.max_attempts)"

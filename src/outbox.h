@@ -1,8 +1,8 @@
 /*-------------------------------------------------------------------------
  *
  * outbox.h
- *	  The transactional outbox (outbox.c, outbox_operator.c, outbox_notify.c)
- *	  and the inbox (inbox.c).
+ *	  The transactional outbox (outbox_send.c, outbox.c, outbox_operator.c,
+ *	  outbox_notify.c) and the inbox (inbox.c).
  *
  *-------------------------------------------------------------------------
  */
@@ -28,9 +28,13 @@
 	" WHERE g.topic = " topic " AND g.privilege = '" privilege "'" \
 	" AND pg_catalog.pg_has_role(" caller ", g.grantee, 'USAGE')))"
 
-extern void outbox_init(void);
 extern int64 outbox_arg_id(FunctionCallInfo fcinfo);
+extern char *outbox_arg_topic(FunctionCallInfo fcinfo);
+extern void outbox_report_not_granted(const char *topic, const char *privilege);
 extern void outbox_message_settled(void);
+
+/* outbox_send.c */
+extern void outbox_send_init(void);
 
 /* outbox_notify.c */
 extern int	outbox_notify_interval;

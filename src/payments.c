@@ -42,7 +42,7 @@ _PG_init(void)
 	callback_failures_init();
 	statement_init();
 	tcc_init();
-	outbox_init();
+	outbox_send_init();
 	outbox_notify_init();
 	fault_init();
 	check_init();
