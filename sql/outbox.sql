@@ -172,6 +172,28 @@ SELECT :'key' AS key, :'payload' AS payload, :'headers' AS headers;
 SELECT payments.outbox_ack(:odd, :t);
 RESET ROLE;
 
+-- A relay acknowledges its batch in one call: the next message of each
+-- key becomes claimable, as with one ack per message; the same batch sent
+-- again is no error, and an empty one does nothing.
+SET ROLE regress_ob_shop;
+SELECT payments.outbox_send('orders', 'batch-a', '{"n": 1}') AS a1 \gset
+SELECT payments.outbox_send('orders', 'batch-a', '{"n": 2}') AS a2 \gset
+SELECT payments.outbox_send('orders', 'batch-b', '{"n": 1}') AS b1 \gset
+SET ROLE regress_ob_relay;
+CREATE TEMP TABLE claim_batch AS SELECT * FROM payments.outbox_claim('orders', 10, '1 minute');
+SELECT array_agg(id ORDER BY id) = ARRAY[:a1, :b1]::bigint[] AS first_of_each_key FROM claim_batch;
+SELECT claim_token AS tb FROM claim_batch LIMIT 1 \gset
+SELECT payments.outbox_ack_batch(ARRAY[:a1, :b1], :tb);
+SELECT payments.outbox_ack_batch(ARRAY[:b1, :a1, :a1], :tb);
+SELECT payments.outbox_ack_batch('{}', :tb);
+SELECT id = :a2 AS a2_next, claim_token AS tb FROM payments.outbox_claim('orders', 10, '1 minute') \gset
+\echo a2 next: :a2_next
+SELECT payments.outbox_ack_batch(ARRAY[:a2], :tb);
+DROP TABLE claim_batch;
+RESET ROLE;
+SELECT key, payload->>'n' AS n, status FROM payments.outbox
+ WHERE key LIKE 'batch-%' ORDER BY settled_at, id;
+
 -- The inbox: true the first time a role receives an id, false after.
 SET ROLE regress_ob_consumer;
 SELECT payments.inbox_receive('shop', 'm-1') AS first;
@@ -236,8 +258,12 @@ RESET ROLE;
 -- roles cannot run it.
 SELECT payments.outbox_send('refunds', 'r-1', '{}') IS NOT NULL AS sent;
 SELECT payments.outbox_send('payouts', 'p-1', '{}') IS NOT NULL AS sent;
+SET payments.backoff_base = '1h';
+SET payments.backoff_max = '1h';
 SELECT count(payments.outbox_nack(id, claim_token, 'broker down')) AS failed
   FROM payments.outbox_claim('payouts', 1, '1 minute');
+RESET payments.backoff_base;
+RESET payments.backoff_max;
 SELECT status, next_attempt_at > now() AS later FROM payments.outbox WHERE topic = 'payouts';
 SELECT payments.notify_outbox_relays() AS topics_notified;
 -- a retry that is due, and a lease that ran out, make their topics claimable

@@ -202,6 +202,33 @@ SELECT payments.outbox_ack(:m1, :token);
 SELECT replace(:'LAST_ERROR_MESSAGE', :'m1', '<id>') AS error;
 \set VERBOSITY default
 
+-- the batch ack: NULL ids or an id NULL 22004, a two-dimensional array
+-- 2202E, more than 100,000 ids 54000; an id of the batch the claim does
+-- not hold gets the error of outbox_ack, and nothing of the batch is
+-- acknowledged
+SET ROLE regress_obe_relay;
+SELECT payments.outbox_ack_batch(NULL, :token);
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.outbox_ack_batch(ARRAY[:m1], NULL);
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.outbox_ack_batch(ARRAY[:m1, NULL], :token);
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.outbox_ack_batch('{{1},{2}}', :token);
+\echo :LAST_ERROR_SQLSTATE
+SELECT payments.outbox_ack_batch(pg_catalog.array_fill(:m1::bigint, ARRAY[100001]), :token);
+\echo :LAST_ERROR_SQLSTATE
+\set VERBOSITY sqlstate
+SELECT payments.outbox_ack_batch(ARRAY[:m1, :m2], :token);
+SELECT replace(:'LAST_ERROR_MESSAGE', :'m2', '<id>') AS error;
+SELECT payments.outbox_ack_batch(ARRAY[:m1, :missing], :token);
+SELECT replace(:'LAST_ERROR_MESSAGE', :'missing', '<id>') AS error;
+SET ROLE regress_obe_other_relay;
+SELECT payments.outbox_ack_batch(ARRAY[:m1], :token);
+SELECT replace(:'LAST_ERROR_MESSAGE', :'m1', '<id>') AS error;
+\set VERBOSITY default
+RESET ROLE;
+SELECT status FROM payments.outbox WHERE id = :m1;
+
 -- operator functions: refused to everyone else (42501); NULLs 22004,
 -- unknown ids PM801, wrong states PM803, bad grants 22023 and 42704
 SET ROLE regress_obe_shop;

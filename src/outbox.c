@@ -45,6 +45,7 @@
 #include "common/pg_prng.h"
 #include "funcapi.h"
 #include "miscadmin.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/jsonb.h"
@@ -53,6 +54,7 @@
 
 PG_FUNCTION_INFO_V1(payments_outbox_claim);
 PG_FUNCTION_INFO_V1(payments_outbox_ack);
+PG_FUNCTION_INFO_V1(payments_outbox_ack_batch);
 PG_FUNCTION_INFO_V1(payments_outbox_nack);
 
 #define OUTBOX_LEASE_MAX_USECS		(INT64CONST(7) * USECS_PER_DAY)
@@ -64,6 +66,7 @@ PG_FUNCTION_INFO_V1(payments_outbox_nack);
 static SPIPlanPtr claim_plan;
 static SPIPlanPtr may_relay_plan;
 static SPIPlanPtr ack_plan;
+static SPIPlanPtr ack_batch_plan;
 static SPIPlanPtr nack_plan;
 static SPIPlanPtr state_plan;
 static SPIPlanPtr make_ready_plan;
@@ -102,58 +105,80 @@ outbox_report_not_granted(const char *topic, const char *privilege)
 }
 
 /*
- * Mark the first unsettled message of (topic, key) ready, if it is not.
- * The caller holds the key's lock, so that no send of the key is in
- * progress; the statement runs on a snapshot taken now, which under
- * REPEATABLE READ the transaction's may not be, so that it sees every
- * message of the key.
+ * Mark the first unsettled message of each key ready, if it is not: the
+ * keys as two text arrays (topics, keys) of the same length.  The caller
+ * holds each key's lock, so that no send of the key is in progress; the
+ * statement runs on a snapshot taken now, which under REPEATABLE READ the
+ * transaction's may not be, so that it sees every message of each key.
  */
 static void
-make_ready(Datum topic, Datum key)
+make_keys_ready_now(Datum topics, Datum keys)
 {
-	Datum		values[2] = {topic, key};
+	Datum		values[2] = {topics, keys};
 
 	payments_prepare(&make_ready_plan,
-					 "UPDATE @extschema@.outbox SET ready = true"
-					 " WHERE id = (SELECT min(e.id) FROM @extschema@.outbox e"
-					 "  WHERE e.topic = $1 AND e.key = $2 AND e.settled_at IS NULL)"
-					 "  AND NOT ready AND settled_at IS NULL",
-					 2, (Oid[]) {TEXTOID, TEXTOID});
+					 "UPDATE @extschema@.outbox o SET ready = true"
+					 " FROM (SELECT (SELECT min(e.id) FROM @extschema@.outbox e"
+					 "   WHERE e.topic = k.topic AND e.key = k.key AND e.settled_at IS NULL) AS id"
+					 "  FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) AS k(topic, key)) f"
+					 " WHERE o.id = f.id AND NOT o.ready AND o.settled_at IS NULL",
+					 2, (Oid[]) {TEXTARRAYOID, TEXTARRAYOID});
 	payments_execute_plan_latest(make_ready_plan, values, NULL, SPI_OK_UPDATE);
 }
 
 /*
- * The first row of the last statement's result names a message just
- * settled, by its topic and key in columns 1 and 2: make the key's first
- * unsettled message ready, now if no other transaction holds the key's
- * lock (a send, or another settle of the key), else by the next claim (the
- * key goes to outbox_unready_keys).  Never waits.  The caller is connected
- * to SPI as the tables' owner.
+ * The rows of the last statement's result name messages just settled, by
+ * their topic and key in columns topic_col and topic_col + 1: make each
+ * key's first unsettled message ready, now if no other transaction holds
+ * the key's lock (a send, or another settle of the key), else by the next
+ * claim (the key goes to outbox_unready_keys).  Never waits.  The caller
+ * is connected to SPI as the tables' owner.
  */
 void
-outbox_message_settled(void)
+outbox_messages_settled(int topic_col)
 {
-	bool		isnull;
-	Datum		values[2];
-	text	   *topic;
-	text	   *key;
+	SPITupleTable *settled = SPI_tuptable;
+	uint64		n = SPI_processed;
+	ArrayBuildState *ready_topics = NULL;
+	ArrayBuildState *ready_keys = NULL;
+	ArrayBuildState *later_topics = NULL;
+	ArrayBuildState *later_keys = NULL;
 
-	values[0] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	values[1] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
-	topic = DatumGetTextPP(values[0]);
-	key = DatumGetTextPP(values[1]);
-	if (payments_lock_key(VARDATA_ANY(topic), VARSIZE_ANY_EXHDR(topic),
-						  VARDATA_ANY(key), VARSIZE_ANY_EXHDR(key),
-						  PAYMENTS_LOCKSPACE_OUTBOX, false))
+	for (uint64 i = 0; i < n; i++)
 	{
-		make_ready(values[0], values[1]);
-		return;
+		bool		isnull;
+		Datum		topic = SPI_getbinval(settled->vals[i], settled->tupdesc, topic_col, &isnull);
+		Datum		key = SPI_getbinval(settled->vals[i], settled->tupdesc, topic_col + 1, &isnull);
+		text	   *t = DatumGetTextPP(topic);
+		text	   *k = DatumGetTextPP(key);
+
+		if (payments_lock_key(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t),
+							  VARDATA_ANY(k), VARSIZE_ANY_EXHDR(k),
+							  PAYMENTS_LOCKSPACE_OUTBOX, false))
+		{
+			ready_topics = accumArrayResult(ready_topics, topic, false, TEXTOID, CurrentMemoryContext);
+			ready_keys = accumArrayResult(ready_keys, key, false, TEXTOID, CurrentMemoryContext);
+		}
+		else
+		{
+			later_topics = accumArrayResult(later_topics, topic, false, TEXTOID, CurrentMemoryContext);
+			later_keys = accumArrayResult(later_keys, key, false, TEXTOID, CurrentMemoryContext);
+		}
 	}
-	payments_prepare(&unready_plan,
-					 "INSERT INTO @extschema@.outbox_unready_keys (topic, key)"
-					 " VALUES ($1, $2) ON CONFLICT DO NOTHING",
-					 2, (Oid[]) {TEXTOID, TEXTOID});
-	payments_execute(unready_plan, values, NULL, SPI_OK_INSERT, 0);
+	if (ready_topics != NULL)
+		make_keys_ready_now(makeArrayResult(ready_topics, CurrentMemoryContext),
+							makeArrayResult(ready_keys, CurrentMemoryContext));
+	if (later_topics != NULL)
+	{
+		payments_prepare(&unready_plan,
+						 "INSERT INTO @extschema@.outbox_unready_keys (topic, key)"
+						 " SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) ON CONFLICT DO NOTHING",
+						 2, (Oid[]) {TEXTARRAYOID, TEXTARRAYOID});
+		payments_execute(unready_plan,
+						 (Datum[]) {makeArrayResult(later_topics, CurrentMemoryContext),
+						 makeArrayResult(later_keys, CurrentMemoryContext)},
+						 NULL, SPI_OK_INSERT, 0);
+	}
 }
 
 /*
@@ -167,6 +192,9 @@ make_keys_ready(Datum topic, const char *topic_str)
 {
 	uint64		n;
 	SPITupleTable *keys;
+	ArrayBuildState *topics = NULL;
+	ArrayBuildState *free_keys = NULL;
+	Datum		values[2];
 
 	payments_prepare(&unready_keys_plan,
 					 "SELECT key FROM @extschema@.outbox_unready_keys"
@@ -185,14 +213,20 @@ make_keys_ready(Datum topic, const char *topic_str)
 							   VARSIZE_ANY_EXHDR(k), PAYMENTS_LOCKSPACE_OUTBOX,
 							   false))
 			continue;
-		make_ready(topic, key);
-		payments_prepare(&ready_key_plan,
-						 "DELETE FROM @extschema@.outbox_unready_keys"
-						 " WHERE topic = $1 AND key = $2",
-						 2, (Oid[]) {TEXTOID, TEXTOID});
-		payments_execute(ready_key_plan, (Datum[]) {topic, key}, NULL,
-						 SPI_OK_DELETE, 0);
+		topics = accumArrayResult(topics, topic, false, TEXTOID, CurrentMemoryContext);
+		free_keys = accumArrayResult(free_keys, key, false, TEXTOID, CurrentMemoryContext);
 	}
+	if (topics == NULL)
+		return;
+	values[0] = makeArrayResult(topics, CurrentMemoryContext);
+	values[1] = makeArrayResult(free_keys, CurrentMemoryContext);
+	make_keys_ready_now(values[0], values[1]);
+	payments_prepare(&ready_key_plan,
+					 "DELETE FROM @extschema@.outbox_unready_keys u"
+					 " USING ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) AS k(topic, key)"
+					 " WHERE u.topic = k.topic AND u.key = k.key",
+					 2, (Oid[]) {TEXTARRAYOID, TEXTARRAYOID});
+	payments_execute(ready_key_plan, values, NULL, SPI_OK_DELETE, 0);
 }
 
 /*
@@ -365,7 +399,98 @@ payments_outbox_ack(PG_FUNCTION_ARGS)
 	if (payments_execute(ack_plan, values, NULL, SPI_OK_UPDATE_RETURNING, 0) == 0)
 		check_claim_conflict(id, DatumGetInt64(values[1]), caller, true);
 	else
-		outbox_message_settled();
+		outbox_messages_settled(1);
+	SPI_finish();
+	payments_end_as_owner(&saved);
+	PG_RETURN_VOID();
+}
+
+/* Ascending order of int64 values, for qsort */
+static int
+compare_int64(const void *a, const void *b)
+{
+	int64		x = *(const int64 *) a;
+	int64		y = *(const int64 *) b;
+
+	return (x > y) - (x < y);
+}
+
+/*
+ * payments.outbox_ack_batch(ids, claim_token): outbox_ack of every message
+ * of ids, in one statement: the acknowledgement of a relay's batch.  An id
+ * this claim acknowledged already is no error; any other id that the
+ * claim does not hold gets the error outbox_ack would give, and then
+ * nothing is acknowledged.
+ */
+Datum
+payments_outbox_ack_batch(PG_FUNCTION_ARGS)
+{
+	Oid			caller = GetUserId();
+	ArrayType  *ids;
+	Datum	   *elems;
+	bool	   *elem_nulls;
+	int			nids;
+	int64	   *acked;
+	uint64		n;
+	Datum		values[4];
+	PaymentsSavedUser saved;
+
+	payments_arg_not_null(fcinfo, 0, "message ids");
+	payments_arg_not_null(fcinfo, 1, "claim token");
+	ids = PG_GETARG_ARRAYTYPE_P(0);
+	if (ARR_NDIM(ids) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("message ids must be a one-dimensional array")));
+	deconstruct_array(ids, INT8OID, sizeof(int64), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE,
+					  &elems, &elem_nulls, &nids);
+	if (nids > OUTBOX_MAX_MESSAGES_LIMIT)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("cannot acknowledge more than %d outbox messages at once",
+						OUTBOX_MAX_MESSAGES_LIMIT)));
+	for (int i = 0; i < nids; i++)
+		if (elem_nulls[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("message ids must not contain NULL")));
+	payments_check_not_in_recovery();
+	values[0] = PointerGetDatum(ids);
+	values[1] = PG_GETARG_DATUM(1);
+	values[2] = ObjectIdGetDatum(caller);
+	values[3] = BoolGetDatum(superuser_arg(caller));
+
+	payments_begin_as_owner(payments_function_owner(fcinfo->flinfo->fn_oid),
+							true, &saved);
+	SPI_connect();
+	payments_prepare(&ack_batch_plan,
+					 "UPDATE @extschema@.outbox o"
+					 " SET status = 'acked', settled_at = pg_catalog.clock_timestamp(),"
+					 "  lease_expires_at = NULL"
+					 " WHERE o.id = ANY ($1) AND o.claim_token = $2 AND o.status = 'in_flight'"
+					 "  AND " OUTBOX_GRANTED_SQL("o.topic", "relay", "$3", "$4")
+					 " RETURNING o.id, o.topic, o.key",
+					 4, (Oid[]) {INT8ARRAYOID, INT8OID, OIDOID, BOOLOID});
+	n = payments_execute(ack_batch_plan, values, NULL, SPI_OK_UPDATE_RETURNING, 0);
+
+	/* each id not acknowledged now: acknowledged before by this claim, or an error */
+	acked = palloc(sizeof(int64) * (n + 1));
+	for (uint64 i = 0; i < n; i++)
+	{
+		bool		isnull;
+
+		acked[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
+											   SPI_tuptable->tupdesc, 1, &isnull));
+	}
+	qsort(acked, n, sizeof(int64), compare_int64);
+	outbox_messages_settled(2);
+	for (int i = 0; i < nids; i++)
+	{
+		int64		id = DatumGetInt64(elems[i]);
+
+		if (bsearch(&id, acked, n, sizeof(int64), compare_int64) == NULL)
+			check_claim_conflict(id, DatumGetInt64(values[1]), caller, true);
+	}
 	SPI_finish();
 	payments_end_as_owner(&saved);
 	PG_RETURN_VOID();

@@ -31,7 +31,7 @@
 extern int64 outbox_arg_id(FunctionCallInfo fcinfo);
 extern char *outbox_arg_topic(FunctionCallInfo fcinfo);
 extern void outbox_report_not_granted(const char *topic, const char *privilege);
-extern void outbox_message_settled(void);
+extern void outbox_messages_settled(int topic_col);
 
 /* outbox_send.c */
 extern void outbox_send_init(void);

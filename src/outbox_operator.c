@@ -225,7 +225,7 @@ payments_outbox_skip(PG_FUNCTION_ARGS)
 	 * this one ready right now, and must find the key's lock taken.
 	 */
 	if (n == 1)
-		outbox_message_settled();
+		outbox_messages_settled(1);
 	SPI_finish();
 	payments_end_as_owner(&saved);
 	if (n == 0)

@@ -121,6 +121,14 @@ CREATE FUNCTION @extschema@.outbox_ack(id bigint, claim_token bigint)
 COMMENT ON FUNCTION @extschema@.outbox_ack(bigint, bigint) IS
     'Record that a claimed message was delivered; the next message of its key can then be claimed';
 
+CREATE FUNCTION @extschema@.outbox_ack_batch(ids bigint[], claim_token bigint)
+    RETURNS void
+    AS 'MODULE_PATHNAME', 'payments_outbox_ack_batch'
+    LANGUAGE C VOLATILE;
+
+COMMENT ON FUNCTION @extschema@.outbox_ack_batch(bigint[], bigint) IS
+    'Record that the claimed messages ids were delivered, as outbox_ack on each, in one statement';
+
 CREATE FUNCTION @extschema@.outbox_nack(id bigint, claim_token bigint, error text)
     RETURNS void
     AS 'MODULE_PATHNAME', 'payments_outbox_nack'

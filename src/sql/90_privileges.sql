@@ -112,6 +112,7 @@ GRANT EXECUTE ON FUNCTION
     payments.outbox_send(text, text, jsonb, jsonb),
     payments.outbox_claim(text, integer, interval),
     payments.outbox_ack(bigint, bigint),
+    payments.outbox_ack_batch(bigint[], bigint),
     payments.outbox_nack(bigint, bigint, text),
     payments.inbox_receive(text, text, interval)
     TO payments_app;

@@ -11,8 +11,9 @@
 #  - An immediate shutdown: every committed message comes back with its
 #    message id, an uncommitted one never appears.
 #  - Randomized: senders (some transactions rolled back) and three relays
-#    that claim with short or long leases and ack, nack or drop what they
-#    claimed, with relays killed along the way and one crash restart.  In
+#    that claim with short or long leases and ack (one by one or the whole
+#    claim at once), nack or drop what they claimed, with relays killed
+#    along the way and one crash restart.  In
 #    the end every committed message is acknowledged exactly once, in send
 #    order per key, and no message of a rolled-back transaction is seen.
 # The seed is printed; OUTBOX_SEED=<seed> replays a history.
@@ -216,6 +217,17 @@ sub relay_step
 	my $s = $relays[$i];
 	my $long = rand() < 0.7;
 	my @got = claim($s, 1 + int(rand(4)), $long ? '1 minute' : '50 milliseconds');
+	if (@got && rand() < 0.3)
+	{
+		# the whole claim acknowledged in one call, and recorded, in one
+		# transaction; refused as a whole if a lease ran out meanwhile
+		my $ids = join(',', map { $_->[0] } @got);
+		$s->query_safe('BEGIN');
+		$s->query("SELECT payments.outbox_ack_batch(ARRAY[$ids]::bigint[], $got[0][2])");
+		$s->query("INSERT INTO ack_log (id, key) VALUES ($_->[0], '$_->[1]')") for @got;
+		$s->query_safe('COMMIT');
+		return;
+	}
 	for my $m (@got)
 	{
 		my $x = rand();

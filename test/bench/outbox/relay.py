@@ -6,11 +6,10 @@
 A loop, as a relay to a broker runs: claim up to BATCH messages of topic
 'orders' in one transaction; deliver them (here: a line of the log with
 the message's id, key and claim time and the relay's clock, in claim
-order); acknowledge the batch in one more transaction, each message by its
-own row operation.
+order); acknowledge the batch in one more transaction, in one statement.
 
-  SIDE ext   payments.outbox_claim, then one payments.outbox_ack per message
-             (SELECT payments.outbox_ack(id, token) FROM unnest(ids))
+  SIDE ext   payments.outbox_claim, then payments.outbox_ack_batch of the
+             batch's ids
   SIDE base  the plain table's claim, UPDATE ... WHERE id = ANY (ARRAY(
              SELECT ... ORDER BY id LIMIT n FOR UPDATE SKIP LOCKED)), then
              one UPDATE of the batch's rows
@@ -55,7 +54,7 @@ if side == "ext":
         SELECT id, key, claim_token, (lease_expires_at - $2)::text
           FROM payments.outbox_claim('orders', $1, $2)""")
     cur.execute("""PREPARE ack(bigint[], bigint) AS
-        SELECT payments.outbox_ack(a.id, $2) FROM unnest($1) AS a(id)""")
+        SELECT payments.outbox_ack_batch($1, $2)""")
 else:
     cur.execute("""PREPARE claim(integer, interval, bigint) AS
         UPDATE public.base_outbox o

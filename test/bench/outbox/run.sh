@@ -9,10 +9,10 @@
 # 'orders' with a key drawn from 1,000; RELAYS (4) relay.py sessions,
 # started first, loop: claim up to BATCH (100) in one transaction, deliver
 # them (a log line each), acknowledge the batch in one more transaction
-# (one row operation per message), until every message is acknowledged.
+# (one statement), until every message is acknowledged.
 #
 #   ext   outbox_send as bench_outbox_sender (granted 'send'); outbox_claim
-#         and one outbox_ack per message as bench_outbox_relay (granted
+#         and outbox_ack_batch of the batch as bench_outbox_relay (granted
 #         'relay').  Each run starts from a fresh CREATE EXTENSION
 #         (fresh_ext.sql): a new deployment, no rows, no statistics.
 #   base  public.base_outbox (fresh_base.sql), a new table per run: INSERT;
