@@ -66,7 +66,6 @@ PG_FUNCTION_INFO_V1(payments_outbox_nack);
 static SPIPlanPtr claim_plan;
 static SPIPlanPtr may_relay_plan;
 static SPIPlanPtr ack_plan;
-static SPIPlanPtr ack_batch_plan;
 static SPIPlanPtr nack_plan;
 static SPIPlanPtr state_plan;
 static SPIPlanPtr make_ready_plan;
@@ -364,47 +363,6 @@ check_claim_conflict(int64 id, int64 token, Oid caller, bool acking)
 			 errhint("A claim whose lease ran out can be taken by another relay; choose a lease longer than a delivery.") : 0));
 }
 
-/*
- * payments.outbox_ack(id, claim_token): the relay delivered the message.
- * Accepted while its claim holds it, even if the lease has just run out
- * but no other claim has taken it yet, and again once it has (a relay that
- * lost the answer sends its ack again).
- */
-Datum
-payments_outbox_ack(PG_FUNCTION_ARGS)
-{
-	int64		id = outbox_arg_id(fcinfo);
-	Oid			caller = GetUserId();
-	Datum		values[4];
-	PaymentsSavedUser saved;
-
-	payments_arg_not_null(fcinfo, 1, "claim token");
-	payments_check_not_in_recovery();
-	values[0] = Int64GetDatum(id);
-	values[1] = PG_GETARG_DATUM(1);
-	values[2] = ObjectIdGetDatum(caller);
-	values[3] = BoolGetDatum(superuser_arg(caller));
-
-	payments_begin_as_owner(payments_function_owner(fcinfo->flinfo->fn_oid),
-							true, &saved);
-	SPI_connect();
-	payments_prepare(&ack_plan,
-					 "UPDATE @extschema@.outbox o"
-					 " SET status = 'acked', settled_at = pg_catalog.clock_timestamp(),"
-					 "  lease_expires_at = NULL"
-					 " WHERE o.id = $1 AND o.claim_token = $2 AND o.status = 'in_flight'"
-					 "  AND " OUTBOX_GRANTED_SQL("o.topic", "relay", "$3", "$4")
-					 " RETURNING o.topic, o.key",
-					 4, (Oid[]) {INT8OID, INT8OID, OIDOID, BOOLOID});
-	if (payments_execute(ack_plan, values, NULL, SPI_OK_UPDATE_RETURNING, 0) == 0)
-		check_claim_conflict(id, DatumGetInt64(values[1]), caller, true);
-	else
-		outbox_messages_settled(1);
-	SPI_finish();
-	payments_end_as_owner(&saved);
-	PG_RETURN_VOID();
-}
-
 /* Ascending order of int64 values, for qsort */
 static int
 compare_int64(const void *a, const void *b)
@@ -416,24 +374,90 @@ compare_int64(const void *a, const void *b)
 }
 
 /*
- * payments.outbox_ack_batch(ids, claim_token): outbox_ack of every message
- * of ids, in one statement: the acknowledgement of a relay's batch.  An id
- * this claim acknowledged already is no error; any other id that the
- * claim does not hold gets the error outbox_ack would give, and then
+ * Acknowledge the messages ids (nids int8 Datums) held by the claim token,
+ * in one statement, for the caller of the SQL function in fcinfo.  An id
+ * that this claim acknowledged already is no error; any other id the claim
+ * does not hold raises the error check_claim_conflict gives it, so that
  * nothing is acknowledged.
+ */
+static void
+ack_messages(FunctionCallInfo fcinfo, Datum *ids, int nids, Datum token)
+{
+	Oid			caller = GetUserId();
+	Datum		values[4];
+	PaymentsSavedUser saved;
+	int64	   *acked;
+	uint64		n;
+
+	payments_check_not_in_recovery();
+	values[0] = PointerGetDatum(construct_array(ids, nids, INT8OID, sizeof(int64),
+												FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	values[1] = token;
+	values[2] = ObjectIdGetDatum(caller);
+	values[3] = BoolGetDatum(superuser_arg(caller));
+
+	payments_begin_as_owner(payments_function_owner(fcinfo->flinfo->fn_oid),
+							true, &saved);
+	SPI_connect();
+	payments_prepare(&ack_plan,
+					 "UPDATE @extschema@.outbox o"
+					 " SET status = 'acked', settled_at = pg_catalog.clock_timestamp(),"
+					 "  lease_expires_at = NULL"
+					 " WHERE o.id = ANY ($1) AND o.claim_token = $2 AND o.status = 'in_flight'"
+					 "  AND " OUTBOX_GRANTED_SQL("o.topic", "relay", "$3", "$4")
+					 " RETURNING o.id, o.topic, o.key",
+					 4, (Oid[]) {INT8ARRAYOID, INT8OID, OIDOID, BOOLOID});
+	n = payments_execute(ack_plan, values, NULL, SPI_OK_UPDATE_RETURNING, 0);
+
+	acked = palloc(sizeof(int64) * (n + 1));
+	for (uint64 i = 0; i < n; i++)
+	{
+		bool		isnull;
+
+		acked[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
+											   SPI_tuptable->tupdesc, 1, &isnull));
+	}
+	qsort(acked, n, sizeof(int64), compare_int64);
+	outbox_messages_settled(2);
+	for (int i = 0; i < nids; i++)
+	{
+		int64		id = DatumGetInt64(ids[i]);
+
+		if (bsearch(&id, acked, n, sizeof(int64), compare_int64) == NULL)
+			check_claim_conflict(id, DatumGetInt64(token), caller, true);
+	}
+	SPI_finish();
+	payments_end_as_owner(&saved);
+}
+
+/*
+ * payments.outbox_ack(id, claim_token): the relay delivered the message.
+ * Accepted while its claim holds it, even if the lease has just run out
+ * but no other claim has taken it yet, and again once it has (a relay that
+ * lost the answer sends its ack again).
+ */
+Datum
+payments_outbox_ack(PG_FUNCTION_ARGS)
+{
+	Datum		id = Int64GetDatum(outbox_arg_id(fcinfo));
+
+	payments_arg_not_null(fcinfo, 1, "claim token");
+	ack_messages(fcinfo, &id, 1, PG_GETARG_DATUM(1));
+	PG_RETURN_VOID();
+}
+
+/*
+ * payments.outbox_ack_batch(ids, claim_token): outbox_ack of every message
+ * of ids, in one statement: the acknowledgement of a relay's batch.  If
+ * any id gets an error, nothing is acknowledged.
  */
 Datum
 payments_outbox_ack_batch(PG_FUNCTION_ARGS)
 {
-	Oid			caller = GetUserId();
 	ArrayType  *ids;
 	Datum	   *elems;
 	bool	   *elem_nulls;
 	int			nids;
-	int64	   *acked;
-	uint64		n;
-	Datum		values[4];
-	PaymentsSavedUser saved;
 
 	payments_arg_not_null(fcinfo, 0, "message ids");
 	payments_arg_not_null(fcinfo, 1, "claim token");
@@ -454,45 +478,7 @@ payments_outbox_ack_batch(PG_FUNCTION_ARGS)
 			ereport(ERROR,
 					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 					 errmsg("message ids must not contain NULL")));
-	payments_check_not_in_recovery();
-	values[0] = PointerGetDatum(ids);
-	values[1] = PG_GETARG_DATUM(1);
-	values[2] = ObjectIdGetDatum(caller);
-	values[3] = BoolGetDatum(superuser_arg(caller));
-
-	payments_begin_as_owner(payments_function_owner(fcinfo->flinfo->fn_oid),
-							true, &saved);
-	SPI_connect();
-	payments_prepare(&ack_batch_plan,
-					 "UPDATE @extschema@.outbox o"
-					 " SET status = 'acked', settled_at = pg_catalog.clock_timestamp(),"
-					 "  lease_expires_at = NULL"
-					 " WHERE o.id = ANY ($1) AND o.claim_token = $2 AND o.status = 'in_flight'"
-					 "  AND " OUTBOX_GRANTED_SQL("o.topic", "relay", "$3", "$4")
-					 " RETURNING o.id, o.topic, o.key",
-					 4, (Oid[]) {INT8ARRAYOID, INT8OID, OIDOID, BOOLOID});
-	n = payments_execute(ack_batch_plan, values, NULL, SPI_OK_UPDATE_RETURNING, 0);
-
-	/* each id not acknowledged now: acknowledged before by this claim, or an error */
-	acked = palloc(sizeof(int64) * (n + 1));
-	for (uint64 i = 0; i < n; i++)
-	{
-		bool		isnull;
-
-		acked[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
-											   SPI_tuptable->tupdesc, 1, &isnull));
-	}
-	qsort(acked, n, sizeof(int64), compare_int64);
-	outbox_messages_settled(2);
-	for (int i = 0; i < nids; i++)
-	{
-		int64		id = DatumGetInt64(elems[i]);
-
-		if (bsearch(&id, acked, n, sizeof(int64), compare_int64) == NULL)
-			check_claim_conflict(id, DatumGetInt64(values[1]), caller, true);
-	}
-	SPI_finish();
-	payments_end_as_owner(&saved);
+	ack_messages(fcinfo, elems, nids, PG_GETARG_DATUM(1));
 	PG_RETURN_VOID();
 }
 
