@@ -192,6 +192,7 @@ ISOLATION = \
 	check_no_block \
 	outbox_key_order \
 	outbox_notify \
+	outbox_unready_race \
 	inbox_receive_race
 ISOLATION_OPTS = --inputdir=test/isolation --load-extension=$(EXTENSION) --no-locale --encoding=UTF8
 

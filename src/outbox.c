@@ -130,8 +130,12 @@ make_keys_ready_now(Datum topics, Datum keys)
  * their topic and key in columns topic_col and topic_col + 1: make each
  * key's first unsettled message ready, now if no other transaction holds
  * the key's lock (a send, or another settle of the key), else by the next
- * claim (the key goes to outbox_unready_keys).  Never waits.  The caller
- * is connected to SPI as the tables' owner.
+ * claim (the key goes to outbox_unready_keys).  Recording the key writes
+ * its row even if it is there already, so that a claim repairing the key
+ * meanwhile, on a snapshot that cannot see this settle, either skips the
+ * locked row or is waited for and the row written again after its delete:
+ * the key is never forgotten while this settle is uncommitted.  Waits for
+ * nothing else.  The caller is connected to SPI as the tables' owner.
  */
 void
 outbox_messages_settled(int topic_col)
@@ -171,7 +175,8 @@ outbox_messages_settled(int topic_col)
 	{
 		payments_prepare(&unready_plan,
 						 "INSERT INTO @extschema@.outbox_unready_keys (topic, key)"
-						 " SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) ON CONFLICT DO NOTHING",
+						 " SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2))"
+						 " ON CONFLICT (topic, key) DO UPDATE SET key = excluded.key",
 						 2, (Oid[]) {TEXTARRAYOID, TEXTARRAYOID});
 		payments_execute(unready_plan,
 						 (Datum[]) {makeArrayResult(later_topics, CurrentMemoryContext),

@@ -39,6 +39,6 @@ extern void outbox_send_init(void);
 /* outbox_notify.c */
 extern int	outbox_notify_interval;
 extern void outbox_notify_init(void);
-extern void outbox_notify_at_commit(const char *topic);
+extern void outbox_notify_at_commit(const char *topic, int64 id);
 
 #endif							/* PAYMENTS_OUTBOX_H */

@@ -31,6 +31,7 @@
 
 #include "catalog/pg_type.h"
 #include "commands/async.h"
+#include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/timestamp.h"
@@ -70,51 +71,55 @@ outbox_notify_init(void)
 }
 
 /*
- * A message of the topic was sent in the current transaction: have the
+ * Message id of the topic was sent in the current transaction: have the
  * relays notified once it commits.
  */
 void
-outbox_notify_at_commit(const char *topic)
+outbox_notify_at_commit(const char *topic, int64 id)
 {
 	if (!notify_relays)
 		return;
 	if (payments_shared != NULL && payments_worker_enabled)
-		payments_outbox_sent_at_commit();
+		payments_outbox_sent_at_commit(id);
 	else
 		Async_Notify(OUTBOX_CHANNEL, topic);
 }
 
 /*
- * payments.notify_outbox_relays(max_topics): the worker's notification of
- * up to max_topics topics that have a message a claim would take now,
- * sent when this transaction commits.  Returns how many.  The topics are
- * read one index probe each, however many messages wait.
+ * payments.notify_outbox_relays(max_topics): a notification, sent when this
+ * transaction commits, of up to max_topics topics that have a message a
+ * claim would take now.  Run by the worker, only the topics of the
+ * messages sent since its last run, read from the primary key from the
+ * smallest of their ids, so that a pass costs what was sent since, and
+ * topics nobody relays are not notified again and again; run by hand,
+ * every such topic.  Returns how many.
  */
 Datum
 payments_notify_outbox_relays(PG_FUNCTION_ARGS)
 {
 	int32		max_topics = payments_arg_int_range(fcinfo, 0, "max_topics", 1, 1000000);
-	Datum		values[2];
+	uint64		from_id = 0;
+	Datum		values[3];
 	uint64		n;
 
 	payments_check_not_in_recovery();
+	if (IsBackgroundWorker && payments_shared != NULL)
+	{
+		from_id = payments_outbox_take_min_sent();
+		if (from_id > (uint64) PG_INT64_MAX)
+			PG_RETURN_INT32(0);
+	}
 	values[0] = Int32GetDatum(max_topics);
 	values[1] = TimestampTzGetDatum(GetCurrentTimestamp());
+	values[2] = Int64GetDatum((int64) from_id);
 	SPI_connect();
-#define CLAIMABLE \
-	"o.ready AND o.settled_at IS NULL" \
-	" AND ((o.status = 'pending' AND o.next_attempt_at <= $2)" \
-	"  OR (o.status = 'in_flight' AND o.lease_expires_at < $2))"
 	payments_prepare(&claimable_topics_plan,
-					 "WITH RECURSIVE t(topic) AS ("
-					 " SELECT min(o.topic) FROM @extschema@.outbox o WHERE " CLAIMABLE
-					 " UNION ALL"
-					 " SELECT (SELECT min(o.topic) FROM @extschema@.outbox o"
-					 "  WHERE o.topic > t.topic AND " CLAIMABLE ")"
-					 " FROM t WHERE t.topic IS NOT NULL)"
-					 " SELECT topic FROM t WHERE topic IS NOT NULL LIMIT $1",
-					 2, (Oid[]) {INT4OID, TIMESTAMPTZOID});
-#undef CLAIMABLE
+					 "SELECT DISTINCT o.topic FROM @extschema@.outbox o"
+					 " WHERE o.id >= $3 AND o.ready AND o.settled_at IS NULL"
+					 "  AND ((o.status = 'pending' AND o.next_attempt_at <= $2)"
+					 "   OR (o.status = 'in_flight' AND o.lease_expires_at < $2))"
+					 " LIMIT $1",
+					 3, (Oid[]) {INT4OID, TIMESTAMPTZOID, INT8OID});
 	n = payments_execute(claimable_topics_plan, values, NULL, SPI_OK_SELECT, 0);
 	for (uint64 i = 0; i < n; i++)
 	{

@@ -140,7 +140,7 @@ outbox_granted(const char *topic, const char *privilege, Oid caller,
 	payments_check_columns(rel, grants_names, grants_types, GRANTS_NCOLUMNS, attnums);
 	payments_check_index_prefix(rel, index, attnums, 1);
 
-	ScanKeyInit(&skey, 1, BTEqualStrategyNumber, F_TEXTEQ,
+	ScanKeyInit(&skey, attnums[GRANTS_TOPIC], BTEqualStrategyNumber, F_TEXTEQ,
 				CStringGetTextDatum(topic));
 	scan = systable_beginscan_ordered(rel, index, snapshot, 1, &skey);
 	while (!granted &&
@@ -299,6 +299,6 @@ payments_outbox_send(PG_FUNCTION_ARGS)
 	UnregisterSnapshot(snapshot);
 	table_close(rel, NoLock);
 
-	outbox_notify_at_commit(topic_str);
+	outbox_notify_at_commit(topic_str, id);
 	PG_RETURN_INT64(id);
 }

@@ -102,10 +102,12 @@ static const WorkerTask worker_tasks[] = {
  * Notifying the outbox's relays (outbox_notify.c) runs whenever a commit
  * has sent messages since it last ran: between rounds, and between the
  * tasks of a round, which may be long.  Each round also runs it once, for
- * commits whose wake-up no worker took (a prepared transaction's, one made
- * while no worker was connected).  It returns how many topics it notified,
- * which are not items.  A notification is a hint to be sent soon, not data
- * to keep: its commit does not wait for the flush.
+ * commits whose wake-up no worker took (one made while no worker was
+ * connected; worker_exit hands a pending one to the next worker).  It
+ * returns how many topics it notified, which are not items.  A
+ * notification is a hint to be sent soon, not data to keep: its commit
+ * does not wait for the flush, and waits for PostgreSQL's notification
+ * lock no longer than the worker's other statements wait for a lock.
  */
 static const WorkerTask notify_outbox_task =
 {"notify outbox relays", "notify_outbox_relays", true, false, true};
@@ -154,6 +156,18 @@ worker_exit(int code, Datum arg)
 	}
 	if (code != 0)
 		launcher_latch = payments_request_rescan();
+
+	/*
+	 * Commits that sent outbox messages since the last notification find
+	 * the flag set and wake nobody: the next worker must notify for them.
+	 */
+	if (pg_atomic_read_u32(&my_db->outbox_sent) != 0 && my_db->dboid == MyDatabaseId)
+	{
+		if (!my_db->wake_requested)
+			my_db->wake_at = GetCurrentTimestamp();
+		my_db->wake_requested = true;
+		launcher_latch = payments_shared->launcher_latch;
+	}
 	LWLockRelease(payments_shared->lock);
 	if (launcher_latch != NULL)
 		SetLatch(launcher_latch);
@@ -282,10 +296,16 @@ run_task(const WorkerTask *task, MemoryContext loopcxt)
 				(void) set_config_option("lock_timeout", WORKER_LOCK_TIMEOUT,
 										 PGC_SUSET, PGC_S_SESSION,
 										 GUC_ACTION_SAVE, true, 0, false);
+			/* both until the commit, which is where a notification waits */
 			if (task->async_commit)
+			{
 				(void) set_config_option("synchronous_commit", "off",
 										 PGC_SUSET, PGC_S_SESSION,
 										 GUC_ACTION_LOCAL, true, 0, false);
+				(void) set_config_option("lock_timeout", WORKER_LOCK_TIMEOUT,
+										 PGC_SUSET, PGC_S_SESSION,
+										 GUC_ACTION_LOCAL, true, 0, false);
+			}
 			pgstat_report_activity(STATE_RUNNING, task->name);
 			n = DatumGetInt32(OidFunctionCall1(fn, Int32GetDatum(WORKER_BATCH)));
 			AtEOXact_GUC(true, nestlevel);

@@ -81,7 +81,8 @@ typedef struct PaymentsWorkerSlot
  * What the launcher and the workers know of one database.  Times are 0
  * when unknown.  due_at is atomic because a committing backend lowers it
  * without the lock (payments_worker_due_at_commit); everything else is
- * protected by the lock.  outbox_sent is atomic for the same reason.
+ * protected by the lock.  outbox_sent and outbox_min_id are atomic for the
+ * same reason.
  */
 typedef struct PaymentsDatabase
 {
@@ -93,6 +94,8 @@ typedef struct PaymentsDatabase
 	pg_atomic_uint64 due_at;	/* when its next known work is due */
 	pg_atomic_uint32 outbox_sent;	/* a commit sent outbox messages since
 									 * the worker last notified relays */
+	pg_atomic_uint64 outbox_min_id; /* the smallest id they sent, or
+									 * PG_UINT64_MAX */
 	TimestampTz last_run;		/* end of its last round */
 	TimestampTz last_start;		/* when the launcher last started a worker */
 	bool		start_failed;	/* and that worker never began */
@@ -149,7 +152,8 @@ extern Latch *payments_request_rescan(void);
 extern void payments_wake_worker_at_commit(void);
 extern void payments_worker_due_at_commit(TimestampTz due);
 extern void payments_register_database_at_commit(void);
-extern void payments_outbox_sent_at_commit(void);
+extern void payments_outbox_sent_at_commit(int64 id);
+extern uint64 payments_outbox_take_min_sent(void);
 
 /* worker.c: true in a worker whose quantum is over while a database waits */
 extern bool payments_worker_should_yield(void);

@@ -59,9 +59,12 @@ static bool wake_at_commit = false;
 static bool register_at_commit = false;
 static TimestampTz due_at_commit = 0;
 static bool outbox_sent_at_commit = false;
+static uint64 outbox_min_sent = PG_UINT64_MAX;
 
 /* This backend's database's entry, once found */
 static int	my_database = -1;
+
+static PaymentsDatabase *my_database_entry(void);
 
 /*
  * Databases whose worker this transaction stopped for a utility command, in
@@ -124,6 +127,7 @@ payments_shmem_startup(void)
 		{
 			pg_atomic_init_u64(&payments_shared->databases[i].due_at, 0);
 			pg_atomic_init_u32(&payments_shared->databases[i].outbox_sent, 0);
+			pg_atomic_init_u64(&payments_shared->databases[i].outbox_min_id, PG_UINT64_MAX);
 		}
 	}
 	LWLockRelease(AddinShmemInitLock);
@@ -176,6 +180,7 @@ payments_add_database(Oid dboid)
 		   sizeof(PaymentsDatabase) - offsetof(PaymentsDatabase, last_run));
 	pg_atomic_write_u64(&db->due_at, (uint64) GetCurrentTimestamp());
 	pg_atomic_write_u32(&db->outbox_sent, 0);
+	pg_atomic_write_u64(&db->outbox_min_id, PG_UINT64_MAX);
 	db->dboid = dboid;
 	return db;
 }
@@ -249,9 +254,26 @@ payments_worker_due_at_commit(TimestampTz due)
  * cost the relays one notification and the senders no global lock.
  */
 void
-payments_outbox_sent_at_commit(void)
+payments_outbox_sent_at_commit(int64 id)
 {
 	outbox_sent_at_commit = true;
+	outbox_min_sent = Min(outbox_min_sent, (uint64) id);
+}
+
+/*
+ * For the worker's notification: the smallest id of the messages sent by
+ * the commits since the last call, or PG_UINT64_MAX if none.  A commit
+ * records its ids before it sets outbox_sent, and the worker clears the
+ * flag before it calls this, so a pass sees every commit that woke it.
+ */
+uint64
+payments_outbox_take_min_sent(void)
+{
+	PaymentsDatabase *db = my_database_entry();
+
+	if (db == NULL)
+		return PG_UINT64_MAX;
+	return pg_atomic_exchange_u64(&db->outbox_min_id, PG_UINT64_MAX);
 }
 
 /* Ask the launcher to start a worker here once CREATE EXTENSION commits. */
@@ -346,6 +368,15 @@ at_commit(void)
 	 * The worker notifies the relays without a round; with no worker
 	 * connected, the round of the one the launcher starts does.
 	 */
+	if (outbox_sent_at_commit)
+	{
+		uint64		current = pg_atomic_read_u64(&db->outbox_min_id);
+
+		while (current > outbox_min_sent &&
+			   !pg_atomic_compare_exchange_u64(&db->outbox_min_id, &current,
+											   outbox_min_sent))
+			;
+	}
 	if (outbox_sent_at_commit && pg_atomic_exchange_u32(&db->outbox_sent, 1) == 0)
 	{
 		latch = worker_latch();
@@ -417,6 +448,7 @@ payments_xact_callback(XactEvent event, void *arg)
 			register_at_commit = false;
 			due_at_commit = 0;
 			outbox_sent_at_commit = false;
+			outbox_min_sent = PG_UINT64_MAX;
 			break;
 		default:
 			break;

@@ -5,6 +5,10 @@
 #    for each other's.
 #  - A sending transaction can then be prepared for two-phase commit with
 #    payments.outbox_notify on, and its message is claimable once committed.
+#  - The worker notifies only the topics sent to since its last
+#    notification: a topic whose messages nobody claims is not notified
+#    again with every pass (which would fill PostgreSQL's notification
+#    queue).
 #  - With payments.worker_enabled off, the sending transaction notifies at
 #    its commit instead.
 use strict;
@@ -25,6 +29,7 @@ CREATE ROLE shop LOGIN IN ROLE payments_app;
 SELECT payments.outbox_grant('orders', 'shop', 'send');
 SELECT payments.outbox_grant('refunds', 'shop', 'send');
 SELECT payments.outbox_grant('payouts', 'shop', 'send');
+SELECT payments.outbox_grant('stale', 'shop', 'send');
 });
 my $worker = wait_for_worker($node, 'postgres');
 
@@ -42,8 +47,12 @@ sub send_as_shop
 my $listener = $node->background_psql('postgres');
 $listener->query_safe('LISTEN payments_outbox');
 
-# The PIDs that notified the topic to the listener, once at least one has:
-# psql prints a notification after the statement during which it came.
+# Everything the listener was told, as it is told it: psql prints a
+# notification after the statement during which it came.
+my $heard = '';
+
+# The PIDs that notified the topic to the listener since the last call,
+# once at least one has.
 sub notifiers_of
 {
 	my ($topic) = @_;
@@ -53,6 +62,7 @@ sub notifiers_of
 	while (!@pids && time() < $deadline)
 	{
 		my $out = $listener->query_safe('SELECT 1');
+		$heard .= $out;
 		@pids = $out =~
 		  /Asynchronous notification "payments_outbox" with payload "\Q$topic\E" received from server process with PID (\d+)/g;
 		usleep(20_000) unless @pids;
@@ -69,6 +79,16 @@ is_deeply([ grep { $_ != $worker } @notifiers ], [],
 	'every notification comes from the worker');
 my %sender = map { $_ => 1 } @senders;
 is(scalar(grep { $sender{$_} } @notifiers), 0, 'no sender notified');
+
+# --- a topic nobody relays is notified once, not at every pass ---
+
+send_as_shop('stale', 's1');
+ok(notifiers_of('stale') > 0, 'a topic sent to is notified');
+$heard = '';
+send_as_shop('orders', 'k6');
+notifiers_of('orders');
+unlike($heard, qr/payload "stale"/,
+	'the next notification names only the topic sent to since');
 
 # --- a sending transaction can be prepared ---
 
