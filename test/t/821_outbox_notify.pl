@@ -9,6 +9,8 @@
 #    notification: a topic whose messages nobody claims is not notified
 #    again with every pass (which would fill PostgreSQL's notification
 #    queue).
+#  - A worker that gives its slot to another database while a commit waits
+#    for its notification hands it to the next worker of its database.
 #  - With payments.worker_enabled off, the sending transaction notifies at
 #    its commit instead.
 use strict;
@@ -119,4 +121,35 @@ is_deeply(\@notifiers, [$sender], 'without a worker the sending transaction noti
 
 $listener->quit;
 $node->stop;
+
+# --- a worker leaving its slot does not drop a pending notification ---
+# One worker for two databases, rounds only every 10 minutes, and a
+# notification at most every 3 s: the second send waits for the interval,
+# and meanwhile a send in the other database takes the only slot (a
+# worker whose database has nothing due leaves when another waits).  The
+# listener still hears of the second send; before the fix it waited for
+# the database's next round, 10 minutes later.
+my $pool = payments_node('outbox_notify_pool', conf => qq{
+payments.max_workers = 1
+payments.worker_naptime = '10min'
+payments.outbox_notify_interval = '3s'
+});
+$pool->safe_psql('postgres', 'CREATE DATABASE other');
+for my $db ('postgres', 'other')
+{
+	$pool->safe_psql($db, q{
+CREATE EXTENSION payments;
+SELECT payments.outbox_grant('orders', 'postgres', 'send');
+});
+}
+$listener = $pool->background_psql('postgres');
+$listener->query_safe('LISTEN payments_outbox');
+$pool->safe_psql('postgres', "SELECT payments.outbox_send('orders', 'p1', '{}')");
+ok(notifiers_of('orders') > 0, 'pool: the first send is notified');
+$pool->safe_psql('postgres', "SELECT payments.outbox_send('orders', 'p2', '{}')");
+$pool->safe_psql('other', "SELECT payments.outbox_send('orders', 'o1', '{}')");
+ok(notifiers_of('orders') > 0,
+	'pool: the second send is notified, whichever database had the slot');
+$listener->quit;
+$pool->stop;
 done_testing();
