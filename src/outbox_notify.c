@@ -8,10 +8,11 @@
  * PostgreSQL lets one notifying transaction commit at a time (it holds a
  * lock from the notification queue's write to the end of its commit), so
  * senders that notified would wait for each other's commit flush.  A
- * sending commit therefore only flags its database (worker_shmem.c); the
- * worker then notifies each topic that has a claimable message, once for
- * every commit since it last did, in a transaction of its own, and at most
- * once every payments.outbox_notify_interval.  Without a
+ * sending commit therefore only records its ids for its database's worker
+ * (worker_shmem.c); the worker then notifies each topic that has a
+ * claimable message, once for every commit since it last did, in a
+ * transaction of its own, and at most once every
+ * payments.outbox_notify_interval.  Without a
  * worker (the library not preloaded, or payments.worker_enabled off) the
  * sending transaction notifies at its commit, as NOTIFY would.
  *

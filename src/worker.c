@@ -159,9 +159,10 @@ worker_exit(int code, Datum arg)
 
 	/*
 	 * Commits that sent outbox messages since the last notification find
-	 * the flag set and wake nobody: the next worker must notify for them.
+	 * an id recorded and wake nobody: the next worker must notify for them.
 	 */
-	if (pg_atomic_read_u32(&my_db->outbox_sent) != 0 && my_db->dboid == MyDatabaseId)
+	if (pg_atomic_read_u64(&my_db->outbox_min_id) != PG_UINT64_MAX &&
+		my_db->dboid == MyDatabaseId)
 	{
 		if (!my_db->wake_requested)
 			my_db->wake_at = GetCurrentTimestamp();
@@ -674,7 +675,7 @@ payments_worker_should_yield(void)
 static TimestampTz
 outbox_notify_due(void)
 {
-	if (pg_atomic_read_u32(&my_db->outbox_sent) == 0)
+	if (pg_atomic_read_u64(&my_db->outbox_min_id) == PG_UINT64_MAX)
 		return 0;
 	return TimestampTzPlusMilliseconds(last_outbox_notify, outbox_notify_interval);
 }
@@ -691,7 +692,6 @@ notify_outbox(MemoryContext loopcxt, bool always)
 
 	if (!always && (due == 0 || due > now))
 		return;
-	(void) pg_atomic_exchange_u32(&my_db->outbox_sent, 0);
 	last_outbox_notify = now;
 	(void) run_task(&notify_outbox_task, loopcxt);
 	MemoryContextReset(loopcxt);

@@ -81,8 +81,8 @@ typedef struct PaymentsWorkerSlot
  * What the launcher and the workers know of one database.  Times are 0
  * when unknown.  due_at is atomic because a committing backend lowers it
  * without the lock (payments_worker_due_at_commit); everything else is
- * protected by the lock.  outbox_sent and outbox_min_id are atomic for the
- * same reason.
+ * protected by the lock.  outbox_min_id is atomic for the same
+ * reason.
  */
 typedef struct PaymentsDatabase
 {
@@ -92,10 +92,9 @@ typedef struct PaymentsDatabase
 	bool		wake_requested; /* a committed transaction asked */
 	TimestampTz wake_at;		/* when the oldest unanswered request came */
 	pg_atomic_uint64 due_at;	/* when its next known work is due */
-	pg_atomic_uint32 outbox_sent;	/* a commit sent outbox messages since
-									 * the worker last notified relays */
-	pg_atomic_uint64 outbox_min_id; /* the smallest id they sent, or
-									 * PG_UINT64_MAX */
+	pg_atomic_uint64 outbox_min_id; /* the smallest outbox id sent by the
+									 * commits since the worker last took
+									 * it, or PG_UINT64_MAX */
 	TimestampTz last_run;		/* end of its last round */
 	TimestampTz last_start;		/* when the launcher last started a worker */
 	bool		start_failed;	/* and that worker never began */

@@ -58,8 +58,7 @@ static ProcessUtility_hook_type prev_ProcessUtility = NULL;
 static bool wake_at_commit = false;
 static bool register_at_commit = false;
 static TimestampTz due_at_commit = 0;
-static bool outbox_sent_at_commit = false;
-static uint64 outbox_min_sent = PG_UINT64_MAX;
+static uint64 outbox_min_sent = PG_UINT64_MAX;	/* none sent */
 
 /* This backend's database's entry, once found */
 static int	my_database = -1;
@@ -126,7 +125,6 @@ payments_shmem_startup(void)
 		for (int i = 0; i < payments_max_databases; i++)
 		{
 			pg_atomic_init_u64(&payments_shared->databases[i].due_at, 0);
-			pg_atomic_init_u32(&payments_shared->databases[i].outbox_sent, 0);
 			pg_atomic_init_u64(&payments_shared->databases[i].outbox_min_id, PG_UINT64_MAX);
 		}
 	}
@@ -179,7 +177,6 @@ payments_add_database(Oid dboid)
 	memset(((char *) db) + offsetof(PaymentsDatabase, last_run), 0,
 		   sizeof(PaymentsDatabase) - offsetof(PaymentsDatabase, last_run));
 	pg_atomic_write_u64(&db->due_at, (uint64) GetCurrentTimestamp());
-	pg_atomic_write_u32(&db->outbox_sent, 0);
 	pg_atomic_write_u64(&db->outbox_min_id, PG_UINT64_MAX);
 	db->dboid = dboid;
 	return db;
@@ -256,15 +253,16 @@ payments_worker_due_at_commit(TimestampTz due)
 void
 payments_outbox_sent_at_commit(int64 id)
 {
-	outbox_sent_at_commit = true;
 	outbox_min_sent = Min(outbox_min_sent, (uint64) id);
 }
 
 /*
  * For the worker's notification: the smallest id of the messages sent by
  * the commits since the last call, or PG_UINT64_MAX if none.  A commit
- * records its ids before it sets outbox_sent, and the worker clears the
- * flag before it calls this, so a pass sees every commit that woke it.
+ * records its ids once it is visible, and the caller reads the messages on
+ * a snapshot taken after this call, so a pass sees every commit it takes
+ * the ids of; a commit that records its ids after the call wakes the
+ * worker again.
  */
 uint64
 payments_outbox_take_min_sent(void)
@@ -354,7 +352,7 @@ at_commit(void)
 
 	if (db == NULL)
 	{
-		if (!wake && !outbox_sent_at_commit)
+		if (!wake && outbox_min_sent == PG_UINT64_MAX)
 			return;
 		LWLockAcquire(payments_shared->lock, LW_EXCLUSIVE);
 		latch = payments_request_rescan();
@@ -368,7 +366,7 @@ at_commit(void)
 	 * The worker notifies the relays without a round; with no worker
 	 * connected, the round of the one the launcher starts does.
 	 */
-	if (outbox_sent_at_commit)
+	if (outbox_min_sent != PG_UINT64_MAX)
 	{
 		uint64		current = pg_atomic_read_u64(&db->outbox_min_id);
 
@@ -376,12 +374,13 @@ at_commit(void)
 			   !pg_atomic_compare_exchange_u64(&db->outbox_min_id, &current,
 											   outbox_min_sent))
 			;
-	}
-	if (outbox_sent_at_commit && pg_atomic_exchange_u32(&db->outbox_sent, 1) == 0)
-	{
-		latch = worker_latch();
-		if (latch == NULL)
-			wake = true;
+		/* only the first commit since the worker took the ids wakes it */
+		if (current == PG_UINT64_MAX)
+		{
+			latch = worker_latch();
+			if (latch == NULL)
+				wake = true;
+		}
 	}
 	if (wake)
 	{
@@ -411,7 +410,7 @@ payments_xact_callback(XactEvent event, void *arg)
 {
 	if (event == XACT_EVENT_COMMIT && payments_shared != NULL &&
 		(wake_at_commit || register_at_commit || due_at_commit != 0 ||
-		 outbox_sent_at_commit))
+		 outbox_min_sent != PG_UINT64_MAX))
 		at_commit();
 
 	/*
@@ -426,7 +425,7 @@ payments_xact_callback(XactEvent event, void *arg)
 	{
 		wake_at_commit = false;
 		due_at_commit = 0;
-		outbox_sent_at_commit = false;
+		outbox_min_sent = PG_UINT64_MAX;
 		at_commit();
 	}
 
@@ -447,7 +446,6 @@ payments_xact_callback(XactEvent event, void *arg)
 			wake_at_commit = false;
 			register_at_commit = false;
 			due_at_commit = 0;
-			outbox_sent_at_commit = false;
 			outbox_min_sent = PG_UINT64_MAX;
 			break;
 		default:
