@@ -318,6 +318,21 @@ SELECT payments.inbox_receive('shop', 'm', 'infinity');
 \echo :LAST_ERROR_SQLSTATE
 RESET ROLE;
 
+-- A DBA's BEFORE ROW INSERT trigger on the outbox, which could skip the
+-- message or change its key, is refused (55000) and nothing is stored;
+-- before the refusal, a trigger returning NULL made the send return the id
+-- of a message that was never stored.
+CREATE FUNCTION outbox_discard() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN RETURN NULL; END $$;
+CREATE TRIGGER outbox_discard BEFORE INSERT ON payments.outbox
+    FOR EACH ROW EXECUTE FUNCTION outbox_discard();
+SET ROLE regress_obe_shop;
+SELECT payments.outbox_send('orders', 'k1', '{"n": 9}');
+\echo :LAST_ERROR_SQLSTATE
+RESET ROLE;
+DROP TRIGGER outbox_discard ON payments.outbox;
+DROP FUNCTION outbox_discard();
+
 -- Nothing changed.
 SELECT outbox_state() = :'before' AS unchanged;
 

@@ -37,6 +37,7 @@
 #include "miscadmin.h"
 #include "nodes/makefuncs.h"
 #include "storage/lmgr.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
@@ -173,7 +174,8 @@ payments_direct_update(DirectWrite *dw, TupleTableSlot *row,
  * insert in progress is waited for, and under REPEATABLE READ a
  * conflicting row the snapshot cannot see is a serialization failure.
  * Returns false, inserting nothing, on a conflict; the caller looks again.
- * The relation has no BEFORE ROW trigger (the caller refuses them); its
+ * The relation has no BEFORE ROW trigger (the caller refuses them with
+ * payments_direct_refuse_before_row); its
  * constraints, indexes and AFTER ROW triggers apply.  Begun with
  * speculative set.
  */
@@ -222,6 +224,28 @@ payments_direct_insert_if_absent(DirectWrite *dw, TupleTableSlot *row,
 	ExecARInsertTriggers(estate, rri, row, recheck, NULL);
 	list_free(recheck);
 	return true;
+}
+
+/*
+ * Refuse a relation with a BEFORE ROW INSERT trigger (and, if update, a
+ * BEFORE ROW UPDATE trigger): such a trigger could change or skip the row
+ * its caller decided on.  detail says what the caller decides, marked with
+ * gettext_noop.
+ */
+void
+payments_direct_refuse_before_row(Relation rel, bool update, const char *detail)
+{
+	TriggerDesc *trig = rel->trigdesc;
+
+	if (trig != NULL &&
+		(trig->trig_insert_before_row || (update && trig->trig_update_before_row)))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("relation \"%s.%s\" has a BEFORE ROW trigger",
+						get_namespace_name(RelationGetNamespace(rel)),
+						RelationGetRelationName(rel)),
+				 errdetail_internal("%s", _(detail)),
+				 errhint("Use an AFTER ROW trigger instead.")));
 }
 
 /*

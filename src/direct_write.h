@@ -35,6 +35,8 @@ extern bool payments_direct_insert_if_absent(DirectWrite *dw,
 											 Relation key_index);
 extern void payments_direct_update(DirectWrite *dw, TupleTableSlot *row,
 								   const Datum *values, const bool *nulls);
+extern void payments_direct_refuse_before_row(Relation rel, bool update,
+											  const char *detail);
 extern TupleTableSlot *payments_direct_slot(DirectWrite *dw);
 extern TupleTableSlot *payments_direct_table_slot(DirectWrite *dw);
 extern void payments_direct_end(DirectWrite *dw);

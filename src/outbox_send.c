@@ -9,7 +9,10 @@
  * from the primary key of outbox_grants, whether the key has an unsettled
  * message from outbox_key_idx, and the row is inserted with
  * ExecSimpleRelationInsert, as the caller (the tables grant it nothing; the
- * grant on the topic is what lets it send).  It behaves as the statement
+ * grant on the topic is what lets it send).  The table's constraints,
+ * indexes and AFTER ROW triggers apply; a BEFORE ROW INSERT trigger, which
+ * could skip the row or change its key, is refused.  It behaves as the
+ * statement
  *
  *	 INSERT INTO outbox (...) SELECT ..., NOT EXISTS (an unsettled message
  *	 of the key) WHERE (the caller may send to the topic) RETURNING id
@@ -253,6 +256,8 @@ payments_outbox_send(PG_FUNCTION_ARGS)
 
 	rel = table_open(payments_relation(PAYMENTS_REL_OUTBOX), RowExclusiveLock);
 	payments_check_columns(rel, outbox_names, outbox_types, OUTBOX_NATTS, NULL);
+	payments_direct_refuse_before_row(rel, false,
+									  gettext_noop("A BEFORE ROW trigger could skip the message or change the key that orders it."));
 
 	/*
 	 * A snapshot taken after the key's lock, which sees this transaction's

@@ -66,12 +66,10 @@
 #include "access/table.h"
 #include "access/tableam.h"
 #include "access/xact.h"
-#include "commands/trigger.h"
 #include "catalog/pg_type.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
-#include "utils/lsyscache.h"
 #include "utils/guc.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
@@ -220,8 +218,6 @@ row_state(FenceCall *call)
 static void
 fence_open(FunctionCallInfo fcinfo, FenceCall *call)
 {
-	TriggerDesc *trig;
-
 	call->owner = GetUserId();
 	call->gid = payments_arg_text(fcinfo, 0, "gid", TCC_ID_MAX_BYTES);
 	call->branch_id = payments_arg_text(fcinfo, 1, "branch_id", TCC_ID_MAX_BYTES);
@@ -235,15 +231,8 @@ fence_open(FunctionCallInfo fcinfo, FenceCall *call)
 	payments_check_columns(call->rel, fence_names, fence_types, FENCE_NCOLS,
 						   call->attnums);
 	payments_check_key_index(call->rel, call->pkey, call->attnums, FENCE_NKEYS);
-	trig = call->rel->trigdesc;
-	if (trig != NULL && (trig->trig_insert_before_row || trig->trig_update_before_row))
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("relation \"%s.%s\" has a BEFORE ROW trigger",
-						get_namespace_name(RelationGetNamespace(call->rel)),
-						RelationGetRelationName(call->rel)),
-				 errdetail("A BEFORE ROW trigger could change or skip the row the TCC fence decides on."),
-				 errhint("Use an AFTER ROW trigger instead.")));
+	payments_direct_refuse_before_row(call->rel, true,
+									  gettext_noop("A BEFORE ROW trigger could change or skip the row the TCC fence decides on."));
 	call->row = table_slot_create(call->rel, NULL);
 	call->snapshot = NULL;
 }
