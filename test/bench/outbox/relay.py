@@ -13,8 +13,15 @@ order); acknowledge the batch in one more transaction, in one statement.
   SIDE base  the plain table's claim, UPDATE ... WHERE id = ANY (ARRAY(
              SELECT ... ORDER BY id LIMIT n FOR UPDATE SKIP LOCKED)), then
              one UPDATE of the batch's rows
+  SIDE notexists  per-key order as plain SQL keeps it most simply: the
+             base claim, skipping a message while an earlier one of its key
+             is unacknowledged (NOT EXISTS on an index of key and id); the
+             base ack
+  SIDE ready  the extension's way in plain SQL (fresh_ready.sql): the base
+             claim of messages marked ready only; public.base_ack() of the
+             batch, which marks the next message of each key ready
 
-Both are prepared once per session.  A claim that returns a full batch is
+The statements are prepared once per session.  A claim that returns a full batch is
 followed at once by the next; a shorter or empty one (the relay has caught
 up) by a wait: WAIT poll sleeps POLL_MS; WAIT listen blocks on LISTEN
 payments_outbox until a notification, at most POLL_MS (an ack notifies
@@ -26,7 +33,7 @@ which run.sh sets once every message is acknowledged, or when it cuts a
 run off; then it also cancels the statement each relay is in.
 Should a lease run out and another relay take the message, the ack of the
 first is refused (PM802 on the extension's side, a row not updated on the
-baseline's): it acknowledges the rest of its batch one by one and counts
+baselines'): it acknowledges the rest of its batch one by one and counts
 the conflict.  The log, and a line "claims empty_claims deliveries
 conflicts" in LOGFILE.claims, are written at the end, outside the timed
 part.  Connection from PGHOST/PGPORT/PGDATABASE as bench_outbox_relay.
@@ -56,6 +63,17 @@ if side == "ext":
     cur.execute("""PREPARE ack(bigint[], bigint) AS
         SELECT payments.outbox_ack_batch($1, $2)""")
 else:
+    # how each ordered side keeps a message back while an earlier one of
+    # its key is unacknowledged (in flight, or pending behind one)
+    key_order = {
+        "base": "",
+        "notexists": """
+                  AND NOT EXISTS (SELECT FROM public.base_outbox e
+                                   WHERE e.topic = m.topic AND e.key = m.key
+                                     AND e.acked_at IS NULL AND e.id < m.id)""",
+        "ready": """
+                  AND m.ready""",
+    }[side]
     cur.execute("""PREPARE claim(integer, interval, bigint) AS
         UPDATE public.base_outbox o
            SET status = 'in_flight', attempts = o.attempts + 1,
@@ -65,14 +83,19 @@ else:
                SELECT m.id FROM public.base_outbox m
                 WHERE m.topic = 'orders' AND m.acked_at IS NULL
                   AND (m.status = 'pending'
-                       OR (m.status = 'in_flight' AND m.lease_expires_at < clock_timestamp()))
+                       OR (m.status = 'in_flight' AND m.lease_expires_at < clock_timestamp()))%s
                 ORDER BY m.id LIMIT $1
                   FOR UPDATE SKIP LOCKED))
-        RETURNING o.id, o.key, o.claim_token, o.claimed_at::text""")
-    cur.execute("""PREPARE ack(bigint[], bigint) AS
-        UPDATE public.base_outbox
-           SET status = 'acked', acked_at = clock_timestamp(), lease_expires_at = NULL
-         WHERE id = ANY ($1) AND claim_token = $2 AND status = 'in_flight'""")
+        RETURNING o.id, o.key, o.claim_token, o.claimed_at::text"""
+                % key_order)
+    if side == "ready":
+        cur.execute("""PREPARE ack(bigint[], bigint) AS
+            SELECT public.base_ack($1, $2)""")
+    else:
+        cur.execute("""PREPARE ack(bigint[], bigint) AS
+            UPDATE public.base_outbox
+               SET status = 'acked', acked_at = clock_timestamp(), lease_expires_at = NULL
+             WHERE id = ANY ($1) AND claim_token = $2 AND status = 'in_flight'""")
 if wait == "listen":
     cur.execute("LISTEN payments_outbox")
 
@@ -82,7 +105,11 @@ claims = empty = conflicts = 0
 
 def ack(ids, token):
     global conflicts
-    if side == "base":
+    if side == "ready":
+        cur.execute("EXECUTE ack(%s, %s)", (ids, token))
+        conflicts += len(ids) - cur.fetchone()[0]
+        return
+    if side != "ext":
         cur.execute("EXECUTE ack(%s, %s)", (ids, token))
         conflicts += len(ids) - cur.rowcount
         return

@@ -21,20 +21,44 @@
 #         same states, lease, roles, payloads, keys and relay program as
 #         the extension's, a partial index like its, no per-key order.
 #
+# The ceilings: per-key order in plain SQL, the same workload, relays
+# polling.  They must deliver in key order as the extension does, and show
+# what that order costs without the extension on the same machine in the
+# same round.  BENCH_OUTBOX_CEILINGS lists the ones to run (default:
+# ready; empty: none).
+#   ready      the extension's way (fresh_ready.sql, send_ready.sql): each
+#              key's first unacknowledged message is marked ready and the
+#              claim takes ready ones only; a PL/pgSQL send takes the key's
+#              advisory lock, then inserts, ready when the key has no
+#              unacknowledged message; a PL/pgSQL ack takes its keys' locks,
+#              acknowledges the batch and marks each key's next message
+#              ready.
+#   notexists  the simplest (fresh_notexists.sql, send_notexists.sql): the
+#              sender takes the key's lock in its INSERT before the id is
+#              drawn, held to its commit; the claim skips a message while an
+#              earlier one of its key is unacknowledged (NOT EXISTS on a
+#              partial index of topic, key and id); the base ack.  It slows
+#              down with the backlog: every claim scans from the oldest
+#              unacknowledged message.
+#
 # Time: from a run's first sent_at to its last acknowledgement; msg/s: the
 # messages acknowledged over that time; the ratio: ext msg/s over base
 # msg/s (base time over ext time).  Each case runs BENCH_ROUNDS rounds,
-# baseline then extension; the ratio is of each side's best run, and min,
-# med, max of each round's pair.  An extension run still going after
-# CAP_FACTOR (10) times its round's baseline time (at least MIN_CAP, 60 s)
-# is cut off: its msg/s counts what it acknowledged by then, the case's
-# later rounds are skipped, and the bench fails.
+# baseline, ceilings, then extension; the ratio is of each side's best
+# run, and min, med, max of each round's pair.  Rows CASE-vs-CEILING put
+# the extension against a ceiling of the same rounds, and the rows
+# ceiling-CEILING-sql a ceiling against the baseline, over the rounds of
+# every case.  An extension or ceiling run still going after CAP_FACTOR
+# (10) times its round's baseline time (at least MIN_CAP, 60 s) is cut off:
+# its msg/s counts what it acknowledged by then.  A cut-off extension run
+# also skips the case's later rounds and fails the bench.
 #
 # Checks of every run: each message acknowledged and delivered, the
 # redeliveries (a lease that ran out) counted; per key, the adjacent pairs
-# (in id order, which on the extension's side is commit order) that the
-# relays delivered in the other order.  The extension's side must have
-# none, by the relays' log and by its own settled_at, and lose nothing:
+# (in id order, which on the extension's side and the ceilings' is a key's
+# commit order) that the relays delivered in the other order.  The
+# extension's side and the ceilings' must have none, by the relays' log
+# and by their own ack times, and lose nothing:
 # the bench fails otherwise.  Latency: from a message's sent_at (its send
 # statement, before its COMMIT and the COMMIT's WAL flush: an upper bound)
 # to the clock_timestamp() of the claim that first took it.
@@ -71,6 +95,7 @@ RATE=${BENCH_OUTBOX_RATE:-}     # messages per second of all senders together; u
 BASE_CAP=600
 LEASE='1 minute'
 ROUNDS=${BENCH_ROUNDS:-2}
+CEILINGS=${BENCH_OUTBOX_CEILINGS-ready}
 PYTHON=${PYTHON:-/usr/bin/python3}
 PSQL=(psql -X -q -A -t -v ON_ERROR_STOP=1)
 HERE=$(pwd)
@@ -200,12 +225,13 @@ one_run() {
 		       $claims, $empty, $conflicts;
 	SQL
 	"${PSQL[@]}" -c "DELETE FROM public.relay_log WHERE run = $run_no"
-	# What fails the bench at once: a lost message, or the extension out of order.
+	# What fails the bench at once: a lost message, or a side that keeps
+	# per-key order out of it.
 	bad=$("${PSQL[@]}" -c "SELECT concat_ws(', ',
 	           CASE WHEN NOT cut_off AND messages <> $MESSAGES THEN messages || ' messages sent, not $MESSAGES' END,
 	           CASE WHEN NOT cut_off AND (acked <> $MESSAGES OR undelivered > 0)
 	                THEN undelivered || ' messages not acknowledged or not delivered' END,
-	           CASE WHEN side = 'ext' AND (order_violations > 0 OR settle_violations > 0)
+	           CASE WHEN side <> 'base' AND (order_violations > 0 OR settle_violations > 0)
 	                THEN order_violations || ' pairs delivered and ' || settle_violations
 	                     || ' pairs acknowledged out of per-key order' END)
 	         FROM public.runs WHERE run = $run_no")
@@ -215,19 +241,22 @@ one_run() {
 	                               CASE WHEN cut_off THEN ' (CUT OFF, ' || acked || ' of ' || messages || ' acknowledged)' ELSE '' END,
 	                               round(p50_ms::numeric, 1), round(p99_ms::numeric, 1), order_violations, redelivered)
 	                   FROM public.runs WHERE run = $run_no" >&2
-	if $cut; then
+	if $cut && [ "$side" = ext ]; then
 		cut_off_runs+=("$side run $run_no ($variant, round $round) after ${cap}s")
 	fi
 }
 
-# run_case VARIANT NOTIFY WAIT [DRAIN]: BENCH_ROUNDS rounds of baseline
-# then extension
+# run_case VARIANT NOTIFY WAIT [DRAIN]: BENCH_ROUNDS rounds of baseline,
+# ceilings (their relays poll), then extension
 run_case() {
-	local variant=$1 notify=$2 wait=$3 drain=${4:-false} round base_secs cap
+	local variant=$1 notify=$2 wait=$3 drain=${4:-false} round base_secs cap ceiling
 	for round in $(seq "$ROUNDS"); do
 		one_run base "$variant" "$round" off poll "$BASE_CAP" "$drain"
 		base_secs=$("${PSQL[@]}" -c "SELECT ceil(elapsed) FROM public.runs WHERE run = $run_no")
 		cap=$((base_secs * CAP_FACTOR > MIN_CAP ? base_secs * CAP_FACTOR : MIN_CAP))
+		for ceiling in $CEILINGS; do
+			one_run "$ceiling" "$variant" "$round" off poll "$cap" "$drain"
+		done
 		one_run ext "$variant" "$round" "$notify" "$wait" "$cap" "$drain"
 		! $cut || break
 	done
@@ -244,28 +273,38 @@ for c in ${BENCH_OUTBOX_CASES:-defaults notify-off}; do
 done
 
 "${PSQL[@]}" -F ' ' <<-SQL | awk -v c="$SENDERS+$RELAYS" '
-	BEGIN { printf "%-12s %-22s %7s %12s %12s %7s %6s %6s %6s\n", "workload", "case", "clients", "ext msg/s", "base msg/s", "ratio", "min", "med", "max" }
-	{ printf "%-12s %-22s %7s %12.0f %12.0f %7.2f %6.2f %6.2f %6.2f%s\n", "outbox", $1, c, $2, $3, $2 / $3, $4, $5, $6, ($7 == "t" ? "  (cut off)" : "") }'
-	WITH paired AS (
-	    SELECT e.variant, e.run, e.acked / e.elapsed AS ext, b.acked / b.elapsed AS base, e.cut_off
-	      FROM public.runs e
-	      JOIN public.runs b ON b.variant = e.variant AND b.round = e.round AND b.side = 'base'
-	     WHERE e.side = 'ext')
-	SELECT variant, max(ext), max(base),
+	BEGIN { printf "%-12s %-24s %7s %12s %12s %7s %6s %6s %6s\n", "workload", "case", "clients", "ext msg/s", "base msg/s", "ratio", "min", "med", "max" }
+	{ printf "%-12s %-24s %7s %12.0f %12.0f %7.2f %6.2f %6.2f %6.2f%s\n", "outbox", $1, c, $2, $3, $2 / $3, $4, $5, $6, ($7 == "t" ? "  (cut off)" : "") }'
+	WITH r AS (SELECT variant, round, side, run, acked / elapsed AS rate, cut_off FROM public.runs),
+	paired AS (
+	    SELECT 1 AS kind, e.variant AS label, e.run, e.rate AS ext, b.rate AS base, e.cut_off
+	      FROM r e JOIN r b ON b.variant = e.variant AND b.round = e.round AND b.side = 'base'
+	     WHERE e.side = 'ext'
+	    UNION ALL
+	    SELECT 2, e.variant || '-vs-' || c.side, e.run, e.rate, c.rate, e.cut_off OR c.cut_off
+	      FROM r e JOIN r c ON c.variant = e.variant AND c.round = e.round AND c.side NOT IN ('ext', 'base')
+	     WHERE e.side = 'ext'
+	    UNION ALL
+	    SELECT 3, 'ceiling-' || c.side || '-sql', c.run, c.rate, b.rate, c.cut_off
+	      FROM r c JOIN r b ON b.variant = c.variant AND b.round = c.round AND b.side = 'base'
+	     WHERE c.side NOT IN ('ext', 'base'))
+	SELECT label, max(ext), max(base),
 	       min(ext / base), percentile_cont(0.5) WITHIN GROUP (ORDER BY ext / base), max(ext / base),
 	       bool_or(cut_off)
-	  FROM paired GROUP BY variant ORDER BY min(run);
+	  FROM paired GROUP BY label ORDER BY min(kind) = 3, min(run), min(kind);
 SQL
 echo "($ROUNDS alternating runs per side (fewer after a cut-off) of $MESSAGES messages over 1,000 keys, $SENDERS senders"
 echo " (pgbench, one transaction a message) and $RELAYS relays (claim $BATCH in one transaction, ack them in another);"
 echo " msg/s: acknowledged messages from the first send to the last ack, best run of each side; ratio = best ext / best"
 echo " base; min, med, max: of each round's ext run against the base run before it; ext: a fresh CREATE EXTENSION per run;"
 echo " defaults: payments.outbox_notify on, relays LISTEN; notify-off: off, relays poll ${POLL_MS} ms; base: relays poll;"
-echo " drain: senders first, then relays, timed from their start)"
+echo " drain: senders first, then relays, timed from their start; CASE-vs-CEILING: ext against a ceiling (per-key"
+echo " order in plain SQL, relays poll) of the same rounds; ceiling-CEILING-sql: the ceiling in the ext columns against"
+echo " the unordered baseline, over every case's rounds)"
 echo
 "${PSQL[@]}" -F ' ' <<-SQL | awk '
-	BEGIN { printf "%-12s %-22s %-5s %8s %8s %9s %9s %6s %10s %10s\n", "workload", "case", "side", "p50 ms", "p99 ms", "max ms", "unordered", "keys", "redelivered", "per claim" }
-	{ printf "%-12s %-22s %-5s %8.1f %8.1f %9.1f %9d %6d %10d %10.1f\n", "outbox", $1, $2, $3, $4, $5, $6, $7, $8, $9 }'
+	BEGIN { printf "%-12s %-24s %-9s %8s %8s %9s %9s %6s %10s %10s\n", "workload", "case", "side", "p50 ms", "p99 ms", "max ms", "unordered", "keys", "redelivered", "per claim" }
+	{ printf "%-12s %-24s %-9s %8.1f %8.1f %9.1f %9d %6d %10d %10.1f\n", "outbox", $1, $2, $3, $4, $5, $6, $7, $8, $9 }'
 	SELECT variant, side,
 	       percentile_cont(0.5) WITHIN GROUP (ORDER BY p50_ms),
 	       percentile_cont(0.5) WITHIN GROUP (ORDER BY p99_ms),
@@ -278,7 +317,8 @@ echo "(latency: from a message's send statement (before its COMMIT) to the claim
 echo " the runs' p50 and p99, and the largest; unordered: the most, in one run, of adjacent pairs of a key (in id order)"
 echo " that the relays delivered in the other order, keys: of keys with such a pair; redelivered: the most deliveries,"
 echo " in one run, of a message already delivered (its lease ran out); per claim: messages per claim that found any;"
-echo " every run that finished acknowledged and delivered each message, and the extension's side none out of order)"
+echo " every run that finished acknowledged and delivered each message, and the extension's side and the ceilings"
+echo " none out of order)"
 if [ ${#cut_off_runs[@]} -gt 0 ]; then
 	echo
 	printf 'outbox: CUT OFF, not every message acknowledged within %s times the baseline'"'"'s time: %s\n' \
