@@ -30,6 +30,7 @@
 
 #include "citus_shards.h"
 #include "citus_tables.h"
+#include "payments.h"
 
 #include "access/genam.h"
 #include "access/htup_details.h"
@@ -208,15 +209,6 @@ local_group(void)
 	return group;
 }
 
-static int
-int64_cmp(const void *a, const void *b)
-{
-	int64		x = *(const int64 *) a;
-	int64		y = *(const int64 *) b;
-
-	return (x > y) - (x < y);
-}
-
 /* The shards placed on group (pg_dist_placement), sorted; *n of them */
 static int64 *
 shards_placed_on(int32 group, int *n)
@@ -249,7 +241,7 @@ shards_placed_on(int32 group, int *n)
 	}
 	systable_endscan(scan);
 	table_close(rel, AccessShareLock);
-	qsort(result, *n, sizeof(int64), int64_cmp);
+	qsort(result, *n, sizeof(int64), payments_int64_cmp);
 	return result;
 }
 
@@ -392,14 +384,14 @@ map_load(void)
 			r->shardid[t] = row->shardid;
 		}
 		r->local = bsearch(&r->shardid[SHARD_STOCK], local, nlocal,
-						   sizeof(int64), int64_cmp) != NULL;
+						   sizeof(int64), payments_int64_cmp) != NULL;
 	}
 	for (int r = 0; r < lengthof(references); r++)
 	{
 		if (references[r].shardid == 0)
 			report_inconsistent();
 		references[r].local = bsearch(&references[r].shardid, local, nlocal,
-									  sizeof(int64), int64_cmp) != NULL;
+									  sizeof(int64), payments_int64_cmp) != NULL;
 		references[r].relid = InvalidOid;
 	}
 	map_group = group;

@@ -399,13 +399,20 @@ payments_check_columns(Relation rel, const char *const *names,
 }
 
 /*
- * Whether the first nkeys columns of index are the columns attnums of rel
- * (NULL: its first nkeys), text ones in the "C" collation.
+ * Whether a direct scan can build its keys for index: a valid btree index,
+ * without expressions, whose first nkeys columns are the columns attnums
+ * of rel (NULL: its first nkeys), text ones in the "C" collation (the
+ * collation ScanKeyInit gives a key).
  */
 static bool
 index_leads_with(Relation rel, Relation index, const AttrNumber *attnums,
 				 int nkeys)
 {
+	if (index->rd_rel->relam != BTREE_AM_OID ||
+		!index->rd_index->indisvalid ||
+		IndexRelationGetNumberOfKeyAttributes(index) < nkeys ||
+		RelationGetIndexExpressions(index) != NIL)
+		return false;
 	for (int i = 0; i < nkeys; i++)
 	{
 		AttrNumber	attnum = attnums != NULL ? attnums[i] : i + 1;
@@ -432,14 +439,11 @@ payments_check_key_index(Relation rel, Relation index, const AttrNumber *attnums
 						 int nkeys)
 {
 	bool		ok = (index != NULL &&
-					  index->rd_rel->relam == BTREE_AM_OID &&
+					  index_leads_with(rel, index, attnums, nkeys) &&
 					  index->rd_index->indisunique &&
-					  index->rd_index->indisvalid &&
 					  index->rd_index->indimmediate &&
 					  IndexRelationGetNumberOfKeyAttributes(index) == nkeys &&
-					  RelationGetIndexPredicate(index) == NIL &&
-					  RelationGetIndexExpressions(index) == NIL &&
-					  index_leads_with(rel, index, attnums, nkeys));
+					  RelationGetIndexPredicate(index) == NIL);
 
 	if (!ok)
 		ereport(ERROR,
@@ -460,13 +464,7 @@ void
 payments_check_index_prefix(Relation rel, Relation index,
 							const AttrNumber *attnums, int nkeys)
 {
-	bool		ok = (index->rd_rel->relam == BTREE_AM_OID &&
-					  index->rd_index->indisvalid &&
-					  IndexRelationGetNumberOfKeyAttributes(index) >= nkeys &&
-					  RelationGetIndexExpressions(index) == NIL &&
-					  index_leads_with(rel, index, attnums, nkeys));
-
-	if (!ok)
+	if (!index_leads_with(rel, index, attnums, nkeys))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("index \"%s.%s\" is not the one the extension created",

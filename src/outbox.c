@@ -62,7 +62,6 @@ PG_FUNCTION_INFO_V1(payments_outbox_nack);
 #define OUTBOX_ERROR_MAX_BYTES		8192
 #define UNREADY_KEYS_PER_CLAIM		100
 
-
 static SPIPlanPtr claim_plan;
 static SPIPlanPtr may_relay_plan;
 static SPIPlanPtr ack_plan;
@@ -368,16 +367,6 @@ check_claim_conflict(int64 id, int64 token, Oid caller, bool acking)
 			 errhint("A claim whose lease ran out can be taken by another relay; choose a lease longer than a delivery.") : 0));
 }
 
-/* Ascending order of int64 values, for qsort */
-static int
-compare_int64(const void *a, const void *b)
-{
-	int64		x = *(const int64 *) a;
-	int64		y = *(const int64 *) b;
-
-	return (x > y) - (x < y);
-}
-
 /*
  * Acknowledge the messages ids (nids int8 Datums) held by the claim token,
  * in one statement, for the caller of the SQL function in fcinfo.  An id
@@ -422,13 +411,13 @@ ack_messages(FunctionCallInfo fcinfo, Datum *ids, int nids, Datum token)
 		acked[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
 											   SPI_tuptable->tupdesc, 1, &isnull));
 	}
-	qsort(acked, n, sizeof(int64), compare_int64);
+	qsort(acked, n, sizeof(int64), payments_int64_cmp);
 	outbox_messages_settled(2);
 	for (int i = 0; i < nids; i++)
 	{
 		int64		id = DatumGetInt64(ids[i]);
 
-		if (bsearch(&id, acked, n, sizeof(int64), compare_int64) == NULL)
+		if (bsearch(&id, acked, n, sizeof(int64), payments_int64_cmp) == NULL)
 			check_claim_conflict(id, DatumGetInt64(token), caller, true);
 	}
 	SPI_finish();

@@ -99,4 +99,14 @@
 #define PAYMENTS_LOCKSPACE_RECONCILIATION	0x504F
 #define PAYMENTS_LOCKSPACE_OUTBOX		0x5050
 
+/* Ascending order of int64 values, for qsort and bsearch */
+static inline int
+payments_int64_cmp(const void *a, const void *b)
+{
+	int64		x = *(const int64 *) a;
+	int64		y = *(const int64 *) b;
+
+	return (x > y) - (x < y);
+}
+
 #endif							/* PAYMENTS_H */
