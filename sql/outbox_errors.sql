@@ -333,6 +333,26 @@ RESET ROLE;
 DROP TRIGGER outbox_discard ON payments.outbox;
 DROP FUNCTION outbox_discard();
 
+-- outbox_key_idx rebuilt by a DBA: the send probes it for an unsettled
+-- message of the key, so an index that leaves some out (another predicate)
+-- or that the probe's keys do not fit (other columns) is refused (55000),
+-- rather than a second message of k1 made claimable beside the first.
+DROP INDEX payments.outbox_key_idx;
+CREATE INDEX outbox_key_idx ON payments.outbox (topic, key, id)
+    WHERE settled_at IS NULL AND status = 'dead';
+SET ROLE regress_obe_shop;
+SELECT payments.outbox_send('orders', 'k1', '{"n": 9}');
+\echo :LAST_ERROR_SQLSTATE
+RESET ROLE;
+DROP INDEX payments.outbox_key_idx;
+CREATE INDEX outbox_key_idx ON payments.outbox (key, topic, id) WHERE settled_at IS NULL;
+SET ROLE regress_obe_shop;
+SELECT payments.outbox_send('orders', 'k1', '{"n": 9}');
+\echo :LAST_ERROR_SQLSTATE
+RESET ROLE;
+DROP INDEX payments.outbox_key_idx;
+CREATE INDEX outbox_key_idx ON payments.outbox (topic, key, id) WHERE settled_at IS NULL;
+
 -- Nothing changed.
 SELECT outbox_state() = :'before' AS unchanged;
 

@@ -49,6 +49,7 @@
 #include "commands/extension.h"
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
+#include "nodes/primnodes.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/inval.h"
@@ -457,14 +458,32 @@ payments_check_key_index(Relation rel, Relation index, const AttrNumber *attnums
 /*
  * A direct index scan by the leading columns of an index that is not a
  * key: a valid btree index, without expressions, whose first nkeys columns
- * are attnums of rel, text ones in the "C" collation.  Rows found through
- * it are checked by the caller, so a predicate does not matter here.
+ * are attnums of rel, text ones in the "C" collation.  The caller checks
+ * the rows it finds, but cannot see the rows the index leaves out: the
+ * index has no predicate, or (null_attnum valid) only "column null_attnum
+ * IS NULL", so that it holds every row the scan looks for.
  */
 void
 payments_check_index_prefix(Relation rel, Relation index,
-							const AttrNumber *attnums, int nkeys)
+							const AttrNumber *attnums, int nkeys,
+							AttrNumber null_attnum)
 {
-	if (!index_leads_with(rel, index, attnums, nkeys))
+	List	   *predicate = RelationGetIndexPredicate(index);
+	bool		ok = index_leads_with(rel, index, attnums, nkeys);
+
+	if (ok && predicate != NIL)
+	{
+		NullTest   *test = (NullTest *) linitial(predicate);
+
+		ok = (null_attnum != InvalidAttrNumber &&
+			  list_length(predicate) == 1 &&
+			  IsA(test, NullTest) &&
+			  test->nulltesttype == IS_NULL &&
+			  !test->argisrow &&
+			  IsA(test->arg, Var) &&
+			  ((Var *) test->arg)->varattno == null_attnum);
+	}
+	if (!ok)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("index \"%s.%s\" is not the one the extension created",

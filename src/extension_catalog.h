@@ -65,6 +65,7 @@ extern void payments_check_columns(Relation rel, const char *const *names,
 extern void payments_check_key_index(Relation rel, Relation index,
 									 const AttrNumber *attnums, int nkeys);
 extern void payments_check_index_prefix(Relation rel, Relation index,
-										const AttrNumber *attnums, int nkeys);
+										const AttrNumber *attnums, int nkeys,
+										AttrNumber null_attnum);
 
 #endif							/* EXTENSION_CATALOG_H */

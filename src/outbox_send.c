@@ -141,7 +141,7 @@ outbox_granted(const char *topic, const char *privilege, Oid caller,
 	index = index_open(payments_relation(PAYMENTS_REL_OUTBOX_GRANTS_PKEY), AccessShareLock);
 	/* the primary key (topic, privilege, grantee), scanned by topic */
 	payments_check_columns(rel, grants_names, grants_types, GRANTS_NCOLUMNS, attnums);
-	payments_check_index_prefix(rel, index, attnums, 1);
+	payments_check_index_prefix(rel, index, attnums, 1, InvalidAttrNumber);
 
 	ScanKeyInit(&skey, attnums[GRANTS_TOPIC], BTEqualStrategyNumber, F_TEXTEQ,
 				CStringGetTextDatum(topic));
@@ -180,7 +180,8 @@ key_is_free(Relation rel, text *topic, text *key, Snapshot snapshot)
 	TupleTableSlot *slot;
 	bool		free = true;
 
-	payments_check_index_prefix(rel, index, key_index_columns, 2);
+	payments_check_index_prefix(rel, index, key_index_columns, 2,
+								OUTBOX_ATT_SETTLED_AT);
 
 	ScanKeyInit(&skey[0], 1, BTEqualStrategyNumber, F_TEXTEQ, PointerGetDatum(topic));
 	ScanKeyInit(&skey[1], 2, BTEqualStrategyNumber, F_TEXTEQ, PointerGetDatum(key));
